@@ -1,0 +1,227 @@
+/**
+ * @file xmem.h
+ * @brief libxmem: software-defined external memory, client API.
+ *
+ * A client connects to an appliance (xmemd), creates or opens regions of
+ * the appliance's memory, and reads, writes and atomically updates them by
+ * one-sided access over libfabric. The appliance's CPU runs no xmem code on
+ * the data path.
+ *
+ * Every function returns an ::xm_status_t; outputs are set only on success.
+ * A context is not thread-safe: use one context per thread, or lock around
+ * it.
+ */
+#ifndef XMEM_XMEM_H
+#define XMEM_XMEM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <xmem/status.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__)
+#define XM_API __attribute__((visibility("default")))
+#else
+#define XM_API
+#endif
+
+/** A connection to one appliance. */
+typedef struct xm_ctx *xm_ctx_h;
+/** An opened region: its id, size, key and rights, cached client-side. */
+typedef struct xm_region *xm_region_h;
+
+/** Longest region or tenant name, in bytes, without the terminating NUL. */
+#define XM_NAME_MAX 63
+
+/** Access rights of a region handle. */
+typedef enum xm_access {
+    XM_ACCESS_READ = 1,       /**< read and atomically fetch */
+    XM_ACCESS_READ_WRITE = 3, /**< read, write and atomics */
+} xm_access_t;
+
+/** Options of ::xm_connect; zero-fill, then set what you need. */
+typedef struct xm_connect_opts {
+    /** "HOST:PORT" of the appliance; NULL: $XMEM_APPLIANCE, else 127.0.0.1:7400. */
+    const char *appliance;
+    /** Path of the cluster secret; NULL: $XMEM_SECRET_FILE. */
+    const char *secret_file;
+    /** libfabric provider: "tcp" or "shm"; NULL: $XMEM_PROVIDER, else "tcp". */
+    const char *provider;
+    /** Tenant name; NULL: $XMEM_TENANT, else the user name. */
+    const char *tenant;
+    /** Per-operation timeout in ms; 0: $XMEM_TIMEOUT_MS, else 5000. */
+    uint32_t timeout_ms;
+} xm_connect_opts_t;
+
+/** What ::xm_region_stat and ::xm_region_list report of a region. */
+typedef struct xm_region_info {
+    uint64_t id;                    /**< appliance-unique id, never reused */
+    uint64_t size;                  /**< bytes */
+    char name[XM_NAME_MAX + 1];     /**< "" when unnamed */
+    char owner[XM_NAME_MAX + 1];    /**< tenant that created it */
+    uint32_t extents;               /**< pool extents backing it */
+    uint32_t grants;                /**< tenants granted access besides the owner */
+    uint64_t resident;              /**< bytes of it currently in memory */
+} xm_region_info_t;
+
+/** What ::xm_appliance_stat reports of the appliance. */
+typedef struct xm_appliance_info {
+    uint64_t pool_size;   /**< bytes the pool can serve */
+    uint64_t pool_used;   /**< bytes held by regions */
+    uint64_t extent_size; /**< unit of placement */
+    uint32_t regions;     /**< live regions */
+    char backing[XM_NAME_MAX + 1]; /**< "memfd", "hugetlb" or "file" */
+    char provider[XM_NAME_MAX + 1]; /**< libfabric provider serving data */
+} xm_appliance_info_t;
+
+/**
+ * Connect and authenticate to an appliance.
+ * @param [in]  opts   options, or NULL for all defaults
+ * @param [out] ctx_p  the new context
+ * @return XM_OK, XM_ERR_AUTH (wrong or missing secret), XM_ERR_CONNECT,
+ *         XM_ERR_TIMEOUT, XM_ERR_INVALID
+ */
+XM_API xm_status_t xm_connect(const xm_connect_opts_t *opts, xm_ctx_h *ctx_p);
+
+/** Close a context; regions it created stay until destroyed. */
+XM_API void xm_disconnect(xm_ctx_h ctx);
+
+/** Last error message of the context (a line saying what failed), or "". */
+XM_API const char *xm_last_error(xm_ctx_h ctx);
+
+/**
+ * Create a region and open it read-write.
+ * @param [in]  ctx       context
+ * @param [in]  size      bytes, > 0; rounded up to the extent size on the appliance
+ * @param [in]  name      unique name, or NULL
+ * @param [out] region_p  opened handle
+ * @return XM_OK, XM_ERR_NO_SPACE, XM_ERR_EXISTS, XM_ERR_INVALID, ...
+ */
+XM_API xm_status_t xm_region_create(xm_ctx_h ctx, uint64_t size, const char *name,
+                                    xm_region_h *region_p);
+
+/**
+ * Open a region by id or name with the rights the caller holds.
+ * @param [in]  ctx       context
+ * @param [in]  id        region id, or 0 to open by @p name
+ * @param [in]  name      region name when @p id is 0
+ * @param [in]  access    rights wanted; more than granted is XM_ERR_PERM
+ * @param [out] region_p  opened handle
+ */
+XM_API xm_status_t xm_region_open(xm_ctx_h ctx, uint64_t id, const char *name,
+                                  xm_access_t access, xm_region_h *region_p);
+
+/** Release a handle (the region itself stays). */
+XM_API void xm_region_close(xm_region_h region);
+
+/** Destroy a region (owner only); its memory goes back to the OS and every key to it dies. */
+XM_API xm_status_t xm_region_destroy(xm_ctx_h ctx, uint64_t id, const char *name);
+
+/** Grant @p tenant @p access to a region the caller owns (XM_ACCESS_READ for read-only). */
+XM_API xm_status_t xm_region_grant(xm_ctx_h ctx, uint64_t id, const char *name,
+                                   const char *tenant, xm_access_t access);
+
+/** Id, size and rights of an opened handle. */
+XM_API uint64_t xm_region_id(xm_region_h region);
+XM_API uint64_t xm_region_size(xm_region_h region);
+XM_API xm_access_t xm_region_access(xm_region_h region);
+
+/** Describe one region, by id or (id 0) name. */
+XM_API xm_status_t xm_region_stat(xm_ctx_h ctx, uint64_t id, const char *name,
+                                  xm_region_info_t *info_p);
+
+/**
+ * List regions visible to the caller's tenant.
+ * @param [out] infos_p  array to release with free(); NULL when count is 0
+ * @param [out] count_p  entries
+ */
+XM_API xm_status_t xm_region_list(xm_ctx_h ctx, xm_region_info_t **infos_p, size_t *count_p);
+
+/** Describe the appliance's pool. */
+XM_API xm_status_t xm_appliance_stat(xm_ctx_h ctx, xm_appliance_info_t *info_p);
+
+/**
+ * Read @p length bytes at @p offset of a region into @p buf (one-sided).
+ * @return XM_OK, XM_ERR_RANGE (outside the region, or length 0),
+ *         XM_ERR_ACCESS (refused by the transport), XM_ERR_TIMEOUT,
+ *         XM_ERR_DISCONNECTED
+ */
+XM_API xm_status_t xm_read(xm_region_h region, uint64_t offset, void *buf, size_t length);
+
+/** Write @p length bytes; on XM_OK they are in the appliance's memory (delivery-complete). */
+XM_API xm_status_t xm_write(xm_region_h region, uint64_t offset, const void *buf, size_t length);
+
+/** Atomic 64-bit fetch-and-add at an 8-byte-aligned offset; old value in @p old_p. */
+XM_API xm_status_t xm_fetch_add(xm_region_h region, uint64_t offset, uint64_t add,
+                                uint64_t *old_p);
+
+/**
+ * Atomic 64-bit compare-and-swap: if the word equals @p expected it becomes
+ * @p desired. The word's previous value is returned in @p old_p either way.
+ */
+XM_API xm_status_t xm_compare_swap(xm_region_h region, uint64_t offset, uint64_t expected,
+                                   uint64_t desired, uint64_t *old_p);
+
+/** Kinds of asynchronous operation. */
+typedef enum xm_opcode {
+    XM_OP_READ = 1,
+    XM_OP_WRITE = 2,
+    XM_OP_FETCH_ADD = 3,
+    XM_OP_COMPARE_SWAP = 4,
+} xm_opcode_t;
+
+/**
+ * One asynchronous operation. The caller owns the struct; between
+ * ::xm_post and its completion it and its buffer belong to the library.
+ */
+typedef struct xm_op {
+    xm_opcode_t opcode;
+    xm_region_h region;
+    uint64_t offset;
+    void *buf;          /**< READ/WRITE data */
+    size_t length;      /**< READ/WRITE bytes */
+    uint64_t operand;   /**< FETCH_ADD addend, COMPARE_SWAP desired value */
+    uint64_t compare;   /**< COMPARE_SWAP expected value */
+    uint64_t result;    /**< atomics: the previous value */
+    xm_status_t status; /**< XM_IN_PROGRESS until complete */
+    /* library-private */
+    uint32_t pending_;
+    int32_t error_;
+    uint64_t deadline_ns_;
+    struct xm_op *next_;
+} xm_op_t;
+
+/**
+ * Start an operation; it completes during ::xm_progress / ::xm_wait.
+ * @return XM_OK when posted (op->status is XM_IN_PROGRESS), or the error
+ *         that stopped it before anything was sent (op->status is the same).
+ */
+XM_API xm_status_t xm_post(xm_ctx_h ctx, xm_op_t *op);
+
+/** Drive completions without blocking; returns the number of operations completed. */
+XM_API int xm_progress(xm_ctx_h ctx);
+
+/**
+ * Wait until all @p n operations are complete (each within the context's
+ * timeout). @return XM_OK when all succeeded, else the first failure's status.
+ */
+XM_API xm_status_t xm_wait(xm_ctx_h ctx, xm_op_t **ops, size_t n);
+
+/** Post and wait for a batch. */
+XM_API xm_status_t xm_submit(xm_ctx_h ctx, xm_op_t *ops, size_t n);
+
+/**
+ * Parse a size such as "4096", "64K", "1.5G", "2T" (powers of 1024).
+ * @return XM_OK or XM_ERR_INVALID
+ */
+XM_API xm_status_t xm_parse_size(const char *text, uint64_t *size_p);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* XMEM_XMEM_H */

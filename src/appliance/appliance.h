@@ -1,0 +1,145 @@
+/* appliance: the pool, its extents, regions and their registrations, the
+ * control server. xmemd's main.c drives these. */
+#ifndef XM_APPLIANCE_H
+#define XM_APPLIANCE_H
+
+#include <limits.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <xmem/xmem.h>
+
+#include "../net/net.h"
+
+/* ---- pool.c: backing memory and the extent allocator -------------------- */
+
+typedef enum appl_backing {
+    APPL_BACKING_MEMFD,
+    APPL_BACKING_HUGETLB,
+    APPL_BACKING_FILE,
+} appl_backing_t;
+
+/* Not thread-safe: the region table's lock guards it. */
+typedef struct appl_pool {
+    int fd;
+    appl_backing_t backing;
+    char path[PATH_MAX];     /* file backing */
+    uint64_t size;           /* bytes served: nextents * extent_size */
+    uint64_t extent_size;
+    uint32_t nextents;
+    uint32_t used;           /* extents held by regions */
+    uint64_t *bitmap;        /* bit set: extent in use */
+} appl_pool_t;
+
+/* "memfd", "hugetlb", "file:PATH" */
+xm_status_t appl_backing_parse(const char *text, appl_backing_t *backing_p, char *path,
+                               size_t pathlen);
+const char *appl_backing_name(appl_backing_t backing);
+/* Reserve (never touch) a pool of size bytes, rounded down to whole extents. */
+xm_status_t appl_pool_init(appl_pool_t *pool, appl_backing_t backing, const char *path,
+                           uint64_t size, uint64_t extent_size);
+void appl_pool_cleanup(appl_pool_t *pool);
+/* Take n free extents, all or none; XM_ERR_NO_SPACE when fewer are free. */
+xm_status_t appl_pool_alloc(appl_pool_t *pool, uint32_t n, uint32_t *extents);
+/* Mark extents used (restoring a file pool); XM_ERR_INVALID when out of range or taken. */
+xm_status_t appl_pool_claim(appl_pool_t *pool, const uint32_t *extents, uint32_t n);
+/* Return extents; their memory goes back to the OS (hole punched) and reads as zeros. */
+void appl_pool_free(appl_pool_t *pool, const uint32_t *extents, uint32_t n);
+/* Map extents contiguously at a fresh window; *window_p spans n * extent_size. */
+xm_status_t appl_pool_map(appl_pool_t *pool, const uint32_t *extents, uint32_t n,
+                          void **window_p);
+
+/* ---- region.c: regions, grants, registrations, persistence -------------- */
+
+typedef struct appl_grant {
+    char tenant[XM_NAME_MAX + 1];
+    xm_access_t access;     /* the most this tenant may do */
+    struct fid_mr *mr_rw;   /* registration with write rights, when access allows */
+    uint64_t key_rw;
+    struct fid_mr *mr_ro;   /* read-only registration, made on first read-only open */
+    uint64_t key_ro;
+} appl_grant_t;
+
+typedef struct appl_region {
+    uint64_t id;
+    uint64_t size;
+    char name[XM_NAME_MAX + 1];
+    uint32_t nextents;
+    uint32_t *extents;
+    void *window;
+    appl_grant_t *grants;   /* grants[0] is the owner */
+    uint32_t ngrants;
+    struct appl_region *next;
+} appl_region_t;
+
+typedef struct appl_grave {
+    void *window;
+    size_t len;
+    uint64_t since_ns;
+    struct appl_grave *next;
+} appl_grave_t;
+
+/*
+ * The region table. lock guards every field and the pool; it is held across
+ * registration calls (fi_mr_reg is thread-safe and never blocks on peers).
+ * Control threads take it; the progress thread never does.
+ */
+typedef struct appl_regions {
+    pthread_mutex_t lock;
+    appl_pool_t *pool;
+    net_fabric_t *fab;
+    appl_region_t *head;
+    uint32_t count;
+    uint64_t next_id;
+    char meta_path[PATH_MAX + 8]; /* file pools: where the table is kept; "" otherwise */
+    appl_grave_t *graves;         /* windows unmapped after a grace period */
+} appl_regions_t;
+
+/* A region as a client sees it: the registration to use. */
+typedef struct appl_desc {
+    uint64_t id, size, key;
+    xm_access_t access;
+    char name[XM_NAME_MAX + 1];
+} appl_desc_t;
+
+xm_status_t appl_regions_init(appl_regions_t *t, appl_pool_t *pool, net_fabric_t *fab);
+/* Persist shut-down state and release everything (regions of a file pool stay on disk). */
+void appl_regions_cleanup(appl_regions_t *t);
+xm_status_t appl_region_create(appl_regions_t *t, const char *owner, uint64_t size,
+                               const char *name, appl_desc_t *desc, const char **why_p);
+xm_status_t appl_region_open(appl_regions_t *t, const char *tenant, uint64_t id,
+                             const char *name, xm_access_t access, appl_desc_t *desc,
+                             const char **why_p);
+xm_status_t appl_region_destroy(appl_regions_t *t, const char *tenant, uint64_t id,
+                                const char *name, const char **why_p);
+xm_status_t appl_region_grant(appl_regions_t *t, const char *tenant, uint64_t id,
+                              const char *name, const char *grantee, xm_access_t access,
+                              const char **why_p);
+xm_status_t appl_region_stat(appl_regions_t *t, const char *tenant, uint64_t id,
+                             const char *name, xm_region_info_t *info, const char **why_p);
+/* Regions the tenant owns or was granted; *infos_p is malloc'd. */
+xm_status_t appl_region_list(appl_regions_t *t, const char *tenant, xm_region_info_t **infos_p,
+                             size_t *count_p);
+void appl_pool_info(appl_regions_t *t, xm_appliance_info_t *info);
+
+/* ---- server.c: control connections -------------------------------------- */
+
+typedef struct appl_server appl_server_t;
+
+typedef struct appl_server_opts {
+    int listen_fd;
+    const net_secret_t *secret;
+    appl_regions_t *regions;
+    net_fabric_t *fab;
+    uint32_t max_conns;
+    uint32_t timeout_ms;   /* a started frame must finish within this */
+} appl_server_opts_t;
+
+xm_status_t appl_server_create(const appl_server_opts_t *opts, appl_server_t **server_p);
+/* Accept and serve until stop_fd is readable. */
+void appl_server_run(appl_server_t *server, int stop_fd);
+/* Close every connection and join their threads. */
+void appl_server_destroy(appl_server_t *server);
+
+#endif

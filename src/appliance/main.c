@@ -1,0 +1,215 @@
+/* xmemd: parse config, create the pool, fabric, regions and server, run, destroy. */
+#include <errno.h>
+#include <getopt.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#include "../common/common.h"
+#include "../common/config.h"
+#include "appliance.h"
+
+static xm_config_entry_t entries[] = {
+    {"listen", "127.0.0.1:7400", "HOST:PORT of the control listener (PORT 0: any free port)", 0, 0},
+    {"pool", "1G", "bytes the pool serves (K/M/G/T); reserved, never touched up front", 0, 0},
+    {"backing", "memfd", "memfd | hugetlb | file:PATH (file pools survive restarts)", 0, 0},
+    {"extent-size", "2M", "unit of placement; a power of two", 0, 0},
+    {"secret-file", NULL, "file holding the cluster secret (xmem secret new PATH)", 0, 0},
+    {"provider", "tcp", "libfabric provider for data: tcp (across hosts) or shm (one host)", 0, 0},
+    {"data-port", "0", "port of the tcp data endpoint (0: any free port)", 0, 0},
+    {"spin-us", "2000", "progress loop keeps polling this long after activity, then sleeps", 0, 0},
+    {"max-conns", "1024", "control connections served at once", 0, 0},
+    {"timeout-ms", "5000", "a started control message must arrive within this", 0, 0},
+    {"log-level", "info", "error | warn | info | debug", 0, 0},
+};
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: xmemd [--config FILE] [--OPTION VALUE ...] [--print-config]\n"
+            "Serve a pool of memory for one-sided access over libfabric.\n\n"
+            "Options (also XMEM_<NAME> in the environment, or NAME = VALUE in --config):\n");
+    for (size_t i = 0; i < XM_ARRAY_LEN(entries); i++) {
+        fprintf(out, "  --%-13s %s (default: %s)\n", entries[i].name, entries[i].description,
+                entries[i].def != NULL ? entries[i].def : "none");
+    }
+}
+
+typedef struct progress_arg {
+    net_fabric_t *fab;
+    net_progress_opts_t opts;
+    volatile int stop;
+    int stop_fd;
+} progress_arg_t;
+
+static void *progress_main(void *arg)
+{
+    progress_arg_t *p = arg;
+    net_progress_run(p->fab, &p->opts, &p->stop, p->stop_fd);
+    return NULL;
+}
+
+static int parse_u32(const char *name, const char *text, uint32_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long v = strtoul(text, &end, 10);
+    if (errno != 0 || *end != '\0' || v > UINT32_MAX || text[0] == '-') {
+        fprintf(stderr, "xmemd: --%s: not a number: %s\n", name, text);
+        return -1;
+    }
+    *out = (uint32_t)v;
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    xm__log_set_ident("xmemd");
+    xm_config_t cfg = {entries, XM_ARRAY_LEN(entries)};
+    xm__config_init(&cfg);
+    bool print_config = false;
+    /* pass 1: --config, so flags can override the file */
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            usage(stdout);
+            return 0;
+        }
+        if (strcmp(argv[i], "--config") == 0 && i + 1 < argc &&
+            xm__config_load_file(&cfg, argv[i + 1]) != XM_OK) {
+            return 2;
+        }
+    }
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--print-config") == 0) {
+            print_config = true;
+            continue;
+        }
+        if (strncmp(argv[i], "--", 2) != 0 || i + 1 >= argc) {
+            fprintf(stderr, "xmemd: unexpected argument '%s' (see --help)\n", argv[i]);
+            return 2;
+        }
+        const char *name = argv[i] + 2;
+        if (strcmp(name, "config") != 0 && xm__config_set(&cfg, name, argv[i + 1], "flag") != XM_OK) {
+            fprintf(stderr, "xmemd: unknown option '%s' (see --help)\n", argv[i]);
+            return 2;
+        }
+        i++;
+    }
+    if (print_config) {
+        xm__config_print(&cfg, stdout);
+        return 0;
+    }
+    xm_log_level_t level;
+    if (!xm__log_parse_level(xm__config_get(&cfg, "log-level"), &level)) {
+        fprintf(stderr, "xmemd: --log-level: use error, warn, info or debug\n");
+        return 2;
+    }
+    xm__log_set_level(level);
+
+    char host[256], port[16], path[PATH_MAX];
+    uint64_t pool_size, extent_size;
+    uint32_t spin_us, max_conns, timeout_ms;
+    appl_backing_t backing;
+    if (xm__parse_hostport(xm__config_get(&cfg, "listen"), host, sizeof(host), port, sizeof(port)) != XM_OK) {
+        fprintf(stderr, "xmemd: --listen: expected HOST:PORT, got '%s'\n", xm__config_get(&cfg, "listen"));
+        return 2;
+    }
+    if (xm__parse_size(xm__config_get(&cfg, "pool"), &pool_size) != XM_OK ||
+        xm__parse_size(xm__config_get(&cfg, "extent-size"), &extent_size) != XM_OK) {
+        fprintf(stderr, "xmemd: --pool / --extent-size: expected a size such as 64G or 2M\n");
+        return 2;
+    }
+    if (appl_backing_parse(xm__config_get(&cfg, "backing"), &backing, path, sizeof(path)) != XM_OK) {
+        fprintf(stderr, "xmemd: --backing: expected memfd, hugetlb or file:PATH\n");
+        return 2;
+    }
+    if (parse_u32("spin-us", xm__config_get(&cfg, "spin-us"), &spin_us) != 0 ||
+        parse_u32("max-conns", xm__config_get(&cfg, "max-conns"), &max_conns) != 0 ||
+        parse_u32("timeout-ms", xm__config_get(&cfg, "timeout-ms"), &timeout_ms) != 0) {
+        return 2;
+    }
+    if (backing == APPL_BACKING_HUGETLB && extent_size < (2u << 20)) {
+        extent_size = 2u << 20;
+    }
+    net_secret_t secret;
+    if (net_secret_load(xm__config_get(&cfg, "secret-file"), &secret) != XM_OK) {
+        return 2;
+    }
+
+    /* signals arrive on a descriptor; threads start with them blocked */
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    int sig_fd = signalfd(-1, &sigs, SFD_CLOEXEC);
+
+    int rc = 1;
+    appl_pool_t pool;
+    net_fabric_t fab;
+    appl_regions_t regions;
+    appl_server_t *server = NULL;
+    int listen_fd = -1;
+    uint16_t bound_port = 0;
+    if (appl_pool_init(&pool, backing, path, pool_size, extent_size) != XM_OK) {
+        goto out;
+    }
+    if (net_fabric_open(xm__config_get(&cfg, "provider"), NET_ROLE_TARGET, host,
+                        xm__config_get(&cfg, "data-port"), &fab) != XM_OK) {
+        goto err_pool;
+    }
+    if (appl_regions_init(&regions, &pool, &fab) != XM_OK) {
+        goto err_fabric;
+    }
+    if (net_listen(host, port, &listen_fd, &bound_port) != XM_OK) {
+        goto err_regions;
+    }
+    progress_arg_t parg = {.fab = &fab, .opts = {.spin_us = spin_us}, .stop = 0,
+                           .stop_fd = eventfd(0, EFD_CLOEXEC)};
+    pthread_t progress;
+    if (pthread_create(&progress, NULL, progress_main, &parg) != 0) {
+        goto err_listen;
+    }
+    appl_server_opts_t so = {.listen_fd = listen_fd, .secret = &secret, .regions = &regions,
+                             .fab = &fab, .max_conns = max_conns, .timeout_ms = timeout_ms};
+    if (appl_server_create(&so, &server) != XM_OK) {
+        goto err_progress;
+    }
+    char sz[32];
+    xm_log_info("serving %s %s pool on %s:%u over %s (%s)", xm__format_size(pool.size, sz, sizeof(sz)),
+                appl_backing_name(backing), host, bound_port, fab.provider,
+                fab.info->fabric_attr->prov_name);
+    printf("xmemd listening on %s:%u\n", host, bound_port);
+    fflush(stdout);
+
+    appl_server_run(server, sig_fd);
+    xm_log_info("shutting down");
+    rc = 0;
+    appl_server_destroy(server);
+err_progress:
+    parg.stop = 1;
+    if (parg.stop_fd >= 0) {
+        uint64_t one = 1;
+        if (write(parg.stop_fd, &one, sizeof(one)) < 0) { /* the flag alone ends it within 1 s */ }
+    }
+    pthread_join(progress, NULL);
+    if (parg.stop_fd >= 0) close(parg.stop_fd);
+err_listen:
+    close(listen_fd);
+err_regions:
+    appl_regions_cleanup(&regions);
+err_fabric:
+    net_fabric_close(&fab);
+err_pool:
+    appl_pool_cleanup(&pool);
+out:
+    xm__config_cleanup(&cfg);
+    if (sig_fd >= 0) close(sig_fd);
+    return rc;
+}

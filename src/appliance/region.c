@@ -1,0 +1,585 @@
+/* Regions: windows onto pool extents, each grant its own registration. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "../common/common.h"
+#include "appliance.h"
+
+/* A closed registration may still have a provider transfer in progress into
+ * its window (tcp receives a large write over several progress rounds), so a
+ * destroyed region's window is detached from the pool and kept this long. */
+#define GRAVE_NS (5ull * 1000000000ull)
+
+#define WHY(text)                                                                            \
+    do {                                                                                     \
+        *why_p = (text);                                                                     \
+    } while (0)
+
+static size_t window_len(const appl_regions_t *t, const appl_region_t *r)
+{
+    return (size_t)r->nextents * t->pool->extent_size;
+}
+
+static void grant_close(appl_grant_t *g)
+{
+    net_mr_close(g->mr_rw);
+    net_mr_close(g->mr_ro);
+    g->mr_rw = g->mr_ro = NULL;
+}
+
+static void graves_reap(appl_regions_t *t, bool all)
+{
+    uint64_t now = xm__now_ns();
+    appl_grave_t **pp = &t->graves;
+    while (*pp != NULL) {
+        appl_grave_t *g = *pp;
+        if (all || now - g->since_ns >= GRAVE_NS) {
+            munmap(g->window, g->len);
+            *pp = g->next;
+            free(g);
+        } else {
+            pp = &g->next;
+        }
+    }
+}
+
+/* Close registrations and release the window; with punch, return the extents. */
+static void region_release(appl_regions_t *t, appl_region_t *r, bool give_back)
+{
+    for (uint32_t i = 0; i < r->ngrants; i++) {
+        grant_close(&r->grants[i]);
+    }
+    size_t len = window_len(t, r);
+    if (give_back) {
+        /* detach the pool pages: a late transfer lands in scratch memory */
+        void *p = mmap(r->window, len, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
+        appl_grave_t *g = malloc(sizeof(*g));
+        if (p == MAP_FAILED || g == NULL) {
+            free(g);
+            munmap(r->window, len); /* cannot defer: unmap now */
+        } else {
+            *g = (appl_grave_t){.window = r->window, .len = len, .since_ns = xm__now_ns(),
+                                .next = t->graves};
+            t->graves = g;
+        }
+        appl_pool_free(t->pool, r->extents, r->nextents);
+    } else {
+        if (t->pool->backing == APPL_BACKING_FILE) {
+            msync(r->window, len, MS_SYNC);
+        }
+        munmap(r->window, len);
+    }
+    free(r->extents);
+    free(r->grants);
+    free(r);
+}
+
+/* ---- persistence of a file-backed pool's table -------------------------- */
+
+static xm_status_t meta_save(appl_regions_t *t)
+{
+    if (t->meta_path[0] == '\0') {
+        return XM_OK;
+    }
+    Xmem__PoolMeta meta = XMEM__POOL_META__INIT;
+    meta.version = 1;
+    meta.pool_size = t->pool->size;
+    meta.extent_size = t->pool->extent_size;
+    meta.next_id = t->next_id;
+    meta.n_regions = t->count;
+    Xmem__PoolRegion *recs = calloc(t->count + 1, sizeof(*recs));
+    Xmem__PoolRegion **ptrs = calloc(t->count + 1, sizeof(*ptrs));
+    size_t ngrants = 0;
+    for (appl_region_t *r = t->head; r != NULL; r = r->next) ngrants += r->ngrants;
+    Xmem__PoolGrant *grants = calloc(ngrants + 1, sizeof(*grants));
+    Xmem__PoolGrant **gptrs = calloc(ngrants + 1, sizeof(*gptrs));
+    xm_status_t status = XM_ERR_NO_MEMORY;
+    if (recs == NULL || ptrs == NULL || grants == NULL || gptrs == NULL) {
+        goto out;
+    }
+    size_t i = 0, gi = 0;
+    for (appl_region_t *r = t->head; r != NULL; r = r->next, i++) {
+        xmem__pool_region__init(&recs[i]);
+        recs[i].id = r->id;
+        recs[i].size = r->size;
+        recs[i].name = r->name;
+        recs[i].owner = r->grants[0].tenant;
+        recs[i].n_extents = r->nextents;
+        recs[i].extents = r->extents;
+        recs[i].grants = &gptrs[gi];
+        for (uint32_t g = 1; g < r->ngrants; g++, gi++) {
+            xmem__pool_grant__init(&grants[gi]);
+            grants[gi].tenant = r->grants[g].tenant;
+            grants[gi].access = (Xmem__Access)r->grants[g].access;
+            gptrs[gi] = &grants[gi];
+            recs[i].n_grants++;
+        }
+        ptrs[i] = &recs[i];
+    }
+    meta.regions = ptrs;
+    size_t len = xmem__pool_meta__get_packed_size(&meta);
+    uint8_t *buf = malloc(len + 1);
+    if (buf == NULL) {
+        goto out;
+    }
+    xmem__pool_meta__pack(&meta, buf);
+    char tmp[sizeof(t->meta_path) + 8];
+    snprintf(tmp, sizeof(tmp), "%s.tmp", t->meta_path);
+    status = XM_ERR_IO;
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd >= 0) {
+        if (write(fd, buf, len) == (ssize_t)len && fsync(fd) == 0 && rename(tmp, t->meta_path) == 0) {
+            status = XM_OK;
+        }
+        close(fd);
+    }
+    if (status != XM_OK) {
+        xm_log_error("cannot save pool metadata %s: %m", t->meta_path);
+    }
+    free(buf);
+out:
+    free(recs);
+    free(ptrs);
+    free(grants);
+    free(gptrs);
+    return status;
+}
+
+static appl_region_t *region_new(uint64_t id, uint64_t size, const char *name, const char *owner,
+                                 uint32_t nextents)
+{
+    appl_region_t *r = calloc(1, sizeof(*r));
+    if (r == NULL) return NULL;
+    r->extents = calloc(nextents, sizeof(uint32_t));
+    r->grants = calloc(1, sizeof(appl_grant_t));
+    if (r->extents == NULL || r->grants == NULL) {
+        free(r->extents);
+        free(r->grants);
+        free(r);
+        return NULL;
+    }
+    r->id = id;
+    r->size = size;
+    r->nextents = nextents;
+    snprintf(r->name, sizeof(r->name), "%s", name != NULL ? name : "");
+    snprintf(r->grants[0].tenant, sizeof(r->grants[0].tenant), "%s", owner);
+    r->grants[0].access = XM_ACCESS_READ_WRITE;
+    r->ngrants = 1;
+    return r;
+}
+
+static appl_grant_t *grant_add(appl_region_t *r, const char *tenant, xm_access_t access)
+{
+    appl_grant_t *g = realloc(r->grants, (r->ngrants + 1) * sizeof(*g));
+    if (g == NULL) return NULL;
+    r->grants = g;
+    g = &r->grants[r->ngrants++];
+    memset(g, 0, sizeof(*g));
+    snprintf(g->tenant, sizeof(g->tenant), "%s", tenant);
+    g->access = access;
+    return g;
+}
+
+static xm_status_t meta_load(appl_regions_t *t)
+{
+    int fd = open(t->meta_path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        return errno == ENOENT ? XM_OK : XM_ERR_IO;
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0 || st.st_size > 256 * 1024 * 1024) {
+        close(fd);
+        xm_log_error("pool metadata %s unreadable or too large", t->meta_path);
+        return XM_ERR_IO;
+    }
+    size_t len = (size_t)st.st_size;
+    uint8_t *buf = malloc(len + 1);
+    if (buf == NULL || read(fd, buf, len) != (ssize_t)len) {
+        free(buf);
+        close(fd);
+        return XM_ERR_IO;
+    }
+    close(fd);
+    Xmem__PoolMeta *meta;
+    const char *why;
+    xm_status_t status = proto_pool_decode(buf, len, &meta, &why);
+    free(buf);
+    if (status != XM_OK) {
+        xm_log_error("pool metadata %s is invalid: %s", t->meta_path, why);
+        return XM_ERR_INVALID;
+    }
+    status = XM_ERR_INVALID;
+    if (meta->extent_size != t->pool->extent_size || meta->pool_size != t->pool->size) {
+        xm_log_error("pool %s was made with pool size %llu and extent size %llu; "
+                     "start xmemd with the same --pool and --extent-size",
+                     t->pool->path, (unsigned long long)meta->pool_size,
+                     (unsigned long long)meta->extent_size);
+        goto out;
+    }
+    t->next_id = meta->next_id;
+    for (size_t i = 0; i < meta->n_regions; i++) {
+        const Xmem__PoolRegion *rec = meta->regions[i];
+        if (rec->n_extents > t->pool->nextents ||
+            rec->size > (uint64_t)rec->n_extents * t->pool->extent_size ||
+            appl_pool_claim(t->pool, rec->extents, (uint32_t)rec->n_extents) != XM_OK) {
+            xm_log_error("pool metadata: region %llu has bad extents",
+                         (unsigned long long)rec->id);
+            goto out;
+        }
+        appl_region_t *r = region_new(rec->id, rec->size, rec->name, rec->owner,
+                                      (uint32_t)rec->n_extents);
+        if (r == NULL) goto out;
+        memcpy(r->extents, rec->extents, rec->n_extents * sizeof(uint32_t));
+        for (size_t g = 0; g < rec->n_grants; g++) {
+            if (grant_add(r, rec->grants[g]->tenant, (xm_access_t)rec->grants[g]->access) == NULL) {
+                r->next = t->head;
+                t->head = r;
+                goto out;
+            }
+        }
+        if (appl_pool_map(t->pool, r->extents, r->nextents, &r->window) != XM_OK ||
+            net_mr_reg(t->fab, r->window, r->size, XM_ACCESS_READ_WRITE, &r->grants[0].mr_rw,
+                       &r->grants[0].key_rw) != XM_OK) {
+            free(r->extents);
+            free(r->grants);
+            free(r);
+            goto out;
+        }
+        r->next = t->head;
+        t->head = r;
+        t->count++;
+    }
+    xm_log_info("restored %u regions from %s", t->count, t->meta_path);
+    status = XM_OK;
+out:
+    proto_pool_free(meta);
+    return status;
+}
+
+xm_status_t appl_regions_init(appl_regions_t *t, appl_pool_t *pool, net_fabric_t *fab)
+{
+    memset(t, 0, sizeof(*t));
+    pthread_mutex_init(&t->lock, NULL);
+    t->pool = pool;
+    t->fab = fab;
+    t->next_id = 1;
+    if (pool->backing == APPL_BACKING_FILE) {
+        snprintf(t->meta_path, sizeof(t->meta_path), "%s.meta", pool->path);
+        xm_status_t status = meta_load(t);
+        if (status != XM_OK) {
+            appl_regions_cleanup(t);
+            return status;
+        }
+    }
+    return XM_OK;
+}
+
+void appl_regions_cleanup(appl_regions_t *t)
+{
+    pthread_mutex_lock(&t->lock);
+    while (t->head != NULL) {
+        appl_region_t *r = t->head;
+        t->head = r->next;
+        region_release(t, r, false);
+    }
+    t->count = 0;
+    graves_reap(t, true);
+    pthread_mutex_unlock(&t->lock);
+    pthread_mutex_destroy(&t->lock);
+}
+
+static appl_region_t *region_find(appl_regions_t *t, uint64_t id, const char *name)
+{
+    for (appl_region_t *r = t->head; r != NULL; r = r->next) {
+        if (id != 0 ? r->id == id : (name != NULL && name[0] != '\0' && strcmp(r->name, name) == 0)) {
+            return r;
+        }
+    }
+    return NULL;
+}
+
+static appl_grant_t *grant_find(appl_region_t *r, const char *tenant)
+{
+    for (uint32_t i = 0; i < r->ngrants; i++) {
+        if (strcmp(r->grants[i].tenant, tenant) == 0) {
+            return &r->grants[i];
+        }
+    }
+    return NULL;
+}
+
+static void desc_fill(const appl_region_t *r, uint64_t key, xm_access_t access, appl_desc_t *d)
+{
+    d->id = r->id;
+    d->size = r->size;
+    d->key = key;
+    d->access = access;
+    snprintf(d->name, sizeof(d->name), "%s", r->name);
+}
+
+xm_status_t appl_region_create(appl_regions_t *t, const char *owner, uint64_t size,
+                               const char *name, appl_desc_t *desc, const char **why_p)
+{
+    if (size == 0) {
+        WHY("region size 0");
+        return XM_ERR_INVALID;
+    }
+    pthread_mutex_lock(&t->lock);
+    graves_reap(t, false);
+    xm_status_t status;
+    uint64_t want = (size + t->pool->extent_size - 1) / t->pool->extent_size;
+    if (size > t->pool->size || want > t->pool->nextents - t->pool->used) {
+        WHY("not enough free space in the pool");
+        status = XM_ERR_NO_SPACE;
+        goto out;
+    }
+    if (name != NULL && name[0] != '\0' && region_find(t, 0, name) != NULL) {
+        WHY("a region with that name exists");
+        status = XM_ERR_EXISTS;
+        goto out;
+    }
+    appl_region_t *r = region_new(t->next_id, size, name, owner, (uint32_t)want);
+    if (r == NULL) {
+        status = XM_ERR_NO_MEMORY;
+        goto out;
+    }
+    status = appl_pool_alloc(t->pool, r->nextents, r->extents);
+    if (status != XM_OK) {
+        WHY("not enough free space in the pool");
+        goto err_free;
+    }
+    status = appl_pool_map(t->pool, r->extents, r->nextents, &r->window);
+    if (status != XM_OK) {
+        WHY("cannot map the region (hugetlb pages short?)");
+        goto err_pool;
+    }
+    /* the registration covers exactly the bytes asked for, not the rounded extents */
+    status = net_mr_reg(t->fab, r->window, size, XM_ACCESS_READ_WRITE, &r->grants[0].mr_rw,
+                        &r->grants[0].key_rw);
+    if (status != XM_OK) {
+        WHY("cannot register the region with the transport");
+        goto err_unmap;
+    }
+    t->next_id++;
+    r->next = t->head;
+    t->head = r;
+    t->count++;
+    if (meta_save(t) != XM_OK) {
+        t->head = r->next;
+        t->count--;
+        WHY("cannot persist the pool metadata");
+        status = XM_ERR_IO;
+        region_release(t, r, true);
+        goto out;
+    }
+    desc_fill(r, r->grants[0].key_rw, XM_ACCESS_READ_WRITE, desc);
+    pthread_mutex_unlock(&t->lock);
+    return XM_OK;
+
+err_unmap:
+    munmap(r->window, window_len(t, r));
+err_pool:
+    /* nothing was written: the extents go back without a hole punch being needed */
+    appl_pool_free(t->pool, r->extents, r->nextents);
+err_free:
+    free(r->extents);
+    free(r->grants);
+    free(r);
+out:
+    pthread_mutex_unlock(&t->lock);
+    return status;
+}
+
+/* Find a region the tenant may see; XM_ERR_NOT_FOUND / XM_ERR_PERM otherwise. */
+static xm_status_t visible(appl_regions_t *t, const char *tenant, uint64_t id, const char *name,
+                           appl_region_t **r_p, appl_grant_t **g_p, const char **why_p)
+{
+    appl_region_t *r = region_find(t, id, name);
+    if (r == NULL) {
+        WHY("no such region");
+        return XM_ERR_NOT_FOUND;
+    }
+    appl_grant_t *g = grant_find(r, tenant);
+    if (g == NULL) {
+        WHY("region not owned by or granted to this tenant");
+        return XM_ERR_PERM;
+    }
+    *r_p = r;
+    *g_p = g;
+    return XM_OK;
+}
+
+xm_status_t appl_region_open(appl_regions_t *t, const char *tenant, uint64_t id,
+                             const char *name, xm_access_t access, appl_desc_t *desc,
+                             const char **why_p)
+{
+    pthread_mutex_lock(&t->lock);
+    appl_region_t *r;
+    appl_grant_t *g;
+    xm_status_t status = visible(t, tenant, id, name, &r, &g, why_p);
+    if (status != XM_OK) goto out;
+    if (access == XM_ACCESS_READ_WRITE && g->access != XM_ACCESS_READ_WRITE) {
+        WHY("only read access was granted");
+        status = XM_ERR_PERM;
+        goto out;
+    }
+    if (access == XM_ACCESS_READ_WRITE) {
+        if (g->mr_rw == NULL) {
+            status = net_mr_reg(t->fab, r->window, r->size, XM_ACCESS_READ_WRITE, &g->mr_rw,
+                                &g->key_rw);
+            if (status != XM_OK) goto out;
+        }
+        desc_fill(r, g->key_rw, XM_ACCESS_READ_WRITE, desc);
+    } else {
+        if (g->mr_ro == NULL) {
+            status = net_mr_reg(t->fab, r->window, r->size, XM_ACCESS_READ, &g->mr_ro, &g->key_ro);
+            if (status != XM_OK) goto out;
+        }
+        desc_fill(r, g->key_ro, XM_ACCESS_READ, desc);
+    }
+out:
+    pthread_mutex_unlock(&t->lock);
+    return status;
+}
+
+xm_status_t appl_region_destroy(appl_regions_t *t, const char *tenant, uint64_t id,
+                                const char *name, const char **why_p)
+{
+    pthread_mutex_lock(&t->lock);
+    graves_reap(t, false);
+    appl_region_t *r;
+    appl_grant_t *g;
+    xm_status_t status = visible(t, tenant, id, name, &r, &g, why_p);
+    if (status == XM_OK && g != &r->grants[0]) {
+        WHY("only the owner may destroy a region");
+        status = XM_ERR_PERM;
+    }
+    if (status == XM_OK) {
+        appl_region_t **pp = &t->head;
+        while (*pp != r) pp = &(*pp)->next;
+        *pp = r->next;
+        t->count--;
+        region_release(t, r, true);
+        status = meta_save(t);
+    }
+    pthread_mutex_unlock(&t->lock);
+    return status;
+}
+
+xm_status_t appl_region_grant(appl_regions_t *t, const char *tenant, uint64_t id,
+                              const char *name, const char *grantee, xm_access_t access,
+                              const char **why_p)
+{
+    pthread_mutex_lock(&t->lock);
+    appl_region_t *r;
+    appl_grant_t *g;
+    xm_status_t status = visible(t, tenant, id, name, &r, &g, why_p);
+    if (status != XM_OK) goto out;
+    if (g != &r->grants[0]) {
+        WHY("only the owner may grant access");
+        status = XM_ERR_PERM;
+        goto out;
+    }
+    if (strcmp(grantee, tenant) == 0) {
+        WHY("the owner already has full access");
+        status = XM_ERR_INVALID;
+        goto out;
+    }
+    appl_grant_t *old = grant_find(r, grantee);
+    if (old != NULL) {
+        /* a changed grant revokes the keys handed out under the old one */
+        grant_close(old);
+        old->access = access;
+    } else if (grant_add(r, grantee, access) == NULL) {
+        status = XM_ERR_NO_MEMORY;
+        goto out;
+    }
+    status = meta_save(t);
+out:
+    pthread_mutex_unlock(&t->lock);
+    return status;
+}
+
+static uint64_t resident_bytes(const appl_regions_t *t, const appl_region_t *r)
+{
+    const size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    const size_t chunk = 1u << 30;
+    size_t len = window_len(t, r);
+    unsigned char *vec = malloc(chunk / page);
+    if (vec == NULL) return 0;
+    uint64_t resident = 0;
+    for (size_t off = 0; off < len; off += chunk) {
+        size_t n = XM_MIN(chunk, len - off);
+        if (mincore((uint8_t *)r->window + off, n, vec) != 0) break;
+        for (size_t i = 0; i < n / page; i++) resident += vec[i] & 1;
+    }
+    free(vec);
+    return resident * page;
+}
+
+static void info_fill(const appl_regions_t *t, const appl_region_t *r, xm_region_info_t *info)
+{
+    memset(info, 0, sizeof(*info));
+    info->id = r->id;
+    info->size = r->size;
+    snprintf(info->name, sizeof(info->name), "%s", r->name);
+    snprintf(info->owner, sizeof(info->owner), "%s", r->grants[0].tenant);
+    info->extents = r->nextents;
+    info->grants = r->ngrants - 1;
+    info->resident = resident_bytes(t, r);
+}
+
+xm_status_t appl_region_stat(appl_regions_t *t, const char *tenant, uint64_t id,
+                             const char *name, xm_region_info_t *info, const char **why_p)
+{
+    pthread_mutex_lock(&t->lock);
+    appl_region_t *r;
+    appl_grant_t *g;
+    xm_status_t status = visible(t, tenant, id, name, &r, &g, why_p);
+    if (status == XM_OK) {
+        info_fill(t, r, info);
+    }
+    pthread_mutex_unlock(&t->lock);
+    return status;
+}
+
+xm_status_t appl_region_list(appl_regions_t *t, const char *tenant, xm_region_info_t **infos_p,
+                             size_t *count_p)
+{
+    pthread_mutex_lock(&t->lock);
+    xm_region_info_t *infos = calloc(t->count + 1, sizeof(*infos));
+    if (infos == NULL) {
+        pthread_mutex_unlock(&t->lock);
+        return XM_ERR_NO_MEMORY;
+    }
+    size_t n = 0;
+    for (appl_region_t *r = t->head; r != NULL; r = r->next) {
+        if (grant_find(r, tenant) != NULL) {
+            info_fill(t, r, &infos[n++]);
+        }
+    }
+    pthread_mutex_unlock(&t->lock);
+    *infos_p = infos;
+    *count_p = n;
+    return XM_OK;
+}
+
+void appl_pool_info(appl_regions_t *t, xm_appliance_info_t *info)
+{
+    pthread_mutex_lock(&t->lock);
+    memset(info, 0, sizeof(*info));
+    info->pool_size = t->pool->size;
+    info->pool_used = (uint64_t)t->pool->used * t->pool->extent_size;
+    info->extent_size = t->pool->extent_size;
+    info->regions = t->count;
+    snprintf(info->backing, sizeof(info->backing), "%s", appl_backing_name(t->pool->backing));
+    snprintf(info->provider, sizeof(info->provider), "%s", t->fab->provider);
+    pthread_mutex_unlock(&t->lock);
+}

@@ -1,0 +1,56 @@
+/* client: libxmem's private face: the context, region handles, RPC and I/O. */
+#ifndef XM_CLIENT_H
+#define XM_CLIENT_H
+
+#include <sys/socket.h>
+
+#include <xmem/xmem.h>
+
+#include "../net/net.h"
+
+/*
+ * A connection to one appliance. Not thread-safe: one thread at a time.
+ * The control socket carries RPCs; fab carries one-sided data.
+ */
+struct xm_ctx {
+    char host[256];
+    char port[16];
+    char tenant[XM_NAME_MAX + 1];
+    char provider[16];       /* as the appliance serves it */
+    char want_provider[16];  /* what the caller asked for, "" for any */
+    net_secret_t secret;
+    uint32_t timeout_ms;
+    int fd;                  /* control socket, -1 when closed */
+    struct sockaddr_storage ctrl_peer;
+    uint64_t seq;
+    uint64_t extent_size;
+    uint8_t peer_addr[XM_FABRIC_ADDR_MAX];
+    size_t peer_addr_len;
+    net_fabric_t fab;
+    bool fab_open;
+    bool fab_broken;         /* reopen once nothing is in flight */
+    fi_addr_t peer;
+    xm_op_t *inflight;       /* operations posted and not complete */
+    uint32_t chunks;         /* libfabric operations outstanding */
+    char last_error[256];
+};
+
+struct xm_region {
+    xm_ctx_h ctx;
+    uint64_t id;
+    uint64_t size;
+    uint64_t key;
+    xm_access_t access;
+};
+
+/* Record what failed for xm_last_error; returns status. */
+xm_status_t xm__ctx_error(xm_ctx_h ctx, xm_status_t status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* One request/reply on the control channel; reconnects first when the channel is down. */
+xm_status_t xm__rpc(xm_ctx_h ctx, xm_msg_t *req, xm_msg_t **rep_p);
+/* Open the data endpoint if needed (or reopen a broken one). */
+xm_status_t xm__fab_ready(xm_ctx_h ctx);
+/* Close the data endpoint, failing everything in flight with status. */
+void xm__fab_reset(xm_ctx_h ctx, xm_status_t status);
+
+#endif

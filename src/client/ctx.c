@@ -1,0 +1,271 @@
+/* libxmem context: connect, authenticate, control RPC, data endpoint life. */
+#include <errno.h>
+#include <pwd.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../common/common.h"
+#include "client.h"
+
+xm_status_t xm__ctx_error(xm_ctx_h ctx, xm_status_t status, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(ctx->last_error, sizeof(ctx->last_error), fmt, ap);
+    va_end(ap);
+    return status;
+}
+
+XM_EXPORT const char *xm_last_error(xm_ctx_h ctx)
+{
+    return ctx != NULL ? ctx->last_error : "";
+}
+
+static void ctl_close(xm_ctx_h ctx)
+{
+    if (ctx->fd >= 0) {
+        close(ctx->fd);
+        ctx->fd = -1;
+    }
+}
+
+/* Send req and receive the reply to it; the channel is closed on any transport failure. */
+static xm_status_t ctl_exchange(xm_ctx_h ctx, xm_msg_t *req, xm_msg_t **rep_p)
+{
+    req->seq = ++ctx->seq;
+    xm_status_t status = net_send_msg(ctx->fd, req, ctx->timeout_ms);
+    if (status != XM_OK) {
+        ctl_close(ctx);
+        return xm__ctx_error(ctx, status == XM_ERR_TIMEOUT ? XM_ERR_TIMEOUT : XM_ERR_DISCONNECTED,
+                             "appliance %s:%s: cannot send request (%s)", ctx->host, ctx->port,
+                             xm_status_str(status));
+    }
+    xm_msg_t *rep;
+    const char *why;
+    status = net_recv_msg(ctx->fd, XM_FRAME_MAX_REPLY, (int)ctx->timeout_ms, ctx->timeout_ms, &rep, &why);
+    if (status != XM_OK) {
+        ctl_close(ctx);
+        return xm__ctx_error(ctx, status, "appliance %s:%s: no valid reply (%s)", ctx->host,
+                             ctx->port, why != NULL ? why : xm_status_str(status));
+    }
+    if (rep->seq != req->seq) {
+        proto_msg_free(rep);
+        ctl_close(ctx);
+        return xm__ctx_error(ctx, XM_ERR_PROTOCOL, "appliance replied out of turn");
+    }
+    if (rep->status != XM_OK) {
+        xm_status_t s = rep->status >= XM_ERR_AGAIN && rep->status < 0 ? (xm_status_t)rep->status
+                                                                        : XM_ERR_PROTOCOL;
+        xm__ctx_error(ctx, s, "%s", rep->error != NULL && rep->error[0] ? rep->error : xm_status_str(s));
+        proto_msg_free(rep);
+        return s;
+    }
+    *rep_p = rep;
+    return XM_OK;
+}
+
+static xm_status_t ctl_connect(xm_ctx_h ctx)
+{
+    xm_status_t status = net_connect(ctx->host, ctx->port, ctx->timeout_ms, &ctx->fd);
+    if (status != XM_OK) {
+        ctx->fd = -1;
+        return xm__ctx_error(ctx, status, "cannot connect to appliance %s:%s: %s", ctx->host,
+                             ctx->port, xm_status_str(status));
+    }
+    socklen_t sl = sizeof(ctx->ctrl_peer);
+    getpeername(ctx->fd, (struct sockaddr *)&ctx->ctrl_peer, &sl);
+
+    uint8_t client_nonce[XM_NONCE_LEN], mac[XM_MAC_LEN];
+    net_random(client_nonce, sizeof(client_nonce));
+    Xmem__Hello hello = XMEM__HELLO__INIT;
+    hello.version = XM_PROTO_VERSION;
+    hello.tenant = ctx->tenant;
+    hello.client_nonce = (ProtobufCBinaryData){XM_NONCE_LEN, client_nonce};
+    xm_msg_t req = XMEM__MSG__INIT;
+    req.body_case = XMEM__MSG__BODY_HELLO;
+    req.hello = &hello;
+    xm_msg_t *rep;
+    status = ctl_exchange(ctx, &req, &rep);
+    if (status != XM_OK) goto err;
+    if (rep->body_case != XMEM__MSG__BODY_CHALLENGE ||
+        !net_auth_verify(&ctx->secret, "xmem-server", client_nonce,
+                         rep->challenge->server_nonce.data, ctx->tenant,
+                         rep->challenge->server_mac.data)) {
+        proto_msg_free(rep);
+        status = xm__ctx_error(ctx, XM_ERR_AUTH,
+                               "appliance %s:%s did not prove it holds the cluster secret",
+                               ctx->host, ctx->port);
+        goto err;
+    }
+    uint8_t server_nonce[XM_NONCE_LEN];
+    memcpy(server_nonce, rep->challenge->server_nonce.data, XM_NONCE_LEN);
+    proto_msg_free(rep);
+    net_auth_mac(&ctx->secret, "xmem-client", server_nonce, client_nonce, ctx->tenant, mac);
+    Xmem__Auth auth = XMEM__AUTH__INIT;
+    auth.client_mac = (ProtobufCBinaryData){XM_MAC_LEN, mac};
+    xm_msg_t req2 = XMEM__MSG__INIT;
+    req2.body_case = XMEM__MSG__BODY_AUTH;
+    req2.auth = &auth;
+    status = ctl_exchange(ctx, &req2, &rep);
+    if (status != XM_OK) {
+        if (status == XM_ERR_AUTH) {
+            xm__ctx_error(ctx, status, "appliance %s:%s refused the cluster secret", ctx->host,
+                          ctx->port);
+        }
+        goto err;
+    }
+    if (rep->body_case != XMEM__MSG__BODY_WELCOME) {
+        proto_msg_free(rep);
+        status = xm__ctx_error(ctx, XM_ERR_PROTOCOL, "appliance sent no welcome");
+        goto err;
+    }
+    const Xmem__Welcome *w = rep->welcome;
+    if (ctx->want_provider[0] != '\0' && strcmp(ctx->want_provider, w->provider) != 0) {
+        status = xm__ctx_error(ctx, XM_ERR_INVALID, "appliance serves provider %s, not %s",
+                               w->provider, ctx->want_provider);
+        proto_msg_free(rep);
+        goto err;
+    }
+    /* a restarted appliance has a new data address: reopen the data endpoint */
+    if (w->fabric_addr.len != ctx->peer_addr_len ||
+        memcmp(w->fabric_addr.data, ctx->peer_addr, ctx->peer_addr_len) != 0 ||
+        strcmp(ctx->provider, w->provider) != 0) {
+        memcpy(ctx->peer_addr, w->fabric_addr.data, w->fabric_addr.len);
+        ctx->peer_addr_len = w->fabric_addr.len;
+        snprintf(ctx->provider, sizeof(ctx->provider), "%s", w->provider);
+        ctx->fab_broken = true;
+    }
+    ctx->extent_size = w->extent_size;
+    proto_msg_free(rep);
+    return XM_OK;
+
+err:
+    ctl_close(ctx);
+    return status;
+}
+
+xm_status_t xm__rpc(xm_ctx_h ctx, xm_msg_t *req, xm_msg_t **rep_p)
+{
+    if (ctx->fd < 0) {
+        xm_status_t status = ctl_connect(ctx);
+        if (status != XM_OK) {
+            return status;
+        }
+    }
+    return ctl_exchange(ctx, req, rep_p);
+}
+
+static const char *pick(const char *given, const char *env, const char *def)
+{
+    if (given != NULL && *given != '\0') return given;
+    const char *v = env != NULL ? getenv(env) : NULL;
+    return v != NULL && *v != '\0' ? v : def;
+}
+
+XM_EXPORT xm_status_t xm_connect(const xm_connect_opts_t *opts, xm_ctx_h *ctx_p)
+{
+    xm_connect_opts_t none = {0};
+    if (opts == NULL) opts = &none;
+    if (ctx_p == NULL) return XM_ERR_INVALID;
+    xm_ctx_h ctx = calloc(1, sizeof(*ctx));
+    if (ctx == NULL) return XM_ERR_NO_MEMORY;
+    ctx->fd = -1;
+    ctx->fab.wait_fd = -1;
+    xm_status_t status = XM_ERR_INVALID;
+    const char *addr = pick(opts->appliance, "XMEM_APPLIANCE", "127.0.0.1:7400");
+    if (xm__parse_hostport(addr, ctx->host, sizeof(ctx->host), ctx->port, sizeof(ctx->port)) != XM_OK) {
+        xm_log_error("appliance address '%s' is not HOST:PORT", addr);
+        goto err;
+    }
+    const char *prov = pick(opts->provider, "XMEM_PROVIDER", "");
+    if (strlen(prov) >= sizeof(ctx->want_provider)) goto err;
+    snprintf(ctx->want_provider, sizeof(ctx->want_provider), "%s", prov);
+    char fallback[32];
+    struct passwd *pw = getpwuid(getuid());
+    snprintf(fallback, sizeof(fallback), "uid%u", (unsigned)getuid());
+    const char *tenant = pick(opts->tenant, "XMEM_TENANT", pw != NULL ? pw->pw_name : fallback);
+    if (!xm__name_valid(tenant)) {
+        xm_log_error("tenant name '%s' is not 1..%d printable characters", tenant, XM_NAME_MAX);
+        goto err;
+    }
+    snprintf(ctx->tenant, sizeof(ctx->tenant), "%s", tenant);
+    ctx->timeout_ms = opts->timeout_ms;
+    if (ctx->timeout_ms == 0) {
+        const char *t = getenv("XMEM_TIMEOUT_MS");
+        ctx->timeout_ms = t != NULL ? (uint32_t)strtoul(t, NULL, 10) : 0;
+        if (ctx->timeout_ms == 0) ctx->timeout_ms = 5000;
+    }
+    status = net_secret_load(pick(opts->secret_file, "XMEM_SECRET_FILE", NULL), &ctx->secret);
+    if (status != XM_OK) {
+        goto err;
+    }
+    status = ctl_connect(ctx);
+    if (status != XM_OK) {
+        xm_log_error("%s", ctx->last_error);
+        goto err;
+    }
+    *ctx_p = ctx;
+    return XM_OK;
+
+err:
+    free(ctx);
+    return status;
+}
+
+XM_EXPORT void xm_disconnect(xm_ctx_h ctx)
+{
+    if (ctx == NULL) return;
+    if (ctx->fab_open) {
+        xm__fab_reset(ctx, XM_ERR_DISCONNECTED);
+    }
+    ctl_close(ctx);
+    free(ctx);
+}
+
+xm_status_t xm__fab_ready(xm_ctx_h ctx)
+{
+    if (ctx->fab_open && !ctx->fab_broken) {
+        return XM_OK;
+    }
+    if (ctx->fab_open) {
+        if (ctx->chunks > 0) {
+            return XM_OK; /* let what is in flight finish or time out first */
+        }
+        xm__fab_reset(ctx, XM_ERR_DISCONNECTED);
+    }
+    xm_status_t status = net_fabric_open(ctx->provider, NET_ROLE_INITIATOR, NULL, NULL, &ctx->fab);
+    if (status != XM_OK) {
+        return xm__ctx_error(ctx, status, "cannot open a %s endpoint", ctx->provider);
+    }
+    status = net_peer_insert(&ctx->fab, ctx->peer_addr, ctx->peer_addr_len,
+                             (const struct sockaddr *)&ctx->ctrl_peer, &ctx->peer);
+    if (status != XM_OK) {
+        net_fabric_close(&ctx->fab);
+        return xm__ctx_error(ctx, status, "cannot resolve the appliance's data address");
+    }
+    ctx->fab_open = true;
+    ctx->fab_broken = false;
+    return XM_OK;
+}
+
+void xm__fab_reset(xm_ctx_h ctx, xm_status_t status)
+{
+    /* closing the endpoint cancels every transfer: no buffer is touched afterwards */
+    if (ctx->fab_open) {
+        net_fabric_close(&ctx->fab);
+        ctx->fab_open = false;
+    }
+    ctx->fab_broken = false;
+    for (xm_op_t *op = ctx->inflight; op != NULL;) {
+        xm_op_t *next = op->next_;
+        op->status = op->error_ != XM_OK ? (xm_status_t)op->error_ : status;
+        op->pending_ = 0;
+        op->next_ = NULL;
+        op = next;
+    }
+    ctx->inflight = NULL;
+    ctx->chunks = 0;
+}

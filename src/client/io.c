@@ -1,0 +1,261 @@
+/* libxmem I/O: bounds-checked one-sided reads, writes and atomics, sync and async. */
+#include <sched.h>
+#include <string.h>
+
+#include "../common/common.h"
+#include "client.h"
+
+/* One libfabric operation moves at most this much, so a huge request cannot
+ * monopolise the connection and every piece meets the provider's limits. */
+#define IO_CHUNK (4u << 20)
+
+static xm_status_t op_check(xm_ctx_h ctx, const xm_op_t *op)
+{
+    const xm_region_h r = op->region;
+    if (r == NULL || r->ctx != ctx) {
+        return xm__ctx_error(ctx, XM_ERR_INVALID, "operation without a region of this context");
+    }
+    switch (op->opcode) {
+    case XM_OP_READ:
+    case XM_OP_WRITE:
+        if (op->buf == NULL) return xm__ctx_error(ctx, XM_ERR_INVALID, "no buffer");
+        if (op->length == 0 || op->offset >= r->size || op->length > r->size - op->offset) {
+            return xm__ctx_error(ctx, XM_ERR_RANGE,
+                                 "%zu bytes at offset %llu do not fit region %llu of %llu bytes",
+                                 op->length, (unsigned long long)op->offset,
+                                 (unsigned long long)r->id, (unsigned long long)r->size);
+        }
+        if (op->opcode == XM_OP_WRITE && r->access != XM_ACCESS_READ_WRITE) {
+            return xm__ctx_error(ctx, XM_ERR_PERM, "region %llu is open read-only",
+                                 (unsigned long long)r->id);
+        }
+        return XM_OK;
+    case XM_OP_FETCH_ADD:
+    case XM_OP_COMPARE_SWAP:
+        if (op->offset % 8 != 0 || r->size < 8 || op->offset > r->size - 8) {
+            return xm__ctx_error(ctx, op->offset % 8 != 0 ? XM_ERR_INVALID : XM_ERR_RANGE,
+                                 "atomic at offset %llu: needs 8 aligned bytes inside the region",
+                                 (unsigned long long)op->offset);
+        }
+        if (r->access != XM_ACCESS_READ_WRITE) {
+            return xm__ctx_error(ctx, XM_ERR_PERM, "region %llu is open read-only",
+                                 (unsigned long long)r->id);
+        }
+        return XM_OK;
+    }
+    return xm__ctx_error(ctx, XM_ERR_INVALID, "unknown opcode %d", (int)op->opcode);
+}
+
+static void op_unlink(xm_ctx_h ctx, xm_op_t *op)
+{
+    for (xm_op_t **pp = &ctx->inflight; *pp != NULL; pp = &(*pp)->next_) {
+        if (*pp == op) {
+            *pp = op->next_;
+            op->next_ = NULL;
+            return;
+        }
+    }
+}
+
+/* One piece of an operation has finished. */
+static void chunk_done(xm_ctx_h ctx, xm_op_t *op, xm_status_t status)
+{
+    ctx->chunks--;
+    if (status != XM_OK) {
+        if (op->error_ == XM_OK) op->error_ = status;
+        /* tcp drops the connection after a refused access: start afresh */
+        ctx->fab_broken = true;
+        xm__ctx_error(ctx, status, "%s of region %llu at offset %llu: %s",
+                      op->opcode == XM_OP_READ ? "read" : op->opcode == XM_OP_WRITE ? "write" : "atomic",
+                      (unsigned long long)op->region->id, (unsigned long long)op->offset,
+                      xm_status_str(status));
+    }
+    if (--op->pending_ == 0) {
+        op_unlink(ctx, op);
+        op->status = (xm_status_t)op->error_;
+    }
+}
+
+static int poll_once(xm_ctx_h ctx)
+{
+    net_completion_t c[32];
+    int n = net_poll(&ctx->fab, c, 32);
+    int done = 0;
+    for (int i = 0; i < n; i++) {
+        xm_op_t *op = c[i].ctx;
+        chunk_done(ctx, op, c[i].status);
+        done += op->status != XM_IN_PROGRESS;
+    }
+    return done;
+}
+
+/* Fail everything if the oldest operation has passed its deadline. */
+static bool check_deadlines(xm_ctx_h ctx, uint64_t now)
+{
+    for (xm_op_t *op = ctx->inflight; op != NULL; op = op->next_) {
+        if (now > op->deadline_ns_) {
+            xm__ctx_error(ctx, XM_ERR_TIMEOUT, "appliance %s:%s did not complete an operation "
+                          "within %u ms", ctx->host, ctx->port, ctx->timeout_ms);
+            xm__fab_reset(ctx, XM_ERR_TIMEOUT);
+            return true;
+        }
+    }
+    return false;
+}
+
+XM_EXPORT int xm_progress(xm_ctx_h ctx)
+{
+    if (ctx == NULL || !ctx->fab_open) return 0;
+    int done = poll_once(ctx);
+    if (ctx->inflight != NULL) check_deadlines(ctx, xm__now_ns());
+    return done;
+}
+
+static xm_status_t post_chunk(xm_ctx_h ctx, xm_op_t *op, uint64_t off, size_t len)
+{
+    const xm_region_h r = op->region;
+    uint8_t *buf = (uint8_t *)op->buf + (off - op->offset);
+    switch (op->opcode) {
+    case XM_OP_READ:
+        return net_post_read(&ctx->fab, ctx->peer, buf, len, off, r->key, op);
+    case XM_OP_WRITE:
+        return net_post_write(&ctx->fab, ctx->peer, buf, len, off, r->key, op);
+    case XM_OP_FETCH_ADD:
+        return net_post_fetch_add(&ctx->fab, ctx->peer, &op->operand, &op->result, off, r->key, op);
+    case XM_OP_COMPARE_SWAP:
+        return net_post_cswap(&ctx->fab, ctx->peer, &op->operand, &op->compare, &op->result, off,
+                              r->key, op);
+    }
+    return XM_ERR_INVALID;
+}
+
+XM_EXPORT xm_status_t xm_post(xm_ctx_h ctx, xm_op_t *op)
+{
+    if (ctx == NULL || op == NULL) return XM_ERR_INVALID;
+    op->next_ = NULL;
+    op->pending_ = 0;
+    op->error_ = XM_OK;
+    xm_status_t status = op_check(ctx, op);
+    if (status == XM_OK) status = xm__fab_ready(ctx);
+    if (status != XM_OK) {
+        op->status = status;
+        return status;
+    }
+    bool bulk = op->opcode == XM_OP_READ || op->opcode == XM_OP_WRITE;
+    size_t total = bulk ? op->length : 8;
+    uint32_t chunks = bulk ? (uint32_t)((total + IO_CHUNK - 1) / IO_CHUNK) : 1;
+    op->status = XM_IN_PROGRESS;
+    op->deadline_ns_ = xm__now_ns() + (uint64_t)ctx->timeout_ms * 1000000ull;
+    op->pending_ = chunks;
+    op->next_ = ctx->inflight;
+    ctx->inflight = op;
+    for (uint32_t i = 0; i < chunks; i++) {
+        uint64_t off = op->offset + (uint64_t)i * IO_CHUNK;
+        size_t len = bulk ? XM_MIN((size_t)IO_CHUNK, total - (size_t)i * IO_CHUNK) : 8;
+        for (;;) {
+            status = ctx->chunks >= ctx->fab.tx_depth ? XM_ERR_AGAIN : post_chunk(ctx, op, off, len);
+            if (status != XM_ERR_AGAIN) break;
+            /* queue full: make room, but never past the deadline */
+            poll_once(ctx);
+            if (check_deadlines(ctx, xm__now_ns())) return op->status;
+        }
+        if (status != XM_OK) {
+            /* pieces not posted will never complete */
+            op->error_ = status;
+            ctx->fab_broken = true;
+            xm__ctx_error(ctx, status, "cannot post to appliance %s:%s: %s", ctx->host, ctx->port,
+                          xm_status_str(status));
+            op->pending_ -= chunks - i;
+            if (op->pending_ == 0) {
+                op_unlink(ctx, op);
+                op->status = status;
+            }
+            return status;
+        }
+        ctx->chunks++;
+    }
+    return XM_OK;
+}
+
+XM_EXPORT xm_status_t xm_wait(xm_ctx_h ctx, xm_op_t **ops, size_t n)
+{
+    if (ctx == NULL || (ops == NULL && n > 0)) return XM_ERR_INVALID;
+    unsigned idle = 0;
+    for (size_t i = 0; i < n;) {
+        if (ops[i]->status != XM_IN_PROGRESS) {
+            i++;
+            continue;
+        }
+        if (poll_once(ctx) > 0) {
+            idle = 0;
+            continue;
+        }
+        if ((++idle & 1023) == 0) {
+            if (check_deadlines(ctx, xm__now_ns())) continue;
+            if (idle > (1u << 20)) sched_yield(); /* long waits leave the CPU to others */
+        }
+    }
+    xm_status_t first = XM_OK;
+    for (size_t i = 0; i < n && first == XM_OK; i++) {
+        first = ops[i]->status;
+    }
+    return first;
+}
+
+XM_EXPORT xm_status_t xm_submit(xm_ctx_h ctx, xm_op_t *ops, size_t n)
+{
+    if (ctx == NULL || (ops == NULL && n > 0)) return XM_ERR_INVALID;
+    xm_status_t first = XM_OK;
+    for (size_t i = 0; i < n; i++) {
+        xm_status_t s = xm_post(ctx, &ops[i]);
+        if (s != XM_OK && first == XM_OK) first = s;
+    }
+    for (size_t i = 0; i < n; i++) {
+        while (ops[i].status == XM_IN_PROGRESS) {
+            xm_op_t *p = &ops[i];
+            xm_wait(ctx, &p, 1);
+        }
+        if (ops[i].status != XM_OK && first == XM_OK) first = ops[i].status;
+    }
+    return first;
+}
+
+static xm_status_t run_one(xm_region_h region, xm_op_t *op)
+{
+    if (region == NULL) return XM_ERR_INVALID;
+    op->region = region;
+    xm_status_t status = xm_post(region->ctx, op);
+    if (status != XM_OK) return status;
+    return xm_wait(region->ctx, &op, 1);
+}
+
+XM_EXPORT xm_status_t xm_read(xm_region_h region, uint64_t offset, void *buf, size_t length)
+{
+    xm_op_t op = {.opcode = XM_OP_READ, .offset = offset, .buf = buf, .length = length};
+    return run_one(region, &op);
+}
+
+XM_EXPORT xm_status_t xm_write(xm_region_h region, uint64_t offset, const void *buf, size_t length)
+{
+    xm_op_t op = {.opcode = XM_OP_WRITE, .offset = offset, .buf = (void *)buf, .length = length};
+    return run_one(region, &op);
+}
+
+XM_EXPORT xm_status_t xm_fetch_add(xm_region_h region, uint64_t offset, uint64_t add,
+                                   uint64_t *old_p)
+{
+    xm_op_t op = {.opcode = XM_OP_FETCH_ADD, .offset = offset, .operand = add};
+    xm_status_t status = run_one(region, &op);
+    if (status == XM_OK && old_p != NULL) *old_p = op.result;
+    return status;
+}
+
+XM_EXPORT xm_status_t xm_compare_swap(xm_region_h region, uint64_t offset, uint64_t expected,
+                                      uint64_t desired, uint64_t *old_p)
+{
+    xm_op_t op = {.opcode = XM_OP_COMPARE_SWAP, .offset = offset, .operand = desired,
+                  .compare = expected};
+    xm_status_t status = run_one(region, &op);
+    if (status == XM_OK && old_p != NULL) *old_p = op.result;
+    return status;
+}

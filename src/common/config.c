@@ -1,0 +1,124 @@
+/* Config table with layered sources. */
+#include <ctype.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+#include "config.h"
+
+static xm_config_entry_t *find(const xm_config_t *cfg, const char *name)
+{
+    for (size_t i = 0; i < cfg->count; i++) {
+        if (strcmp(cfg->entries[i].name, name) == 0) {
+            return &cfg->entries[i];
+        }
+    }
+    return NULL;
+}
+
+xm_status_t xm__config_set(xm_config_t *cfg, const char *name, const char *value,
+                           const char *source)
+{
+    xm_config_entry_t *e = find(cfg, name);
+    if (e == NULL) {
+        return XM_ERR_INVALID;
+    }
+    char *copy = strdup(value);
+    if (copy == NULL) {
+        return XM_ERR_NO_MEMORY;
+    }
+    free(e->value);
+    e->value = copy;
+    e->source = source;
+    return XM_OK;
+}
+
+void xm__config_init(xm_config_t *cfg)
+{
+    for (size_t i = 0; i < cfg->count; i++) {
+        xm_config_entry_t *e = &cfg->entries[i];
+        e->value = e->def != NULL ? strdup(e->def) : NULL;
+        e->source = "default";
+        char env[96] = "XMEM_";
+        size_t j = 5;
+        for (const char *p = e->name; *p != '\0' && j + 1 < sizeof(env); p++) {
+            env[j++] = *p == '-' ? '_' : (char)toupper((unsigned char)*p);
+        }
+        env[j] = '\0';
+        const char *v = getenv(env);
+        if (v != NULL && *v != '\0') {
+            xm__config_set(cfg, e->name, v, "env");
+        }
+    }
+}
+
+static char *trim(char *s)
+{
+    while (isspace((unsigned char)*s)) s++;
+    char *end = s + strlen(s);
+    while (end > s && isspace((unsigned char)end[-1])) *--end = '\0';
+    return s;
+}
+
+xm_status_t xm__config_load_file(xm_config_t *cfg, const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (f == NULL) {
+        xm_log_error("cannot open config file %s: %m", path);
+        return XM_ERR_IO;
+    }
+    char line[1024];
+    int lineno = 0;
+    xm_status_t status = XM_OK;
+    while (fgets(line, sizeof(line), f) != NULL) {
+        lineno++;
+        char *s = trim(line);
+        if (*s == '\0' || *s == '#') {
+            continue;
+        }
+        char *eq = strchr(s, '=');
+        if (eq == NULL) {
+            xm_log_error("%s:%d: expected 'name = value'", path, lineno);
+            status = XM_ERR_INVALID;
+            break;
+        }
+        *eq = '\0';
+        char *name = trim(s), *value = trim(eq + 1);
+        xm_config_entry_t *e = find(cfg, name);
+        if (e == NULL) {
+            xm_log_error("%s:%d: unknown setting '%s'", path, lineno, name);
+            status = XM_ERR_INVALID;
+            break;
+        }
+        if (strcmp(e->source, "env") == 0) {
+            continue; /* the environment outranks the file */
+        }
+        xm__config_set(cfg, name, value, "file");
+    }
+    fclose(f);
+    return status;
+}
+
+const char *xm__config_get(const xm_config_t *cfg, const char *name)
+{
+    xm_config_entry_t *e = find(cfg, name);
+    return e != NULL ? e->value : NULL;
+}
+
+void xm__config_print(const xm_config_t *cfg, FILE *out)
+{
+    for (size_t i = 0; i < cfg->count; i++) {
+        const xm_config_entry_t *e = &cfg->entries[i];
+        fprintf(out, "%-14s %-24s %-8s %s\n", e->name, e->value != NULL ? e->value : "(unset)",
+                e->source, e->description);
+    }
+}
+
+void xm__config_cleanup(xm_config_t *cfg)
+{
+    for (size_t i = 0; i < cfg->count; i++) {
+        free(cfg->entries[i].value);
+        cfg->entries[i].value = NULL;
+    }
+}

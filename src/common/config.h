@@ -1,0 +1,34 @@
+/* One config table per component: name, default, description. Precedence:
+ * defaults < config file < XMEM_<NAME> environment < command-line flags. */
+#ifndef XM_CONFIG_H
+#define XM_CONFIG_H
+
+#include <stdio.h>
+
+#include <xmem/status.h>
+
+typedef struct xm_config_entry {
+    const char *name;        /* "pool-size"; env XMEM_POOL_SIZE; flag --pool-size */
+    const char *def;         /* default value as text, NULL for none */
+    const char *description;
+    char *value;             /* current value (malloc'd), NULL when unset */
+    const char *source;      /* "default", "file", "env", "flag" */
+} xm_config_entry_t;
+
+typedef struct xm_config {
+    xm_config_entry_t *entries;
+    size_t count;
+} xm_config_t;
+
+/* Fill values from defaults, then env. */
+void xm__config_init(xm_config_t *cfg);
+/* Read "name = value" lines (# comments); XM_ERR_INVALID on an unknown name or bad line. */
+xm_status_t xm__config_load_file(xm_config_t *cfg, const char *path);
+/* Set from a flag or elsewhere; XM_ERR_INVALID on an unknown name. */
+xm_status_t xm__config_set(xm_config_t *cfg, const char *name, const char *value,
+                           const char *source);
+const char *xm__config_get(const xm_config_t *cfg, const char *name);
+void xm__config_print(const xm_config_t *cfg, FILE *out);
+void xm__config_cleanup(xm_config_t *cfg);
+
+#endif

@@ -1,0 +1,203 @@
+/* Framing and strict validation of control messages. */
+#include <stdlib.h>
+#include <string.h>
+
+#include <xmem/xmem.h>
+
+#include "../common/common.h"
+#include "proto.h"
+
+#define FAIL(reason)                                                                         \
+    do {                                                                                     \
+        *why_p = (reason);                                                                   \
+        return XM_ERR_PROTOCOL;                                                              \
+    } while (0)
+
+static bool opt_name_ok(const char *s)
+{
+    return s == NULL || s[0] == '\0' || xm__name_valid(s);
+}
+
+static bool access_ok(Xmem__Access a, bool none_ok)
+{
+    return a == XMEM__ACCESS__ACCESS_READ || a == XMEM__ACCESS__ACCESS_READ_WRITE ||
+           (none_ok && a == XMEM__ACCESS__ACCESS_NONE);
+}
+
+static xm_status_t ref_ok(const Xmem__RegionRef *ref, const char **why_p)
+{
+    if (ref == NULL) FAIL("missing region reference");
+    if (!opt_name_ok(ref->name)) FAIL("bad region name");
+    if (ref->id == 0 && (ref->name == NULL || ref->name[0] == '\0'))
+        FAIL("region reference has neither id nor name");
+    if (!access_ok(ref->access, true)) FAIL("bad access value");
+    return XM_OK;
+}
+
+static xm_status_t info_ok(const Xmem__RegionInfo *info, const char **why_p)
+{
+    if (info == NULL) FAIL("missing region info");
+    if (info->id == 0 || info->size == 0) FAIL("region info without id or size");
+    if (!opt_name_ok(info->name) || !opt_name_ok(info->owner)) FAIL("bad name in region info");
+    return XM_OK;
+}
+
+xm_status_t proto_validate(const xm_msg_t *m, const char **why_p)
+{
+    if (m->status > 1 || m->status < -1000) FAIL("status out of range");
+    if (m->error != NULL && strlen(m->error) > XM_ERROR_TEXT_MAX) FAIL("error text too long");
+    switch (m->body_case) {
+    case XMEM__MSG__BODY__NOT_SET:
+        /* an error reply may carry no body */
+        if (m->status == 0) FAIL("message without body");
+        return XM_OK;
+    case XMEM__MSG__BODY_HELLO:
+        if (m->hello->version == 0) FAIL("hello without version");
+        if (!xm__name_valid(m->hello->tenant)) FAIL("bad tenant name");
+        if (m->hello->client_nonce.len != XM_NONCE_LEN) FAIL("bad client nonce length");
+        return XM_OK;
+    case XMEM__MSG__BODY_CHALLENGE:
+        if (m->challenge->server_nonce.len != XM_NONCE_LEN) FAIL("bad server nonce length");
+        if (m->challenge->server_mac.len != XM_MAC_LEN) FAIL("bad server mac length");
+        return XM_OK;
+    case XMEM__MSG__BODY_AUTH:
+        if (m->auth->client_mac.len != XM_MAC_LEN) FAIL("bad client mac length");
+        return XM_OK;
+    case XMEM__MSG__BODY_WELCOME:
+        if (!xm__name_valid(m->welcome->provider)) FAIL("bad provider name");
+        if (m->welcome->fabric_addr.len == 0 || m->welcome->fabric_addr.len > XM_FABRIC_ADDR_MAX)
+            FAIL("bad fabric address length");
+        if (m->welcome->extent_size == 0) FAIL("welcome without extent size");
+        return XM_OK;
+    case XMEM__MSG__BODY_REGION_CREATE:
+        if (m->region_create->size == 0) FAIL("region size 0");
+        if (!opt_name_ok(m->region_create->name)) FAIL("bad region name");
+        return XM_OK;
+    case XMEM__MSG__BODY_REGION_OPEN:
+        return ref_ok(m->region_open, why_p);
+    case XMEM__MSG__BODY_REGION_DESTROY:
+        return ref_ok(m->region_destroy, why_p);
+    case XMEM__MSG__BODY_REGION_STAT:
+        return ref_ok(m->region_stat, why_p);
+    case XMEM__MSG__BODY_REGION_GRANT:
+        if (ref_ok(m->region_grant->region, why_p) != XM_OK) return XM_ERR_PROTOCOL;
+        if (!xm__name_valid(m->region_grant->tenant)) FAIL("bad grantee tenant");
+        if (!access_ok(m->region_grant->access, false)) FAIL("bad access value");
+        return XM_OK;
+    case XMEM__MSG__BODY_REGION_LIST:
+    case XMEM__MSG__BODY_APPLIANCE_STAT:
+    case XMEM__MSG__BODY_OK:
+        return XM_OK;
+    case XMEM__MSG__BODY_REGION_DESC: {
+        const Xmem__RegionDesc *d = m->region_desc;
+        if (d->id == 0 || d->size == 0) FAIL("region descriptor without id or size");
+        if (!access_ok(d->access, false)) FAIL("bad access value");
+        if (!opt_name_ok(d->name)) FAIL("bad region name");
+        return XM_OK;
+    }
+    case XMEM__MSG__BODY_REGION_INFO:
+        return info_ok(m->region_info, why_p);
+    case XMEM__MSG__BODY_REGIONS:
+        for (size_t i = 0; i < m->regions->n_regions; i++) {
+            if (info_ok(m->regions->regions[i], why_p) != XM_OK) return XM_ERR_PROTOCOL;
+        }
+        return XM_OK;
+    case XMEM__MSG__BODY_APPLIANCE_INFO:
+        if (m->appliance_info->extent_size == 0) FAIL("appliance info without extent size");
+        if (m->appliance_info->pool_used > m->appliance_info->pool_size)
+            FAIL("pool used exceeds pool size");
+        if (!opt_name_ok(m->appliance_info->backing) || !opt_name_ok(m->appliance_info->provider))
+            FAIL("bad name in appliance info");
+        return XM_OK;
+    default:
+        FAIL("unknown message body");
+    }
+}
+
+xm_status_t proto_decode(const uint8_t *buf, size_t len, size_t max, xm_msg_t **msg_p,
+                         const char **why_p)
+{
+    if (len == 0) FAIL("empty message");
+    if (len > max) FAIL("message too large");
+    xm_msg_t *m = xmem__msg__unpack(NULL, len, buf);
+    if (m == NULL) FAIL("undecodable message");
+    if (proto_validate(m, why_p) != XM_OK) {
+        xmem__msg__free_unpacked(m, NULL);
+        return XM_ERR_PROTOCOL;
+    }
+    *msg_p = m;
+    return XM_OK;
+}
+
+void proto_msg_free(xm_msg_t *msg)
+{
+    if (msg != NULL) {
+        xmem__msg__free_unpacked(msg, NULL);
+    }
+}
+
+xm_status_t proto_encode(const xm_msg_t *msg, uint8_t **buf_p, size_t *len_p)
+{
+    size_t body = xmem__msg__get_packed_size(msg);
+    if (body > XM_FRAME_MAX_REPLY) {
+        return XM_ERR_PROTOCOL;
+    }
+    uint8_t *buf = malloc(XM_FRAME_HEADER + body);
+    if (buf == NULL) {
+        return XM_ERR_NO_MEMORY;
+    }
+    buf[0] = (uint8_t)(body >> 24);
+    buf[1] = (uint8_t)(body >> 16);
+    buf[2] = (uint8_t)(body >> 8);
+    buf[3] = (uint8_t)body;
+    xmem__msg__pack(msg, buf + XM_FRAME_HEADER);
+    *buf_p = buf;
+    *len_p = XM_FRAME_HEADER + body;
+    return XM_OK;
+}
+
+xm_status_t proto_frame_len(const uint8_t hdr[XM_FRAME_HEADER], size_t max, size_t *len_p)
+{
+    size_t len = ((size_t)hdr[0] << 24) | ((size_t)hdr[1] << 16) | ((size_t)hdr[2] << 8) | hdr[3];
+    if (len == 0 || len > max) {
+        return XM_ERR_PROTOCOL;
+    }
+    *len_p = len;
+    return XM_OK;
+}
+
+xm_status_t proto_pool_decode(const uint8_t *buf, size_t len, Xmem__PoolMeta **meta_p,
+                              const char **why_p)
+{
+    Xmem__PoolMeta *meta = xmem__pool_meta__unpack(NULL, len, buf);
+    if (meta == NULL) FAIL("undecodable pool metadata");
+    const char *why = NULL;
+    if (meta->version != 1) why = "unknown pool metadata version";
+    else if (meta->extent_size == 0 || meta->pool_size == 0) why = "pool metadata without sizes";
+    for (size_t i = 0; why == NULL && i < meta->n_regions; i++) {
+        const Xmem__PoolRegion *r = meta->regions[i];
+        if (r->id == 0 || r->id >= meta->next_id || r->size == 0 || r->n_extents == 0)
+            why = "bad region record";
+        else if (!opt_name_ok(r->name) || !opt_name_ok(r->owner))
+            why = "bad name in region record";
+        else if ((unsigned __int128)r->n_extents * meta->extent_size < r->size)
+            why = "region record with too few extents";
+        for (size_t g = 0; why == NULL && g < r->n_grants; g++) {
+            if (!xm__name_valid(r->grants[g]->tenant) || !access_ok(r->grants[g]->access, false))
+                why = "bad grant record";
+        }
+    }
+    if (why != NULL) {
+        xmem__pool_meta__free_unpacked(meta, NULL);
+        FAIL(why);
+    }
+    *meta_p = meta;
+    return XM_OK;
+}
+
+void proto_pool_free(Xmem__PoolMeta *meta)
+{
+    if (meta != NULL) {
+        xmem__pool_meta__free_unpacked(meta, NULL);
+    }
+}

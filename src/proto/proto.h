@@ -1,0 +1,44 @@
+/* proto: control-message framing, encode, decode and validation. No I/O. */
+#ifndef XM_PROTO_H
+#define XM_PROTO_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <xmem/status.h>
+
+#include "xmem.pb-c.h"
+
+#define XM_PROTO_VERSION 1
+#define XM_NONCE_LEN 32
+#define XM_MAC_LEN 32
+#define XM_FABRIC_ADDR_MAX 512
+#define XM_ERROR_TEXT_MAX 512
+/* A request is small; a reply may list many regions. */
+#define XM_FRAME_MAX_REQUEST (64u * 1024u)
+#define XM_FRAME_MAX_REPLY (16u * 1024u * 1024u)
+#define XM_FRAME_HEADER 4
+
+typedef Xmem__Msg xm_msg_t;
+
+/*
+ * Decode one message body (the bytes after the length header) of at most
+ * max bytes and check every field. On failure returns XM_ERR_PROTOCOL and a
+ * static reason in *why_p; nothing is allocated.
+ */
+xm_status_t proto_decode(const uint8_t *buf, size_t len, size_t max, xm_msg_t **msg_p,
+                         const char **why_p);
+/* Check the fields of a decoded or about-to-be-sent message. */
+xm_status_t proto_validate(const xm_msg_t *msg, const char **why_p);
+void proto_msg_free(xm_msg_t *msg);
+/* Encode with the 4-byte big-endian length header; *buf_p is malloc'd. */
+xm_status_t proto_encode(const xm_msg_t *msg, uint8_t **buf_p, size_t *len_p);
+/* Length from a frame header; XM_ERR_PROTOCOL when 0 or above max. */
+xm_status_t proto_frame_len(const uint8_t hdr[XM_FRAME_HEADER], size_t max, size_t *len_p);
+
+/* Decode/encode the pool metadata of a file-backed pool. */
+xm_status_t proto_pool_decode(const uint8_t *buf, size_t len, Xmem__PoolMeta **meta_p,
+                              const char **why_p);
+void proto_pool_free(Xmem__PoolMeta *meta);
+
+#endif

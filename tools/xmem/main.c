@@ -1,0 +1,242 @@
+/* xmem: the command-line tool. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "cli.h"
+
+static const char usage_text[] =
+    "usage: xmem [GLOBAL OPTIONS] COMMAND [ARGS]\n"
+    "\n"
+    "Commands:\n"
+    "  secret new PATH                       write a fresh cluster secret (mode 0600)\n"
+    "  region create --size SIZE [--name N]  create a region, print its id\n"
+    "  region ls                             list regions you own or were granted\n"
+    "  region stat ID|NAME                   describe a region\n"
+    "  region rm ID|NAME                     destroy a region (owner only)\n"
+    "  region grant ID|NAME --tenant T [--read-only]\n"
+    "                                        let tenant T open the region\n"
+    "  put ID|NAME [--offset N]              copy stdin into the region\n"
+    "  get ID|NAME [--offset N] [--length N] copy the region to stdout\n"
+    "  stat                                  the appliance's pool\n"
+    "  bench [--sizes LIST] [--iters N]      latency and bandwidth vs raw TCP\n"
+    "  config                                the client settings in force\n"
+    "\n"
+    "Global options:\n"
+    "  --appliance HOST:PORT   or XMEM_APPLIANCE (default 127.0.0.1:7400)\n"
+    "  --secret-file PATH      or XMEM_SECRET_FILE\n"
+    "  --tenant NAME           or XMEM_TENANT (default: your user name)\n"
+    "  --provider tcp|shm      or XMEM_PROVIDER (default: what the appliance serves)\n"
+    "  --timeout-ms N          or XMEM_TIMEOUT_MS (default 5000)\n"
+    "  --json                  machine-readable output for tables\n"
+    "Sizes take K, M, G, T suffixes (powers of 1024). Every command takes --help.\n";
+
+int cli_fail(const char *what, const char *fmt, ...)
+{
+    va_list ap;
+    fprintf(stderr, "xmem: %s: ", what);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    return 1;
+}
+
+int cli_connect(cli_t *cli, xm_ctx_h *ctx_p)
+{
+    xm_status_t s = xm_connect(&cli->conn, ctx_p);
+    if (s != XM_OK) {
+        const char *a = cli->conn.appliance != NULL ? cli->conn.appliance : getenv("XMEM_APPLIANCE");
+        return cli_fail("connect", "%s (appliance %s)", xm_status_str(s), a != NULL ? a : "127.0.0.1:7400");
+    }
+    return 0;
+}
+
+const char *cli_take(cli_t *cli, const char *name)
+{
+    for (int i = 0; i < cli->argc; i++) {
+        if (strcmp(cli->argv[i], name) == 0) {
+            if (i + 1 >= cli->argc) {
+                fprintf(stderr, "xmem: %s needs a value\n", name);
+                exit(2);
+            }
+            const char *v = cli->argv[i + 1];
+            memmove(&cli->argv[i], &cli->argv[i + 2], (size_t)(cli->argc - i - 2) * sizeof(char *));
+            cli->argc -= 2;
+            return v;
+        }
+    }
+    return NULL;
+}
+
+bool cli_take_flag(cli_t *cli, const char *name)
+{
+    for (int i = 0; i < cli->argc; i++) {
+        if (strcmp(cli->argv[i], name) == 0) {
+            memmove(&cli->argv[i], &cli->argv[i + 1], (size_t)(cli->argc - i - 1) * sizeof(char *));
+            cli->argc--;
+            return true;
+        }
+    }
+    return false;
+}
+
+int cli_no_more(cli_t *cli, int keep)
+{
+    for (int i = 0; i < cli->argc; i++) {
+        if (cli->argv[i][0] == '-' || i >= keep) {
+            fprintf(stderr, "xmem: unexpected argument '%s' (see --help)\n", cli->argv[i]);
+            return 2;
+        }
+    }
+    return 0;
+}
+
+void cli_ref(const char *text, uint64_t *id_p, const char **name_p)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(text, &end, 10);
+    if (text[0] != '\0' && text[0] != '-' && *end == '\0' && errno == 0 && v != 0) {
+        *id_p = v;
+        *name_p = NULL;
+    } else {
+        *id_p = 0;
+        *name_p = text;
+    }
+}
+
+const char *cli_size(uint64_t size, char *buf, size_t len)
+{
+    static const char *const units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
+    double v = (double)size;
+    size_t u = 0;
+    while (v >= 1024.0 && u + 1 < sizeof(units) / sizeof(units[0])) {
+        v /= 1024.0;
+        u++;
+    }
+    if (u == 0) snprintf(buf, len, "%llu B", (unsigned long long)size);
+    else snprintf(buf, len, "%.1f %s", v, units[u]);
+    return buf;
+}
+
+static int cmd_secret(cli_t *cli)
+{
+    if (cli->argc != 2 || strcmp(cli->argv[0], "new") != 0) {
+        fprintf(stderr, "usage: xmem secret new PATH\n");
+        return 2;
+    }
+    const char *path = cli->argv[1];
+    unsigned char raw[32];
+    if (getrandom(raw, sizeof(raw), 0) != (ssize_t)sizeof(raw)) {
+        return cli_fail("secret", "no randomness: %s", strerror(errno));
+    }
+    char hex[sizeof(raw) * 2 + 2];
+    for (size_t i = 0; i < sizeof(raw); i++) snprintf(hex + 2 * i, 3, "%02x", raw[i]);
+    strcat(hex, "\n");
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        return cli_fail("secret", "cannot create %s: %s", path, strerror(errno));
+    }
+    ssize_t n = write(fd, hex, strlen(hex));
+    if (n != (ssize_t)strlen(hex) || fsync(fd) != 0) {
+        close(fd);
+        unlink(path);
+        return cli_fail("secret", "cannot write %s: %s", path, strerror(errno));
+    }
+    close(fd);
+    printf("%s\n", path);
+    return 0;
+}
+
+static int cmd_config(cli_t *cli)
+{
+    struct { const char *name, *env, *def, *desc; } rows[] = {
+        {"appliance", "XMEM_APPLIANCE", "127.0.0.1:7400", "appliance control address"},
+        {"secret-file", "XMEM_SECRET_FILE", "(none)", "cluster secret file"},
+        {"tenant", "XMEM_TENANT", "(user name)", "who you are to the appliance"},
+        {"provider", "XMEM_PROVIDER", "(appliance's)", "libfabric provider: tcp or shm"},
+        {"timeout-ms", "XMEM_TIMEOUT_MS", "5000", "bound on every call"},
+        {"log-level", "XMEM_LOG_LEVEL", "warn", "error, warn, info or debug"},
+    };
+    const char *given[] = {cli->conn.appliance, cli->conn.secret_file, cli->conn.tenant,
+                           cli->conn.provider, NULL, NULL};
+    char tbuf[16];
+    if (cli->conn.timeout_ms != 0) {
+        snprintf(tbuf, sizeof(tbuf), "%u", cli->conn.timeout_ms);
+        given[4] = tbuf;
+    }
+    for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
+        const char *v = given[i], *src = "flag";
+        if (v == NULL) { v = getenv(rows[i].env); src = "env"; }
+        if (v == NULL || *v == '\0') { v = rows[i].def; src = "default"; }
+        if (cli->json) {
+            printf("%s{\"name\":\"%s\",\"value\":\"%s\",\"source\":\"%s\"}%s", i == 0 ? "[" : "",
+                   rows[i].name, v, src, i + 1 < sizeof(rows) / sizeof(rows[0]) ? "," : "]\n");
+        } else {
+            printf("%-12s %-22s %-8s %s (%s)\n", rows[i].name, v, src, rows[i].desc, rows[i].env);
+        }
+    }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    cli_t cli = {0};
+    char **rest = calloc((size_t)argc + 1, sizeof(char *));
+    int nrest = 0;
+    bool help = false;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char **slot = NULL;
+        if (strcmp(a, "--appliance") == 0) slot = &cli.conn.appliance;
+        else if (strcmp(a, "--secret-file") == 0) slot = &cli.conn.secret_file;
+        else if (strcmp(a, "--tenant") == 0) slot = &cli.conn.tenant;
+        else if (strcmp(a, "--provider") == 0) slot = &cli.conn.provider;
+        if (slot != NULL || strcmp(a, "--timeout-ms") == 0) {
+            if (i + 1 >= argc) {
+                fprintf(stderr, "xmem: %s needs a value\n", a);
+                return 2;
+            }
+            if (slot != NULL) *slot = argv[++i];
+            else cli.conn.timeout_ms = (uint32_t)strtoul(argv[++i], NULL, 10);
+        } else if (strcmp(a, "--json") == 0) {
+            cli.json = true;
+        } else if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            help = true;
+        } else {
+            rest[nrest++] = argv[i];
+        }
+    }
+    if (nrest == 0) {
+        fputs(usage_text, help ? stdout : stderr);
+        free(rest);
+        return help ? 0 : 2;
+    }
+    const char *cmd = rest[0];
+    cli.argc = nrest - 1;
+    cli.argv = rest + 1;
+    int rc;
+    if (help) {
+        /* every command's help is the relevant part of the usage */
+        printf("%s", usage_text);
+        rc = 0;
+    } else if (strcmp(cmd, "secret") == 0) rc = cmd_secret(&cli);
+    else if (strcmp(cmd, "region") == 0) rc = cmd_region(&cli);
+    else if (strcmp(cmd, "put") == 0) rc = cmd_put(&cli);
+    else if (strcmp(cmd, "get") == 0) rc = cmd_get(&cli);
+    else if (strcmp(cmd, "stat") == 0) rc = cmd_stat(&cli);
+    else if (strcmp(cmd, "bench") == 0) rc = cmd_bench(&cli);
+    else if (strcmp(cmd, "config") == 0) rc = cmd_config(&cli);
+    else {
+        fprintf(stderr, "xmem: unknown command '%s' (see xmem --help)\n", cmd);
+        rc = 2;
+    }
+    free(rest);
+    return rc;
+}

@@ -1,0 +1,274 @@
+/* xmem region / put / get / stat. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli.h"
+
+#define COPY_CHUNK (1u << 20)
+
+static int fail_ctx(xm_ctx_h ctx, const char *what, xm_status_t s)
+{
+    const char *detail = xm_last_error(ctx);
+    int rc = cli_fail(what, "%s%s%s", xm_status_str(s), detail[0] ? ": " : "", detail);
+    xm_disconnect(ctx);
+    return rc;
+}
+
+static void json_str(const char *s)
+{
+    putchar('"');
+    for (; *s; s++) {
+        if (*s == '"' || *s == '\\') putchar('\\');
+        putchar(*s);
+    }
+    putchar('"');
+}
+
+static void print_info(const xm_region_info_t *in, bool json, bool header)
+{
+    char a[32], b[32];
+    if (json) {
+        printf("{\"id\":%llu,\"size\":%llu,\"name\":", (unsigned long long)in->id,
+               (unsigned long long)in->size);
+        json_str(in->name);
+        printf(",\"owner\":");
+        json_str(in->owner);
+        printf(",\"extents\":%u,\"grants\":%u,\"resident\":%llu}", in->extents, in->grants,
+               (unsigned long long)in->resident);
+        return;
+    }
+    if (header) printf("%-6s %-12s %-12s %-20s %-12s %s\n", "ID", "SIZE", "RESIDENT", "NAME", "OWNER", "EXTENTS");
+    printf("%-6llu %-12s %-12s %-20s %-12s %u\n", (unsigned long long)in->id,
+           cli_size(in->size, a, sizeof(a)), cli_size(in->resident, b, sizeof(b)),
+           in->name[0] ? in->name : "-", in->owner, in->extents);
+}
+
+int cmd_region(cli_t *cli)
+{
+    if (cli->argc < 1) {
+        fprintf(stderr, "usage: xmem region create|ls|stat|rm|grant ... (see xmem --help)\n");
+        return 2;
+    }
+    const char *sub = cli->argv[0];
+    cli->argc--;
+    cli->argv++;
+    xm_ctx_h ctx;
+    xm_status_t s;
+    uint64_t id;
+    const char *name;
+    if (strcmp(sub, "create") == 0) {
+        const char *size_text = cli_take(cli, "--size");
+        const char *rname = cli_take(cli, "--name");
+        uint64_t size;
+        if (size_text == NULL || xm_parse_size(size_text, &size) != XM_OK || size == 0) {
+            fprintf(stderr, "xmem: region create needs --size SIZE (e.g. 64M, 1G)\n");
+            return 2;
+        }
+        if (cli_no_more(cli, 0) != 0) return 2;
+        if (cli_connect(cli, &ctx) != 0) return 1;
+        xm_region_h r;
+        s = xm_region_create(ctx, size, rname, &r);
+        if (s != XM_OK) return fail_ctx(ctx, "region create", s);
+        printf("%llu\n", (unsigned long long)xm_region_id(r));
+        xm_region_close(r);
+        xm_disconnect(ctx);
+        return 0;
+    }
+    if (strcmp(sub, "ls") == 0) {
+        if (cli_no_more(cli, 0) != 0) return 2;
+        if (cli_connect(cli, &ctx) != 0) return 1;
+        xm_region_info_t *infos;
+        size_t n;
+        s = xm_region_list(ctx, &infos, &n);
+        if (s != XM_OK) return fail_ctx(ctx, "region ls", s);
+        if (cli->json) putchar('[');
+        for (size_t i = 0; i < n; i++) {
+            if (cli->json && i > 0) putchar(',');
+            print_info(&infos[i], cli->json, i == 0);
+        }
+        if (cli->json) printf("]\n");
+        else if (n == 0) printf("no regions\n");
+        free(infos);
+        xm_disconnect(ctx);
+        return 0;
+    }
+    if (cli->argc < 1 || cli->argv[0][0] == '-') {
+        fprintf(stderr, "usage: xmem region %s ID|NAME\n", sub);
+        return 2;
+    }
+    cli_ref(cli->argv[0], &id, &name);
+    if (strcmp(sub, "stat") == 0) {
+        if (cli_no_more(cli, 1) != 0) return 2;
+        if (cli_connect(cli, &ctx) != 0) return 1;
+        xm_region_info_t info;
+        s = xm_region_stat(ctx, id, name, &info);
+        if (s != XM_OK) return fail_ctx(ctx, "region stat", s);
+        print_info(&info, cli->json, true);
+        if (cli->json) putchar('\n');
+        xm_disconnect(ctx);
+        return 0;
+    }
+    if (strcmp(sub, "rm") == 0) {
+        if (cli_no_more(cli, 1) != 0) return 2;
+        if (cli_connect(cli, &ctx) != 0) return 1;
+        s = xm_region_destroy(ctx, id, name);
+        if (s != XM_OK) return fail_ctx(ctx, "region rm", s);
+        xm_disconnect(ctx);
+        return 0;
+    }
+    if (strcmp(sub, "grant") == 0) {
+        const char *tenant = cli_take(cli, "--tenant");
+        bool ro = cli_take_flag(cli, "--read-only");
+        if (tenant == NULL) {
+            fprintf(stderr, "usage: xmem region grant ID|NAME --tenant T [--read-only]\n");
+            return 2;
+        }
+        if (cli_no_more(cli, 1) != 0) return 2;
+        if (cli_connect(cli, &ctx) != 0) return 1;
+        s = xm_region_grant(ctx, id, name, tenant, ro ? XM_ACCESS_READ : XM_ACCESS_READ_WRITE);
+        if (s != XM_OK) return fail_ctx(ctx, "region grant", s);
+        xm_disconnect(ctx);
+        return 0;
+    }
+    fprintf(stderr, "xmem: unknown region command '%s' (see xmem --help)\n", sub);
+    return 2;
+}
+
+static int take_u64(cli_t *cli, const char *flag, uint64_t *out, bool *given)
+{
+    const char *t = cli_take(cli, flag);
+    *given = t != NULL;
+    if (t == NULL) return 0;
+    if (xm_parse_size(t, out) != XM_OK) {
+        fprintf(stderr, "xmem: %s: not a size: %s\n", flag, t);
+        return 2;
+    }
+    return 0;
+}
+
+static int open_ref(cli_t *cli, const char *verb, xm_access_t access, xm_ctx_h *ctx_p,
+                    xm_region_h *r_p)
+{
+    if (cli->argc < 1 || cli->argv[0][0] == '-') {
+        fprintf(stderr, "usage: xmem %s ID|NAME [--offset N]%s\n", verb,
+                strcmp(verb, "get") == 0 ? " [--length N]" : "");
+        return 2;
+    }
+    uint64_t id;
+    const char *name;
+    cli_ref(cli->argv[0], &id, &name);
+    if (cli_no_more(cli, 1) != 0) return 2;
+    if (cli_connect(cli, ctx_p) != 0) return 1;
+    xm_status_t s = xm_region_open(*ctx_p, id, name, access, r_p);
+    if (s != XM_OK) return fail_ctx(*ctx_p, verb, s);
+    return 0;
+}
+
+int cmd_put(cli_t *cli)
+{
+    uint64_t offset = 0;
+    bool given;
+    if (take_u64(cli, "--offset", &offset, &given) != 0) return 2;
+    xm_ctx_h ctx;
+    xm_region_h r;
+    int rc = open_ref(cli, "put", XM_ACCESS_READ_WRITE, &ctx, &r);
+    if (rc != 0) return rc;
+    char *buf = malloc(COPY_CHUNK);
+    uint64_t total = 0;
+    rc = 0;
+    for (;;) {
+        size_t have = 0;
+        while (have < COPY_CHUNK) {
+            ssize_t n = read(0, buf + have, COPY_CHUNK - have);
+            if (n < 0 && errno == EINTR) continue;
+            if (n < 0) {
+                rc = cli_fail("put", "reading stdin: %s", strerror(errno));
+                goto out;
+            }
+            if (n == 0) break;
+            have += (size_t)n;
+        }
+        if (have == 0) break;
+        xm_status_t s = xm_write(r, offset + total, buf, have);
+        if (s != XM_OK) {
+            rc = cli_fail("put", "%s after %llu bytes: %s", xm_status_str(s),
+                          (unsigned long long)total, xm_last_error(ctx));
+            goto out;
+        }
+        total += have;
+        if (have < COPY_CHUNK) break;
+    }
+out:
+    free(buf);
+    xm_region_close(r);
+    xm_disconnect(ctx);
+    return rc;
+}
+
+int cmd_get(cli_t *cli)
+{
+    uint64_t offset = 0, length = 0;
+    bool has_off, has_len;
+    if (take_u64(cli, "--offset", &offset, &has_off) != 0 ||
+        take_u64(cli, "--length", &length, &has_len) != 0) {
+        return 2;
+    }
+    xm_ctx_h ctx;
+    xm_region_h r;
+    int rc = open_ref(cli, "get", XM_ACCESS_READ, &ctx, &r);
+    if (rc != 0) return rc;
+    uint64_t size = xm_region_size(r);
+    if (!has_len) length = offset < size ? size - offset : 0;
+    if (offset >= size || length == 0 || length > size - offset) {
+        rc = cli_fail("get", "offset %llu length %llu outside region of %llu bytes",
+                      (unsigned long long)offset, (unsigned long long)length,
+                      (unsigned long long)size);
+        goto out_close;
+    }
+    char *buf = malloc(COPY_CHUNK);
+    for (uint64_t done = 0; done < length;) {
+        size_t n = length - done < COPY_CHUNK ? (size_t)(length - done) : COPY_CHUNK;
+        xm_status_t s = xm_read(r, offset + done, buf, n);
+        if (s != XM_OK) {
+            rc = cli_fail("get", "%s: %s", xm_status_str(s), xm_last_error(ctx));
+            break;
+        }
+        if (fwrite(buf, 1, n, stdout) != n) {
+            rc = cli_fail("get", "writing stdout: %s", strerror(errno));
+            break;
+        }
+        done += n;
+    }
+    free(buf);
+    if (fflush(stdout) != 0 && rc == 0) rc = cli_fail("get", "writing stdout: %s", strerror(errno));
+out_close:
+    xm_region_close(r);
+    xm_disconnect(ctx);
+    return rc;
+}
+
+int cmd_stat(cli_t *cli)
+{
+    if (cli_no_more(cli, 0) != 0) return 2;
+    xm_ctx_h ctx;
+    if (cli_connect(cli, &ctx) != 0) return 1;
+    xm_appliance_info_t info;
+    xm_status_t s = xm_appliance_stat(ctx, &info);
+    if (s != XM_OK) return fail_ctx(ctx, "stat", s);
+    char a[32], b[32], c[32];
+    if (cli->json) {
+        printf("{\"pool_size\":%llu,\"pool_used\":%llu,\"extent_size\":%llu,\"regions\":%u,"
+               "\"backing\":\"%s\",\"provider\":\"%s\"}\n",
+               (unsigned long long)info.pool_size, (unsigned long long)info.pool_used,
+               (unsigned long long)info.extent_size, info.regions, info.backing, info.provider);
+    } else {
+        printf("pool      %s (%s), extent %s\nused      %s in %u regions\nprovider  %s\n",
+               cli_size(info.pool_size, a, sizeof(a)), info.backing,
+               cli_size(info.extent_size, b, sizeof(b)), cli_size(info.pool_used, c, sizeof(c)),
+               info.regions, info.provider);
+    }
+    xm_disconnect(ctx);
+    return 0;
+}
