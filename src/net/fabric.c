@@ -73,7 +73,7 @@ xm_status_t net_fabric_open(const char *provider, net_role_t role, const char *h
     }
     const char *node = target && is_tcp ? host : NULL;
     const char *svc = target && is_tcp && service != NULL && strcmp(service, "0") != 0 ? service : NULL;
-    int rc = fi_getinfo(NET_FI_VERSION, node, svc, target ? FI_SOURCE : 0, hints, &fab->info);
+    int rc = fi_getinfo(NET_FI_VERSION, node, svc, node != NULL ? FI_SOURCE : 0, hints, &fab->info);
     fi_freeinfo(hints);
     xm_status_t status;
     if (rc != 0) {

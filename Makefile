@@ -1,0 +1,48 @@
+# Thin wrapper over CMake presets; see README.md.
+PREFIX ?= /usr/local
+JOBS ?= $(shell nproc)
+FUZZ_SECONDS ?= 20
+
+.PHONY: all deps build demo test asan tsan fuzz bench install clean
+
+all: build
+
+deps:
+	@scripts/install-deps.sh
+
+build: deps
+	@cmake --preset release >/dev/null
+	@cmake --build build -j$(JOBS)
+
+demo: build
+	@scripts/demo.sh
+
+# every test under AddressSanitizer + UndefinedBehaviorSanitizer, then a short fuzz run
+test: deps
+	@cmake --preset asan >/dev/null
+	@cmake --build build/asan -j$(JOBS)
+	@cd build/asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+	  LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp:print_suppressions=0 \
+	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  ctest --output-on-failure --timeout 300
+	@$(MAKE) --no-print-directory fuzz
+
+tsan: deps
+	@cmake --preset tsan >/dev/null
+	@cmake --build build/tsan -j$(JOBS)
+	@cd build/tsan && ctest --output-on-failure --timeout 300
+
+fuzz: deps
+	@cmake --preset fuzz >/dev/null
+	@cmake --build build/fuzz -j$(JOBS)
+	@scripts/fuzz.sh build/fuzz/bin $(FUZZ_SECONDS)
+
+bench: build
+	@scripts/install-deps.sh --bench
+	@scripts/bench.sh
+
+install: build
+	@cmake --install build --prefix $(PREFIX)
+
+clean:
+	@rm -rf build
