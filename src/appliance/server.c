@@ -71,6 +71,7 @@ static xm_status_t authenticate(conn_t *c)
     bool version_ok = m->hello->version == XM_PROTO_VERSION;
     uint64_t seq = m->seq;
     proto_msg_free(m);
+    m = NULL;
     xm_msg_t rep = XMEM__MSG__INIT;
     if (!version_ok) {
         reply(c, &rep, seq, XM_ERR_PROTOCOL, "unsupported protocol version");

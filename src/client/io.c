@@ -83,6 +83,12 @@ static int poll_once(xm_ctx_h ctx)
     int done = 0;
     for (int i = 0; i < n; i++) {
         xm_op_t *op = c[i].ctx;
+        if (op == NULL) {
+            /* a connection-level error names no operation: what is in flight
+             * on it fails or times out; start afresh afterwards */
+            ctx->fab_broken = true;
+            continue;
+        }
         chunk_done(ctx, op, c[i].status);
         done += op->status != XM_IN_PROGRESS;
     }
