@@ -335,14 +335,14 @@ xm_status_t appl_region_create(appl_regions_t *t, const char *owner, uint64_t si
     graves_reap(t, false);
     xm_status_t status;
     uint64_t want = (size + t->pool->extent_size - 1) / t->pool->extent_size;
-    if (size > t->pool->size || want > t->pool->nextents - t->pool->used) {
-        WHY("not enough free space in the pool");
-        status = XM_ERR_NO_SPACE;
-        goto out;
-    }
     if (name != NULL && name[0] != '\0' && region_find(t, 0, name) != NULL) {
         WHY("a region with that name exists");
         status = XM_ERR_EXISTS;
+        goto out;
+    }
+    if (size > t->pool->size || want > t->pool->nextents - t->pool->used) {
+        WHY("not enough free space in the pool");
+        status = XM_ERR_NO_SPACE;
         goto out;
     }
     appl_region_t *r = region_new(t->next_id, size, name, owner, (uint32_t)want);
