@@ -197,11 +197,18 @@ xm_status_t appl_pool_map(appl_pool_t *pool, const uint32_t *extents, uint32_t n
                           void **window_p)
 {
     size_t len = (size_t)n * pool->extent_size;
-    uint8_t *win = mmap(NULL, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (win == MAP_FAILED) {
+    size_t align = pool->extent_size;
+    /* reserve an extent-aligned window (hugetlb needs it; it also lets THP-sized
+     * pages line up), then trim the slack */
+    uint8_t *raw = mmap(NULL, len + align, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                        -1, 0);
+    if (raw == MAP_FAILED) {
         xm_log_error("cannot reserve %zu bytes of address space: %m", len);
         return XM_ERR_NO_SPACE;
     }
+    uint8_t *win = (uint8_t *)(((uintptr_t)raw + align - 1) & ~(uintptr_t)(align - 1));
+    if (win > raw) munmap(raw, (size_t)(win - raw));
+    if (win + len < raw + len + align) munmap(win + len, (size_t)(raw + len + align - (win + len)));
     /* hugetlb reserves its pages at map time, so a short pool fails here, not on access */
     int noreserve = pool->backing == APPL_BACKING_HUGETLB ? 0 : MAP_NORESERVE;
     for (uint32_t i = 0; i < n;) {
