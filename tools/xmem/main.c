@@ -4,6 +4,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -20,7 +21,8 @@ static const char usage_text[] =
     "  region stat ID|NAME                   describe a region\n"
     "  region rm ID|NAME                     destroy a region (owner only)\n"
     "  region grant ID|NAME --tenant T [--read-only]\n"
-    "                                        let tenant T open the region\n"
+    "                                        let tenant T open the region (a global\n"
+    "                                        --tenant goes before the command)\n"
     "  put ID|NAME [--offset N]              copy stdin into the region\n"
     "  get ID|NAME [--offset N] [--length N] copy the region to stdout\n"
     "  stat                                  the appliance's pool\n"
@@ -47,11 +49,39 @@ int cli_fail(const char *what, const char *fmt, ...)
     return 1;
 }
 
+/* The library logs why a connect failed and keeps no context to ask; catch that log line
+ * so the user gets one line with the real reason (a missing secret file is not "wrong secret"). */
 int cli_connect(cli_t *cli, xm_ctx_h *ctx_p)
 {
+    int saved = dup(2);
+    int cap = memfd_create("xmem-connect-log", MFD_CLOEXEC);
+    bool capturing = saved >= 0 && cap >= 0 && dup2(cap, 2) == 2;
     xm_status_t s = xm_connect(&cli->conn, ctx_p);
+    char log[4096] = "";
+    if (capturing) {
+        ssize_t n = pread(cap, log, sizeof(log) - 1, 0);
+        log[n > 0 ? n : 0] = '\0';
+        dup2(saved, 2);
+    }
+    if (saved >= 0) close(saved);
+    if (cap >= 0) close(cap);
+    /* the last error line is the reason; anything logged before it is passed on */
+    char *reason = NULL, *last = strstr(log, " error: ");
+    while (last != NULL && s != XM_OK) {
+        reason = last;
+        last = strstr(last + 1, " error: ");
+    }
+    if (reason != NULL) {
+        char *bol = reason;
+        while (bol > log && bol[-1] != '\n') bol--;
+        *bol = '\0';
+        reason += strlen(" error: ");
+        reason[strcspn(reason, "\n")] = '\0';
+    }
+    fputs(log, stderr);
     if (s != XM_OK) {
         const char *a = cli->conn.appliance != NULL ? cli->conn.appliance : getenv("XMEM_APPLIANCE");
+        if (reason != NULL && reason[0] != '\0') return cli_fail("connect", "%s", reason);
         return cli_fail("connect", "%s (appliance %s)", xm_status_str(s), a != NULL ? a : "127.0.0.1:7400");
     }
     return 0;
@@ -194,9 +224,11 @@ int main(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char **slot = NULL;
+        /* after "region grant", --tenant names the grantee, not who we are */
+        bool grant = nrest >= 2 && strcmp(rest[0], "region") == 0 && strcmp(rest[1], "grant") == 0;
         if (strcmp(a, "--appliance") == 0) slot = &cli.conn.appliance;
         else if (strcmp(a, "--secret-file") == 0) slot = &cli.conn.secret_file;
-        else if (strcmp(a, "--tenant") == 0) slot = &cli.conn.tenant;
+        else if (strcmp(a, "--tenant") == 0 && !grant) slot = &cli.conn.tenant;
         else if (strcmp(a, "--provider") == 0) slot = &cli.conn.provider;
         if (slot != NULL || strcmp(a, "--timeout-ms") == 0) {
             if (i + 1 >= argc) {
@@ -218,25 +250,27 @@ int main(int argc, char **argv)
         free(rest);
         return help ? 0 : 2;
     }
+    static const struct { const char *name; int (*run)(cli_t *); } cmds[] = {
+        {"secret", cmd_secret}, {"region", cmd_region}, {"put", cmd_put},   {"get", cmd_get},
+        {"stat", cmd_stat},     {"bench", cmd_bench},   {"config", cmd_config},
+    };
     const char *cmd = rest[0];
     cli.argc = nrest - 1;
     cli.argv = rest + 1;
-    int rc;
-    if (help) {
-        /* every command's help is the relevant part of the usage */
-        printf("%s", usage_text);
-        rc = 0;
-    } else if (strcmp(cmd, "secret") == 0) rc = cmd_secret(&cli);
-    else if (strcmp(cmd, "region") == 0) rc = cmd_region(&cli);
-    else if (strcmp(cmd, "put") == 0) rc = cmd_put(&cli);
-    else if (strcmp(cmd, "get") == 0) rc = cmd_get(&cli);
-    else if (strcmp(cmd, "stat") == 0) rc = cmd_stat(&cli);
-    else if (strcmp(cmd, "bench") == 0) rc = cmd_bench(&cli);
-    else if (strcmp(cmd, "config") == 0) rc = cmd_config(&cli);
-    else {
-        fprintf(stderr, "xmem: unknown command '%s' (see xmem --help)\n", cmd);
-        rc = 2;
+    int rc = 2;
+    bool found = false;
+    for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]) && !found; i++) {
+        if (strcmp(cmd, cmds[i].name) != 0) continue;
+        found = true;
+        if (help) {
+            /* every command's help is the relevant part of the usage */
+            printf("%s", usage_text);
+            rc = 0;
+        } else {
+            rc = cmds[i].run(&cli);
+        }
     }
+    if (!found) fprintf(stderr, "xmem: unknown command '%s' (see xmem --help)\n", cmd);
     free(rest);
     return rc;
 }

@@ -11,6 +11,7 @@
 static int fail_ctx(xm_ctx_h ctx, const char *what, xm_status_t s)
 {
     const char *detail = xm_last_error(ctx);
+    if (strcmp(detail, xm_status_str(s)) == 0) detail = ""; /* not "no such region: no such region" */
     int rc = cli_fail(what, "%s%s%s", xm_status_str(s), detail[0] ? ": " : "", detail);
     xm_disconnect(ctx);
     return rc;
@@ -62,8 +63,12 @@ int cmd_region(cli_t *cli)
         const char *size_text = cli_take(cli, "--size");
         const char *rname = cli_take(cli, "--name");
         uint64_t size;
-        if (size_text == NULL || xm_parse_size(size_text, &size) != XM_OK || size == 0) {
+        if (size_text == NULL) {
             fprintf(stderr, "xmem: region create needs --size SIZE (e.g. 64M, 1G)\n");
+            return 2;
+        }
+        if (xm_parse_size(size_text, &size) != XM_OK || size == 0) {
+            fprintf(stderr, "xmem: region create: not a size: '%s' (e.g. 64M, 1G)\n", size_text);
             return 2;
         }
         if (cli_no_more(cli, 0) != 0) return 2;
@@ -93,6 +98,10 @@ int cmd_region(cli_t *cli)
         free(infos);
         xm_disconnect(ctx);
         return 0;
+    }
+    if (strcmp(sub, "stat") != 0 && strcmp(sub, "rm") != 0 && strcmp(sub, "grant") != 0) {
+        fprintf(stderr, "xmem: unknown region command '%s' (see xmem --help)\n", sub);
+        return 2;
     }
     if (cli->argc < 1 || cli->argv[0][0] == '-') {
         fprintf(stderr, "usage: xmem region %s ID|NAME\n", sub);
