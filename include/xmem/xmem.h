@@ -90,7 +90,10 @@ XM_API xm_status_t xm_connect(const xm_connect_opts_t *opts, xm_ctx_h *ctx_p);
 /** Close a context; regions it created stay until destroyed. */
 XM_API void xm_disconnect(xm_ctx_h ctx);
 
-/** Last error message of the context (a line saying what failed), or "". */
+/**
+ * What the context's last failed call ran into, as one line, or "".
+ * With NULL: why the calling thread's last ::xm_connect failed.
+ */
 XM_API const char *xm_last_error(xm_ctx_h ctx);
 
 /**

@@ -137,7 +137,9 @@ int main(int argc, char **argv)
         extent_size = 2u << 20;
     }
     net_secret_t secret;
-    if (net_secret_load(xm__config_get(&cfg, "secret-file"), &secret) != XM_OK) {
+    char why[512];
+    if (net_secret_load(xm__config_get(&cfg, "secret-file"), &secret, why, sizeof(why)) != XM_OK) {
+        fprintf(stderr, "xmemd: %s\n", why);
         return 2;
     }
 

@@ -19,9 +19,12 @@ xm_status_t xm__ctx_error(xm_ctx_h ctx, xm_status_t status, const char *fmt, ...
     return status;
 }
 
+/* Why the calling thread's last xm_connect failed. */
+static __thread char connect_error[256];
+
 XM_EXPORT const char *xm_last_error(xm_ctx_h ctx)
 {
-    return ctx != NULL ? ctx->last_error : "";
+    return ctx != NULL ? ctx->last_error : connect_error;
 }
 
 static void ctl_close(xm_ctx_h ctx)
@@ -177,18 +180,22 @@ XM_EXPORT xm_status_t xm_connect(const xm_connect_opts_t *opts, xm_ctx_h *ctx_p)
     xm_status_t status = XM_ERR_INVALID;
     const char *addr = pick(opts->appliance, "XMEM_APPLIANCE", "127.0.0.1:7400");
     if (xm__parse_hostport(addr, ctx->host, sizeof(ctx->host), ctx->port, sizeof(ctx->port)) != XM_OK) {
-        xm_log_error("appliance address '%s' is not HOST:PORT", addr);
+        xm__ctx_error(ctx, status, "appliance address '%s' is not HOST:PORT", addr);
         goto err;
     }
     const char *prov = pick(opts->provider, "XMEM_PROVIDER", "");
-    if (strlen(prov) >= sizeof(ctx->want_provider)) goto err;
+    if (strcmp(prov, "") != 0 && strcmp(prov, "tcp") != 0 && strcmp(prov, "shm") != 0) {
+        xm__ctx_error(ctx, status, "provider '%s' is neither tcp nor shm", prov);
+        goto err;
+    }
     snprintf(ctx->want_provider, sizeof(ctx->want_provider), "%s", prov);
     char fallback[32];
     struct passwd *pw = getpwuid(getuid());
     snprintf(fallback, sizeof(fallback), "uid%u", (unsigned)getuid());
     const char *tenant = pick(opts->tenant, "XMEM_TENANT", pw != NULL ? pw->pw_name : fallback);
     if (!xm__name_valid(tenant)) {
-        xm_log_error("tenant name '%s' is not 1..%d printable characters", tenant, XM_NAME_MAX);
+        xm__ctx_error(ctx, status, "tenant name '%s' is not 1..%d printable characters", tenant,
+                      XM_NAME_MAX);
         goto err;
     }
     snprintf(ctx->tenant, sizeof(ctx->tenant), "%s", tenant);
@@ -198,19 +205,22 @@ XM_EXPORT xm_status_t xm_connect(const xm_connect_opts_t *opts, xm_ctx_h *ctx_p)
         ctx->timeout_ms = t != NULL ? (uint32_t)strtoul(t, NULL, 10) : 0;
         if (ctx->timeout_ms == 0) ctx->timeout_ms = 5000;
     }
-    status = net_secret_load(pick(opts->secret_file, "XMEM_SECRET_FILE", NULL), &ctx->secret);
+    status = net_secret_load(pick(opts->secret_file, "XMEM_SECRET_FILE", NULL), &ctx->secret,
+                             ctx->last_error, sizeof(ctx->last_error));
     if (status != XM_OK) {
         goto err;
     }
     status = ctl_connect(ctx);
     if (status != XM_OK) {
-        xm_log_error("%s", ctx->last_error);
         goto err;
     }
+    connect_error[0] = '\0';
     *ctx_p = ctx;
     return XM_OK;
 
 err:
+    snprintf(connect_error, sizeof(connect_error), "%s",
+             ctx->last_error[0] != '\0' ? ctx->last_error : xm_status_str(status));
     free(ctx);
     return status;
 }

@@ -59,7 +59,9 @@ xm_status_t xm__parse_hostport(const char *text, char *host, size_t hostlen, cha
                                size_t portlen);
 /* A name is 1..XM_NAME_MAX printable, non-space ASCII bytes. */
 bool xm__name_valid(const char *name);
-/* Read the cluster secret (at least 16 bytes) from a file; XM_ERR_AUTH if missing/short. */
-xm_status_t xm__secret_load(const char *path, uint8_t *secret, size_t cap, size_t *len_p);
+/* Read the cluster secret (at least 16 bytes) from a file; XM_ERR_AUTH with the reason
+ * in why when missing, unreadable or short. */
+xm_status_t xm__secret_load(const char *path, uint8_t *secret, size_t cap, size_t *len_p,
+                            char *why, size_t whylen);
 
 #endif

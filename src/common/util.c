@@ -157,21 +157,23 @@ bool xm__name_valid(const char *name)
     return true;
 }
 
-xm_status_t xm__secret_load(const char *path, uint8_t *secret, size_t cap, size_t *len_p)
+xm_status_t xm__secret_load(const char *path, uint8_t *secret, size_t cap, size_t *len_p,
+                            char *why, size_t whylen)
 {
     if (path == NULL || *path == '\0') {
-        xm_log_error("no cluster secret: pass --secret-file or set XMEM_SECRET_FILE");
+        snprintf(why, whylen, "no cluster secret: pass --secret-file or set XMEM_SECRET_FILE");
         return XM_ERR_AUTH;
     }
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
-        xm_log_error("cannot open secret file %s: %m", path);
+        snprintf(why, whylen, "cannot open secret file %s: %s", path, strerror(errno));
         return XM_ERR_AUTH;
     }
     ssize_t n = read(fd, secret, cap);
+    int err = errno;
     close(fd);
     if (n < 0) {
-        xm_log_error("cannot read secret file %s: %m", path);
+        snprintf(why, whylen, "cannot read secret file %s: %s", path, strerror(err));
         return XM_ERR_AUTH;
     }
     /* trailing newline is not part of the secret */
@@ -179,8 +181,8 @@ xm_status_t xm__secret_load(const char *path, uint8_t *secret, size_t cap, size_
         n--;
     }
     if (n < 16) {
-        xm_log_error("secret file %s holds %zd bytes; at least 16 are needed "
-                     "(make one with: xmem secret new PATH)", path, n);
+        snprintf(why, whylen, "secret file %s holds %zd bytes; at least 16 are needed "
+                 "(make one with: xmem secret new PATH)", path, n);
         return XM_ERR_AUTH;
     }
     *len_p = (size_t)n;

@@ -35,7 +35,8 @@ typedef struct net_secret {
     uint8_t key[32]; /* the file's bytes hashed down to a MAC key */
 } net_secret_t;
 
-xm_status_t net_secret_load(const char *path, net_secret_t *secret);
+/* Load and hash the secret file; the reason for a failure goes to why. */
+xm_status_t net_secret_load(const char *path, net_secret_t *secret, char *why, size_t whylen);
 void net_auth_mac(const net_secret_t *secret, const char *role, const uint8_t *nonce_a,
                   const uint8_t *nonce_b, const char *tenant, uint8_t mac[XM_MAC_LEN]);
 bool net_auth_verify(const net_secret_t *secret, const char *role, const uint8_t *nonce_a,

@@ -185,11 +185,11 @@ xm_status_t net_recv_msg(int fd, size_t max, int idle_ms, uint32_t timeout_ms, x
     return status;
 }
 
-xm_status_t net_secret_load(const char *path, net_secret_t *secret)
+xm_status_t net_secret_load(const char *path, net_secret_t *secret, char *why, size_t whylen)
 {
     uint8_t raw[4096];
     size_t len;
-    xm_status_t status = xm__secret_load(path, raw, sizeof(raw), &len);
+    xm_status_t status = xm__secret_load(path, raw, sizeof(raw), &len, why, whylen);
     if (status != XM_OK) {
         return status;
     }

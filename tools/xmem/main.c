@@ -4,7 +4,6 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -53,36 +52,9 @@ int cli_fail(const char *what, const char *fmt, ...)
  * so the user gets one line with the real reason (a missing secret file is not "wrong secret"). */
 int cli_connect(cli_t *cli, xm_ctx_h *ctx_p)
 {
-    int saved = dup(2);
-    int cap = memfd_create("xmem-connect-log", MFD_CLOEXEC);
-    bool capturing = saved >= 0 && cap >= 0 && dup2(cap, 2) == 2;
     xm_status_t s = xm_connect(&cli->conn, ctx_p);
-    char log[4096] = "";
-    if (capturing) {
-        ssize_t n = pread(cap, log, sizeof(log) - 1, 0);
-        log[n > 0 ? n : 0] = '\0';
-        dup2(saved, 2);
-    }
-    if (saved >= 0) close(saved);
-    if (cap >= 0) close(cap);
-    /* the last error line is the reason; anything logged before it is passed on */
-    char *reason = NULL, *last = strstr(log, " error: ");
-    while (last != NULL && s != XM_OK) {
-        reason = last;
-        last = strstr(last + 1, " error: ");
-    }
-    if (reason != NULL) {
-        char *bol = reason;
-        while (bol > log && bol[-1] != '\n') bol--;
-        *bol = '\0';
-        reason += strlen(" error: ");
-        reason[strcspn(reason, "\n")] = '\0';
-    }
-    fputs(log, stderr);
     if (s != XM_OK) {
-        const char *a = cli->conn.appliance != NULL ? cli->conn.appliance : getenv("XMEM_APPLIANCE");
-        if (reason != NULL && reason[0] != '\0') return cli_fail("connect", "%s", reason);
-        return cli_fail("connect", "%s (appliance %s)", xm_status_str(s), a != NULL ? a : "127.0.0.1:7400");
+        return cli_fail("connect", "%s", xm_last_error(NULL));
     }
     return 0;
 }
