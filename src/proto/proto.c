@@ -42,6 +42,40 @@ static xm_status_t info_ok(const Xmem__RegionInfo *info, const char **why_p)
     return XM_OK;
 }
 
+/*
+ * True when m or a message inside it carries field number 0. protobuf-c refuses
+ * tag 0 written in one byte but keeps it as an unknown field when the tag is an
+ * overlong varint (0x80 0x00); re-encoded, that becomes the one-byte form it
+ * refuses, so a frame we accepted could not be sent on. Field 0 is not valid
+ * protobuf: refuse it wherever it appears.
+ */
+static bool has_field_zero(const ProtobufCMessage *m)
+{
+    for (unsigned i = 0; i < m->n_unknown_fields; i++) {
+        if (m->unknown_fields[i].tag == 0) return true;
+    }
+    const char *base = (const char *)m;
+    for (unsigned i = 0; i < m->descriptor->n_fields; i++) {
+        const ProtobufCFieldDescriptor *f = &m->descriptor->fields[i];
+        if (f->type != PROTOBUF_C_TYPE_MESSAGE) continue;
+        /* a oneof member is only there when the case names it */
+        if ((f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) &&
+            *(const uint32_t *)(base + f->quantifier_offset) != f->id)
+            continue;
+        if (f->label == PROTOBUF_C_LABEL_REPEATED) {
+            size_t n = *(const size_t *)(base + f->quantifier_offset);
+            ProtobufCMessage *const *subs = *(ProtobufCMessage *const *const *)(base + f->offset);
+            for (size_t j = 0; j < n; j++) {
+                if (subs[j] != NULL && has_field_zero(subs[j])) return true;
+            }
+        } else {
+            const ProtobufCMessage *sub = *(const ProtobufCMessage *const *)(base + f->offset);
+            if (sub != NULL && has_field_zero(sub)) return true;
+        }
+    }
+    return false;
+}
+
 xm_status_t proto_validate(const xm_msg_t *m, const char **why_p)
 {
     if (m->status > 1 || m->status < -1000) FAIL("status out of range");
@@ -121,6 +155,10 @@ xm_status_t proto_decode(const uint8_t *buf, size_t len, size_t max, xm_msg_t **
     if (len > max) FAIL("message too large");
     xm_msg_t *m = xmem__msg__unpack(NULL, len, buf);
     if (m == NULL) FAIL("undecodable message");
+    if (has_field_zero(&m->base)) {
+        xmem__msg__free_unpacked(m, NULL);
+        FAIL("undecodable message: field number 0");
+    }
     if (proto_validate(m, why_p) != XM_OK) {
         xmem__msg__free_unpacked(m, NULL);
         return XM_ERR_PROTOCOL;
@@ -172,7 +210,8 @@ xm_status_t proto_pool_decode(const uint8_t *buf, size_t len, Xmem__PoolMeta **m
     Xmem__PoolMeta *meta = xmem__pool_meta__unpack(NULL, len, buf);
     if (meta == NULL) FAIL("undecodable pool metadata");
     const char *why = NULL;
-    if (meta->version != 1) why = "unknown pool metadata version";
+    if (has_field_zero(&meta->base)) why = "undecodable pool metadata: field number 0";
+    else if (meta->version != 1) why = "unknown pool metadata version";
     else if (meta->extent_size == 0 || meta->pool_size == 0) why = "pool metadata without sizes";
     for (size_t i = 0; why == NULL && i < meta->n_regions; i++) {
         const Xmem__PoolRegion *r = meta->regions[i];

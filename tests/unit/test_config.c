@@ -1,0 +1,257 @@
+/* Config table: defaults < file < XMEM_* environment < flags; bad input refused. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <criterion/criterion.h>
+#include <xmem/xmem.h>
+
+#include "../../src/common/common.h"
+#include "../../src/common/config.h"
+
+/* Names unlikely to be set in anyone's environment: XMEM_XT_POOL, XMEM_XT_LISTEN, ... */
+static xm_config_entry_t entries[] = {
+    {"xt-pool", "1G", "pool size"},
+    {"xt-listen", "127.0.0.1:7000", "address to listen on"},
+    {"xt-level", "warn", "log level"},
+    {"xt-secret", NULL, "secret file"},
+};
+static xm_config_t cfg = {entries, XM_ARRAY_LEN(entries)};
+static char path[64];
+
+static void setup(void)
+{
+    unsetenv("XMEM_XT_POOL");
+    unsetenv("XMEM_XT_LISTEN");
+    unsetenv("XMEM_XT_LEVEL");
+    unsetenv("XMEM_XT_SECRET");
+    path[0] = '\0';
+}
+
+static void teardown(void)
+{
+    xm__config_cleanup(&cfg);
+    if (path[0] != '\0') {
+        unlink(path);
+    }
+}
+
+/* Write text to a fresh temp file; its name goes to path, removed by teardown. */
+static const char *write_file(const char *text)
+{
+    snprintf(path, sizeof(path), "/tmp/xmem-test-config-XXXXXX");
+    int fd = mkstemp(path);
+    cr_assert_geq(fd, 0, "mkstemp: %m");
+    size_t len = strlen(text);
+    cr_assert_eq(write(fd, text, len), (ssize_t)len);
+    close(fd);
+    return path;
+}
+
+static const char *source_of(const char *name)
+{
+    for (size_t i = 0; i < cfg.count; i++) {
+        if (strcmp(cfg.entries[i].name, name) == 0) {
+            return cfg.entries[i].source;
+        }
+    }
+    cr_assert_fail("no entry %s", name);
+    return NULL;
+}
+
+TestSuite(config, .init = setup, .fini = teardown);
+
+Test(config, defaults)
+{
+    xm__config_init(&cfg);
+    cr_expect_str_eq(xm__config_get(&cfg, "xt-pool"), "1G");
+    cr_expect_str_eq(xm__config_get(&cfg, "xt-listen"), "127.0.0.1:7000");
+    cr_expect_str_eq(source_of("xt-pool"), "default");
+    cr_expect_null(xm__config_get(&cfg, "xt-secret"), "an entry without default is unset");
+    cr_expect_null(xm__config_get(&cfg, "no-such-setting"));
+}
+
+Test(config, env_overrides_default)
+{
+    setenv("XMEM_XT_POOL", "8G", 1);
+    setenv("XMEM_XT_SECRET", "/etc/xmem/secret", 1);
+    xm__config_init(&cfg);
+    cr_expect_str_eq(xm__config_get(&cfg, "xt-pool"), "8G");
+    cr_expect_str_eq(source_of("xt-pool"), "env");
+    cr_expect_str_eq(xm__config_get(&cfg, "xt-secret"), "/etc/xmem/secret");
+    cr_expect_str_eq(xm__config_get(&cfg, "xt-listen"), "127.0.0.1:7000");
+    cr_expect_str_eq(source_of("xt-listen"), "default");
+}
+
+Test(config, empty_env_is_ignored)
+{
+    setenv("XMEM_XT_POOL", "", 1);
+    xm__config_init(&cfg);
+    cr_expect_str_eq(xm__config_get(&cfg, "xt-pool"), "1G");
+    cr_expect_str_eq(source_of("xt-pool"), "default");
+}
+
+Test(config, env_name_is_upper_snake_case)
+{
+    /* "xt-listen" is XMEM_XT_LISTEN, not XMEM_XT-LISTEN */
+    setenv("XMEM_XT-LISTEN", "wrong:1", 1);
+    setenv("XMEM_XT_LISTEN", "right:2", 1);
+    xm__config_init(&cfg);
+    cr_expect_str_eq(xm__config_get(&cfg, "xt-listen"), "right:2");
+    unsetenv("XMEM_XT-LISTEN");
+}
+
+Test(config, file_overrides_default)
+{
+    xm__config_init(&cfg);
+    const char *p = write_file("# an xmemd config\n"
+                               "\n"
+                               "   xt-pool   =   64G   \n"
+                               "\t# indented comment\n"
+                               "xt-level=debug\n"
+                               "xt-listen = [::1]:7001\n");
+    cr_assert_eq(xm__config_load_file(&cfg, p), XM_OK);
+    cr_expect_str_eq(xm__config_get(&cfg, "xt-pool"), "64G", "spaces around name and value trimmed");
+    cr_expect_str_eq(source_of("xt-pool"), "file");
+    cr_expect_str_eq(xm__config_get(&cfg, "xt-level"), "debug");
+    cr_expect_str_eq(xm__config_get(&cfg, "xt-listen"), "[::1]:7001");
+    cr_expect_null(xm__config_get(&cfg, "xt-secret"), "not in the file: stays unset");
+}
+
+Test(config, file_value_may_contain_equals_and_be_empty)
+{
+    xm__config_init(&cfg);
+    const char *p = write_file("xt-secret = /path/a=b\nxt-level =\n");
+    cr_assert_eq(xm__config_load_file(&cfg, p), XM_OK);
+    cr_expect_str_eq(xm__config_get(&cfg, "xt-secret"), "/path/a=b");
+    cr_expect_str_eq(xm__config_get(&cfg, "xt-level"), "");
+}
+
+Test(config, last_line_without_newline)
+{
+    xm__config_init(&cfg);
+    const char *p = write_file("xt-pool = 2T");
+    cr_assert_eq(xm__config_load_file(&cfg, p), XM_OK);
+    cr_expect_str_eq(xm__config_get(&cfg, "xt-pool"), "2T");
+}
+
+Test(config, env_beats_file)
+{
+    setenv("XMEM_XT_POOL", "8G", 1);
+    xm__config_init(&cfg);
+    const char *p = write_file("xt-pool = 64G\nxt-level = info\n");
+    cr_assert_eq(xm__config_load_file(&cfg, p), XM_OK);
+    cr_expect_str_eq(xm__config_get(&cfg, "xt-pool"), "8G");
+    cr_expect_str_eq(source_of("xt-pool"), "env");
+    cr_expect_str_eq(xm__config_get(&cfg, "xt-level"), "info", "the file still sets the rest");
+}
+
+Test(config, flag_beats_everything)
+{
+    setenv("XMEM_XT_POOL", "8G", 1);
+    setenv("XMEM_XT_LEVEL", "error", 1);
+    xm__config_init(&cfg);
+    const char *p = write_file("xt-pool = 64G\nxt-listen = 10.0.0.1:1\nxt-level = info\n");
+    cr_assert_eq(xm__config_load_file(&cfg, p), XM_OK);
+    /* the order xmemd applies them: defaults+env, file, then flags */
+    cr_assert_eq(xm__config_set(&cfg, "xt-pool", "128G", "flag"), XM_OK);
+    cr_assert_eq(xm__config_set(&cfg, "xt-listen", "10.0.0.2:2", "flag"), XM_OK);
+    cr_expect_str_eq(xm__config_get(&cfg, "xt-pool"), "128G", "flag over env");
+    cr_expect_str_eq(source_of("xt-pool"), "flag");
+    cr_expect_str_eq(xm__config_get(&cfg, "xt-listen"), "10.0.0.2:2", "flag over file");
+    cr_expect_str_eq(xm__config_get(&cfg, "xt-level"), "error", "env over file");
+    cr_expect_null(xm__config_get(&cfg, "xt-secret"));
+}
+
+Test(config, set_copies_the_value)
+{
+    xm__config_init(&cfg);
+    char value[] = "32G";
+    cr_assert_eq(xm__config_set(&cfg, "xt-pool", value, "flag"), XM_OK);
+    value[0] = '9';
+    cr_expect_str_eq(xm__config_get(&cfg, "xt-pool"), "32G");
+}
+
+Test(config, set_unknown_name_refused)
+{
+    xm__config_init(&cfg);
+    cr_expect_eq(xm__config_set(&cfg, "xt-poool", "8G", "flag"), XM_ERR_INVALID);
+    cr_expect_eq(xm__config_set(&cfg, "", "8G", "flag"), XM_ERR_INVALID);
+    cr_expect_eq(xm__config_set(&cfg, "XT-POOL", "8G", "flag"), XM_ERR_INVALID,
+                 "names are case-sensitive");
+    cr_expect_str_eq(xm__config_get(&cfg, "xt-pool"), "1G", "nothing changed");
+}
+
+Test(config, file_with_unknown_name_refused)
+{
+    xm__config_init(&cfg);
+    const char *p = write_file("xt-pool = 64G\nxt-typo = 1\n");
+    cr_expect_eq(xm__config_load_file(&cfg, p), XM_ERR_INVALID);
+}
+
+Test(config, file_with_line_without_equals_refused)
+{
+    xm__config_init(&cfg);
+    const char *p = write_file("xt-pool 64G\n");
+    cr_expect_eq(xm__config_load_file(&cfg, p), XM_ERR_INVALID);
+    cr_expect_str_eq(xm__config_get(&cfg, "xt-pool"), "1G");
+}
+
+Test(config, file_with_empty_name_refused)
+{
+    xm__config_init(&cfg);
+    const char *p = write_file("= 64G\n");
+    cr_expect_eq(xm__config_load_file(&cfg, p), XM_ERR_INVALID);
+    cr_expect_str_eq(xm__config_get(&cfg, "xt-pool"), "1G");
+}
+
+Test(config, missing_file_is_an_io_error)
+{
+    xm__config_init(&cfg);
+    cr_expect_eq(xm__config_load_file(&cfg, "/tmp/xmem-test-config-does-not-exist/x.conf"),
+                 XM_ERR_IO);
+    cr_expect_str_eq(xm__config_get(&cfg, "xt-pool"), "1G");
+}
+
+Test(config, print_lists_every_entry)
+{
+    xm__config_init(&cfg);
+    cr_assert_eq(xm__config_set(&cfg, "xt-level", "debug", "flag"), XM_OK);
+    char *out = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&out, &len);
+    cr_assert_not_null(f);
+    xm__config_print(&cfg, f);
+    fclose(f);
+    cr_expect_not_null(strstr(out, "xt-pool"));
+    cr_expect_not_null(strstr(out, "pool size"), "descriptions printed");
+    cr_expect_not_null(strstr(out, "127.0.0.1:7000"), "values printed");
+    cr_expect_not_null(strstr(out, "(unset)"), "unset entries shown as such");
+    /* one line per entry, in table order, each naming its source */
+    int lines = 0;
+    for (char *s = out; *s; s++) lines += *s == '\n';
+    cr_expect_eq(lines, (int)cfg.count);
+    char *level = strstr(out, "xt-level");
+    cr_assert_not_null(level);
+    char *eol = strchr(level, '\n');
+    *eol = '\0';
+    cr_expect_not_null(strstr(level, "debug"));
+    cr_expect_not_null(strstr(level, "flag"));
+    cr_expect(strstr(out, "xt-pool") < strstr(out, "xt-listen"));
+    free(out);
+}
+
+Test(config, cleanup_releases_values)
+{
+    xm__config_init(&cfg);
+    cr_assert_eq(xm__config_set(&cfg, "xt-secret", "/s", "flag"), XM_OK);
+    xm__config_cleanup(&cfg);
+    for (size_t i = 0; i < cfg.count; i++) {
+        cr_expect_null(cfg.entries[i].value, "%s still set after cleanup", cfg.entries[i].name);
+    }
+    /* a second init after cleanup starts from defaults again */
+    xm__config_init(&cfg);
+    cr_expect_null(xm__config_get(&cfg, "xt-secret"));
+    cr_expect_str_eq(xm__config_get(&cfg, "xt-pool"), "1G");
+}
