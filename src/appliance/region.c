@@ -81,6 +81,8 @@ static void region_release(appl_regions_t *t, appl_region_t *r, bool give_back)
     free(r);
 }
 
+static appl_region_t *region_find(appl_regions_t *t, uint64_t id, const char *name);
+
 /* ---- persistence of a file-backed pool's table -------------------------- */
 
 static xm_status_t meta_save(appl_regions_t *t)
@@ -226,6 +228,12 @@ static xm_status_t meta_load(appl_regions_t *t)
     t->next_id = meta->next_id;
     for (size_t i = 0; i < meta->n_regions; i++) {
         const Xmem__PoolRegion *rec = meta->regions[i];
+        if (region_find(t, rec->id, NULL) != NULL ||
+            (rec->name[0] != '\0' && region_find(t, 0, rec->name) != NULL)) {
+            xm_log_error("pool metadata: region %llu or its name appears twice",
+                         (unsigned long long)rec->id);
+            goto out;
+        }
         if (rec->n_extents > t->pool->nextents ||
             rec->size > (uint64_t)rec->n_extents * t->pool->extent_size ||
             appl_pool_claim(t->pool, rec->extents, (uint32_t)rec->n_extents) != XM_OK) {

@@ -91,10 +91,13 @@ xm_status_t xm__config_load_file(xm_config_t *cfg, const char *path)
             status = XM_ERR_INVALID;
             break;
         }
-        if (strcmp(e->source, "env") == 0) {
-            continue; /* the environment outranks the file */
+        if (strcmp(e->source, "env") == 0 || strcmp(e->source, "flag") == 0) {
+            continue; /* the environment and flags outrank the file */
         }
-        xm__config_set(cfg, name, value, "file");
+        status = xm__config_set(cfg, name, value, "file");
+        if (status != XM_OK) {
+            break;
+        }
     }
     fclose(f);
     return status;

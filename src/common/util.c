@@ -21,10 +21,11 @@ xm_status_t xm__parse_size(const char *text, uint64_t *size_p)
     uint64_t whole = 0;
     int digits = 0;
     while (*p >= '0' && *p <= '9') {
-        if (whole > (UINT64_MAX - 9) / 10) {
+        uint64_t d = (uint64_t)(*p - '0');
+        if (whole > (UINT64_MAX - d) / 10) {
             return XM_ERR_INVALID;
         }
-        whole = whole * 10 + (uint64_t)(*p - '0');
+        whole = whole * 10 + d;
         p++;
         digits++;
     }
@@ -124,7 +125,8 @@ xm_status_t xm__parse_hostport(const char *text, char *host, size_t hostlen, cha
     }
     const char *p = colon + 1;
     size_t pl = strlen(p);
-    if (hl == 0 || hl >= hostlen || pl == 0 || pl >= portlen || pl > 5) {
+    if (hl == 0 || hl >= hostlen || pl == 0 || pl >= portlen || pl > 5 ||
+        strspn(p, "0123456789") != pl) {
         return XM_ERR_INVALID;
     }
     char *endp;

@@ -255,3 +255,12 @@ Test(config, cleanup_releases_values)
     cr_expect_null(xm__config_get(&cfg, "xt-secret"));
     cr_expect_str_eq(xm__config_get(&cfg, "xt-pool"), "1G");
 }
+
+Test(config, flag_outranks_a_file_loaded_after_it, .init = setup, .fini = teardown)
+{
+    xm__config_init(&cfg);
+    cr_assert_eq(xm__config_set(&cfg, "xt-pool", "8G", "flag"), XM_OK);
+    cr_assert_eq(xm__config_load_file(&cfg, write_file("xt-pool = 2G\n")), XM_OK);
+    cr_assert_str_eq(xm__config_get(&cfg, "xt-pool"), "8G");
+    cr_assert_str_eq(source_of("xt-pool"), "flag");
+}

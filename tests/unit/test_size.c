@@ -288,3 +288,21 @@ Test(name, invalid)
     big[XM_NAME_MAX + 1] = '\0';
     cr_expect_not(xm__name_valid(big), "a name of XM_NAME_MAX + 1 bytes is refused");
 }
+
+Test(size, largest_values_parse)
+{
+    uint64_t v = 0;
+    cr_assert_eq(xm__parse_size("18446744073709551615", &v), XM_OK, "UINT64_MAX refused");
+    cr_assert_eq(v, UINT64_MAX);
+    cr_assert_eq(xm__parse_size("18446744073709551610", &v), XM_OK);
+    cr_assert_eq(v, UINT64_MAX - 5);
+    cr_assert_eq(xm__parse_size("18446744073709551616", &v), XM_ERR_INVALID, "UINT64_MAX + 1 accepted");
+}
+
+Test(hostport, rejects_signs_and_spaces_in_port)
+{
+    char host[64], port[16];
+    cr_assert_eq(xm__parse_hostport("host:+80", host, sizeof(host), port, sizeof(port)), XM_ERR_INVALID);
+    cr_assert_eq(xm__parse_hostport("host: 80", host, sizeof(host), port, sizeof(port)), XM_ERR_INVALID);
+    cr_assert_eq(xm__parse_hostport("host:-0", host, sizeof(host), port, sizeof(port)), XM_ERR_INVALID);
+}
