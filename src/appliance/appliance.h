@@ -142,4 +142,23 @@ void appl_server_run(appl_server_t *server, int stop_fd);
 /* Close every connection and join their threads. */
 void appl_server_destroy(appl_server_t *server);
 
+/* ---- member.c: registration with the allocation manager ------------------ */
+
+typedef struct appl_member appl_member_t;
+
+typedef struct appl_member_opts {
+    const char *manager;        /* HOST:PORT */
+    const char *control_addr;   /* our control HOST:PORT as bound */
+    const char *domain;         /* failure domain */
+    const net_secret_t *secret;
+    appl_regions_t *regions;
+    net_fabric_t *fab;
+    uint32_t heartbeat_ms;
+    uint32_t timeout_ms;
+} appl_member_opts_t;
+
+/* Register and heartbeat from a thread until stopped; reconnects as needed. */
+xm_status_t appl_member_start(const appl_member_opts_t *opts, appl_member_t **mb_p);
+void appl_member_stop(appl_member_t *mb);
+
 #endif

@@ -26,6 +26,9 @@ static xm_config_entry_t entries[] = {
     {"max-conns", "1024", "control connections served at once", 0, 0},
     {"timeout-ms", "5000", "a started control message must arrive within this", 0, 0},
     {"log-level", "info", "error | warn | info | debug", 0, 0},
+    {"manager", "", "HOST:PORT of xmem-manager to register with (empty: serve alone)", 0, 0},
+    {"domain", "default", "failure domain reported to the manager", 0, 0},
+    {"heartbeat-ms", "500", "interval of heartbeats to the manager", 0, 0},
 };
 
 static void usage(FILE *out)
@@ -113,7 +116,7 @@ int main(int argc, char **argv)
 
     char host[256], port[16], path[PATH_MAX];
     uint64_t pool_size, extent_size;
-    uint32_t spin_us, max_conns, timeout_ms;
+    uint32_t spin_us, max_conns, timeout_ms, heartbeat_ms;
     appl_backing_t backing;
     if (xm__parse_hostport(xm__config_get(&cfg, "listen"), host, sizeof(host), port, sizeof(port)) != XM_OK) {
         fprintf(stderr, "xmemd: --listen: expected HOST:PORT, got '%s'\n", xm__config_get(&cfg, "listen"));
@@ -130,7 +133,14 @@ int main(int argc, char **argv)
     }
     if (parse_u32("spin-us", xm__config_get(&cfg, "spin-us"), &spin_us) != 0 ||
         parse_u32("max-conns", xm__config_get(&cfg, "max-conns"), &max_conns) != 0 ||
-        parse_u32("timeout-ms", xm__config_get(&cfg, "timeout-ms"), &timeout_ms) != 0) {
+        parse_u32("timeout-ms", xm__config_get(&cfg, "timeout-ms"), &timeout_ms) != 0 ||
+        parse_u32("heartbeat-ms", xm__config_get(&cfg, "heartbeat-ms"), &heartbeat_ms) != 0) {
+        return 2;
+    }
+    const char *manager = xm__config_get(&cfg, "manager");
+    const char *domain = xm__config_get(&cfg, "domain");
+    if (manager != NULL && manager[0] != '\0' && (domain == NULL || !xm__name_valid(domain) || heartbeat_ms == 0)) {
+        fprintf(stderr, "xmemd: --domain must be a name and --heartbeat-ms > 0\n");
         return 2;
     }
     if (backing == APPL_BACKING_HUGETLB && extent_size < (2u << 20)) {
@@ -157,6 +167,7 @@ int main(int argc, char **argv)
     net_fabric_t fab;
     appl_regions_t regions;
     appl_server_t *server = NULL;
+    appl_member_t *member = NULL;
     int listen_fd = -1;
     uint16_t bound_port = 0;
     if (appl_pool_init(&pool, backing, path, pool_size, extent_size) != XM_OK) {
@@ -187,12 +198,25 @@ int main(int argc, char **argv)
     xm_log_info("serving %s %s pool on %s:%u over %s (%s)", xm__format_size(pool.size, sz, sizeof(sz)),
                 appl_backing_name(backing), host, bound_port, fab.provider,
                 fab.info->fabric_attr->prov_name);
+    char control_addr[300];
+    snprintf(control_addr, sizeof(control_addr), strchr(host, ':') != NULL ? "[%s]:%u" : "%s:%u",
+             host, bound_port);
+    if (manager != NULL && manager[0] != '\0') {
+        appl_member_opts_t mo = {.manager = manager, .control_addr = control_addr, .domain = domain,
+                                 .secret = &secret, .regions = &regions, .fab = &fab,
+                                 .heartbeat_ms = heartbeat_ms, .timeout_ms = timeout_ms};
+        if (appl_member_start(&mo, &member) != XM_OK) {
+            appl_server_destroy(server);
+            goto err_progress;
+        }
+    }
     printf("xmemd listening on %s:%u\n", host, bound_port);
     fflush(stdout);
 
     appl_server_run(server, sig_fd);
     xm_log_info("shutting down");
     rc = 0;
+    appl_member_stop(member);
     appl_server_destroy(server);
 err_progress:
     parg.stop = 1;

@@ -134,18 +134,27 @@ static xm_status_t dispatch(conn_t *c, const xm_msg_t *m)
     appl_desc_t d;
     Xmem__RegionDesc rd = XMEM__REGION_DESC__INIT;
     Xmem__Empty empty = XMEM__EMPTY__INIT;
+    /* only the manager's connection may act for another tenant */
+    bool manager = strcmp(c->tenant, XM_MANAGER_TENANT) == 0;
     switch (m->body_case) {
-    case XMEM__MSG__BODY_REGION_CREATE:
-        status = appl_region_create(t, c->tenant, m->region_create->size, m->region_create->name,
+    case XMEM__MSG__BODY_REGION_CREATE: {
+        const char *owner = manager && m->region_create->owner != NULL && m->region_create->owner[0]
+                                ? m->region_create->owner : c->tenant;
+        if (owner[0] == '@') {
+            return reply(c, &rep, m->seq, XM_ERR_PERM, "regions need a tenant as owner");
+        }
+        status = appl_region_create(t, owner, m->region_create->size, m->region_create->name,
                                     &d, &why);
-        if (status == XM_OK) xm_log_info("tenant %s created region %llu (%llu bytes)", c->tenant,
+        if (status == XM_OK) xm_log_info("tenant %s created region %llu (%llu bytes)", owner,
                                          (unsigned long long)d.id, (unsigned long long)d.size);
         goto desc;
+    }
     case XMEM__MSG__BODY_REGION_OPEN: {
         const Xmem__RegionRef *r = m->region_open;
         xm_access_t a = r->access == XMEM__ACCESS__ACCESS_READ ? XM_ACCESS_READ
                                                                : XM_ACCESS_READ_WRITE;
-        status = appl_region_open(t, c->tenant, r->id, r->name, a, &d, &why);
+        const char *who = manager && r->tenant != NULL && r->tenant[0] ? r->tenant : c->tenant;
+        status = appl_region_open(t, who, r->id, r->name, a, &d, &why);
         goto desc;
     }
     case XMEM__MSG__BODY_REGION_DESTROY:

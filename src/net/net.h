@@ -43,6 +43,19 @@ bool net_auth_verify(const net_secret_t *secret, const char *role, const uint8_t
                      const uint8_t *nonce_b, const char *tenant, const uint8_t *mac);
 void net_random(void *buf, size_t len);
 
+/* ---- daemon-to-daemon handshake and calls (handshake.c) ------------------ */
+
+/* Client side of the mutual handshake as tenant; the peer's Welcome in *welcome_p. */
+xm_status_t net_handshake_client(int fd, const net_secret_t *secret, const char *tenant,
+                                 uint32_t timeout_ms, xm_msg_t **welcome_p, const char **why_p);
+/* Server side: on success the authenticated tenant is in tenant and welcome was sent. */
+xm_status_t net_handshake_server(int fd, const net_secret_t *secret, const Xmem__Welcome *welcome,
+                                 uint32_t timeout_ms, char *tenant, size_t tenant_len,
+                                 const char **why_p);
+/* One request/reply; an error reply's text (or the transport failure) goes to why. */
+xm_status_t net_call(int fd, xm_msg_t *req, uint64_t *seq_p, uint32_t timeout_ms,
+                     xm_msg_t **rep_p, char *why, size_t whylen);
+
 /* ---- data endpoints (fabric.c) ------------------------------------------ */
 
 typedef enum net_role {

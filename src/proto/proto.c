@@ -28,6 +28,7 @@ static xm_status_t ref_ok(const Xmem__RegionRef *ref, const char **why_p)
 {
     if (ref == NULL) FAIL("missing region reference");
     if (!opt_name_ok(ref->name)) FAIL("bad region name");
+    if (!opt_name_ok(ref->tenant)) FAIL("bad tenant name");
     if (ref->id == 0 && (ref->name == NULL || ref->name[0] == '\0'))
         FAIL("region reference has neither id nor name");
     if (!access_ok(ref->access, true)) FAIL("bad access value");
@@ -40,6 +41,49 @@ static xm_status_t info_ok(const Xmem__RegionInfo *info, const char **why_p)
     if (info->id == 0 || info->size == 0) FAIL("region info without id or size");
     if (!opt_name_ok(info->name) || !opt_name_ok(info->owner)) FAIL("bad name in region info");
     return XM_OK;
+}
+
+static xm_status_t alloc_ref_ok(const Xmem__AllocRef *ref, const char **why_p)
+{
+    if (ref == NULL) FAIL("missing allocation reference");
+    if (!opt_name_ok(ref->name)) FAIL("bad allocation name");
+    if (ref->id == 0 && (ref->name == NULL || ref->name[0] == '\0'))
+        FAIL("allocation reference has neither id nor name");
+    if (!access_ok(ref->access, true)) FAIL("bad access value");
+    return XM_OK;
+}
+
+/* A descriptor must describe every byte: the client routes by it without asking anyone. */
+static xm_status_t alloc_desc_ok(const Xmem__AllocDesc *d, const char **why_p)
+{
+    if (d->id == 0 || d->size == 0) FAIL("allocation descriptor without id or size");
+    if (!opt_name_ok(d->name) || !opt_name_ok(d->owner) || !opt_name_ok(d->policy))
+        FAIL("bad name in allocation descriptor");
+    if (!access_ok(d->access, false)) FAIL("bad access value");
+    if (d->n_parts == 0 || d->n_parts > XM_ALLOC_PARTS_MAX) FAIL("bad number of parts");
+    if (d->width != d->n_parts) FAIL("layout width does not match the parts");
+    for (size_t i = 0; i < d->n_parts; i++) {
+        const Xmem__AllocPart *p = d->parts[i];
+        if (!opt_name_ok(p->appliance) || !xm__name_valid(p->provider)) FAIL("bad name in part");
+        if (p->fabric_addr.len == 0 || p->fabric_addr.len > XM_FABRIC_ADDR_MAX)
+            FAIL("bad fabric address length");
+        if (p->region_id == 0 || p->size == 0) FAIL("part without region id or size");
+    }
+    switch (d->layout) {
+    case XMEM__LAYOUT__LAYOUT_SINGLE:
+        if (d->n_parts != 1 || d->parts[0]->size < d->size) FAIL("single layout does not cover the size");
+        return XM_OK;
+    case XMEM__LAYOUT__LAYOUT_STRIPE:
+        if (d->chunk == 0 || d->chunk % 8 != 0 || d->chunk > XM_STRIPE_CHUNK_MAX)
+            FAIL("bad stripe chunk");
+        for (uint32_t i = 0; i < d->width; i++) {
+            if (d->parts[i]->size < proto_stripe_part_size(d->size, d->width, d->chunk, i))
+                FAIL("stripe part smaller than its share");
+        }
+        return XM_OK;
+    default:
+        FAIL("unknown layout");
+    }
 }
 
 /*
@@ -98,6 +142,12 @@ xm_status_t proto_validate(const xm_msg_t *m, const char **why_p)
         if (m->auth->client_mac.len != XM_MAC_LEN) FAIL("bad client mac length");
         return XM_OK;
     case XMEM__MSG__BODY_WELCOME:
+        if (m->welcome->manager) {
+            /* a manager serves no data: it has no endpoint to name */
+            if (!opt_name_ok(m->welcome->provider) || m->welcome->fabric_addr.len > 0)
+                FAIL("manager welcome with a data endpoint");
+            return XM_OK;
+        }
         if (!xm__name_valid(m->welcome->provider)) FAIL("bad provider name");
         if (m->welcome->fabric_addr.len == 0 || m->welcome->fabric_addr.len > XM_FABRIC_ADDR_MAX)
             FAIL("bad fabric address length");
@@ -106,6 +156,7 @@ xm_status_t proto_validate(const xm_msg_t *m, const char **why_p)
     case XMEM__MSG__BODY_REGION_CREATE:
         if (m->region_create->size == 0) FAIL("region size 0");
         if (!opt_name_ok(m->region_create->name)) FAIL("bad region name");
+        if (!opt_name_ok(m->region_create->owner)) FAIL("bad owner name");
         return XM_OK;
     case XMEM__MSG__BODY_REGION_OPEN:
         return ref_ok(m->region_open, why_p);
@@ -143,9 +194,75 @@ xm_status_t proto_validate(const xm_msg_t *m, const char **why_p)
         if (!opt_name_ok(m->appliance_info->backing) || !opt_name_ok(m->appliance_info->provider))
             FAIL("bad name in appliance info");
         return XM_OK;
+    case XMEM__MSG__BODY_APPLIANCE_REGISTER: {
+        const Xmem__ApplianceRegister *a = m->appliance_register;
+        if (!xm__name_valid(a->control_addr)) FAIL("bad appliance address");
+        if (!xm__name_valid(a->domain)) FAIL("bad failure domain name");
+        if (!xm__name_valid(a->provider)) FAIL("bad provider name");
+        if (a->fabric_addr.len == 0 || a->fabric_addr.len > XM_FABRIC_ADDR_MAX)
+            FAIL("bad fabric address length");
+        if (a->extent_size == 0 || a->pool_size == 0) FAIL("appliance without pool or extent size");
+        if (a->pool_used > a->pool_size) FAIL("pool used exceeds pool size");
+        if (!opt_name_ok(a->backing)) FAIL("bad backing name");
+        return XM_OK;
+    }
+    case XMEM__MSG__BODY_ALLOC_CREATE: {
+        const Xmem__AllocRequest *a = m->alloc_create;
+        if (a->request_id == 0) FAIL("allocation request without id");
+        if (a->size == 0) FAIL("allocation size 0");
+        if (!xm__name_valid(a->policy)) FAIL("bad policy text");
+        if (!opt_name_ok(a->name)) FAIL("bad allocation name");
+        return XM_OK;
+    }
+    case XMEM__MSG__BODY_ALLOC_FREE:
+        return alloc_ref_ok(m->alloc_free, why_p);
+    case XMEM__MSG__BODY_ALLOC_ATTACH:
+        return alloc_ref_ok(m->alloc_attach, why_p);
+    case XMEM__MSG__BODY_ALLOC_GRANT:
+        if (alloc_ref_ok(m->alloc_grant->alloc, why_p) != XM_OK) return XM_ERR_PROTOCOL;
+        if (!xm__name_valid(m->alloc_grant->tenant)) FAIL("bad grantee tenant");
+        if (!access_ok(m->alloc_grant->access, false)) FAIL("bad access value");
+        return XM_OK;
+    case XMEM__MSG__BODY_ALLOC_LIST:
+    case XMEM__MSG__BODY_APPLIANCE_LIST:
+        return XM_OK;
+    case XMEM__MSG__BODY_ALLOC_DESC:
+        return alloc_desc_ok(m->alloc_desc, why_p);
+    case XMEM__MSG__BODY_ALLOCS:
+        for (size_t i = 0; i < m->allocs->n_allocs; i++) {
+            const Xmem__AllocInfo *a = m->allocs->allocs[i];
+            if (a->id == 0 || a->size == 0) FAIL("allocation info without id or size");
+            if (!opt_name_ok(a->name) || !opt_name_ok(a->owner) || !opt_name_ok(a->policy) ||
+                !opt_name_ok(a->state))
+                FAIL("bad name in allocation info");
+            for (size_t j = 0; j < a->n_appliances; j++) {
+                if (!xm__name_valid(a->appliances[j])) FAIL("bad appliance address");
+            }
+        }
+        return XM_OK;
+    case XMEM__MSG__BODY_APPLIANCES:
+        for (size_t i = 0; i < m->appliances->n_appliances; i++) {
+            const Xmem__ApplianceEntry *a = m->appliances->appliances[i];
+            if (!xm__name_valid(a->addr)) FAIL("bad appliance address");
+            if (!opt_name_ok(a->domain) || !opt_name_ok(a->state) || !opt_name_ok(a->provider))
+                FAIL("bad name in appliance entry");
+        }
+        return XM_OK;
     default:
         FAIL("unknown message body");
     }
+}
+
+uint64_t proto_stripe_part_size(uint64_t size, uint32_t width, uint64_t chunk, uint32_t part)
+{
+    if (width == 0 || chunk == 0 || part >= width) return 0;
+    uint64_t nchunks = size / chunk + (size % chunk != 0);
+    uint64_t count = nchunks / width + (part < nchunks % width);
+    if (count == 0) return 0;
+    /* the allocation's last chunk may be partial; it lives in part (nchunks - 1) % width */
+    uint64_t bytes = count * chunk;
+    if ((nchunks - 1) % width == part && size % chunk != 0) bytes -= chunk - size % chunk;
+    return bytes;
 }
 
 xm_status_t proto_decode(const uint8_t *buf, size_t len, size_t max, xm_msg_t **msg_p,

@@ -18,6 +18,11 @@
 #define XM_FRAME_MAX_REQUEST (64u * 1024u)
 #define XM_FRAME_MAX_REPLY (16u * 1024u * 1024u)
 #define XM_FRAME_HEADER 4
+/* Allocations: at most this many regions, stripe chunks at most this big. */
+#define XM_ALLOC_PARTS_MAX 1024u
+#define XM_STRIPE_CHUNK_MAX (1ull << 40)
+/* The tenant name the manager uses towards appliances (docs/security.md). */
+#define XM_MANAGER_TENANT "@manager"
 
 typedef Xmem__Msg xm_msg_t;
 
@@ -35,6 +40,9 @@ void proto_msg_free(xm_msg_t *msg);
 xm_status_t proto_encode(const xm_msg_t *msg, uint8_t **buf_p, size_t *len_p);
 /* Length from a frame header; XM_ERR_PROTOCOL when 0 or above max. */
 xm_status_t proto_frame_len(const uint8_t hdr[XM_FRAME_HEADER], size_t max, size_t *len_p);
+
+/* Bytes of an allocation of size bytes striped over width parts in chunks that part holds. */
+uint64_t proto_stripe_part_size(uint64_t size, uint32_t width, uint64_t chunk, uint32_t part);
 
 /* Decode/encode the pool metadata of a file-backed pool. */
 xm_status_t proto_pool_decode(const uint8_t *buf, size_t len, Xmem__PoolMeta **meta_p,

@@ -1,0 +1,126 @@
+/* Membership: register with the allocation manager and heartbeat, reconnecting
+ * whenever the manager goes away. */
+#include <fcntl.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../common/common.h"
+#include "appliance.h"
+
+struct appl_member {
+    appl_member_opts_t opts;
+    char host[256], port[16];
+    uint64_t boot_id;
+    pthread_t thread;
+    int stop_pipe[2];   /* readable when stopping */
+};
+
+/* One registration; returns when the connection fails or stop is requested. */
+static void serve_connection(appl_member_t *mb, int fd)
+{
+    const appl_member_opts_t *o = &mb->opts;
+    uint64_t seq = 2;
+    bool logged = false;
+    for (;;) {
+        xm_appliance_info_t info;
+        appl_pool_info(o->regions, &info);
+        Xmem__ApplianceRegister reg = XMEM__APPLIANCE_REGISTER__INIT;
+        reg.control_addr = (char *)o->control_addr;
+        reg.domain = (char *)o->domain;
+        reg.provider = o->fab->provider;
+        reg.fabric_addr = (ProtobufCBinaryData){o->fab->addr_len, o->fab->addr};
+        reg.pool_size = info.pool_size;
+        reg.pool_used = info.pool_used;
+        reg.extent_size = info.extent_size;
+        reg.regions = info.regions;
+        reg.backing = info.backing;
+        reg.boot_id = mb->boot_id;
+        xm_msg_t req = XMEM__MSG__INIT, *rep;
+        req.body_case = XMEM__MSG__BODY_APPLIANCE_REGISTER;
+        req.appliance_register = &reg;
+        char why[256];
+        /* the first registration waits for the manager to compare our regions with its table */
+        xm_status_t status = net_call(fd, &req, &seq, logged ? o->timeout_ms : 4 * o->timeout_ms,
+                                      &rep, why, sizeof(why));
+        if (status != XM_OK) {
+            xm_log_warn("manager %s:%s: %s", mb->host, mb->port, why);
+            return;
+        }
+        proto_msg_free(rep);
+        if (!logged) {
+            xm_log_info("registered with manager %s:%s as %s (domain %s)", mb->host, mb->port,
+                        o->control_addr, o->domain);
+            logged = true;
+        }
+        struct pollfd p = {.fd = mb->stop_pipe[0], .events = POLLIN};
+        if (poll(&p, 1, (int)o->heartbeat_ms) != 0) return;
+    }
+}
+
+static void *member_main(void *arg)
+{
+    appl_member_t *mb = arg;
+    const appl_member_opts_t *o = &mb->opts;
+    bool warned = false;
+    for (;;) {
+        int fd;
+        xm_status_t status = net_connect(mb->host, mb->port, o->timeout_ms, &fd);
+        if (status == XM_OK) {
+            xm_msg_t *welcome;
+            const char *why;
+            status = net_handshake_client(fd, o->secret, "@appliance", o->timeout_ms, &welcome, &why);
+            if (status == XM_OK) {
+                proto_msg_free(welcome);
+                warned = false;
+                serve_connection(mb, fd);
+            } else if (!warned) {
+                xm_log_warn("manager %s:%s: %s", mb->host, mb->port, why != NULL ? why : "handshake failed");
+            }
+            close(fd);
+        } else if (!warned) {
+            xm_log_warn("manager %s:%s unreachable (%s); retrying", mb->host, mb->port,
+                        xm_status_str(status));
+            warned = true;
+        }
+        struct pollfd p = {.fd = mb->stop_pipe[0], .events = POLLIN};
+        if (poll(&p, 1, (int)o->heartbeat_ms) != 0) return NULL;
+    }
+}
+
+xm_status_t appl_member_start(const appl_member_opts_t *opts, appl_member_t **mb_p)
+{
+    appl_member_t *mb = calloc(1, sizeof(*mb));
+    if (mb == NULL) return XM_ERR_NO_MEMORY;
+    mb->opts = *opts;
+    if (xm__parse_hostport(opts->manager, mb->host, sizeof(mb->host), mb->port, sizeof(mb->port)) != XM_OK) {
+        xm_log_error("--manager: expected HOST:PORT, got '%s'", opts->manager);
+        free(mb);
+        return XM_ERR_INVALID;
+    }
+    net_random(&mb->boot_id, sizeof(mb->boot_id));
+    if (pipe2(mb->stop_pipe, O_CLOEXEC) != 0) {
+        free(mb);
+        return XM_ERR_IO;
+    }
+    if (pthread_create(&mb->thread, NULL, member_main, mb) != 0) {
+        close(mb->stop_pipe[0]);
+        close(mb->stop_pipe[1]);
+        free(mb);
+        return XM_ERR_IO;
+    }
+    *mb_p = mb;
+    return XM_OK;
+}
+
+void appl_member_stop(appl_member_t *mb)
+{
+    if (mb == NULL) return;
+    if (write(mb->stop_pipe[1], "x", 1) < 0) { /* the thread ends at its next timeout anyway */ }
+    pthread_join(mb->thread, NULL);
+    close(mb->stop_pipe[0]);
+    close(mb->stop_pipe[1]);
+    free(mb);
+}

@@ -1,0 +1,817 @@
+/* The allocation table: create (place, create regions, record), free, attach,
+ * grant, list, and reconciliation with an appliance that (re)registered. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../common/common.h"
+#include "manager.h"
+
+#define WHY(...) snprintf(why, whylen, __VA_ARGS__)
+
+xm_status_t mgr_policy_parse(const char *text, uint64_t default_chunk, mgr_policy_t *p,
+                             const char **why_p)
+{
+    memset(p, 0, sizeof(*p));
+    if (text == NULL || text[0] == '\0' || strcmp(text, "single") == 0) {
+        p->layout = MGR_LAYOUT_SINGLE;
+        p->width = 1;
+        return XM_OK;
+    }
+    if (strncmp(text, "stripe:", 7) == 0) {
+        const char *s = text + 7;
+        char *end;
+        errno = 0;
+        unsigned long n = strtoul(s, &end, 10);
+        if (s[0] < '0' || s[0] > '9' || errno != 0 || n == 0 || n > XM_ALLOC_PARTS_MAX ||
+            (*end != '\0' && *end != ':')) {
+            *why_p = "stripe width must be 1..1024 (stripe:N[:CHUNK])";
+            return XM_ERR_INVALID;
+        }
+        p->layout = MGR_LAYOUT_STRIPE;
+        p->width = (uint32_t)n;
+        p->chunk = default_chunk;
+        if (*end == ':') {
+            if (xm__parse_size(end + 1, &p->chunk) != XM_OK || p->chunk < 4096 ||
+                (p->chunk & (p->chunk - 1)) != 0 || p->chunk > XM_STRIPE_CHUNK_MAX) {
+                *why_p = "stripe chunk must be a power of two from 4K (stripe:N:CHUNK)";
+                return XM_ERR_INVALID;
+            }
+        }
+        return XM_OK;
+    }
+    if (strncmp(text, "replicate:", 10) == 0 || strncmp(text, "ec:", 3) == 0) {
+        *why_p = "replicate and ec policies are not available yet";
+        return XM_ERR_INVALID;
+    }
+    *why_p = "unknown policy (use single or stripe:N[:CHUNK])";
+    return XM_ERR_INVALID;
+}
+
+mgr_alloc_t *mgr_alloc_new(uint32_t nparts)
+{
+    mgr_alloc_t *a = calloc(1, sizeof(*a));
+    if (a == NULL) return NULL;
+    a->parts = calloc(nparts, sizeof(mgr_part_t));
+    if (a->parts == NULL) {
+        free(a);
+        return NULL;
+    }
+    a->policy.width = nparts;
+    return a;
+}
+
+void mgr_alloc_free_mem(mgr_alloc_t *a)
+{
+    if (a == NULL) return;
+    free(a->parts);
+    free(a->grants);
+    free(a);
+}
+
+void mgr_alloc_restore(mgr_t *m, mgr_alloc_t *a)
+{
+    for (uint32_t i = 0; i < a->policy.width; i++) {
+        mgr_appliance_t *ap = m->apps[a->parts[i].appl];
+        ap->reserved += mgr_extent_round(ap, a->parts[i].size);
+        ap->nregions++;
+    }
+    a->next = m->allocs;
+    m->allocs = a;
+    m->nallocs++;
+    if (a->id >= m->next_id) m->next_id = a->id + 1;
+}
+
+uint64_t mgr_quota_of(const mgr_t *m, const char *tenant)
+{
+    for (uint32_t i = 0; i < m->opts.nquotas; i++) {
+        if (strcmp(m->opts.quotas[i].tenant, tenant) == 0) return m->opts.quotas[i].bytes;
+    }
+    return m->opts.default_quota;
+}
+
+static uint64_t tenant_used(const mgr_t *m, const char *tenant)
+{
+    uint64_t used = 0;
+    for (const mgr_alloc_t *a = m->allocs; a != NULL; a = a->next) {
+        if (strcmp(a->owner, tenant) == 0) used += a->size;
+    }
+    return used;
+}
+
+static mgr_alloc_t *find(mgr_t *m, uint64_t id, const char *name)
+{
+    for (mgr_alloc_t *a = m->allocs; a != NULL; a = a->next) {
+        if (id != 0 ? a->id == id : (name != NULL && name[0] && strcmp(a->name, name) == 0)) return a;
+    }
+    return NULL;
+}
+
+static mgr_alloc_t *find_request(mgr_t *m, const char *tenant, uint64_t request_id)
+{
+    for (mgr_alloc_t *a = m->allocs; a != NULL; a = a->next) {
+        if (a->request_id == request_id && strcmp(a->owner, tenant) == 0) return a;
+    }
+    return NULL;
+}
+
+static void unlink_alloc(mgr_t *m, mgr_alloc_t *a)
+{
+    for (mgr_alloc_t **pp = &m->allocs; *pp != NULL; pp = &(*pp)->next) {
+        if (*pp == a) {
+            *pp = a->next;
+            m->nallocs--;
+            return;
+        }
+    }
+}
+
+static void unreserve(mgr_t *m, const mgr_alloc_t *a)
+{
+    for (uint32_t i = 0; i < a->policy.width; i++) {
+        mgr_appliance_t *ap = m->apps[a->parts[i].appl];
+        uint64_t r = mgr_extent_round(ap, a->parts[i].size);
+        ap->reserved = ap->reserved > r ? ap->reserved - r : 0;
+        if (ap->nregions > 0) ap->nregions--;
+    }
+}
+
+static const char *alloc_state(const mgr_t *m, const mgr_alloc_t *a)
+{
+    const char *state = "ok";
+    for (uint32_t i = 0; i < a->policy.width; i++) {
+        if (a->parts[i].missing) return "lost";
+        if (!m->apps[a->parts[i].appl]->up) state = "degraded";
+    }
+    return state;
+}
+
+/* Build an AllocDesc reply (manager lock held); keys[i] overrides the owner's key. */
+static xm_status_t desc_build(mgr_t *m, const mgr_alloc_t *a, xm_access_t access,
+                              const uint64_t *keys, xm_msg_t *rep)
+{
+    uint32_t n = a->policy.width;
+    Xmem__AllocDesc *d = calloc(1, sizeof(*d));
+    Xmem__AllocPart *parts = calloc(n, sizeof(*parts));
+    Xmem__AllocPart **pp = calloc(n, sizeof(*pp));
+    /* strings and addresses are copied: the reply is sent after the lock is dropped */
+    char *strings = calloc(n, 2 * (XM_NAME_MAX + 1) + 16 + XM_FABRIC_ADDR_MAX);
+    char *own = calloc(3, XM_NAME_MAX + 1);
+    if (d == NULL || parts == NULL || pp == NULL || strings == NULL || own == NULL) {
+        free(d);
+        free(parts);
+        free(pp);
+        free(strings);
+        free(own);
+        return XM_ERR_NO_MEMORY;
+    }
+    xmem__alloc_desc__init(d);
+    d->id = a->id;
+    d->size = a->size;
+    d->name = strcpy(own, a->name);
+    d->owner = strcpy(own + XM_NAME_MAX + 1, a->owner);
+    d->policy = strcpy(own + 2 * (XM_NAME_MAX + 1), a->policy_text);
+    d->layout = a->policy.layout == MGR_LAYOUT_STRIPE ? XMEM__LAYOUT__LAYOUT_STRIPE
+                                                      : XMEM__LAYOUT__LAYOUT_SINGLE;
+    d->width = n;
+    d->chunk = a->policy.chunk;
+    d->access = (Xmem__Access)access;
+    d->generation = a->generation;
+    d->n_parts = n;
+    d->parts = pp;
+    size_t stride = 2 * (XM_NAME_MAX + 1) + 16 + XM_FABRIC_ADDR_MAX;
+    for (uint32_t i = 0; i < n; i++) {
+        const mgr_appliance_t *ap = m->apps[a->parts[i].appl];
+        char *s = strings + i * stride;
+        xmem__alloc_part__init(&parts[i]);
+        parts[i].appliance = strcpy(s, ap->addr);
+        parts[i].provider = strcpy(s + XM_NAME_MAX + 1, ap->provider);
+        uint8_t *fa = (uint8_t *)s + 2 * (XM_NAME_MAX + 1) + 16;
+        memcpy(fa, ap->fabric_addr, ap->fabric_addr_len);
+        parts[i].fabric_addr = (ProtobufCBinaryData){ap->fabric_addr_len, fa};
+        parts[i].region_id = a->parts[i].region_id;
+        parts[i].key = keys != NULL ? keys[i] : a->parts[i].key;
+        parts[i].size = a->parts[i].size;
+        pp[i] = &parts[i];
+    }
+    rep->body_case = XMEM__MSG__BODY_ALLOC_DESC;
+    rep->alloc_desc = d;
+    return XM_OK;
+}
+
+void mgr_reply_cleanup(xm_msg_t *rep)
+{
+    switch (rep->body_case) {
+    case XMEM__MSG__BODY_ALLOC_DESC: {
+        Xmem__AllocDesc *d = rep->alloc_desc;
+        if (d->n_parts > 0) {
+            free(d->parts[0]->appliance); /* the strings block */
+            free(d->parts[0]);            /* the parts array */
+        }
+        free(d->parts);
+        free(d->name);
+        free(d);
+        break;
+    }
+    case XMEM__MSG__BODY_ALLOCS: {
+        for (size_t i = 0; i < rep->allocs->n_allocs; i++) {
+            Xmem__AllocInfo *in = rep->allocs->allocs[i];
+            free(in->appliances);
+            free(in->name); /* one block with the other strings */
+            free(in);
+        }
+        free(rep->allocs->allocs);
+        free(rep->allocs);
+        break;
+    }
+    case XMEM__MSG__BODY_APPLIANCES: {
+        for (size_t i = 0; i < rep->appliances->n_appliances; i++) free(rep->appliances->appliances[i]);
+        free(rep->appliances->appliances);
+        free(rep->appliances);
+        break;
+    }
+    default:
+        break;
+    }
+    rep->body_case = XMEM__MSG__BODY__NOT_SET;
+}
+
+/* Create one region on an appliance owned by tenant; its id and key on success. */
+static xm_status_t region_create(mgr_t *m, mgr_appliance_t *ap, const char *tenant, uint64_t size,
+                                 uint64_t alloc_id, uint32_t part, uint64_t *id_p, uint64_t *key_p,
+                                 char *why, size_t whylen)
+{
+    /* the name marks it as the manager's: reconciliation reclaims only such regions */
+    char name[XM_NAME_MAX + 1];
+    snprintf(name, sizeof(name), "%s%llu.%u", MGR_REGION_PREFIX, (unsigned long long)alloc_id, part);
+    Xmem__RegionCreate rc = XMEM__REGION_CREATE__INIT;
+    rc.size = size;
+    rc.name = name;
+    rc.owner = (char *)tenant;
+    xm_msg_t req = XMEM__MSG__INIT, *rep;
+    req.body_case = XMEM__MSG__BODY_REGION_CREATE;
+    req.region_create = &rc;
+    xm_status_t status = mgr_appl_call(m, ap, &req, &rep, why, whylen);
+    if (status != XM_OK) return status;
+    if (rep->body_case != XMEM__MSG__BODY_REGION_DESC || rep->region_desc->size != size) {
+        proto_msg_free(rep);
+        WHY("appliance %s sent no region descriptor", ap->addr);
+        return XM_ERR_PROTOCOL;
+    }
+    *id_p = rep->region_desc->id;
+    *key_p = rep->region_desc->key;
+    proto_msg_free(rep);
+    return XM_OK;
+}
+
+static xm_status_t region_destroy(mgr_t *m, mgr_appliance_t *ap, uint64_t id, char *why,
+                                  size_t whylen)
+{
+    Xmem__RegionRef ref = XMEM__REGION_REF__INIT;
+    ref.id = id;
+    ref.name = "";
+    ref.tenant = "";
+    xm_msg_t req = XMEM__MSG__INIT, *rep;
+    req.body_case = XMEM__MSG__BODY_REGION_DESTROY;
+    req.region_destroy = &ref;
+    xm_status_t status = mgr_appl_call(m, ap, &req, &rep, why, whylen);
+    if (status == XM_OK) proto_msg_free(rep);
+    return status == XM_ERR_NOT_FOUND ? XM_OK : status;
+}
+
+/* Destroy the parts created so far; failures leave the region for reconciliation. */
+static void parts_destroy(mgr_t *m, mgr_alloc_t *a)
+{
+    for (uint32_t i = 0; i < a->policy.width; i++) {
+        if (a->parts[i].region_id == 0) continue;
+        char why[256];
+        if (region_destroy(m, m->apps[a->parts[i].appl], a->parts[i].region_id, why,
+                           sizeof(why)) != XM_OK) {
+            xm_log_warn("allocation %llu: cannot destroy region %llu: %s (reclaimed when the "
+                        "appliance registers again)", (unsigned long long)a->id,
+                        (unsigned long long)a->parts[i].region_id, why);
+        }
+    }
+}
+
+static bool reserved_tenant(const char *tenant)
+{
+    return tenant[0] == '@';
+}
+
+xm_status_t mgr_alloc_create(mgr_t *m, const char *tenant, const Xmem__AllocRequest *req,
+                             xm_msg_t *rep, char *why, size_t whylen)
+{
+    if (reserved_tenant(tenant)) {
+        WHY("tenant names starting with @ are reserved");
+        return XM_ERR_PERM;
+    }
+    mgr_policy_t pol;
+    const char *w = NULL;
+    xm_status_t status = mgr_policy_parse(req->policy, m->opts.default_chunk, &pol, &w);
+    if (status != XM_OK) {
+        WHY("%s", w);
+        return status;
+    }
+    if (pol.layout == MGR_LAYOUT_STRIPE &&
+        req->size / pol.chunk + (req->size % pol.chunk != 0) < pol.width) {
+        /* fewer chunks than parts: some part would be empty */
+        WHY("%llu bytes make fewer than %u chunks of %llu; use fewer parts or a smaller chunk",
+            (unsigned long long)req->size, pol.width, (unsigned long long)pol.chunk);
+        return XM_ERR_INVALID;
+    }
+    mgr_alloc_t *a = mgr_alloc_new(pol.width);
+    if (a == NULL) return XM_ERR_NO_MEMORY;
+    uint64_t *sizes = calloc(pol.width, sizeof(uint64_t));
+    uint32_t *chosen = calloc(pol.width, sizeof(uint32_t));
+    if (sizes == NULL || chosen == NULL) {
+        status = XM_ERR_NO_MEMORY;
+        goto err_mem;
+    }
+    for (uint32_t i = 0; i < pol.width; i++) {
+        sizes[i] = pol.layout == MGR_LAYOUT_STRIPE
+                       ? proto_stripe_part_size(req->size, pol.width, pol.chunk, i)
+                       : req->size;
+    }
+    a->request_id = req->request_id;
+    a->size = req->size;
+    a->generation = 1;
+    a->policy = pol;
+    snprintf(a->owner, sizeof(a->owner), "%s", tenant);
+    snprintf(a->name, sizeof(a->name), "%s", req->name != NULL ? req->name : "");
+    if (pol.layout == MGR_LAYOUT_STRIPE) {
+        char c[32];
+        snprintf(c, sizeof(c), "%lluK", (unsigned long long)(pol.chunk >> 10));
+        snprintf(a->policy_text, sizeof(a->policy_text), "stripe:%u:%s", pol.width, c);
+    } else {
+        snprintf(a->policy_text, sizeof(a->policy_text), "single");
+    }
+
+    pthread_mutex_lock(&m->lock);
+    for (;;) {
+        mgr_alloc_t *prev = find_request(m, tenant, req->request_id);
+        if (prev == NULL) break;
+        if (prev->busy) {
+            pthread_cond_wait(&m->cond, &m->lock);
+            continue;
+        }
+        /* a retry of a request that was carried out: the same allocation */
+        if (prev->size != req->size) {
+            pthread_mutex_unlock(&m->lock);
+            WHY("request id reused for a different allocation");
+            status = XM_ERR_INVALID;
+            goto err_mem;
+        }
+        status = desc_build(m, prev, XM_ACCESS_READ_WRITE, NULL, rep);
+        pthread_mutex_unlock(&m->lock);
+        mgr_alloc_free_mem(a);
+        free(sizes);
+        free(chosen);
+        return status;
+    }
+    if (a->name[0] != '\0' && find(m, 0, a->name) != NULL) {
+        pthread_mutex_unlock(&m->lock);
+        WHY("an allocation named %s exists", a->name);
+        status = XM_ERR_EXISTS;
+        goto err_mem;
+    }
+    uint64_t quota = mgr_quota_of(m, tenant);
+    uint64_t used = tenant_used(m, tenant);
+    if (quota != 0 && (req->size > quota || used > quota - req->size)) {
+        pthread_mutex_unlock(&m->lock);
+        WHY("quota of tenant %s exceeded: %llu bytes in use, %llu asked, quota %llu", tenant,
+            (unsigned long long)used, (unsigned long long)req->size, (unsigned long long)quota);
+        status = XM_ERR_NO_SPACE;
+        goto err_mem;
+    }
+    mgr_place_req_t pr = {.nparts = pol.width, .part_size = sizes};
+    status = m->opts.place(m->apps, m->napps, &pr, chosen, &w);
+    if (status != XM_OK) {
+        pthread_mutex_unlock(&m->lock);
+        WHY("%s", w != NULL ? w : xm_status_str(status));
+        goto err_mem;
+    }
+    a->id = m->next_id++;
+    a->busy = true;
+    for (uint32_t i = 0; i < pol.width; i++) {
+        a->parts[i].appl = chosen[i];
+        a->parts[i].size = sizes[i];
+    }
+    a->next = m->allocs;
+    m->allocs = a;
+    m->nallocs++;
+    /* reserve now, so concurrent requests see the space as taken */
+    for (uint32_t i = 0; i < pol.width; i++) {
+        mgr_appliance_t *ap = m->apps[chosen[i]];
+        ap->reserved += mgr_extent_round(ap, sizes[i]);
+        ap->nregions++;
+    }
+    pthread_mutex_unlock(&m->lock);
+
+    for (uint32_t i = 0; i < pol.width && status == XM_OK; i++) {
+        status = region_create(m, m->apps[chosen[i]], tenant, sizes[i], a->id, i, &a->parts[i].region_id,
+                               &a->parts[i].key, why, whylen);
+    }
+    if (status == XM_OK) {
+        const char **addrs = calloc(pol.width, sizeof(char *));
+        if (addrs == NULL) {
+            status = XM_ERR_NO_MEMORY;
+        } else {
+            for (uint32_t i = 0; i < pol.width; i++) addrs[i] = m->apps[chosen[i]]->addr;
+            status = m->opts.store_ops->alloc_put(m->store, a, addrs);
+            if (status != XM_OK) WHY("cannot record the allocation in the table");
+            free(addrs);
+        }
+    }
+    if (status != XM_OK) {
+        /* roll back: nothing stays half-allocated */
+        parts_destroy(m, a);
+        pthread_mutex_lock(&m->lock);
+        unreserve(m, a);
+        unlink_alloc(m, a);
+        pthread_cond_broadcast(&m->cond);
+        pthread_mutex_unlock(&m->lock);
+        goto err_mem;
+    }
+    pthread_mutex_lock(&m->lock);
+    a->busy = false;
+    pthread_cond_broadcast(&m->cond);
+    status = desc_build(m, a, XM_ACCESS_READ_WRITE, NULL, rep);
+    pthread_mutex_unlock(&m->lock);
+    free(sizes);
+    free(chosen);
+    return status;
+
+err_mem:
+    mgr_alloc_free_mem(a);
+    free(sizes);
+    free(chosen);
+    return status;
+}
+
+/* Find an allocation the tenant may use with access; waits while it is busy. Lock held. */
+static xm_status_t lookup(mgr_t *m, const char *tenant, uint64_t id, const char *name,
+                          xm_access_t access, bool owner_only, mgr_alloc_t **a_p, char *why,
+                          size_t whylen)
+{
+    for (;;) {
+        mgr_alloc_t *a = find(m, id, name);
+        if (a == NULL) {
+            WHY("no such allocation");
+            return XM_ERR_NOT_FOUND;
+        }
+        if (a->busy) {
+            pthread_cond_wait(&m->cond, &m->lock);
+            continue;
+        }
+        if (strcmp(a->owner, tenant) == 0) {
+            *a_p = a;
+            return XM_OK;
+        }
+        const mgr_grant_t *g = NULL;
+        for (uint32_t i = 0; i < a->ngrants; i++) {
+            if (strcmp(a->grants[i].tenant, tenant) == 0) g = &a->grants[i];
+        }
+        if (g == NULL) {
+            WHY("allocation not owned by or granted to tenant %s", tenant);
+            return XM_ERR_PERM;
+        }
+        if (owner_only) {
+            WHY("only the owner may do that");
+            return XM_ERR_PERM;
+        }
+        if (access == XM_ACCESS_READ_WRITE && g->access != XM_ACCESS_READ_WRITE) {
+            WHY("only read access was granted");
+            return XM_ERR_PERM;
+        }
+        *a_p = a;
+        return XM_OK;
+    }
+}
+
+xm_status_t mgr_alloc_destroy(mgr_t *m, const char *tenant, const Xmem__AllocRef *ref, char *why,
+                              size_t whylen)
+{
+    pthread_mutex_lock(&m->lock);
+    mgr_alloc_t *a;
+    xm_status_t status = lookup(m, tenant, ref->id, ref->name, XM_ACCESS_READ_WRITE, true, &a, why,
+                                whylen);
+    if (status != XM_OK) {
+        pthread_mutex_unlock(&m->lock);
+        return status;
+    }
+    a->busy = true;
+    pthread_mutex_unlock(&m->lock);
+    /* the record goes first: a crash after it leaves regions that reconciliation reclaims,
+     * never a record pointing at destroyed regions */
+    status = m->opts.store_ops->alloc_delete(m->store, a->id);
+    if (status != XM_OK) {
+        pthread_mutex_lock(&m->lock);
+        a->busy = false;
+        pthread_cond_broadcast(&m->cond);
+        pthread_mutex_unlock(&m->lock);
+        WHY("cannot update the allocation table");
+        return status;
+    }
+    parts_destroy(m, a);
+    pthread_mutex_lock(&m->lock);
+    unreserve(m, a);
+    unlink_alloc(m, a);
+    pthread_cond_broadcast(&m->cond);
+    pthread_mutex_unlock(&m->lock);
+    mgr_alloc_free_mem(a);
+    return XM_OK;
+}
+
+xm_status_t mgr_alloc_attach(mgr_t *m, const char *tenant, const Xmem__AllocRef *ref,
+                             xm_msg_t *rep, char *why, size_t whylen)
+{
+    xm_access_t access = ref->access == XMEM__ACCESS__ACCESS_READ ? XM_ACCESS_READ
+                                                                  : XM_ACCESS_READ_WRITE;
+    pthread_mutex_lock(&m->lock);
+    mgr_alloc_t *a;
+    xm_status_t status = lookup(m, tenant, ref->id, ref->name, access, false, &a, why, whylen);
+    if (status != XM_OK) {
+        pthread_mutex_unlock(&m->lock);
+        return status;
+    }
+    if (strcmp(a->owner, tenant) == 0 && access == XM_ACCESS_READ_WRITE) {
+        status = desc_build(m, a, access, NULL, rep);
+        pthread_mutex_unlock(&m->lock);
+        return status;
+    }
+    /* anyone else (or a read-only owner) gets keys of registrations with exactly its rights,
+     * which each appliance makes for that tenant */
+    uint32_t n = a->policy.width;
+    uint64_t id = a->id;
+    a->busy = true;
+    pthread_mutex_unlock(&m->lock);
+    uint64_t *keys = calloc(n, sizeof(uint64_t));
+    if (keys == NULL) status = XM_ERR_NO_MEMORY;
+    for (uint32_t i = 0; i < n && status == XM_OK; i++) {
+        Xmem__RegionRef rr = XMEM__REGION_REF__INIT;
+        rr.id = a->parts[i].region_id;
+        rr.name = "";
+        rr.access = (Xmem__Access)access;
+        rr.tenant = (char *)tenant;
+        xm_msg_t req = XMEM__MSG__INIT, *r;
+        req.body_case = XMEM__MSG__BODY_REGION_OPEN;
+        req.region_open = &rr;
+        status = mgr_appl_call(m, m->apps[a->parts[i].appl], &req, &r, why, whylen);
+        if (status == XM_OK) {
+            if (r->body_case == XMEM__MSG__BODY_REGION_DESC) keys[i] = r->region_desc->key;
+            else status = XM_ERR_PROTOCOL;
+            proto_msg_free(r);
+        }
+    }
+    pthread_mutex_lock(&m->lock);
+    a->busy = false;
+    pthread_cond_broadcast(&m->cond);
+    if (status == XM_OK) status = desc_build(m, a, access, keys, rep);
+    pthread_mutex_unlock(&m->lock);
+    free(keys);
+    (void)id;
+    return status;
+}
+
+xm_status_t mgr_alloc_grant(mgr_t *m, const char *tenant, const Xmem__AllocGrant *g, char *why,
+                            size_t whylen)
+{
+    xm_access_t access = g->access == XMEM__ACCESS__ACCESS_READ ? XM_ACCESS_READ
+                                                                : XM_ACCESS_READ_WRITE;
+    if (strcmp(g->tenant, tenant) == 0) {
+        WHY("the owner already has full access");
+        return XM_ERR_INVALID;
+    }
+    pthread_mutex_lock(&m->lock);
+    mgr_alloc_t *a;
+    xm_status_t status = lookup(m, tenant, g->alloc->id, g->alloc->name, access, true, &a, why,
+                                whylen);
+    if (status != XM_OK) {
+        pthread_mutex_unlock(&m->lock);
+        return status;
+    }
+    a->busy = true;
+    pthread_mutex_unlock(&m->lock);
+    /* every appliance learns the grant first: its registrations enforce it */
+    for (uint32_t i = 0; i < a->policy.width && status == XM_OK; i++) {
+        Xmem__RegionRef rr = XMEM__REGION_REF__INIT;
+        rr.id = a->parts[i].region_id;
+        rr.name = "";
+        rr.tenant = "";
+        Xmem__RegionGrant rg = XMEM__REGION_GRANT__INIT;
+        rg.region = &rr;
+        rg.tenant = g->tenant;
+        rg.access = (Xmem__Access)access;
+        xm_msg_t req = XMEM__MSG__INIT, *r;
+        req.body_case = XMEM__MSG__BODY_REGION_GRANT;
+        req.region_grant = &rg;
+        status = mgr_appl_call(m, m->apps[a->parts[i].appl], &req, &r, why, whylen);
+        if (status == XM_OK) proto_msg_free(r);
+    }
+    pthread_mutex_lock(&m->lock);
+    if (status == XM_OK) {
+        mgr_grant_t *gr = NULL;
+        for (uint32_t i = 0; i < a->ngrants; i++) {
+            if (strcmp(a->grants[i].tenant, g->tenant) == 0) gr = &a->grants[i];
+        }
+        if (gr == NULL) {
+            mgr_grant_t *ng = realloc(a->grants, (a->ngrants + 1) * sizeof(*ng));
+            if (ng == NULL) {
+                status = XM_ERR_NO_MEMORY;
+            } else {
+                a->grants = ng;
+                gr = &a->grants[a->ngrants++];
+                snprintf(gr->tenant, sizeof(gr->tenant), "%s", g->tenant);
+            }
+        }
+        if (gr != NULL) gr->access = access;
+    }
+    pthread_mutex_unlock(&m->lock);
+    if (status == XM_OK) {
+        const char **addrs = calloc(a->policy.width, sizeof(char *));
+        if (addrs == NULL) {
+            status = XM_ERR_NO_MEMORY;
+        } else {
+            for (uint32_t i = 0; i < a->policy.width; i++) addrs[i] = m->apps[a->parts[i].appl]->addr;
+            status = m->opts.store_ops->alloc_put(m->store, a, addrs);
+            free(addrs);
+        }
+    }
+    pthread_mutex_lock(&m->lock);
+    a->busy = false;
+    pthread_cond_broadcast(&m->cond);
+    pthread_mutex_unlock(&m->lock);
+    return status;
+}
+
+xm_status_t mgr_alloc_list(mgr_t *m, const char *tenant, xm_msg_t *rep)
+{
+    pthread_mutex_lock(&m->lock);
+    Xmem__AllocList *list = calloc(1, sizeof(*list));
+    Xmem__AllocInfo **infos = calloc(m->nallocs + 1, sizeof(*infos));
+    if (list == NULL || infos == NULL) {
+        pthread_mutex_unlock(&m->lock);
+        free(list);
+        free(infos);
+        return XM_ERR_NO_MEMORY;
+    }
+    xmem__alloc_list__init(list);
+    list->allocs = infos;
+    rep->body_case = XMEM__MSG__BODY_ALLOCS;
+    rep->allocs = list;
+    for (mgr_alloc_t *a = m->allocs; a != NULL; a = a->next) {
+        bool visible = strcmp(a->owner, tenant) == 0 || reserved_tenant(tenant);
+        for (uint32_t i = 0; i < a->ngrants && !visible; i++) {
+            visible = strcmp(a->grants[i].tenant, tenant) == 0;
+        }
+        if (!visible || a->busy) continue;
+        Xmem__AllocInfo *in = calloc(1, sizeof(*in));
+        char *s = calloc(4, XM_NAME_MAX + 1);
+        char **apps = calloc(a->policy.width, sizeof(char *));
+        if (in == NULL || s == NULL || apps == NULL) {
+            free(in);
+            free(s);
+            free(apps);
+            pthread_mutex_unlock(&m->lock);
+            mgr_reply_cleanup(rep);
+            return XM_ERR_NO_MEMORY;
+        }
+        xmem__alloc_info__init(in);
+        in->id = a->id;
+        in->size = a->size;
+        in->name = strcpy(s, a->name);
+        in->owner = strcpy(s + XM_NAME_MAX + 1, a->owner);
+        in->policy = strcpy(s + 2 * (XM_NAME_MAX + 1), a->policy_text);
+        in->state = strcpy(s + 3 * (XM_NAME_MAX + 1), alloc_state(m, a));
+        for (uint32_t i = 0; i < a->policy.width; i++) apps[i] = m->apps[a->parts[i].appl]->addr;
+        in->n_appliances = a->policy.width;
+        in->appliances = apps;
+        infos[list->n_allocs++] = in;
+    }
+    pthread_mutex_unlock(&m->lock);
+    return XM_OK;
+}
+
+xm_status_t mgr_appliance_list(mgr_t *m, xm_msg_t *rep)
+{
+    pthread_mutex_lock(&m->lock);
+    Xmem__ApplianceTable *t = calloc(1, sizeof(*t));
+    Xmem__ApplianceEntry **es = calloc(m->napps + 1, sizeof(*es));
+    if (t == NULL || es == NULL) {
+        pthread_mutex_unlock(&m->lock);
+        free(t);
+        free(es);
+        return XM_ERR_NO_MEMORY;
+    }
+    xmem__appliance_table__init(t);
+    t->appliances = es;
+    rep->body_case = XMEM__MSG__BODY_APPLIANCES;
+    rep->appliances = t;
+    for (uint32_t i = 0; i < m->napps; i++) {
+        const mgr_appliance_t *a = m->apps[i];
+        Xmem__ApplianceEntry *e = calloc(1, sizeof(*e));
+        if (e == NULL) {
+            pthread_mutex_unlock(&m->lock);
+            mgr_reply_cleanup(rep);
+            return XM_ERR_NO_MEMORY;
+        }
+        xmem__appliance_entry__init(e);
+        /* registry entries live until the manager stops: pointing at them is safe
+         * while the reply is sent, and their strings change only in place */
+        e->addr = (char *)a->addr;
+        e->domain = (char *)a->domain;
+        e->state = a->up ? "up" : "down";
+        e->capacity = a->capacity;
+        e->used = a->reserved;
+        e->regions = a->nregions;
+        e->provider = (char *)a->provider;
+        es[t->n_appliances++] = e;
+    }
+    pthread_mutex_unlock(&m->lock);
+    return XM_OK;
+}
+
+void mgr_reconcile(mgr_t *m, mgr_appliance_t *ap)
+{
+    Xmem__Empty empty = XMEM__EMPTY__INIT;
+    xm_msg_t req = XMEM__MSG__INIT, *rep;
+    req.body_case = XMEM__MSG__BODY_REGION_LIST;
+    req.region_list = &empty;
+    char why[256];
+    if (mgr_appl_call(m, ap, &req, &rep, why, sizeof(why)) != XM_OK) {
+        xm_log_warn("appliance %s: cannot list its regions: %s (retried at its next heartbeat)",
+                    ap->addr, why);
+        return;
+    }
+    if (rep->body_case != XMEM__MSG__BODY_REGIONS) {
+        proto_msg_free(rep);
+        return;
+    }
+    const Xmem__RegionList *rl = rep->regions;
+    uint64_t *reclaim = calloc(rl->n_regions + 1, sizeof(uint64_t));
+    size_t nreclaim = 0;
+    uint32_t kept = 0, lost = 0;
+    pthread_mutex_lock(&m->lock);
+    bool busy = false;
+    for (mgr_alloc_t *a = m->allocs; a != NULL; a = a->next) {
+        for (uint32_t i = 0; i < a->policy.width; i++) {
+            if (a->parts[i].appl == ap->idx && a->busy) busy = true;
+        }
+    }
+    if (busy || reclaim == NULL) {
+        /* an allocation on it is being made: compare at the next heartbeat */
+        pthread_mutex_unlock(&m->lock);
+        free(reclaim);
+        proto_msg_free(rep);
+        return;
+    }
+    for (size_t r = 0; r < rl->n_regions; r++) {
+        bool known = false;
+        for (mgr_alloc_t *a = m->allocs; a != NULL && !known; a = a->next) {
+            for (uint32_t i = 0; i < a->policy.width; i++) {
+                if (a->parts[i].appl == ap->idx && a->parts[i].region_id == rl->regions[r]->id)
+                    known = true;
+            }
+        }
+        /* regions made directly by tenants are theirs, not the manager's to reclaim */
+        if (!known && strncmp(rl->regions[r]->name, MGR_REGION_PREFIX, strlen(MGR_REGION_PREFIX)) == 0)
+            reclaim[nreclaim++] = rl->regions[r]->id;
+    }
+    for (mgr_alloc_t *a = m->allocs; a != NULL; a = a->next) {
+        for (uint32_t i = 0; i < a->policy.width; i++) {
+            if (a->parts[i].appl != ap->idx) continue;
+            bool present = false;
+            for (size_t r = 0; r < rl->n_regions && !present; r++) {
+                present = rl->regions[r]->id == a->parts[i].region_id;
+            }
+            if (!present && !a->parts[i].missing) {
+                xm_log_warn("allocation %llu: region %llu is gone from appliance %s: lost",
+                            (unsigned long long)a->id, (unsigned long long)a->parts[i].region_id,
+                            ap->addr);
+            }
+            a->parts[i].missing = !present;
+            if (present) kept++;
+            else lost++;
+        }
+    }
+    pthread_mutex_unlock(&m->lock);
+    proto_msg_free(rep);
+    for (size_t i = 0; i < nreclaim; i++) {
+        if (region_destroy(m, ap, reclaim[i], why, sizeof(why)) != XM_OK) {
+            xm_log_warn("appliance %s: cannot reclaim region %llu: %s", ap->addr,
+                        (unsigned long long)reclaim[i], why);
+            free(reclaim);
+            return; /* stays unvalidated: tried again at the next heartbeat */
+        }
+    }
+    if (nreclaim > 0 || kept > 0 || lost > 0) {
+        xm_log_info("appliance %s validated: %u regions resume, %zu reclaimed, %u lost", ap->addr,
+                    kept, nreclaim, lost);
+    }
+    free(reclaim);
+    pthread_mutex_lock(&m->lock);
+    ap->validated = true;
+    pthread_mutex_unlock(&m->lock);
+}

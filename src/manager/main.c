@@ -1,0 +1,201 @@
+/* xmem-manager: parse config, create the manager and its server, run, destroy. */
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#include "../common/common.h"
+#include "../common/config.h"
+#include "manager.h"
+
+static xm_config_entry_t entries[] = {
+    {"listen", "127.0.0.1:7300", "HOST:PORT of the control listener (PORT 0: any free port)", 0, 0},
+    {"db", NULL, "path of the allocation table (SQLite, WAL); created when missing", 0, 0},
+    {"secret-file", NULL, "file holding the cluster secret (xmem secret new PATH)", 0, 0},
+    {"down-after-ms", "2000", "an appliance without a heartbeat this long is down", 0, 0},
+    {"stripe-chunk", "1M", "stripe unit when a policy names none (stripe:N)", 0, 0},
+    {"quota", "0", "bytes each tenant may hold (0: no limit)", 0, 0},
+    {"quotas", "", "per-tenant quotas: TENANT=SIZE[,TENANT=SIZE...]", 0, 0},
+    {"max-conns", "4096", "control connections served at once", 0, 0},
+    {"timeout-ms", "5000", "bound on each control message and on each call to an appliance", 0, 0},
+    {"log-level", "info", "error | warn | info | debug", 0, 0},
+};
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: xmem-manager --db PATH --secret-file PATH [--OPTION VALUE ...] [--print-config]\n"
+            "Hand out memory of registered appliances as allocations.\n\n"
+            "Options (also XMEM_<NAME> in the environment, or NAME = VALUE in --config):\n");
+    for (size_t i = 0; i < XM_ARRAY_LEN(entries); i++) {
+        fprintf(out, "  --%-14s %s (default: %s)\n", entries[i].name, entries[i].description,
+                entries[i].def != NULL && entries[i].def[0] ? entries[i].def : "none");
+    }
+}
+
+static int parse_u32(const char *name, const char *text, uint32_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long v = strtoul(text, &end, 10);
+    if (errno != 0 || *end != '\0' || v > UINT32_MAX || text[0] == '-' || text[0] == '\0') {
+        fprintf(stderr, "xmem-manager: --%s: not a number: %s\n", name, text);
+        return -1;
+    }
+    *out = (uint32_t)v;
+    return 0;
+}
+
+/* "alice=1G,bob=2G" */
+static int parse_quotas(const char *text, mgr_quota_t **q_p, uint32_t *n_p)
+{
+    *q_p = NULL;
+    *n_p = 0;
+    if (text == NULL || text[0] == '\0') return 0;
+    char *copy = strdup(text), *save = NULL;
+    int rc = 0;
+    for (char *tok = strtok_r(copy, ",", &save); tok != NULL; tok = strtok_r(NULL, ",", &save)) {
+        char *eq = strchr(tok, '=');
+        uint64_t bytes;
+        if (eq == NULL || (*eq = '\0', !xm__name_valid(tok)) || xm__parse_size(eq + 1, &bytes) != XM_OK) {
+            fprintf(stderr, "xmem-manager: --quotas: expected TENANT=SIZE, got '%s'\n", tok);
+            rc = -1;
+            break;
+        }
+        mgr_quota_t *q = realloc(*q_p, (*n_p + 1) * sizeof(*q));
+        if (q == NULL) {
+            rc = -1;
+            break;
+        }
+        *q_p = q;
+        snprintf(q[*n_p].tenant, sizeof(q->tenant), "%s", tok);
+        q[*n_p].bytes = bytes;
+        (*n_p)++;
+    }
+    free(copy);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    xm__log_set_ident("xmem-manager");
+    xm_config_t cfg = {entries, XM_ARRAY_LEN(entries)};
+    xm__config_init(&cfg);
+    bool print_config = false;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            usage(stdout);
+            return 0;
+        }
+        if (strcmp(argv[i], "--config") == 0 && i + 1 < argc &&
+            xm__config_load_file(&cfg, argv[i + 1]) != XM_OK) {
+            return 2;
+        }
+    }
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--print-config") == 0) {
+            print_config = true;
+            continue;
+        }
+        if (strncmp(argv[i], "--", 2) != 0 || i + 1 >= argc) {
+            fprintf(stderr, "xmem-manager: unexpected argument '%s' (see --help)\n", argv[i]);
+            return 2;
+        }
+        const char *name = argv[i] + 2;
+        if (strcmp(name, "config") != 0 && xm__config_set(&cfg, name, argv[i + 1], "flag") != XM_OK) {
+            fprintf(stderr, "xmem-manager: unknown option '%s' (see --help)\n", argv[i]);
+            return 2;
+        }
+        i++;
+    }
+    if (print_config) {
+        xm__config_print(&cfg, stdout);
+        return 0;
+    }
+    int rc = 2;
+    mgr_quota_t *quotas = NULL;
+    xm_log_level_t level;
+    if (!xm__log_parse_level(xm__config_get(&cfg, "log-level"), &level)) {
+        fprintf(stderr, "xmem-manager: --log-level: use error, warn, info or debug\n");
+        goto out;
+    }
+    xm__log_set_level(level);
+    char host[256], port[16];
+    if (xm__parse_hostport(xm__config_get(&cfg, "listen"), host, sizeof(host), port, sizeof(port)) != XM_OK) {
+        fprintf(stderr, "xmem-manager: --listen: expected HOST:PORT\n");
+        goto out;
+    }
+    const char *db = xm__config_get(&cfg, "db");
+    if (db == NULL || db[0] == '\0') {
+        fprintf(stderr, "xmem-manager: --db PATH is required (the allocation table)\n");
+        goto out;
+    }
+    mgr_opts_t o = {0};
+    uint64_t chunk;
+    if (xm__parse_size(xm__config_get(&cfg, "stripe-chunk"), &chunk) != XM_OK || chunk < 4096 ||
+        (chunk & (chunk - 1)) != 0) {
+        fprintf(stderr, "xmem-manager: --stripe-chunk: a power of two from 4K\n");
+        goto out;
+    }
+    if (xm__parse_size(xm__config_get(&cfg, "quota"), &o.default_quota) != XM_OK) {
+        fprintf(stderr, "xmem-manager: --quota: expected a size\n");
+        goto out;
+    }
+    if (parse_quotas(xm__config_get(&cfg, "quotas"), &quotas, &o.nquotas) != 0 ||
+        parse_u32("down-after-ms", xm__config_get(&cfg, "down-after-ms"), &o.down_after_ms) != 0 ||
+        parse_u32("max-conns", xm__config_get(&cfg, "max-conns"), &o.max_conns) != 0 ||
+        parse_u32("timeout-ms", xm__config_get(&cfg, "timeout-ms"), &o.timeout_ms) != 0) {
+        goto out;
+    }
+    net_secret_t secret;
+    char why[512];
+    if (net_secret_load(xm__config_get(&cfg, "secret-file"), &secret, why, sizeof(why)) != XM_OK) {
+        fprintf(stderr, "xmem-manager: %s\n", why);
+        goto out;
+    }
+    o.secret = &secret;
+    o.db_path = db;
+    o.default_chunk = chunk;
+    o.quotas = quotas;
+
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    int sig_fd = signalfd(-1, &sigs, SFD_CLOEXEC);
+
+    rc = 1;
+    mgr_t *m = NULL;
+    mgr_server_t *server = NULL;
+    int listen_fd = -1;
+    uint16_t bound = 0;
+    if (mgr_create(&o, &m, why, sizeof(why)) != XM_OK) {
+        fprintf(stderr, "xmem-manager: %s\n", why);
+        goto err_sig;
+    }
+    if (net_listen(host, port, &listen_fd, &bound) != XM_OK) goto err_mgr;
+    if (mgr_server_create(m, listen_fd, &server) != XM_OK) goto err_listen;
+    xm_log_info("managing allocations on %s:%u, table %s", host, bound, db);
+    printf("xmem-manager listening on %s:%u\n", host, bound);
+    fflush(stdout);
+    mgr_server_run(server, sig_fd);
+    xm_log_info("shutting down");
+    rc = 0;
+    mgr_server_destroy(server);
+err_listen:
+    close(listen_fd);
+err_mgr:
+    mgr_destroy(m);
+err_sig:
+    if (sig_fd >= 0) close(sig_fd);
+out:
+    free(quotas);
+    xm__config_cleanup(&cfg);
+    return rc;
+}

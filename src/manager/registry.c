@@ -1,0 +1,212 @@
+/* Registry: appliances that registered, their heartbeats, and the manager's
+ * own control connections to them (as tenant XM_MANAGER_TENANT). */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../common/common.h"
+#include "manager.h"
+
+mgr_appliance_t *mgr_registry_get(mgr_t *m, const char *addr, bool create)
+{
+    for (uint32_t i = 0; i < m->napps; i++) {
+        if (strcmp(m->apps[i]->addr, addr) == 0) return m->apps[i];
+    }
+    if (!create) return NULL;
+    mgr_appliance_t **apps = realloc(m->apps, (m->napps + 1) * sizeof(*apps));
+    if (apps == NULL) return NULL;
+    m->apps = apps;
+    mgr_appliance_t *a = calloc(1, sizeof(*a));
+    if (a == NULL) return NULL;
+    a->idx = m->napps;
+    snprintf(a->addr, sizeof(a->addr), "%s", addr);
+    snprintf(a->domain, sizeof(a->domain), "default");
+    a->fd = -1;
+    pthread_mutex_init(&a->conn_lock, NULL);
+    m->apps[m->napps++] = a;
+    return a;
+}
+
+/* The IPv4 address a peer connected from, or "" */
+static void peer_ip(const struct sockaddr_storage *peer, char *out, size_t len)
+{
+    out[0] = '\0';
+    if (peer->ss_family == AF_INET) {
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)peer)->sin_addr, out, (socklen_t)len);
+    } else if (peer->ss_family == AF_INET6) {
+        char tmp[INET6_ADDRSTRLEN];
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)peer)->sin6_addr, tmp, sizeof(tmp));
+        snprintf(out, len, "[%s]", tmp);
+    }
+}
+
+xm_status_t mgr_registry_heartbeat(mgr_t *m, const Xmem__ApplianceRegister *reg,
+                                   const struct sockaddr_storage *peer, bool first,
+                                   char *addr_out, size_t addr_len, const char **why_p)
+{
+    char host[256], port[16], ip[INET6_ADDRSTRLEN + 2], addr[XM_NAME_MAX + 1];
+    if (xm__parse_hostport(reg->control_addr, host, sizeof(host), port, sizeof(port)) != XM_OK) {
+        *why_p = "control address is not HOST:PORT";
+        return XM_ERR_INVALID;
+    }
+    /* an appliance listening on a wildcard is reached where it connected from */
+    peer_ip(peer, ip, sizeof(ip));
+    if ((strcmp(host, "0.0.0.0") == 0 || strcmp(host, "::") == 0) && ip[0] != '\0') {
+        snprintf(addr, sizeof(addr), "%s:%s", ip, port);
+    } else {
+        snprintf(addr, sizeof(addr), "%s", reg->control_addr);
+    }
+    uint8_t fa[XM_FABRIC_ADDR_MAX];
+    size_t falen = reg->fabric_addr.len;
+    memcpy(fa, reg->fabric_addr.data, falen);
+    if (strcmp(reg->provider, "tcp") == 0) {
+        if (falen != sizeof(struct sockaddr_in) || ((struct sockaddr_in *)fa)->sin_family != AF_INET) {
+            *why_p = "tcp data address is not an IPv4 socket address";
+            return XM_ERR_INVALID;
+        }
+        struct sockaddr_in *sin = (struct sockaddr_in *)fa;
+        if (sin->sin_addr.s_addr == htonl(INADDR_ANY) && peer->ss_family == AF_INET) {
+            sin->sin_addr = ((const struct sockaddr_in *)peer)->sin_addr;
+        }
+    }
+    pthread_mutex_lock(&m->lock);
+    mgr_appliance_t *a = mgr_registry_get(m, addr, true);
+    if (a == NULL) {
+        pthread_mutex_unlock(&m->lock);
+        return XM_ERR_NO_MEMORY;
+    }
+    bool changed = first || a->boot_id != reg->boot_id || a->fabric_addr_len != falen ||
+                   memcmp(a->fabric_addr, fa, falen) != 0 || a->capacity != reg->pool_size;
+    if (first || a->boot_id != reg->boot_id) {
+        a->validated = false; /* its regions are compared with the table before use */
+    }
+    snprintf(a->domain, sizeof(a->domain), "%s", reg->domain);
+    snprintf(a->provider, sizeof(a->provider), "%s", reg->provider);
+    snprintf(a->backing, sizeof(a->backing), "%s", reg->backing);
+    memcpy(a->fabric_addr, fa, falen);
+    a->fabric_addr_len = falen;
+    a->capacity = reg->pool_size;
+    a->extent_size = reg->extent_size;
+    a->reported_used = reg->pool_used;
+    a->boot_id = reg->boot_id;
+    a->last_seen_ns = xm__now_ns();
+    if (!a->up) {
+        xm_log_info("appliance %s (domain %s) is up", a->addr, a->domain);
+    }
+    a->up = true;
+    bool validate = !a->validated;
+    pthread_mutex_unlock(&m->lock);
+    if (changed && m->opts.store_ops != NULL) {
+        m->opts.store_ops->appliance_put(m->store, a);
+    }
+    if (validate) {
+        mgr_reconcile(m, a);
+    }
+    snprintf(addr_out, addr_len, "%s", addr);
+    return XM_OK;
+}
+
+void mgr_registry_lost(mgr_t *m, const char *addr)
+{
+    pthread_mutex_lock(&m->lock);
+    mgr_appliance_t *a = mgr_registry_get(m, addr, false);
+    if (a != NULL && a->up) {
+        a->up = false;
+        xm_log_warn("appliance %s: heartbeat connection lost, marked down", a->addr);
+    }
+    pthread_mutex_unlock(&m->lock);
+}
+
+void mgr_registry_sweep(mgr_t *m)
+{
+    uint64_t now = xm__now_ns(), limit = (uint64_t)m->opts.down_after_ms * 1000000ull;
+    pthread_mutex_lock(&m->lock);
+    for (uint32_t i = 0; i < m->napps; i++) {
+        mgr_appliance_t *a = m->apps[i];
+        if (a->up && now - a->last_seen_ns > limit) {
+            a->up = false;
+            xm_log_warn("appliance %s: no heartbeat for %u ms, marked down", a->addr,
+                        m->opts.down_after_ms);
+        }
+    }
+    pthread_mutex_unlock(&m->lock);
+}
+
+static void appl_disconnect(mgr_appliance_t *a)
+{
+    if (a->fd >= 0) {
+        close(a->fd);
+        a->fd = -1;
+    }
+}
+
+static xm_status_t appl_connect(mgr_t *m, mgr_appliance_t *a, char *why, size_t whylen)
+{
+    char host[256], port[16];
+    if (xm__parse_hostport(a->addr, host, sizeof(host), port, sizeof(port)) != XM_OK) {
+        snprintf(why, whylen, "appliance address %s is not HOST:PORT", a->addr);
+        return XM_ERR_INVALID;
+    }
+    xm_status_t status = net_connect(host, port, m->opts.timeout_ms, &a->fd);
+    if (status != XM_OK) {
+        a->fd = -1;
+        snprintf(why, whylen, "cannot connect to appliance %s: %s", a->addr, xm_status_str(status));
+        return status;
+    }
+    xm_msg_t *welcome;
+    const char *w;
+    status = net_handshake_client(a->fd, m->opts.secret, XM_MANAGER_TENANT, m->opts.timeout_ms,
+                                  &welcome, &w);
+    if (status != XM_OK) {
+        snprintf(why, whylen, "appliance %s: %s", a->addr, w != NULL ? w : xm_status_str(status));
+        appl_disconnect(a);
+        return status;
+    }
+    proto_msg_free(welcome);
+    a->seq = 2;
+    return XM_OK;
+}
+
+xm_status_t mgr_appl_call(mgr_t *m, mgr_appliance_t *a, xm_msg_t *req, xm_msg_t **rep_p,
+                          char *why, size_t whylen)
+{
+    pthread_mutex_lock(&a->conn_lock);
+    xm_status_t status = XM_OK;
+    for (int attempt = 0; attempt < 2; attempt++) {
+        bool fresh = a->fd < 0;
+        if (fresh) {
+            status = appl_connect(m, a, why, whylen);
+            if (status != XM_OK) break;
+        }
+        char w[256];
+        status = net_call(a->fd, req, &a->seq, m->opts.timeout_ms, rep_p, w, sizeof(w));
+        if (status == XM_OK) break;
+        if (status == XM_ERR_DISCONNECTED || status == XM_ERR_TIMEOUT || status == XM_ERR_PROTOCOL) {
+            appl_disconnect(a);
+            snprintf(why, whylen, "appliance %s: %s", a->addr, w);
+            /* a stale connection (the appliance restarted) is retried once on a fresh one;
+             * the requests sent this way are safe to repeat or are checked by the caller */
+            if (!fresh && status == XM_ERR_DISCONNECTED) continue;
+            break;
+        }
+        snprintf(why, whylen, "appliance %s: %s", a->addr, w);
+        break;
+    }
+    pthread_mutex_unlock(&a->conn_lock);
+    return status;
+}
+
+void mgr_registry_cleanup(mgr_t *m)
+{
+    for (uint32_t i = 0; i < m->napps; i++) {
+        appl_disconnect(m->apps[i]);
+        pthread_mutex_destroy(&m->apps[i]->conn_lock);
+        free(m->apps[i]);
+    }
+    free(m->apps);
+    m->apps = NULL;
+    m->napps = 0;
+}

@@ -1,0 +1,309 @@
+/* The allocation table on disk: SQLite in WAL mode (the embedded default).
+ * synchronous=NORMAL: a committed change survives a crash of the manager
+ * (kill -9); a power loss may take the last transactions back. */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <sqlite3.h>
+
+#include "../common/common.h"
+#include "manager.h"
+
+struct mgr_store {
+    sqlite3 *db;
+    pthread_mutex_t lock; /* one writer at a time on the connection */
+    sqlite3_stmt *put_alloc, *put_part, *put_grant, *del_alloc, *del_parts, *del_grants,
+        *put_appl;
+};
+
+static const char schema[] =
+    "PRAGMA journal_mode=WAL;"
+    "PRAGMA synchronous=NORMAL;"
+    "CREATE TABLE IF NOT EXISTS appliances(addr TEXT PRIMARY KEY, domain TEXT NOT NULL,"
+    "  provider TEXT NOT NULL, backing TEXT NOT NULL, fabric_addr BLOB NOT NULL,"
+    "  capacity INTEGER NOT NULL, extent_size INTEGER NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS allocs(id INTEGER PRIMARY KEY, request_id INTEGER NOT NULL,"
+    "  owner TEXT NOT NULL, name TEXT NOT NULL, size INTEGER NOT NULL, policy TEXT NOT NULL,"
+    "  layout INTEGER NOT NULL, width INTEGER NOT NULL, chunk INTEGER NOT NULL,"
+    "  generation INTEGER NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS parts(alloc_id INTEGER NOT NULL, idx INTEGER NOT NULL,"
+    "  appliance TEXT NOT NULL, region_id INTEGER NOT NULL, key INTEGER NOT NULL,"
+    "  size INTEGER NOT NULL, PRIMARY KEY(alloc_id, idx));"
+    "CREATE TABLE IF NOT EXISTS grants(alloc_id INTEGER NOT NULL, tenant TEXT NOT NULL,"
+    "  access INTEGER NOT NULL, PRIMARY KEY(alloc_id, tenant));";
+
+static void sq_close(mgr_store_t *st)
+{
+    if (st == NULL) return;
+    sqlite3_stmt *all[] = {st->put_alloc, st->put_part, st->put_grant, st->del_alloc,
+                           st->del_parts, st->del_grants, st->put_appl};
+    for (size_t i = 0; i < XM_ARRAY_LEN(all); i++) sqlite3_finalize(all[i]);
+    sqlite3_close(st->db);
+    pthread_mutex_destroy(&st->lock);
+    free(st);
+}
+
+static xm_status_t sq_open(const char *path, mgr_store_t **st_p, char *why, size_t whylen)
+{
+    mgr_store_t *st = calloc(1, sizeof(*st));
+    if (st == NULL) return XM_ERR_NO_MEMORY;
+    pthread_mutex_init(&st->lock, NULL);
+    if (sqlite3_open_v2(path, &st->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
+                        SQLITE_OPEN_FULLMUTEX, NULL) != SQLITE_OK) {
+        snprintf(why, whylen, "cannot open %s: %s", path, st->db ? sqlite3_errmsg(st->db) : "no memory");
+        goto err;
+    }
+    sqlite3_busy_timeout(st->db, 5000);
+    char *err = NULL;
+    if (sqlite3_exec(st->db, schema, NULL, NULL, &err) != SQLITE_OK) {
+        snprintf(why, whylen, "%s: %s", path, err != NULL ? err : "schema failed");
+        sqlite3_free(err);
+        goto err;
+    }
+    struct { sqlite3_stmt **s; const char *sql; } stmts[] = {
+        {&st->put_alloc, "INSERT OR REPLACE INTO allocs VALUES(?,?,?,?,?,?,?,?,?,?)"},
+        {&st->put_part, "INSERT INTO parts VALUES(?,?,?,?,?,?)"},
+        {&st->put_grant, "INSERT INTO grants VALUES(?,?,?)"},
+        {&st->del_alloc, "DELETE FROM allocs WHERE id=?"},
+        {&st->del_parts, "DELETE FROM parts WHERE alloc_id=?"},
+        {&st->del_grants, "DELETE FROM grants WHERE alloc_id=?"},
+        {&st->put_appl, "INSERT OR REPLACE INTO appliances VALUES(?,?,?,?,?,?,?)"},
+    };
+    for (size_t i = 0; i < XM_ARRAY_LEN(stmts); i++) {
+        if (sqlite3_prepare_v2(st->db, stmts[i].sql, -1, stmts[i].s, NULL) != SQLITE_OK) {
+            snprintf(why, whylen, "%s: %s", path, sqlite3_errmsg(st->db));
+            goto err;
+        }
+    }
+    *st_p = st;
+    return XM_OK;
+err:
+    sq_close(st);
+    return XM_ERR_IO;
+}
+
+static bool step_done(mgr_store_t *st, sqlite3_stmt *s)
+{
+    int rc = sqlite3_step(s);
+    sqlite3_reset(s);
+    sqlite3_clear_bindings(s);
+    if (rc != SQLITE_DONE) {
+        xm_log_error("allocation table: %s", sqlite3_errmsg(st->db));
+        return false;
+    }
+    return true;
+}
+
+static bool exec(mgr_store_t *st, const char *sql)
+{
+    if (sqlite3_exec(st->db, sql, NULL, NULL, NULL) != SQLITE_OK) {
+        xm_log_error("allocation table: %s: %s", sql, sqlite3_errmsg(st->db));
+        return false;
+    }
+    return true;
+}
+
+static xm_status_t sq_appliance_put(mgr_store_t *st, const mgr_appliance_t *a)
+{
+    pthread_mutex_lock(&st->lock);
+    sqlite3_stmt *s = st->put_appl;
+    sqlite3_bind_text(s, 1, a->addr, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(s, 2, a->domain, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(s, 3, a->provider, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(s, 4, a->backing, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_blob(s, 5, a->fabric_addr, (int)a->fabric_addr_len, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(s, 6, (sqlite3_int64)a->capacity);
+    sqlite3_bind_int64(s, 7, (sqlite3_int64)a->extent_size);
+    bool ok = step_done(st, s);
+    pthread_mutex_unlock(&st->lock);
+    return ok ? XM_OK : XM_ERR_IO;
+}
+
+static bool delete_rows(mgr_store_t *st, uint64_t id, bool alloc_too)
+{
+    sqlite3_stmt *dels[] = {st->del_parts, st->del_grants, st->del_alloc};
+    for (size_t i = 0; i < (alloc_too ? 3u : 2u); i++) {
+        sqlite3_bind_int64(dels[i], 1, (sqlite3_int64)id);
+        if (!step_done(st, dels[i])) return false;
+    }
+    return true;
+}
+
+static xm_status_t sq_alloc_put(mgr_store_t *st, const mgr_alloc_t *a, const char *const *appl_addr)
+{
+    pthread_mutex_lock(&st->lock);
+    bool ok = exec(st, "BEGIN IMMEDIATE");
+    if (ok) {
+        sqlite3_stmt *s = st->put_alloc;
+        sqlite3_bind_int64(s, 1, (sqlite3_int64)a->id);
+        sqlite3_bind_int64(s, 2, (sqlite3_int64)a->request_id);
+        sqlite3_bind_text(s, 3, a->owner, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_text(s, 4, a->name, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_int64(s, 5, (sqlite3_int64)a->size);
+        sqlite3_bind_text(s, 6, a->policy_text, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_int(s, 7, (int)a->policy.layout);
+        sqlite3_bind_int(s, 8, (int)a->policy.width);
+        sqlite3_bind_int64(s, 9, (sqlite3_int64)a->policy.chunk);
+        sqlite3_bind_int64(s, 10, (sqlite3_int64)a->generation);
+        ok = step_done(st, s) && delete_rows(st, a->id, false);
+    }
+    for (uint32_t i = 0; ok && i < a->policy.width; i++) {
+        sqlite3_stmt *s = st->put_part;
+        sqlite3_bind_int64(s, 1, (sqlite3_int64)a->id);
+        sqlite3_bind_int(s, 2, (int)i);
+        sqlite3_bind_text(s, 3, appl_addr[i], -1, SQLITE_TRANSIENT);
+        sqlite3_bind_int64(s, 4, (sqlite3_int64)a->parts[i].region_id);
+        sqlite3_bind_int64(s, 5, (sqlite3_int64)a->parts[i].key);
+        sqlite3_bind_int64(s, 6, (sqlite3_int64)a->parts[i].size);
+        ok = step_done(st, s);
+    }
+    for (uint32_t i = 0; ok && i < a->ngrants; i++) {
+        sqlite3_stmt *s = st->put_grant;
+        sqlite3_bind_int64(s, 1, (sqlite3_int64)a->id);
+        sqlite3_bind_text(s, 2, a->grants[i].tenant, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_int(s, 3, (int)a->grants[i].access);
+        ok = step_done(st, s);
+    }
+    ok = ok && exec(st, "COMMIT");
+    if (!ok) exec(st, "ROLLBACK");
+    pthread_mutex_unlock(&st->lock);
+    return ok ? XM_OK : XM_ERR_IO;
+}
+
+static xm_status_t sq_alloc_delete(mgr_store_t *st, uint64_t id)
+{
+    pthread_mutex_lock(&st->lock);
+    bool ok = exec(st, "BEGIN IMMEDIATE") && delete_rows(st, id, true) && exec(st, "COMMIT");
+    if (!ok) exec(st, "ROLLBACK");
+    pthread_mutex_unlock(&st->lock);
+    return ok ? XM_OK : XM_ERR_IO;
+}
+
+static const char *col_text(sqlite3_stmt *s, int i)
+{
+    const unsigned char *t = sqlite3_column_text(s, i);
+    return t != NULL ? (const char *)t : "";
+}
+
+static xm_status_t sq_load(mgr_store_t *st, mgr_t *m)
+{
+    xm_status_t status = XM_ERR_INVALID;
+    sqlite3_stmt *s = NULL, *p = NULL, *g = NULL;
+    pthread_mutex_lock(&st->lock);
+    pthread_mutex_lock(&m->lock);
+    if (sqlite3_prepare_v2(st->db, "SELECT addr,domain,provider,backing,fabric_addr,capacity,"
+                           "extent_size FROM appliances", -1, &s, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(st->db, "SELECT idx,appliance,region_id,key,size FROM parts "
+                           "WHERE alloc_id=? ORDER BY idx", -1, &p, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(st->db, "SELECT tenant,access FROM grants WHERE alloc_id=?", -1, &g,
+                           NULL) != SQLITE_OK) {
+        xm_log_error("allocation table: %s", sqlite3_errmsg(st->db));
+        status = XM_ERR_IO;
+        goto out;
+    }
+    while (sqlite3_step(s) == SQLITE_ROW) {
+        const char *addr = col_text(s, 0);
+        int falen = sqlite3_column_bytes(s, 4);
+        if (!xm__name_valid(addr) || falen <= 0 || falen > XM_FABRIC_ADDR_MAX) {
+            xm_log_error("allocation table: bad appliance record '%s'", addr);
+            goto out;
+        }
+        mgr_appliance_t *a = mgr_registry_get(m, addr, true);
+        if (a == NULL) {
+            status = XM_ERR_NO_MEMORY;
+            goto out;
+        }
+        snprintf(a->domain, sizeof(a->domain), "%s", col_text(s, 1));
+        snprintf(a->provider, sizeof(a->provider), "%s", col_text(s, 2));
+        snprintf(a->backing, sizeof(a->backing), "%s", col_text(s, 3));
+        memcpy(a->fabric_addr, sqlite3_column_blob(s, 4), (size_t)falen);
+        a->fabric_addr_len = (size_t)falen;
+        a->capacity = (uint64_t)sqlite3_column_int64(s, 5);
+        a->extent_size = (uint64_t)sqlite3_column_int64(s, 6);
+    }
+    sqlite3_finalize(s);
+    s = NULL;
+    if (sqlite3_prepare_v2(st->db, "SELECT id,request_id,owner,name,size,policy,layout,width,chunk,"
+                           "generation FROM allocs ORDER BY id", -1, &s, NULL) != SQLITE_OK) {
+        status = XM_ERR_IO;
+        goto out;
+    }
+    uint64_t n = 0;
+    while (sqlite3_step(s) == SQLITE_ROW) {
+        uint32_t width = (uint32_t)sqlite3_column_int(s, 7);
+        int layout = sqlite3_column_int(s, 6);
+        if (width == 0 || width > XM_ALLOC_PARTS_MAX ||
+            (layout != MGR_LAYOUT_SINGLE && layout != MGR_LAYOUT_STRIPE)) {
+            xm_log_error("allocation table: bad allocation record %lld", sqlite3_column_int64(s, 0));
+            goto out;
+        }
+        mgr_alloc_t *a = mgr_alloc_new(width);
+        if (a == NULL) {
+            status = XM_ERR_NO_MEMORY;
+            goto out;
+        }
+        a->id = (uint64_t)sqlite3_column_int64(s, 0);
+        a->request_id = (uint64_t)sqlite3_column_int64(s, 1);
+        snprintf(a->owner, sizeof(a->owner), "%s", col_text(s, 2));
+        snprintf(a->name, sizeof(a->name), "%s", col_text(s, 3));
+        a->size = (uint64_t)sqlite3_column_int64(s, 4);
+        snprintf(a->policy_text, sizeof(a->policy_text), "%s", col_text(s, 5));
+        a->policy.layout = (mgr_layout_t)layout;
+        a->policy.width = width;
+        a->policy.chunk = (uint64_t)sqlite3_column_int64(s, 8);
+        a->generation = (uint64_t)sqlite3_column_int64(s, 9);
+        uint32_t got = 0;
+        sqlite3_bind_int64(p, 1, (sqlite3_int64)a->id);
+        while (sqlite3_step(p) == SQLITE_ROW) {
+            uint32_t idx = (uint32_t)sqlite3_column_int(p, 0);
+            mgr_appliance_t *ap = mgr_registry_get(m, col_text(p, 1), false);
+            if (idx != got || ap == NULL) break;
+            a->parts[idx].appl = ap->idx;
+            a->parts[idx].region_id = (uint64_t)sqlite3_column_int64(p, 2);
+            a->parts[idx].key = (uint64_t)sqlite3_column_int64(p, 3);
+            a->parts[idx].size = (uint64_t)sqlite3_column_int64(p, 4);
+            got++;
+        }
+        sqlite3_reset(p);
+        sqlite3_bind_int64(g, 1, (sqlite3_int64)a->id);
+        while (sqlite3_step(g) == SQLITE_ROW) {
+            mgr_grant_t *ng = realloc(a->grants, (a->ngrants + 1) * sizeof(*ng));
+            if (ng == NULL) break;
+            a->grants = ng;
+            snprintf(ng[a->ngrants].tenant, sizeof(ng->tenant), "%s", col_text(g, 0));
+            ng[a->ngrants].access = sqlite3_column_int(g, 1) == XM_ACCESS_READ ? XM_ACCESS_READ
+                                                                                : XM_ACCESS_READ_WRITE;
+            a->ngrants++;
+        }
+        sqlite3_reset(g);
+        if (got != width || a->id == 0 || a->size == 0 || !xm__name_valid(a->owner)) {
+            xm_log_error("allocation table: allocation %llu is incomplete", (unsigned long long)a->id);
+            mgr_alloc_free_mem(a);
+            goto out;
+        }
+        mgr_alloc_restore(m, a);
+        n++;
+    }
+    xm_log_info("allocation table: %u appliances, %llu allocations restored", m->napps,
+                (unsigned long long)n);
+    status = XM_OK;
+out:
+    sqlite3_finalize(s);
+    sqlite3_finalize(p);
+    sqlite3_finalize(g);
+    pthread_mutex_unlock(&m->lock);
+    pthread_mutex_unlock(&st->lock);
+    return status;
+}
+
+const mgr_store_ops_t mgr_store_sqlite = {
+    .name = "sqlite",
+    .open = sq_open,
+    .close = sq_close,
+    .load = sq_load,
+    .appliance_put = sq_appliance_put,
+    .alloc_put = sq_alloc_put,
+    .alloc_delete = sq_alloc_delete,
+};
