@@ -55,6 +55,13 @@ typedef struct xm_connect_opts {
     const char *tenant;
     /** Per-operation timeout in ms; 0: $XMEM_TIMEOUT_MS, else 5000. */
     uint32_t timeout_ms;
+    /**
+     * "HOST:PORT" of an allocation manager (xmem-manager). When set — or when
+     * @ref appliance is NULL and $XMEM_MANAGER is set — the context talks to
+     * the manager and uses allocations (::xm_alloc); the region calls then
+     * return XM_ERR_INVALID.
+     */
+    const char *manager;
 } xm_connect_opts_t;
 
 /** What ::xm_region_stat and ::xm_region_list report of a region. */
@@ -216,6 +223,80 @@ XM_API xm_status_t xm_wait(xm_ctx_h ctx, xm_op_t **ops, size_t n);
 
 /** Post and wait for a batch. */
 XM_API xm_status_t xm_submit(xm_ctx_h ctx, xm_op_t *ops, size_t n);
+
+/* ---- allocations through the manager (issue 3) ------------------------- */
+
+/**
+ * An allocation: one or more regions on one or more appliances, laid out by a
+ * policy. It is used through the same calls as a region handle — ::xm_read,
+ * ::xm_write, ::xm_fetch_add, ::xm_compare_swap, ::xm_post with
+ * xm_op_t.region set to it, ::xm_region_id, ::xm_region_size — which route
+ * each byte by offset to its appliance directly; the manager is not involved
+ * and need not be running.
+ */
+typedef struct xm_region *xm_alloc_h;
+
+/** What ::xm_alloc_list reports of an allocation. */
+typedef struct xm_alloc_info {
+    uint64_t id;                    /**< manager-unique id */
+    uint64_t size;                  /**< bytes */
+    char name[XM_NAME_MAX + 1];     /**< "" when unnamed */
+    char owner[XM_NAME_MAX + 1];    /**< tenant that allocated it */
+    char policy[XM_NAME_MAX + 1];   /**< "single", "stripe:4:1024K" */
+    char state[16];                 /**< "ok", "degraded" (an appliance is down), "lost" */
+    uint32_t parts;                 /**< regions (appliances) it spans */
+} xm_alloc_info_t;
+
+/** What ::xm_appliance_list reports of an appliance registered with the manager. */
+typedef struct xm_appliance_entry {
+    char addr[XM_NAME_MAX + 1];     /**< control HOST:PORT */
+    char domain[XM_NAME_MAX + 1];   /**< failure domain */
+    char state[16];                 /**< "up" or "down" */
+    char provider[16];              /**< libfabric provider */
+    uint64_t capacity;              /**< pool bytes */
+    uint64_t used;                  /**< bytes placed there by the manager */
+    uint32_t regions;               /**< regions placed there by the manager */
+} xm_appliance_entry_t;
+
+/**
+ * Allocate memory through the manager.
+ * @param [in]  ctx      a context connected to a manager
+ * @param [in]  size     bytes, > 0
+ * @param [in]  policy   "single" (or NULL), "stripe:N" or "stripe:N:CHUNK"
+ *                       (N parts on N appliances, CHUNK a power of two >= 4K)
+ * @param [in]  name     unique name, or NULL
+ * @param [out] alloc_p  handle, opened read-write
+ * @return XM_OK, XM_ERR_NO_SPACE (no room or quota exceeded; nothing is left
+ *         allocated), XM_ERR_EXISTS, XM_ERR_INVALID, XM_ERR_CONNECT, ...
+ *         A retry after a timeout is sent with the same request id, so it
+ *         never allocates twice.
+ */
+XM_API xm_status_t xm_alloc(xm_ctx_h ctx, uint64_t size, const char *policy, const char *name,
+                            xm_alloc_h *alloc_p);
+
+/** Free an allocation (owner only), by id or (id 0) name; every key to it dies. */
+XM_API xm_status_t xm_free(xm_ctx_h ctx, uint64_t id, const char *name);
+
+/**
+ * Attach to an existing allocation by id or (id 0) name with the rights the
+ * caller's tenant holds (its own, or granted with ::xm_alloc_grant).
+ */
+XM_API xm_status_t xm_attach(xm_ctx_h ctx, uint64_t id, const char *name, xm_access_t access,
+                             xm_alloc_h *alloc_p);
+
+/** Release an allocation handle (the allocation itself stays). */
+XM_API void xm_alloc_close(xm_alloc_h alloc);
+
+/** Let @p tenant attach to an allocation the caller owns (XM_ACCESS_READ: read-only). */
+XM_API xm_status_t xm_alloc_grant(xm_ctx_h ctx, uint64_t id, const char *name,
+                                  const char *tenant, xm_access_t access);
+
+/** Allocations the caller owns or was granted; *infos_p is released with free(). */
+XM_API xm_status_t xm_alloc_list(xm_ctx_h ctx, xm_alloc_info_t **infos_p, size_t *count_p);
+
+/** Appliances registered with the manager; *entries_p is released with free(). */
+XM_API xm_status_t xm_appliance_list(xm_ctx_h ctx, xm_appliance_entry_t **entries_p,
+                                     size_t *count_p);
 
 /**
  * Parse a size such as "4096", "64K", "1.5G", "2T" (powers of 1024).
