@@ -203,6 +203,7 @@ typedef struct xm_op {
     int32_t error_;
     uint64_t deadline_ns_;
     struct xm_op *next_;
+    struct xm_op *prev_;
 } xm_op_t;
 
 /**

@@ -93,7 +93,7 @@ typedef struct appl_regions {
     uint32_t count;
     uint64_t next_id;
     char meta_path[PATH_MAX + 8]; /* file pools: where the table is kept; "" otherwise */
-    appl_grave_t *graves;         /* windows unmapped after a grace period */
+    appl_grave_t *graves;         /* destroyed regions' windows, newest first (see region.c) */
 } appl_regions_t;
 
 /* A region as a client sees it: the registration to use. */

@@ -12,9 +12,15 @@
 #include "appliance.h"
 
 /* A closed registration may still have a provider transfer in progress into
- * its window (tcp receives a large write over several progress rounds), so a
- * destroyed region's window is detached from the pool and kept this long. */
+ * its window (tcp checks the key once, then moves the data over many progress
+ * rounds, as slowly as the client reads), so a destroyed region's window is
+ * detached from the pool onto scratch memory and its addresses are never
+ * handed to another region: a late transfer reads zeros or writes scratch,
+ * never the next owner's data. Pages a late write touched are dropped every
+ * GRAVE_NS; the address space itself is given back only past GRAVE_VA_MAX,
+ * oldest first. */
 #define GRAVE_NS (5ull * 1000000000ull)
+#define GRAVE_VA_MAX (16ull << 40)
 
 #define WHY(text)                                                                            \
     do {                                                                                     \
@@ -36,16 +42,23 @@ static void grant_close(appl_grant_t *g)
 static void graves_reap(appl_regions_t *t, bool all)
 {
     uint64_t now = xm__now_ns();
+    /* newest first: everything past the budget is the oldest */
+    uint64_t seen = 0;
     appl_grave_t **pp = &t->graves;
     while (*pp != NULL) {
         appl_grave_t *g = *pp;
-        if (all || now - g->since_ns >= GRAVE_NS) {
+        seen += g->len;
+        if (all || seen > GRAVE_VA_MAX) {
             munmap(g->window, g->len);
             *pp = g->next;
             free(g);
-        } else {
-            pp = &g->next;
+            continue;
         }
+        if (now - g->since_ns >= GRAVE_NS) {
+            madvise(g->window, g->len, MADV_DONTNEED);
+            g->since_ns = now;
+        }
+        pp = &g->next;
     }
 }
 
@@ -475,8 +488,16 @@ xm_status_t appl_region_destroy(appl_regions_t *t, const char *tenant, uint64_t 
         while (*pp != r) pp = &(*pp)->next;
         *pp = r->next;
         t->count--;
-        region_release(t, r, true);
+        /* the table on disk must forget the region before its memory goes */
         status = meta_save(t);
+        if (status != XM_OK) {
+            WHY("cannot persist the pool metadata");
+            r->next = t->head;
+            t->head = r;
+            t->count++;
+        } else {
+            region_release(t, r, true);
+        }
     }
     pthread_mutex_unlock(&t->lock);
     return status;
@@ -502,15 +523,25 @@ xm_status_t appl_region_grant(appl_regions_t *t, const char *tenant, uint64_t id
         goto out;
     }
     appl_grant_t *old = grant_find(r, grantee);
+    xm_access_t was = old != NULL ? old->access : XM_ACCESS_READ;
     if (old != NULL) {
-        /* a changed grant revokes the keys handed out under the old one */
-        grant_close(old);
         old->access = access;
     } else if (grant_add(r, grantee, access) == NULL) {
         status = XM_ERR_NO_MEMORY;
         goto out;
     }
     status = meta_save(t);
+    if (status != XM_OK) {
+        WHY("cannot persist the pool metadata");
+        if (old != NULL) {
+            grant_find(r, grantee)->access = was;
+        } else {
+            r->ngrants--; /* the grant just added is the last */
+        }
+    } else if (old != NULL) {
+        /* a changed grant revokes the keys handed out under the old one */
+        grant_close(grant_find(r, grantee));
+    }
 out:
     pthread_mutex_unlock(&t->lock);
     return status;

@@ -57,8 +57,11 @@ static xm_status_t authenticate(conn_t *c)
     const appl_server_opts_t *o = &c->server->opts;
     xm_msg_t *m = NULL;
     const char *why;
-    xm_status_t status = net_recv_msg(c->fd, XM_FRAME_MAX_REQUEST, (int)o->timeout_ms,
-                                      o->timeout_ms, &m, &why);
+    /* the whole handshake has one budget: a peer without the secret cannot
+     * hold a connection slot longer than timeout_ms */
+    uint64_t deadline = xm__now_ns() + (uint64_t)o->timeout_ms * 1000000ull;
+    xm_status_t status = net_recv_msg_by(c->fd, XM_FRAME_MAX_REQUEST, deadline, o->timeout_ms,
+                                         &m, &why);
     if (status != XM_OK || m->body_case != XMEM__MSG__BODY_HELLO) {
         xm_log_warn("connection from %s: no valid hello (%s)", c->peer,
                     why != NULL ? why : xm_status_str(status));
@@ -86,7 +89,7 @@ static xm_status_t authenticate(conn_t *c)
     rep.challenge = &ch;
     if (reply(c, &rep, seq, XM_OK, NULL) != XM_OK) return XM_ERR_DISCONNECTED;
 
-    status = net_recv_msg(c->fd, XM_FRAME_MAX_REQUEST, (int)o->timeout_ms, o->timeout_ms, &m, &why);
+    status = net_recv_msg_by(c->fd, XM_FRAME_MAX_REQUEST, deadline, o->timeout_ms, &m, &why);
     if (status != XM_OK || m->body_case != XMEM__MSG__BODY_AUTH) {
         xm_log_warn("connection from %s: no valid auth (%s)", c->peer,
                     why != NULL ? why : xm_status_str(status));

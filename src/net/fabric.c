@@ -96,7 +96,7 @@ xm_status_t net_fabric_open(const char *provider, net_role_t role, const char *h
         goto err;
     }
     struct fi_cq_attr cq_attr = {.size = NET_CQ_DEPTH, .format = FI_CQ_FORMAT_CONTEXT,
-                                 .wait_obj = target && is_tcp ? FI_WAIT_FD : FI_WAIT_NONE};
+                                 .wait_obj = is_tcp ? FI_WAIT_FD : FI_WAIT_NONE};
     rc = fi_cq_open(fab->domain, &cq_attr, &fab->cq, NULL);
     if (rc != 0) {
         status = fi_fail("fi_cq_open", rc);
@@ -138,7 +138,7 @@ xm_status_t net_fabric_open(const char *provider, net_role_t role, const char *h
         status = fi_fail("fi_getname", rc);
         goto err;
     }
-    if (target && is_tcp) {
+    if (is_tcp) {
         rc = fi_control(&fab->cq->fid, FI_GETWAIT, &fab->wait_fd);
         if (rc != 0) {
             fab->wait_fd = -1;
@@ -307,18 +307,42 @@ int net_poll(net_fabric_t *fab, net_completion_t *out, int max)
         if (n == -FI_EAVAIL) {
             struct fi_cq_err_entry e;
             memset(&e, 0, sizeof(e));
-            if (fi_cq_readerr(fab->cq, &e, 0) == 1) {
-                out[got].ctx = e.op_context;
-                out[got].err = e.err;
-                out[got].status = err_status(e.err);
-                xm_log_debug("operation failed: %s", fi_strerror(e.err));
-                got++;
+            if (fi_cq_readerr(fab->cq, &e, 0) != 1) {
+                break; /* nothing readable after all: try again next round */
             }
+            out[got].ctx = e.op_context;
+            out[got].err = e.err;
+            out[got].status = err_status(e.err);
+            xm_log_debug("operation failed: %s", fi_strerror(e.err));
+            got++;
             continue;
         }
-        break; /* -FI_EAGAIN or an error: nothing more now */
+        if (n != -FI_EAGAIN) {
+            /* the queue itself failed: report it as an error naming no operation,
+             * so the caller marks the endpoint broken */
+            xm_log_debug("fi_cq_read: %s", fi_strerror((int)-n));
+            out[got].ctx = NULL;
+            out[got].err = (int)-n;
+            out[got].status = XM_ERR_TRANSPORT;
+            got++;
+        }
+        break;
     }
     return got;
+}
+
+void net_wait(net_fabric_t *fab, int timeout_ms)
+{
+    if (fab->wait_fd >= 0) {
+        struct fid *fids[1] = {&fab->cq->fid};
+        if (fi_trywait(fab->fabric, fids, 1) == FI_SUCCESS) {
+            struct pollfd p = {.fd = fab->wait_fd, .events = POLLIN};
+            poll(&p, 1, timeout_ms);
+        }
+        return;
+    }
+    struct timespec nap = {0, 20000};
+    nanosleep(&nap, NULL);
 }
 
 void net_progress_run(net_fabric_t *fab, const net_progress_opts_t *opts, volatile int *stop,
@@ -361,8 +385,11 @@ void net_progress_run(net_fabric_t *fab, const net_progress_opts_t *opts, volati
             poll(p, stop_fd >= 0 ? 2 : 1, 1000);
             last_active = xm__now_ns();
         } else {
-            /* no wait object (shm): nap briefly; the counter ends the nap early next round */
-            struct timespec nap = {0, 20000};
+            /* no wait object (shm): nap, longer the longer it stays idle (20 us up
+             * to 1 ms), so an idle appliance does not keep a CPU awake */
+            uint64_t idle_us = (now - last_active - spin_ns) / 1000;
+            long nap_ns = idle_us < 1000 ? 20000 : idle_us < 100000 ? 200000 : 1000000;
+            struct timespec nap = {0, nap_ns};
             nanosleep(&nap, NULL);
         }
     }

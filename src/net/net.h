@@ -20,6 +20,11 @@
 xm_status_t net_listen(const char *host, const char *port, int *fd_p, uint16_t *port_p);
 /* Connect with a timeout; XM_ERR_CONNECT / XM_ERR_TIMEOUT. */
 xm_status_t net_connect(const char *host, const char *port, uint32_t timeout_ms, int *fd_p);
+/* Deadline forms (monotonic ns, UINT64_MAX: none): one budget for a whole call.
+ * A started frame must also finish within frame_ms. */
+xm_status_t net_send_msg_by(int fd, const xm_msg_t *msg, uint64_t deadline_ns);
+xm_status_t net_recv_msg_by(int fd, size_t max, uint64_t deadline_ns, uint32_t frame_ms,
+                            xm_msg_t **msg_p, const char **why_p);
 /* Send one framed message; the whole frame or an error within timeout_ms. */
 xm_status_t net_send_msg(int fd, const xm_msg_t *msg, uint32_t timeout_ms);
 /*
@@ -121,6 +126,10 @@ typedef struct net_completion {
 
 /* Read up to max completions without blocking; returns how many (>= 0) or an error. */
 int net_poll(net_fabric_t *fab, net_completion_t *out, int max);
+
+/* Sleep until the completion queue may have something (wait fd), at most timeout_ms;
+ * a short nap where the provider has no wait object. */
+void net_wait(net_fabric_t *fab, int timeout_ms);
 
 /* Target: drive progress until *stop is set (poll while busy, sleep when idle). */
 typedef struct net_progress_opts {

@@ -135,7 +135,12 @@ static xm_status_t sock_xfer(int fd, void *buf, size_t len, bool out, uint64_t d
     return XM_OK;
 }
 
-xm_status_t net_send_msg(int fd, const xm_msg_t *msg, uint32_t timeout_ms)
+static uint64_t deadline_after(uint32_t ms)
+{
+    return xm__now_ns() + (uint64_t)ms * 1000000ull;
+}
+
+xm_status_t net_send_msg_by(int fd, const xm_msg_t *msg, uint64_t deadline_ns)
 {
     uint8_t *buf;
     size_t len;
@@ -143,24 +148,30 @@ xm_status_t net_send_msg(int fd, const xm_msg_t *msg, uint32_t timeout_ms)
     if (status != XM_OK) {
         return status;
     }
-    status = sock_xfer(fd, buf, len, true, xm__now_ns() + (uint64_t)timeout_ms * 1000000ull);
+    status = sock_xfer(fd, buf, len, true, deadline_ns);
     free(buf);
     return status;
 }
 
-xm_status_t net_recv_msg(int fd, size_t max, int idle_ms, uint32_t timeout_ms, xm_msg_t **msg_p,
-                         const char **why_p)
+xm_status_t net_send_msg(int fd, const xm_msg_t *msg, uint32_t timeout_ms)
+{
+    return net_send_msg_by(fd, msg, deadline_after(timeout_ms));
+}
+
+xm_status_t net_recv_msg_by(int fd, size_t max, uint64_t deadline_ns, uint32_t frame_ms,
+                            xm_msg_t **msg_p, const char **why_p)
 {
     *why_p = NULL;
     struct pollfd pfd = {.fd = fd, .events = POLLIN};
     int n;
     do {
-        n = poll(&pfd, 1, idle_ms);
+        n = poll(&pfd, 1, deadline_ns == UINT64_MAX ? -1 : remaining_ms(deadline_ns));
     } while (n < 0 && errno == EINTR);
     if (n == 0) {
         return XM_ERR_TIMEOUT;
     }
-    uint64_t deadline = xm__now_ns() + (uint64_t)timeout_ms * 1000000ull;
+    /* once a frame starts it must finish within frame_ms, and by the deadline */
+    uint64_t deadline = XM_MIN(deadline_ns, deadline_after(frame_ms));
     uint8_t hdr[XM_FRAME_HEADER];
     xm_status_t status = sock_xfer(fd, hdr, sizeof(hdr), false, deadline);
     if (status != XM_OK) {
@@ -183,6 +194,13 @@ xm_status_t net_recv_msg(int fd, size_t max, int idle_ms, uint32_t timeout_ms, x
     }
     free(body);
     return status;
+}
+
+xm_status_t net_recv_msg(int fd, size_t max, int idle_ms, uint32_t timeout_ms, xm_msg_t **msg_p,
+                         const char **why_p)
+{
+    return net_recv_msg_by(fd, max, idle_ms < 0 ? UINT64_MAX : deadline_after((uint32_t)idle_ms),
+                           timeout_ms, msg_p, why_p);
 }
 
 xm_status_t net_secret_load(const char *path, net_secret_t *secret, char *why, size_t whylen)

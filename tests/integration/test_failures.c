@@ -1,6 +1,7 @@
 /* Failures and bad input: dead appliances, dead clients, malformed messages,
  * a full pool, restarts of a file-backed pool, memory given back. */
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
@@ -63,6 +64,33 @@ XT_TEST_PROVIDERS(failures, appliance_killed_during_io_errors_in_bounded_time, .
     xm_disconnect(ctx);
 }
 
+/* SIGSTOP takes effect asynchronously: wait until every thread is stopped. */
+static void stop_and_wait(pid_t pid)
+{
+    kill(pid, SIGSTOP);
+    for (int tries = 0; tries < 500; tries++) {
+        char path[64], line[512];
+        snprintf(path, sizeof(path), "/proc/%d/task", (int)pid);
+        DIR *d = opendir(path);
+        cr_assert_not_null(d);
+        bool all = true;
+        struct dirent *e;
+        while ((e = readdir(d)) != NULL && all) {
+            if (e->d_name[0] == '.') continue;
+            snprintf(line, sizeof(line), "/proc/%d/task/%s/stat", (int)pid, e->d_name);
+            FILE *f = fopen(line, "r");
+            if (f == NULL) continue;
+            char *state = fgets(line, sizeof(line), f) != NULL ? strrchr(line, ')') : NULL;
+            all = state != NULL && state[2] == 'T';
+            fclose(f);
+        }
+        closedir(d);
+        if (all) return;
+        usleep(2000);
+    }
+    cr_assert_fail("xmemd did not stop");
+}
+
 XT_TEST_PROVIDERS(failures, stopped_appliance_times_out_then_recovers, .fini = teardown,
                   .timeout = 90)
 {
@@ -74,7 +102,7 @@ XT_TEST_PROVIDERS(failures, stopped_appliance_times_out_then_recovers, .fini = t
     uint8_t buf[4096];
     xt_fill(buf, sizeof(buf), 9);
     cr_assert_eq(xm_write(r, 0, buf, sizeof(buf)), XM_OK);
-    kill(app.pid, SIGSTOP);
+    stop_and_wait(app.pid);
     uint64_t t0 = xt_now_ms();
     uint8_t got[4096];
     xm_status_t s = xm_read(r, 0, got, sizeof(got));

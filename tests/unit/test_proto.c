@@ -920,3 +920,15 @@ Test(pool_meta, refuses_garbage)
     cr_expect_eq(proto_pool_decode(garbage, 0, &o, &why), XM_ERR_PROTOCOL, "an empty file");
     cr_expect_null(o);
 }
+
+Test(proto, refuses_region_open_without_rights)
+{
+    /* an open that names no rights must not default to read-write */
+    Xmem__RegionRef r = XMEM__REGION_REF__INIT;
+    r.id = 7;
+    r.access = XMEM__ACCESS__ACCESS_NONE;
+    xm_msg_t m = XMEM__MSG__INIT;
+    m.body_case = XMEM__MSG__BODY_REGION_OPEN;
+    m.region_open = &r;
+    expect_refused(&m, "without access rights");
+}

@@ -246,9 +246,11 @@ int cmd_bench(cli_t *cli)
     uint8_t *bufs = calloc(depth, max);
     memset(bufs, 0x5a, depth * max);
     /* touch the region once so reads measure transfer, not first-touch faults */
-    for (uint64_t off = 0; off < rsize; off += max) {
-        xm_write(r, off, bufs, (size_t)(rsize - off < max ? rsize - off : max));
+    uint8_t *fill = calloc(1, 1u << 20);
+    for (uint64_t off = 0; off < rsize; off += 1u << 20) {
+        xm_write(r, off, fill, (size_t)(rsize - off < (1u << 20) ? rsize - off : (1u << 20)));
     }
+    free(fill);
     tcp_ref_t ref;
     int tfd;
     if (tcp_ref_start(&ref, &tfd) != 0) {
