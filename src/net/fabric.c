@@ -96,7 +96,7 @@ xm_status_t net_fabric_open(const char *provider, net_role_t role, const char *h
         goto err;
     }
     struct fi_cq_attr cq_attr = {.size = NET_CQ_DEPTH, .format = FI_CQ_FORMAT_CONTEXT,
-                                 .wait_obj = is_tcp ? FI_WAIT_FD : FI_WAIT_NONE};
+                                 .wait_obj = target && is_tcp ? FI_WAIT_FD : FI_WAIT_NONE};
     rc = fi_cq_open(fab->domain, &cq_attr, &fab->cq, NULL);
     if (rc != 0) {
         status = fi_fail("fi_cq_open", rc);
@@ -138,7 +138,7 @@ xm_status_t net_fabric_open(const char *provider, net_role_t role, const char *h
         status = fi_fail("fi_getname", rc);
         goto err;
     }
-    if (is_tcp) {
+    if (target && is_tcp) {
         rc = fi_control(&fab->cq->fid, FI_GETWAIT, &fab->wait_fd);
         if (rc != 0) {
             fab->wait_fd = -1;
