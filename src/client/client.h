@@ -33,15 +33,47 @@ struct xm_ctx {
     xm_op_t *inflight;       /* operations posted and not complete */
     uint32_t chunks;         /* libfabric operations outstanding */
     char last_error[256];
+    /* manager-connected contexts (alloc.c): the appliances allocations live on */
+    bool manager;            /* the control peer is xmem-manager: no data endpoint of its own */
+    struct xm__peer *peers;
+    uint32_t npeers;
 };
 
+/* An appliance's data endpoint as an allocation descriptor names it. */
+typedef struct xm__peer {
+    uint8_t addr[XM_FABRIC_ADDR_MAX];
+    size_t addr_len;
+    fi_addr_t fi;            /* valid while inserted */
+    bool inserted;           /* in the open endpoint's address vector */
+} xm__peer_t;
+
+/* One region of an allocation. */
+typedef struct xm__part {
+    uint32_t peer;           /* index into ctx->peers */
+    uint64_t key;
+    uint64_t size;
+} xm__part_t;
+
+/*
+ * A region handle, or an allocation handle (xm_alloc_h) when parts is set:
+ * offsets then route through the layout (stripe: chunk i in part i % nparts
+ * at (i / nparts) * chunk).
+ */
 struct xm_region {
     xm_ctx_h ctx;
     uint64_t id;
     uint64_t size;
     uint64_t key;
     xm_access_t access;
+    xm__part_t *parts;       /* NULL: a plain region on the context's appliance */
+    uint32_t nparts;
+    uint64_t chunk;          /* stripe unit; 0: one part holds everything */
 };
+
+/* Where the byte at off of r lives: peer, offset in its registration, key, and how many
+ * bytes from there on are contiguous in it. */
+void xm__route(xm_region_h r, uint64_t off, fi_addr_t *peer_p, uint64_t *raddr_p, uint64_t *key_p,
+               uint64_t *contig_p);
 
 /* Record what failed for xm_last_error; returns status. */
 xm_status_t xm__ctx_error(xm_ctx_h ctx, xm_status_t status, const char *fmt, ...)

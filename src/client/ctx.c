@@ -10,6 +10,8 @@
 #include "../common/common.h"
 #include "client.h"
 
+#define KIND(ctx) ((ctx)->manager ? "manager" : "appliance")
+
 xm_status_t xm__ctx_error(xm_ctx_h ctx, xm_status_t status, const char *fmt, ...)
 {
     va_list ap;
@@ -43,7 +45,7 @@ static xm_status_t ctl_exchange(xm_ctx_h ctx, xm_msg_t *req, xm_msg_t **rep_p)
     if (status != XM_OK) {
         ctl_close(ctx);
         return xm__ctx_error(ctx, status == XM_ERR_TIMEOUT ? XM_ERR_TIMEOUT : XM_ERR_DISCONNECTED,
-                             "appliance %s:%s: cannot send request (%s)", ctx->host, ctx->port,
+                             "%s %s:%s: cannot send request (%s)", KIND(ctx), ctx->host, ctx->port,
                              xm_status_str(status));
     }
     xm_msg_t *rep;
@@ -51,13 +53,13 @@ static xm_status_t ctl_exchange(xm_ctx_h ctx, xm_msg_t *req, xm_msg_t **rep_p)
     status = net_recv_msg(ctx->fd, XM_FRAME_MAX_REPLY, (int)ctx->timeout_ms, ctx->timeout_ms, &rep, &why);
     if (status != XM_OK) {
         ctl_close(ctx);
-        return xm__ctx_error(ctx, status, "appliance %s:%s: no valid reply (%s)", ctx->host,
-                             ctx->port, why != NULL ? why : xm_status_str(status));
+        return xm__ctx_error(ctx, status, "%s %s:%s: no valid reply (%s)", KIND(ctx),
+                             ctx->host, ctx->port, why != NULL ? why : xm_status_str(status));
     }
     if (rep->seq != req->seq) {
         proto_msg_free(rep);
         ctl_close(ctx);
-        return xm__ctx_error(ctx, XM_ERR_PROTOCOL, "appliance replied out of turn");
+        return xm__ctx_error(ctx, XM_ERR_PROTOCOL, "%s replied out of turn", KIND(ctx));
     }
     if (rep->status != XM_OK) {
         xm_status_t s = rep->status >= XM_ERR_AGAIN && rep->status < 0 ? (xm_status_t)rep->status
@@ -75,8 +77,8 @@ static xm_status_t ctl_connect(xm_ctx_h ctx)
     xm_status_t status = net_connect(ctx->host, ctx->port, ctx->timeout_ms, &ctx->fd);
     if (status != XM_OK) {
         ctx->fd = -1;
-        return xm__ctx_error(ctx, status, "cannot connect to appliance %s:%s: %s", ctx->host,
-                             ctx->port, xm_status_str(status));
+        return xm__ctx_error(ctx, status, "cannot connect to %s %s:%s: %s", KIND(ctx),
+                             ctx->host, ctx->port, xm_status_str(status));
     }
     socklen_t sl = sizeof(ctx->ctrl_peer);
     getpeername(ctx->fd, (struct sockaddr *)&ctx->ctrl_peer, &sl);
@@ -99,8 +101,8 @@ static xm_status_t ctl_connect(xm_ctx_h ctx)
                          rep->challenge->server_mac.data)) {
         proto_msg_free(rep);
         status = xm__ctx_error(ctx, XM_ERR_AUTH,
-                               "appliance %s:%s did not prove it holds the cluster secret",
-                               ctx->host, ctx->port);
+                               "%s %s:%s did not prove it holds the cluster secret",
+                               KIND(ctx), ctx->host, ctx->port);
         goto err;
     }
     uint8_t server_nonce[XM_NONCE_LEN];
@@ -115,17 +117,29 @@ static xm_status_t ctl_connect(xm_ctx_h ctx)
     status = ctl_exchange(ctx, &req2, &rep);
     if (status != XM_OK) {
         if (status == XM_ERR_AUTH) {
-            xm__ctx_error(ctx, status, "appliance %s:%s refused the cluster secret", ctx->host,
-                          ctx->port);
+            xm__ctx_error(ctx, status, "%s %s:%s refused the cluster secret", KIND(ctx),
+                          ctx->host, ctx->port);
         }
         goto err;
     }
     if (rep->body_case != XMEM__MSG__BODY_WELCOME) {
         proto_msg_free(rep);
-        status = xm__ctx_error(ctx, XM_ERR_PROTOCOL, "appliance sent no welcome");
+        status = xm__ctx_error(ctx, XM_ERR_PROTOCOL, "%s sent no welcome", KIND(ctx));
         goto err;
     }
     const Xmem__Welcome *w = rep->welcome;
+    if (w->manager != ctx->manager) {
+        status = xm__ctx_error(ctx, XM_ERR_INVALID, "%s:%s is %s, not %s", ctx->host, ctx->port,
+                               w->manager ? "a manager" : "an appliance",
+                               ctx->manager ? "a manager" : "an appliance");
+        proto_msg_free(rep);
+        goto err;
+    }
+    if (ctx->manager) {
+        /* data endpoints come with each allocation's descriptor */
+        proto_msg_free(rep);
+        return XM_OK;
+    }
     if (ctx->want_provider[0] != '\0' && strcmp(ctx->want_provider, w->provider) != 0) {
         status = xm__ctx_error(ctx, XM_ERR_INVALID, "appliance serves provider %s, not %s",
                                w->provider, ctx->want_provider);
@@ -150,8 +164,30 @@ err:
     return status;
 }
 
+/* Requests a manager serves; everything else goes to an appliance. */
+static bool manager_request(const xm_msg_t *req)
+{
+    switch (req->body_case) {
+    case XMEM__MSG__BODY_ALLOC_CREATE:
+    case XMEM__MSG__BODY_ALLOC_FREE:
+    case XMEM__MSG__BODY_ALLOC_ATTACH:
+    case XMEM__MSG__BODY_ALLOC_GRANT:
+    case XMEM__MSG__BODY_ALLOC_LIST:
+    case XMEM__MSG__BODY_APPLIANCE_LIST:
+        return true;
+    default:
+        return false;
+    }
+}
+
 xm_status_t xm__rpc(xm_ctx_h ctx, xm_msg_t *req, xm_msg_t **rep_p)
 {
+    if (manager_request(req) != ctx->manager) {
+        return xm__ctx_error(ctx, XM_ERR_INVALID, ctx->manager
+                                 ? "connected to a manager: use allocations (xm_alloc), not regions"
+                                 : "connected to an appliance: allocations need a manager "
+                                   "(xm_connect_opts_t.manager or XMEM_MANAGER)");
+    }
     if (ctx->fd < 0) {
         xm_status_t status = ctl_connect(ctx);
         if (status != XM_OK) {
@@ -178,9 +214,19 @@ XM_EXPORT xm_status_t xm_connect(const xm_connect_opts_t *opts, xm_ctx_h *ctx_p)
     ctx->fd = -1;
     ctx->fab.wait_fd = -1;
     xm_status_t status = XM_ERR_INVALID;
-    const char *addr = pick(opts->appliance, "XMEM_APPLIANCE", "127.0.0.1:7400");
+    const char *addr;
+    if (opts->manager != NULL && opts->manager[0] != '\0') {
+        ctx->manager = true;
+        addr = opts->manager;
+    } else if ((opts->appliance == NULL || opts->appliance[0] == '\0') && getenv("XMEM_MANAGER") != NULL &&
+               getenv("XMEM_MANAGER")[0] != '\0') {
+        ctx->manager = true;
+        addr = getenv("XMEM_MANAGER");
+    } else {
+        addr = pick(opts->appliance, "XMEM_APPLIANCE", "127.0.0.1:7400");
+    }
     if (xm__parse_hostport(addr, ctx->host, sizeof(ctx->host), ctx->port, sizeof(ctx->port)) != XM_OK) {
-        xm__ctx_error(ctx, status, "appliance address '%s' is not HOST:PORT", addr);
+        xm__ctx_error(ctx, status, "%s address '%s' is not HOST:PORT", KIND(ctx), addr);
         goto err;
     }
     const char *prov = pick(opts->provider, "XMEM_PROVIDER", "");
@@ -232,6 +278,7 @@ XM_EXPORT void xm_disconnect(xm_ctx_h ctx)
         xm__fab_reset(ctx, XM_ERR_DISCONNECTED);
     }
     ctl_close(ctx);
+    free(ctx->peers);
     free(ctx);
 }
 
@@ -246,9 +293,28 @@ xm_status_t xm__fab_ready(xm_ctx_h ctx)
         }
         xm__fab_reset(ctx, XM_ERR_DISCONNECTED);
     }
+    if (ctx->manager && ctx->provider[0] == '\0') {
+        return xm__ctx_error(ctx, XM_ERR_INVALID, "no allocation to reach yet");
+    }
     xm_status_t status = net_fabric_open(ctx->provider, NET_ROLE_INITIATOR, NULL, NULL, &ctx->fab);
     if (status != XM_OK) {
         return xm__ctx_error(ctx, status, "cannot open a %s endpoint", ctx->provider);
+    }
+    if (ctx->manager) {
+        /* one endpoint, one address per appliance the allocations use */
+        for (uint32_t i = 0; i < ctx->npeers; i++) {
+            status = net_peer_insert(&ctx->fab, ctx->peers[i].addr, ctx->peers[i].addr_len, NULL,
+                                     &ctx->peers[i].fi);
+            if (status != XM_OK) {
+                for (uint32_t j = 0; j < i; j++) ctx->peers[j].inserted = false;
+                net_fabric_close(&ctx->fab);
+                return xm__ctx_error(ctx, status, "cannot resolve an appliance's data address");
+            }
+            ctx->peers[i].inserted = true;
+        }
+        ctx->fab_open = true;
+        ctx->fab_broken = false;
+        return XM_OK;
     }
     status = net_peer_insert(&ctx->fab, ctx->peer_addr, ctx->peer_addr_len,
                              (const struct sockaddr *)&ctx->ctrl_peer, &ctx->peer);
@@ -268,6 +334,7 @@ void xm__fab_reset(xm_ctx_h ctx, xm_status_t status)
         net_fabric_close(&ctx->fab);
         ctx->fab_open = false;
     }
+    for (uint32_t i = 0; i < ctx->npeers; i++) ctx->peers[i].inserted = false;
     ctx->fab_broken = false;
     for (xm_op_t *op = ctx->inflight; op != NULL;) {
         xm_op_t *next = op->next_;

@@ -117,20 +117,64 @@ XM_EXPORT int xm_progress(xm_ctx_h ctx)
     return done;
 }
 
-static xm_status_t post_chunk(xm_ctx_h ctx, xm_op_t *op, uint64_t off, size_t len)
+void xm__route(xm_region_h r, uint64_t off, fi_addr_t *peer_p, uint64_t *raddr_p, uint64_t *key_p,
+               uint64_t *contig_p)
+{
+    if (r->parts == NULL) {
+        *peer_p = r->ctx->peer;
+        *raddr_p = off;
+        *key_p = r->key;
+        *contig_p = r->size - off;
+        return;
+    }
+    if (r->chunk == 0) {
+        const xm__part_t *p = &r->parts[0];
+        *peer_p = r->ctx->peers[p->peer].fi;
+        *raddr_p = off;
+        *key_p = p->key;
+        *contig_p = r->size - off;
+        return;
+    }
+    uint64_t stripe = off / r->chunk, within = off % r->chunk;
+    const xm__part_t *p = &r->parts[stripe % r->nparts];
+    *peer_p = r->ctx->peers[p->peer].fi;
+    *raddr_p = (stripe / r->nparts) * r->chunk + within;
+    *key_p = p->key;
+    *contig_p = XM_MIN(r->chunk - within, r->size - off);
+}
+
+/* Pieces op is cut into: at most IO_CHUNK each, none crossing a stripe chunk. */
+static uint32_t pieces_of(const xm_op_t *op, bool bulk)
 {
     const xm_region_h r = op->region;
+    if (!bulk) return 1;
+    if (r->chunk == 0) return (uint32_t)((op->length + IO_CHUNK - 1) / IO_CHUNK);
+    uint32_t n = 0;
+    uint64_t off = op->offset, left = op->length;
+    while (left > 0) {
+        uint64_t within = off % r->chunk;
+        uint64_t len = XM_MIN(XM_MIN(left, (uint64_t)IO_CHUNK), r->chunk - within);
+        off += len;
+        left -= len;
+        n++;
+    }
+    return n;
+}
+
+static xm_status_t post_chunk(xm_ctx_h ctx, xm_op_t *op, uint64_t off, size_t len, fi_addr_t peer,
+                              uint64_t raddr, uint64_t key)
+{
     uint8_t *buf = (uint8_t *)op->buf + (off - op->offset);
     switch (op->opcode) {
     case XM_OP_READ:
-        return net_post_read(&ctx->fab, ctx->peer, buf, len, off, r->key, op);
+        return net_post_read(&ctx->fab, peer, buf, len, raddr, key, op);
     case XM_OP_WRITE:
-        return net_post_write(&ctx->fab, ctx->peer, buf, len, off, r->key, op);
+        return net_post_write(&ctx->fab, peer, buf, len, raddr, key, op);
     case XM_OP_FETCH_ADD:
-        return net_post_fetch_add(&ctx->fab, ctx->peer, &op->operand, &op->result, off, r->key, op);
+        return net_post_fetch_add(&ctx->fab, peer, &op->operand, &op->result, raddr, key, op);
     case XM_OP_COMPARE_SWAP:
-        return net_post_cswap(&ctx->fab, ctx->peer, &op->operand, &op->compare, &op->result, off,
-                              r->key, op);
+        return net_post_cswap(&ctx->fab, peer, &op->operand, &op->compare, &op->result, raddr,
+                              key, op);
     }
     return XM_ERR_INVALID;
 }
@@ -149,17 +193,22 @@ XM_EXPORT xm_status_t xm_post(xm_ctx_h ctx, xm_op_t *op)
     }
     bool bulk = op->opcode == XM_OP_READ || op->opcode == XM_OP_WRITE;
     size_t total = bulk ? op->length : 8;
-    uint32_t chunks = bulk ? (uint32_t)((total + IO_CHUNK - 1) / IO_CHUNK) : 1;
+    uint32_t chunks = pieces_of(op, bulk);
     op->status = XM_IN_PROGRESS;
     op->deadline_ns_ = xm__now_ns() + (uint64_t)ctx->timeout_ms * 1000000ull;
     op->pending_ = chunks;
     op->next_ = ctx->inflight;
     ctx->inflight = op;
+    uint64_t off = op->offset;
+    size_t left = total;
     for (uint32_t i = 0; i < chunks; i++) {
-        uint64_t off = op->offset + (uint64_t)i * IO_CHUNK;
-        size_t len = bulk ? XM_MIN((size_t)IO_CHUNK, total - (size_t)i * IO_CHUNK) : 8;
+        fi_addr_t peer;
+        uint64_t raddr, key, contig;
+        xm__route(op->region, off, &peer, &raddr, &key, &contig);
+        size_t len = bulk ? (size_t)XM_MIN(XM_MIN((uint64_t)left, (uint64_t)IO_CHUNK), contig) : 8;
         for (;;) {
-            status = ctx->chunks >= ctx->fab.tx_depth ? XM_ERR_AGAIN : post_chunk(ctx, op, off, len);
+            status = ctx->chunks >= ctx->fab.tx_depth ? XM_ERR_AGAIN
+                                                      : post_chunk(ctx, op, off, len, peer, raddr, key);
             if (status != XM_ERR_AGAIN) break;
             /* queue full: make room, but never past the deadline */
             poll_once(ctx);
@@ -179,6 +228,8 @@ XM_EXPORT xm_status_t xm_post(xm_ctx_h ctx, xm_op_t *op)
             return status;
         }
         ctx->chunks++;
+        off += len;
+        left -= len;
     }
     return XM_OK;
 }

@@ -80,6 +80,8 @@ XM_EXPORT xm_status_t xm_region_open(xm_ctx_h ctx, uint64_t id, const char *name
 
 XM_EXPORT void xm_region_close(xm_region_h region)
 {
+    if (region == NULL) return;
+    free(region->parts);
     free(region);
 }
 

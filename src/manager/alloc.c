@@ -580,14 +580,14 @@ xm_status_t mgr_alloc_grant(mgr_t *m, const char *tenant, const Xmem__AllocGrant
 {
     xm_access_t access = g->access == XMEM__ACCESS__ACCESS_READ ? XM_ACCESS_READ
                                                                 : XM_ACCESS_READ_WRITE;
-    if (strcmp(g->tenant, tenant) == 0) {
-        WHY("the owner already has full access");
-        return XM_ERR_INVALID;
-    }
     pthread_mutex_lock(&m->lock);
     mgr_alloc_t *a;
     xm_status_t status = lookup(m, tenant, g->alloc->id, g->alloc->name, access, true, &a, why,
                                 whylen);
+    if (status == XM_OK && strcmp(g->tenant, tenant) == 0) {
+        WHY("the owner already has full access");
+        status = XM_ERR_INVALID;
+    }
     if (status != XM_OK) {
         pthread_mutex_unlock(&m->lock);
         return status;
@@ -722,7 +722,8 @@ xm_status_t mgr_appliance_list(mgr_t *m, xm_msg_t *rep)
          * while the reply is sent, and their strings change only in place */
         e->addr = (char *)a->addr;
         e->domain = (char *)a->domain;
-        e->state = a->up ? "up" : "down";
+        /* an appliance that registered is used once its regions were compared with the table */
+        e->state = !a->up ? "down" : a->validated ? "up" : "joining";
         e->capacity = a->capacity;
         e->used = a->reserved;
         e->regions = a->nregions;

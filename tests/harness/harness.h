@@ -54,6 +54,51 @@ uint64_t xt_now_ms(void);
 /* Print the appliance log (on failure). */
 void xt_dump_log(const xt_appliance_t *a);
 
+/* ---- the allocation manager and local clusters (cluster.c) ---------------- */
+
+typedef struct xt_manager {
+    pid_t pid;
+    char addr[64];          /* "127.0.0.1:PORT" */
+    char dir[256];
+    char secret[PATH_MAX];
+    char db[PATH_MAX];
+    char log[PATH_MAX];
+} xt_manager_t;
+
+/* Start xmem-manager with its table in dir/manager.db; listen "127.0.0.1:0" unless given
+ * (a restart passes the old address). extra: NULL-terminated "--flag", "value" pairs. */
+void xt_manager_start(xt_manager_t *m, const char *dir, const char *secret, const char *listen,
+                      const char *const *extra);
+int xt_manager_stop(xt_manager_t *m);
+void xt_manager_kill9(xt_manager_t *m);
+/* Connect to the manager as tenant (NULL: "alice"). */
+xm_status_t xt_manager_try_connect(const xt_manager_t *m, const char *tenant, xm_ctx_h *ctx_p);
+xm_ctx_h xt_manager_connect(const xt_manager_t *m, const char *tenant);
+
+#define XT_CLUSTER_MAX 8
+typedef struct xt_cluster {
+    char dir[256];
+    char secret[PATH_MAX];
+    xt_manager_t mgr;
+    xt_appliance_t app[XT_CLUSTER_MAX];
+    int n;
+    const char *provider;
+    const char *pool;
+} xt_cluster_t;
+
+/* A manager and n appliances (domains d0, d1, ...; heartbeats every 100 ms, down after
+ * 600 ms) on loopback; waits until all are up. mgr_extra goes to the manager. */
+void xt_cluster_start(xt_cluster_t *c, int n, const char *pool, const char *provider,
+                      const char *const *mgr_extra);
+/* (Re)start appliance i of the cluster, registered with its manager. */
+void xt_cluster_start_appliance(xt_cluster_t *c, int i);
+/* Wait until the manager lists `up` appliances as up; false on timeout. */
+bool xt_cluster_wait_up(xt_cluster_t *c, int up, int timeout_ms);
+/* Stop everything; expects clean exits. */
+void xt_cluster_stop(xt_cluster_t *c);
+/* State of allocation id as the manager reports it ("" when not listed). */
+void xt_alloc_state(xm_ctx_h ctx, uint64_t id, char *state, size_t len);
+
 /* Define one body run as two tests: over tcp and over shm. */
 #define XT_TEST_PROVIDERS(suite, name, ...)                                                  \
     static void suite##_##name##_body(const char *provider);                                 \

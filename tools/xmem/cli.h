@@ -32,5 +32,12 @@ int cmd_put(cli_t *cli);
 int cmd_get(cli_t *cli);
 int cmd_stat(cli_t *cli);
 int cmd_bench(cli_t *cli);
+/* alloc_cmds.c: allocations through a manager, local clusters */
+int cmd_appliances(cli_t *cli);
+int cmd_alloc(cli_t *cli);
+int cmd_ls(cli_t *cli);
+int cmd_free(cli_t *cli);
+int cmd_up(cli_t *cli);
+int cmd_down(cli_t *cli);
 
 #endif

@@ -28,8 +28,20 @@ static const char usage_text[] =
     "  bench [--sizes LIST] [--iters N]      latency and bandwidth vs raw TCP\n"
     "  config                                the client settings in force\n"
     "\n"
+    "With a manager (--manager or XMEM_MANAGER):\n"
+    "  appliances                            appliances: state, domain, capacity, use\n"
+    "  alloc --size SIZE [--policy P] [--name N]\n"
+    "                                        allocate (P: single, stripe:N[:CHUNK]); print the id\n"
+    "  ls                                    allocations you own or were granted, with state\n"
+    "  free ID|NAME                          free an allocation (owner only)\n"
+    "  put / get ID|NAME ...                 as above, on an allocation\n"
+    "  up [--appliances N] [--pool SIZE]     start a local manager and N appliances in the\n"
+    "                                        background (state in $XMEM_RUN_DIR or /tmp/xmem-run-UID)\n"
+    "  down                                  stop them"
+    "\n"
     "Global options:\n"
     "  --appliance HOST:PORT   or XMEM_APPLIANCE (default 127.0.0.1:7400)\n"
+    "  --manager HOST:PORT     or XMEM_MANAGER: use allocations through a manager\n"
     "  --secret-file PATH      or XMEM_SECRET_FILE\n"
     "  --tenant NAME           or XMEM_TENANT (default: your user name)\n"
     "  --provider tcp|shm      or XMEM_PROVIDER (default: what the appliance serves)\n"
@@ -202,6 +214,7 @@ int main(int argc, char **argv)
         else if (strcmp(a, "--secret-file") == 0) slot = &cli.conn.secret_file;
         else if (strcmp(a, "--tenant") == 0 && !grant) slot = &cli.conn.tenant;
         else if (strcmp(a, "--provider") == 0) slot = &cli.conn.provider;
+        else if (strcmp(a, "--manager") == 0) slot = &cli.conn.manager;
         if (slot != NULL || strcmp(a, "--timeout-ms") == 0) {
             if (i + 1 >= argc) {
                 fprintf(stderr, "xmem: %s needs a value\n", a);
@@ -225,6 +238,8 @@ int main(int argc, char **argv)
     static const struct { const char *name; int (*run)(cli_t *); } cmds[] = {
         {"secret", cmd_secret}, {"region", cmd_region}, {"put", cmd_put},   {"get", cmd_get},
         {"stat", cmd_stat},     {"bench", cmd_bench},   {"config", cmd_config},
+        {"appliances", cmd_appliances}, {"alloc", cmd_alloc}, {"ls", cmd_ls}, {"free", cmd_free},
+        {"up", cmd_up},         {"down", cmd_down},
     };
     const char *cmd = rest[0];
     cli.argc = nrest - 1;

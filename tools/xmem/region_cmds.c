@@ -170,7 +170,12 @@ static int open_ref(cli_t *cli, const char *verb, xm_access_t access, xm_ctx_h *
     cli_ref(cli->argv[0], &id, &name);
     if (cli_no_more(cli, 1) != 0) return 2;
     if (cli_connect(cli, ctx_p) != 0) return 1;
-    xm_status_t s = xm_region_open(*ctx_p, id, name, access, r_p);
+    /* through a manager, ID|NAME names an allocation */
+    const char *mgr = getenv("XMEM_MANAGER");
+    bool alloc = cli->conn.manager != NULL ||
+                 (cli->conn.appliance == NULL && mgr != NULL && mgr[0] != '\0');
+    xm_status_t s = alloc ? xm_attach(*ctx_p, id, name, access, r_p)
+                          : xm_region_open(*ctx_p, id, name, access, r_p);
     if (s != XM_OK) return fail_ctx(*ctx_p, verb, s);
     return 0;
 }

@@ -1,0 +1,261 @@
+/* libxmem allocations: ask the manager, keep the descriptor, reach the
+ * appliances directly. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../common/common.h"
+#include "client.h"
+
+static bool ref_args_ok(xm_ctx_h ctx, uint64_t id, const char *name)
+{
+    if (ctx == NULL) return false;
+    if (id != 0) return name == NULL || name[0] == '\0' || xm__name_valid(name);
+    return xm__name_valid(name);
+}
+
+/* Index of the peer with this data address, added (and inserted when the endpoint is open). */
+static xm_status_t peer_get(xm_ctx_h ctx, const ProtobufCBinaryData *addr, uint32_t *idx_p)
+{
+    for (uint32_t i = 0; i < ctx->npeers; i++) {
+        if (ctx->peers[i].addr_len == addr->len &&
+            memcmp(ctx->peers[i].addr, addr->data, addr->len) == 0) {
+            *idx_p = i;
+            return XM_OK;
+        }
+    }
+    xm__peer_t *p = realloc(ctx->peers, (ctx->npeers + 1) * sizeof(*p));
+    if (p == NULL) return XM_ERR_NO_MEMORY;
+    ctx->peers = p;
+    p = &ctx->peers[ctx->npeers];
+    memset(p, 0, sizeof(*p));
+    memcpy(p->addr, addr->data, addr->len);
+    p->addr_len = addr->len;
+    if (ctx->fab_open) {
+        xm_status_t status = net_peer_insert(&ctx->fab, p->addr, p->addr_len, NULL, &p->fi);
+        if (status != XM_OK) {
+            return xm__ctx_error(ctx, status, "cannot resolve an appliance's data address");
+        }
+        p->inserted = true;
+    }
+    *idx_p = ctx->npeers++;
+    return XM_OK;
+}
+
+/* Turn a descriptor (validated by the decoder: it covers every byte) into a handle. */
+static xm_status_t alloc_from_desc(xm_ctx_h ctx, xm_msg_t *rep, xm_alloc_h *alloc_p)
+{
+    xm_status_t status;
+    if (rep->body_case != XMEM__MSG__BODY_ALLOC_DESC) {
+        proto_msg_free(rep);
+        return xm__ctx_error(ctx, XM_ERR_PROTOCOL, "manager sent no allocation descriptor");
+    }
+    const Xmem__AllocDesc *d = rep->alloc_desc;
+    /* one endpoint serves every appliance: they must share a provider */
+    const char *prov = d->parts[0]->provider;
+    for (size_t i = 0; i < d->n_parts; i++) {
+        if (strcmp(d->parts[i]->provider, prov) != 0 ||
+            (ctx->provider[0] != '\0' && strcmp(ctx->provider, prov) != 0) ||
+            (ctx->want_provider[0] != '\0' && strcmp(ctx->want_provider, prov) != 0)) {
+            status = xm__ctx_error(ctx, XM_ERR_INVALID,
+                                   "allocation %llu is served over %s; this context uses %s",
+                                   (unsigned long long)d->id, d->parts[i]->provider,
+                                   ctx->provider[0] ? ctx->provider
+                                   : ctx->want_provider[0] ? ctx->want_provider : prov);
+            proto_msg_free(rep);
+            return status;
+        }
+    }
+    xm_region_h a = calloc(1, sizeof(*a));
+    xm__part_t *parts = calloc(d->n_parts, sizeof(*parts));
+    if (a == NULL || parts == NULL) {
+        free(a);
+        free(parts);
+        proto_msg_free(rep);
+        return XM_ERR_NO_MEMORY;
+    }
+    if (ctx->provider[0] == '\0') snprintf(ctx->provider, sizeof(ctx->provider), "%s", prov);
+    for (size_t i = 0; i < d->n_parts; i++) {
+        status = peer_get(ctx, &d->parts[i]->fabric_addr, &parts[i].peer);
+        if (status != XM_OK) {
+            free(a);
+            free(parts);
+            proto_msg_free(rep);
+            return status;
+        }
+        parts[i].key = d->parts[i]->key;
+        parts[i].size = d->parts[i]->size;
+    }
+    a->ctx = ctx;
+    a->id = d->id;
+    a->size = d->size;
+    a->access = d->access == XMEM__ACCESS__ACCESS_READ ? XM_ACCESS_READ : XM_ACCESS_READ_WRITE;
+    a->parts = parts;
+    a->nparts = (uint32_t)d->n_parts;
+    a->chunk = d->layout == XMEM__LAYOUT__LAYOUT_STRIPE ? d->chunk : 0;
+    proto_msg_free(rep);
+    *alloc_p = a;
+    return XM_OK;
+}
+
+XM_EXPORT xm_status_t xm_alloc(xm_ctx_h ctx, uint64_t size, const char *policy, const char *name,
+                               xm_alloc_h *alloc_p)
+{
+    if (ctx == NULL || alloc_p == NULL) return XM_ERR_INVALID;
+    if (size == 0) return xm__ctx_error(ctx, XM_ERR_INVALID, "allocation size must be > 0");
+    if (name != NULL && name[0] != '\0' && !xm__name_valid(name)) {
+        return xm__ctx_error(ctx, XM_ERR_INVALID, "allocation name must be 1..%d printable characters",
+                             XM_NAME_MAX);
+    }
+    if (policy == NULL || policy[0] == '\0') policy = "single";
+    if (!xm__name_valid(policy)) return xm__ctx_error(ctx, XM_ERR_INVALID, "bad policy text");
+    Xmem__AllocRequest ar = XMEM__ALLOC_REQUEST__INIT;
+    /* the same id on a retry: the manager answers with what the first attempt made */
+    net_random(&ar.request_id, sizeof(ar.request_id));
+    ar.request_id |= 1;
+    ar.size = size;
+    ar.policy = (char *)policy;
+    ar.name = (char *)(name != NULL ? name : "");
+    xm_msg_t req = XMEM__MSG__INIT, *rep;
+    req.body_case = XMEM__MSG__BODY_ALLOC_CREATE;
+    req.alloc_create = &ar;
+    xm_status_t status = xm__rpc(ctx, &req, &rep);
+    if (status == XM_ERR_TIMEOUT || status == XM_ERR_DISCONNECTED) {
+        status = xm__rpc(ctx, &req, &rep);
+    }
+    return status != XM_OK ? status : alloc_from_desc(ctx, rep, alloc_p);
+}
+
+static void aref_fill(Xmem__AllocRef *ref, uint64_t id, const char *name, xm_access_t access)
+{
+    xmem__alloc_ref__init(ref);
+    ref->id = id;
+    ref->name = (char *)(id == 0 && name != NULL ? name : "");
+    ref->access = (Xmem__Access)access;
+}
+
+XM_EXPORT xm_status_t xm_free(xm_ctx_h ctx, uint64_t id, const char *name)
+{
+    if (!ref_args_ok(ctx, id, name)) return XM_ERR_INVALID;
+    Xmem__AllocRef ref;
+    aref_fill(&ref, id, name, 0);
+    xm_msg_t req = XMEM__MSG__INIT, *rep;
+    req.body_case = XMEM__MSG__BODY_ALLOC_FREE;
+    req.alloc_free = &ref;
+    xm_status_t status = xm__rpc(ctx, &req, &rep);
+    if (status == XM_OK) proto_msg_free(rep);
+    return status;
+}
+
+XM_EXPORT xm_status_t xm_attach(xm_ctx_h ctx, uint64_t id, const char *name, xm_access_t access,
+                                xm_alloc_h *alloc_p)
+{
+    if (!ref_args_ok(ctx, id, name) || alloc_p == NULL ||
+        (access != XM_ACCESS_READ && access != XM_ACCESS_READ_WRITE)) {
+        return XM_ERR_INVALID;
+    }
+    Xmem__AllocRef ref;
+    aref_fill(&ref, id, name, access);
+    xm_msg_t req = XMEM__MSG__INIT, *rep;
+    req.body_case = XMEM__MSG__BODY_ALLOC_ATTACH;
+    req.alloc_attach = &ref;
+    xm_status_t status = xm__rpc(ctx, &req, &rep);
+    return status != XM_OK ? status : alloc_from_desc(ctx, rep, alloc_p);
+}
+
+XM_EXPORT void xm_alloc_close(xm_alloc_h alloc)
+{
+    xm_region_close(alloc);
+}
+
+XM_EXPORT xm_status_t xm_alloc_grant(xm_ctx_h ctx, uint64_t id, const char *name,
+                                     const char *tenant, xm_access_t access)
+{
+    if (!ref_args_ok(ctx, id, name) || !xm__name_valid(tenant) ||
+        (access != XM_ACCESS_READ && access != XM_ACCESS_READ_WRITE)) {
+        return XM_ERR_INVALID;
+    }
+    Xmem__AllocRef ref;
+    aref_fill(&ref, id, name, 0);
+    Xmem__AllocGrant g = XMEM__ALLOC_GRANT__INIT;
+    g.alloc = &ref;
+    g.tenant = (char *)tenant;
+    g.access = (Xmem__Access)access;
+    xm_msg_t req = XMEM__MSG__INIT, *rep;
+    req.body_case = XMEM__MSG__BODY_ALLOC_GRANT;
+    req.alloc_grant = &g;
+    xm_status_t status = xm__rpc(ctx, &req, &rep);
+    if (status == XM_OK) proto_msg_free(rep);
+    return status;
+}
+
+XM_EXPORT xm_status_t xm_alloc_list(xm_ctx_h ctx, xm_alloc_info_t **infos_p, size_t *count_p)
+{
+    if (ctx == NULL || infos_p == NULL || count_p == NULL) return XM_ERR_INVALID;
+    Xmem__Empty empty = XMEM__EMPTY__INIT;
+    xm_msg_t req = XMEM__MSG__INIT, *rep;
+    req.body_case = XMEM__MSG__BODY_ALLOC_LIST;
+    req.alloc_list = &empty;
+    xm_status_t status = xm__rpc(ctx, &req, &rep);
+    if (status != XM_OK) return status;
+    if (rep->body_case != XMEM__MSG__BODY_ALLOCS) {
+        proto_msg_free(rep);
+        return xm__ctx_error(ctx, XM_ERR_PROTOCOL, "manager sent no allocation list");
+    }
+    size_t n = rep->allocs->n_allocs;
+    xm_alloc_info_t *infos = n > 0 ? calloc(n, sizeof(*infos)) : NULL;
+    if (n > 0 && infos == NULL) {
+        proto_msg_free(rep);
+        return XM_ERR_NO_MEMORY;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const Xmem__AllocInfo *in = rep->allocs->allocs[i];
+        infos[i].id = in->id;
+        infos[i].size = in->size;
+        snprintf(infos[i].name, sizeof(infos[i].name), "%s", in->name);
+        snprintf(infos[i].owner, sizeof(infos[i].owner), "%s", in->owner);
+        snprintf(infos[i].policy, sizeof(infos[i].policy), "%s", in->policy);
+        snprintf(infos[i].state, sizeof(infos[i].state), "%s", in->state);
+        infos[i].parts = (uint32_t)in->n_appliances;
+    }
+    proto_msg_free(rep);
+    *infos_p = infos;
+    *count_p = n;
+    return XM_OK;
+}
+
+XM_EXPORT xm_status_t xm_appliance_list(xm_ctx_h ctx, xm_appliance_entry_t **entries_p,
+                                        size_t *count_p)
+{
+    if (ctx == NULL || entries_p == NULL || count_p == NULL) return XM_ERR_INVALID;
+    Xmem__Empty empty = XMEM__EMPTY__INIT;
+    xm_msg_t req = XMEM__MSG__INIT, *rep;
+    req.body_case = XMEM__MSG__BODY_APPLIANCE_LIST;
+    req.appliance_list = &empty;
+    xm_status_t status = xm__rpc(ctx, &req, &rep);
+    if (status != XM_OK) return status;
+    if (rep->body_case != XMEM__MSG__BODY_APPLIANCES) {
+        proto_msg_free(rep);
+        return xm__ctx_error(ctx, XM_ERR_PROTOCOL, "manager sent no appliance table");
+    }
+    size_t n = rep->appliances->n_appliances;
+    xm_appliance_entry_t *es = n > 0 ? calloc(n, sizeof(*es)) : NULL;
+    if (n > 0 && es == NULL) {
+        proto_msg_free(rep);
+        return XM_ERR_NO_MEMORY;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const Xmem__ApplianceEntry *in = rep->appliances->appliances[i];
+        snprintf(es[i].addr, sizeof(es[i].addr), "%s", in->addr);
+        snprintf(es[i].domain, sizeof(es[i].domain), "%s", in->domain);
+        snprintf(es[i].state, sizeof(es[i].state), "%s", in->state);
+        snprintf(es[i].provider, sizeof(es[i].provider), "%s", in->provider);
+        es[i].capacity = in->capacity;
+        es[i].used = in->used;
+        es[i].regions = in->regions;
+    }
+    proto_msg_free(rep);
+    *entries_p = es;
+    *count_p = n;
+    return XM_OK;
+}

@@ -1,0 +1,354 @@
+/* The allocation manager against real daemons: striped allocations, appliance
+ * and manager failures, concurrency, quotas and grants. */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "harness.h"
+
+static xt_cluster_t cl;
+
+static void teardown(void)
+{
+    xt_cluster_stop(&cl);
+}
+
+static uint64_t used_on_appliances(xm_ctx_h ctx, uint32_t *regions_p)
+{
+    xm_appliance_entry_t *es = NULL;
+    size_t n = 0;
+    cr_assert_eq(xm_appliance_list(ctx, &es, &n), XM_OK, "%s", xm_last_error(ctx));
+    uint64_t used = 0;
+    uint32_t regions = 0;
+    for (size_t i = 0; i < n; i++) {
+        used += es[i].used;
+        regions += es[i].regions;
+    }
+    free(es);
+    if (regions_p != NULL) *regions_p = regions;
+    return used;
+}
+
+/* Bytes the appliances themselves hold in regions, asked directly. */
+static uint64_t pool_used_direct(void)
+{
+    uint64_t used = 0;
+    for (int i = 0; i < cl.n; i++) {
+        if (cl.app[i].pid <= 0) continue;
+        xm_ctx_h a = xt_connect(&cl.app[i], NULL);
+        xm_appliance_info_t info;
+        cr_assert_eq(xm_appliance_stat(a, &info), XM_OK);
+        used += info.pool_used;
+        xm_disconnect(a);
+    }
+    return used;
+}
+
+Test(manager, striped_round_trips, .fini = teardown, .timeout = 120)
+{
+    xt_cluster_start(&cl, 3, "256M", "tcp", NULL);
+    xm_ctx_h ctx = xt_manager_connect(&cl.mgr, NULL);
+    /* odd size and a small chunk: many boundaries, a partial last chunk */
+    const uint64_t size = (24u << 20) + 4321;
+    xm_alloc_h a;
+    cr_assert_eq(xm_alloc(ctx, size, "stripe:3:64K", "striped", &a), XM_OK, "%s", xm_last_error(ctx));
+    cr_assert_eq(xm_region_size(a), size);
+    uint32_t regions;
+    used_on_appliances(ctx, &regions);
+    cr_assert_eq(regions, 3, "a 3-way stripe is 3 regions, got %u", regions);
+
+    uint8_t *w = malloc(9u << 20), *r = malloc(9u << 20);
+    static const size_t lens[] = {1, 8, 4096, 65535, 65536, 65537, 200000, 5u << 20, 9u << 20};
+    for (size_t k = 0; k < sizeof(lens) / sizeof(lens[0]); k++) {
+        uint64_t offs[] = {0, 65536 - 3, size / 3 + 7, size - lens[k]};
+        for (size_t j = 0; j < 4; j++) {
+            xt_fill(w, lens[k], k * 7 + j);
+            cr_assert_eq(xm_write(a, offs[j], w, lens[k]), XM_OK, "write %zu@%llu: %s", lens[k],
+                         (unsigned long long)offs[j], xm_last_error(ctx));
+            memset(r, 0xee, lens[k]);
+            cr_assert_eq(xm_read(a, offs[j], r, lens[k]), XM_OK, "%s", xm_last_error(ctx));
+            cr_assert(memcmp(w, r, lens[k]) == 0, "%zu bytes at %llu differ", lens[k],
+                      (unsigned long long)offs[j]);
+        }
+    }
+    /* the whole allocation in one go, then in a second context attached by name */
+    uint8_t *all = malloc(size), *back = malloc(size);
+    xt_fill(all, size, 42);
+    cr_assert_eq(xm_write(a, 0, all, size), XM_OK, "%s", xm_last_error(ctx));
+    xm_ctx_h ctx2 = xt_manager_connect(&cl.mgr, NULL);
+    xm_alloc_h b;
+    cr_assert_eq(xm_attach(ctx2, 0, "striped", XM_ACCESS_READ, &b), XM_OK, "%s", xm_last_error(ctx2));
+    cr_assert_eq(xm_read(b, 0, back, size), XM_OK, "%s", xm_last_error(ctx2));
+    cr_assert(memcmp(all, back, size) == 0, "attached reader sees other bytes");
+    /* each chunk landed on its own appliance: part i holds chunks i, i+3, ... so every
+     * appliance has written bytes */
+    for (int i = 0; i < 3; i++) {
+        xm_ctx_h d = xt_connect(&cl.app[i], NULL);
+        xm_region_info_t *infos;
+        size_t n;
+        cr_assert_eq(xm_region_list(d, &infos, &n), XM_OK);
+        cr_assert_eq(n, 1, "appliance %d: alice sees %zu regions", i, n);
+        cr_assert_geq(infos[0].resident, (8u << 20), "appliance %d holds too little", i);
+        free(infos);
+        xm_disconnect(d);
+    }
+    /* atomics on a chunk boundary word and the last word */
+    uint64_t old;
+    cr_assert_eq(xm_fetch_add(a, 65536, 5, &old), XM_OK, "%s", xm_last_error(ctx));
+    cr_assert_eq(xm_fetch_add(a, 65536, 1, &old), XM_OK);
+    uint64_t expect;
+    memcpy(&expect, all + 65536, 8);
+    cr_assert_eq(old, expect + 5);
+    cr_assert_eq(xm_compare_swap(a, (size - 8) & ~7ull, 0, 0, &old), XM_OK);
+    /* out of range and read-only writes are refused before anything is sent */
+    cr_assert_eq(xm_read(a, size - 1, r, 2), XM_ERR_RANGE);
+    cr_assert_eq(xm_write(b, 0, w, 1), XM_ERR_PERM);
+    /* the region API is not for manager contexts */
+    xm_region_h rr;
+    cr_assert_eq(xm_region_create(ctx, 4096, NULL, &rr), XM_ERR_INVALID);
+
+    /* one allocation larger than any appliance's free memory */
+    xm_alloc_h big;
+    cr_assert_eq(xm_alloc(ctx, 600u << 20, "single", NULL, &big), XM_ERR_NO_SPACE);
+    cr_assert_eq(xm_alloc(ctx, 600u << 20, "stripe:3", NULL, &big), XM_OK, "%s", xm_last_error(ctx));
+    cr_assert_eq(xm_write(big, (600u << 20) - 4096, w, 4096), XM_OK);
+    /* nothing fits now: refused, and nothing is left behind */
+    uint64_t before = used_on_appliances(ctx, NULL);
+    cr_assert_eq(xm_alloc(ctx, 200u << 20, "stripe:3", NULL, &rr), XM_ERR_NO_SPACE);
+    cr_assert_eq(used_on_appliances(ctx, NULL), before);
+
+    xm_alloc_close(b);
+    xm_disconnect(ctx2);
+    cr_assert_eq(xm_free(ctx, xm_region_id(big), NULL), XM_OK);
+    cr_assert_eq(xm_free(ctx, 0, "striped"), XM_OK, "%s", xm_last_error(ctx));
+    cr_assert_eq(xm_free(ctx, 0, "striped"), XM_ERR_NOT_FOUND);
+    xm_alloc_close(big);
+    xm_alloc_close(a);
+    cr_assert_eq(used_on_appliances(ctx, &regions), 0);
+    cr_assert_eq(regions, 0);
+    cr_assert_eq(pool_used_direct(), 0, "appliances still hold memory after every free");
+    xm_disconnect(ctx);
+    free(w);
+    free(r);
+    free(all);
+    free(back);
+}
+
+Test(manager, appliance_kill9_degrades_only_its_allocations, .fini = teardown, .timeout = 120)
+{
+    xt_cluster_start(&cl, 3, "256M", "tcp", NULL);
+    xm_ctx_h ctx = xt_manager_connect(&cl.mgr, NULL);
+    /* placement takes the freest appliance: three singles land on three appliances */
+    xm_alloc_h s[3];
+    uint8_t w[4096], r[4096];
+    for (int i = 0; i < 3; i++) {
+        cr_assert_eq(xm_alloc(ctx, 64u << 20, NULL, NULL, &s[i]), XM_OK, "%s", xm_last_error(ctx));
+        xt_fill(w, sizeof(w), (uint64_t)i);
+        cr_assert_eq(xm_write(s[i], 1u << 20, w, sizeof(w)), XM_OK);
+    }
+    xm_alloc_h st;
+    cr_assert_eq(xm_alloc(ctx, 3u << 20, "stripe:3", NULL, &st), XM_OK, "%s", xm_last_error(ctx));
+    xt_kill9(&cl.app[1]);
+    uint64_t deadline = xt_now_ms() + 5000;
+    int degraded = 0;
+    char state[16];
+    while (xt_now_ms() < deadline) {
+        xt_alloc_state(ctx, xm_region_id(st), state, sizeof(state));
+        if (strcmp(state, "degraded") == 0) break;
+        usleep(50000);
+    }
+    cr_assert_str_eq(state, "degraded", "the stripe over the dead appliance is '%s'", state);
+    for (int i = 0; i < 3; i++) {
+        xt_alloc_state(ctx, xm_region_id(s[i]), state, sizeof(state));
+        if (strcmp(state, "degraded") == 0) {
+            degraded++;
+            continue;
+        }
+        cr_assert_str_eq(state, "ok");
+        /* the others are unaffected: same bytes, still writable */
+        cr_assert_eq(xm_read(s[i], 1u << 20, r, sizeof(r)), XM_OK, "%s", xm_last_error(ctx));
+        xt_fill(w, sizeof(w), (uint64_t)i);
+        cr_assert(memcmp(w, r, sizeof(r)) == 0);
+        cr_assert_eq(xm_write(s[i], 0, w, sizeof(w)), XM_OK, "%s", xm_last_error(ctx));
+    }
+    cr_assert_eq(degraded, 1, "%d single allocations degraded, expected the dead one's", degraded);
+    xm_appliance_entry_t *es;
+    size_t n;
+    cr_assert_eq(xm_appliance_list(ctx, &es, &n), XM_OK);
+    int down = 0;
+    for (size_t i = 0; i < n; i++) down += strcmp(es[i].state, "down") == 0;
+    free(es);
+    cr_assert_eq(down, 1);
+    /* new allocations go to the live appliances */
+    xm_alloc_h fresh;
+    cr_assert_eq(xm_alloc(ctx, 1u << 20, "stripe:2:64K", NULL, &fresh), XM_OK, "%s", xm_last_error(ctx));
+    cr_assert_eq(xm_write(fresh, 0, w, sizeof(w)), XM_OK, "%s", xm_last_error(ctx));
+    cr_assert_eq(xm_alloc(ctx, 3u << 20, "stripe:3", NULL, &st), XM_ERR_NO_SPACE,
+                 "a 3-way stripe needs 3 live appliances");
+    xm_alloc_close(fresh);
+    for (int i = 0; i < 3; i++) xm_alloc_close(s[i]);
+    xm_disconnect(ctx);
+}
+
+Test(manager, manager_kill9_and_restart_keeps_allocations, .fini = teardown, .timeout = 120)
+{
+    xt_cluster_start(&cl, 2, "256M", "tcp", NULL);
+    xm_ctx_h ctx = xt_manager_connect(&cl.mgr, NULL);
+    xm_alloc_h a;
+    cr_assert_eq(xm_alloc(ctx, 8u << 20, "stripe:2:1M", "kept", &a), XM_OK, "%s", xm_last_error(ctx));
+    uint8_t *w = malloc(8u << 20), *r = malloc(8u << 20);
+    xt_fill(w, 8u << 20, 1);
+    cr_assert_eq(xm_write(a, 0, w, 8u << 20), XM_OK);
+    char addr[64];
+    snprintf(addr, sizeof(addr), "%s", cl.mgr.addr);
+    xt_manager_kill9(&cl.mgr);
+    /* the data path does not need the manager */
+    for (int i = 0; i < 20; i++) {
+        xt_fill(w + (size_t)i * 4096, 4096, 100 + (uint64_t)i);
+        cr_assert_eq(xm_write(a, (uint64_t)i * 4096, w + (size_t)i * 4096, 4096), XM_OK, "%s",
+                     xm_last_error(ctx));
+    }
+    cr_assert_eq(xm_read(a, 0, r, 8u << 20), XM_OK, "%s", xm_last_error(ctx));
+    cr_assert(memcmp(w, r, 8u << 20) == 0);
+    xm_alloc_h b;
+    cr_assert_eq(xm_alloc(ctx, 4096, NULL, NULL, &b), XM_ERR_CONNECT, "allocating needs the manager");
+
+    xt_manager_start(&cl.mgr, cl.dir, cl.secret, addr, NULL);
+    cr_assert(xt_cluster_wait_up(&cl, 2, 10000), "appliances did not re-register");
+    char state[16];
+    xt_alloc_state(ctx, xm_region_id(a), state, sizeof(state));
+    cr_assert_str_eq(state, "ok", "after restart the allocation is '%s'", state);
+    /* I/O went on meanwhile; a fresh attach sees every byte */
+    cr_assert_eq(xm_attach(ctx, 0, "kept", XM_ACCESS_READ_WRITE, &b), XM_OK, "%s", xm_last_error(ctx));
+    cr_assert_eq(xm_read(b, 0, r, 8u << 20), XM_OK);
+    cr_assert(memcmp(w, r, 8u << 20) == 0);
+    xm_alloc_close(b);
+    cr_assert_eq(xm_free(ctx, 0, "kept"), XM_OK, "%s", xm_last_error(ctx));
+    cr_assert_eq(pool_used_direct(), 0);
+    xm_alloc_close(a);
+    xm_disconnect(ctx);
+    free(w);
+    free(r);
+}
+
+typedef struct worker {
+    int idx;
+    int failures;
+    char why[256];
+} worker_t;
+
+static void *churn(void *arg)
+{
+    worker_t *wk = arg;
+    xm_ctx_h ctx;
+    char tenant[16];
+    snprintf(tenant, sizeof(tenant), "t%d", wk->idx);
+    if (xt_manager_try_connect(&cl.mgr, tenant, &ctx) != XM_OK) {
+        wk->failures++;
+        return NULL;
+    }
+    static const char *const policies[] = {"single", "stripe:2:64K", "stripe:3"};
+    for (int i = 0; i < 60; i++) {
+        xm_alloc_h a;
+        uint64_t size = 4096u * (uint64_t)(1 + (i * 7 + wk->idx) % 800);
+        const char *pol = policies[(i + wk->idx) % 3];
+        if (strcmp(pol, "stripe:3") == 0) size += 3u << 20;
+        if (strcmp(pol, "stripe:2:64K") == 0) size += 128u << 10;
+        xm_status_t s = xm_alloc(ctx, size, pol, NULL, &a);
+        if (s != XM_OK) {
+            snprintf(wk->why, sizeof(wk->why), "alloc: %s", xm_last_error(ctx));
+            wk->failures++;
+            continue;
+        }
+        uint64_t v = (uint64_t)i, got = 0;
+        if (xm_write(a, size - 8, &v, 8) != XM_OK || xm_read(a, size - 8, &got, 8) != XM_OK || got != v) {
+            wk->failures++;
+        }
+        if (xm_free(ctx, xm_region_id(a), NULL) != XM_OK) wk->failures++;
+        xm_alloc_close(a);
+    }
+    xm_disconnect(ctx);
+    return NULL;
+}
+
+Test(manager, concurrent_allocate_free_leaks_nothing, .fini = teardown, .timeout = 120)
+{
+    xt_cluster_start(&cl, 3, "256M", "tcp", NULL);
+    xm_ctx_h ctx = xt_manager_connect(&cl.mgr, NULL);
+    uint64_t start = used_on_appliances(ctx, NULL);
+    worker_t wk[4];
+    pthread_t th[4];
+    for (int i = 0; i < 4; i++) {
+        wk[i] = (worker_t){.idx = i};
+        pthread_create(&th[i], NULL, churn, &wk[i]);
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(th[i], NULL);
+        cr_expect_eq(wk[i].failures, 0, "client %d: %d failures (%s)", i, wk[i].failures, wk[i].why);
+    }
+    uint32_t regions;
+    cr_assert_eq(used_on_appliances(ctx, &regions), start, "capacity did not return");
+    cr_assert_eq(regions, 0);
+    cr_assert_eq(pool_used_direct(), 0, "appliances hold regions nobody knows");
+    xm_alloc_info_t *infos;
+    size_t n;
+    cr_assert_eq(xm_alloc_list(ctx, &infos, &n), XM_OK);
+    cr_assert_eq(n, 0);
+    xm_disconnect(ctx);
+}
+
+Test(manager, quotas_and_grants, .fini = teardown, .timeout = 120)
+{
+    const char *const extra[] = {"--quotas", "alice=64M", NULL};
+    xt_cluster_start(&cl, 2, "256M", "tcp", extra);
+    xm_ctx_h alice = xt_manager_connect(&cl.mgr, "alice");
+    xm_ctx_h bob = xt_manager_connect(&cl.mgr, "bob");
+    xm_alloc_h a, x;
+    cr_assert_eq(xm_alloc(alice, 48u << 20, "stripe:2", "shared", &a), XM_OK, "%s", xm_last_error(alice));
+    cr_assert_eq(xm_alloc(alice, 32u << 20, NULL, NULL, &x), XM_ERR_NO_SPACE);
+    cr_assert(strstr(xm_last_error(alice), "quota") != NULL, "error '%s' does not name the quota",
+              xm_last_error(alice));
+    cr_assert_eq(xm_alloc(bob, 32u << 20, NULL, NULL, &x), XM_OK, "bob has no quota");
+    cr_assert_eq(xm_free(bob, xm_region_id(x), NULL), XM_OK);
+    xm_alloc_close(x);
+    cr_assert_eq(xm_alloc(alice, 4096, NULL, "shared", &x), XM_ERR_EXISTS);
+
+    const char msg[] = "granted bytes";
+    cr_assert_eq(xm_write(a, (24u << 20) - 3, msg, sizeof(msg)), XM_OK);
+    /* not granted: refused, and bob cannot free it */
+    cr_assert_eq(xm_attach(bob, 0, "shared", XM_ACCESS_READ, &x), XM_ERR_PERM);
+    cr_assert_eq(xm_free(bob, 0, "shared"), XM_ERR_PERM);
+    cr_assert_eq(xm_alloc_grant(bob, 0, "shared", "bob", XM_ACCESS_READ_WRITE), XM_ERR_PERM);
+    /* read-only grant: read works, read-write attach is refused */
+    cr_assert_eq(xm_alloc_grant(alice, 0, "shared", "bob", XM_ACCESS_READ), XM_OK, "%s",
+                 xm_last_error(alice));
+    cr_assert_eq(xm_attach(bob, 0, "shared", XM_ACCESS_READ_WRITE, &x), XM_ERR_PERM);
+    cr_assert_eq(xm_attach(bob, 0, "shared", XM_ACCESS_READ, &x), XM_OK, "%s", xm_last_error(bob));
+    char got[sizeof(msg)];
+    cr_assert_eq(xm_read(x, (24u << 20) - 3, got, sizeof(got)), XM_OK, "%s", xm_last_error(bob));
+    cr_assert_str_eq(got, msg);
+    cr_assert_eq(xm_write(x, 0, msg, sizeof(msg)), XM_ERR_PERM);
+    xm_alloc_close(x);
+    /* upgraded grant: bob writes, alice reads it */
+    cr_assert_eq(xm_alloc_grant(alice, 0, "shared", "bob", XM_ACCESS_READ_WRITE), XM_OK);
+    cr_assert_eq(xm_attach(bob, 0, "shared", XM_ACCESS_READ_WRITE, &x), XM_OK, "%s", xm_last_error(bob));
+    cr_assert_eq(xm_write(x, 100, "bob", 4), XM_OK, "%s", xm_last_error(bob));
+    cr_assert_eq(xm_read(a, 100, got, 4), XM_OK);
+    cr_assert_str_eq(got, "bob");
+    xm_alloc_info_t *infos;
+    size_t n;
+    cr_assert_eq(xm_alloc_list(bob, &infos, &n), XM_OK);
+    cr_assert_eq(n, 1, "bob lists the allocation granted to him");
+    free(infos);
+    xm_alloc_close(x);
+    /* freeing gives the quota back */
+    cr_assert_eq(xm_free(alice, 0, "shared"), XM_OK);
+    cr_assert_eq(xm_alloc(alice, 60u << 20, NULL, NULL, &x), XM_OK, "%s", xm_last_error(alice));
+    cr_assert_eq(xm_free(alice, xm_region_id(x), NULL), XM_OK);
+    xm_alloc_close(x);
+    xm_alloc_close(a);
+    xm_disconnect(alice);
+    xm_disconnect(bob);
+}

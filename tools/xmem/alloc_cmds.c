@@ -1,0 +1,313 @@
+/* xmem appliances / alloc / ls / free (through a manager) and up / down (a local cluster). */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli.h"
+
+static int fail(xm_ctx_h ctx, const char *what, xm_status_t s)
+{
+    const char *detail = xm_last_error(ctx);
+    if (strcmp(detail, xm_status_str(s)) == 0) detail = "";
+    int rc = cli_fail(what, "%s%s%s", xm_status_str(s), detail[0] ? ": " : "", detail);
+    xm_disconnect(ctx);
+    return rc;
+}
+
+/* Connect to the manager named by --manager or XMEM_MANAGER. */
+static int connect_manager(cli_t *cli, xm_ctx_h *ctx_p)
+{
+    if (cli->conn.manager == NULL) {
+        const char *env = getenv("XMEM_MANAGER");
+        if (env == NULL || env[0] == '\0') {
+            return cli_fail("connect", "no manager: use --manager HOST:PORT or XMEM_MANAGER "
+                                       "(xmem up starts a local one)");
+        }
+        cli->conn.manager = env;
+    }
+    return cli_connect(cli, ctx_p);
+}
+
+int cmd_appliances(cli_t *cli)
+{
+    if (cli_no_more(cli, 0) != 0) return 2;
+    xm_ctx_h ctx;
+    if (connect_manager(cli, &ctx) != 0) return 1;
+    xm_appliance_entry_t *es;
+    size_t n;
+    xm_status_t s = xm_appliance_list(ctx, &es, &n);
+    if (s != XM_OK) return fail(ctx, "appliances", s);
+    char a[32], b[32];
+    if (!cli->json) printf("%-22s %-8s %-10s %-10s %-10s %-8s %s\n", "ADDRESS", "STATE", "DOMAIN",
+                           "CAPACITY", "USED", "REGIONS", "PROVIDER");
+    for (size_t i = 0; i < n; i++) {
+        if (cli->json) {
+            printf("%s{\"addr\":\"%s\",\"state\":\"%s\",\"domain\":\"%s\",\"capacity\":%llu,"
+                   "\"used\":%llu,\"regions\":%u,\"provider\":\"%s\"}", i == 0 ? "[" : ",",
+                   es[i].addr, es[i].state, es[i].domain, (unsigned long long)es[i].capacity,
+                   (unsigned long long)es[i].used, es[i].regions, es[i].provider);
+        } else {
+            printf("%-22s %-8s %-10s %-10s %-10s %-8u %s\n", es[i].addr, es[i].state, es[i].domain,
+                   cli_size(es[i].capacity, a, sizeof(a)), cli_size(es[i].used, b, sizeof(b)),
+                   es[i].regions, es[i].provider);
+        }
+    }
+    if (cli->json) printf(n == 0 ? "[]\n" : "]\n");
+    free(es);
+    xm_disconnect(ctx);
+    return 0;
+}
+
+int cmd_alloc(cli_t *cli)
+{
+    const char *size_text = cli_take(cli, "--size");
+    const char *policy = cli_take(cli, "--policy");
+    const char *name = cli_take(cli, "--name");
+    uint64_t size;
+    if (size_text == NULL || xm_parse_size(size_text, &size) != XM_OK || size == 0) {
+        fprintf(stderr, "usage: xmem alloc --size SIZE [--policy single|stripe:N[:CHUNK]] [--name N]\n");
+        return 2;
+    }
+    if (cli_no_more(cli, 0) != 0) return 2;
+    xm_ctx_h ctx;
+    if (connect_manager(cli, &ctx) != 0) return 1;
+    xm_alloc_h a;
+    xm_status_t s = xm_alloc(ctx, size, policy, name, &a);
+    if (s != XM_OK) return fail(ctx, "alloc", s);
+    printf("%llu\n", (unsigned long long)xm_region_id(a));
+    xm_alloc_close(a);
+    xm_disconnect(ctx);
+    return 0;
+}
+
+int cmd_ls(cli_t *cli)
+{
+    if (cli_no_more(cli, 0) != 0) return 2;
+    xm_ctx_h ctx;
+    if (connect_manager(cli, &ctx) != 0) return 1;
+    xm_alloc_info_t *in;
+    size_t n;
+    xm_status_t s = xm_alloc_list(ctx, &in, &n);
+    if (s != XM_OK) return fail(ctx, "ls", s);
+    char a[32];
+    if (!cli->json) printf("%-6s %-12s %-16s %-20s %-10s %-6s %s\n", "ID", "SIZE", "POLICY", "NAME",
+                           "OWNER", "PARTS", "STATE");
+    for (size_t i = 0; i < n; i++) {
+        if (cli->json) {
+            printf("%s{\"id\":%llu,\"size\":%llu,\"policy\":\"%s\",\"name\":\"%s\",\"owner\":\"%s\","
+                   "\"parts\":%u,\"state\":\"%s\"}", i == 0 ? "[" : ",", (unsigned long long)in[i].id,
+                   (unsigned long long)in[i].size, in[i].policy, in[i].name, in[i].owner,
+                   in[i].parts, in[i].state);
+        } else {
+            printf("%-6llu %-12s %-16s %-20s %-10s %-6u %s\n", (unsigned long long)in[i].id,
+                   cli_size(in[i].size, a, sizeof(a)), in[i].policy, in[i].name[0] ? in[i].name : "-",
+                   in[i].owner, in[i].parts, in[i].state);
+        }
+    }
+    if (cli->json) printf(n == 0 ? "[]\n" : "]\n");
+    free(in);
+    xm_disconnect(ctx);
+    return 0;
+}
+
+int cmd_free(cli_t *cli)
+{
+    if (cli->argc < 1 || cli->argv[0][0] == '-') {
+        fprintf(stderr, "usage: xmem free ID|NAME\n");
+        return 2;
+    }
+    uint64_t id;
+    const char *name;
+    cli_ref(cli->argv[0], &id, &name);
+    if (cli_no_more(cli, 1) != 0) return 2;
+    xm_ctx_h ctx;
+    if (connect_manager(cli, &ctx) != 0) return 1;
+    xm_status_t s = xm_free(ctx, id, name);
+    if (s != XM_OK) return fail(ctx, "free", s);
+    xm_disconnect(ctx);
+    return 0;
+}
+
+/* ---- xmem up / down: a manager and N appliances in the background ---------- */
+
+static void run_dir(cli_t *cli, char *dir, size_t len)
+{
+    const char *d = cli_take(cli, "--dir");
+    if (d == NULL) d = getenv("XMEM_RUN_DIR");
+    if (d != NULL) snprintf(dir, len, "%s", d);
+    else snprintf(dir, len, "/tmp/xmem-run-%u", (unsigned)getuid());
+}
+
+/* Start argv in the background, detached, stdout to out and stderr to log; its pid. */
+static pid_t spawn(const char *const *argv, const char *out, const char *log)
+{
+    pid_t pid = fork();
+    if (pid != 0) return pid;
+    setsid();
+    int o = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0644), e = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+    int in = open("/dev/null", O_RDONLY);
+    dup2(in, 0);
+    dup2(o, 1);
+    dup2(e, 2);
+    execv(argv[0], (char *const *)argv);
+    _exit(127);
+}
+
+/* Wait for "listening on ADDR" in path; ADDR into addr. */
+static bool wait_listening(const char *path, pid_t pid, char *addr, size_t len)
+{
+    for (int i = 0; i < 200; i++) {
+        FILE *f = fopen(path, "r");
+        char line[256];
+        if (f != NULL) {
+            while (fgets(line, sizeof(line), f) != NULL) {
+                char *at = strstr(line, "listening on ");
+                if (at != NULL) {
+                    at += strlen("listening on ");
+                    at[strcspn(at, "\n")] = '\0';
+                    snprintf(addr, len, "%s", at);
+                    fclose(f);
+                    return true;
+                }
+            }
+            fclose(f);
+        }
+        if (waitpid(pid, NULL, WNOHANG) == pid) return false;
+        usleep(50000);
+    }
+    return false;
+}
+
+static void sibling(const char *name, char *out, size_t len)
+{
+    char self[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+    self[n > 0 ? n : 0] = '\0';
+    char *slash = strrchr(self, '/');
+    if (slash != NULL) *slash = '\0';
+    snprintf(out, len, "%s/%s", self, name);
+}
+
+int cmd_up(cli_t *cli)
+{
+    char dir[PATH_MAX], path[PATH_MAX + 64], secret[PATH_MAX + 16], bin[PATH_MAX + 32];
+    run_dir(cli, dir, sizeof(dir));
+    const char *nt = cli_take(cli, "--appliances"), *pool = cli_take(cli, "--pool");
+    const char *provider = cli_take(cli, "--data-provider");
+    int n = nt != NULL ? atoi(nt) : 3;
+    if (pool == NULL) pool = "1G";
+    if (provider == NULL) provider = "tcp";
+    if (n < 1 || n > 64 || cli_no_more(cli, 0) != 0) {
+        fprintf(stderr, "usage: xmem up [--appliances N (1..64)] [--pool SIZE] [--dir DIR]\n");
+        return 2;
+    }
+    snprintf(path, sizeof(path), "%s/manager.pid", dir);
+    if (access(path, F_OK) == 0) return cli_fail("up", "%s already holds a running cluster (xmem down)", dir);
+    if (mkdir(dir, 0700) != 0 && errno != EEXIST) return cli_fail("up", "mkdir %s: %s", dir, strerror(errno));
+    snprintf(secret, sizeof(secret), "%s/secret", dir);
+    if (access(secret, R_OK) != 0) {
+        sibling("xmem", bin, sizeof(bin));
+        char cmd[3 * PATH_MAX + 64];
+        snprintf(cmd, sizeof(cmd), "'%s' secret new '%s' >/dev/null", bin, secret);
+        if (system(cmd) != 0) return cli_fail("up", "cannot write a secret in %s", dir);
+    }
+    char db[PATH_MAX + 16], out[PATH_MAX + 16], log[PATH_MAX + 16], maddr[64];
+    snprintf(db, sizeof(db), "%s/manager.db", dir);
+    snprintf(out, sizeof(out), "%s/manager.out", dir);
+    snprintf(log, sizeof(log), "%s/manager.log", dir);
+    sibling("xmem-manager", bin, sizeof(bin));
+    const char *margv[] = {bin, "--listen", "127.0.0.1:0", "--db", db, "--secret-file", secret,
+                           "--log-level", "warn", NULL};
+    pid_t mp = spawn(margv, out, log);
+    if (!wait_listening(out, mp, maddr, sizeof(maddr))) {
+        kill(mp, SIGKILL);
+        return cli_fail("up", "xmem-manager did not start (see %s)", log);
+    }
+    FILE *pf = fopen(path, "w");
+    fprintf(pf, "%d\n", (int)mp);
+    fclose(pf);
+    sibling("xmemd", bin, sizeof(bin));
+    for (int i = 0; i < n; i++) {
+        char dom[16], aout[PATH_MAX + 32], alog[PATH_MAX + 32], aaddr[64];
+        snprintf(dom, sizeof(dom), "d%d", i);
+        snprintf(aout, sizeof(aout), "%s/xmemd-%d.out", dir, i);
+        snprintf(alog, sizeof(alog), "%s/xmemd-%d.log", dir, i);
+        const char *aargv[] = {bin, "--listen", "127.0.0.1:0", "--pool", pool, "--secret-file", secret,
+                               "--manager", maddr, "--domain", dom, "--provider", provider,
+                               "--log-level", "warn", NULL};
+        pid_t ap = spawn(aargv, aout, alog);
+        if (!wait_listening(aout, ap, aaddr, sizeof(aaddr))) {
+            kill(ap, SIGKILL);
+            return cli_fail("up", "xmemd %d did not start (see %s; xmem down stops the rest)", i, alog);
+        }
+        snprintf(aout, sizeof(aout), "%s/xmemd-%d.pid", dir, i);
+        pf = fopen(aout, "w");
+        fprintf(pf, "%d\n", (int)ap);
+        fclose(pf);
+    }
+    /* wait until every appliance is registered and validated */
+    cli->conn.manager = maddr;
+    cli->conn.secret_file = secret;
+    for (int tries = 0; tries < 100; tries++) {
+        xm_ctx_h ctx;
+        int up = 0;
+        if (xm_connect(&cli->conn, &ctx) == XM_OK) {
+            xm_appliance_entry_t *es;
+            size_t k;
+            if (xm_appliance_list(ctx, &es, &k) == XM_OK) {
+                for (size_t i = 0; i < k; i++) up += strcmp(es[i].state, "up") == 0;
+                free(es);
+            }
+            xm_disconnect(ctx);
+        }
+        if (up >= n) break;
+        usleep(100000);
+    }
+    snprintf(path, sizeof(path), "%s/env", dir);
+    pf = fopen(path, "w");
+    fprintf(pf, "export XMEM_MANAGER=%s XMEM_SECRET_FILE=%s\n", maddr, secret);
+    fclose(pf);
+    printf("export XMEM_MANAGER=%s XMEM_SECRET_FILE=%s\n", maddr, secret);
+    fprintf(stderr, "xmem: manager on %s and %d appliances of %s each; state in %s (eval the line "
+                    "above, or: . %s/env)\n", maddr, n, pool, dir, dir);
+    return 0;
+}
+
+static int stop_pidfile(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (f == NULL) return 0;
+    int pid = 0;
+    if (fscanf(f, "%d", &pid) != 1) pid = 0;
+    fclose(f);
+    unlink(path);
+    if (pid <= 0 || kill(pid, SIGTERM) != 0) return 0;
+    for (int i = 0; i < 100 && kill(pid, 0) == 0; i++) usleep(50000);
+    if (kill(pid, 0) == 0) kill(pid, SIGKILL);
+    return 1;
+}
+
+int cmd_down(cli_t *cli)
+{
+    char dir[PATH_MAX], path[PATH_MAX + 64];
+    run_dir(cli, dir, sizeof(dir));
+    if (cli_no_more(cli, 0) != 0) return 2;
+    int stopped = 0;
+    for (int i = 0; i < 64; i++) {
+        snprintf(path, sizeof(path), "%s/xmemd-%d.pid", dir, i);
+        stopped += stop_pidfile(path);
+    }
+    snprintf(path, sizeof(path), "%s/manager.pid", dir);
+    stopped += stop_pidfile(path);
+    snprintf(path, sizeof(path), "%s/env", dir);
+    unlink(path);
+    fprintf(stderr, "xmem: stopped %d processes (the table stays in %s/manager.db)\n", stopped, dir);
+    return 0;
+}
