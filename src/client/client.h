@@ -30,7 +30,8 @@ struct xm_ctx {
     bool fab_open;
     bool fab_broken;         /* reopen once nothing is in flight */
     fi_addr_t peer;
-    xm_op_t *inflight;       /* operations posted and not complete */
+    xm_op_t *inflight;       /* operations posted and not complete, oldest first */
+    xm_op_t *inflight_tail;
     uint32_t chunks;         /* libfabric operations outstanding */
     char last_error[256];
     /* manager-connected contexts (alloc.c): the appliances allocations live on */

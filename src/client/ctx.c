@@ -288,9 +288,7 @@ xm_status_t xm__fab_ready(xm_ctx_h ctx)
         return XM_OK;
     }
     if (ctx->fab_open) {
-        if (ctx->chunks > 0) {
-            return XM_OK; /* let what is in flight finish or time out first */
-        }
+        /* what is still in flight on a broken endpoint is lost with it */
         xm__fab_reset(ctx, XM_ERR_DISCONNECTED);
     }
     if (ctx->manager && ctx->provider[0] == '\0') {
@@ -340,9 +338,9 @@ void xm__fab_reset(xm_ctx_h ctx, xm_status_t status)
         xm_op_t *next = op->next_;
         op->status = op->error_ != XM_OK ? (xm_status_t)op->error_ : status;
         op->pending_ = 0;
-        op->next_ = NULL;
+        op->next_ = op->prev_ = NULL;
         op = next;
     }
-    ctx->inflight = NULL;
+    ctx->inflight = ctx->inflight_tail = NULL;
     ctx->chunks = 0;
 }

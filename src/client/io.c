@@ -1,6 +1,7 @@
 /* libxmem I/O: bounds-checked one-sided reads, writes and atomics, sync and async. */
-#include <sched.h>
+#include <poll.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "../common/common.h"
 #include "client.h"
@@ -46,15 +47,22 @@ static xm_status_t op_check(xm_ctx_h ctx, const xm_op_t *op)
     return xm__ctx_error(ctx, XM_ERR_INVALID, "unknown opcode %d", (int)op->opcode);
 }
 
+static void op_link(xm_ctx_h ctx, xm_op_t *op)
+{
+    op->next_ = NULL;
+    op->prev_ = ctx->inflight_tail;
+    if (ctx->inflight_tail != NULL) ctx->inflight_tail->next_ = op;
+    else ctx->inflight = op;
+    ctx->inflight_tail = op;
+}
+
 static void op_unlink(xm_ctx_h ctx, xm_op_t *op)
 {
-    for (xm_op_t **pp = &ctx->inflight; *pp != NULL; pp = &(*pp)->next_) {
-        if (*pp == op) {
-            *pp = op->next_;
-            op->next_ = NULL;
-            return;
-        }
-    }
+    if (op->prev_ != NULL) op->prev_->next_ = op->next_;
+    else ctx->inflight = op->next_;
+    if (op->next_ != NULL) op->next_->prev_ = op->prev_;
+    else ctx->inflight_tail = op->prev_;
+    op->next_ = op->prev_ = NULL;
 }
 
 /* One piece of an operation has finished. */
@@ -95,18 +103,43 @@ static int poll_once(xm_ctx_h ctx)
     return done;
 }
 
-/* Fail everything if the oldest operation has passed its deadline. */
+/* Fail everything if the oldest operation (the first: every operation gets
+ * the same timeout) has passed its deadline. */
 static bool check_deadlines(xm_ctx_h ctx, uint64_t now)
 {
-    for (xm_op_t *op = ctx->inflight; op != NULL; op = op->next_) {
-        if (now > op->deadline_ns_) {
-            xm__ctx_error(ctx, XM_ERR_TIMEOUT, "appliance %s:%s did not complete an operation "
-                          "within %u ms", ctx->host, ctx->port, ctx->timeout_ms);
-            xm__fab_reset(ctx, XM_ERR_TIMEOUT);
-            return true;
-        }
+    const xm_op_t *op = ctx->inflight;
+    if (op == NULL || now <= op->deadline_ns_) {
+        return false;
     }
-    return false;
+    xm__ctx_error(ctx, XM_ERR_TIMEOUT, "appliance %s:%s did not complete an operation "
+                  "within %u ms", ctx->host, ctx->port, ctx->timeout_ms);
+    xm__fab_reset(ctx, XM_ERR_TIMEOUT);
+    return true;
+}
+
+/*
+ * shm: an appliance killed while it held its shared-memory queue lock makes
+ * the provider spin forever in the next post to it (libfabric 1.17), so on
+ * shm a post first checks that the appliance's control socket is still open.
+ */
+static xm_status_t shm_peer_alive(xm_ctx_h ctx)
+{
+    if (ctx->manager || strcmp(ctx->provider, "shm") != 0) {
+        return XM_OK;
+    }
+    if (ctx->fd < 0) {
+        xm_appliance_info_t info; /* reconnects the control channel */
+        return xm_appliance_stat(ctx, &info);
+    }
+    struct pollfd p = {.fd = ctx->fd, .events = POLLRDHUP};
+    if (poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0) {
+        close(ctx->fd);
+        ctx->fd = -1;
+        ctx->fab_broken = true;
+        return xm__ctx_error(ctx, XM_ERR_DISCONNECTED, "appliance %s:%s is gone", ctx->host,
+                             ctx->port);
+    }
+    return XM_OK;
 }
 
 XM_EXPORT int xm_progress(xm_ctx_h ctx)
@@ -186,6 +219,7 @@ XM_EXPORT xm_status_t xm_post(xm_ctx_h ctx, xm_op_t *op)
     op->pending_ = 0;
     op->error_ = XM_OK;
     xm_status_t status = op_check(ctx, op);
+    if (status == XM_OK) status = shm_peer_alive(ctx);
     if (status == XM_OK) status = xm__fab_ready(ctx);
     if (status != XM_OK) {
         op->status = status;
@@ -197,8 +231,7 @@ XM_EXPORT xm_status_t xm_post(xm_ctx_h ctx, xm_op_t *op)
     op->status = XM_IN_PROGRESS;
     op->deadline_ns_ = xm__now_ns() + (uint64_t)ctx->timeout_ms * 1000000ull;
     op->pending_ = chunks;
-    op->next_ = ctx->inflight;
-    ctx->inflight = op;
+    op_link(ctx, op);
     uint64_t off = op->offset;
     size_t left = total;
     for (uint32_t i = 0; i < chunks; i++) {
@@ -215,15 +248,17 @@ XM_EXPORT xm_status_t xm_post(xm_ctx_h ctx, xm_op_t *op)
             if (check_deadlines(ctx, xm__now_ns())) return op->status;
         }
         if (status != XM_OK) {
-            /* pieces not posted will never complete */
-            op->error_ = status;
-            ctx->fab_broken = true;
             xm__ctx_error(ctx, status, "cannot post to appliance %s:%s: %s", ctx->host, ctx->port,
                           xm_status_str(status));
-            op->pending_ -= chunks - i;
-            if (op->pending_ == 0) {
+            op->error_ = status;
+            if (i > 0) {
+                /* pieces already posted must not outlive the call: cancel everything */
+                xm__fab_reset(ctx, status);
+            } else {
                 op_unlink(ctx, op);
+                op->pending_ = 0;
                 op->status = status;
+                ctx->fab_broken = true;
             }
             return status;
         }
@@ -234,9 +269,15 @@ XM_EXPORT xm_status_t xm_post(xm_ctx_h ctx, xm_op_t *op)
     return XM_OK;
 }
 
+/* Busy-poll this long after the last completion, then sleep on the queue:
+ * short operations finish inside the spin (no wake-up cost, LIMITS.md), and a
+ * long wait leaves the CPU to the kernel and the other processes. */
+#define WAIT_SPIN_NS 200000ull
+
 XM_EXPORT xm_status_t xm_wait(xm_ctx_h ctx, xm_op_t **ops, size_t n)
 {
     if (ctx == NULL || (ops == NULL && n > 0)) return XM_ERR_INVALID;
+    uint64_t last = xm__now_ns();
     unsigned idle = 0;
     for (size_t i = 0; i < n;) {
         if (ops[i]->status != XM_IN_PROGRESS) {
@@ -245,11 +286,14 @@ XM_EXPORT xm_status_t xm_wait(xm_ctx_h ctx, xm_op_t **ops, size_t n)
         }
         if (poll_once(ctx) > 0) {
             idle = 0;
+            last = xm__now_ns();
             continue;
         }
-        if ((++idle & 1023) == 0) {
-            if (check_deadlines(ctx, xm__now_ns())) continue;
-            if (idle > (1u << 20)) sched_yield(); /* long waits leave the CPU to others */
+        if ((++idle & 63) != 0) continue;
+        uint64_t now = xm__now_ns();
+        if (check_deadlines(ctx, now)) continue;
+        if (now - last > WAIT_SPIN_NS && ctx->fab_open) {
+            net_wait(&ctx->fab, 10); /* deadlines are checked again within 10 ms */
         }
     }
     xm_status_t first = XM_OK;
