@@ -159,9 +159,10 @@ xm_status_t proto_validate(const xm_msg_t *m, const char **why_p)
         if (!opt_name_ok(m->region_create->owner)) FAIL("bad owner name");
         return XM_OK;
     case XMEM__MSG__BODY_REGION_OPEN:
-        if (m->region_open != NULL && m->region_open->access == XMEM__ACCESS__ACCESS_NONE)
+        if (ref_ok(m->region_open, why_p) != XM_OK) return XM_ERR_PROTOCOL;
+        if (m->region_open->access == XMEM__ACCESS__ACCESS_NONE)
             FAIL("region open without access rights");
-        return ref_ok(m->region_open, why_p);
+        return XM_OK;
     case XMEM__MSG__BODY_REGION_DESTROY:
         return ref_ok(m->region_destroy, why_p);
     case XMEM__MSG__BODY_REGION_STAT:
