@@ -38,6 +38,8 @@ struct xm_ctx {
     bool manager;            /* the control peer is xmem-manager: no data endpoint of its own */
     struct xm__peer *peers;
     uint32_t npeers;
+    /* mappings (map.c): the engine this context's mappings share, or NULL */
+    struct xm__engine *map_engine;
 };
 
 /* An appliance's data endpoint as an allocation descriptor names it. */
@@ -85,5 +87,7 @@ xm_status_t xm__rpc(xm_ctx_h ctx, xm_msg_t *req, xm_msg_t **rep_p);
 xm_status_t xm__fab_ready(xm_ctx_h ctx);
 /* Close the data endpoint, failing everything in flight with status. */
 void xm__fab_reset(xm_ctx_h ctx, xm_status_t status);
+/* map.c: the context is going away; its mappings keep their engine. */
+void xm__map_ctx_gone(xm_ctx_h ctx);
 
 #endif

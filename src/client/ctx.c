@@ -274,6 +274,7 @@ err:
 XM_EXPORT void xm_disconnect(xm_ctx_h ctx)
 {
     if (ctx == NULL) return;
+    xm__map_ctx_gone(ctx);
     if (ctx->fab_open) {
         xm__fab_reset(ctx, XM_ERR_DISCONNECTED);
     }

@@ -1,0 +1,219 @@
+/* libxmem mappings: the bounded local cache. CLOCK picks victims; eviction
+ * moves a block out of the mapping (UFFDIO_MOVE) before deciding whether it
+ * is dirty, so no store can slip past it: after the move any access faults
+ * and waits until the block's write-back is done. */
+#include <errno.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "../common/common.h"
+#include "map.h"
+#include "uffd_compat.h"
+
+uint64_t xm__block_bytes(const xm__map_t *m, uint32_t b)
+{
+    uint64_t start = (uint64_t)b * m->fetch;
+    return XM_MIN((uint64_t)m->fetch, m->vlen - start);
+}
+
+bool xm__clock_pick(xm__block_t *blocks, uint32_t n, uint32_t *hand, uint32_t *victim_p)
+{
+    if (n == 0) return false;
+    /* two sweeps: the first may only clear referenced bits */
+    for (uint64_t i = 0; i < 2ull * n + 1; i++) {
+        uint32_t b = *hand;
+        *hand = b + 1 == n ? 0 : b + 1;
+        xm__block_t *blk = &blocks[b];
+        if (blk->state != XM__BLK_RESIDENT || blk->pins != 0) continue;
+        if (blk->ref) {
+            blk->ref = 0;
+            continue;
+        }
+        *victim_p = b;
+        return true;
+    }
+    return false;
+}
+
+/* A victim anywhere in the engine, mappings taken in turn. */
+static bool pick_global(xm__engine_t *eng, xm__map_t **m_p, uint32_t *victim_p)
+{
+    xm__map_t *start = eng->hand_map != NULL ? eng->hand_map : eng->maps;
+    xm__map_t *m = start;
+    if (m == NULL) return false;
+    do {
+        xm__map_t *next = m->next != NULL ? m->next : eng->maps;
+        if (xm__clock_pick(m->blocks, m->nblocks, &m->hand, victim_p)) {
+            eng->hand_map = next;
+            *m_p = m;
+            return true;
+        }
+        m = next;
+    } while (m != start);
+    return false;
+}
+
+void xm__unreserve(xm__engine_t *eng, xm__map_t *m, uint64_t bytes)
+{
+    m->resident -= bytes;
+    eng->resident -= bytes;
+}
+
+bool xm__reserve(xm__engine_t *eng, xm__map_t *m, uint64_t bytes, uint32_t k, bool wait)
+{
+    int failures = 0;
+    for (;;) {
+        bool over_map = m->resident + bytes > m->budget;
+        bool over_eng = eng->resident + bytes > eng->budget;
+        if (!over_map && !over_eng) {
+            m->resident += bytes;
+            eng->resident += bytes;
+            return true;
+        }
+        xm__map_t *vm = NULL;
+        uint32_t v;
+        if (over_map) {
+            if (xm__clock_pick(m->blocks, m->nblocks, &m->hand, &v)) vm = m;
+        } else {
+            pick_global(eng, &vm, &v);
+        }
+        if (vm != NULL) {
+            vm->blocks[v].state = XM__BLK_EVICTING;
+            vm->users++;
+            pthread_mutex_unlock(&eng->lock);
+            bool ok = xm__evict(vm, k, v);
+            pthread_mutex_lock(&eng->lock);
+            vm->users--;
+            pthread_cond_broadcast(&eng->cond);
+            /* a victim that cannot be written back stays; give up after a few */
+            if (!ok && ++failures >= 3) return false;
+            continue;
+        }
+        if (!wait) return false;
+        /* everything is being fetched, evicted or synced: one of them finishes soon */
+        pthread_cond_wait(&eng->cond, &eng->lock);
+    }
+}
+
+/* Move [src, src+len) to dst page by page where there are holes; present[i]
+ * says whether page i moved. Returns 0 or an errno. */
+static int move_range(int uffd, uint8_t *dst, uint8_t *src, uint64_t len, bool *present, bool wake)
+{
+    uint64_t done = 0;
+    while (done < len) {
+        struct uffdio_move mv = {.dst = (uintptr_t)(dst + done), .src = (uintptr_t)(src + done),
+                                 .len = len - done, .mode = wake ? 0 : UFFDIO_MOVE_MODE_DONTWAKE};
+        if (ioctl(uffd, UFFDIO_MOVE, &mv) == 0) {
+            for (uint64_t p = done / XM__PAGE; p < len / XM__PAGE; p++) present[p] = true;
+            return 0;
+        }
+        int err = errno;
+        if (mv.move > 0) {
+            for (uint64_t p = done / XM__PAGE; p < (done + (uint64_t)mv.move) / XM__PAGE; p++) present[p] = true;
+            done += (uint64_t)mv.move;
+            continue;
+        }
+        if (err == EAGAIN) continue;
+        if (err == ENOENT) { /* a hole: nothing there (dropped by the application) */
+            present[done / XM__PAGE] = false;
+            done += XM__PAGE;
+            continue;
+        }
+        return err;
+    }
+    return 0;
+}
+
+/* Put staged pages back into the mapping (write-back failed): moved back, or copied if a move is refused. */
+static void unstage(xm__engine_t *eng, uint8_t *a, uint8_t *st, uint64_t bytes, const bool *present)
+{
+    for (uint64_t p = 0; p < bytes / XM__PAGE; p++) {
+        if (!present[p]) continue;
+        bool one = false;
+        if (move_range(eng->uffd, a + p * XM__PAGE, st + p * XM__PAGE, XM__PAGE, &one, true) == 0 && one) {
+            continue;
+        }
+        struct uffdio_copy c = {.dst = (uintptr_t)(a + p * XM__PAGE), .src = (uintptr_t)(st + p * XM__PAGE),
+                                .len = XM__PAGE};
+        if (ioctl(eng->uffd, UFFDIO_COPY, &c) != 0 && errno != EEXIST) {
+            xm_log_error("map: cannot put back a page at %p after a failed write-back: %m", a + p * XM__PAGE);
+        }
+    }
+    madvise(st, bytes, MADV_DONTNEED);
+}
+
+bool xm__evict(xm__map_t *m, uint32_t k, uint32_t b)
+{
+    xm__engine_t *eng = m->eng;
+    uint8_t *a = m->addr + (uint64_t)b * m->fetch;
+    uint64_t bytes = xm__block_bytes(m, b);
+    uint32_t dirty = 0;
+    xm_status_t status = XM_OK;
+    if (m->ro) {
+        madvise(a, bytes, MADV_DONTNEED);
+    } else {
+        uint8_t *st = eng->staging[k];
+        bool present[XM__FETCH_MAX / XM__PAGE];
+        memset(present, 0, sizeof(present));
+        int err = move_range(eng->uffd, st, a, bytes, present, false);
+        if (err != 0) {
+            errno = err;
+            xm_log_error("map: region %llu offset %llu: cannot move a block out for eviction: %m",
+                         (unsigned long long)m->region_id,
+                         (unsigned long long)(m->off + (uint64_t)b * m->fetch));
+            unstage(eng, a, st, bytes, present);
+            status = XM_ERR_IO;
+        }
+        /* write back runs of pages whose content differs from what the appliance holds */
+        uint64_t p0 = (uint64_t)b * m->fetch / XM__PAGE, np = bytes / XM__PAGE;
+        bool changed[XM__FETCH_MAX / XM__PAGE];
+        for (uint64_t p = 0; p < np && status == XM_OK; p++) {
+            changed[p] = present[p] && xm__page_hash(st + p * XM__PAGE) != m->hash[p0 + p];
+        }
+        for (uint64_t p = 0; p < np && status == XM_OK;) {
+            if (!changed[p]) {
+                p++;
+                continue;
+            }
+            uint64_t q = p;
+            while (q < np && changed[q]) q++;
+            uint64_t off = (p0 + p) * XM__PAGE;
+            uint64_t len = XM_MIN((q - p) * XM__PAGE, m->len - off);
+            status = xm_write(m->regions[k], m->off + off, st + p * XM__PAGE, len);
+            if (status != XM_OK) {
+                xm_log_warn("map: region %llu offset %llu: write-back of %llu bytes failed (%s): "
+                            "kept resident and dirty",
+                            (unsigned long long)m->region_id, (unsigned long long)(m->off + off),
+                            (unsigned long long)len, xm_last_error(m->regions[k]->ctx));
+                break;
+            }
+            for (uint64_t i = p; i < q; i++) m->hash[p0 + i] = xm__page_hash(st + i * XM__PAGE);
+            dirty += (uint32_t)(q - p);
+            p = q;
+        }
+        if (status != XM_OK && err == 0) {
+            unstage(eng, a, st, bytes, present);
+        } else if (status == XM_OK) {
+            madvise(st, bytes, MADV_DONTNEED);
+        }
+    }
+    pthread_mutex_lock(&eng->lock);
+    xm__block_t *blk = &m->blocks[b];
+    if (status == XM_OK) {
+        blk->state = XM__BLK_EMPTY;
+        blk->ref = 0;
+        blk->suspect = 0;
+        xm__unreserve(eng, m, bytes);
+        m->stats.evictions++;
+        m->stats.writeback_pages += dirty;
+    } else {
+        blk->state = XM__BLK_RESIDENT;
+        blk->ref = 1;
+        blk->suspect = 1;
+        m->stats.writeback_errors++;
+        m->stats.writeback_pages += dirty;
+    }
+    pthread_cond_broadcast(&eng->cond);
+    pthread_mutex_unlock(&eng->lock);
+    return status == XM_OK;
+}

@@ -1,0 +1,346 @@
+/* libxmem mappings: userfaultfd handler threads. A missing-page fault
+ * fetches its block from the appliance (with read-ahead when access is
+ * sequential) and installs it write-protected (UFFDIO_COPY_MODE_WP), so the
+ * kernel's asynchronous write-protect marks the pages the application
+ * writes. A block that cannot be fetched is poisoned: the access gets
+ * SIGBUS, never a zero page. */
+#include <errno.h>
+#include <poll.h>
+#include <sched.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "../common/common.h"
+#include "map.h"
+#include "uffd_compat.h"
+
+#define FETCH_ATTEMPTS 3
+#define RETRY_PAUSE_US 20000
+
+static inline uint64_t rotl64(uint64_t x, int r)
+{
+    return (x << r) | (x >> (64 - r));
+}
+
+/* xxHash64-style: four independent lanes, full avalanche at the end. */
+uint64_t xm__page_hash(const void *page)
+{
+    const uint64_t P1 = 0x9E3779B185EBCA87ull, P2 = 0xC2B2AE3D27D4EB4Full;
+    const uint64_t *w = page;
+    uint64_t a = P1 + P2, b = P2, c = 0, d = -P1;
+    for (size_t i = 0; i < XM__PAGE / 8; i += 4) {
+        a = rotl64(a + w[i] * P2, 31) * P1;
+        b = rotl64(b + w[i + 1] * P2, 31) * P1;
+        c = rotl64(c + w[i + 2] * P2, 31) * P1;
+        d = rotl64(d + w[i + 3] * P2, 31) * P1;
+    }
+    uint64_t h = rotl64(a, 1) + rotl64(b, 7) + rotl64(c, 12) + rotl64(d, 18);
+    h ^= h >> 33;
+    h *= P2;
+    h ^= h >> 29;
+    h *= 0x165667B19E3779F9ull;
+    h ^= h >> 32;
+    return h;
+}
+
+static xm__map_t *find_map(xm__engine_t *eng, uintptr_t a)
+{
+    for (xm__map_t *m = eng->maps; m != NULL; m = m->next) {
+        if (a >= (uintptr_t)m->addr && a < (uintptr_t)m->addr + m->vlen) return m;
+    }
+    return NULL;
+}
+
+static void wake(xm__engine_t *eng, uintptr_t a, uint64_t len)
+{
+    struct uffdio_range r = {.start = a, .len = len};
+    ioctl(eng->uffd, UFFDIO_WAKE, &r);
+}
+
+/* Install len bytes at dst; pages already there are left alone. */
+static void install(xm__engine_t *eng, xm__map_t *m, uint8_t *dst, const uint8_t *src, uint64_t len)
+{
+    uint64_t done = 0;
+    while (done < len) {
+        struct uffdio_copy c = {.dst = (uintptr_t)(dst + done), .src = (uintptr_t)(src + done),
+                                .len = len - done, .mode = m->ro ? 0 : UFFDIO_COPY_MODE_WP};
+        if (ioctl(eng->uffd, UFFDIO_COPY, &c) == 0) return;
+        int err = errno;
+        if (c.copy > 0) {
+            done += (uint64_t)c.copy;
+            continue;
+        }
+        if (err == EAGAIN) continue;
+        if (err == EEXIST) {
+            done += XM__PAGE;
+            continue;
+        }
+        xm_log_error("map: cannot install a page at %p: %s", dst + done, strerror(err));
+        return;
+    }
+}
+
+xm_status_t xm__fetch(xm__map_t *m, uint32_t k, uint32_t b, void *buf, uint64_t len)
+{
+    uint64_t off = (uint64_t)b * m->fetch;
+    uint64_t n = XM_MIN(len, m->len - off);
+    if (n < len) memset((uint8_t *)buf + n, 0, len - n);
+    return xm_read(m->regions[k], m->off + off, buf, n);
+}
+
+static void hash_block(xm__map_t *m, uint32_t b, const uint8_t *buf, uint64_t bytes)
+{
+    uint64_t p0 = (uint64_t)b * m->fetch / XM__PAGE;
+    for (uint64_t p = 0; p < bytes / XM__PAGE; p++) m->hash[p0 + p] = xm__page_hash(buf + p * XM__PAGE);
+}
+
+/* A block whose pages were installed: make it evictable and wake its waiters. */
+static void settle(xm__engine_t *eng, xm__map_t *m, uint32_t b)
+{
+    pthread_mutex_lock(&eng->lock);
+    m->blocks[b].state = XM__BLK_RESIDENT;
+    m->blocks[b].ref = 1;
+    pthread_cond_broadcast(&eng->cond);
+    pthread_mutex_unlock(&eng->lock);
+}
+
+/* Counted before the pages appear, so that whoever sees the data sees the counts. */
+static void count(xm__engine_t *eng, xm__map_t *m, uint64_t bytes, bool readahead)
+{
+    pthread_mutex_lock(&eng->lock);
+    m->stats.fetched_bytes += bytes;
+    if (readahead) m->stats.readahead_blocks++;
+    else m->stats.faults++;
+    pthread_mutex_unlock(&eng->lock);
+}
+
+static void drop_claim(xm__engine_t *eng, xm__map_t *m, uint32_t b, uint64_t bytes)
+{
+    pthread_mutex_lock(&eng->lock);
+    m->blocks[b].state = XM__BLK_EMPTY;
+    xm__unreserve(eng, m, bytes);
+    pthread_cond_broadcast(&eng->cond);
+    pthread_mutex_unlock(&eng->lock);
+}
+
+static void poison(xm__engine_t *eng, xm__map_t *m, uint32_t b, uint64_t bytes, bool reserved,
+                   xm_status_t status, const char *why)
+{
+    uint8_t *a = m->addr + (uint64_t)b * m->fetch;
+    xm_log_error("map: region %llu offset %llu (%llu bytes): %s (%s) after %d attempts; "
+                 "accesses to it get SIGBUS",
+                 (unsigned long long)m->region_id, (unsigned long long)(m->off + (uint64_t)b * m->fetch),
+                 (unsigned long long)bytes, why, xm_status_str(status), FETCH_ATTEMPTS);
+    struct uffdio_poison p = {.range = {.start = (uintptr_t)a, .len = bytes}};
+    while (ioctl(eng->uffd, UFFDIO_POISON, &p) != 0 && errno == EAGAIN) {
+        if (p.updated > 0) {
+            p.range.start += (uint64_t)p.updated;
+            p.range.len -= (uint64_t)p.updated;
+        }
+        p.updated = 0;
+    }
+    pthread_mutex_lock(&eng->lock);
+    m->blocks[b].state = XM__BLK_POISONED;
+    if (reserved) xm__unreserve(eng, m, bytes);
+    pthread_cond_broadcast(&eng->cond);
+    pthread_mutex_unlock(&eng->lock);
+}
+
+/* A page of a resident block is missing (the application dropped it with
+ * madvise): fetch that page again. */
+static void refill_page(xm__engine_t *eng, xm__map_t *m, uint32_t k, uintptr_t page)
+{
+    unsigned char vec = 0;
+    if (mincore((void *)page, XM__PAGE, &vec) == 0 && (vec & 1)) {
+        wake(eng, page, XM__PAGE);
+        return;
+    }
+    uint64_t off = page - (uintptr_t)m->addr;
+    uint8_t *buf = eng->bufs[k];
+    uint64_t n = XM_MIN((uint64_t)XM__PAGE, m->len - off);
+    memset(buf, 0, XM__PAGE);
+    if (xm_read(m->regions[k], m->off + off, buf, n) == XM_OK) {
+        m->hash[off / XM__PAGE] = xm__page_hash(buf);
+        install(eng, m, (uint8_t *)page, buf, XM__PAGE);
+    }
+    wake(eng, page, XM__PAGE);
+}
+
+static void handle_fault(xm__engine_t *eng, uint32_t k, uintptr_t addr)
+{
+    uintptr_t page = addr & ~(uintptr_t)(XM__PAGE - 1);
+    pthread_mutex_lock(&eng->lock);
+    xm__map_t *m = find_map(eng, page);
+    if (m == NULL) {
+        pthread_mutex_unlock(&eng->lock);
+        wake(eng, page, XM__PAGE);
+        return;
+    }
+    uint32_t b = (uint32_t)((page - (uintptr_t)m->addr) / m->fetch);
+    for (;;) {
+        uint8_t st = m->blocks[b].state;
+        if (st == XM__BLK_EMPTY) break;
+        if (st == XM__BLK_FETCHING || st == XM__BLK_EVICTING) {
+            pthread_cond_wait(&eng->cond, &eng->lock);
+            continue;
+        }
+        m->blocks[b].ref = 1;
+        m->users++;
+        pthread_mutex_unlock(&eng->lock);
+        if (st == XM__BLK_RESIDENT) {
+            refill_page(eng, m, k, page);
+        } else {
+            wake(eng, page, XM__PAGE); /* poisoned: the retry gets SIGBUS */
+        }
+        pthread_mutex_lock(&eng->lock);
+        m->users--;
+        pthread_cond_broadcast(&eng->cond);
+        pthread_mutex_unlock(&eng->lock);
+        return;
+    }
+    m->blocks[b].state = XM__BLK_FETCHING;
+    m->users++;
+    uint64_t bytes = xm__block_bytes(m, b);
+    bool reserved = xm__reserve(eng, m, bytes, k, true);
+    /* sequential: the fault lands just past what the last fetch brought in */
+    uint32_t window = 0;
+    if (m->readahead) {
+        uint32_t max = XM_MAX(1u, XM__RA_MAX_BYTES / m->fetch);
+        if (b == m->last_block) {
+            window = m->ra_window == 0 ? XM_MIN(2u, max) : XM_MIN(m->ra_window * 2, max);
+        }
+        m->ra_window = window;
+        m->last_block = b + 1 + window;
+    }
+    pthread_mutex_unlock(&eng->lock);
+    if (!reserved) {
+        poison(eng, m, b, bytes, false, XM_ERR_NO_SPACE,
+               "no room in the local cache: write-backs keep failing");
+        goto out;
+    }
+
+    uint8_t *buf = eng->bufs[k];
+    xm_op_t ops[1 + XM__RA_MAX_BYTES / XM__PAGE];
+    memset(ops, 0, sizeof(ops));
+    xm_ctx_h lc = m->regions[k]->ctx;
+    uint64_t off = (uint64_t)b * m->fetch;
+    uint64_t n = XM_MIN(bytes, m->len - off);
+    if (n < bytes) memset(buf + n, 0, bytes - n);
+    ops[0] = (xm_op_t){.opcode = XM_OP_READ, .region = m->regions[k], .offset = m->off + off,
+                       .buf = buf, .length = (size_t)n};
+    xm_status_t status = xm_post(lc, &ops[0]);
+
+    /* claim and make room for the read-ahead while the demand read is in flight */
+    uint32_t nra = 0;
+    if (window > 0) {
+        pthread_mutex_lock(&eng->lock);
+        for (uint32_t j = 1; j <= window && b + j < m->nblocks; j++) {
+            uint32_t bb = b + j;
+            if (m->blocks[bb].state != XM__BLK_EMPTY) break;
+            m->blocks[bb].state = XM__BLK_FETCHING;
+            if (!xm__reserve(eng, m, xm__block_bytes(m, bb), k, false)) {
+                m->blocks[bb].state = XM__BLK_EMPTY;
+                break;
+            }
+            nra++;
+        }
+        pthread_mutex_unlock(&eng->lock);
+    }
+    for (uint32_t j = 1; j <= nra; j++) {
+        uint32_t bb = b + j;
+        uint64_t o = (uint64_t)bb * m->fetch, bl = xm__block_bytes(m, bb);
+        uint64_t nn = XM_MIN(bl, m->len - o);
+        uint8_t *dst = buf + (uint64_t)j * m->fetch;
+        if (nn < bl) memset(dst + nn, 0, bl - nn);
+        ops[j] = (xm_op_t){.opcode = XM_OP_READ, .region = m->regions[k], .offset = m->off + o,
+                           .buf = dst, .length = (size_t)nn};
+        if (xm_post(lc, &ops[j]) != XM_OK) ops[j].status = XM_ERR_TRANSPORT;
+    }
+
+    if (status == XM_OK) {
+        xm_op_t *p = &ops[0];
+        status = xm_wait(lc, &p, 1);
+    }
+    for (int attempt = 1; status != XM_OK && attempt < FETCH_ATTEMPTS; attempt++) {
+        usleep(RETRY_PAUSE_US * attempt);
+        status = xm__fetch(m, k, b, buf, bytes);
+    }
+    if (status != XM_OK) {
+        const char *why = xm_last_error(lc);
+        poison(eng, m, b, bytes, true, status, why[0] ? why : "cannot fetch");
+    } else {
+        hash_block(m, b, buf, bytes);
+        count(eng, m, bytes, false);
+        install(eng, m, m->addr + off, buf, bytes); /* wakes the faulting threads */
+        settle(eng, m, b);
+    }
+    for (uint32_t j = 1; j <= nra; j++) {
+        uint32_t bb = b + j;
+        uint64_t bl = xm__block_bytes(m, bb);
+        xm_op_t *p = &ops[j];
+        xm_status_t s = p->status == XM_IN_PROGRESS ? xm_wait(lc, &p, 1) : p->status;
+        if (s != XM_OK) {
+            drop_claim(eng, m, bb, bl);
+            continue;
+        }
+        uint8_t *src = buf + (uint64_t)j * m->fetch;
+        hash_block(m, bb, src, bl);
+        count(eng, m, bl, true);
+        install(eng, m, m->addr + (uint64_t)bb * m->fetch, src, bl);
+        settle(eng, m, bb);
+    }
+out:
+    pthread_mutex_lock(&eng->lock);
+    m->users--;
+    pthread_cond_broadcast(&eng->cond);
+    pthread_mutex_unlock(&eng->lock);
+}
+
+/* Pin handler k to the k-th CPU the process may run on. */
+static void pin(uint32_t k)
+{
+    cpu_set_t allowed, one;
+    if (sched_getaffinity(0, sizeof(allowed), &allowed) != 0) return;
+    uint32_t seen = 0;
+    for (int c = 0; c < CPU_SETSIZE; c++) {
+        if (!CPU_ISSET(c, &allowed)) continue;
+        if (seen++ == k) {
+            CPU_ZERO(&one);
+            CPU_SET(c, &one);
+            pthread_setaffinity_np(pthread_self(), sizeof(one), &one);
+            return;
+        }
+    }
+}
+
+void *xm__fault_thread(void *arg)
+{
+    xm__engine_t *eng = ((xm__fault_arg_t *)arg)->eng;
+    uint32_t k = ((xm__fault_arg_t *)arg)->k;
+    free(arg);
+    if (getenv("XMEM_MAP_NO_PIN") == NULL) pin(k);
+    xm__lane_t *lane = &eng->lanes[k];
+    struct pollfd fds[2] = {{.fd = eng->uffd, .events = POLLIN}, {.fd = eng->stop_fd, .events = POLLIN}};
+    for (;;) {
+        if (poll(fds, 2, -1) < 0) {
+            if (errno == EINTR) continue;
+            xm_log_error("map: handler poll: %m");
+            break;
+        }
+        if (fds[1].revents != 0) break;
+        /* one message at a time: pending faults spread over the handlers */
+        struct uffd_msg msgs[1];
+        ssize_t got = read(eng->uffd, msgs, sizeof(msgs));
+        if (got <= 0) continue; /* another handler took it */
+        pthread_mutex_lock(&lane->lock);
+        for (ssize_t i = 0; i < got / (ssize_t)sizeof(msgs[0]); i++) {
+            if (msgs[i].event == UFFD_EVENT_PAGEFAULT) {
+                handle_fault(eng, k, (uintptr_t)msgs[i].arg.pagefault.address);
+            }
+        }
+        pthread_mutex_unlock(&lane->lock);
+    }
+    return NULL;
+}

@@ -1,0 +1,426 @@
+/* libxmem mappings: xm_map / xm_sync / xm_unmap and the per-context engine
+ * (userfaultfd, handler threads, data lanes, shared budget). */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "../common/common.h"
+#include "map.h"
+#include "uffd_compat.h"
+
+#define MAX_HANDLERS 8
+#define STAGING_BYTES XM__FETCH_MAX
+#define BUF_BYTES (XM__FETCH_MAX + XM__RA_MAX_BYTES)
+
+/* Every mapping of the process, for xm_sync / xm_unmap by address. Taken before any eng->lock. */
+static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
+typedef struct gmap {
+    xm__map_t *m;
+    struct gmap *next;
+} gmap_t;
+static gmap_t *g_maps;
+
+static void engine_destroy(xm__engine_t *eng)
+{
+    if (eng->threads != NULL) {
+        uint64_t one = 1;
+        if (write(eng->stop_fd, &one, sizeof(one)) != sizeof(one)) xm_log_error("map: eventfd: %m");
+        for (uint32_t k = 0; k < eng->nthreads; k++) {
+            if (eng->threads[k]) pthread_join(eng->threads[k], NULL);
+        }
+    }
+    for (uint32_t k = 0; k < eng->nthreads; k++) {
+        if (eng->staging != NULL && eng->staging[k] != NULL) munmap(eng->staging[k], STAGING_BYTES);
+        if (eng->bufs != NULL && eng->bufs[k] != NULL) munmap(eng->bufs[k], BUF_BYTES);
+    }
+    if (eng->lanes != NULL) {
+        for (uint32_t k = 0; k <= eng->nthreads; k++) {
+            if (eng->lanes[k].ctx != NULL) xm__ctx_clone_destroy(eng->lanes[k].ctx);
+            pthread_mutex_destroy(&eng->lanes[k].lock);
+        }
+    }
+    if (eng->uffd >= 0) close(eng->uffd);
+    if (eng->stop_fd >= 0) close(eng->stop_fd);
+    if (eng->pagemap_fd >= 0) close(eng->pagemap_fd);
+    pthread_mutex_destroy(&eng->lock);
+    pthread_cond_destroy(&eng->cond);
+    free(eng->threads);
+    free(eng->staging);
+    free(eng->bufs);
+    free(eng->lanes);
+    free(eng);
+}
+
+/* g_lock held */
+static void engine_put(xm__engine_t *eng)
+{
+    if (--eng->refs == 0) engine_destroy(eng);
+}
+
+static xm_status_t engine_create(xm_ctx_h ctx, xm__engine_t **eng_p)
+{
+    xm__engine_t *eng = calloc(1, sizeof(*eng));
+    if (eng == NULL) return XM_ERR_NO_MEMORY;
+    pthread_mutex_init(&eng->lock, NULL);
+    pthread_cond_init(&eng->cond, NULL);
+    eng->uffd = eng->stop_fd = eng->pagemap_fd = -1;
+    eng->budget = UINT64_MAX;
+    xm_status_t status = XM_ERR_IO;
+    eng->uffd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+    if (eng->uffd < 0) {
+        xm__ctx_error(ctx, status, "userfaultfd: %s (needs root or vm.unprivileged_userfaultfd=1)",
+                      strerror(errno));
+        goto err;
+    }
+    struct uffdio_api api = {.api = UFFD_API,
+                             .features = UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_MOVE | UFFD_FEATURE_POISON};
+    if (ioctl(eng->uffd, UFFDIO_API, &api) != 0) {
+        xm__ctx_error(ctx, status, "userfaultfd lacks WP_ASYNC, MOVE or POISON (Linux >= 6.8 needed): %s",
+                      strerror(errno));
+        goto err;
+    }
+    eng->pagemap_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+    eng->stop_fd = eventfd(0, EFD_CLOEXEC);
+    if (eng->pagemap_fd < 0 || eng->stop_fd < 0) {
+        xm__ctx_error(ctx, status, "cannot open /proc/self/pagemap or an eventfd: %s", strerror(errno));
+        goto err;
+    }
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    const char *env = getenv("XMEM_MAP_THREADS");
+    if (env != NULL && atoi(env) > 0) ncpu = atoi(env);
+    eng->nthreads = (uint32_t)XM_MAX(1, XM_MIN(ncpu, MAX_HANDLERS));
+    eng->lanes = calloc(eng->nthreads + 1, sizeof(*eng->lanes));
+    eng->staging = calloc(eng->nthreads, sizeof(*eng->staging));
+    eng->bufs = calloc(eng->nthreads, sizeof(*eng->bufs));
+    eng->threads = calloc(eng->nthreads, sizeof(*eng->threads));
+    if (eng->lanes == NULL || eng->staging == NULL || eng->bufs == NULL || eng->threads == NULL) {
+        status = XM_ERR_NO_MEMORY;
+        goto err;
+    }
+    for (uint32_t k = 0; k <= eng->nthreads; k++) pthread_mutex_init(&eng->lanes[k].lock, NULL);
+    for (uint32_t k = 0; k <= eng->nthreads; k++) {
+        status = xm__ctx_clone(ctx, &eng->lanes[k].ctx);
+        if (status != XM_OK) goto err;
+        eng->lanes[k].ctx->map_engine = NULL;
+    }
+    status = XM_ERR_IO;
+    for (uint32_t k = 0; k < eng->nthreads; k++) {
+        uint8_t *st = mmap(NULL, STAGING_BYTES, PROT_READ | PROT_WRITE,
+                           MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        uint8_t *bf = mmap(NULL, BUF_BYTES, PROT_READ | PROT_WRITE,
+                           MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        eng->staging[k] = st == MAP_FAILED ? NULL : st;
+        eng->bufs[k] = bf == MAP_FAILED ? NULL : bf;
+        if (st == MAP_FAILED || bf == MAP_FAILED) {
+            xm__ctx_error(ctx, XM_ERR_NO_MEMORY, "mmap: %s", strerror(errno));
+            status = XM_ERR_NO_MEMORY;
+            goto err;
+        }
+        madvise(st, STAGING_BYTES, MADV_DONTFORK);
+        madvise(st, STAGING_BYTES, MADV_NOHUGEPAGE);
+        madvise(bf, BUF_BYTES, MADV_DONTFORK);
+        /* UFFDIO_MOVE needs its destination registered with the same uffd */
+        struct uffdio_register reg = {.range = {.start = (uintptr_t)st, .len = STAGING_BYTES},
+                                      .mode = UFFDIO_REGISTER_MODE_MISSING};
+        if (ioctl(eng->uffd, UFFDIO_REGISTER, &reg) != 0) {
+            xm__ctx_error(ctx, status, "UFFDIO_REGISTER: %s", strerror(errno));
+            goto err;
+        }
+    }
+    for (uint32_t k = 0; k < eng->nthreads; k++) {
+        xm__fault_arg_t *arg = malloc(sizeof(*arg));
+        if (arg == NULL) {
+            status = XM_ERR_NO_MEMORY;
+            goto err;
+        }
+        arg->eng = eng;
+        arg->k = k;
+        if (pthread_create(&eng->threads[k], NULL, xm__fault_thread, arg) != 0) {
+            free(arg);
+            eng->threads[k] = 0;
+            xm__ctx_error(ctx, status, "cannot start a fault handler thread");
+            goto err;
+        }
+    }
+    eng->refs = 1; /* the context's */
+    eng->owned = true;
+    *eng_p = eng;
+    return XM_OK;
+
+err:
+    engine_destroy(eng);
+    return status;
+}
+
+void xm__map_ctx_gone(xm_ctx_h ctx)
+{
+    /* the context is single-threaded: only its own xm_map sets this */
+    if (ctx->map_engine == NULL) return;
+    pthread_mutex_lock(&g_lock);
+    xm__engine_t *eng = ctx->map_engine;
+    if (eng != NULL) {
+        ctx->map_engine = NULL;
+        eng->owned = false;
+        engine_put(eng);
+    }
+    pthread_mutex_unlock(&g_lock);
+}
+
+static void map_free(xm__map_t *m)
+{
+    if (m->regions != NULL) {
+        for (uint32_t k = 0; k <= m->eng->nthreads; k++) {
+            if (m->regions[k] != NULL) xm_region_close(m->regions[k]);
+        }
+    }
+    free(m->regions);
+    free(m->blocks);
+    free(m->hash);
+    free(m);
+}
+
+XM_EXPORT xm_status_t xm_map(xm_ctx_h ctx, xm_region_h region, uint64_t offset, uint64_t length,
+                             const xm_map_opts_t *opts, void **addr_p)
+{
+    xm_map_opts_t none = {0};
+    if (opts == NULL) opts = &none;
+    if (ctx == NULL || addr_p == NULL) return XM_ERR_INVALID;
+    if (region == NULL || region->ctx != ctx) {
+        return xm__ctx_error(ctx, XM_ERR_INVALID, "xm_map: no region or allocation of this context");
+    }
+    uint32_t fetch = opts->fetch_size != 0 ? opts->fetch_size : 64u << 10;
+    if (fetch < XM__PAGE || fetch > XM__FETCH_MAX || (fetch & (fetch - 1)) != 0) {
+        return xm__ctx_error(ctx, XM_ERR_INVALID, "fetch size %u is not a power of two from 4K to 2M",
+                             fetch);
+    }
+    if (offset % XM__PAGE != 0) {
+        return xm__ctx_error(ctx, XM_ERR_INVALID, "map offset %llu is not a multiple of 4096",
+                             (unsigned long long)offset);
+    }
+    if (length == 0 || offset >= region->size || length > region->size - offset) {
+        return xm__ctx_error(ctx, XM_ERR_RANGE, "%llu bytes at %llu do not fit region %llu of %llu bytes",
+                             (unsigned long long)length, (unsigned long long)offset,
+                             (unsigned long long)region->id, (unsigned long long)region->size);
+    }
+    if (opts->ctx_cache_bytes != 0 && opts->ctx_cache_bytes < fetch) {
+        return xm__ctx_error(ctx, XM_ERR_INVALID, "context cache budget below one fetch unit");
+    }
+    xm_status_t status;
+    pthread_mutex_lock(&g_lock);
+    if (ctx->map_engine == NULL) {
+        status = engine_create(ctx, &ctx->map_engine);
+        if (status != XM_OK) {
+            pthread_mutex_unlock(&g_lock);
+            return status;
+        }
+    }
+    xm__engine_t *eng = ctx->map_engine;
+    eng->refs++; /* this mapping's, dropped on failure below */
+    pthread_mutex_unlock(&g_lock);
+
+    status = XM_ERR_NO_MEMORY;
+    xm__map_t *m = calloc(1, sizeof(*m));
+    if (m == NULL) goto err_put;
+    m->eng = eng;
+    m->len = length;
+    m->vlen = (length + XM__PAGE - 1) & ~(uint64_t)(XM__PAGE - 1);
+    m->off = offset;
+    m->region_id = region->id;
+    m->fetch = fetch;
+    m->nblocks = (uint32_t)((m->vlen + fetch - 1) / fetch);
+    m->readahead = (opts->flags & XM_MAP_NO_READAHEAD) == 0;
+    m->ro = region->access != XM_ACCESS_READ_WRITE;
+    m->budget = opts->cache_bytes != 0 ? XM_MAX(opts->cache_bytes / fetch * fetch, (uint64_t)fetch)
+                                       : (uint64_t)m->nblocks * fetch;
+    m->stats.budget_bytes = m->budget;
+    m->blocks = calloc(m->nblocks, sizeof(*m->blocks));
+    m->hash = calloc(m->vlen / XM__PAGE, sizeof(*m->hash));
+    m->regions = calloc(eng->nthreads + 1, sizeof(*m->regions));
+    if (m->blocks == NULL || m->hash == NULL || m->regions == NULL) goto err_free;
+    for (uint32_t k = 0; k <= eng->nthreads; k++) {
+        xm__lane_t *lane = &eng->lanes[k];
+        pthread_mutex_lock(&lane->lock);
+        status = xm__ctx_clone_refresh(lane->ctx, ctx);
+        if (status == XM_OK) status = xm__region_clone(region, lane->ctx, &m->regions[k]);
+        pthread_mutex_unlock(&lane->lock);
+        if (status != XM_OK) goto err_free;
+    }
+    void *a = mmap(NULL, m->vlen, m->ro ? PROT_READ : PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (a == MAP_FAILED) {
+        status = xm__ctx_error(ctx, XM_ERR_NO_MEMORY, "mmap of %llu bytes: %s",
+                               (unsigned long long)m->vlen, strerror(errno));
+        goto err_free;
+    }
+    m->addr = a;
+    /* the child of a fork gets no mapping here: it can corrupt neither our pages nor the appliance's */
+    madvise(a, m->vlen, MADV_DONTFORK);
+    /* 4 KiB pages: blocks move in and out with UFFDIO_COPY/MOVE */
+    madvise(a, m->vlen, MADV_NOHUGEPAGE);
+    struct uffdio_register reg = {
+        .range = {.start = (uintptr_t)a, .len = m->vlen},
+        .mode = UFFDIO_REGISTER_MODE_MISSING | (m->ro ? 0 : UFFDIO_REGISTER_MODE_WP)};
+    if (ioctl(eng->uffd, UFFDIO_REGISTER, &reg) != 0) {
+        status = xm__ctx_error(ctx, XM_ERR_IO, "UFFDIO_REGISTER: %s", strerror(errno));
+        munmap(a, m->vlen);
+        goto err_free;
+    }
+    gmap_t *g = malloc(sizeof(*g));
+    if (g == NULL) {
+        struct uffdio_range r = {.start = (uintptr_t)a, .len = m->vlen};
+        ioctl(eng->uffd, UFFDIO_UNREGISTER, &r);
+        munmap(a, m->vlen);
+        status = XM_ERR_NO_MEMORY;
+        goto err_free;
+    }
+    pthread_mutex_lock(&g_lock);
+    pthread_mutex_lock(&eng->lock);
+    if (opts->ctx_cache_bytes != 0) eng->budget = opts->ctx_cache_bytes / fetch * fetch;
+    m->next = eng->maps;
+    eng->maps = m;
+    pthread_mutex_unlock(&eng->lock);
+    g->m = m;
+    g->next = g_maps;
+    g_maps = g;
+    pthread_mutex_unlock(&g_lock);
+    *addr_p = a;
+    return XM_OK;
+
+err_free:
+    map_free(m);
+err_put:
+    pthread_mutex_lock(&g_lock);
+    engine_put(eng);
+    pthread_mutex_unlock(&g_lock);
+    return status;
+}
+
+/* The mapping containing [addr, addr+1), with a user reference; g_lock taken here. */
+static xm__map_t *map_get(const void *addr, bool exact)
+{
+    xm__map_t *found = NULL;
+    pthread_mutex_lock(&g_lock);
+    for (gmap_t *g = g_maps; g != NULL; g = g->next) {
+        xm__map_t *m = g->m;
+        uintptr_t a = (uintptr_t)addr, s = (uintptr_t)m->addr;
+        if (exact ? a == s : (a >= s && a < s + m->vlen)) {
+            found = m;
+            break;
+        }
+    }
+    if (found != NULL) {
+        pthread_mutex_lock(&found->eng->lock);
+        found->users++;
+        pthread_mutex_unlock(&found->eng->lock);
+    }
+    pthread_mutex_unlock(&g_lock);
+    return found;
+}
+
+static void map_release(xm__map_t *m)
+{
+    pthread_mutex_lock(&m->eng->lock);
+    m->users--;
+    pthread_cond_broadcast(&m->eng->cond);
+    pthread_mutex_unlock(&m->eng->lock);
+}
+
+XM_EXPORT xm_status_t xm_sync(void *addr, size_t length)
+{
+    if (addr == NULL) return XM_ERR_INVALID;
+    xm__map_t *m = map_get(addr, false);
+    if (m == NULL) return XM_ERR_INVALID;
+    uint64_t start = (uintptr_t)addr - (uintptr_t)m->addr;
+    uint64_t end = length > m->vlen - start ? m->vlen : start + length;
+    uint32_t b0 = (uint32_t)(start / m->fetch);
+    uint32_t b1 = (uint32_t)((end + m->fetch - 1) / m->fetch);
+    xm_status_t status = length == 0 ? XM_OK : xm__sync_blocks(m, b0, b1);
+    map_release(m);
+    return status;
+}
+
+static xm_status_t unmap(void *addr, bool discard)
+{
+    if (addr == NULL) return XM_ERR_INVALID;
+    xm__map_t *m = map_get(addr, true);
+    if (m == NULL) return XM_ERR_INVALID;
+    xm__engine_t *eng = m->eng;
+    pthread_mutex_lock(&eng->lock);
+    if (m->dying) {
+        m->users--;
+        pthread_mutex_unlock(&eng->lock);
+        return XM_ERR_INVALID; /* another thread is unmapping it */
+    }
+    m->dying = true;
+    pthread_mutex_unlock(&eng->lock);
+    if (!discard) {
+        xm_status_t status = xm__sync_blocks(m, 0, m->nblocks);
+        if (status != XM_OK) {
+            pthread_mutex_lock(&eng->lock);
+            m->dying = false;
+            m->users--;
+            pthread_cond_broadcast(&eng->cond);
+            pthread_mutex_unlock(&eng->lock);
+            return status;
+        }
+    }
+    /* out of the lists first: new faults on it are just woken until it is unregistered */
+    pthread_mutex_lock(&g_lock);
+    for (gmap_t **gp = &g_maps; *gp != NULL; gp = &(*gp)->next) {
+        if ((*gp)->m == m) {
+            gmap_t *g = *gp;
+            *gp = g->next;
+            free(g);
+            break;
+        }
+    }
+    pthread_mutex_lock(&eng->lock);
+    for (xm__map_t **mp = &eng->maps; *mp != NULL; mp = &(*mp)->next) {
+        if (*mp == m) {
+            *mp = m->next;
+            break;
+        }
+    }
+    if (eng->hand_map == m) eng->hand_map = NULL;
+    m->users--;
+    while (m->users > 0) pthread_cond_wait(&eng->cond, &eng->lock);
+    eng->resident -= m->resident;
+    pthread_mutex_unlock(&eng->lock);
+    struct uffdio_range r = {.start = (uintptr_t)m->addr, .len = m->vlen};
+    ioctl(eng->uffd, UFFDIO_UNREGISTER, &r);
+    munmap(m->addr, m->vlen);
+    map_free(m);
+    engine_put(eng);
+    pthread_mutex_unlock(&g_lock);
+    return XM_OK;
+}
+
+XM_EXPORT xm_status_t xm_unmap(void *addr)
+{
+    return unmap(addr, false);
+}
+
+XM_EXPORT void xm_unmap_discard(void *addr)
+{
+    unmap(addr, true);
+}
+
+XM_EXPORT xm_status_t xm_map_stat(const void *addr, xm_map_stats_t *stats_p)
+{
+    if (addr == NULL || stats_p == NULL) return XM_ERR_INVALID;
+    xm__map_t *m = map_get(addr, false);
+    if (m == NULL) return XM_ERR_INVALID;
+    pthread_mutex_lock(&m->eng->lock);
+    *stats_p = m->stats;
+    stats_p->resident_bytes = m->resident;
+    stats_p->budget_bytes = m->budget;
+    m->users--;
+    pthread_cond_broadcast(&m->eng->cond);
+    pthread_mutex_unlock(&m->eng->lock);
+    return XM_OK;
+}

@@ -1,0 +1,142 @@
+/* client: mapped external memory (xm_map). Private to map.c, fault.c,
+ * cache.c, dirty.c and clone.c.
+ *
+ * A context's mappings share one engine: one userfaultfd, one handler thread
+ * per CPU (pinned, all reading the uffd, so the one on the faulting thread's
+ * CPU usually wins the wake-up), one data lane (a clone of the context) per
+ * handler thread plus one for xm_sync/xm_unmap, and one cache budget.
+ *
+ * The cache unit is a block of fetch_size bytes. A block is either wholly
+ * present in the mapping (RESIDENT) or wholly absent (EMPTY, POISONED); the
+ * transient states FETCHING and EVICTING belong to one thread, and every
+ * other fault on such a block waits on the engine's condition variable.
+ */
+#ifndef XM_MAP_H
+#define XM_MAP_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "client.h"
+
+#define XM__PAGE 4096u
+#define XM__FETCH_MAX (2u << 20)
+#define XM__RA_MAX_BYTES (2u << 20) /* read-ahead window cap */
+
+enum {
+    XM__BLK_EMPTY = 0,
+    XM__BLK_FETCHING,
+    XM__BLK_RESIDENT,
+    XM__BLK_EVICTING,
+    XM__BLK_POISONED,
+};
+
+typedef struct xm__block {
+    uint8_t state;
+    uint8_t ref;     /* CLOCK: touched since the hand last passed */
+    uint8_t suspect; /* content may differ from the hashes unseen by PAGEMAP_SCAN
+                      * (a failed write-back): xm_sync compares every page */
+    uint8_t pad;
+    uint32_t pins;   /* xm_sync is copying from it: not evictable */
+} xm__block_t;
+
+/* A data path of its own: a clone of the application's context. The lock is
+ * held for each use (handler lanes are uncontended; the sync lane is shared by
+ * application threads calling xm_sync / xm_unmap). */
+typedef struct xm__lane {
+    pthread_mutex_t lock;
+    xm_ctx_h ctx;
+} xm__lane_t;
+
+struct xm__engine;
+
+/* One mapping. Fields below "engine lock" are guarded by eng->lock. */
+typedef struct xm__map {
+    struct xm__engine *eng;
+    uint8_t *addr;
+    uint64_t len;          /* bytes of the region mapped */
+    uint64_t vlen;         /* len rounded up to pages */
+    uint64_t off;          /* offset in the region */
+    uint64_t region_id;
+    xm_region_h *regions;  /* one clone per lane (lane i uses regions[i]) */
+    uint32_t fetch;        /* block size */
+    uint32_t nblocks;
+    bool readahead;
+    bool ro;               /* read-only handle: PROT_READ, no dirty pages */
+    /* engine lock */
+    struct xm__map *next;
+    xm__block_t *blocks;
+    uint64_t *hash;        /* per page: hash of the content the appliance holds */
+    uint64_t budget;
+    uint64_t resident;
+    uint32_t hand;         /* CLOCK hand, a block index */
+    uint32_t last_block;   /* sequential detection */
+    uint32_t ra_window;    /* blocks read ahead on the next sequential fault */
+    uint32_t users;        /* threads working on it with the lock dropped */
+    bool dying;
+    xm_map_stats_t stats;
+} xm__map_t;
+
+/*
+ * Per context. Lock order: eng->lock, then a lane's lock is never taken
+ * under eng->lock (I/O runs with eng->lock dropped); g_maps_lock (map.c) is
+ * taken before eng->lock.
+ */
+typedef struct xm__engine {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;   /* a block left FETCHING/EVICTING, pins dropped */
+    int uffd;
+    int stop_fd;           /* eventfd: handler threads exit */
+    int pagemap_fd;        /* /proc/self/pagemap for PAGEMAP_SCAN */
+    uint32_t nthreads;
+    pthread_t *threads;
+    xm__lane_t *lanes;     /* nthreads handler lanes, then the sync lane */
+    uint8_t **staging;     /* per handler thread: uffd-registered, eviction moves blocks here */
+    uint8_t **bufs;        /* per handler thread: fetch buffers */
+    /* lock */
+    xm__map_t *maps;
+    uint64_t budget;       /* UINT64_MAX: none */
+    uint64_t resident;
+    xm__map_t *hand_map;   /* global CLOCK: the mapping the hand is in */
+    int refs;              /* mappings + the context (until xm_disconnect) */
+    bool owned;            /* the context still points to it */
+} xm__engine_t;
+
+#define XM__SYNC_LANE(eng) ((eng)->nthreads)
+
+/* clone.c: a context with its own data endpoint, same peers and settings. */
+xm_status_t xm__ctx_clone(xm_ctx_h ctx, xm_ctx_h *clone_p);
+/* Copy the peers ctx has and clone lacks (allocations attached since). Lane lock held. */
+xm_status_t xm__ctx_clone_refresh(xm_ctx_h clone, xm_ctx_h ctx);
+void xm__ctx_clone_destroy(xm_ctx_h clone);
+/* A handle to the same region or allocation, bound to ctx. */
+xm_status_t xm__region_clone(xm_region_h r, xm_ctx_h ctx, xm_region_h *clone_p);
+
+/* fault.c */
+typedef struct xm__fault_arg {
+    xm__engine_t *eng;
+    uint32_t k;
+} xm__fault_arg_t;
+void *xm__fault_thread(void *arg);
+uint64_t xm__page_hash(const void *page);
+/* Fetch [first block, +n) of m into buf through lane k with retries. */
+xm_status_t xm__fetch(xm__map_t *m, uint32_t k, uint32_t b, void *buf, uint64_t len);
+
+/* cache.c (engine lock held unless said) */
+uint64_t xm__block_bytes(const xm__map_t *m, uint32_t b);
+/* Pick an evictable block of m by CLOCK: clears referenced bits as it passes. */
+bool xm__clock_pick(xm__block_t *blocks, uint32_t n, uint32_t *hand, uint32_t *victim_p);
+/* Account bytes for a new block of m, evicting (lock dropped meanwhile) as
+ * needed. Returns false when nothing can be evicted now and !wait. */
+bool xm__reserve(xm__engine_t *eng, xm__map_t *m, uint64_t bytes, uint32_t k, bool wait);
+void xm__unreserve(xm__engine_t *eng, xm__map_t *m, uint64_t bytes);
+/* Evict block b of m (state EVICTING, lock NOT held). True when dropped. */
+bool xm__evict(xm__map_t *m, uint32_t k, uint32_t b);
+
+/* dirty.c: write back written pages of blocks [b0, b1) of m through the sync lane. */
+xm_status_t xm__sync_blocks(xm__map_t *m, uint32_t b0, uint32_t b1);
+/* Copy a page the application may be writing at the same time. */
+void xm__page_copy_racy(void *dst, const void *src);
+
+#endif
