@@ -299,6 +299,96 @@ XM_API xm_status_t xm_alloc_list(xm_ctx_h ctx, xm_alloc_info_t **infos_p, size_t
 XM_API xm_status_t xm_appliance_list(xm_ctx_h ctx, xm_appliance_entry_t **entries_p,
                                      size_t *count_p);
 
+/* ---- client-coordinated sub-allocation (issue 3) ------------------------ */
+
+/**
+ * A member's handle on a group: one allocation made by the manager for a group
+ * of clients, which carve it into pieces themselves. Pieces are claimed and
+ * returned with remote atomics on an owner map inside the allocation (one
+ * byte per block naming the member that holds it); the manager is not asked.
+ * Concurrent members never receive overlapping pieces. A member renews a
+ * lease as it works; the pieces of a member that stops renewing (it died) are
+ * taken back by ::xm_group_reclaim in any survivor. Use a handle from one
+ * thread at a time, like its context.
+ */
+typedef struct xm_group *xm_group_h;
+
+/** A piece of a group: bytes [offset, offset + size) of ::xm_group_alloc. */
+typedef struct xm_piece {
+    uint64_t offset;   /**< into the group's allocation, a multiple of the block size */
+    uint64_t size;     /**< bytes asked for (the piece holds whole blocks) */
+} xm_piece_t;
+
+/** What ::xm_group_stat reports. */
+typedef struct xm_group_info {
+    uint64_t block_size;   /**< unit of a piece: a power of two, >= 64 */
+    uint64_t blocks;       /**< blocks in the group */
+    uint64_t free_blocks;  /**< blocks nobody holds */
+    uint64_t own_blocks;   /**< blocks this member holds */
+    uint64_t lease_ms;     /**< a member silent this long may be reclaimed */
+    uint32_t members;      /**< members joined (including ones not yet reclaimed) */
+    uint32_t member;       /**< this member's slot */
+} xm_group_info_t;
+
+/**
+ * Allocate a group of @p size usable bytes through the manager (one `single`
+ * allocation named @p name, with a small header and owner map in front) and
+ * join it. The block size is the smallest power of two >= 64 that keeps the
+ * group at most 2^18 blocks. The lease is $XMEM_GROUP_LEASE_MS, else 10 s.
+ * Free the group with ::xm_free(ctx, 0, name) once every member is done.
+ * @return XM_OK, XM_ERR_EXISTS, XM_ERR_NO_SPACE, XM_ERR_INVALID, ...
+ */
+XM_API xm_status_t xm_group_create(xm_ctx_h ctx, uint64_t size, const char *name,
+                                   xm_group_h *group_p);
+
+/**
+ * Join the group @p name (the caller's tenant needs read-write rights on its
+ * allocation). At most 127 members at once.
+ * @return XM_OK, XM_ERR_NOT_FOUND, XM_ERR_PERM, XM_ERR_INVALID (not a group),
+ *         XM_ERR_NO_SPACE (no free member slot), ...
+ */
+XM_API xm_status_t xm_group_attach(xm_ctx_h ctx, const char *name, xm_group_h *group_p);
+
+/** Leave the group: this member's pieces are freed, then the handle. */
+XM_API void xm_group_close(xm_group_h group);
+
+/** The group's allocation, for ::xm_read, ::xm_write and atomics on pieces. */
+XM_API xm_alloc_h xm_group_alloc(xm_group_h group);
+
+/**
+ * Carve a piece of @p size bytes (usually one remote compare-and-swap).
+ * @return XM_OK, XM_ERR_NO_SPACE (no free run that long), XM_ERR_INVALID,
+ *         XM_ERR_PERM (this member's lease expired and it was reclaimed), ...
+ */
+XM_API xm_status_t xm_suballoc(xm_group_h group, uint64_t size, xm_piece_t *piece_p);
+
+/**
+ * Return a piece this member holds; it can be handed out again at once.
+ * @return XM_OK, XM_ERR_INVALID (not a piece this member holds), XM_ERR_PERM, ...
+ */
+XM_API xm_status_t xm_subfree(xm_group_h group, xm_piece_t piece);
+
+/** Renew this member's lease now (members idle longer than a quarter lease call it). */
+XM_API xm_status_t xm_group_renew(xm_group_h group);
+
+/**
+ * Take back the pieces of members whose heartbeat this handle has seen
+ * standing still for a whole lease (call it periodically; the first call
+ * only starts watching).
+ * @param [out] members_p  members reclaimed by this call, or NULL
+ * @param [out] bytes_p    bytes returned to the group by this call, or NULL
+ */
+XM_API xm_status_t xm_group_reclaim(xm_group_h group, uint32_t *members_p, uint64_t *bytes_p);
+
+/** Geometry, free space and members of the group, read from the allocation now. */
+XM_API xm_status_t xm_group_stat(xm_group_h group, xm_group_info_t *info_p);
+
+/**
+ * Parse a size such as "4096", "64K", "1.5G", "2T" (powers of 1024).
+ * @return XM_OK or XM_ERR_INVALID
+ */
+XM_API xm_status_t xm_parse_size(const char *text, uint64_t *size_p);
+
 /* ---- mapped external memory (issue 4) ----------------------------------- */
 
 /** ::xm_map_opts_t.flags: no sequential read-ahead. */
