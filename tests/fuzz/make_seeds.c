@@ -181,6 +181,153 @@ static void msg_seeds(void)
     put_msg(n++, &m);
 }
 
+/* The allocation manager's messages (numbered from 50). */
+static void manager_seeds(void)
+{
+    uint8_t addr[64];
+    memset(addr, 0x22, sizeof(addr));
+    int n = 50;
+    xm_msg_t m;
+
+    Xmem__ApplianceRegister reg = XMEM__APPLIANCE_REGISTER__INIT;
+    reg.control_addr = "10.0.0.5:7400";
+    reg.domain = "rack1";
+    reg.provider = "tcp";
+    reg.fabric_addr = (ProtobufCBinaryData){sizeof(addr), addr};
+    reg.pool_size = 64ull << 30;
+    reg.pool_used = 4u << 20;
+    reg.extent_size = 2u << 20;
+    reg.regions = 2;
+    reg.backing = "memfd";
+    reg.boot_id = 77;
+    m = (xm_msg_t)XMEM__MSG__INIT;
+    m.seq = 1;
+    m.body_case = XMEM__MSG__BODY_APPLIANCE_REGISTER;
+    m.appliance_register = &reg;
+    put_msg(n++, &m);
+
+    Xmem__AllocRequest ar = XMEM__ALLOC_REQUEST__INIT;
+    ar.request_id = 0x1234567890abcdefull;
+    ar.size = 1u << 30;
+    ar.policy = "stripe:4:1M";
+    ar.name = "data";
+    m = (xm_msg_t)XMEM__MSG__INIT;
+    m.seq = 2;
+    m.body_case = XMEM__MSG__BODY_ALLOC_CREATE;
+    m.alloc_create = &ar;
+    put_msg(n++, &m);
+
+    Xmem__AllocRef ref = XMEM__ALLOC_REF__INIT;
+    ref.name = "data";
+    ref.access = XMEM__ACCESS__ACCESS_READ;
+    m = (xm_msg_t)XMEM__MSG__INIT;
+    m.seq = 3;
+    m.body_case = XMEM__MSG__BODY_ALLOC_ATTACH;
+    m.alloc_attach = &ref;
+    put_msg(n++, &m);
+    Xmem__AllocRef ref_id = XMEM__ALLOC_REF__INIT;
+    ref_id.id = 42;
+    m.body_case = XMEM__MSG__BODY_ALLOC_FREE;
+    m.alloc_free = &ref_id;
+    put_msg(n++, &m);
+
+    Xmem__AllocGrant gr = XMEM__ALLOC_GRANT__INIT;
+    gr.alloc = &ref;
+    gr.tenant = "bob";
+    gr.access = XMEM__ACCESS__ACCESS_READ_WRITE;
+    m = (xm_msg_t)XMEM__MSG__INIT;
+    m.seq = 4;
+    m.body_case = XMEM__MSG__BODY_ALLOC_GRANT;
+    m.alloc_grant = &gr;
+    put_msg(n++, &m);
+
+    Xmem__Empty empty = XMEM__EMPTY__INIT;
+    m = (xm_msg_t)XMEM__MSG__INIT;
+    m.seq = 5;
+    m.body_case = XMEM__MSG__BODY_ALLOC_LIST;
+    m.alloc_list = &empty;
+    put_msg(n++, &m);
+    m.body_case = XMEM__MSG__BODY_APPLIANCE_LIST;
+    m.appliance_list = &empty;
+    put_msg(n++, &m);
+
+    /* descriptors: a single part, and a 3-way stripe with a partial last chunk */
+    Xmem__AllocPart parts[3], *pp[3];
+    for (int i = 0; i < 3; i++) {
+        xmem__alloc_part__init(&parts[i]);
+        parts[i].appliance = "10.0.0.5:7400";
+        parts[i].provider = "tcp";
+        parts[i].fabric_addr = (ProtobufCBinaryData){sizeof(addr) - (size_t)i, addr};
+        parts[i].region_id = 10 + (uint64_t)i;
+        parts[i].key = 0xdeadbeef00ull + (uint64_t)i;
+        pp[i] = &parts[i];
+    }
+    Xmem__AllocDesc d = XMEM__ALLOC_DESC__INIT;
+    d.id = 9;
+    d.size = 5000;
+    d.name = "data";
+    d.owner = "alice";
+    d.policy = "single";
+    d.layout = XMEM__LAYOUT__LAYOUT_SINGLE;
+    d.width = 1;
+    d.access = XMEM__ACCESS__ACCESS_READ_WRITE;
+    d.generation = 1;
+    d.n_parts = 1;
+    d.parts = pp;
+    parts[0].size = 2u << 20;
+    m = (xm_msg_t)XMEM__MSG__INIT;
+    m.seq = 6;
+    m.body_case = XMEM__MSG__BODY_ALLOC_DESC;
+    m.alloc_desc = &d;
+    put_msg(n++, &m);
+    d.size = 5 * 65536 + 123;
+    d.policy = "stripe:3:64K";
+    d.layout = XMEM__LAYOUT__LAYOUT_STRIPE;
+    d.width = 3;
+    d.chunk = 65536;
+    d.n_parts = 3;
+    for (uint32_t i = 0; i < 3; i++) parts[i].size = proto_stripe_part_size(d.size, 3, 65536, i);
+    put_msg(n++, &m);
+
+    char *apps[] = {"10.0.0.5:7400", "10.0.0.6:7400"};
+    Xmem__AllocInfo ai = XMEM__ALLOC_INFO__INIT;
+    ai.id = 9;
+    ai.size = 4096;
+    ai.name = "data";
+    ai.owner = "alice";
+    ai.policy = "stripe:2";
+    ai.state = "degraded";
+    ai.n_appliances = 2;
+    ai.appliances = apps;
+    Xmem__AllocInfo *aip[] = {&ai};
+    Xmem__AllocList al = XMEM__ALLOC_LIST__INIT;
+    al.n_allocs = 1;
+    al.allocs = aip;
+    m = (xm_msg_t)XMEM__MSG__INIT;
+    m.seq = 7;
+    m.body_case = XMEM__MSG__BODY_ALLOCS;
+    m.allocs = &al;
+    put_msg(n++, &m);
+
+    Xmem__ApplianceEntry ae = XMEM__APPLIANCE_ENTRY__INIT;
+    ae.addr = "10.0.0.5:7400";
+    ae.domain = "rack1";
+    ae.state = "up";
+    ae.capacity = 64ull << 30;
+    ae.used = 1u << 30;
+    ae.regions = 3;
+    ae.provider = "tcp";
+    Xmem__ApplianceEntry *aep[] = {&ae};
+    Xmem__ApplianceTable at = XMEM__APPLIANCE_TABLE__INIT;
+    at.n_appliances = 1;
+    at.appliances = aep;
+    m = (xm_msg_t)XMEM__MSG__INIT;
+    m.seq = 8;
+    m.body_case = XMEM__MSG__BODY_APPLIANCES;
+    m.appliances = &at;
+    put_msg(n++, &m);
+}
+
 static void pool_seeds(void)
 {
     uint32_t ext[] = {0, 1, 2, 9};
@@ -250,6 +397,7 @@ int main(int argc, char **argv)
         return 1;
     }
     msg_seeds();
+    manager_seeds();
     pool_seeds();
     size_seeds();
     return failures == 0 ? 0 : 1;

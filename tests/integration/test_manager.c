@@ -7,6 +7,8 @@
 #include <unistd.h>
 
 #include "harness.h"
+/* xm__rpc: send a request exactly as built here (a chosen request id) */
+#include "../../src/client/client.h"
 
 static xt_cluster_t cl;
 
@@ -351,4 +353,67 @@ Test(manager, quotas_and_grants, .fini = teardown, .timeout = 120)
     xm_alloc_close(a);
     xm_disconnect(alice);
     xm_disconnect(bob);
+}
+
+/* One AllocCreate sent as the client library sends it, with a chosen request id. */
+static xm_status_t raw_alloc(xm_ctx_h ctx, uint64_t request_id, uint64_t size, uint64_t *id_p,
+                             uint64_t *region_p)
+{
+    Xmem__AllocRequest ar = XMEM__ALLOC_REQUEST__INIT;
+    ar.request_id = request_id;
+    ar.size = size;
+    ar.policy = "stripe:2:64K";
+    ar.name = "";
+    xm_msg_t req = XMEM__MSG__INIT, *rep;
+    req.body_case = XMEM__MSG__BODY_ALLOC_CREATE;
+    req.alloc_create = &ar;
+    xm_status_t s = xm__rpc(ctx, &req, &rep);
+    if (s != XM_OK) return s;
+    cr_assert_eq(rep->body_case, XMEM__MSG__BODY_ALLOC_DESC);
+    *id_p = rep->alloc_desc->id;
+    *region_p = rep->alloc_desc->parts[0]->region_id;
+    proto_msg_free(rep);
+    return XM_OK;
+}
+
+Test(manager, retried_request_id_allocates_once, .fini = teardown, .timeout = 120)
+{
+    xt_cluster_start(&cl, 2, "256M", "tcp", NULL);
+    xm_ctx_h ctx = xt_manager_connect(&cl.mgr, "alice");
+    uint64_t id1, id2, id3, r1, r2, r3;
+    cr_assert_eq(raw_alloc(ctx, 0x5eed, 4u << 20, &id1, &r1), XM_OK, "%s", xm_last_error(ctx));
+    uint32_t regions;
+    uint64_t used = used_on_appliances(ctx, &regions);
+    cr_assert_eq(regions, 2);
+    /* the retry (same id, e.g. after a lost reply) on the same and on a new connection */
+    cr_assert_eq(raw_alloc(ctx, 0x5eed, 4u << 20, &id2, &r2), XM_OK, "%s", xm_last_error(ctx));
+    xm_ctx_h again = xt_manager_connect(&cl.mgr, "alice");
+    cr_assert_eq(raw_alloc(again, 0x5eed, 4u << 20, &id3, &r3), XM_OK, "%s", xm_last_error(again));
+    cr_assert_eq(id2, id1, "a retry got another allocation");
+    cr_assert_eq(id3, id1);
+    cr_assert_eq(r2, r1, "a retry got another region");
+    cr_assert_eq(r3, r1);
+    cr_assert_eq(used_on_appliances(ctx, &regions), used, "a retry allocated again");
+    cr_assert_eq(regions, 2);
+    xm_alloc_info_t *infos;
+    size_t n;
+    cr_assert_eq(xm_alloc_list(ctx, &infos, &n), XM_OK);
+    cr_assert_eq(n, 1, "%zu allocations listed after three sends of one request", n);
+    free(infos);
+    /* the same id from another tenant is another request; a reused id with another size is refused */
+    xm_ctx_h bob = xt_manager_connect(&cl.mgr, "bob");
+    uint64_t idb, rb;
+    cr_assert_eq(raw_alloc(bob, 0x5eed, 4u << 20, &idb, &rb), XM_OK);
+    cr_assert_neq(idb, id1);
+    cr_assert_eq(raw_alloc(ctx, 0x5eed, 8u << 20, &id2, &r2), XM_ERR_INVALID);
+    /* a new id is a new allocation */
+    cr_assert_eq(raw_alloc(ctx, 0x5eee, 4u << 20, &id2, &r2), XM_OK);
+    cr_assert_neq(id2, id1);
+    cr_assert_eq(xm_free(ctx, id1, NULL), XM_OK);
+    cr_assert_eq(xm_free(ctx, id2, NULL), XM_OK);
+    cr_assert_eq(xm_free(bob, idb, NULL), XM_OK);
+    cr_assert_eq(used_on_appliances(ctx, &regions), 0);
+    xm_disconnect(bob);
+    xm_disconnect(again);
+    xm_disconnect(ctx);
 }
