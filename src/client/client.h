@@ -20,6 +20,7 @@ struct xm_ctx {
     char want_provider[16];  /* what the caller asked for, "" for any */
     net_secret_t secret;
     uint32_t timeout_ms;
+    uint64_t call_deadline_ns; /* the control call in progress must end by then */
     int fd;                  /* control socket, -1 when closed */
     struct sockaddr_storage ctrl_peer;
     uint64_t seq;

@@ -41,7 +41,7 @@ static void ctl_close(xm_ctx_h ctx)
 static xm_status_t ctl_exchange(xm_ctx_h ctx, xm_msg_t *req, xm_msg_t **rep_p)
 {
     req->seq = ++ctx->seq;
-    xm_status_t status = net_send_msg(ctx->fd, req, ctx->timeout_ms);
+    xm_status_t status = net_send_msg_by(ctx->fd, req, ctx->call_deadline_ns);
     if (status != XM_OK) {
         ctl_close(ctx);
         return xm__ctx_error(ctx, status == XM_ERR_TIMEOUT ? XM_ERR_TIMEOUT : XM_ERR_DISCONNECTED,
@@ -50,7 +50,8 @@ static xm_status_t ctl_exchange(xm_ctx_h ctx, xm_msg_t *req, xm_msg_t **rep_p)
     }
     xm_msg_t *rep;
     const char *why;
-    status = net_recv_msg(ctx->fd, XM_FRAME_MAX_REPLY, (int)ctx->timeout_ms, ctx->timeout_ms, &rep, &why);
+    status = net_recv_msg_by(ctx->fd, XM_FRAME_MAX_REPLY, ctx->call_deadline_ns, ctx->timeout_ms,
+                             &rep, &why);
     if (status != XM_OK) {
         ctl_close(ctx);
         return xm__ctx_error(ctx, status, "%s %s:%s: no valid reply (%s)", KIND(ctx),
@@ -74,7 +75,11 @@ static xm_status_t ctl_exchange(xm_ctx_h ctx, xm_msg_t *req, xm_msg_t **rep_p)
 
 static xm_status_t ctl_connect(xm_ctx_h ctx)
 {
-    xm_status_t status = net_connect(ctx->host, ctx->port, ctx->timeout_ms, &ctx->fd);
+    uint64_t now = xm__now_ns();
+    uint32_t left_ms = now < ctx->call_deadline_ns
+                           ? (uint32_t)((ctx->call_deadline_ns - now + 999999) / 1000000) : 0;
+    xm_status_t status = left_ms == 0 ? XM_ERR_TIMEOUT
+                                      : net_connect(ctx->host, ctx->port, left_ms, &ctx->fd);
     if (status != XM_OK) {
         ctx->fd = -1;
         return xm__ctx_error(ctx, status, "cannot connect to %s %s:%s: %s", KIND(ctx),
@@ -182,6 +187,8 @@ static bool manager_request(const xm_msg_t *req)
 
 xm_status_t xm__rpc(xm_ctx_h ctx, xm_msg_t *req, xm_msg_t **rep_p)
 {
+    /* one budget for the whole call: reconnect, handshake, request, reply */
+    ctx->call_deadline_ns = xm__now_ns() + (uint64_t)ctx->timeout_ms * 1000000ull;
     if (manager_request(req) != ctx->manager) {
         return xm__ctx_error(ctx, XM_ERR_INVALID, ctx->manager
                                  ? "connected to a manager: use allocations (xm_alloc), not regions"
@@ -256,6 +263,7 @@ XM_EXPORT xm_status_t xm_connect(const xm_connect_opts_t *opts, xm_ctx_h *ctx_p)
     if (status != XM_OK) {
         goto err;
     }
+    ctx->call_deadline_ns = xm__now_ns() + (uint64_t)ctx->timeout_ms * 1000000ull;
     status = ctl_connect(ctx);
     if (status != XM_OK) {
         goto err;
