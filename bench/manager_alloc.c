@@ -1,7 +1,9 @@
 /* Allocation manager: allocate+free pairs per second from T local clients,
  * time to allocate a large striped allocation, striped streaming bandwidth.
  * Runs against the manager in $XMEM_MANAGER (xmem up starts one).
- *   manager_alloc [--threads T] [--pairs N] [--big SIZE --policy P] [--stream SIZE --policy P] */
+ *   manager_alloc [--threads T] [--pairs N] [--big SIZE --policy P] [--stream SIZE --policy P]
+ *                 [--suballoc N]  (N xm_suballoc+xm_subfree pairs of 4 KiB in a 64 MiB group,
+ *                                  per thread; with --pairs, the ratio to the manager's rate) */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,6 +14,7 @@
 #include "bench_util.h"
 
 static int pairs = 2000;
+static int subpairs = 0;
 static uint64_t total_ns_max;
 
 typedef struct th { int failures; uint64_t ns; } th_t;
@@ -40,6 +43,33 @@ static void *churn(void *arg)
     return NULL;
 }
 
+typedef struct sub { int idx; int failures; } sub_t;
+
+/* Sub-allocation pairs in the shared group "bench-group" (another member of it per thread). */
+static void *subchurn(void *arg)
+{
+    sub_t *t = arg;
+    xm_ctx_h ctx;
+    xm_group_h g;
+    if (xm_connect(NULL, &ctx) != XM_OK) {
+        t->failures = subpairs;
+        return NULL;
+    }
+    if (xm_group_attach(ctx, "bench-group", &g) != XM_OK) {
+        fprintf(stderr, "attach: %s\n", xm_last_error(ctx));
+        t->failures = subpairs;
+        xm_disconnect(ctx);
+        return NULL;
+    }
+    for (int i = 0; i < subpairs; i++) {
+        xm_piece_t p;
+        if (xm_suballoc(g, 4096, &p) != XM_OK || xm_subfree(g, p) != XM_OK) t->failures++;
+    }
+    xm_group_close(g);
+    xm_disconnect(ctx);
+    return NULL;
+}
+
 int main(int argc, char **argv)
 {
     int threads = 2;
@@ -50,7 +80,9 @@ int main(int argc, char **argv)
         else if (strcmp(argv[i], "--big") == 0) big = argv[i + 1];
         else if (strcmp(argv[i], "--stream") == 0) stream = argv[i + 1];
         else if (strcmp(argv[i], "--policy") == 0) policy = argv[i + 1];
+        else if (strcmp(argv[i], "--suballoc") == 0) subpairs = atoi(argv[i + 1]);
     }
+    double mgr_rate = 0;
     if (pairs > 0) {
         th_t *ts = calloc((size_t)threads, sizeof(*ts));
         pthread_t *ps = calloc((size_t)threads, sizeof(*ps));
@@ -63,11 +95,43 @@ int main(int argc, char **argv)
         }
         uint64_t ns = bench_now_ns() - t0;
         (void)total_ns_max;
+        mgr_rate = (double)threads * pairs * 1e9 / (double)ns;
         printf("%-40s %10.0f pairs/s  (%d clients x %d pairs, %d failures)\n",
-               "allocate+free 1 MiB single", (double)threads * pairs * 1e9 / (double)ns, threads,
-               pairs, fails);
+               "allocate+free 1 MiB single", mgr_rate, threads, pairs, fails);
         free(ts);
         free(ps);
+    }
+    if (subpairs > 0) {
+        xm_ctx_h gctx;
+        xm_group_h g;
+        if (xm_connect(NULL, &gctx) != XM_OK ||
+            xm_group_create(gctx, 64u << 20, "bench-group", &g) != XM_OK) {
+            fprintf(stderr, "group: %s\n", xm_last_error(gctx));
+            return 1;
+        }
+        sub_t *ts = calloc((size_t)threads, sizeof(*ts));
+        pthread_t *ps = calloc((size_t)threads, sizeof(*ps));
+        uint64_t t0 = bench_now_ns();
+        for (int i = 0; i < threads; i++) {
+            ts[i].idx = i;
+            pthread_create(&ps[i], NULL, subchurn, &ts[i]);
+        }
+        int fails = 0;
+        for (int i = 0; i < threads; i++) {
+            pthread_join(ps[i], NULL);
+            fails += ts[i].failures;
+        }
+        uint64_t ns = bench_now_ns() - t0;
+        double rate = (double)threads * subpairs * 1e9 / (double)ns;
+        printf("%-40s %10.0f pairs/s  (%d clients x %d pairs, %d failures)", "suballoc+subfree 4 KiB",
+               rate, threads, subpairs, fails);
+        if (mgr_rate > 0) printf("  = %.1fx the manager's rate", rate / mgr_rate);
+        printf("\n");
+        free(ts);
+        free(ps);
+        xm_group_close(g);
+        xm_free(gctx, 0, "bench-group");
+        xm_disconnect(gctx);
     }
     xm_ctx_h ctx;
     if ((big != NULL || stream != NULL) && xm_connect(NULL, &ctx) != XM_OK) {
