@@ -155,6 +155,9 @@ bool xm__evict(xm__map_t *m, uint32_t k, uint32_t b)
         uint8_t *st = eng->staging[k];
         bool present[XM__FETCH_MAX / XM__PAGE];
         memset(present, 0, sizeof(present));
+        /* the destination must be empty (EEXIST otherwise); a page left there
+         * by anything would make this eviction fail, so clear it first */
+        madvise(st, bytes, MADV_DONTNEED);
         int err = move_range(eng->uffd, st, a, bytes, present, false);
         if (err != 0) {
             errno = err;

@@ -112,7 +112,8 @@ static xm_status_t sync_run(xm__map_t *m, uint32_t b0, uint32_t b1, const bool *
     return status;
 }
 
-xm_status_t xm__sync_blocks(xm__map_t *m, uint32_t b0, uint32_t b1)
+/* One pass over [b0, b1); blocks being fetched are skipped and flagged in *fetching. */
+static xm_status_t sync_pass(xm__map_t *m, uint32_t b0, uint32_t b1, bool only_flagged, bool *fetching)
 {
     xm__engine_t *eng = m->eng;
     if (m->ro || b0 >= b1) return XM_OK;
@@ -127,13 +128,17 @@ xm_status_t xm__sync_blocks(xm__map_t *m, uint32_t b0, uint32_t b1)
         free(hashes);
         return XM_ERR_NO_MEMORY;
     }
-    /* pin what is resident; wait for fetches and evictions in flight (an
-     * eviction's write-back is part of what this call must make durable) */
+    /* pin what is resident; wait for evictions in flight (their write-back is
+     * part of what this call must make durable; they never wait for anything).
+     * A block being fetched may already show its pages (and take stores) but
+     * its fetch may be waiting for room that our pins hold: flag it, and the
+     * caller waits for it with no pins held. */
     pthread_mutex_lock(&eng->lock);
     for (uint32_t b = b0; b < b1; b++) {
-        while (m->blocks[b].state == XM__BLK_FETCHING || m->blocks[b].state == XM__BLK_EVICTING) {
-            pthread_cond_wait(&eng->cond, &eng->lock);
-        }
+        if (only_flagged && !fetching[b - b0]) continue;
+        fetching[b - b0] = false;
+        while (m->blocks[b].state == XM__BLK_EVICTING) pthread_cond_wait(&eng->cond, &eng->lock);
+        if (m->blocks[b].state == XM__BLK_FETCHING) fetching[b - b0] = true;
         if (m->blocks[b].state == XM__BLK_RESIDENT) {
             m->blocks[b].pins++;
             pinned[b - b0] = true;
@@ -179,5 +184,25 @@ xm_status_t xm__sync_blocks(xm__map_t *m, uint32_t b0, uint32_t b1)
     free(suspect);
     free(wbuf);
     free(hashes);
+    return status;
+}
+
+xm_status_t xm__sync_blocks(xm__map_t *m, uint32_t b0, uint32_t b1)
+{
+    if (m->ro || b0 >= b1) return XM_OK;
+    bool *fetching = calloc(b1 - b0, sizeof(bool));
+    if (fetching == NULL) return XM_ERR_NO_MEMORY;
+    xm_status_t status = sync_pass(m, b0, b1, false, fetching);
+    bool again = false;
+    pthread_mutex_lock(&m->eng->lock);
+    for (uint32_t b = b0; b < b1; b++) {
+        if (!fetching[b - b0]) continue;
+        again = true;
+        while (m->blocks[b].state == XM__BLK_FETCHING) pthread_cond_wait(&m->eng->cond, &m->eng->lock);
+    }
+    pthread_mutex_unlock(&m->eng->lock);
+    /* once more for those: a block fetched again since was evicted (written back) meanwhile */
+    if (again && status == XM_OK) status = sync_pass(m, b0, b1, true, fetching);
+    free(fetching);
     return status;
 }

@@ -14,7 +14,23 @@
 
 #include "harness.h"
 
+#define XM_MIN_T(a, b) ((a) < (b) ? (a) : (b))
+#define XM_MAX_T(a, b) ((a) > (b) ? (a) : (b))
+
 static xt_appliance_t app;
+
+/* The sanitizers turn SIGSEGV/SIGBUS into exit(1): a handler of our own
+ * reports which signal it was, in every build. */
+static void exit_on_signal(int sig)
+{
+    _exit(100 + sig);
+}
+
+static void catch_signal(int sig)
+{
+    struct sigaction sa = {.sa_handler = exit_on_signal};
+    sigaction(sig, &sa, NULL);
+}
 static bool started;
 
 static void teardown(void)
@@ -128,6 +144,317 @@ XT_TEST_PROVIDERS(map, loads_and_stores_round_trip, .fini = teardown, .timeout =
     cr_assert_eq(xm_unmap(data), XM_ERR_INVALID, "not a mapping");
     free(data);
     free(back);
+    xm_region_close(r);
+    xm_disconnect(ctx);
+}
+
+/* Fill a region with a recognisable word per 8 bytes: offset * 3 + seed. */
+static void fill_region(xm_region_h r, uint64_t size, uint64_t seed)
+{
+    const size_t chunk = 1u << 20;
+    uint64_t *buf = malloc(chunk);
+    for (uint64_t off = 0; off < size; off += chunk) {
+        for (size_t i = 0; i < chunk / 8; i++) buf[i] = (off + i * 8) * 3 + seed;
+        cr_assert_eq(xm_write(r, off, buf, XM_MIN_T(chunk, size - off)), XM_OK);
+    }
+    free(buf);
+}
+
+XT_TEST_PROVIDERS(map, resident_size_stays_within_budget, .fini = teardown, .timeout = 120)
+{
+    start(provider, "256M");
+    xm_ctx_h ctx = xt_connect(&app, NULL);
+    const uint64_t size = 32u << 20, budget = 8u << 20; /* a scan 4x the cache */
+    xm_region_h r;
+    cr_assert_eq(xm_region_create(ctx, size, NULL, &r), XM_OK);
+    fill_region(r, size, 11);
+    uint64_t *p;
+    xm_map_opts_t o = {.cache_bytes = budget};
+    cr_assert_eq(xm_map(ctx, r, 0, size, &o, (void **)&p), XM_OK, "%s", xm_last_error(ctx));
+    uint64_t max_rss = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        for (uint64_t i = 0; i < size / 8; i++) {
+            cr_assert_eq(p[i], i * 8 * 3 + 11, "word at %llu", (unsigned long long)(i * 8));
+            if (i % (256u << 10) == 0) max_rss = XM_MAX_T(max_rss, vma_rss(p));
+        }
+        /* and every 37th page, out of order */
+        for (uint64_t pg = 0; pg < size / 4096; pg++) {
+            uint64_t q = (pg * 37) % (size / 4096);
+            cr_assert_eq(p[q * 512], q * 4096 * 3 + 11);
+            if (pg % 512 == 0) max_rss = XM_MAX_T(max_rss, vma_rss(p));
+        }
+    }
+    xm_map_stats_t st = stat_of(p);
+    cr_assert_leq(max_rss, budget, "mapping Rss %llu > budget %llu", (unsigned long long)max_rss,
+                  (unsigned long long)budget);
+    cr_assert_leq(st.resident_bytes, budget);
+    cr_assert_gt(st.evictions, 0);
+    cr_assert_gt(st.readahead_blocks, 0, "a sequential scan is read ahead");
+    cr_assert_eq(st.writeback_pages, 0, "nothing was written: nothing goes back");
+    cr_assert_eq(xm_unmap(p), XM_OK);
+
+    /* two mappings under one context budget */
+    uint8_t *a, *b;
+    xm_map_opts_t oc = {.ctx_cache_bytes = 4u << 20};
+    cr_assert_eq(xm_map(ctx, r, 0, 16u << 20, &oc, (void **)&a), XM_OK);
+    cr_assert_eq(xm_map(ctx, r, 16u << 20, 16u << 20, NULL, (void **)&b), XM_OK);
+    volatile uint64_t sum = 0;
+    for (uint64_t off = 0; off < (16u << 20); off += 4096) {
+        sum += a[off] + b[off];
+        if (off % (1u << 20) == 0) cr_assert_leq(vma_rss(a) + vma_rss(b), 4u << 20);
+    }
+    cr_assert_leq(vma_rss(a) + vma_rss(b), 4u << 20);
+    cr_assert_eq(xm_unmap(a), XM_OK);
+    cr_assert_eq(xm_unmap(b), XM_OK);
+    xm_region_close(r);
+    xm_disconnect(ctx);
+}
+
+Test(map, only_written_pages_go_back, .fini = teardown, .timeout = 120)
+{
+    start("tcp", "256M");
+    xm_ctx_h ctx = xt_connect(&app, NULL);
+    const uint64_t size = 4u << 20;
+    xm_region_h r;
+    cr_assert_eq(xm_region_create(ctx, size, NULL, &r), XM_OK);
+    fill_region(r, size, 5);
+    uint8_t *p;
+    cr_assert_eq(xm_map(ctx, r, 0, size, NULL, (void **)&p), XM_OK);
+    volatile uint64_t sum = 0;
+    for (uint64_t off = 0; off < size; off += 4096) sum += p[off]; /* all resident, all clean */
+    cr_assert_eq(xm_sync(p, size), XM_OK);
+    cr_assert_eq(stat_of(p).writeback_pages, 0, "clean pages were written back");
+    p[5 * 4096] = 1;
+    p[9 * 4096 + 100] = 2;
+    p[900 * 4096 + 4095] = 3;
+    cr_assert_eq(xm_sync(p, size), XM_OK);
+    cr_assert_eq(stat_of(p).writeback_pages, 3);
+    cr_assert_eq(xm_sync(p, size), XM_OK);
+    cr_assert_eq(stat_of(p).writeback_pages, 3, "a second sync wrote again");
+    p[9 * 4096 + 200] = 4; /* written again after its write-back */
+    cr_assert_eq(xm_sync(p + 8 * 4096, 2 * 4096), XM_OK);
+    cr_assert_eq(stat_of(p).writeback_pages, 4);
+    uint8_t b;
+    cr_assert_eq(xm_read(r, 9 * 4096 + 200, &b, 1), XM_OK);
+    cr_assert_eq(b, 4);
+    cr_assert_eq(xm_read(r, 900 * 4096 + 4095, &b, 1), XM_OK);
+    cr_assert_eq(b, 3);
+    cr_assert_eq(xm_unmap(p), XM_OK);
+
+    /* eviction writes back exactly the written pages too */
+    xm_map_opts_t o = {.cache_bytes = 256u << 10};
+    cr_assert_eq(xm_map(ctx, r, 0, size, &o, (void **)&p), XM_OK);
+    for (uint64_t off = 0; off < (1u << 20); off += 4096) sum += p[off];
+    for (int i = 0; i < 5; i++) p[i * 8192 + 7] = (uint8_t)(0x70 + i);
+    for (uint64_t off = 1u << 20; off < size; off += 4096) sum += p[off]; /* pushes them out */
+    xm_map_stats_t st = stat_of(p);
+    cr_assert_eq(st.writeback_pages, 5, "evictions wrote back %llu pages, 5 were written",
+                 (unsigned long long)st.writeback_pages);
+    for (int i = 0; i < 5; i++) {
+        cr_assert_eq(xm_read(r, i * 8192 + 7, &b, 1), XM_OK);
+        cr_assert_eq(b, 0x70 + i);
+        cr_assert_eq(p[i * 8192 + 7], 0x70 + i, "fetched back after eviction");
+    }
+    cr_assert_eq(xm_unmap(p), XM_OK);
+    xm_region_close(r);
+    xm_disconnect(ctx);
+}
+
+/* Threads store counters into shared pages while a tiny cache evicts all the
+ * time and another thread syncs: afterwards every store is on the appliance. */
+#define STRESS_THREADS 4
+#define STRESS_PAGES 512
+#define STRESS_ROUNDS 40
+typedef struct stress_arg {
+    uint64_t *base;
+    int t;
+} stress_arg_t;
+static volatile int stress_stop;
+
+static void *stress_writer(void *arg)
+{
+    stress_arg_t *a = arg;
+    for (uint64_t round = 1; round <= STRESS_ROUNDS; round++) {
+        for (uint64_t pg = 0; pg < STRESS_PAGES; pg++) {
+            uint64_t q = (pg * 97 + (uint64_t)a->t * 13) % STRESS_PAGES; /* threads share every page */
+            __atomic_store_n(&a->base[q * 512 + (uint64_t)a->t], round, __ATOMIC_RELAXED);
+        }
+    }
+    return NULL;
+}
+
+static void *stress_syncer(void *arg)
+{
+    uint64_t *base = arg;
+    while (!stress_stop) {
+        xm_status_t s = xm_sync(base, STRESS_PAGES * 4096ull);
+        cr_assert_eq(s, XM_OK, "xm_sync during the stress: %s", xm_status_str(s));
+        usleep(2000);
+    }
+    return NULL;
+}
+
+XT_TEST_PROVIDERS(map, concurrent_stores_survive_eviction, .fini = teardown, .timeout = 180)
+{
+    start(provider, "256M");
+    xm_ctx_h ctx = xt_connect(&app, NULL);
+    const uint64_t size = STRESS_PAGES * 4096ull;
+    xm_region_h r;
+    cr_assert_eq(xm_region_create(ctx, size, NULL, &r), XM_OK);
+    uint64_t *p;
+    xm_map_opts_t o = {.cache_bytes = 64u << 10, .fetch_size = 16u << 10};
+    cr_assert_eq(xm_map(ctx, r, 0, size, &o, (void **)&p), XM_OK);
+    pthread_t th[STRESS_THREADS], syncer;
+    stress_arg_t args[STRESS_THREADS];
+    stress_stop = 0;
+    cr_assert_eq(pthread_create(&syncer, NULL, stress_syncer, p), 0);
+    for (int t = 0; t < STRESS_THREADS; t++) {
+        args[t] = (stress_arg_t){.base = p, .t = t};
+        cr_assert_eq(pthread_create(&th[t], NULL, stress_writer, &args[t]), 0);
+    }
+    for (int t = 0; t < STRESS_THREADS; t++) pthread_join(th[t], NULL);
+    stress_stop = 1;
+    pthread_join(syncer, NULL);
+    xm_map_stats_t st = stat_of(p);
+    cr_assert_gt(st.evictions, 100, "the cache was meant to churn (%llu evictions)",
+                 (unsigned long long)st.evictions);
+    cr_assert_leq(st.resident_bytes, 64u << 10);
+    /* every page: each thread's last counter, through the mapping and on the appliance */
+    for (uint64_t pg = 0; pg < STRESS_PAGES; pg++) {
+        for (int t = 0; t < STRESS_THREADS; t++) cr_assert_eq(p[pg * 512 + t], STRESS_ROUNDS);
+    }
+    cr_assert_eq(xm_sync(p, size), XM_OK);
+    uint64_t *back = malloc(size);
+    cr_assert_eq(xm_read(r, 0, back, size), XM_OK);
+    for (uint64_t pg = 0; pg < STRESS_PAGES; pg++) {
+        for (int t = 0; t < STRESS_THREADS; t++) {
+            cr_assert_eq(back[pg * 512 + t], STRESS_ROUNDS, "page %llu thread %d: %llu on the appliance",
+                         (unsigned long long)pg, t, (unsigned long long)back[pg * 512 + t]);
+        }
+    }
+    free(back);
+    cr_assert_eq(xm_unmap(p), XM_OK);
+    xm_region_close(r);
+    xm_disconnect(ctx);
+}
+
+/* The appliance dies: a fault that cannot be served gets SIGBUS (in a child,
+ * with a log line naming the region and offset), never a zero page. */
+Test(map, dead_appliance_fault_is_sigbus, .fini = teardown, .timeout = 120)
+{
+    start("tcp", "256M");
+    xm_ctx_h ctx = xt_connect(&app, NULL);
+    xm_region_h r;
+    cr_assert_eq(xm_region_create(ctx, 8u << 20, NULL, &r), XM_OK);
+    fill_region(r, 8u << 20, 3);
+    uint64_t id = xm_region_id(r);
+    xm_region_close(r);
+    xm_disconnect(ctx);
+    char logpath[PATH_MAX];
+    snprintf(logpath, sizeof(logpath), "%s/child.log", app.dir);
+    int go[2], ready[2];
+    cr_assert_eq(pipe(go), 0);
+    cr_assert_eq(pipe(ready), 0);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        int fd = open(logpath, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        dup2(fd, 2);
+        xm_ctx_h c;
+        xm_connect_opts_t co = {.appliance = app.addr, .secret_file = app.secret, .tenant = "alice",
+                                .timeout_ms = 300};
+        if (xm_connect(&co, &c) != XM_OK) _exit(10);
+        xm_region_h rr;
+        if (xm_region_open(c, id, NULL, XM_ACCESS_READ_WRITE, &rr) != XM_OK) _exit(11);
+        volatile uint64_t *p;
+        if (xm_map(c, rr, 0, 8u << 20, &(xm_map_opts_t){.flags = XM_MAP_NO_READAHEAD},
+                   (void **)&p) != XM_OK) _exit(12);
+        if (p[0] != 3) _exit(13); /* served while the appliance lives */
+        catch_signal(SIGBUS);
+        char x = 1;
+        if (write(ready[1], &x, 1) != 1) _exit(14);
+        if (read(go[0], &x, 1) != 1) _exit(15);
+        uint64_t v = p[(5u << 20) / 8]; /* the appliance is gone now */
+        _exit(v == 0 ? 20 : 21);        /* reaching here at all is the failure */
+    }
+    char x;
+    cr_assert_eq(read(ready[0], &x, 1), 1, "child could not map");
+    xt_kill9(&app);
+    started = false;
+    cr_assert_eq(write(go[1], &x, 1), 1);
+    int wst;
+    cr_assert_eq(waitpid(pid, &wst, 0), pid);
+    cr_assert(WIFEXITED(wst) && WEXITSTATUS(wst) == 100 + SIGBUS,
+              "the child did not get SIGBUS (exit %d, signal %d)",
+              WIFEXITED(wst) ? WEXITSTATUS(wst) : -1, WIFSIGNALED(wst) ? WTERMSIG(wst) : -1);
+    FILE *f = fopen(logpath, "r");
+    cr_assert_not_null(f);
+    char line[1024];
+    bool named = false;
+    char want[64];
+    snprintf(want, sizeof(want), "region %llu offset %u", (unsigned long long)id, 5u << 20);
+    while (fgets(line, sizeof(line), f) != NULL) named |= strstr(line, want) != NULL && strstr(line, "SIGBUS") != NULL;
+    fclose(f);
+    cr_assert(named, "no log line naming '%s' and SIGBUS", want);
+    xt_cleanup(&app);
+}
+
+/* Write-back that cannot complete: xm_sync and xm_unmap report it, the
+ * written data stays readable in the mapping. */
+Test(map, failed_write_back_is_reported, .fini = teardown, .timeout = 120)
+{
+    start("tcp", "256M");
+    xm_ctx_h ctx;
+    cr_assert_eq(xt_try_connect(&app, NULL, NULL, 300, &ctx), XM_OK);
+    xm_region_h r;
+    cr_assert_eq(xm_region_create(ctx, 1u << 20, NULL, &r), XM_OK);
+    uint8_t *p;
+    cr_assert_eq(xm_map(ctx, r, 0, 1u << 20, NULL, (void **)&p), XM_OK);
+    memset(p, 0x11, 1u << 20);
+    cr_assert_eq(xm_sync(p, 1u << 20), XM_OK);
+    memset(p + 8192, 0x22, 4096);
+    xt_kill9(&app);
+    started = false;
+    cr_assert_neq(xm_sync(p, 1u << 20), XM_OK, "xm_sync succeeded with the appliance dead");
+    cr_assert_neq(xm_sync(p, 1u << 20), XM_OK, "a second xm_sync forgot the dirty page");
+    for (int i = 0; i < 4096; i++) cr_assert_eq(p[8192 + i], 0x22, "written data lost locally");
+    cr_assert_eq(p[0], 0x11);
+    cr_assert_neq(xm_unmap(p), XM_OK, "xm_unmap must not drop unsaved data silently");
+    cr_assert_eq(p[8192], 0x22, "the mapping is still there after a failed unmap");
+    cr_assert_geq(stat_of(p).writeback_errors, 2);
+    xm_unmap_discard(p);
+    xm_region_close(r);
+    xm_disconnect(ctx);
+    xt_cleanup(&app);
+}
+
+/* fork(): the child has no mapping at that address (MADV_DONTFORK), so it can
+ * corrupt neither the parent's pages nor the appliance's copy. */
+Test(map, fork_child_has_no_mapping, .fini = teardown, .timeout = 60)
+{
+    start("tcp", "256M");
+    xm_ctx_h ctx = xt_connect(&app, NULL);
+    xm_region_h r;
+    cr_assert_eq(xm_region_create(ctx, 1u << 20, NULL, &r), XM_OK);
+    uint8_t *p;
+    cr_assert_eq(xm_map(ctx, r, 0, 1u << 20, NULL, (void **)&p), XM_OK);
+    memset(p, 0x33, 1u << 20);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        catch_signal(SIGSEGV);
+        p[100] = 0x44; /* SIGSEGV: nothing is mapped here in the child */
+        _exit(0);
+    }
+    int wst;
+    cr_assert_eq(waitpid(pid, &wst, 0), pid);
+    cr_assert(WIFEXITED(wst) && WEXITSTATUS(wst) == 100 + SIGSEGV, "child did not get SIGSEGV");
+    cr_assert_eq(p[100], 0x33, "the child's store reached the parent");
+    cr_assert_eq(xm_sync(p, 1u << 20), XM_OK);
+    uint8_t b;
+    cr_assert_eq(xm_read(r, 100, &b, 1), XM_OK);
+    cr_assert_eq(b, 0x33);
+    cr_assert_eq(xm_unmap(p), XM_OK);
     xm_region_close(r);
     xm_disconnect(ctx);
 }
