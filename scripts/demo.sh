@@ -65,3 +65,9 @@ step "$bin/xmem" appliances
 step "$bin/xmem" free striped
 printf '\n$ xmem down\n'
 "$bin/xmem" down
+
+# ---- mapped external memory (xm_map) ------------------------------------------
+printf '\n\033[1m# Mapped external memory: sort a 64 MiB data set that lives on the appliance, through a 16 MiB local cache\033[0m\n'
+unset XMEM_MANAGER
+export XMEM_APPLIANCE=$addr XMEM_SECRET_FILE=$dir/secret
+step "$bin/map_sort" 64M

@@ -32,6 +32,8 @@ int cmd_put(cli_t *cli);
 int cmd_get(cli_t *cli);
 int cmd_stat(cli_t *cli);
 int cmd_bench(cli_t *cli);
+/* bench_map.c: xmem bench map */
+int cmd_bench_map(cli_t *cli);
 /* alloc_cmds.c: allocations through a manager, local clusters */
 int cmd_appliances(cli_t *cli);
 int cmd_alloc(cli_t *cli);

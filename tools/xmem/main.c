@@ -26,6 +26,7 @@ static const char usage_text[] =
     "  get ID|NAME [--offset N] [--length N] copy the region to stdout\n"
     "  stat                                  the appliance's pool\n"
     "  bench [--sizes LIST] [--iters N]      latency and bandwidth vs raw TCP\n"
+    "  bench map [--size 256M] [--fetch 64K] mapped memory: fault latency, workloads vs local\n"
     "  config                                the client settings in force\n"
     "\n"
     "With a manager (--manager or XMEM_MANAGER):\n"
@@ -240,10 +241,12 @@ int main(int argc, char **argv)
         {"stat", cmd_stat},     {"bench", cmd_bench},   {"config", cmd_config},
         {"appliances", cmd_appliances}, {"alloc", cmd_alloc}, {"ls", cmd_ls}, {"free", cmd_free},
         {"up", cmd_up},         {"down", cmd_down},
+        {"bench map", cmd_bench_map},
     };
     const char *cmd = rest[0];
     cli.argc = nrest - 1;
     cli.argv = rest + 1;
+    if (strcmp(cmd, "bench") == 0 && nrest > 1 && strcmp(rest[1], "map") == 0) cmd = "bench map", cli.argc--, cli.argv++;
     int rc = 2;
     bool found = false;
     for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]) && !found; i++) {

@@ -1,0 +1,223 @@
+/* xmem bench map: mapped external memory. Remote fault latency against, in
+ * the same run, a userfaultfd fault served from local memory and a 4 KiB
+ * xm_read; then workloads (bench/map_workloads.h, shared with the peer
+ * benchmarks) over a working set at 100/75/50/25% local cache, as a ratio to
+ * the same kernel in plain local memory. */
+#include <fcntl.h>
+#include <linux/userfaultfd.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "../../bench/map_workloads.h"
+#include "cli.h"
+
+static int cmp_d(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static void pct(double *v, size_t n, double *p50, double *p99)
+{
+    qsort(v, n, sizeof(double), cmp_d);
+    *p50 = v[n / 2];
+    *p99 = v[(size_t)((double)n * 0.99)];
+}
+
+/* ---- reference: a userfaultfd fault served from local memory ------------- */
+
+typedef struct local_uffd {
+    int uffd, stop;
+    uint8_t *src;
+    uint32_t k;
+} local_uffd_t;
+
+static void *local_handler(void *arg)
+{
+    local_uffd_t *l = arg;
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET((int)l->k % (int)sysconf(_SC_NPROCESSORS_ONLN), &set);
+    pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+    struct pollfd pf = {.fd = l->uffd, .events = POLLIN};
+    while (!__atomic_load_n(&l->stop, __ATOMIC_RELAXED)) {
+        if (poll(&pf, 1, 50) <= 0) continue;
+        struct uffd_msg msg;
+        if (read(l->uffd, &msg, sizeof(msg)) != sizeof(msg)) continue;
+        if (msg.event != UFFD_EVENT_PAGEFAULT) continue;
+        struct uffdio_copy c = {.dst = msg.arg.pagefault.address & ~4095ull, .src = (uintptr_t)l->src,
+                                .len = 4096};
+        ioctl(l->uffd, UFFDIO_COPY, &c);
+    }
+    return NULL;
+}
+
+/* p50/p99 of first touches of n random pages served by one handler per CPU (as xm_map does). */
+static int local_fault(size_t n, double *lat, size_t *got_p)
+{
+    int uffd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+    if (uffd < 0) return -1;
+    struct uffdio_api api = {.api = UFFD_API};
+    if (ioctl(uffd, UFFDIO_API, &api) != 0) return -1;
+    size_t len = n * 4096;
+    uint8_t *a = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    madvise(a, len, MADV_NOHUGEPAGE);
+    struct uffdio_register reg = {.range = {.start = (uintptr_t)a, .len = len},
+                                  .mode = UFFDIO_REGISTER_MODE_MISSING};
+    if (ioctl(uffd, UFFDIO_REGISTER, &reg) != 0) return -1;
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    local_uffd_t hs[8];
+    pthread_t th[8];
+    uint8_t *src = aligned_alloc(4096, 4096);
+    memset(src, 1, 4096);
+    int nt = (int)(ncpu < 8 ? ncpu : 8);
+    for (int k = 0; k < nt; k++) {
+        hs[k] = (local_uffd_t){.uffd = uffd, .src = src, .k = (uint32_t)k};
+        pthread_create(&th[k], NULL, local_handler, &hs[k]);
+    }
+    uint64_t s = 42;
+    uint8_t *seen = calloc(n, 1);
+    size_t got = 0;
+    for (size_t i = 0; i < n; i++) {
+        size_t pg = (size_t)(xmw_rand(&s) % n);
+        if (seen[pg]) continue; /* first touches only */
+        seen[pg] = 1;
+        volatile uint8_t *p = a + pg * 4096;
+        double t0 = xmw_now();
+        (void)p[0];
+        lat[got++] = (xmw_now() - t0) * 1e6;
+    }
+    free(seen);
+    for (int k = 0; k < nt; k++) __atomic_store_n(&hs[k].stop, 1, __ATOMIC_RELAXED);
+    for (int k = 0; k < nt; k++) pthread_join(th[k], NULL);
+    munmap(a, len);
+    close(uffd);
+    free(src);
+    *got_p = got;
+    return 0;
+}
+
+int cmd_bench_map(cli_t *cli)
+{
+    const char *size_text = cli_take(cli, "--size");
+    const char *faults_text = cli_take(cli, "--faults");
+    const char *fetch_text = cli_take(cli, "--fetch");
+    if (cli_no_more(cli, 0) != 0) return 2;
+    uint64_t ws = 256u << 20, fetch = 64u << 10;
+    if (size_text != NULL && xm_parse_size(size_text, &ws) != XM_OK) return 2;
+    if (fetch_text != NULL && xm_parse_size(fetch_text, &fetch) != XM_OK) return 2;
+    size_t nf = faults_text != NULL ? strtoul(faults_text, NULL, 10) : 4000;
+    if (nf < 100 || ws < (16u << 20)) {
+        fprintf(stderr, "usage: xmem bench map [--size 256M (>=16M)] [--faults 4000] [--fetch 64K]\n");
+        return 2;
+    }
+    xm_ctx_h ctx;
+    if (cli_connect(cli, &ctx) != 0) return 1;
+    uint64_t rsize = ws > nf * 4096ull ? ws : nf * 4096ull;
+    xm_region_h r;
+    xm_status_t s = xm_region_create(ctx, rsize, NULL, &r);
+    if (s != XM_OK) {
+        xm_disconnect(ctx);
+        return cli_fail("bench map", "cannot create a region: %s", xm_status_str(s));
+    }
+    double *lat = calloc(nf, sizeof(double)), p50, p99, l50, l99, r50, r99;
+
+    /* 1. remote fault: 4 KiB fetches, no read-ahead, random pages */
+    uint8_t *m;
+    xm_map_opts_t fo = {.fetch_size = 4096, .flags = XM_MAP_NO_READAHEAD};
+    if ((s = xm_map(ctx, r, 0, nf * 4096ull, &fo, (void **)&m)) != XM_OK) {
+        return cli_fail("bench map", "xm_map: %s: %s", xm_status_str(s), xm_last_error(ctx));
+    }
+    uint64_t seed = 42;
+    uint8_t *seen = calloc(nf, 1);
+    size_t got = 0;
+    for (size_t i = 0; i < nf; i++) {
+        size_t pg = (size_t)(xmw_rand(&seed) % nf);
+        if (seen[pg]) continue;
+        seen[pg] = 1;
+        volatile uint8_t *p = m + pg * 4096;
+        double t0 = xmw_now();
+        (void)p[0];
+        lat[got++] = (xmw_now() - t0) * 1e6;
+    }
+    pct(lat, got, &p50, &p99);
+    xm_unmap(m);
+    free(seen);
+    /* 2. the same in local memory through userfaultfd */
+    size_t lgot;
+    if (local_fault(nf, lat, &lgot) != 0) return cli_fail("bench map", "local userfaultfd reference failed");
+    pct(lat, lgot, &l50, &l99);
+    /* 3. a 4 KiB transport read */
+    uint8_t *buf = aligned_alloc(4096, 4096);
+    for (size_t i = 0; i < nf; i++) {
+        double t0 = xmw_now();
+        xm_read(r, (xmw_rand(&seed) % nf) * 4096, buf, 4096);
+        lat[i] = (xmw_now() - t0) * 1e6;
+    }
+    pct(lat, nf, &r50, &r99);
+    printf("fault latency (us), %zu random 4 KiB pages, one handler per CPU, %s\n", got,
+           getenv("XMEM_MAP_PIN") ? "pinned (XMEM_MAP_PIN)" : "unpinned");
+    printf("%-34s %9s %9s\n", "", "p50", "p99");
+    printf("%-34s %9.1f %9.1f\n", "xm_map remote fault", p50, p99);
+    printf("%-34s %9.1f %9.1f\n", "userfaultfd fault, local memory", l50, l99);
+    printf("%-34s %9.1f %9.1f\n", "xm_read 4 KiB", r50, r99);
+    printf("%-34s %9.2f           (target <= 1.5)\n\n", "remote / (local uffd + xm_read)",
+           p50 / (l50 + r50));
+
+    /* 4. workloads at 100/75/50/25% cache vs local memory */
+    size_t wsz = (size_t)ws;
+    uint8_t *local = mmap(NULL, wsz, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    const char *names[3] = {"scan", "gups", "sort"};
+    double base[3];
+    uint64_t sums[3];
+    for (int w = 0; w < 3; w++) {
+        xmw_fill(local, wsz, XMW_SEED_DATA);
+        xmw_result_t res = w == 0 ? xmw_scan(local, wsz)
+                         : w == 1 ? xmw_gups(local, wsz, wsz / 8 / 64, 0)
+                                  : xmw_sort(local, wsz);
+        base[w] = res.seconds;
+        sums[w] = res.checksum;
+    }
+    munmap(local, wsz);
+    printf("workloads over %s (fetch %llu KiB, read-ahead on): seconds, ratio to local memory\n",
+           size_text != NULL ? size_text : "256M", (unsigned long long)(fetch >> 10));
+    printf("%-8s %10s", "kernel", "local");
+    static const int pcts[4] = {100, 75, 50, 25};
+    for (int c = 0; c < 4; c++) printf("   %3d%% cache     ", pcts[c]);
+    printf("\n");
+    for (int w = 0; w < 3; w++) {
+        printf("%-8s %9.3fs", names[w], base[w]);
+        for (int c = 0; c < 4; c++) {
+            xm_map_opts_t o = {.cache_bytes = ws * (uint64_t)pcts[c] / 100, .fetch_size = (uint32_t)fetch};
+            if ((s = xm_map(ctx, r, 0, ws, &o, (void **)&m)) != XM_OK) {
+                return cli_fail("bench map", "xm_map: %s", xm_status_str(s));
+            }
+            xmw_fill(m, wsz, XMW_SEED_DATA);
+            xmw_result_t res = w == 0 ? xmw_scan(m, wsz)
+                             : w == 1 ? xmw_gups(m, wsz, wsz / 8 / 64, 0)
+                                      : xmw_sort(m, wsz);
+            xm_map_stats_t st;
+            xm_map_stat(m, &st);
+            printf(" %6.3fs %5.2fx%s", res.seconds, res.seconds / base[w],
+                   res.checksum != sums[w] || !res.ok ? "!" : " ");
+            fflush(stdout);
+            xm_unmap_discard(m);
+        }
+        printf("\n");
+    }
+    printf("(! = checksum differs from local memory)\n");
+    free(lat);
+    free(buf);
+    uint64_t rid = xm_region_id(r);
+    xm_region_close(r);
+    xm_region_destroy(ctx, rid, NULL);
+    xm_disconnect(ctx);
+    return 0;
+}
