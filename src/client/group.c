@@ -32,7 +32,11 @@
  * Freeing is the reverse: CAS the piece's bytes back to 0. Each client keeps a
  * copy of the map (refreshed by every CAS result, and re-read in full before
  * reporting XM_ERR_NO_SPACE), so a sub-allocation or a free is usually one
- * remote atomic and no manager round trip.
+ * remote atomic and no manager round trip. A freed piece is kept (its bytes
+ * unchanged, still naming us) for the member's next piece of the same block
+ * count, which then takes no remote atomic at all; at most SPARE_MAX pieces
+ * and 1/SPARE_SHARE of the group are kept, and they go back to the map when
+ * the member finds no room and when it leaves (or is reclaimed).
  *
  * Members and leases. A client joins by CAS of a free slot's state word
  * (token << 32 | generation << 2 | state) to LIVE with a random token, and
@@ -70,6 +74,17 @@
 
 #define BYTE_FIRST 0x80u
 
+/* A member keeps up to SPARE_MAX pieces it freed, still claimed in the map (their bytes
+ * unchanged), and hands them out again for a piece of the same block count with no
+ * remote atomic; at most 1/SPARE_SHARE of the group's blocks are kept so. */
+#define SPARE_MAX 16u
+#define SPARE_SHARE 256u
+
+typedef struct spare {
+    uint64_t first;          /* first block */
+    uint64_t k;              /* blocks */
+} spare_t;
+
 typedef struct slot_obs {
     uint64_t state;
     uint64_t hb;
@@ -91,6 +106,9 @@ struct xm_group {
     uint64_t slot_word;      /* our state word while we are LIVE */
     uint64_t last_renew_ns;
     bool evicted;            /* a reclaimer took our slot: every call fails */
+    spare_t spare[SPARE_MAX];/* freed pieces kept claimed, newest last */
+    unsigned nspare;
+    uint64_t spare_blocks;
     slot_obs_t obs[GROUP_SLOTS];
 };
 
@@ -417,6 +435,38 @@ static xm_status_t claim(struct xm_group *g, uint64_t first, uint64_t k)
     return XM_OK;
 }
 
+/* Clear the map bytes of our piece [first, first + k). */
+static xm_status_t piece_release(struct xm_group *g, uint64_t first, uint64_t k)
+{
+    uint8_t owner = (uint8_t)(g->slot + 1);
+    uint64_t end = first + k;
+    for (uint64_t w = first / 8; w < (end + 7) / 8; w++) {
+        uint64_t mask, bytes;
+        word_run(w, first, end, &mask, &bytes, owner);
+        xm_status_t status = word_swap(g, w, mask, bytes, 0);
+        if (status == XM_ERR_EXISTS) {
+            g->evicted = true;
+            return xm__ctx_error(g->ctx, XM_ERR_PERM, "piece at block %llu was reclaimed",
+                                 (unsigned long long)first);
+        }
+        if (status != XM_OK) return status;
+    }
+    if (first < g->hint) g->hint = first & ~7ull;
+    return XM_OK;
+}
+
+/* Give every kept piece back to the group (others may then take its blocks). */
+static xm_status_t spare_flush(struct xm_group *g)
+{
+    while (g->nspare > 0) {
+        spare_t sp = g->spare[--g->nspare];
+        g->spare_blocks -= sp.k;
+        xm_status_t status = piece_release(g, sp.first, sp.k);
+        if (status != XM_OK) return status;
+    }
+    return XM_OK;
+}
+
 XM_EXPORT xm_status_t xm_suballoc(xm_group_h g, uint64_t size, xm_piece_t *piece_p)
 {
     if (g == NULL || piece_p == NULL) return XM_ERR_INVALID;
@@ -427,11 +477,29 @@ XM_EXPORT xm_status_t xm_suballoc(xm_group_h g, uint64_t size, xm_piece_t *piece
     xm_status_t status = renew(g, false);
     if (status != XM_OK) return status;
     uint64_t k = (size + g->block - 1) / g->block;
+    /* a piece we freed of the same block count: its bytes already name us, the piece
+     * shape included, so handing it out again changes nothing in the map. renew above
+     * made sure our lease holds (within a quarter lease of the last renewal), the same
+     * guarantee a claim by CAS relies on for the piece's later use */
+    for (unsigned i = g->nspare; i-- > 0;) {
+        if (g->spare[i].k != k) continue;
+        piece_p->offset = g->data_off + g->spare[i].first * g->block;
+        piece_p->size = size;
+        g->spare_blocks -= k;
+        g->spare[i] = g->spare[--g->nspare];
+        return XM_OK;
+    }
     bool refreshed = false;
     for (unsigned tries = 0; tries < 1000; tries++) {
         uint64_t first = find_run(g, k);
         if (first == UINT64_MAX) {
-            /* our copy may be stale: others freed since; look once more */
+            /* our copy may be stale: others freed since; look once more, after giving
+             * back the pieces we keep */
+            if (g->nspare > 0) {
+                status = spare_flush(g);
+                if (status != XM_OK) return status;
+                continue;
+            }
             if (refreshed) break;
             status = map_refresh(g);
             if (status != XM_OK) return status;
@@ -468,27 +536,27 @@ XM_EXPORT xm_status_t xm_subfree(xm_group_h g, xm_piece_t piece)
     uint8_t owner = (uint8_t)(g->slot + 1);
     /* our own bytes change only through us (or a reclaimer, caught by renew): the copy is
      * exact for them, so check the whole piece before touching anything */
-    for (uint64_t b = first; b < end; b++) {
+    bool kept = false;
+    for (unsigned i = 0; i < g->nspare; i++) {
+        /* a kept piece overlapping this one was freed already */
+        kept |= g->spare[i].first < end && first < g->spare[i].first + g->spare[i].k;
+    }
+    for (uint64_t b = first; b < end && !kept; b++) {
         uint8_t want = b == first ? (uint8_t)(owner | BYTE_FIRST) : owner;
-        if (g->map[b] != want) {
-            return xm__ctx_error(g->ctx, XM_ERR_INVALID, "offset %llu (%llu bytes) is not a "
-                                 "piece this member holds", (unsigned long long)piece.offset,
-                                 (unsigned long long)piece.size);
-        }
+        kept = g->map[b] != want;
     }
-    for (uint64_t w = first / 8; w < (end + 7) / 8; w++) {
-        uint64_t mask, bytes;
-        word_run(w, first, end, &mask, &bytes, owner);
-        status = word_swap(g, w, mask, bytes, 0);
-        if (status == XM_ERR_EXISTS) {
-            g->evicted = true;
-            return xm__ctx_error(g->ctx, XM_ERR_PERM, "piece at %llu was reclaimed",
-                                 (unsigned long long)piece.offset);
-        }
-        if (status != XM_OK) return status;
+    if (kept) {
+        return xm__ctx_error(g->ctx, XM_ERR_INVALID, "offset %llu (%llu bytes) is not a "
+                             "piece this member holds", (unsigned long long)piece.offset,
+                             (unsigned long long)piece.size);
     }
-    if (first < g->hint) g->hint = first & ~7ull;
-    return XM_OK;
+    if (g->nspare < SPARE_MAX && g->spare_blocks + k <= g->nblocks / SPARE_SHARE) {
+        /* kept claimed for our next piece of this shape: no remote atomic now */
+        g->spare[g->nspare++] = (spare_t){.first = first, .k = k};
+        g->spare_blocks += k;
+        return XM_OK;
+    }
+    return piece_release(g, first, k);
 }
 
 XM_EXPORT xm_status_t xm_group_renew(xm_group_h g)

@@ -127,7 +127,7 @@ static void unlink_alloc(mgr_t *m, mgr_alloc_t *a)
     }
 }
 
-static void unreserve(mgr_t *m, const mgr_alloc_t *a)
+void mgr_alloc_unreserve(mgr_t *m, const mgr_alloc_t *a)
 {
     for (uint32_t i = 0; i < a->policy.width; i++) {
         mgr_appliance_t *ap = m->apps[a->parts[i].appl];
@@ -238,16 +238,13 @@ void mgr_reply_cleanup(xm_msg_t *rep)
 }
 
 /* Create one region on an appliance owned by tenant; its id and key on success. */
-static xm_status_t region_create(mgr_t *m, mgr_appliance_t *ap, const char *tenant, uint64_t size,
-                                 uint64_t alloc_id, uint32_t part, uint64_t *id_p, uint64_t *key_p,
-                                 char *why, size_t whylen)
+xm_status_t mgr_region_create(mgr_t *m, mgr_appliance_t *ap, const char *tenant, uint64_t size,
+                              const char *name, uint64_t *id_p, uint64_t *key_p, char *why,
+                              size_t whylen)
 {
-    /* the name marks it as the manager's: reconciliation reclaims only such regions */
-    char name[XM_NAME_MAX + 1];
-    snprintf(name, sizeof(name), "%s%llu.%u", MGR_REGION_PREFIX, (unsigned long long)alloc_id, part);
     Xmem__RegionCreate rc = XMEM__REGION_CREATE__INIT;
     rc.size = size;
-    rc.name = name;
+    rc.name = (char *)name;
     rc.owner = (char *)tenant;
     xm_msg_t req = XMEM__MSG__INIT, *rep;
     req.body_case = XMEM__MSG__BODY_REGION_CREATE;
@@ -265,8 +262,17 @@ static xm_status_t region_create(mgr_t *m, mgr_appliance_t *ap, const char *tena
     return XM_OK;
 }
 
-static xm_status_t region_destroy(mgr_t *m, mgr_appliance_t *ap, uint64_t id, char *why,
-                                  size_t whylen)
+static xm_status_t region_create(mgr_t *m, mgr_appliance_t *ap, const char *tenant, uint64_t size,
+                                 uint64_t alloc_id, uint32_t part, uint64_t *id_p, uint64_t *key_p,
+                                 char *why, size_t whylen)
+{
+    /* the name marks it as the manager's: reconciliation reclaims only such regions */
+    char name[XM_NAME_MAX + 1];
+    snprintf(name, sizeof(name), "%s%llu.%u", MGR_REGION_PREFIX, (unsigned long long)alloc_id, part);
+    return mgr_region_create(m, ap, tenant, size, name, id_p, key_p, why, whylen);
+}
+
+xm_status_t mgr_region_destroy(mgr_t *m, mgr_appliance_t *ap, uint64_t id, char *why, size_t whylen)
 {
     Xmem__RegionRef ref = XMEM__REGION_REF__INIT;
     ref.id = id;
@@ -281,12 +287,12 @@ static xm_status_t region_destroy(mgr_t *m, mgr_appliance_t *ap, uint64_t id, ch
 }
 
 /* Destroy the parts created so far; failures leave the region for reconciliation. */
-static void parts_destroy(mgr_t *m, mgr_alloc_t *a)
+void mgr_parts_destroy(mgr_t *m, mgr_alloc_t *a)
 {
     for (uint32_t i = 0; i < a->policy.width; i++) {
         if (a->parts[i].region_id == 0) continue;
         char why[256];
-        if (region_destroy(m, m->apps[a->parts[i].appl], a->parts[i].region_id, why,
+        if (mgr_region_destroy(m, m->apps[a->parts[i].appl], a->parts[i].region_id, why,
                            sizeof(why)) != XM_OK) {
             xm_log_warn("allocation %llu: cannot destroy region %llu: %s (reclaimed when the "
                         "appliance registers again)", (unsigned long long)a->id,
@@ -386,7 +392,17 @@ xm_status_t mgr_alloc_create(mgr_t *m, const char *tenant, const Xmem__AllocRequ
         goto err_mem;
     }
     mgr_place_req_t pr = {.nparts = pol.width, .part_size = sizes};
-    status = m->opts.place(m->apps, m->napps, &pr, chosen, &w);
+    int stocked = pol.width == 1 ? mgr_stock_pick(m, tenant, sizes[0]) : -1;
+    if (stocked >= 0) {
+        chosen[0] = (uint32_t)stocked; /* its space is reserved already: it fits */
+        status = XM_OK;
+    } else {
+        status = m->opts.place(m->apps, m->napps, &pr, chosen, &w);
+        /* space held by stock or by frees still being destroyed is given back first */
+        if (status == XM_ERR_NO_SPACE && mgr_bg_flush(m)) {
+            status = m->opts.place(m->apps, m->napps, &pr, chosen, &w);
+        }
+    }
     if (status != XM_OK) {
         pthread_mutex_unlock(&m->lock);
         WHY("%s", w != NULL ? w : xm_status_str(status));
@@ -407,9 +423,15 @@ xm_status_t mgr_alloc_create(mgr_t *m, const char *tenant, const Xmem__AllocRequ
         ap->reserved += mgr_extent_round(ap, sizes[i]);
         ap->nregions++;
     }
+    /* fresh regions made ahead for this tenant and size take the appliance calls off the path */
+    for (uint32_t i = 0; i < pol.width; i++) {
+        mgr_stock_take(m, chosen[i], tenant, sizes[i], &a->parts[i].region_id, &a->parts[i].key);
+        mgr_stock_want(m, chosen[i], tenant, sizes[i]);
+    }
     pthread_mutex_unlock(&m->lock);
 
     for (uint32_t i = 0; i < pol.width && status == XM_OK; i++) {
+        if (a->parts[i].region_id != 0) continue;
         status = region_create(m, m->apps[chosen[i]], tenant, sizes[i], a->id, i, &a->parts[i].region_id,
                                &a->parts[i].key, why, whylen);
     }
@@ -426,9 +448,9 @@ xm_status_t mgr_alloc_create(mgr_t *m, const char *tenant, const Xmem__AllocRequ
     }
     if (status != XM_OK) {
         /* roll back: nothing stays half-allocated */
-        parts_destroy(m, a);
+        mgr_parts_destroy(m, a);
         pthread_mutex_lock(&m->lock);
-        unreserve(m, a);
+        mgr_alloc_unreserve(m, a);
         unlink_alloc(m, a);
         pthread_cond_broadcast(&m->cond);
         pthread_mutex_unlock(&m->lock);
@@ -514,13 +536,13 @@ xm_status_t mgr_alloc_destroy(mgr_t *m, const char *tenant, const Xmem__AllocRef
         WHY("cannot update the allocation table");
         return status;
     }
-    parts_destroy(m, a);
+    /* the table says freed: reply now; the regions are destroyed (keys revoked) behind it,
+     * and their space stays reserved until then, so nothing reuses it earlier */
     pthread_mutex_lock(&m->lock);
-    unreserve(m, a);
     unlink_alloc(m, a);
+    mgr_free_later(m, a);
     pthread_cond_broadcast(&m->cond);
     pthread_mutex_unlock(&m->lock);
-    mgr_alloc_free_mem(a);
     return XM_OK;
 }
 
@@ -768,8 +790,27 @@ void mgr_reconcile(mgr_t *m, mgr_appliance_t *ap)
         proto_msg_free(rep);
         return;
     }
+    uint64_t *ids = calloc(rl->n_regions + 1, sizeof(uint64_t));
+    if (ids == NULL) {
+        pthread_mutex_unlock(&m->lock);
+        free(reclaim);
+        proto_msg_free(rep);
+        return;
+    }
+    for (size_t r = 0; r < rl->n_regions; r++) ids[r] = rl->regions[r]->id;
+    /* stock the appliance lost (it restarted) is forgotten; a region being made is
+     * compared at the next heartbeat, once the stock knows its id */
+    mgr_stock_forget_missing(m, ap->idx, ids, rl->n_regions);
+    free(ids);
+    if (m->making_appl == ap->idx) {
+        pthread_mutex_unlock(&m->lock);
+        free(reclaim);
+        proto_msg_free(rep);
+        return;
+    }
     for (size_t r = 0; r < rl->n_regions; r++) {
-        bool known = false;
+        bool sbusy = false;
+        bool known = mgr_stock_known(m, ap->idx, rl->regions[r]->id, &sbusy);
         for (mgr_alloc_t *a = m->allocs; a != NULL && !known; a = a->next) {
             for (uint32_t i = 0; i < a->policy.width; i++) {
                 if (a->parts[i].appl == ap->idx && a->parts[i].region_id == rl->regions[r]->id)
@@ -800,7 +841,7 @@ void mgr_reconcile(mgr_t *m, mgr_appliance_t *ap)
     pthread_mutex_unlock(&m->lock);
     proto_msg_free(rep);
     for (size_t i = 0; i < nreclaim; i++) {
-        if (region_destroy(m, ap, reclaim[i], why, sizeof(why)) != XM_OK) {
+        if (mgr_region_destroy(m, ap, reclaim[i], why, sizeof(why)) != XM_OK) {
             xm_log_warn("appliance %s: cannot reclaim region %llu: %s", ap->addr,
                         (unsigned long long)reclaim[i], why);
             free(reclaim);

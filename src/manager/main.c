@@ -22,6 +22,10 @@ static xm_config_entry_t entries[] = {
     {"quotas", "", "per-tenant quotas: TENANT=SIZE[,TENANT=SIZE...]", 0, 0},
     {"max-conns", "4096", "control connections served at once", 0, 0},
     {"timeout-ms", "5000", "bound on each control message and on each call to an appliance", 0, 0},
+    {"stock", "2", "fresh regions made ahead per appliance, tenant and size in use (0: none)", 0, 0},
+    {"stock-max-size", "4M", "parts larger than this are never made ahead", 0, 0},
+    {"stock-idle-ms", "1000", "regions made ahead and not asked for this long are destroyed", 0, 0},
+    {"spin-us", "0", "after a reply, poll the connection this long before sleeping", 0, 0},
     {"log-level", "info", "error | warn | info | debug", 0, 0},
 };
 
@@ -141,6 +145,10 @@ int main(int argc, char **argv)
         fprintf(stderr, "xmem-manager: --stripe-chunk: a power of two from 4K\n");
         goto out;
     }
+    if (xm__parse_size(xm__config_get(&cfg, "stock-max-size"), &o.stock_max_size) != XM_OK) {
+        fprintf(stderr, "xmem-manager: --stock-max-size: expected a size\n");
+        goto out;
+    }
     if (xm__parse_size(xm__config_get(&cfg, "quota"), &o.default_quota) != XM_OK) {
         fprintf(stderr, "xmem-manager: --quota: expected a size\n");
         goto out;
@@ -148,7 +156,10 @@ int main(int argc, char **argv)
     if (parse_quotas(xm__config_get(&cfg, "quotas"), &quotas, &o.nquotas) != 0 ||
         parse_u32("down-after-ms", xm__config_get(&cfg, "down-after-ms"), &o.down_after_ms) != 0 ||
         parse_u32("max-conns", xm__config_get(&cfg, "max-conns"), &o.max_conns) != 0 ||
-        parse_u32("timeout-ms", xm__config_get(&cfg, "timeout-ms"), &o.timeout_ms) != 0) {
+        parse_u32("timeout-ms", xm__config_get(&cfg, "timeout-ms"), &o.timeout_ms) != 0 ||
+        parse_u32("stock", xm__config_get(&cfg, "stock"), &o.stock_per_kind) != 0 ||
+        parse_u32("spin-us", xm__config_get(&cfg, "spin-us"), &o.spin_us) != 0 ||
+        parse_u32("stock-idle-ms", xm__config_get(&cfg, "stock-idle-ms"), &o.stock_idle_ms) != 0) {
         goto out;
     }
     net_secret_t secret;

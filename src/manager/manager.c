@@ -1,7 +1,10 @@
 /* The manager object: options, store, registry and table together. */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "../common/common.h"
 #include "manager.h"
@@ -16,11 +19,23 @@ xm_status_t mgr_create(const mgr_opts_t *opts, mgr_t **m_p, char *why, size_t wh
     m->next_id = 1;
     pthread_mutex_init(&m->lock, NULL);
     pthread_cond_init(&m->cond, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&m->bg_cond, &ca);
+    pthread_condattr_destroy(&ca);
+    m->making_appl = UINT32_MAX;
+    m->stock_nonce = xm__now_ns() ^ ((uint64_t)getpid() << 32);
     xm_status_t status = m->opts.store_ops->open(opts->db_path, &m->store, why, whylen);
     if (status != XM_OK) goto err;
     status = m->opts.store_ops->load(m->store, m);
     if (status != XM_OK) {
         snprintf(why, whylen, "cannot load the allocation table from %s", opts->db_path);
+        goto err;
+    }
+    status = mgr_bg_start(m);
+    if (status != XM_OK) {
+        snprintf(why, whylen, "cannot start the background thread");
         goto err;
     }
     *m_p = m;
@@ -33,6 +48,7 @@ err:
 void mgr_destroy(mgr_t *m)
 {
     if (m == NULL) return;
+    mgr_bg_stop(m);
     if (m->store != NULL) m->opts.store_ops->close(m->store);
     while (m->allocs != NULL) {
         mgr_alloc_t *a = m->allocs;
@@ -41,6 +57,259 @@ void mgr_destroy(mgr_t *m)
     }
     mgr_registry_cleanup(m);
     pthread_cond_destroy(&m->cond);
+    pthread_cond_destroy(&m->bg_cond);
     pthread_mutex_destroy(&m->lock);
     free(m);
+}
+
+/* ---- the background thread ------------------------------------------------ */
+
+/* Wake the thread only from its long (idle) sleep: while busy it looks every BG_TICK_MS,
+ * so a burst of frees costs no wake-up each (a cross-CPU wake-up is ~20 us here). */
+#define BG_TICK_MS 2
+#define BG_IDLE_MS 100
+
+static void bg_kick(mgr_t *m)
+{
+    if (m->bg_idle) pthread_cond_signal(&m->bg_cond);
+}
+
+static bool stock_kind(const mgr_stock_t *s, uint32_t appl, const char *tenant, uint64_t size)
+{
+    return s->appl == appl && s->size == size && strcmp(s->tenant, tenant) == 0;
+}
+
+static void stock_unreserve(mgr_t *m, const mgr_stock_t *s)
+{
+    mgr_appliance_t *ap = m->apps[s->appl];
+    uint64_t r = mgr_extent_round(ap, s->size);
+    ap->reserved = ap->reserved > r ? ap->reserved - r : 0;
+}
+
+bool mgr_stock_take(mgr_t *m, uint32_t appl, const char *tenant, uint64_t size, uint64_t *id_p,
+                    uint64_t *key_p)
+{
+    for (mgr_stock_t **pp = &m->stock; *pp != NULL; pp = &(*pp)->next) {
+        mgr_stock_t *s = *pp;
+        if (!stock_kind(s, appl, tenant, size)) continue;
+        *pp = s->next;
+        stock_unreserve(m, s); /* the allocation reserved the same space */
+        *id_p = s->region_id;
+        *key_p = s->key;
+        free(s);
+        bg_kick(m);
+        return true;
+    }
+    return false;
+}
+
+int mgr_stock_pick(mgr_t *m, const char *tenant, uint64_t size)
+{
+    for (mgr_stock_t *s = m->stock; s != NULL; s = s->next) {
+        const mgr_appliance_t *ap = m->apps[s->appl];
+        if (s->size == size && strcmp(s->tenant, tenant) == 0 && ap->up && ap->validated)
+            return (int)s->appl;
+    }
+    return -1;
+}
+
+void mgr_stock_want(mgr_t *m, uint32_t appl, const char *tenant, uint64_t size)
+{
+    if (m->opts.stock_per_kind == 0 || size > m->opts.stock_max_size || m->bg_drain || m->bg_stop)
+        return;
+    uint64_t now = xm__now_ns();
+    uint32_t have = 0;
+    for (mgr_stock_t *s = m->stock; s != NULL; s = s->next) {
+        if (stock_kind(s, appl, tenant, size)) {
+            s->last_use_ns = now;
+            have++;
+        }
+    }
+    for (mgr_stock_t *s = m->to_make; s != NULL; s = s->next) have += stock_kind(s, appl, tenant, size);
+    mgr_appliance_t *ap = m->apps[appl];
+    uint64_t r = mgr_extent_round(ap, size);
+    /* stock never takes the space an allocation could have had: only from the free half */
+    if (have >= m->opts.stock_per_kind || !ap->up || !ap->validated ||
+        ap->reserved + r > ap->capacity / 2) {
+        return;
+    }
+    mgr_stock_t *s = calloc(1, sizeof(*s));
+    if (s == NULL) return;
+    s->appl = appl;
+    snprintf(s->tenant, sizeof(s->tenant), "%s", tenant);
+    s->size = size;
+    s->last_use_ns = now;
+    ap->reserved += r;
+    mgr_stock_t **pp = &m->to_make;
+    while (*pp != NULL) pp = &(*pp)->next;
+    *pp = s;
+    bg_kick(m);
+}
+
+void mgr_free_later(mgr_t *m, mgr_alloc_t *a)
+{
+    a->next = NULL;
+    mgr_alloc_t **pp = &m->dying;
+    while (*pp != NULL) pp = &(*pp)->next;
+    *pp = a;
+    bg_kick(m);
+}
+
+bool mgr_bg_flush(mgr_t *m)
+{
+    if (m->stock == NULL && m->to_make == NULL && m->dying == NULL && m->bg_busy == 0) return false;
+    if (!m->bg_running) return false;
+    m->bg_drain = true;
+    pthread_cond_signal(&m->bg_cond);
+    while (m->stock != NULL || m->to_make != NULL || m->dying != NULL || m->bg_busy != 0) {
+        pthread_cond_wait(&m->cond, &m->lock);
+    }
+    m->bg_drain = false;
+    return true;
+}
+
+bool mgr_stock_known(mgr_t *m, uint32_t appl, uint64_t region_id, bool *busy_p)
+{
+    *busy_p = m->making_appl == appl;
+    for (mgr_stock_t *s = m->stock; s != NULL; s = s->next) {
+        if (s->appl == appl && s->region_id == region_id) return true;
+    }
+    return false;
+}
+
+void mgr_stock_forget_missing(mgr_t *m, uint32_t appl, const uint64_t *ids, size_t n)
+{
+    mgr_stock_t **pp = &m->stock;
+    while (*pp != NULL) {
+        mgr_stock_t *s = *pp;
+        bool present = s->appl != appl;
+        for (size_t i = 0; i < n && !present; i++) present = ids[i] == s->region_id;
+        if (present) {
+            pp = &s->next;
+            continue;
+        }
+        *pp = s->next;
+        stock_unreserve(m, s);
+        free(s);
+    }
+}
+
+/* One unit of background work, if any; called and returns with the lock held. */
+static bool bg_step(mgr_t *m, bool all)
+{
+    char why[256];
+    if (m->dying != NULL) {
+        mgr_alloc_t *a = m->dying;
+        m->dying = a->next;
+        m->bg_busy++;
+        pthread_mutex_unlock(&m->lock);
+        mgr_parts_destroy(m, a);
+        pthread_mutex_lock(&m->lock);
+        mgr_alloc_unreserve(m, a);
+        m->bg_busy--;
+        mgr_alloc_free_mem(a);
+        return true;
+    }
+    if (m->to_make != NULL) {
+        mgr_stock_t *s = m->to_make;
+        m->to_make = s->next;
+        mgr_appliance_t *ap = m->apps[s->appl];
+        if (all || m->bg_drain || !ap->up || !ap->validated) {
+            stock_unreserve(m, s);
+            free(s);
+            return true;
+        }
+        char name[XM_NAME_MAX + 1];
+        snprintf(name, sizeof(name), "%ss%llx.%llu", MGR_REGION_PREFIX,
+                 (unsigned long long)(m->stock_nonce & 0xffffffffffffull),
+                 (unsigned long long)++m->stock_seq);
+        m->bg_busy++;
+        m->making_appl = s->appl;
+        uint64_t boot = ap->boot_id;
+        pthread_mutex_unlock(&m->lock);
+        xm_status_t status = mgr_region_create(m, ap, s->tenant, s->size, name, &s->region_id,
+                                               &s->key, why, sizeof(why));
+        pthread_mutex_lock(&m->lock);
+        m->making_appl = UINT32_MAX;
+        m->bg_busy--;
+        if (status != XM_OK || boot != ap->boot_id) {
+            if (status != XM_OK) xm_log_debug("stock region on %s: %s", ap->addr, why);
+            /* a region of a restarted appliance is left to its reconciliation */
+            stock_unreserve(m, s);
+            free(s);
+            return true;
+        }
+        s->next = m->stock;
+        m->stock = s;
+        return true;
+    }
+    uint64_t now = xm__now_ns(), idle = (uint64_t)m->opts.stock_idle_ms * 1000000ull;
+    for (mgr_stock_t **pp = &m->stock; *pp != NULL; pp = &(*pp)->next) {
+        mgr_stock_t *s = *pp;
+        if (!all && !m->bg_drain && now - s->last_use_ns < idle) continue;
+        *pp = s->next;
+        m->bg_busy++;
+        pthread_mutex_unlock(&m->lock);
+        if (mgr_region_destroy(m, m->apps[s->appl], s->region_id, why, sizeof(why)) != XM_OK) {
+            xm_log_warn("stock region %llu on %s: cannot destroy: %s (reclaimed when the appliance "
+                        "registers again)", (unsigned long long)s->region_id, m->apps[s->appl]->addr, why);
+        }
+        pthread_mutex_lock(&m->lock);
+        stock_unreserve(m, s);
+        m->bg_busy--;
+        free(s);
+        return true;
+    }
+    return false;
+}
+
+static void *bg_main(void *arg)
+{
+    mgr_t *m = arg;
+    pthread_mutex_lock(&m->lock);
+    uint64_t last_work = 0;
+    while (!m->bg_stop) {
+        if (bg_step(m, false)) {
+            last_work = xm__now_ns();
+            pthread_cond_broadcast(&m->cond);
+            continue;
+        }
+        pthread_cond_broadcast(&m->cond);
+        /* busy lately: look again soon without being woken; idle: sleep long, woken by work */
+        m->bg_idle = m->bg_drain || xm__now_ns() - last_work > 1000000000ull;
+        long ms = m->bg_idle ? BG_IDLE_MS : BG_TICK_MS;
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ts.tv_nsec += ms * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&m->bg_cond, &m->lock, &ts);
+        m->bg_idle = false;
+    }
+    /* stopping: destroy what is queued and the stock, so a clean stop leaves nothing */
+    while (bg_step(m, true)) {
+    }
+    pthread_cond_broadcast(&m->cond);
+    pthread_mutex_unlock(&m->lock);
+    return NULL;
+}
+
+xm_status_t mgr_bg_start(mgr_t *m)
+{
+    if (pthread_create(&m->bg, NULL, bg_main, m) != 0) return XM_ERR_NO_MEMORY;
+    m->bg_running = true;
+    return XM_OK;
+}
+
+void mgr_bg_stop(mgr_t *m)
+{
+    if (!m->bg_running) return;
+    pthread_mutex_lock(&m->lock);
+    m->bg_stop = true;
+    pthread_cond_signal(&m->bg_cond);
+    pthread_mutex_unlock(&m->lock);
+    pthread_join(m->bg, NULL);
+    m->bg_running = false;
 }

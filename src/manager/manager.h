@@ -146,10 +146,59 @@ xm_status_t mgr_alloc_grant(mgr_t *m, const char *tenant, const Xmem__AllocGrant
                             size_t whylen);
 xm_status_t mgr_alloc_list(mgr_t *m, const char *tenant, xm_msg_t *rep);
 xm_status_t mgr_appliance_list(mgr_t *m, xm_msg_t *rep);
+/* Region calls on an appliance as the manager (alloc.c); destroy treats not-found as done. */
+xm_status_t mgr_region_create(mgr_t *m, mgr_appliance_t *ap, const char *tenant, uint64_t size,
+                              const char *name, uint64_t *id_p, uint64_t *key_p, char *why,
+                              size_t whylen);
+xm_status_t mgr_region_destroy(mgr_t *m, mgr_appliance_t *ap, uint64_t id, char *why, size_t whylen);
+/* Destroy an allocation's created parts; failures are left to reconciliation. No lock held. */
+void mgr_parts_destroy(mgr_t *m, mgr_alloc_t *a);
+/* Give an allocation's reserved space back to its appliances. Manager lock held. */
+void mgr_alloc_unreserve(mgr_t *m, const mgr_alloc_t *a);
 /* Free what a reply built by the functions above allocated. */
 void mgr_reply_cleanup(xm_msg_t *rep);
 /* Compare an appliance's regions with the table: reclaim unknown ones, flag missing ones. */
 void mgr_reconcile(mgr_t *m, mgr_appliance_t *a);
+
+/* ---- manager.c: the background thread: stock of fresh regions, deferred destroys ----
+ *
+ * A stock entry is a region made ahead on one appliance, owned from its creation by
+ * the tenant it is for, never handed out before: an allocation of that tenant and
+ * part size on that appliance takes it instead of waiting for a region create. Its
+ * space is reserved on the appliance (it counts in `reserved`, not in `nregions`).
+ * An entry nobody asked for during stock_idle_ms is destroyed. Freed allocations
+ * leave the table at once and their regions are destroyed behind the reply; their
+ * space stays reserved until the appliance has destroyed them (and revoked keys).
+ */
+typedef struct mgr_stock {
+    uint32_t appl;
+    char tenant[XM_NAME_MAX + 1];
+    uint64_t size;
+    uint64_t region_id;              /* 0 while queued to be made */
+    uint64_t key;
+    uint64_t last_use_ns;            /* when its kind was last asked for */
+    struct mgr_stock *next;
+} mgr_stock_t;
+
+/* Start / stop the background thread (stop destroys the stock and what is queued). */
+xm_status_t mgr_bg_start(mgr_t *m);
+void mgr_bg_stop(mgr_t *m);
+/* Take a ready stock region for (appliance, tenant, size); its space moves to the caller's
+ * reservation. Lock held. */
+bool mgr_stock_take(mgr_t *m, uint32_t appl, const char *tenant, uint64_t size, uint64_t *id_p,
+                    uint64_t *key_p);
+/* An appliance holding a ready stock region for (tenant, size), or -1. Lock held. */
+int mgr_stock_pick(mgr_t *m, const char *tenant, uint64_t size);
+/* Note demand for (appliance, tenant, size): queue a stock region if below the limit. Lock held. */
+void mgr_stock_want(mgr_t *m, uint32_t appl, const char *tenant, uint64_t size);
+/* Queue a freed allocation (out of the table, unlinked) for its regions' destruction. Lock held. */
+void mgr_free_later(mgr_t *m, mgr_alloc_t *a);
+/* Destroy the stock and wait for queued destroys (space they hold). Lock held; false: nothing to wait for. */
+bool mgr_bg_flush(mgr_t *m);
+/* Is region id on appliance a stock region (or one being made there: *busy_p)? Lock held. */
+bool mgr_stock_known(mgr_t *m, uint32_t appl, uint64_t region_id, bool *busy_p);
+/* Drop stock entries of an appliance whose region ids are not in ids[] (it restarted). Lock held. */
+void mgr_stock_forget_missing(mgr_t *m, uint32_t appl, const uint64_t *ids, size_t n);
 
 /* ---- store.c: the durable allocation table ------------------------------- */
 
@@ -193,6 +242,10 @@ typedef struct mgr_opts {
     uint32_t down_after_ms;
     uint32_t timeout_ms;
     uint32_t max_conns;
+    uint32_t stock_per_kind;         /* ready regions per (appliance, tenant, size); 0: no stock */
+    uint64_t stock_max_size;         /* parts larger than this are never stocked */
+    uint32_t stock_idle_ms;          /* unasked-for stock is destroyed after this */
+    uint32_t spin_us;                /* a connection polls this long for its next request */
 } mgr_opts_t;
 
 /*
@@ -210,6 +263,16 @@ struct mgr {
     mgr_alloc_t *allocs;
     uint64_t nallocs;
     uint64_t next_id;
+    /* the background thread (manager.c); bg_cond wakes it, cond tells flushers it progressed */
+    pthread_t bg;
+    bool bg_running, bg_stop, bg_drain, bg_idle;
+    pthread_cond_t bg_cond;
+    mgr_alloc_t *dying;              /* freed allocations whose regions are to be destroyed */
+    mgr_stock_t *stock;              /* ready stock regions */
+    mgr_stock_t *to_make;            /* stock regions queued to be made (space reserved) */
+    uint32_t bg_busy;                /* calls the thread is making without the lock */
+    uint32_t making_appl;            /* appliance a stock region is being made on, or UINT32_MAX */
+    uint64_t stock_seq, stock_nonce;
 };
 
 xm_status_t mgr_create(const mgr_opts_t *opts, mgr_t **m_p, char *why, size_t whylen);

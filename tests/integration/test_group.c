@@ -291,3 +291,47 @@ Test(group, killed_member_reclaimed, .fini = teardown, .timeout = 120)
     xm_disconnect(ctx);
     unsetenv("XMEM_GROUP_LEASE_MS");
 }
+
+/* A member keeps pieces it freed (bounded) and hands them out again with no remote
+ * atomic; they stay claimed in the map meanwhile, are never handed out twice, and go
+ * back to the group when the member runs out of room and when it leaves. */
+Test(group, freed_pieces_kept_then_given_back, .fini = teardown, .timeout = 120)
+{
+    xt_cluster_start(&cl, 1, "64M", "tcp", NULL);
+    xm_ctx_h ctx = xt_manager_connect(&cl.mgr, "alice");
+    xm_ctx_h ctx2 = xt_manager_connect(&cl.mgr, "alice");
+    xm_group_h g, g2;
+    cr_assert_eq(xm_group_create(ctx, 1u << 20, "keeper", &g), XM_OK, "%s", xm_last_error(ctx));
+    cr_assert_eq(xm_group_attach(ctx2, "keeper", &g2), XM_OK, "%s", xm_last_error(ctx2));
+    xm_group_info_t info;
+    cr_assert_eq(xm_group_stat(g2, &info), XM_OK);
+    uint64_t blocks = info.blocks, whole = info.blocks * info.block_size;
+    xm_piece_t p, p2, q;
+    cr_assert_eq(xm_suballoc(g, 1024, &p), XM_OK);
+    cr_assert_eq(xm_subfree(g, p), XM_OK);
+    cr_assert_eq(xm_subfree(g, p), XM_ERR_INVALID, "a kept piece freed twice");
+    /* the other member sees the kept piece as still held: nobody else can take it */
+    cr_assert_eq(xm_group_stat(g2, &info), XM_OK);
+    cr_assert_eq(info.free_blocks, blocks - 1024 / info.block_size);
+    cr_assert_eq(xm_suballoc(g, 1000, &p2), XM_OK);
+    cr_assert_eq(p2.offset, p.offset, "the kept piece was not handed out again");
+    cr_assert_eq(xm_suballoc(g, 1024, &q), XM_OK);
+    cr_assert_neq(q.offset, p2.offset, "one piece handed out twice");
+    cr_assert_eq(xm_subfree(g, p2), XM_OK);
+    cr_assert_eq(xm_subfree(g, q), XM_OK);
+    /* out of room for the whole group: the kept pieces go back first, then it fits */
+    xm_piece_t all;
+    cr_assert_eq(xm_suballoc(g, whole, &all), XM_OK, "%s", xm_last_error(ctx));
+    cr_assert_eq(xm_suballoc(g2, 64, &q), XM_ERR_NO_SPACE);
+    cr_assert_eq(xm_subfree(g, all), XM_OK);
+    /* leaving gives back what is kept */
+    cr_assert_eq(xm_suballoc(g, 1024, &p), XM_OK);
+    cr_assert_eq(xm_subfree(g, p), XM_OK);
+    xm_group_close(g);
+    cr_assert_eq(xm_group_stat(g2, &info), XM_OK);
+    cr_assert_eq(info.free_blocks, blocks, "a member that left still holds blocks");
+    xm_group_close(g2);
+    cr_assert_eq(xm_free(ctx, 0, "keeper"), XM_OK);
+    xm_disconnect(ctx2);
+    xm_disconnect(ctx);
+}
