@@ -13,8 +13,8 @@
 #   SIZE       working set (default 4G)
 #   FRACTIONS  local memory, % of the working set (default 100,75,50,25)
 #   WORKLOADS  default scan,gups,pages,sort
-#   BUDGET     seconds after which gups/pages on file/zram stop and are scaled (default 60)
-#   TIMEOUT    seconds per measurement before it is killed (default 1800)
+#   BUDGET     seconds after which gups/pages on file/zram stop and are scaled (default 30)
+#   TIMEOUT    seconds per measurement before it is killed, reported as "> TIMEOUT" (default 600)
 #   ZRAM_ALGO  zram compressor (default: the kernel's, lzo-rle)
 #   DIR        where the mapped file goes (default /var/tmp)
 #   EXTRA      more map_peers options
@@ -26,8 +26,8 @@ OUT=${OUT:-$REPO/build/bench-map-peers.txt}
 SIZE=${SIZE:-4G}
 FRACTIONS=${FRACTIONS:-100,75,50,25}
 WORKLOADS=${WORKLOADS:-scan,gups,pages,sort}
-BUDGET=${BUDGET:-60}
-TIMEOUT=${TIMEOUT:-1800}
+BUDGET=${BUDGET:-30}
+TIMEOUT=${TIMEOUT:-600}
 DIR=${DIR:-/var/tmp}
 
 if [[ ! -x "$BIN_DIR/map_peers" ]]; then
