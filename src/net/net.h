@@ -127,10 +127,6 @@ typedef struct net_completion {
 /* Read up to max completions without blocking; returns how many (>= 0) or an error. */
 int net_poll(net_fabric_t *fab, net_completion_t *out, int max);
 
-/* Sleep until the completion queue may have something (wait fd), at most timeout_ms;
- * a short nap where the provider has no wait object. */
-void net_wait(net_fabric_t *fab, int timeout_ms);
-
 /* Target: drive progress until *stop is set (poll while busy, sleep when idle). */
 typedef struct net_progress_opts {
     uint32_t spin_us; /* keep polling this long after the last sign of activity */
