@@ -341,9 +341,12 @@ void net_progress_run(net_fabric_t *fab, const net_progress_opts_t *opts, volati
     unsigned iter = 0;
     while (!*stop) {
         net_completion_t c[16];
+        uint64_t before = xm__now_ns();
         int n = net_poll(fab, c, 16); /* target: drives progress; errors are logged by the provider */
         uint64_t now = xm__now_ns();
-        if (n > 0) {
+        /* a progress call that took a while moved data (a segment of a large
+         * transfer, which neither the counter nor a completion shows) */
+        if (n > 0 || now - before > 2000) {
             last_active = now;
         }
         if (fab->rma_cntr != NULL) {
