@@ -75,37 +75,10 @@ int main(int argc, char **argv)
     xm__log_set_ident("xmemd");
     xm_config_t cfg = {entries, XM_ARRAY_LEN(entries)};
     xm__config_init(&cfg);
-    bool print_config = false;
-    /* pass 1: --config, so flags can override the file */
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-            usage(stdout);
-            return 0;
-        }
-        if (strcmp(argv[i], "--config") == 0 && i + 1 < argc &&
-            xm__config_load_file(&cfg, argv[i + 1]) != XM_OK) {
-            return 2;
-        }
-    }
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--print-config") == 0) {
-            print_config = true;
-            continue;
-        }
-        if (strncmp(argv[i], "--", 2) != 0 || i + 1 >= argc) {
-            fprintf(stderr, "xmemd: unexpected argument '%s' (see --help)\n", argv[i]);
-            return 2;
-        }
-        const char *name = argv[i] + 2;
-        if (strcmp(name, "config") != 0 && xm__config_set(&cfg, name, argv[i + 1], "flag") != XM_OK) {
-            fprintf(stderr, "xmemd: unknown option '%s' (see --help)\n", argv[i]);
-            return 2;
-        }
-        i++;
-    }
-    if (print_config) {
-        xm__config_print(&cfg, stdout);
-        return 0;
+    int done = xm__config_parse_args(&cfg, argc, argv, "xmemd", usage);
+    if (done >= 0) {
+        xm__config_cleanup(&cfg);
+        return done;
     }
     xm_log_level_t level;
     if (!xm__log_parse_level(xm__config_get(&cfg, "log-level"), &level)) {

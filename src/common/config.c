@@ -125,3 +125,40 @@ void xm__config_cleanup(xm_config_t *cfg)
         cfg->entries[i].value = NULL;
     }
 }
+
+int xm__config_parse_args(xm_config_t *cfg, int argc, char **argv, const char *prog,
+                          void (*usage)(FILE *out))
+{
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            usage(stdout);
+            return 0;
+        }
+        if (strcmp(argv[i], "--config") == 0 && i + 1 < argc &&
+            xm__config_load_file(cfg, argv[i + 1]) != XM_OK) {
+            return 2;
+        }
+    }
+    bool print_config = false;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--print-config") == 0) {
+            print_config = true;
+            continue;
+        }
+        if (strncmp(argv[i], "--", 2) != 0 || i + 1 >= argc) {
+            fprintf(stderr, "%s: unexpected argument '%s' (see --help)\n", prog, argv[i]);
+            return 2;
+        }
+        const char *name = argv[i] + 2;
+        if (strcmp(name, "config") != 0 && xm__config_set(cfg, name, argv[i + 1], "flag") != XM_OK) {
+            fprintf(stderr, "%s: unknown option '%s' (see --help)\n", prog, argv[i]);
+            return 2;
+        }
+        i++;
+    }
+    if (print_config) {
+        xm__config_print(cfg, stdout);
+        return 0;
+    }
+    return -1;
+}
