@@ -31,17 +31,9 @@ static xm_config_entry_t entries[] = {
     {"heartbeat-ms", "500", "interval of heartbeats to the manager", 0, 0},
 };
 
-static void usage(FILE *out)
-{
-    fprintf(out,
-            "usage: xmemd [--config FILE] [--OPTION VALUE ...] [--print-config]\n"
-            "Serve a pool of memory for one-sided access over libfabric.\n\n"
-            "Options (also XMEM_<NAME> in the environment, or NAME = VALUE in --config):\n");
-    for (size_t i = 0; i < XM_ARRAY_LEN(entries); i++) {
-        fprintf(out, "  --%-13s %s (default: %s)\n", entries[i].name, entries[i].description,
-                entries[i].def != NULL ? entries[i].def : "none");
-    }
-}
+static const char synopsis[] =
+    "usage: xmemd [--config FILE] [--OPTION VALUE ...] [--print-config]\n"
+    "Serve a pool of memory for one-sided access over libfabric.\n\n";
 
 typedef struct progress_arg {
     net_fabric_t *fab;
@@ -75,7 +67,7 @@ int main(int argc, char **argv)
     xm__log_set_ident("xmemd");
     xm_config_t cfg = {entries, XM_ARRAY_LEN(entries)};
     xm__config_init(&cfg);
-    int done = xm__config_parse_args(&cfg, argc, argv, "xmemd", usage);
+    int done = xm__config_parse_args(&cfg, argc, argv, "xmemd", synopsis);
     if (done >= 0) {
         xm__config_cleanup(&cfg);
         return done;

@@ -126,12 +126,23 @@ void xm__config_cleanup(xm_config_t *cfg)
     }
 }
 
+void xm__config_usage(const xm_config_t *cfg, FILE *out)
+{
+    fprintf(out, "Options (also XMEM_<NAME> in the environment, or NAME = VALUE in --config):\n");
+    for (size_t i = 0; i < cfg->count; i++) {
+        const xm_config_entry_t *e = &cfg->entries[i];
+        fprintf(out, "  --%-14s %s (default: %s)\n", e->name, e->description,
+                e->def != NULL && e->def[0] != '\0' ? e->def : "none");
+    }
+}
+
 int xm__config_parse_args(xm_config_t *cfg, int argc, char **argv, const char *prog,
-                          void (*usage)(FILE *out))
+                          const char *synopsis)
 {
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-            usage(stdout);
+            fputs(synopsis, stdout);
+            xm__config_usage(cfg, stdout);
             return 0;
         }
         if (strcmp(argv[i], "--config") == 0 && i + 1 < argc &&

@@ -29,14 +29,16 @@ xm_status_t xm__config_set(xm_config_t *cfg, const char *name, const char *value
                            const char *source);
 const char *xm__config_get(const xm_config_t *cfg, const char *name);
 void xm__config_print(const xm_config_t *cfg, FILE *out);
+/* The options of the table as --help shows them. */
+void xm__config_usage(const xm_config_t *cfg, FILE *out);
 /*
  * A daemon's command line: --config FILE first (so flags override it), then
- * --name value flags; --help calls usage, --print-config prints the table.
- * Returns -1 to go on, or the exit code (0 after help or the table, 2 on a
- * bad argument, with a line on stderr naming prog).
+ * --name value flags; --help prints synopsis and the options, --print-config
+ * the table. Returns -1 to go on, or the exit code (0 after help or the
+ * table, 2 on a bad argument, with a line on stderr naming prog).
  */
 int xm__config_parse_args(xm_config_t *cfg, int argc, char **argv, const char *prog,
-                          void (*usage)(FILE *out));
+                          const char *synopsis);
 void xm__config_cleanup(xm_config_t *cfg);
 
 #endif

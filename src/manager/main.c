@@ -29,17 +29,9 @@ static xm_config_entry_t entries[] = {
     {"log-level", "info", "error | warn | info | debug", 0, 0},
 };
 
-static void usage(FILE *out)
-{
-    fprintf(out,
-            "usage: xmem-manager --db PATH --secret-file PATH [--OPTION VALUE ...] [--print-config]\n"
-            "Hand out memory of registered appliances as allocations.\n\n"
-            "Options (also XMEM_<NAME> in the environment, or NAME = VALUE in --config):\n");
-    for (size_t i = 0; i < XM_ARRAY_LEN(entries); i++) {
-        fprintf(out, "  --%-14s %s (default: %s)\n", entries[i].name, entries[i].description,
-                entries[i].def != NULL && entries[i].def[0] ? entries[i].def : "none");
-    }
-}
+static const char synopsis[] =
+    "usage: xmem-manager --db PATH --secret-file PATH [--OPTION VALUE ...] [--print-config]\n"
+    "Hand out memory of registered appliances as allocations.\n\n";
 
 static int parse_u32(const char *name, const char *text, uint32_t *out)
 {
@@ -89,7 +81,7 @@ int main(int argc, char **argv)
     xm__log_set_ident("xmem-manager");
     xm_config_t cfg = {entries, XM_ARRAY_LEN(entries)};
     xm__config_init(&cfg);
-    int done = xm__config_parse_args(&cfg, argc, argv, "xmem-manager", usage);
+    int done = xm__config_parse_args(&cfg, argc, argv, "xmem-manager", synopsis);
     if (done >= 0) {
         xm__config_cleanup(&cfg);
         return done;
