@@ -49,18 +49,6 @@ static void *progress_main(void *arg)
     return NULL;
 }
 
-static int parse_u32(const char *name, const char *text, uint32_t *out)
-{
-    char *end;
-    errno = 0;
-    unsigned long v = strtoul(text, &end, 10);
-    if (errno != 0 || *end != '\0' || v > UINT32_MAX || text[0] == '-') {
-        fprintf(stderr, "xmemd: --%s: not a number: %s\n", name, text);
-        return -1;
-    }
-    *out = (uint32_t)v;
-    return 0;
-}
 
 int main(int argc, char **argv)
 {
@@ -96,10 +84,10 @@ int main(int argc, char **argv)
         fprintf(stderr, "xmemd: --backing: expected memfd, hugetlb or file:PATH\n");
         return 2;
     }
-    if (parse_u32("spin-us", xm__config_get(&cfg, "spin-us"), &spin_us) != 0 ||
-        parse_u32("max-conns", xm__config_get(&cfg, "max-conns"), &max_conns) != 0 ||
-        parse_u32("timeout-ms", xm__config_get(&cfg, "timeout-ms"), &timeout_ms) != 0 ||
-        parse_u32("heartbeat-ms", xm__config_get(&cfg, "heartbeat-ms"), &heartbeat_ms) != 0) {
+    if (xm__config_get_u32(&cfg, "xmemd", "spin-us", &spin_us) != 0 ||
+        xm__config_get_u32(&cfg, "xmemd", "max-conns", &max_conns) != 0 ||
+        xm__config_get_u32(&cfg, "xmemd", "timeout-ms", &timeout_ms) != 0 ||
+        xm__config_get_u32(&cfg, "xmemd", "heartbeat-ms", &heartbeat_ms) != 0) {
         return 2;
     }
     const char *manager = xm__config_get(&cfg, "manager");

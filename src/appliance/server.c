@@ -338,16 +338,7 @@ void appl_server_run(appl_server_t *s, int stop_fd)
         }
         c->server = s;
         c->fd = fd;
-        char host[INET6_ADDRSTRLEN] = "?";
-        uint16_t port = 0;
-        if (ss.ss_family == AF_INET) {
-            inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr, host, sizeof(host));
-            port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
-        } else if (ss.ss_family == AF_INET6) {
-            inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr, host, sizeof(host));
-            port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
-        }
-        snprintf(c->peer, sizeof(c->peer), "%s:%u", host, port);
+        net_peer_name(&ss, c->peer, sizeof(c->peer));
         pthread_mutex_lock(&s->lock);
         if (pthread_create(&c->thread, NULL, conn_main, c) != 0) {
             pthread_mutex_unlock(&s->lock);

@@ -173,3 +173,18 @@ int xm__config_parse_args(xm_config_t *cfg, int argc, char **argv, const char *p
     }
     return -1;
 }
+
+int xm__config_get_u32(const xm_config_t *cfg, const char *prog, const char *name, uint32_t *out)
+{
+    const char *text = xm__config_get(cfg, name);
+    char *end;
+    errno = 0;
+    unsigned long v = text != NULL ? strtoul(text, &end, 10) : 0;
+    if (text == NULL || text[0] == '\0' || text[0] == '-' || errno != 0 || *end != '\0' ||
+        v > UINT32_MAX) {
+        fprintf(stderr, "%s: --%s: not a number: %s\n", prog, name, text != NULL ? text : "");
+        return -1;
+    }
+    *out = (uint32_t)v;
+    return 0;
+}

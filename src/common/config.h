@@ -3,6 +3,7 @@
 #ifndef XM_CONFIG_H
 #define XM_CONFIG_H
 
+#include <stdint.h>
 #include <stdio.h>
 
 #include <xmem/status.h>
@@ -29,6 +30,10 @@ xm_status_t xm__config_set(xm_config_t *cfg, const char *name, const char *value
                            const char *source);
 const char *xm__config_get(const xm_config_t *cfg, const char *name);
 void xm__config_print(const xm_config_t *cfg, FILE *out);
+/* A setting as an unsigned 32-bit number; -1 with a line on stderr naming prog
+ * when it is not one (empty, signed, too large or trailing junk). */
+int xm__config_get_u32(const xm_config_t *cfg, const char *prog, const char *name,
+                       uint32_t *out);
 /* The options of the table as --help shows them. */
 void xm__config_usage(const xm_config_t *cfg, FILE *out);
 /*

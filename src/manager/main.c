@@ -33,18 +33,6 @@ static const char synopsis[] =
     "usage: xmem-manager --db PATH --secret-file PATH [--OPTION VALUE ...] [--print-config]\n"
     "Hand out memory of registered appliances as allocations.\n\n";
 
-static int parse_u32(const char *name, const char *text, uint32_t *out)
-{
-    char *end;
-    errno = 0;
-    unsigned long v = strtoul(text, &end, 10);
-    if (errno != 0 || *end != '\0' || v > UINT32_MAX || text[0] == '-' || text[0] == '\0') {
-        fprintf(stderr, "xmem-manager: --%s: not a number: %s\n", name, text);
-        return -1;
-    }
-    *out = (uint32_t)v;
-    return 0;
-}
 
 /* "alice=1G,bob=2G" */
 static int parse_quotas(const char *text, mgr_quota_t **q_p, uint32_t *n_p)
@@ -120,12 +108,12 @@ int main(int argc, char **argv)
         goto out;
     }
     if (parse_quotas(xm__config_get(&cfg, "quotas"), &quotas, &o.nquotas) != 0 ||
-        parse_u32("down-after-ms", xm__config_get(&cfg, "down-after-ms"), &o.down_after_ms) != 0 ||
-        parse_u32("max-conns", xm__config_get(&cfg, "max-conns"), &o.max_conns) != 0 ||
-        parse_u32("timeout-ms", xm__config_get(&cfg, "timeout-ms"), &o.timeout_ms) != 0 ||
-        parse_u32("stock", xm__config_get(&cfg, "stock"), &o.stock_per_kind) != 0 ||
-        parse_u32("spin-us", xm__config_get(&cfg, "spin-us"), &o.spin_us) != 0 ||
-        parse_u32("stock-idle-ms", xm__config_get(&cfg, "stock-idle-ms"), &o.stock_idle_ms) != 0) {
+        xm__config_get_u32(&cfg, "xmem-manager", "down-after-ms", &o.down_after_ms) != 0 ||
+        xm__config_get_u32(&cfg, "xmem-manager", "max-conns", &o.max_conns) != 0 ||
+        xm__config_get_u32(&cfg, "xmem-manager", "timeout-ms", &o.timeout_ms) != 0 ||
+        xm__config_get_u32(&cfg, "xmem-manager", "stock", &o.stock_per_kind) != 0 ||
+        xm__config_get_u32(&cfg, "xmem-manager", "spin-us", &o.spin_us) != 0 ||
+        xm__config_get_u32(&cfg, "xmem-manager", "stock-idle-ms", &o.stock_idle_ms) != 0) {
         goto out;
     }
     net_secret_t secret;

@@ -18,6 +18,8 @@
 
 /* Listen on HOST:PORT (PORT may be 0); the bound port in *port_p. */
 xm_status_t net_listen(const char *host, const char *port, int *fd_p, uint16_t *port_p);
+/* "HOST:PORT" of a socket address, for log lines. */
+void net_peer_name(const struct sockaddr_storage *ss, char *buf, size_t len);
 /* Connect with a timeout; XM_ERR_CONNECT / XM_ERR_TIMEOUT. */
 xm_status_t net_connect(const char *host, const char *port, uint32_t timeout_ms, int *fd_p);
 /* Deadline forms (monotonic ns, UINT64_MAX: none): one budget for a whole call.

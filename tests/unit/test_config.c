@@ -281,3 +281,19 @@ Test(config, command_line_file_then_flags, .init = setup, .fini = teardown)
     cr_assert_eq(xm__config_parse_args(&cfg, 4, help, "prog", "usage: prog\n"), 0,
                  "--help must end the program successfully");
 }
+
+Test(config, numbers_are_checked, .init = setup, .fini = teardown)
+{
+    xm__config_init(&cfg);
+    uint32_t v = 7;
+    cr_assert_eq(xm__config_set(&cfg, "xt-pool", "4096", "flag"), XM_OK);
+    cr_assert_eq(xm__config_get_u32(&cfg, "prog", "xt-pool", &v), 0);
+    cr_assert_eq(v, 4096);
+    static const char *const bad[] = {"", "-1", "12x", "4294967296"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        v = 7;
+        cr_assert_eq(xm__config_set(&cfg, "xt-pool", bad[i], "flag"), XM_OK);
+        cr_assert_eq(xm__config_get_u32(&cfg, "prog", "xt-pool", &v), -1, "accepted '%s'", bad[i]);
+        cr_assert_eq(v, 7, "output written for '%s'", bad[i]);
+    }
+}
