@@ -21,7 +21,7 @@ typedef enum xm_status {
     XM_ERR_RANGE = -6,         /**< offset/length outside the region, or zero length */
     XM_ERR_PERM = -7,          /**< not owner / not granted / rights exceeded */
     XM_ERR_AUTH = -8,          /**< cluster secret refused or missing */
-    XM_ERR_CONNECT = -9,       /**< cannot reach the appliance */
+    XM_ERR_CONNECT = -9,       /**< cannot reach the peer (appliance or manager) */
     XM_ERR_TIMEOUT = -10,      /**< no answer within the timeout */
     XM_ERR_DISCONNECTED = -11, /**< the connection was lost */
     XM_ERR_ACCESS = -12,       /**< the transport refused the access (key, range, rights) */

@@ -318,8 +318,7 @@ void appl_server_run(appl_server_t *s, int stop_fd)
             continue;
         }
         struct sockaddr_storage ss;
-        socklen_t sl = sizeof(ss);
-        int fd = accept4(s->opts.listen_fd, (struct sockaddr *)&ss, &sl, SOCK_CLOEXEC | SOCK_NONBLOCK);
+        int fd = net_accept(s->opts.listen_fd, &ss);
         if (fd < 0) {
             continue;
         }

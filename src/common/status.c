@@ -14,7 +14,7 @@ XM_EXPORT const char *xm_status_str(xm_status_t status)
     case XM_ERR_RANGE: return "offset or length outside the region";
     case XM_ERR_PERM: return "permission denied";
     case XM_ERR_AUTH: return "authentication failed (cluster secret)";
-    case XM_ERR_CONNECT: return "cannot connect to the appliance";
+    case XM_ERR_CONNECT: return "cannot connect";
     case XM_ERR_TIMEOUT: return "timed out";
     case XM_ERR_DISCONNECTED: return "connection lost";
     case XM_ERR_ACCESS: return "access refused by the transport";

@@ -307,7 +307,7 @@ static bool reserved_tenant(const char *tenant)
 }
 
 xm_status_t mgr_alloc_create(mgr_t *m, const char *tenant, const Xmem__AllocRequest *req,
-                             xm_msg_t *rep, char *why, size_t whylen)
+                             mgr_batch_t *b, size_t slot, xm_msg_t *rep, char *why, size_t whylen)
 {
     if (reserved_tenant(tenant)) {
         WHY("tenant names starting with @ are reserved");
@@ -359,6 +359,11 @@ xm_status_t mgr_alloc_create(mgr_t *m, const char *tenant, const Xmem__AllocRequ
         mgr_alloc_t *prev = find_request(m, tenant, req->request_id);
         if (prev == NULL) break;
         if (prev->busy) {
+            if (b != NULL) {
+                pthread_mutex_unlock(&m->lock);
+                status = XM_ERR_AGAIN;
+                goto err_mem;
+            }
             pthread_cond_wait(&m->cond, &m->lock);
             continue;
         }
@@ -393,6 +398,12 @@ xm_status_t mgr_alloc_create(mgr_t *m, const char *tenant, const Xmem__AllocRequ
     }
     mgr_place_req_t pr = {.nparts = pol.width, .part_size = sizes};
     int stocked = pol.width == 1 ? mgr_stock_pick(m, tenant, sizes[0]) : -1;
+    if (b != NULL && stocked < 0) {
+        /* a region to create (or space to flush): not without waiting */
+        pthread_mutex_unlock(&m->lock);
+        status = XM_ERR_AGAIN;
+        goto err_mem;
+    }
     if (stocked >= 0) {
         chosen[0] = (uint32_t)stocked; /* its space is reserved already: it fits */
         status = XM_OK;
@@ -446,6 +457,18 @@ xm_status_t mgr_alloc_create(mgr_t *m, const char *tenant, const Xmem__AllocRequ
             free(addrs);
         }
     }
+    if (status != XM_OK && b != NULL) {
+        /* roll back without waiting: the regions are destroyed behind, their space
+         * stays reserved until then */
+        pthread_mutex_lock(&m->lock);
+        unlink_alloc(m, a);
+        mgr_free_later(m, a);
+        pthread_cond_broadcast(&m->cond);
+        pthread_mutex_unlock(&m->lock);
+        free(sizes);
+        free(chosen);
+        return status;
+    }
     if (status != XM_OK) {
         /* roll back: nothing stays half-allocated */
         mgr_parts_destroy(m, a);
@@ -457,8 +480,13 @@ xm_status_t mgr_alloc_create(mgr_t *m, const char *tenant, const Xmem__AllocRequ
         goto err_mem;
     }
     pthread_mutex_lock(&m->lock);
-    a->busy = false;
-    pthread_cond_broadcast(&m->cond);
+    if (b != NULL) {
+        /* usable once the batch is committed (mgr_batch_finish) */
+        b->ops[b->nops++] = (mgr_batch_op_t){.kind = MGR_BATCH_CREATED, .alloc = a, .slot = slot};
+    } else {
+        a->busy = false;
+        pthread_cond_broadcast(&m->cond);
+    }
     status = desc_build(m, a, XM_ACCESS_READ_WRITE, NULL, rep);
     pthread_mutex_unlock(&m->lock);
     free(sizes);
@@ -472,10 +500,11 @@ err_mem:
     return status;
 }
 
-/* Find an allocation the tenant may use with access; waits while it is busy. Lock held. */
+/* Find an allocation the tenant may use with access; waits while it is busy (with nowait:
+ * XM_ERR_AGAIN instead). Lock held. */
 static xm_status_t lookup(mgr_t *m, const char *tenant, uint64_t id, const char *name,
-                          xm_access_t access, bool owner_only, mgr_alloc_t **a_p, char *why,
-                          size_t whylen)
+                          xm_access_t access, bool owner_only, bool nowait, mgr_alloc_t **a_p,
+                          char *why, size_t whylen)
 {
     for (;;) {
         mgr_alloc_t *a = find(m, id, name);
@@ -484,6 +513,7 @@ static xm_status_t lookup(mgr_t *m, const char *tenant, uint64_t id, const char 
             return XM_ERR_NOT_FOUND;
         }
         if (a->busy) {
+            if (nowait) return XM_ERR_AGAIN;
             pthread_cond_wait(&m->cond, &m->lock);
             continue;
         }
@@ -512,13 +542,13 @@ static xm_status_t lookup(mgr_t *m, const char *tenant, uint64_t id, const char 
     }
 }
 
-xm_status_t mgr_alloc_destroy(mgr_t *m, const char *tenant, const Xmem__AllocRef *ref, char *why,
-                              size_t whylen)
+xm_status_t mgr_alloc_destroy(mgr_t *m, const char *tenant, const Xmem__AllocRef *ref,
+                              mgr_batch_t *b, size_t slot, char *why, size_t whylen)
 {
     pthread_mutex_lock(&m->lock);
     mgr_alloc_t *a;
-    xm_status_t status = lookup(m, tenant, ref->id, ref->name, XM_ACCESS_READ_WRITE, true, &a, why,
-                                whylen);
+    xm_status_t status = lookup(m, tenant, ref->id, ref->name, XM_ACCESS_READ_WRITE, true,
+                                b != NULL, &a, why, whylen);
     if (status != XM_OK) {
         pthread_mutex_unlock(&m->lock);
         return status;
@@ -536,6 +566,13 @@ xm_status_t mgr_alloc_destroy(mgr_t *m, const char *tenant, const Xmem__AllocRef
         WHY("cannot update the allocation table");
         return status;
     }
+    if (b != NULL) {
+        /* leaves the table once the batch is committed (mgr_batch_finish) */
+        pthread_mutex_lock(&m->lock);
+        b->ops[b->nops++] = (mgr_batch_op_t){.kind = MGR_BATCH_FREED, .alloc = a, .slot = slot};
+        pthread_mutex_unlock(&m->lock);
+        return XM_OK;
+    }
     /* the table says freed: reply now; the regions are destroyed (keys revoked) behind it,
      * and their space stays reserved until then, so nothing reuses it earlier */
     pthread_mutex_lock(&m->lock);
@@ -546,14 +583,36 @@ xm_status_t mgr_alloc_destroy(mgr_t *m, const char *tenant, const Xmem__AllocRef
     return XM_OK;
 }
 
+void mgr_batch_finish(mgr_t *m, mgr_batch_t *b, bool committed, bool *failed)
+{
+    pthread_mutex_lock(&m->lock);
+    for (size_t i = 0; i < b->nops; i++) {
+        mgr_alloc_t *a = b->ops[i].alloc;
+        bool created = b->ops[i].kind == MGR_BATCH_CREATED;
+        if (!committed) failed[b->ops[i].slot] = true;
+        if (created == committed) {
+            a->busy = false; /* created and recorded, or a free that did not happen */
+        } else {
+            /* freed and recorded, or a creation that was not: out of the table, regions
+             * destroyed behind (keys revoked), space reserved until then */
+            unlink_alloc(m, a);
+            mgr_free_later(m, a);
+        }
+    }
+    b->nops = 0;
+    pthread_cond_broadcast(&m->cond);
+    pthread_mutex_unlock(&m->lock);
+}
+
 xm_status_t mgr_alloc_attach(mgr_t *m, const char *tenant, const Xmem__AllocRef *ref,
-                             xm_msg_t *rep, char *why, size_t whylen)
+                             mgr_batch_t *b, xm_msg_t *rep, char *why, size_t whylen)
 {
     xm_access_t access = ref->access == XMEM__ACCESS__ACCESS_READ ? XM_ACCESS_READ
                                                                   : XM_ACCESS_READ_WRITE;
     pthread_mutex_lock(&m->lock);
     mgr_alloc_t *a;
-    xm_status_t status = lookup(m, tenant, ref->id, ref->name, access, false, &a, why, whylen);
+    xm_status_t status = lookup(m, tenant, ref->id, ref->name, access, false, b != NULL, &a, why,
+                                whylen);
     if (status != XM_OK) {
         pthread_mutex_unlock(&m->lock);
         return status;
@@ -562,6 +621,10 @@ xm_status_t mgr_alloc_attach(mgr_t *m, const char *tenant, const Xmem__AllocRef 
         status = desc_build(m, a, access, NULL, rep);
         pthread_mutex_unlock(&m->lock);
         return status;
+    }
+    if (b != NULL) {
+        pthread_mutex_unlock(&m->lock);
+        return XM_ERR_AGAIN; /* appliance calls follow */
     }
     /* anyone else (or a read-only owner) gets keys of registrations with exactly its rights,
      * which each appliance makes for that tenant */
@@ -604,8 +667,8 @@ xm_status_t mgr_alloc_grant(mgr_t *m, const char *tenant, const Xmem__AllocGrant
                                                                 : XM_ACCESS_READ_WRITE;
     pthread_mutex_lock(&m->lock);
     mgr_alloc_t *a;
-    xm_status_t status = lookup(m, tenant, g->alloc->id, g->alloc->name, access, true, &a, why,
-                                whylen);
+    xm_status_t status = lookup(m, tenant, g->alloc->id, g->alloc->name, access, true, false, &a,
+                                why, whylen);
     if (status == XM_OK && strcmp(g->tenant, tenant) == 0) {
         WHY("the owner already has full access");
         status = XM_ERR_INVALID;

@@ -22,7 +22,7 @@ static xm_config_entry_t entries[] = {
     {"quotas", "", "per-tenant quotas: TENANT=SIZE[,TENANT=SIZE...]", 0, 0},
     {"max-conns", "4096", "control connections served at once", 0, 0},
     {"timeout-ms", "5000", "bound on each control message and on each call to an appliance", 0, 0},
-    {"stock", "2", "fresh regions made ahead per appliance, tenant and size in use (0: none)", 0, 0},
+    {"stock", "16", "fresh regions made ahead per appliance, tenant and size in use (0: none)", 0, 0},
     {"stock-max-size", "4M", "parts larger than this are never made ahead", 0, 0},
     {"stock-idle-ms", "1000", "regions made ahead and not asked for this long are destroyed", 0, 0},
     {"spin-us", "0", "after a reply, poll the connection this long before sleeping", 0, 0},

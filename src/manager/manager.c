@@ -148,10 +148,8 @@ void mgr_stock_want(mgr_t *m, uint32_t appl, const char *tenant, uint64_t size)
 
 void mgr_free_later(mgr_t *m, mgr_alloc_t *a)
 {
-    a->next = NULL;
-    mgr_alloc_t **pp = &m->dying;
-    while (*pp != NULL) pp = &(*pp)->next;
-    *pp = a;
+    a->next = m->dying; /* order does not matter; a walk to the tail would under a burst */
+    m->dying = a;
     bg_kick(m);
 }
 
@@ -194,53 +192,181 @@ void mgr_stock_forget_missing(mgr_t *m, uint32_t appl, const uint64_t *ids, size
     }
 }
 
+/* Appliance calls the thread pipelines in one go (one send, replies in order). */
+#define BG_BATCH 32
+
+typedef struct bg_call {
+    uint32_t appl;
+    xm_msg_t req;
+    Xmem__RegionRef ref;
+    Xmem__RegionCreate create;
+    xm_msg_t *rep;
+    xm_status_t status;
+    bool sent;
+} bg_call_t;
+
+/* Send calls[0..n) grouped by appliance, each group pipelined on its connection. No lock held. */
+static void bg_calls_run(mgr_t *m, bg_call_t *calls, size_t n)
+{
+    xm_msg_t **reqs = calloc(n, sizeof(*reqs)), **reps = calloc(n, sizeof(*reps));
+    xm_status_t *sts = calloc(n, sizeof(*sts));
+    size_t *idx = calloc(n, sizeof(*idx));
+    for (size_t i = 0; i < n; i++) {
+        if (calls[i].sent) continue;
+        if (reqs == NULL || reps == NULL || sts == NULL || idx == NULL) {
+            calls[i].status = XM_ERR_NO_MEMORY;
+            continue;
+        }
+        size_t k = 0;
+        for (size_t j = i; j < n; j++) {
+            if (calls[j].sent || calls[j].appl != calls[i].appl) continue;
+            calls[j].sent = true;
+            idx[k] = j;
+            reqs[k++] = &calls[j].req;
+        }
+        char why[256];
+        mgr_appl_call_many(m, m->apps[calls[i].appl], reqs, k, reps, sts, why, sizeof(why));
+        for (size_t r = 0; r < k; r++) {
+            calls[idx[r]].rep = reps[r];
+            calls[idx[r]].status = sts[r];
+        }
+    }
+    free(reqs);
+    free(reps);
+    free(sts);
+    free(idx);
+}
+
+/* Destroy the regions of up to BG_BATCH freed allocations. Lock held. */
+static void bg_destroy_dying(mgr_t *m)
+{
+    mgr_alloc_t *batch[BG_BATCH];
+    size_t na = 0, nc = 0;
+    while (m->dying != NULL && na < BG_BATCH) {
+        batch[na] = m->dying;
+        m->dying = batch[na]->next;
+        for (uint32_t p = 0; p < batch[na]->policy.width; p++) nc += batch[na]->parts[p].region_id != 0;
+        na++;
+    }
+    m->bg_busy++;
+    pthread_mutex_unlock(&m->lock);
+    bg_call_t *calls = calloc(nc, sizeof(*calls));
+    if (calls == NULL && nc > 0) {
+        for (size_t i = 0; i < na; i++) mgr_parts_destroy(m, batch[i]);
+    } else {
+        size_t c = 0;
+        for (size_t i = 0; i < na; i++) {
+            for (uint32_t p = 0; p < batch[i]->policy.width; p++) {
+                if (batch[i]->parts[p].region_id == 0) continue;
+                bg_call_t *k = &calls[c++];
+                k->appl = batch[i]->parts[p].appl;
+                xmem__region_ref__init(&k->ref);
+                k->ref.id = batch[i]->parts[p].region_id;
+                k->ref.name = "";
+                k->ref.tenant = "";
+                k->req = (xm_msg_t)XMEM__MSG__INIT;
+                k->req.body_case = XMEM__MSG__BODY_REGION_DESTROY;
+                k->req.region_destroy = &k->ref;
+            }
+        }
+        bg_calls_run(m, calls, nc);
+        for (size_t c2 = 0; c2 < nc; c2++) {
+            proto_msg_free(calls[c2].rep);
+            if (calls[c2].status != XM_OK && calls[c2].status != XM_ERR_NOT_FOUND) {
+                xm_log_warn("region %llu on %s: cannot destroy: %s (reclaimed when the appliance "
+                            "registers again)", (unsigned long long)calls[c2].ref.id,
+                            m->apps[calls[c2].appl]->addr, xm_status_str(calls[c2].status));
+            }
+        }
+        free(calls);
+    }
+    pthread_mutex_lock(&m->lock);
+    for (size_t i = 0; i < na; i++) {
+        mgr_alloc_unreserve(m, batch[i]);
+        mgr_alloc_free_mem(batch[i]);
+    }
+    m->bg_busy--;
+}
+
+/* Make up to BG_BATCH queued stock regions of the first queued entry's appliance. Lock held. */
+static void bg_make_stock(mgr_t *m, bool all)
+{
+    uint32_t appl = m->to_make->appl;
+    mgr_appliance_t *ap = m->apps[appl];
+    if (all || m->bg_drain || !ap->up || !ap->validated) {
+        mgr_stock_t *s = m->to_make;
+        m->to_make = s->next;
+        stock_unreserve(m, s);
+        free(s);
+        return;
+    }
+    mgr_stock_t *batch[BG_BATCH];
+    size_t n = 0;
+    for (mgr_stock_t **pp = &m->to_make; *pp != NULL && n < BG_BATCH;) {
+        if ((*pp)->appl != appl) {
+            pp = &(*pp)->next;
+            continue;
+        }
+        batch[n++] = *pp;
+        *pp = (*pp)->next;
+    }
+    bg_call_t calls[BG_BATCH];
+    char names[BG_BATCH][XM_NAME_MAX + 1];
+    for (size_t i = 0; i < n; i++) {
+        snprintf(names[i], sizeof(names[i]), "%ss%llx.%llu", MGR_REGION_PREFIX,
+                 (unsigned long long)(m->stock_nonce & 0xffffffffffffull),
+                 (unsigned long long)++m->stock_seq);
+        bg_call_t *k = &calls[i];
+        memset(k, 0, sizeof(*k));
+        k->appl = appl;
+        xmem__region_create__init(&k->create);
+        k->create.size = batch[i]->size;
+        k->create.name = names[i];
+        k->create.owner = batch[i]->tenant;
+        k->req = (xm_msg_t)XMEM__MSG__INIT;
+        k->req.body_case = XMEM__MSG__BODY_REGION_CREATE;
+        k->req.region_create = &k->create;
+    }
+    m->bg_busy++;
+    m->making_appl = appl;
+    uint64_t boot = ap->boot_id;
+    pthread_mutex_unlock(&m->lock);
+    bg_calls_run(m, calls, n);
+    pthread_mutex_lock(&m->lock);
+    m->making_appl = UINT32_MAX;
+    m->bg_busy--;
+    for (size_t i = 0; i < n; i++) {
+        mgr_stock_t *s = batch[i];
+        xm_msg_t *rep = calls[i].rep;
+        bool ok = calls[i].status == XM_OK && rep->body_case == XMEM__MSG__BODY_REGION_DESC &&
+                  rep->region_desc->size == s->size;
+        if (ok) {
+            s->region_id = rep->region_desc->id;
+            s->key = rep->region_desc->key;
+        }
+        proto_msg_free(rep);
+        if (!ok || boot != ap->boot_id) {
+            if (!ok) xm_log_debug("stock region on %s: %s", ap->addr, xm_status_str(calls[i].status));
+            /* a region of a restarted appliance is left to its reconciliation */
+            stock_unreserve(m, s);
+            free(s);
+            continue;
+        }
+        s->next = m->stock;
+        m->stock = s;
+    }
+}
+
 /* One unit of background work, if any; called and returns with the lock held. */
 static bool bg_step(mgr_t *m, bool all)
 {
     char why[256];
     if (m->dying != NULL) {
-        mgr_alloc_t *a = m->dying;
-        m->dying = a->next;
-        m->bg_busy++;
-        pthread_mutex_unlock(&m->lock);
-        mgr_parts_destroy(m, a);
-        pthread_mutex_lock(&m->lock);
-        mgr_alloc_unreserve(m, a);
-        m->bg_busy--;
-        mgr_alloc_free_mem(a);
+        bg_destroy_dying(m);
         return true;
     }
     if (m->to_make != NULL) {
-        mgr_stock_t *s = m->to_make;
-        m->to_make = s->next;
-        mgr_appliance_t *ap = m->apps[s->appl];
-        if (all || m->bg_drain || !ap->up || !ap->validated) {
-            stock_unreserve(m, s);
-            free(s);
-            return true;
-        }
-        char name[XM_NAME_MAX + 1];
-        snprintf(name, sizeof(name), "%ss%llx.%llu", MGR_REGION_PREFIX,
-                 (unsigned long long)(m->stock_nonce & 0xffffffffffffull),
-                 (unsigned long long)++m->stock_seq);
-        m->bg_busy++;
-        m->making_appl = s->appl;
-        uint64_t boot = ap->boot_id;
-        pthread_mutex_unlock(&m->lock);
-        xm_status_t status = mgr_region_create(m, ap, s->tenant, s->size, name, &s->region_id,
-                                               &s->key, why, sizeof(why));
-        pthread_mutex_lock(&m->lock);
-        m->making_appl = UINT32_MAX;
-        m->bg_busy--;
-        if (status != XM_OK || boot != ap->boot_id) {
-            if (status != XM_OK) xm_log_debug("stock region on %s: %s", ap->addr, why);
-            /* a region of a restarted appliance is left to its reconciliation */
-            stock_unreserve(m, s);
-            free(s);
-            return true;
-        }
-        s->next = m->stock;
-        m->stock = s;
+        bg_make_stock(m, all);
         return true;
     }
     uint64_t now = xm__now_ns(), idle = (uint64_t)m->opts.stock_idle_ms * 1000000ull;

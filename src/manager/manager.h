@@ -57,6 +57,9 @@ void mgr_registry_sweep(mgr_t *m);
 /* One request to an appliance as the manager; reconnects once. why gets the reason. */
 xm_status_t mgr_appl_call(mgr_t *m, mgr_appliance_t *a, xm_msg_t *req, xm_msg_t **rep_p,
                           char *why, size_t whylen);
+/* n requests pipelined to an appliance (net_call_many); reconnects once like mgr_appl_call. */
+xm_status_t mgr_appl_call_many(mgr_t *m, mgr_appliance_t *a, xm_msg_t *const *reqs, size_t n,
+                               xm_msg_t **reps, xm_status_t *statuses, char *why, size_t whylen);
 /* Close every appliance connection, free the registry. */
 void mgr_registry_cleanup(mgr_t *m);
 
@@ -128,6 +131,9 @@ typedef struct mgr_alloc {
     struct mgr_alloc *next;
 } mgr_alloc_t;
 
+/* Requests one round of the server's event loop serves together (one commit). */
+#define MGR_BATCH_MAX 64
+
 /* "single", "stripe:N", "stripe:N:CHUNK" */
 xm_status_t mgr_policy_parse(const char *text, uint64_t default_chunk, mgr_policy_t *p,
                              const char **why_p);
@@ -136,12 +142,36 @@ void mgr_alloc_free_mem(mgr_alloc_t *a);
 /* Add a restored allocation (store load); takes ownership. */
 void mgr_alloc_restore(mgr_t *m, mgr_alloc_t *a);
 
+/*
+ * A batch of requests served together by the server's event loop (group commit).
+ * With a batch, the calls below never wait: where they would (an appliance call, a
+ * busy allocation, space to be flushed) they return XM_ERR_AGAIN having changed
+ * nothing, and the request is served again without a batch on a worker thread.
+ * Their store writes join the store's open batch, and what may only happen once
+ * those are durable is recorded here and done by mgr_batch_finish.
+ */
+typedef struct mgr_batch_op {
+    enum { MGR_BATCH_CREATED, MGR_BATCH_FREED } kind;
+    mgr_alloc_t *alloc;
+    size_t slot;                     /* the caller's index of the request */
+} mgr_batch_op_t;
+
+typedef struct mgr_batch {
+    mgr_batch_op_t ops[MGR_BATCH_MAX];
+    size_t nops;
+} mgr_batch_t;
+
+/* After the store's batch_end: committed → the changes take effect (created allocations
+ * become usable, freed ones leave the table and their regions are destroyed behind);
+ * not committed → each is undone, and failed[slot] is set for the caller's request. */
+void mgr_batch_finish(mgr_t *m, mgr_batch_t *b, bool committed, bool *failed);
+
 xm_status_t mgr_alloc_create(mgr_t *m, const char *tenant, const Xmem__AllocRequest *req,
-                             xm_msg_t *rep, char *why, size_t whylen);
+                             mgr_batch_t *b, size_t slot, xm_msg_t *rep, char *why, size_t whylen);
 xm_status_t mgr_alloc_destroy(mgr_t *m, const char *tenant, const Xmem__AllocRef *ref,
-                              char *why, size_t whylen);
+                              mgr_batch_t *b, size_t slot, char *why, size_t whylen);
 xm_status_t mgr_alloc_attach(mgr_t *m, const char *tenant, const Xmem__AllocRef *ref,
-                             xm_msg_t *rep, char *why, size_t whylen);
+                             mgr_batch_t *b, xm_msg_t *rep, char *why, size_t whylen);
 xm_status_t mgr_alloc_grant(mgr_t *m, const char *tenant, const Xmem__AllocGrant *g, char *why,
                             size_t whylen);
 xm_status_t mgr_alloc_list(mgr_t *m, const char *tenant, xm_msg_t *rep);
@@ -219,6 +249,12 @@ typedef struct mgr_store_ops {
     /* Insert or replace an allocation with its parts and grants; appl_addr names part i's appliance. */
     xm_status_t (*alloc_put)(mgr_store_t *st, const mgr_alloc_t *a, const char *const *appl_addr);
     xm_status_t (*alloc_delete)(mgr_store_t *st, uint64_t id);
+    /* Group commit: the calling thread's puts and deletes between batch_begin and
+     * batch_end share one transaction (each one undone alone if it fails); other
+     * threads' calls wait until batch_end. A change in a batch is durable only once
+     * batch_end(commit) returned XM_OK. */
+    xm_status_t (*batch_begin)(mgr_store_t *st);
+    xm_status_t (*batch_end)(mgr_store_t *st, bool commit);
 } mgr_store_ops_t;
 
 extern const mgr_store_ops_t mgr_store_sqlite;

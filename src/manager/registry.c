@@ -170,8 +170,8 @@ static xm_status_t appl_connect(mgr_t *m, mgr_appliance_t *a, char *why, size_t 
     return XM_OK;
 }
 
-xm_status_t mgr_appl_call(mgr_t *m, mgr_appliance_t *a, xm_msg_t *req, xm_msg_t **rep_p,
-                          char *why, size_t whylen)
+xm_status_t mgr_appl_call_many(mgr_t *m, mgr_appliance_t *a, xm_msg_t *const *reqs, size_t n,
+                               xm_msg_t **reps, xm_status_t *statuses, char *why, size_t whylen)
 {
     pthread_mutex_lock(&a->conn_lock);
     xm_status_t status = XM_OK;
@@ -179,24 +179,41 @@ xm_status_t mgr_appl_call(mgr_t *m, mgr_appliance_t *a, xm_msg_t *req, xm_msg_t 
         bool fresh = a->fd < 0;
         if (fresh) {
             status = appl_connect(m, a, why, whylen);
-            if (status != XM_OK) break;
+            if (status != XM_OK) {
+                for (size_t i = 0; i < n; i++) {
+                    reps[i] = NULL;
+                    statuses[i] = status;
+                }
+                break;
+            }
         }
-        char w[256];
-        status = net_call(a->fd, req, &a->seq, m->opts.timeout_ms, rep_p, w, sizeof(w));
+        char w[256] = "";
+        status = net_call_many(a->fd, reqs, n, &a->seq, m->opts.timeout_ms, reps, statuses, w,
+                               sizeof(w));
         if (status == XM_OK) break;
+        snprintf(why, whylen, "appliance %s: %s", a->addr, w);
         if (status == XM_ERR_DISCONNECTED || status == XM_ERR_TIMEOUT || status == XM_ERR_PROTOCOL) {
             appl_disconnect(a);
-            snprintf(why, whylen, "appliance %s: %s", a->addr, w);
-            /* a stale connection (the appliance restarted) is retried once on a fresh one;
-             * the requests sent this way are safe to repeat or are checked by the caller */
-            if (!fresh && status == XM_ERR_DISCONNECTED) continue;
-            break;
+            /* a stale connection (the appliance restarted) that answered nothing is retried
+             * once on a fresh one; the requests sent this way are safe to repeat or are
+             * checked by the caller */
+            if (!fresh && status == XM_ERR_DISCONNECTED && statuses[0] == XM_ERR_DISCONNECTED) {
+                for (size_t i = 0; i < n; i++) proto_msg_free(reps[i]);
+                continue;
+            }
         }
-        snprintf(why, whylen, "appliance %s: %s", a->addr, w);
         break;
     }
     pthread_mutex_unlock(&a->conn_lock);
     return status;
+}
+
+xm_status_t mgr_appl_call(mgr_t *m, mgr_appliance_t *a, xm_msg_t *req, xm_msg_t **rep_p,
+                          char *why, size_t whylen)
+{
+    xm_status_t st;
+    xm_status_t status = mgr_appl_call_many(m, a, &req, 1, rep_p, &st, why, whylen);
+    return status != XM_OK ? status : st;
 }
 
 void mgr_registry_cleanup(mgr_t *m)

@@ -17,7 +17,9 @@
 #include "manager.h"
 
 /*
- * lock: one writer at a time on db (and the statements). ckpt_lock guards
+ * lock: one writer at a time on db (and the statements); a batch (group
+ * commit) holds it from batch_begin to batch_end, and the batch's owner
+ * thread calls put/delete without taking it again. ckpt_lock guards
  * wal_pages and stop, and is taken under lock (by the WAL hook) or alone (by
  * the checkpoint thread), never the other way round.
  */
@@ -34,6 +36,10 @@ struct mgr_store {
     pthread_cond_t ckpt_cond;
     int wal_pages;        /* WAL size after the last commit */
     bool stop;
+    /* group commit: set by batch_begin, read by the owner thread only */
+    bool batch;           /* a batch is open (lock held by batch_owner) */
+    bool batch_began;     /* its transaction was started (by the first write in it) */
+    pthread_t batch_owner;
 };
 
 /* Checkpoint once the WAL holds this many pages (SQLite's own default). */
@@ -197,9 +203,43 @@ static bool exec(mgr_store_t *st, const char *sql)
     return true;
 }
 
+static bool in_own_batch(const mgr_store_t *st)
+{
+    return st->batch && pthread_equal(st->batch_owner, pthread_self());
+}
+
+/* Start one change: its own transaction, or a savepoint inside the caller's batch. */
+static bool write_begin(mgr_store_t *st)
+{
+    if (!in_own_batch(st)) {
+        pthread_mutex_lock(&st->lock);
+        return exec(st, "BEGIN IMMEDIATE");
+    }
+    if (!st->batch_began) {
+        if (!exec(st, "BEGIN IMMEDIATE")) return false;
+        st->batch_began = true;
+    }
+    return exec(st, "SAVEPOINT change");
+}
+
+/* End one change begun by write_begin: commit it (or, in a batch, keep it for the batch's
+ * commit); undone when !ok. Returns ok && committed. */
+static bool write_end(mgr_store_t *st, bool ok)
+{
+    if (in_own_batch(st)) {
+        if (!ok && st->batch_began) exec(st, "ROLLBACK TO change");
+        return exec(st, "RELEASE change") && ok;
+    }
+    ok = ok && exec(st, "COMMIT");
+    if (!ok) exec(st, "ROLLBACK");
+    pthread_mutex_unlock(&st->lock);
+    return ok;
+}
+
 static xm_status_t sq_appliance_put(mgr_store_t *st, const mgr_appliance_t *a)
 {
-    pthread_mutex_lock(&st->lock);
+    bool own = in_own_batch(st);
+    if (!own) pthread_mutex_lock(&st->lock);
     sqlite3_stmt *s = st->put_appl;
     sqlite3_bind_text(s, 1, a->addr, -1, SQLITE_TRANSIENT);
     sqlite3_bind_text(s, 2, a->domain, -1, SQLITE_TRANSIENT);
@@ -209,7 +249,7 @@ static xm_status_t sq_appliance_put(mgr_store_t *st, const mgr_appliance_t *a)
     sqlite3_bind_int64(s, 6, (sqlite3_int64)a->capacity);
     sqlite3_bind_int64(s, 7, (sqlite3_int64)a->extent_size);
     bool ok = step_done(st, s);
-    pthread_mutex_unlock(&st->lock);
+    if (!own) pthread_mutex_unlock(&st->lock);
     return ok ? XM_OK : XM_ERR_IO;
 }
 
@@ -225,8 +265,7 @@ static bool delete_rows(mgr_store_t *st, uint64_t id, bool alloc_too)
 
 static xm_status_t sq_alloc_put(mgr_store_t *st, const mgr_alloc_t *a, const char *const *appl_addr)
 {
-    pthread_mutex_lock(&st->lock);
-    bool ok = exec(st, "BEGIN IMMEDIATE");
+    bool ok = write_begin(st);
     if (ok) {
         sqlite3_stmt *s = st->put_alloc;
         sqlite3_bind_int64(s, 1, (sqlite3_int64)a->id);
@@ -258,17 +297,33 @@ static xm_status_t sq_alloc_put(mgr_store_t *st, const mgr_alloc_t *a, const cha
         sqlite3_bind_int(s, 3, (int)a->grants[i].access);
         ok = step_done(st, s);
     }
-    ok = ok && exec(st, "COMMIT");
-    if (!ok) exec(st, "ROLLBACK");
-    pthread_mutex_unlock(&st->lock);
-    return ok ? XM_OK : XM_ERR_IO;
+    return write_end(st, ok) ? XM_OK : XM_ERR_IO;
 }
 
 static xm_status_t sq_alloc_delete(mgr_store_t *st, uint64_t id)
 {
+    bool ok = write_begin(st);
+    ok = ok && delete_rows(st, id, true);
+    return write_end(st, ok) ? XM_OK : XM_ERR_IO;
+}
+
+static xm_status_t sq_batch_begin(mgr_store_t *st)
+{
     pthread_mutex_lock(&st->lock);
-    bool ok = exec(st, "BEGIN IMMEDIATE") && delete_rows(st, id, true) && exec(st, "COMMIT");
-    if (!ok) exec(st, "ROLLBACK");
+    st->batch = true;
+    st->batch_began = false;
+    st->batch_owner = pthread_self();
+    return XM_OK;
+}
+
+static xm_status_t sq_batch_end(mgr_store_t *st, bool commit)
+{
+    bool ok = true;
+    if (st->batch_began) {
+        ok = commit && exec(st, "COMMIT");
+        if (!ok) exec(st, "ROLLBACK");
+    }
+    st->batch = st->batch_began = false;
     pthread_mutex_unlock(&st->lock);
     return ok ? XM_OK : XM_ERR_IO;
 }
@@ -398,4 +453,6 @@ const mgr_store_ops_t mgr_store_sqlite = {
     .appliance_put = sq_appliance_put,
     .alloc_put = sq_alloc_put,
     .alloc_delete = sq_alloc_delete,
+    .batch_begin = sq_batch_begin,
+    .batch_end = sq_batch_end,
 };

@@ -1,6 +1,7 @@
 /* The mutual challenge-response of docs/security.md, for daemons that talk to
  * daemons (manager <-> appliance). libxmem and xmemd's own server keep theirs. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "../common/common.h"
@@ -132,24 +133,10 @@ xm_status_t net_handshake_server(int fd, const net_secret_t *secret, const Xmem_
     return net_send_msg(fd, &rep2, timeout_ms);
 }
 
-xm_status_t net_call(int fd, xm_msg_t *req, uint64_t *seq_p, uint32_t timeout_ms,
-                     xm_msg_t **rep_p, char *why, size_t whylen)
+/* Check one reply against its request; an error reply's status and text. */
+static xm_status_t reply_check(const xm_msg_t *req, xm_msg_t *rep, char *why, size_t whylen)
 {
-    const char *w = NULL;
-    req->seq = ++*seq_p;
-    xm_status_t status = net_send_msg(fd, req, timeout_ms);
-    if (status != XM_OK) {
-        snprintf(why, whylen, "cannot send: %s", xm_status_str(status));
-        return status == XM_ERR_TIMEOUT ? XM_ERR_TIMEOUT : XM_ERR_DISCONNECTED;
-    }
-    xm_msg_t *rep;
-    status = net_recv_msg(fd, XM_FRAME_MAX_REPLY, (int)timeout_ms, timeout_ms, &rep, &w);
-    if (status != XM_OK) {
-        snprintf(why, whylen, "no valid reply: %s", w != NULL ? w : xm_status_str(status));
-        return status;
-    }
     if (rep->seq != req->seq) {
-        proto_msg_free(rep);
         snprintf(why, whylen, "reply out of turn");
         return XM_ERR_PROTOCOL;
     }
@@ -157,9 +144,90 @@ xm_status_t net_call(int fd, xm_msg_t *req, uint64_t *seq_p, uint32_t timeout_ms
         xm_status_t s = rep->status >= XM_ERR_AGAIN && rep->status < 0 ? (xm_status_t)rep->status
                                                                         : XM_ERR_PROTOCOL;
         snprintf(why, whylen, "%s", rep->error != NULL && rep->error[0] ? rep->error : xm_status_str(s));
-        proto_msg_free(rep);
         return s;
     }
-    *rep_p = rep;
     return XM_OK;
+}
+
+xm_status_t net_call_many(int fd, xm_msg_t *const *reqs, size_t n, uint64_t *seq_p,
+                          uint32_t timeout_ms, xm_msg_t **reps, xm_status_t *statuses,
+                          char *why, size_t whylen)
+{
+    for (size_t i = 0; i < n; i++) {
+        reps[i] = NULL;
+        statuses[i] = XM_ERR_DISCONNECTED;
+    }
+    /* every request in one send: the peer serves them back to back without a wake-up each */
+    uint8_t *all = NULL;
+    size_t all_len = 0;
+    xm_status_t status = XM_OK;
+    for (size_t i = 0; i < n && status == XM_OK; i++) {
+        reqs[i]->seq = ++*seq_p;
+        uint8_t *buf;
+        size_t len;
+        status = proto_encode(reqs[i], &buf, &len);
+        if (status != XM_OK) break;
+        uint8_t *grown = realloc(all, all_len + len);
+        if (grown == NULL) {
+            free(buf);
+            status = XM_ERR_NO_MEMORY;
+            break;
+        }
+        all = grown;
+        memcpy(all + all_len, buf, len);
+        all_len += len;
+        free(buf);
+    }
+    if (status != XM_OK) {
+        free(all);
+        snprintf(why, whylen, "cannot encode: %s", xm_status_str(status));
+        for (size_t i = 0; i < n; i++) statuses[i] = status;
+        return status;
+    }
+    uint64_t deadline = xm__now_ns() + (uint64_t)timeout_ms * 1000000ull;
+    status = net_send_raw_by(fd, all, all_len, deadline);
+    free(all);
+    if (status != XM_OK) {
+        snprintf(why, whylen, "cannot send: %s", xm_status_str(status));
+        status = status == XM_ERR_TIMEOUT ? XM_ERR_TIMEOUT : XM_ERR_DISCONNECTED;
+        for (size_t i = 0; i < n; i++) statuses[i] = status;
+        return status;
+    }
+    xm_status_t first = XM_OK;
+    for (size_t i = 0; i < n; i++) {
+        const char *w = NULL;
+        xm_msg_t *rep;
+        status = net_recv_msg_by(fd, XM_FRAME_MAX_REPLY, deadline, timeout_ms, &rep, &w);
+        if (status != XM_OK) {
+            snprintf(why, whylen, "no valid reply: %s", w != NULL ? w : xm_status_str(status));
+            for (size_t j = i; j < n; j++) statuses[j] = status;
+            return status; /* the transport broke: what is left is unknown */
+        }
+        char rw[256];
+        statuses[i] = reply_check(reqs[i], rep, rw, sizeof(rw));
+        if (statuses[i] == XM_ERR_PROTOCOL && rep->seq != reqs[i]->seq) {
+            proto_msg_free(rep);
+            snprintf(why, whylen, "%s", rw);
+            for (size_t j = i; j < n; j++) statuses[j] = XM_ERR_PROTOCOL;
+            return XM_ERR_PROTOCOL;
+        }
+        if (statuses[i] == XM_OK) {
+            reps[i] = rep;
+        } else {
+            proto_msg_free(rep);
+            if (first == XM_OK) {
+                first = statuses[i];
+                snprintf(why, whylen, "%s", rw);
+            }
+        }
+    }
+    return first;
+}
+
+xm_status_t net_call(int fd, xm_msg_t *req, uint64_t *seq_p, uint32_t timeout_ms,
+                     xm_msg_t **rep_p, char *why, size_t whylen)
+{
+    xm_status_t status;
+    xm_status_t s = net_call_many(fd, &req, 1, seq_p, timeout_ms, rep_p, &status, why, whylen);
+    return s != XM_OK ? s : status;
 }

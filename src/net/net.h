@@ -18,6 +18,8 @@
 
 /* Listen on HOST:PORT (PORT may be 0); the bound port in *port_p. */
 xm_status_t net_listen(const char *host, const char *port, int *fd_p, uint16_t *port_p);
+/* Accept a connection: non-blocking, close-on-exec, no Nagle delay; -1 when none. */
+int net_accept(int listen_fd, struct sockaddr_storage *ss);
 /* "HOST:PORT" of a socket address, for log lines. */
 void net_peer_name(const struct sockaddr_storage *ss, char *buf, size_t len);
 /* Connect with a timeout; XM_ERR_CONNECT / XM_ERR_TIMEOUT. */
@@ -25,6 +27,8 @@ xm_status_t net_connect(const char *host, const char *port, uint32_t timeout_ms,
 /* Deadline forms (monotonic ns, UINT64_MAX: none): one budget for a whole call.
  * A started frame must also finish within frame_ms. */
 xm_status_t net_send_msg_by(int fd, const xm_msg_t *msg, uint64_t deadline_ns);
+/* Send bytes already framed (proto_encode output, one or more frames). */
+xm_status_t net_send_raw_by(int fd, const void *buf, size_t len, uint64_t deadline_ns);
 xm_status_t net_recv_msg_by(int fd, size_t max, uint64_t deadline_ns, uint32_t frame_ms,
                             xm_msg_t **msg_p, const char **why_p);
 /* Send one framed message; the whole frame or an error within timeout_ms. */
@@ -59,6 +63,16 @@ xm_status_t net_handshake_client(int fd, const net_secret_t *secret, const char 
 xm_status_t net_handshake_server(int fd, const net_secret_t *secret, const Xmem__Welcome *welcome,
                                  uint32_t timeout_ms, char *tenant, size_t tenant_len,
                                  const char **why_p);
+/*
+ * n requests pipelined on one connection (sent together, replies read in order):
+ * statuses[i] and reps[i] (NULL unless XM_OK) for each. Returns XM_OK when every
+ * one succeeded; else the first failure, whose text goes to why. A transport
+ * failure (XM_ERR_DISCONNECTED / TIMEOUT / PROTOCOL) leaves the outcome of the
+ * requests from there on unknown.
+ */
+xm_status_t net_call_many(int fd, xm_msg_t *const *reqs, size_t n, uint64_t *seq_p,
+                          uint32_t timeout_ms, xm_msg_t **reps, xm_status_t *statuses,
+                          char *why, size_t whylen);
 /* One request/reply; an error reply's text (or the transport failure) goes to why. */
 xm_status_t net_call(int fd, xm_msg_t *req, uint64_t *seq_p, uint32_t timeout_ms,
                      xm_msg_t **rep_p, char *why, size_t whylen);

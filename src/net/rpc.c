@@ -61,6 +61,19 @@ xm_status_t net_listen(const char *host, const char *port, int *fd_p, uint16_t *
     return status;
 }
 
+int net_accept(int listen_fd, struct sockaddr_storage *ss)
+{
+    socklen_t sl = sizeof(*ss);
+    int fd = accept4(listen_fd, (struct sockaddr *)ss, &sl, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    if (fd >= 0) {
+        /* replies go out at once, also when the peer pipelines requests (Nagle would hold
+         * each reply after the first until the peer's delayed ACK) */
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    }
+    return fd;
+}
+
 void net_peer_name(const struct sockaddr_storage *ss, char *buf, size_t len)
 {
     char host[INET6_ADDRSTRLEN] = "?";
@@ -169,6 +182,11 @@ xm_status_t net_send_msg_by(int fd, const xm_msg_t *msg, uint64_t deadline_ns)
     status = sock_xfer(fd, buf, len, true, deadline_ns);
     free(buf);
     return status;
+}
+
+xm_status_t net_send_raw_by(int fd, const void *buf, size_t len, uint64_t deadline_ns)
+{
+    return sock_xfer(fd, (void *)buf, len, true, deadline_ns);
 }
 
 xm_status_t net_send_msg(int fd, const xm_msg_t *msg, uint32_t timeout_ms)

@@ -1,9 +1,14 @@
 /* The allocation manager against real daemons: striped allocations, appliance
  * and manager failures, concurrency, quotas and grants. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "harness.h"
@@ -545,5 +550,115 @@ Test(manager, manager_restart_with_stock_leaks_nothing, .fini = teardown, .timeo
     ctx = xt_manager_connect(&cl.mgr, "alice");
     cr_assert_eq(wait_pool_direct(0), 0, "regions made ahead by the killed manager leaked");
     cr_assert_eq(wait_used(ctx, 0, 0), 0);
+    xm_disconnect(ctx);
+}
+
+/* True when the peer closes fd within ms (replies before the close are read and dropped). */
+static bool closed_within(int fd, int ms)
+{
+    char b[4096];
+    uint64_t deadline = xt_now_ms() + (uint64_t)ms;
+    while (xt_now_ms() < deadline) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (poll(&p, 1, 50) <= 0) continue;
+        ssize_t n = recv(fd, b, sizeof(b), MSG_DONTWAIT);
+        if (n == 0 || (n < 0 && errno != EAGAIN)) return true;
+    }
+    return false;
+}
+
+static int raw_manager_connect(void)
+{
+    const char *colon = strrchr(cl.mgr.addr, ':');
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(colon + 1))};
+    inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    cr_assert_eq(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    return fd;
+}
+
+/* One thread serves every connection: a peer that stalls mid-frame, before or after it
+ * authenticated, or sends garbage, must hold nobody else up and is dropped after the
+ * timeout (--timeout-ms); a client that sends several requests at once gets every reply,
+ * in order. */
+Test(manager, stalled_and_pipelining_peers, .fini = teardown, .timeout = 120)
+{
+    const char *extra[] = {"--timeout-ms", "3000", NULL};
+    xt_cluster_start(&cl, 1, "256M", "tcp", extra);
+    int silent = raw_manager_connect();                 /* never finishes its handshake */
+    int half = raw_manager_connect();
+    cr_assert_eq(send(half, "\x00\x00", 2, MSG_NOSIGNAL), 2);
+    int huge = raw_manager_connect();
+    cr_assert_eq(send(huge, "\xff\xff\xff\xff", 4, MSG_NOSIGNAL), 4);
+    /* authenticated, then half a request frame */
+    xm_ctx_h stalled = xt_manager_connect(&cl.mgr, "mallory");
+    cr_assert_eq(send(stalled->fd, "\x00\x00\x01\x00\x08\x01", 6, MSG_NOSIGNAL), 6);
+
+    /* meanwhile another client allocates and frees, and its data round-trips */
+    xm_ctx_h ctx = xt_manager_connect(&cl.mgr, "alice");
+    for (int i = 0; i < 50; i++) {
+        xm_alloc_h a;
+        cr_assert_eq(xm_alloc(ctx, 1u << 20, "single", NULL, &a), XM_OK, "%s", xm_last_error(ctx));
+        cr_assert_eq(xm_write(a, 4096, "served", 6), XM_OK, "%s", xm_last_error(ctx));
+        char got[6];
+        cr_assert_eq(xm_read(a, 4096, got, 6), XM_OK);
+        cr_assert(memcmp(got, "served", 6) == 0);
+        cr_assert_eq(xm_free(ctx, xm_region_id(a), NULL), XM_OK, "%s", xm_last_error(ctx));
+        xm_alloc_close(a);
+    }
+    /* all of that happened while the stalled peer was still connected: had the manager
+     * waited for its frame, it would have been dropped (after 3 s) before serving alice */
+    char b;
+    cr_assert(recv(stalled->fd, &b, 1, MSG_DONTWAIT) < 0 && errno == EAGAIN,
+              "alice was served only after the stalled peer was dropped");
+
+    /* the stalled and bad peers are dropped once the timeout passes */
+    cr_assert(closed_within(stalled->fd, 10000), "authenticated peer stalled mid-frame not dropped");
+    cr_assert(closed_within(half, 10000), "peer stalled mid-handshake not dropped");
+    cr_assert(closed_within(huge, 10000), "oversized frame not dropped");
+    cr_assert(closed_within(silent, 10000), "silent peer not dropped");
+    close(half);
+    close(huge);
+    close(silent);
+    xm_disconnect(stalled);
+
+    /* three requests in one write: three replies, in order */
+    xm_msg_t reqs[3];
+    Xmem__Empty empty = XMEM__EMPTY__INIT;
+    uint8_t all[4096];
+    size_t len = 0;
+    for (int i = 0; i < 3; i++) {
+        reqs[i] = (xm_msg_t)XMEM__MSG__INIT;
+        reqs[i].seq = 1000 + (uint64_t)i;
+        if (i == 1) {
+            reqs[i].body_case = XMEM__MSG__BODY_APPLIANCE_LIST;
+            reqs[i].appliance_list = &empty;
+        } else {
+            reqs[i].body_case = XMEM__MSG__BODY_ALLOC_LIST;
+            reqs[i].alloc_list = &empty;
+        }
+        uint8_t *buf;
+        size_t n;
+        cr_assert_eq(proto_encode(&reqs[i], &buf, &n), XM_OK);
+        memcpy(all + len, buf, n);
+        len += n;
+        free(buf);
+    }
+    cr_assert_eq(send(ctx->fd, all, len, MSG_NOSIGNAL), (ssize_t)len);
+    for (int i = 0; i < 3; i++) {
+        xm_msg_t *rep;
+        const char *why = NULL;
+        cr_assert_eq(net_recv_msg(ctx->fd, XM_FRAME_MAX_REPLY, 5000, 5000, &rep, &why), XM_OK,
+                     "reply %d of 3: %s", i + 1, why != NULL ? why : "?");
+        cr_assert_eq(rep->seq, 1000 + (uint64_t)i, "reply out of order");
+        cr_assert_eq(rep->status, XM_OK);
+        cr_assert_eq(rep->body_case, i == 1 ? XMEM__MSG__BODY_APPLIANCES : XMEM__MSG__BODY_ALLOCS);
+        proto_msg_free(rep);
+    }
+    /* and the connection goes on serving ordinary calls */
+    xm_alloc_info_t *infos;
+    size_t n;
+    cr_assert_eq(xm_alloc_list(ctx, &infos, &n), XM_OK, "%s", xm_last_error(ctx));
+    free(infos);
     xm_disconnect(ctx);
 }

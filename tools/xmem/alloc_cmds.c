@@ -148,6 +148,7 @@ static void run_dir(cli_t *cli, char *dir, size_t len)
 /* Start argv in the background, detached, stdout to out and stderr to log; its pid. */
 static pid_t spawn(const char *const *argv, const char *out, const char *log)
 {
+    unlink(out); /* a previous run's "listening on" line must not be read as this one's */
     pid_t pid = fork();
     if (pid != 0) return pid;
     setsid();
