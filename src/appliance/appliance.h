@@ -93,7 +93,9 @@ typedef struct appl_regions {
     uint32_t count;
     uint64_t next_id;
     char meta_path[PATH_MAX + 8]; /* file pools: where the table is kept; "" otherwise */
-    appl_grave_t *graves;         /* destroyed regions' windows, newest first (see region.c) */
+    appl_grave_t *graves;         /* destroyed regions' windows, least recently cleaned first */
+    appl_grave_t *graves_last;    /* (see region.c) */
+    uint64_t graves_len;          /* bytes of address space they hold */
 } appl_regions_t;
 
 /* A region as a client sees it: the registration to use. */

@@ -39,26 +39,43 @@ static void grant_close(appl_grant_t *g)
     g->mr_rw = g->mr_ro = NULL;
 }
 
+static void grave_append(appl_regions_t *t, appl_grave_t *g)
+{
+    g->next = NULL;
+    if (t->graves == NULL) {
+        t->graves = g;
+    } else {
+        t->graves_last->next = g;
+    }
+    t->graves_last = g;
+}
+
+static appl_grave_t *grave_pop(appl_regions_t *t)
+{
+    appl_grave_t *g = t->graves;
+    t->graves = g->next;
+    if (t->graves == NULL) t->graves_last = NULL;
+    return g;
+}
+
+/* The queue is in the order graves were last cleaned (oldest first), so each call looks
+ * only at graves that are due: a steady stream of destroys costs O(1) each. */
 static void graves_reap(appl_regions_t *t, bool all)
 {
+    while (t->graves != NULL && (all || t->graves_len > GRAVE_VA_MAX)) {
+        appl_grave_t *g = grave_pop(t);
+        munmap(g->window, g->len);
+        t->graves_len -= g->len;
+        free(g);
+    }
     uint64_t now = xm__now_ns();
-    /* newest first: everything past the budget is the oldest */
-    uint64_t seen = 0;
-    appl_grave_t **pp = &t->graves;
-    while (*pp != NULL) {
-        appl_grave_t *g = *pp;
-        seen += g->len;
-        if (all || seen > GRAVE_VA_MAX) {
-            munmap(g->window, g->len);
-            *pp = g->next;
-            free(g);
-            continue;
-        }
-        if (now - g->since_ns >= GRAVE_NS) {
-            madvise(g->window, g->len, MADV_DONTNEED);
-            g->since_ns = now;
-        }
-        pp = &g->next;
+    appl_grave_t *stop = NULL; /* the first grave cleaned in this call: all after it are newer */
+    while (t->graves != NULL && t->graves != stop && now - t->graves->since_ns >= GRAVE_NS) {
+        appl_grave_t *g = grave_pop(t);
+        madvise(g->window, g->len, MADV_DONTNEED);
+        g->since_ns = now;
+        grave_append(t, g);
+        if (stop == NULL) stop = g;
     }
 }
 
@@ -78,9 +95,9 @@ static void region_release(appl_regions_t *t, appl_region_t *r, bool give_back)
             free(g);
             munmap(r->window, len); /* cannot defer: unmap now */
         } else {
-            *g = (appl_grave_t){.window = r->window, .len = len, .since_ns = xm__now_ns(),
-                                .next = t->graves};
-            t->graves = g;
+            *g = (appl_grave_t){.window = r->window, .len = len, .since_ns = xm__now_ns()};
+            grave_append(t, g);
+            t->graves_len += len;
         }
         appl_pool_free(t->pool, r->extents, r->nextents);
     } else {

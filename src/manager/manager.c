@@ -361,12 +361,14 @@ static void bg_make_stock(mgr_t *m, bool all)
 static bool bg_step(mgr_t *m, bool all)
 {
     char why[256];
-    if (m->dying != NULL) {
-        bg_destroy_dying(m);
-        return true;
-    }
+    /* stock first: an allocation waits for it, a free's destruction waits for nobody (and
+     * under a steady stream of frees, stock queued behind them would never be made) */
     if (m->to_make != NULL) {
         bg_make_stock(m, all);
+        return true;
+    }
+    if (m->dying != NULL) {
+        bg_destroy_dying(m);
         return true;
     }
     uint64_t now = xm__now_ns(), idle = (uint64_t)m->opts.stock_idle_ms * 1000000ull;

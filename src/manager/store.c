@@ -35,6 +35,7 @@ struct mgr_store {
     pthread_mutex_t ckpt_lock;
     pthread_cond_t ckpt_cond;
     int wal_pages;        /* WAL size after the last commit */
+    int ckpt_base;        /* WAL size when the last checkpoint started */
     bool stop;
     /* group commit: set by batch_begin, read by the owner thread only */
     bool batch;           /* a batch is open (lock held by batch_owner) */
@@ -64,13 +65,17 @@ static const char schema[] =
     "  access INTEGER NOT NULL, PRIMARY KEY(alloc_id, tenant)) WITHOUT ROWID;"
     "PRAGMA wal_autocheckpoint=0;";
 
-/* After each commit on db: wake the checkpoint thread when the WAL has grown. */
+/* After each commit on db: wake the checkpoint thread when the WAL has grown by
+ * CKPT_PAGES since the last checkpoint. (Not on its size alone: under a steady
+ * stream of commits a passive checkpoint never gets to reset the WAL, and the
+ * thread would be woken for every commit.) */
 static int wal_hook(void *arg, sqlite3 *db, const char *name, int pages)
 {
     mgr_store_t *st = arg;
     pthread_mutex_lock(&st->ckpt_lock);
     st->wal_pages = pages;
-    if (pages >= CKPT_PAGES) pthread_cond_signal(&st->ckpt_cond);
+    if (pages < st->ckpt_base) st->ckpt_base = 0; /* the WAL was restarted */
+    if (pages - st->ckpt_base >= CKPT_PAGES) pthread_cond_signal(&st->ckpt_cond);
     pthread_mutex_unlock(&st->ckpt_lock);
     return SQLITE_OK;
 }
@@ -82,15 +87,15 @@ static void *ckpt_main(void *arg)
     mgr_store_t *st = arg;
     pthread_mutex_lock(&st->ckpt_lock);
     while (!st->stop) {
-        if (st->wal_pages < CKPT_PAGES) {
+        if (st->wal_pages - st->ckpt_base < CKPT_PAGES) {
             struct timespec ts;
             clock_gettime(CLOCK_REALTIME, &ts);
             ts.tv_sec += 1;
             pthread_cond_timedwait(&st->ckpt_cond, &st->ckpt_lock, &ts);
             if (st->stop) break;
-            if (st->wal_pages == 0) continue;
+            if (st->wal_pages == st->ckpt_base) continue; /* nothing new */
         }
-        st->wal_pages = 0;
+        st->ckpt_base = st->wal_pages;
         pthread_mutex_unlock(&st->ckpt_lock);
         int log = 0, done = 0;
         int rc = sqlite3_wal_checkpoint_v2(st->ckpt_db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log, &done);

@@ -344,9 +344,7 @@ void net_progress_run(net_fabric_t *fab, const net_progress_opts_t *opts, volati
         uint64_t before = xm__now_ns();
         int n = net_poll(fab, c, 16); /* target: drives progress; errors are logged by the provider */
         uint64_t now = xm__now_ns();
-        /* a progress call that took a while moved data (a segment of a large
-         * transfer, which neither the counter nor a completion shows) */
-        if (n > 0 || now - before > 2000) {
+        if (n > 0) {
             last_active = now;
         }
         if (fab->rma_cntr != NULL) {
@@ -355,11 +353,21 @@ void net_progress_run(net_fabric_t *fab, const net_progress_opts_t *opts, volati
                 last_cntr = v;
                 last_active = now;
             }
-        } else if (fab->wait_fd >= 0 && (++iter & 15) == 0) {
-            struct pollfd p = {.fd = fab->wait_fd, .events = POLLIN};
-            if (poll(&p, 1, 0) > 0) {
-                last_active = now;
+        }
+        /* a large transfer in progress shows neither in the counter nor as a completion:
+         * with a wait fd (tcp), its sockets have data (the fd is readable); without (shm),
+         * a progress call that took a while moved data. (Not the long call with a wait fd:
+         * on a loaded CPU a call is long because the thread was preempted, and the loop
+         * would spin on forever.) */
+        if (fab->wait_fd >= 0) {
+            if ((++iter & 15) == 0) {
+                struct pollfd p = {.fd = fab->wait_fd, .events = POLLIN};
+                if (poll(&p, 1, 0) > 0) {
+                    last_active = now;
+                }
             }
+        } else if (now - before > 2000) {
+            last_active = now;
         }
         if (now - last_active < spin_ns) {
             continue; /* busy: keep polling, a wake-up across CPUs costs ~20 µs here */

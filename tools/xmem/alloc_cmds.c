@@ -220,12 +220,13 @@ int cmd_up(cli_t *cli)
         if (system(cmd) != 0) return cli_fail("up", "cannot write a secret in %s", dir);
     }
     char db[PATH_MAX + 16], out[PATH_MAX + 16], log[PATH_MAX + 16], maddr[64];
+    const char *log_level = getenv("XMEM_LOG_LEVEL") != NULL ? getenv("XMEM_LOG_LEVEL") : "warn";
     snprintf(db, sizeof(db), "%s/manager.db", dir);
     snprintf(out, sizeof(out), "%s/manager.out", dir);
     snprintf(log, sizeof(log), "%s/manager.log", dir);
     sibling("xmem-manager", bin, sizeof(bin));
     const char *margv[] = {bin, "--listen", "127.0.0.1:0", "--db", db, "--secret-file", secret,
-                           "--log-level", "warn", NULL};
+                           "--log-level", log_level, NULL};
     pid_t mp = spawn(margv, out, log);
     if (!wait_listening(out, mp, maddr, sizeof(maddr))) {
         kill(mp, SIGKILL);
@@ -242,7 +243,7 @@ int cmd_up(cli_t *cli)
         snprintf(alog, sizeof(alog), "%s/xmemd-%d.log", dir, i);
         const char *aargv[] = {bin, "--listen", "127.0.0.1:0", "--pool", pool, "--secret-file", secret,
                                "--manager", maddr, "--domain", dom, "--provider", provider,
-                               "--log-level", "warn", NULL};
+                               "--log-level", log_level, NULL};
         pid_t ap = spawn(aargv, aout, alog);
         if (!wait_listening(aout, ap, aaddr, sizeof(aaddr))) {
             kill(ap, SIGKILL);
