@@ -35,6 +35,32 @@ bool xm__clock_pick(xm__block_t *blocks, uint32_t n, uint32_t *hand, uint32_t *v
     return false;
 }
 
+bool xm__behind_pick(const xm__block_t *blocks, uint32_t from, uint32_t span, uint32_t *victim_p)
+{
+    for (uint32_t i = 0; i < span && i < from; i++) {
+        uint32_t b = from - 1 - i;
+        if (blocks[b].state == XM__BLK_RESIDENT && blocks[b].pins == 0) {
+            *victim_p = b;
+            return true;
+        }
+    }
+    return false;
+}
+
+/* A long sequential run in m (longer than an eighth of its cache) gives up
+ * the blocks it has passed, at least a full read-ahead window behind it:
+ * a single pass over more data than the cache keeps what was resident
+ * (CLOCK, like LRU, would evict exactly the blocks the pass reaches next),
+ * while runs that fit (a bucket of a sort) stay under CLOCK. */
+static bool drop_behind(xm__map_t *m, uint32_t *victim_p)
+{
+    uint32_t lag = XM_MAX(2u, XM__RA_MAX_BYTES / m->fetch);
+    uint64_t budget_blocks = m->budget / m->fetch;
+    if (m->stream_len < XM_MAX((uint64_t)2 * lag, budget_blocks / 8)) return false;
+    if (m->stream_at <= lag) return false;
+    return xm__behind_pick(m->blocks, m->stream_at - lag, 4 * lag, victim_p);
+}
+
 /* A victim anywhere in the engine, mappings taken in turn. */
 static bool pick_global(xm__engine_t *eng, xm__map_t **m_p, uint32_t *victim_p)
 {
@@ -72,7 +98,9 @@ bool xm__reserve(xm__engine_t *eng, xm__map_t *m, uint64_t bytes, uint32_t k, bo
         }
         xm__map_t *vm = NULL;
         uint32_t v;
-        if (over_map) {
+        if (drop_behind(m, &v)) {
+            vm = m;
+        } else if (over_map) {
             if (xm__clock_pick(m->blocks, m->nblocks, &m->hand, &v)) vm = m;
         } else {
             pick_global(eng, &vm, &v);

@@ -179,6 +179,10 @@ static void handle_fault(xm__engine_t *eng, uint32_t k, uintptr_t addr)
         return;
     }
     uint32_t b = (uint32_t)((page - (uintptr_t)m->addr) / m->fetch);
+    /* a user from here on: while this thread waits for a block below, the
+     * fault may be resolved by whoever installs it and the application may
+     * unmap, which must not free m under us */
+    m->users++;
     for (;;) {
         uint8_t st = m->blocks[b].state;
         if (st == XM__BLK_EMPTY) break;
@@ -187,7 +191,6 @@ static void handle_fault(xm__engine_t *eng, uint32_t k, uintptr_t addr)
             continue;
         }
         m->blocks[b].ref = 1;
-        m->users++;
         pthread_mutex_unlock(&eng->lock);
         if (st == XM__BLK_RESIDENT) {
             refill_page(eng, m, k, page);
@@ -201,19 +204,19 @@ static void handle_fault(xm__engine_t *eng, uint32_t k, uintptr_t addr)
         return;
     }
     m->blocks[b].state = XM__BLK_FETCHING;
-    m->users++;
     uint64_t bytes = xm__block_bytes(m, b);
-    bool reserved = xm__reserve(eng, m, bytes, k, true);
     /* sequential: the fault lands just past what the last fetch brought in */
     uint32_t window = 0;
-    if (m->readahead) {
+    bool seq = b == m->last_block;
+    if (m->readahead && seq) {
         uint32_t max = XM_MAX(1u, XM__RA_MAX_BYTES / m->fetch);
-        if (b == m->last_block) {
-            window = m->ra_window == 0 ? XM_MIN(2u, max) : XM_MIN(m->ra_window * 2, max);
-        }
-        m->ra_window = window;
-        m->last_block = b + 1 + window;
+        window = m->ra_window == 0 ? XM_MIN(2u, max) : XM_MIN(m->ra_window * 2, max);
     }
+    m->ra_window = window;
+    m->last_block = b + 1 + window;
+    m->stream_len = seq ? m->stream_len + 1 + window : 1;
+    m->stream_at = b;
+    bool reserved = xm__reserve(eng, m, bytes, k, true);
     pthread_mutex_unlock(&eng->lock);
     if (!reserved) {
         poison(eng, m, b, bytes, false, XM_ERR_NO_SPACE,

@@ -73,6 +73,8 @@ typedef struct xm__map {
     uint32_t hand;         /* CLOCK hand, a block index */
     uint32_t last_block;   /* sequential detection */
     uint32_t ra_window;    /* blocks read ahead on the next sequential fault */
+    uint32_t stream_at;    /* block of the last fault */
+    uint32_t stream_len;   /* blocks the current sequential run has brought in */
     uint32_t users;        /* threads working on it with the lock dropped */
     bool dying;
     xm_map_stats_t stats;
@@ -127,6 +129,10 @@ xm_status_t xm__fetch(xm__map_t *m, uint32_t k, uint32_t b, void *buf, uint64_t 
 uint64_t xm__block_bytes(const xm__map_t *m, uint32_t b);
 /* Pick an evictable block of m by CLOCK: clears referenced bits as it passes. */
 bool xm__clock_pick(xm__block_t *blocks, uint32_t n, uint32_t *hand, uint32_t *victim_p);
+/* Drop-behind: the resident, unpinned block nearest below `from` (at most
+ * `span` blocks down), so a sequential stream larger than the cache evicts
+ * what it has just passed instead of what it is about to reach. */
+bool xm__behind_pick(const xm__block_t *blocks, uint32_t from, uint32_t span, uint32_t *victim_p);
 /* Account bytes for a new block of m, evicting (lock dropped meanwhile) as
  * needed. Returns false when nothing can be evicted now and !wait. */
 bool xm__reserve(xm__engine_t *eng, xm__map_t *m, uint64_t bytes, uint32_t k, bool wait);

@@ -45,3 +45,19 @@ Test(map_clock, busy_pinned_and_empty_blocks_are_never_victims)
     cr_assert_eq(v, 4);
     cr_assert_not(xm__clock_pick(b, 0, &hand, &v));
 }
+
+Test(map_clock, drop_behind_takes_the_nearest_resident_block_below_the_stream)
+{
+    xm__block_t b[8] = {blk(XM__BLK_RESIDENT, 1), blk(XM__BLK_RESIDENT, 1), blk(XM__BLK_EMPTY, 0),
+                        blk(XM__BLK_RESIDENT, 1), blk(XM__BLK_EVICTING, 0), blk(XM__BLK_RESIDENT, 0),
+                        blk(XM__BLK_FETCHING, 0), blk(XM__BLK_RESIDENT, 0)};
+    b[5].pins = 1;
+    uint32_t v;
+    cr_assert(xm__behind_pick(b, 7, 8, &v));
+    cr_assert_eq(v, 3, "referenced bits do not matter; busy and pinned blocks are skipped");
+    cr_assert_eq(b[3].ref, 1, "and nothing is cleared");
+    cr_assert(xm__behind_pick(b, 3, 8, &v));
+    cr_assert_eq(v, 1);
+    cr_assert_not(xm__behind_pick(b, 7, 2, &v), "only span blocks are looked at");
+    cr_assert_not(xm__behind_pick(b, 0, 8, &v), "nothing below block 0");
+}

@@ -109,18 +109,23 @@ int cmd_bench_map(cli_t *cli)
     const char *size_text = cli_take(cli, "--size");
     const char *faults_text = cli_take(cli, "--faults");
     const char *fetch_text = cli_take(cli, "--fetch");
+    const char *work_text = cli_take(cli, "--workloads");
+    const char *frac_text = cli_take(cli, "--fractions");
+    bool skip_faults = cli_take_flag(cli, "--no-faults");
+    bool stats = cli_take_flag(cli, "--stats");
     if (cli_no_more(cli, 0) != 0) return 2;
     uint64_t ws = 256u << 20, fetch = 64u << 10;
     if (size_text != NULL && xm_parse_size(size_text, &ws) != XM_OK) return 2;
     if (fetch_text != NULL && xm_parse_size(fetch_text, &fetch) != XM_OK) return 2;
     size_t nf = faults_text != NULL ? strtoul(faults_text, NULL, 10) : 4000;
     if (nf < 100 || ws < (16u << 20)) {
-        fprintf(stderr, "usage: xmem bench map [--size 256M (>=16M)] [--faults 4000] [--fetch 64K]\n");
+        fprintf(stderr, "usage: xmem bench map [--size 256M (>=16M)] [--faults 4000] [--fetch 64K]\n"
+                        "                      [--workloads scan,gups,sort] [--fractions 100,75,50,25] [--no-faults] [--stats]\n");
         return 2;
     }
     xm_ctx_h ctx;
     if (cli_connect(cli, &ctx) != 0) return 1;
-    uint64_t rsize = ws > nf * 4096ull ? ws : nf * 4096ull;
+    uint64_t rsize = nf * 4096ull; /* the fault test; each workload run has its own region */
     xm_region_h r;
     xm_status_t s = xm_region_create(ctx, rsize, NULL, &r);
     if (s != XM_OK) {
@@ -129,8 +134,9 @@ int cmd_bench_map(cli_t *cli)
     }
     double *lat = calloc(nf, sizeof(double)), p50, p99, l50, l99, r50, r99;
 
-    /* 1. remote fault: 4 KiB fetches, no read-ahead, random pages */
     uint8_t *m;
+    if (skip_faults) goto workloads;
+    /* 1. remote fault: 4 KiB fetches, no read-ahead, random pages */
     xm_map_opts_t fo = {.fetch_size = 4096, .flags = XM_MAP_NO_READAHEAD};
     if ((s = xm_map(ctx, r, 0, nf * 4096ull, &fo, (void **)&m)) != XM_OK) {
         return cli_fail("bench map", "xm_map: %s: %s", xm_status_str(s), xm_last_error(ctx));
@@ -162,6 +168,7 @@ int cmd_bench_map(cli_t *cli)
         lat[i] = (xmw_now() - t0) * 1e6;
     }
     pct(lat, nf, &r50, &r99);
+    free(buf);
     printf("fault latency (us), %zu random 4 KiB pages, one handler per CPU, %s\n", got,
            getenv("XMEM_MAP_PIN") ? "pinned (XMEM_MAP_PIN)" : "unpinned");
     printf("%-34s %9s %9s\n", "", "p50", "p99");
@@ -172,12 +179,33 @@ int cmd_bench_map(cli_t *cli)
            p50 / (l50 + r50));
 
     /* 4. workloads at 100/75/50/25% cache vs local memory */
+workloads:;
+    bool want[3] = {true, true, true};
+    if (work_text != NULL) {
+        for (int w = 0; w < 3; w++) want[w] = false;
+        if (strstr(work_text, "scan")) want[0] = true;
+        if (strstr(work_text, "gups")) want[1] = true;
+        if (strstr(work_text, "sort")) want[2] = true;
+    }
+    int pcts[4] = {100, 75, 50, 25}, npcts = 4;
+    if (frac_text != NULL) {
+        npcts = 0;
+        for (const char *f = frac_text; *f != '\0' && npcts < 4;) {
+            int v = atoi(f);
+            if (v <= 0 || v > 100) return cli_fail("bench map", "bad --fractions %s", frac_text);
+            pcts[npcts++] = v;
+            f = strchr(f, ',');
+            if (f == NULL) break;
+            f++;
+        }
+    }
     size_t wsz = (size_t)ws;
     uint8_t *local = mmap(NULL, wsz, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     const char *names[3] = {"scan", "gups", "sort"};
     double base[3];
     uint64_t sums[3];
     for (int w = 0; w < 3; w++) {
+        if (!want[w]) continue;
         xmw_fill(local, wsz, XMW_SEED_DATA);
         xmw_result_t res = w == 0 ? xmw_scan(local, wsz)
                          : w == 1 ? xmw_gups(local, wsz, wsz / 8 / 64, 0)
@@ -189,32 +217,51 @@ int cmd_bench_map(cli_t *cli)
     printf("workloads over %s (fetch %llu KiB, read-ahead on): seconds, ratio to local memory\n",
            size_text != NULL ? size_text : "256M", (unsigned long long)(fetch >> 10));
     printf("%-8s %10s", "kernel", "local");
-    static const int pcts[4] = {100, 75, 50, 25};
-    for (int c = 0; c < 4; c++) printf("   %3d%% cache     ", pcts[c]);
+    for (int c = 0; c < npcts; c++) printf("   %3d%% cache     ", pcts[c]);
     printf("\n");
     for (int w = 0; w < 3; w++) {
+        if (!want[w]) continue;
         printf("%-8s %9.3fs", names[w], base[w]);
-        for (int c = 0; c < 4; c++) {
+        for (int c = 0; c < npcts; c++) {
             xm_map_opts_t o = {.cache_bytes = ws * (uint64_t)pcts[c] / 100, .fetch_size = (uint32_t)fetch};
-            if ((s = xm_map(ctx, r, 0, ws, &o, (void **)&m)) != XM_OK) {
+            /* a fresh (zero) region per run: the fill's pages must really go
+             * back (the appliance does not already hold the same data) */
+            xm_region_h wr;
+            if ((s = xm_region_create(ctx, ws, NULL, &wr)) != XM_OK) {
+                return cli_fail("bench map", "cannot create a region: %s", xm_status_str(s));
+            }
+            if ((s = xm_map(ctx, wr, 0, ws, &o, (void **)&m)) != XM_OK) {
                 return cli_fail("bench map", "xm_map: %s", xm_status_str(s));
             }
             xmw_fill(m, wsz, XMW_SEED_DATA);
+            xm_map_stats_t st0;
+            xm_map_stat(m, &st0);
             xmw_result_t res = w == 0 ? xmw_scan(m, wsz)
                              : w == 1 ? xmw_gups(m, wsz, wsz / 8 / 64, 0)
                                       : xmw_sort(m, wsz);
             xm_map_stats_t st;
             xm_map_stat(m, &st);
+            if (stats) {
+                fprintf(stderr, "[%s %d%%: timed part: %llu faults, %llu read-ahead blocks, %.1f MiB fetched, "
+                        "%llu evictions, %llu pages written back]\n", names[w], pcts[c],
+                        (unsigned long long)(st.faults - st0.faults),
+                        (unsigned long long)(st.readahead_blocks - st0.readahead_blocks),
+                        (double)(st.fetched_bytes - st0.fetched_bytes) / 1048576.0,
+                        (unsigned long long)(st.evictions - st0.evictions),
+                        (unsigned long long)(st.writeback_pages - st0.writeback_pages));
+            }
             printf(" %6.3fs %5.2fx%s", res.seconds, res.seconds / base[w],
                    res.checksum != sums[w] || !res.ok ? "!" : " ");
             fflush(stdout);
             xm_unmap_discard(m);
+            uint64_t wid = xm_region_id(wr);
+            xm_region_close(wr);
+            xm_region_destroy(ctx, wid, NULL);
         }
         printf("\n");
     }
     printf("(! = checksum differs from local memory)\n");
     free(lat);
-    free(buf);
     uint64_t rid = xm_region_id(r);
     xm_region_close(r);
     xm_region_destroy(ctx, rid, NULL);
