@@ -21,6 +21,7 @@ struct xm_ctx {
     net_secret_t secret;
     uint32_t timeout_ms;
     uint64_t call_deadline_ns; /* the control call in progress must end by then */
+    uint64_t rpc_spin_ns;    /* poll this long for a control reply before sleeping */
     int fd;                  /* control socket, -1 when closed */
     struct sockaddr_storage ctrl_peer;
     uint64_t seq;

@@ -50,6 +50,7 @@ static xm_status_t ctl_exchange(xm_ctx_h ctx, xm_msg_t *req, xm_msg_t **rep_p)
     }
     xm_msg_t *rep;
     const char *why;
+    net_spin_readable(ctx->fd, ctx->rpc_spin_ns);
     status = net_recv_msg_by(ctx->fd, XM_FRAME_MAX_REPLY, ctx->call_deadline_ns, ctx->timeout_ms,
                              &rep, &why);
     if (status != XM_OK) {
@@ -220,6 +221,8 @@ XM_EXPORT xm_status_t xm_connect(const xm_connect_opts_t *opts, xm_ctx_h *ctx_p)
     if (ctx == NULL) return XM_ERR_NO_MEMORY;
     ctx->fd = -1;
     ctx->fab.wait_fd = -1;
+    const char *spin = getenv("XMEM_RPC_SPIN_US");
+    ctx->rpc_spin_ns = (spin != NULL ? strtoull(spin, NULL, 10) : 0) * 1000ull;
     xm_status_t status = XM_ERR_INVALID;
     const char *addr;
     if (opts->manager != NULL && opts->manager[0] != '\0') {

@@ -25,7 +25,7 @@ static xm_config_entry_t entries[] = {
     {"stock", "16", "fresh regions made ahead per appliance, tenant and size in use (0: none)", 0, 0},
     {"stock-max-size", "4M", "parts larger than this are never made ahead", 0, 0},
     {"stock-idle-ms", "1000", "regions made ahead and not asked for this long are destroyed", 0, 0},
-    {"spin-us", "0", "after a reply, poll the connection this long before sleeping", 0, 0},
+    {"spin-us", "0", "after serving requests, poll for more this long before sleeping", 0, 0},
     {"log-level", "info", "error | warn | info | debug", 0, 0},
 };
 

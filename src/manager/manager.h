@@ -46,9 +46,10 @@ typedef struct mgr_appliance {
 
 /* Find by address or add (down, unvalidated); NULL on no memory. Manager lock held. */
 mgr_appliance_t *mgr_registry_get(mgr_t *m, const char *addr, bool create);
-/* Handle a registration/heartbeat from an appliance's connection. first: the first on it. */
+/* Handle a registration/heartbeat from an appliance's connection. first: the first on it.
+ * nowait: XM_ERR_AGAIN (nothing changed) where it would call the appliance back. */
 xm_status_t mgr_registry_heartbeat(mgr_t *m, const Xmem__ApplianceRegister *reg,
-                                   const struct sockaddr_storage *peer, bool first,
+                                   const struct sockaddr_storage *peer, bool first, bool nowait,
                                    char *addr_out, size_t addr_len, const char **why_p);
 /* The appliance's heartbeat connection closed: mark it down now. */
 void mgr_registry_lost(mgr_t *m, const char *addr);

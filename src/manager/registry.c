@@ -44,7 +44,7 @@ static void peer_ip(const struct sockaddr_storage *peer, char *out, size_t len)
 }
 
 xm_status_t mgr_registry_heartbeat(mgr_t *m, const Xmem__ApplianceRegister *reg,
-                                   const struct sockaddr_storage *peer, bool first,
+                                   const struct sockaddr_storage *peer, bool first, bool nowait,
                                    char *addr_out, size_t addr_len, const char **why_p)
 {
     char host[256], port[16], ip[INET6_ADDRSTRLEN + 2], addr[XM_NAME_MAX + 1];
@@ -73,6 +73,14 @@ xm_status_t mgr_registry_heartbeat(mgr_t *m, const Xmem__ApplianceRegister *reg,
         }
     }
     pthread_mutex_lock(&m->lock);
+    if (nowait) {
+        /* a registration, or an appliance to be reconciled, calls it back: not here */
+        mgr_appliance_t *known = mgr_registry_get(m, addr, false);
+        if (first || known == NULL || !known->validated || known->boot_id != reg->boot_id) {
+            pthread_mutex_unlock(&m->lock);
+            return XM_ERR_AGAIN;
+        }
+    }
     mgr_appliance_t *a = mgr_registry_get(m, addr, true);
     if (a == NULL) {
         pthread_mutex_unlock(&m->lock);

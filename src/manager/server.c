@@ -132,10 +132,11 @@ static xm_status_t dispatch(conn_t *c, const xm_msg_t *msg, mgr_batch_t *b, size
     }
     switch (msg->body_case) {
     case XMEM__MSG__BODY_APPLIANCE_REGISTER: {
-        if (b != NULL) return XM_ERR_AGAIN; /* may write the table and reconcile: a worker's */
+        /* a steady heartbeat is served here; a registration (reconciliation) by a worker */
         char addr[XM_NAME_MAX + 1];
         status = mgr_registry_heartbeat(m, msg->appliance_register, &c->peer_ss,
-                                        c->appliance[0] == '\0', addr, sizeof(addr), &w);
+                                        c->appliance[0] == '\0', b != NULL, addr, sizeof(addr), &w);
+        if (status == XM_ERR_AGAIN) return status;
         if (status == XM_OK && c->appliance[0] == '\0') {
             snprintf(c->appliance, sizeof(c->appliance), "%s", addr);
         }

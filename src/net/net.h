@@ -27,6 +27,9 @@ xm_status_t net_connect(const char *host, const char *port, uint32_t timeout_ms,
 /* Deadline forms (monotonic ns, UINT64_MAX: none): one budget for a whole call.
  * A started frame must also finish within frame_ms. */
 xm_status_t net_send_msg_by(int fd, const xm_msg_t *msg, uint64_t deadline_ns);
+/* Poll fd without sleeping for up to ns, until it is readable: a reply that comes within
+ * ns then costs no wake-up (a sleeping thread woken from another CPU costs ~20 us here). */
+void net_spin_readable(int fd, uint64_t ns);
 /* Send bytes already framed (proto_encode output, one or more frames). */
 xm_status_t net_send_raw_by(int fd, const void *buf, size_t len, uint64_t deadline_ns);
 xm_status_t net_recv_msg_by(int fd, size_t max, uint64_t deadline_ns, uint32_t frame_ms,

@@ -184,6 +184,16 @@ xm_status_t net_send_msg_by(int fd, const xm_msg_t *msg, uint64_t deadline_ns)
     return status;
 }
 
+void net_spin_readable(int fd, uint64_t ns)
+{
+    if (ns == 0) return;
+    uint64_t end = xm__now_ns() + ns;
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    do {
+        if (poll(&p, 1, 0) != 0) return;
+    } while (xm__now_ns() < end);
+}
+
 xm_status_t net_send_raw_by(int fd, const void *buf, size_t len, uint64_t deadline_ns)
 {
     return sock_xfer(fd, (void *)buf, len, true, deadline_ns);
