@@ -3,7 +3,8 @@
  * Runs against the manager in $XMEM_MANAGER (xmem up starts one).
  *   manager_alloc [--threads T] [--pairs N] [--big SIZE --policy P] [--stream SIZE --policy P]
  *                 [--suballoc N]  (N xm_suballoc+xm_subfree pairs of 4 KiB in a 64 MiB group,
- *                                  per thread; with --pairs, the ratio to the manager's rate) */
+ *                                  per thread; with --pairs, the ratio to the manager's rate)
+ *                 [--live N]      (N 64 KiB allocations held during the pairs: a populated table) */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -72,7 +73,7 @@ static void *subchurn(void *arg)
 
 int main(int argc, char **argv)
 {
-    int threads = 2;
+    int threads = 2, live = 0;
     const char *big = NULL, *stream = NULL, *policy = "stripe:4";
     for (int i = 1; i + 1 < argc; i += 2) {
         if (strcmp(argv[i], "--threads") == 0) threads = atoi(argv[i + 1]);
@@ -81,8 +82,28 @@ int main(int argc, char **argv)
         else if (strcmp(argv[i], "--stream") == 0) stream = argv[i + 1];
         else if (strcmp(argv[i], "--policy") == 0) policy = argv[i + 1];
         else if (strcmp(argv[i], "--suballoc") == 0) subpairs = atoi(argv[i + 1]);
+        else if (strcmp(argv[i], "--live") == 0) live = atoi(argv[i + 1]);
     }
     double mgr_rate = 0;
+    xm_ctx_h lctx = NULL;
+    uint64_t *live_ids = NULL;
+    if (live > 0) {
+        live_ids = calloc((size_t)live, sizeof(*live_ids));
+        if (live_ids == NULL || xm_connect(NULL, &lctx) != XM_OK) {
+            fprintf(stderr, "live: %s\n", xm_last_error(NULL));
+            return 1;
+        }
+        for (int i = 0; i < live; i++) {
+            xm_alloc_h a;
+            if (xm_alloc(lctx, 64u << 10, "single", NULL, &a) != XM_OK) {
+                fprintf(stderr, "live allocation %d: %s\n", i, xm_last_error(lctx));
+                return 1;
+            }
+            live_ids[i] = xm_region_id(a);
+            xm_alloc_close(a);
+        }
+        printf("%-40s %10d held\n", "allocations in the table", live);
+    }
     if (pairs > 0) {
         th_t *ts = calloc((size_t)threads, sizeof(*ts));
         pthread_t *ps = calloc((size_t)threads, sizeof(*ps));
@@ -194,5 +215,10 @@ int main(int argc, char **argv)
         free(buf);
     }
     if (big != NULL || stream != NULL) xm_disconnect(ctx);
+    if (lctx != NULL) {
+        for (int i = 0; i < live; i++) xm_free(lctx, live_ids[i], NULL);
+        xm_disconnect(lctx);
+    }
+    free(live_ids);
     return 0;
 }

@@ -8,6 +8,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include <uthash.h>
 #include <xmem/xmem.h>
 
 #include "../net/net.h"
@@ -70,7 +71,8 @@ typedef struct appl_region {
     void *window;
     appl_grant_t *grants;   /* grants[0] is the owner */
     uint32_t ngrants;
-    struct appl_region *next;
+    struct appl_region *prev, *next;  /* the table's list */
+    UT_hash_handle hh_id, hh_name;    /* and its indexes */
 } appl_region_t;
 
 typedef struct appl_grave {
@@ -90,6 +92,7 @@ typedef struct appl_regions {
     appl_pool_t *pool;
     net_fabric_t *fab;
     appl_region_t *head;
+    appl_region_t *by_id, *by_name;   /* indexes of the same regions */
     uint32_t count;
     uint64_t next_id;
     char meta_path[PATH_MAX + 8]; /* file pools: where the table is kept; "" otherwise */

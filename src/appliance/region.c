@@ -113,6 +113,29 @@ static void region_release(appl_regions_t *t, appl_region_t *r, bool give_back)
 
 static appl_region_t *region_find(appl_regions_t *t, uint64_t id, const char *name);
 
+/* Put a region in the table (its list and indexes) / take it out. Lock held. */
+static void table_add(appl_regions_t *t, appl_region_t *r)
+{
+    r->prev = NULL;
+    r->next = t->head;
+    if (t->head != NULL) t->head->prev = r;
+    t->head = r;
+    t->count++;
+    HASH_ADD(hh_id, t->by_id, id, sizeof(r->id), r);
+    if (r->name[0] != '\0') HASH_ADD_KEYPTR(hh_name, t->by_name, r->name, strlen(r->name), r);
+}
+
+static void table_del(appl_regions_t *t, appl_region_t *r)
+{
+    if (r->prev != NULL) r->prev->next = r->next;
+    else t->head = r->next;
+    if (r->next != NULL) r->next->prev = r->prev;
+    r->prev = r->next = NULL;
+    t->count--;
+    HASH_DELETE(hh_id, t->by_id, r);
+    if (r->name[0] != '\0') HASH_DELETE(hh_name, t->by_name, r);
+}
+
 /* ---- persistence of a file-backed pool's table -------------------------- */
 
 static xm_status_t meta_save(appl_regions_t *t)
@@ -277,8 +300,7 @@ static xm_status_t meta_load(appl_regions_t *t)
         memcpy(r->extents, rec->extents, rec->n_extents * sizeof(uint32_t));
         for (size_t g = 0; g < rec->n_grants; g++) {
             if (grant_add(r, rec->grants[g]->tenant, (xm_access_t)rec->grants[g]->access) == NULL) {
-                r->next = t->head;
-                t->head = r;
+                table_add(t, r); /* freed with the table */
                 goto out;
             }
         }
@@ -290,9 +312,7 @@ static xm_status_t meta_load(appl_regions_t *t)
             free(r);
             goto out;
         }
-        r->next = t->head;
-        t->head = r;
-        t->count++;
+        table_add(t, r);
     }
     xm_log_info("restored %u regions from %s", t->count, t->meta_path);
     status = XM_OK;
@@ -322,6 +342,8 @@ xm_status_t appl_regions_init(appl_regions_t *t, appl_pool_t *pool, net_fabric_t
 void appl_regions_cleanup(appl_regions_t *t)
 {
     pthread_mutex_lock(&t->lock);
+    HASH_CLEAR(hh_id, t->by_id);
+    HASH_CLEAR(hh_name, t->by_name);
     while (t->head != NULL) {
         appl_region_t *r = t->head;
         t->head = r->next;
@@ -335,12 +357,13 @@ void appl_regions_cleanup(appl_regions_t *t)
 
 static appl_region_t *region_find(appl_regions_t *t, uint64_t id, const char *name)
 {
-    for (appl_region_t *r = t->head; r != NULL; r = r->next) {
-        if (id != 0 ? r->id == id : (name != NULL && name[0] != '\0' && strcmp(r->name, name) == 0)) {
-            return r;
-        }
+    appl_region_t *r = NULL;
+    if (id != 0) {
+        HASH_FIND(hh_id, t->by_id, &id, sizeof(id), r);
+    } else if (name != NULL && name[0] != '\0') {
+        HASH_FIND(hh_name, t->by_name, name, strlen(name), r);
     }
-    return NULL;
+    return r;
 }
 
 static appl_grant_t *grant_find(appl_region_t *r, const char *tenant)
@@ -406,12 +429,9 @@ xm_status_t appl_region_create(appl_regions_t *t, const char *owner, uint64_t si
         goto err_unmap;
     }
     t->next_id++;
-    r->next = t->head;
-    t->head = r;
-    t->count++;
+    table_add(t, r);
     if (meta_save(t) != XM_OK) {
-        t->head = r->next;
-        t->count--;
+        table_del(t, r);
         WHY("cannot persist the pool metadata");
         status = XM_ERR_IO;
         region_release(t, r, true);
@@ -501,17 +521,12 @@ xm_status_t appl_region_destroy(appl_regions_t *t, const char *tenant, uint64_t 
         status = XM_ERR_PERM;
     }
     if (status == XM_OK) {
-        appl_region_t **pp = &t->head;
-        while (*pp != r) pp = &(*pp)->next;
-        *pp = r->next;
-        t->count--;
+        table_del(t, r);
         /* the table on disk must forget the region before its memory goes */
         status = meta_save(t);
         if (status != XM_OK) {
             WHY("cannot persist the pool metadata");
-            r->next = t->head;
-            t->head = r;
-            t->count++;
+            table_add(t, r);
         } else {
             region_release(t, r, true);
         }

@@ -70,6 +70,71 @@ void mgr_alloc_free_mem(mgr_alloc_t *a)
     free(a);
 }
 
+/* Put an allocation in the table: the list, the indexes, its tenant's use. Lock held. */
+static void table_link(mgr_t *m, mgr_alloc_t *a)
+{
+    memset(&a->req_key, 0, sizeof(a->req_key));
+    snprintf(a->req_key.owner, sizeof(a->req_key.owner), "%s", a->owner);
+    a->req_key.request_id = a->request_id;
+    a->tprev = NULL;
+    a->tnext = m->allocs;
+    if (m->allocs != NULL) m->allocs->tprev = a;
+    m->allocs = a;
+    m->nallocs++;
+    HASH_ADD(hh_id, m->by_id, id, sizeof(a->id), a);
+    HASH_ADD(hh_req, m->by_req, req_key, sizeof(a->req_key), a);
+    if (a->name[0] != '\0') HASH_ADD_KEYPTR(hh_name, m->by_name, a->name, strlen(a->name), a);
+    mgr_tenant_t *t;
+    HASH_FIND_STR(m->tenants, a->owner, t);
+    if (t == NULL) {
+        t = calloc(1, sizeof(*t));
+        if (t == NULL) return; /* its use is not counted: the quota check may pass once too often */
+        snprintf(t->name, sizeof(t->name), "%s", a->owner);
+        HASH_ADD_STR(m->tenants, name, t);
+    }
+    t->used += a->size;
+}
+
+/* Take an allocation out of the table. Lock held. */
+static void unlink_alloc(mgr_t *m, mgr_alloc_t *a)
+{
+    if (a->tprev != NULL) a->tprev->tnext = a->tnext;
+    else m->allocs = a->tnext;
+    if (a->tnext != NULL) a->tnext->tprev = a->tprev;
+    a->tprev = a->tnext = NULL;
+    m->nallocs--;
+    HASH_DELETE(hh_id, m->by_id, a);
+    HASH_DELETE(hh_req, m->by_req, a);
+    if (a->name[0] != '\0') HASH_DELETE(hh_name, m->by_name, a);
+    mgr_tenant_t *t;
+    HASH_FIND_STR(m->tenants, a->owner, t);
+    if (t != NULL) {
+        t->used = t->used > a->size ? t->used - a->size : 0;
+        if (t->used == 0) {
+            HASH_DEL(m->tenants, t);
+            free(t);
+        }
+    }
+}
+
+void mgr_table_clear(mgr_t *m)
+{
+    HASH_CLEAR(hh_id, m->by_id);
+    HASH_CLEAR(hh_req, m->by_req);
+    HASH_CLEAR(hh_name, m->by_name);
+    while (m->allocs != NULL) {
+        mgr_alloc_t *a = m->allocs;
+        m->allocs = a->tnext;
+        mgr_alloc_free_mem(a);
+    }
+    m->nallocs = 0;
+    mgr_tenant_t *t, *tmp;
+    HASH_ITER(hh, m->tenants, t, tmp) {
+        HASH_DEL(m->tenants, t);
+        free(t);
+    }
+}
+
 void mgr_alloc_restore(mgr_t *m, mgr_alloc_t *a)
 {
     for (uint32_t i = 0; i < a->policy.width; i++) {
@@ -77,9 +142,7 @@ void mgr_alloc_restore(mgr_t *m, mgr_alloc_t *a)
         ap->reserved += mgr_extent_round(ap, a->parts[i].size);
         ap->nregions++;
     }
-    a->next = m->allocs;
-    m->allocs = a;
-    m->nallocs++;
+    table_link(m, a);
     if (a->id >= m->next_id) m->next_id = a->id + 1;
 }
 
@@ -93,38 +156,31 @@ uint64_t mgr_quota_of(const mgr_t *m, const char *tenant)
 
 static uint64_t tenant_used(const mgr_t *m, const char *tenant)
 {
-    uint64_t used = 0;
-    for (const mgr_alloc_t *a = m->allocs; a != NULL; a = a->next) {
-        if (strcmp(a->owner, tenant) == 0) used += a->size;
-    }
-    return used;
+    mgr_tenant_t *t;
+    HASH_FIND_STR(m->tenants, tenant, t);
+    return t != NULL ? t->used : 0;
 }
 
 static mgr_alloc_t *find(mgr_t *m, uint64_t id, const char *name)
 {
-    for (mgr_alloc_t *a = m->allocs; a != NULL; a = a->next) {
-        if (id != 0 ? a->id == id : (name != NULL && name[0] && strcmp(a->name, name) == 0)) return a;
+    mgr_alloc_t *a = NULL;
+    if (id != 0) {
+        HASH_FIND(hh_id, m->by_id, &id, sizeof(id), a);
+    } else if (name != NULL && name[0] != '\0') {
+        HASH_FIND(hh_name, m->by_name, name, strlen(name), a);
     }
-    return NULL;
+    return a;
 }
 
 static mgr_alloc_t *find_request(mgr_t *m, const char *tenant, uint64_t request_id)
 {
-    for (mgr_alloc_t *a = m->allocs; a != NULL; a = a->next) {
-        if (a->request_id == request_id && strcmp(a->owner, tenant) == 0) return a;
-    }
-    return NULL;
-}
-
-static void unlink_alloc(mgr_t *m, mgr_alloc_t *a)
-{
-    for (mgr_alloc_t **pp = &m->allocs; *pp != NULL; pp = &(*pp)->next) {
-        if (*pp == a) {
-            *pp = a->next;
-            m->nallocs--;
-            return;
-        }
-    }
+    mgr_req_key_t key;
+    memset(&key, 0, sizeof(key));
+    snprintf(key.owner, sizeof(key.owner), "%s", tenant);
+    key.request_id = request_id;
+    mgr_alloc_t *a = NULL;
+    HASH_FIND(hh_req, m->by_req, &key, sizeof(key), a);
+    return a;
 }
 
 void mgr_alloc_unreserve(mgr_t *m, const mgr_alloc_t *a)
@@ -425,9 +481,7 @@ xm_status_t mgr_alloc_create(mgr_t *m, const char *tenant, const Xmem__AllocRequ
         a->parts[i].appl = chosen[i];
         a->parts[i].size = sizes[i];
     }
-    a->next = m->allocs;
-    m->allocs = a;
-    m->nallocs++;
+    table_link(m, a);
     /* reserve now, so concurrent requests see the space as taken */
     for (uint32_t i = 0; i < pol.width; i++) {
         mgr_appliance_t *ap = m->apps[chosen[i]];
@@ -746,7 +800,7 @@ xm_status_t mgr_alloc_list(mgr_t *m, const char *tenant, xm_msg_t *rep)
     list->allocs = infos;
     rep->body_case = XMEM__MSG__BODY_ALLOCS;
     rep->allocs = list;
-    for (mgr_alloc_t *a = m->allocs; a != NULL; a = a->next) {
+    for (mgr_alloc_t *a = m->allocs; a != NULL; a = a->tnext) {
         bool visible = strcmp(a->owner, tenant) == 0 || reserved_tenant(tenant);
         for (uint32_t i = 0; i < a->ngrants && !visible; i++) {
             visible = strcmp(a->grants[i].tenant, tenant) == 0;
@@ -819,6 +873,12 @@ xm_status_t mgr_appliance_list(mgr_t *m, xm_msg_t *rep)
     return XM_OK;
 }
 
+static int cmp_u64(const void *x, const void *y)
+{
+    uint64_t a = *(const uint64_t *)x, b = *(const uint64_t *)y;
+    return a < b ? -1 : a > b;
+}
+
 void mgr_reconcile(mgr_t *m, mgr_appliance_t *ap)
 {
     Xmem__Empty empty = XMEM__EMPTY__INIT;
@@ -841,7 +901,7 @@ void mgr_reconcile(mgr_t *m, mgr_appliance_t *ap)
     uint32_t kept = 0, lost = 0;
     pthread_mutex_lock(&m->lock);
     bool busy = false;
-    for (mgr_alloc_t *a = m->allocs; a != NULL; a = a->next) {
+    for (mgr_alloc_t *a = m->allocs; a != NULL; a = a->tnext) {
         for (uint32_t i = 0; i < a->policy.width; i++) {
             if (a->parts[i].appl == ap->idx && a->busy) busy = true;
         }
@@ -871,26 +931,43 @@ void mgr_reconcile(mgr_t *m, mgr_appliance_t *ap)
         proto_msg_free(rep);
         return;
     }
+    /* both sides sorted: a table of many allocations is compared in O(n log n) */
+    size_t nmine = 0;
+    for (mgr_alloc_t *a = m->allocs; a != NULL; a = a->tnext) {
+        for (uint32_t i = 0; i < a->policy.width; i++) nmine += a->parts[i].appl == ap->idx;
+    }
+    uint64_t *mine = calloc(nmine + 1, sizeof(uint64_t)), *theirs = calloc(rl->n_regions + 1, sizeof(uint64_t));
+    if (mine == NULL || theirs == NULL) {
+        pthread_mutex_unlock(&m->lock);
+        free(mine);
+        free(theirs);
+        free(reclaim);
+        proto_msg_free(rep);
+        return;
+    }
+    nmine = 0;
+    for (mgr_alloc_t *a = m->allocs; a != NULL; a = a->tnext) {
+        for (uint32_t i = 0; i < a->policy.width; i++) {
+            if (a->parts[i].appl == ap->idx) mine[nmine++] = a->parts[i].region_id;
+        }
+    }
+    for (size_t r = 0; r < rl->n_regions; r++) theirs[r] = rl->regions[r]->id;
+    qsort(mine, nmine, sizeof(uint64_t), cmp_u64);
+    qsort(theirs, rl->n_regions, sizeof(uint64_t), cmp_u64);
     for (size_t r = 0; r < rl->n_regions; r++) {
         bool sbusy = false;
-        bool known = mgr_stock_known(m, ap->idx, rl->regions[r]->id, &sbusy);
-        for (mgr_alloc_t *a = m->allocs; a != NULL && !known; a = a->next) {
-            for (uint32_t i = 0; i < a->policy.width; i++) {
-                if (a->parts[i].appl == ap->idx && a->parts[i].region_id == rl->regions[r]->id)
-                    known = true;
-            }
-        }
+        bool known = mgr_stock_known(m, ap->idx, rl->regions[r]->id, &sbusy) ||
+                     bsearch(&rl->regions[r]->id, mine, nmine, sizeof(uint64_t), cmp_u64) != NULL;
         /* regions made directly by tenants are theirs, not the manager's to reclaim */
         if (!known && strncmp(rl->regions[r]->name, MGR_REGION_PREFIX, strlen(MGR_REGION_PREFIX)) == 0)
             reclaim[nreclaim++] = rl->regions[r]->id;
     }
-    for (mgr_alloc_t *a = m->allocs; a != NULL; a = a->next) {
+    free(mine);
+    for (mgr_alloc_t *a = m->allocs; a != NULL; a = a->tnext) {
         for (uint32_t i = 0; i < a->policy.width; i++) {
             if (a->parts[i].appl != ap->idx) continue;
-            bool present = false;
-            for (size_t r = 0; r < rl->n_regions && !present; r++) {
-                present = rl->regions[r]->id == a->parts[i].region_id;
-            }
+            bool present = bsearch(&a->parts[i].region_id, theirs, rl->n_regions, sizeof(uint64_t),
+                                   cmp_u64) != NULL;
             if (!present && !a->parts[i].missing) {
                 xm_log_warn("allocation %llu: region %llu is gone from appliance %s: lost",
                             (unsigned long long)a->id, (unsigned long long)a->parts[i].region_id,
@@ -901,6 +978,7 @@ void mgr_reconcile(mgr_t *m, mgr_appliance_t *ap)
             else lost++;
         }
     }
+    free(theirs);
     pthread_mutex_unlock(&m->lock);
     proto_msg_free(rep);
     for (size_t i = 0; i < nreclaim; i++) {

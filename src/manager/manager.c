@@ -50,11 +50,7 @@ void mgr_destroy(mgr_t *m)
     if (m == NULL) return;
     mgr_bg_stop(m);
     if (m->store != NULL) m->opts.store_ops->close(m->store);
-    while (m->allocs != NULL) {
-        mgr_alloc_t *a = m->allocs;
-        m->allocs = a->next;
-        mgr_alloc_free_mem(a);
-    }
+    mgr_table_clear(m);
     mgr_registry_cleanup(m);
     pthread_cond_destroy(&m->cond);
     pthread_cond_destroy(&m->bg_cond);

@@ -8,6 +8,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include <uthash.h>
 #include <xmem/xmem.h>
 
 #include "../net/net.h"
@@ -115,6 +116,12 @@ typedef struct mgr_policy {
     uint64_t chunk;                  /* stripe unit */
 } mgr_policy_t;
 
+/* The key a retried request is recognised by: its tenant and request id (zero-padded). */
+typedef struct mgr_req_key {
+    char owner[XM_NAME_MAX + 1];
+    uint64_t request_id;
+} mgr_req_key_t;
+
 /* An allocation. The manager's lock guards it; busy ones are not touched by others. */
 typedef struct mgr_alloc {
     uint64_t id;
@@ -129,8 +136,19 @@ typedef struct mgr_alloc {
     mgr_grant_t *grants;
     uint32_t ngrants;
     bool busy;                       /* being created or freed */
-    struct mgr_alloc *next;
+    struct mgr_alloc *next;          /* the queue of freed allocations (manager.c) */
+    /* in the table (mgr_table_link): a list, and indexes by id, request and name */
+    struct mgr_alloc *tprev, *tnext;
+    mgr_req_key_t req_key;
+    UT_hash_handle hh_id, hh_req, hh_name;
 } mgr_alloc_t;
+
+/* Bytes a tenant's allocations hold (its quota's use), kept as allocations come and go. */
+typedef struct mgr_tenant {
+    char name[XM_NAME_MAX + 1];
+    uint64_t used;
+    UT_hash_handle hh;
+} mgr_tenant_t;
 
 /* Requests one round of the server's event loop serves together (one commit). */
 #define MGR_BATCH_MAX 64
@@ -140,6 +158,8 @@ xm_status_t mgr_policy_parse(const char *text, uint64_t default_chunk, mgr_polic
                              const char **why_p);
 mgr_alloc_t *mgr_alloc_new(uint32_t nparts);
 void mgr_alloc_free_mem(mgr_alloc_t *a);
+/* Free every allocation in the table and its indexes (at exit). */
+void mgr_table_clear(mgr_t *m);
 /* Add a restored allocation (store load); takes ownership. */
 void mgr_alloc_restore(mgr_t *m, mgr_alloc_t *a);
 
@@ -297,7 +317,9 @@ struct mgr {
     pthread_cond_t cond;
     mgr_appliance_t **apps;
     uint32_t napps;
-    mgr_alloc_t *allocs;
+    mgr_alloc_t *allocs;             /* the table: a list (tnext) ... */
+    mgr_alloc_t *by_id, *by_req, *by_name; /* ... and its indexes */
+    mgr_tenant_t *tenants;
     uint64_t nallocs;
     uint64_t next_id;
     /* the background thread (manager.c); bg_cond wakes it, cond tells flushers it progressed */

@@ -662,3 +662,68 @@ Test(manager, stalled_and_pipelining_peers, .fini = teardown, .timeout = 120)
     free(infos);
     xm_disconnect(ctx);
 }
+
+/* The table is indexed (by id, by name, by request id; each tenant's use kept as a sum):
+ * names, request ids and quota come free again when an allocation is freed, and the
+ * indexes are rebuilt when a restarted manager loads the table. */
+Test(manager, names_retries_and_quota_follow_the_table, .fini = teardown, .timeout = 120)
+{
+    const char *extra[] = {"--quota", "8M", NULL};
+    xt_cluster_start(&cl, 2, "256M", "tcp", extra);
+    xm_ctx_h ctx = xt_manager_connect(&cl.mgr, "alice");
+    xm_alloc_h a, b;
+    for (int round = 0; round < 3; round++) {
+        /* the whole quota, named; then the name and the quota are free again */
+        cr_assert_eq(xm_alloc(ctx, 8u << 20, "single", "reused", &a), XM_OK, "round %d: %s", round,
+                     xm_last_error(ctx));
+        cr_assert_eq(xm_alloc(ctx, 4096, "single", NULL, &b), XM_ERR_NO_SPACE, "quota not enforced");
+        cr_assert_eq(xm_free(ctx, 0, "reused"), XM_OK, "%s", xm_last_error(ctx));
+        xm_alloc_close(a);
+    }
+    /* many allocations in the table: each one found by its id and by its name */
+    uint64_t ids[64];
+    for (int i = 0; i < 64; i++) {
+        char name[32];
+        snprintf(name, sizeof(name), "n%d", i);
+        cr_assert_eq(xm_alloc(ctx, 64u << 10, "single", name, &a), XM_OK, "%s", xm_last_error(ctx));
+        ids[i] = xm_region_id(a);
+        xm_alloc_close(a);
+    }
+    uint64_t retry_id, retry_region;
+    cr_assert_eq(raw_alloc(ctx, 0xabc, 128u << 10, &retry_id, &retry_region), XM_OK, "%s",
+                 xm_last_error(ctx));
+    /* a restarted manager rebuilds the indexes from the table on disk */
+    char addr[64];
+    snprintf(addr, sizeof(addr), "%s", cl.mgr.addr);
+    xt_manager_kill9(&cl.mgr);
+    xm_disconnect(ctx);
+    xt_manager_start(&cl.mgr, cl.dir, cl.secret, addr, extra);
+    cr_assert(xt_cluster_wait_up(&cl, 2, 10000), "appliances did not come back");
+    ctx = xt_manager_connect(&cl.mgr, "alice");
+    uint64_t again, region;
+    cr_assert_eq(raw_alloc(ctx, 0xabc, 128u << 10, &again, &region), XM_OK, "%s", xm_last_error(ctx));
+    cr_assert_eq(again, retry_id, "a retry after the restart allocated again");
+    cr_assert_eq(region, retry_region);
+    for (int i = 63; i >= 0; i -= 7) {
+        char name[32];
+        snprintf(name, sizeof(name), "n%d", i);
+        cr_assert_eq(xm_attach(ctx, 0, name, XM_ACCESS_READ_WRITE, &a), XM_OK, "%s: %s", name,
+                     xm_last_error(ctx));
+        cr_assert_eq(xm_region_id(a), ids[i], "%s found another allocation", name);
+        xm_alloc_close(a);
+    }
+    /* 64 x 64 KiB + 128 KiB held: 4 MiB + 128 KiB of 8 MiB; 4 MiB more is over */
+    cr_assert_eq(xm_alloc(ctx, 4u << 20, "single", NULL, &a), XM_ERR_NO_SPACE,
+                 "quota use not restored with the table");
+    cr_assert_eq(xm_free(ctx, retry_id, NULL), XM_OK);
+    for (int i = 0; i < 64; i++) {
+        char name[32];
+        snprintf(name, sizeof(name), "n%d", i);
+        cr_assert_eq(xm_free(ctx, 0, name), XM_OK, "%s: %s", name, xm_last_error(ctx));
+    }
+    cr_assert_eq(xm_alloc(ctx, 8u << 20, "single", "n5", &a), XM_OK, "quota or name not given back: %s",
+                 xm_last_error(ctx));
+    cr_assert_eq(xm_free(ctx, 0, "n5"), XM_OK);
+    xm_alloc_close(a);
+    xm_disconnect(ctx);
+}
