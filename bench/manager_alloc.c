@@ -2,6 +2,8 @@
  * time to allocate a large striped allocation, striped streaming bandwidth.
  * Runs against the manager in $XMEM_MANAGER (xmem up starts one).
  *   manager_alloc [--threads T] [--pairs N] [--big SIZE --policy P] [--stream SIZE --policy P]
+ *                 [--passes K]  (K write+read passes of --stream; from pass 2 on the
+ *                                appliances' pages are already touched)
  *                 [--suballoc N]  (N xm_suballoc+xm_subfree pairs of 4 KiB in a 64 MiB group,
  *                                  per thread; with --pairs, the ratio to the manager's rate)
  *                 [--live N]      (N 64 KiB allocations held during the pairs: a populated table) */
@@ -9,12 +11,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include <xmem/xmem.h>
 
 #include "bench_util.h"
 
 static int pairs = 2000;
+static int passes = 1;
 static int subpairs = 0;
 static uint64_t total_ns_max;
 
@@ -45,6 +49,15 @@ static void *churn(void *arg)
 }
 
 typedef struct sub { int idx; int failures; } sub_t;
+
+/* CPU time of this process (all its threads, libfabric's included), ns. */
+static uint64_t cpu_ns(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (uint64_t)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000000000ull +
+           (uint64_t)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) * 1000ull;
+}
 
 /* Sub-allocation pairs in the shared group "bench-group" (another member of it per thread). */
 static void *subchurn(void *arg)
@@ -83,6 +96,7 @@ int main(int argc, char **argv)
         else if (strcmp(argv[i], "--policy") == 0) policy = argv[i + 1];
         else if (strcmp(argv[i], "--suballoc") == 0) subpairs = atoi(argv[i + 1]);
         else if (strcmp(argv[i], "--live") == 0) live = atoi(argv[i + 1]);
+        else if (strcmp(argv[i], "--passes") == 0) passes = atoi(argv[i + 1]);
     }
     double mgr_rate = 0;
     xm_ctx_h lctx = NULL;
@@ -190,13 +204,14 @@ int main(int argc, char **argv)
         const int depth = 16;
         char *buf = malloc(op * depth);
         memset(buf, 1, op * depth);
-        for (int w = 0; w < 2; w++) {
-            uint64_t t0 = bench_now_ns();
+        for (int w = 0; w < 2 * passes; w++) {
+            int rd = w % 2;
+            uint64_t t0 = bench_now_ns(), c0 = cpu_ns();
             for (uint64_t off = 0; off < size; off += op * depth) {
                 xm_op_t ops[16];
                 int n = 0;
                 for (int k = 0; k < depth && off + (uint64_t)k * op < size; k++, n++) {
-                    ops[k] = (xm_op_t){.opcode = w ? XM_OP_READ : XM_OP_WRITE, .region = a,
+                    ops[k] = (xm_op_t){.opcode = rd ? XM_OP_READ : XM_OP_WRITE, .region = a,
                                        .offset = off + (uint64_t)k * op, .buf = buf + (size_t)k * op,
                                        .length = op};
                 }
@@ -205,10 +220,12 @@ int main(int argc, char **argv)
                     return 1;
                 }
             }
-            uint64_t ns = bench_now_ns() - t0;
-            printf("%-40s %10.2f GB/s (%s, %s, 1 MiB ops, depth 16)\n",
-                   w ? "striped streaming read" : "striped streaming write",
-                   (double)size / (double)ns, stream, policy);
+            uint64_t ns = bench_now_ns() - t0, cpu = cpu_ns() - c0;
+            char what[48];
+            if (w < 2) snprintf(what, sizeof(what), "striped streaming %s", rd ? "read" : "write");
+            else snprintf(what, sizeof(what), "striped streaming %s, pass %d", rd ? "read" : "write", w / 2 + 1);
+            printf("%-40s %10.2f GB/s (%s, %s, 1 MiB ops, depth 16, client CPU %3.0f%%)\n", what,
+                   (double)size / (double)ns, stream, policy, 100.0 * (double)cpu / (double)ns);
         }
         xm_free(ctx, xm_region_id(a), NULL);
         xm_alloc_close(a);
