@@ -18,6 +18,9 @@
 #   NMAX     appliances; N runs 1..NMAX (default 3)
 #   PASSES   write+read passes of the stream; pass 1 writes fresh pool pages (default 2)
 #   POOL     pool of each appliance (default 2G; reserved, touched only by the stream)
+#   APPLIANCE_RATE  e.g. 4gbit: limit each appliance host's link to that rate in both
+#            directions (tc tbf on both ends of its veth), so that one appliance is the
+#            bottleneck and striping has something to spread; default: no limit
 #   APPLIANCE_OPTS  more xmemd flags, e.g. "--spin-us 0" (appliances sleep on their fd
 #            at once instead of polling 2 ms after activity)
 set -euo pipefail
@@ -30,6 +33,7 @@ NMAX=${NMAX:-3}
 PASSES=${PASSES:-2}
 POOL=${POOL:-2G}
 APPLIANCE_OPTS=${APPLIANCE_OPTS:-}
+APPLIANCE_RATE=${APPLIANCE_RATE:-}
 SUBNET=10.252.88.   # exists only inside the namespaces made here
 
 for b in xmem xmemd xmem-manager manager_alloc tcp_stream; do
@@ -97,6 +101,11 @@ for n in "${NODES[@]}"; do
   ip -n "$TAG-$n" addr add "$(addr "$n")/24" dev eth0
   ip -n "$TAG-$n" link set eth0 up
   ip -n "$TAG-$n" link set lo up
+  if [[ -n $APPLIANCE_RATE && $n == a* ]]; then
+    # bucket of 4 MiB: at these rates a smaller one (rate / HZ) cannot keep up
+    tc -n "$TAG-sw" qdisc add dev "p$k" root tbf rate "$APPLIANCE_RATE" burst 4m latency 20ms
+    tc -n "$TAG-$n" qdisc add dev eth0 root tbf rate "$APPLIANCE_RATE" burst 4m latency 20ms
+  fi
   k=$((k + 1))
 done
 
@@ -140,6 +149,7 @@ else LW="striped streaming write "; LR="striped streaming read "; fi
   echo "# striped streaming across hosts in network namespaces: $(date -u +%FT%TZ), $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "# $SIZE per direction, 1 MiB ops; raw TCP: one thread and connection per appliance host;"
   echo "# xmem: manager_alloc --stream $SIZE --policy stripe:N --passes $PASSES (one thread, depth 16); xmemd ${APPLIANCE_OPTS:-(defaults)};"
+  echo "# appliance links: ${APPLIANCE_RATE:-veth at full speed} each way; the client's link: veth at full speed"
   echo "# write = pass 1 (fresh pool pages), rewrite = pass $PASSES (touched pages); CPU = client process, 100% = one CPU;"
   echo "# machine = both CPUs busy over the xmem run, all processes (ours and anyone else's)"
   printf "%-3s | %-16s | %-16s | %-16s | %-5s | %-16s | %-16s | %-5s | %s\n" N "raw TCP write" "xmem write" \
