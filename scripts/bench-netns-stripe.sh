@@ -129,6 +129,9 @@ up=0
 for ((t = 0; t < 200; t++)); do
   up=$(in_ns c "$BIN_DIR/xmem" appliances 2>/dev/null | grep -cw up || true)
   (( up == NMAX )) && break
+  for p in "${PIDS[@]}"; do
+    kill -0 "$p" 2>/dev/null || { echo "bench-netns-stripe.sh: a daemon exited at start" >&2; exit 1; }
+  done
   sleep 0.1
 done
 if (( up != NMAX )); then
