@@ -37,6 +37,7 @@ struct mgr_store {
     int wal_pages;        /* WAL size after the last commit */
     int ckpt_base;        /* WAL size when the last checkpoint started */
     bool stop;
+    struct { const char *sql; sqlite3_stmt *stmt; } tx[8]; /* BEGIN, COMMIT, SAVEPOINT, ... */
     /* group commit: set by batch_begin, read by the owner thread only */
     bool batch;           /* a batch is open (lock held by batch_owner) */
     bool batch_began;     /* its transaction was started (by the first write in it) */
@@ -127,6 +128,7 @@ static void sq_close(mgr_store_t *st)
     sqlite3_stmt *all[] = {st->put_alloc, st->put_part, st->put_grant, st->del_alloc,
                            st->del_parts, st->del_grants, st->put_appl};
     for (size_t i = 0; i < XM_ARRAY_LEN(all); i++) sqlite3_finalize(all[i]);
+    for (size_t i = 0; i < XM_ARRAY_LEN(st->tx); i++) sqlite3_finalize(st->tx[i].stmt);
     sqlite3_close(st->db);
     pthread_mutex_destroy(&st->lock);
     free(st);
@@ -199,9 +201,26 @@ static bool step_done(mgr_store_t *st, sqlite3_stmt *s)
     return true;
 }
 
+/* Run one of the transaction statements, prepared once (sqlite3_exec would parse it
+ * on every request). Lock held. */
 static bool exec(mgr_store_t *st, const char *sql)
 {
-    if (sqlite3_exec(st->db, sql, NULL, NULL, NULL) != SQLITE_OK) {
+    sqlite3_stmt *s = NULL;
+    size_t i = 0;
+    for (; i < XM_ARRAY_LEN(st->tx) && st->tx[i].sql != NULL; i++) {
+        if (strcmp(st->tx[i].sql, sql) == 0) {
+            s = st->tx[i].stmt;
+            break;
+        }
+    }
+    if (s == NULL && i < XM_ARRAY_LEN(st->tx) &&
+        sqlite3_prepare_v2(st->db, sql, -1, &s, NULL) == SQLITE_OK) {
+        st->tx[i].sql = sql;
+        st->tx[i].stmt = s;
+    }
+    int rc = s != NULL ? sqlite3_step(s) : sqlite3_exec(st->db, sql, NULL, NULL, NULL);
+    if (s != NULL) sqlite3_reset(s);
+    if (rc != SQLITE_OK && rc != SQLITE_DONE) {
         xm_log_error("allocation table: %s: %s", sql, sqlite3_errmsg(st->db));
         return false;
     }
