@@ -458,3 +458,88 @@ Test(map, fork_child_has_no_mapping, .fini = teardown, .timeout = 60)
     xm_region_close(r);
     xm_disconnect(ctx);
 }
+
+/* An allocation from the manager striped over three appliances, mapped: loads
+ * see what xm_write put on every stripe, stores (made while a small cache
+ * evicts, so write-backs go to every appliance) come back through xm_read of
+ * the allocation, across chunk boundaries, with fetch units smaller than, equal
+ * to and larger than a stripe chunk. */
+static xt_cluster_t stripe_cl;
+static bool stripe_started;
+
+static void stripe_teardown(void)
+{
+    if (stripe_started) {
+        xt_cluster_stop(&stripe_cl);
+        stripe_started = false;
+    }
+}
+
+static void striped_round_trip(xm_ctx_h ctx, const char *policy, uint64_t size, uint32_t fetch,
+                               uint64_t cache, uint64_t seed)
+{
+    xm_alloc_h a;
+    cr_assert_eq(xm_alloc(ctx, size, policy, NULL, &a), XM_OK, "%s: %s", policy, xm_last_error(ctx));
+    uint8_t *data = malloc(size), *back = malloc(size);
+    xt_fill(data, size, seed);
+    cr_assert_eq(xm_write(a, 0, data, size), XM_OK, "%s", xm_last_error(ctx));
+
+    uint8_t *p;
+    xm_map_opts_t o = {.cache_bytes = cache, .fetch_size = fetch};
+    xm_status_t s = xm_map(ctx, a, 0, size, &o, (void **)&p);
+    cr_assert_eq(s, XM_OK, "xm_map of a %s allocation: %s (%s)", policy, xm_status_str(s), xm_last_error(ctx));
+    cr_assert(memcmp(p, data, size) == 0, "%s, fetch %u: mapped bytes differ from the allocation's", policy,
+              fetch);
+    /* stores on both sides of every 64K boundary, and a run over several chunks */
+    for (uint64_t off = 65536; off < size; off += 65536) {
+        p[off - 1] ^= 0xa5, data[off - 1] ^= 0xa5;
+        p[off] ^= 0x5a, data[off] ^= 0x5a;
+    }
+    uint64_t run = XM_MIN_T(size / 2, (uint64_t)(3u << 20));
+    memset(p + size / 4 + 17, 0x6c, run);
+    memset(data + size / 4 + 17, 0x6c, run);
+    p[size - 1] = 0x42, data[size - 1] = 0x42;
+    xm_map_stats_t st = stat_of(p);
+    cr_assert_gt(st.evictions, 0, "the %llu-byte cache was meant to evict", (unsigned long long)cache);
+    cr_assert_leq(st.resident_bytes, st.budget_bytes);
+    cr_assert_eq(xm_sync(p, size), XM_OK);
+    cr_assert_eq(xm_read(a, 0, back, size), XM_OK, "%s", xm_last_error(ctx));
+    if (memcmp(back, data, size) != 0) {
+        uint64_t i = 0;
+        while (back[i] == data[i]) i++;
+        cr_assert_fail("%s, fetch %u: byte %llu on the appliances is %#x, stored %#x", policy, fetch,
+                       (unsigned long long)i, back[i], data[i]);
+    }
+    /* once more after the stores, then unmapped: xm_unmap writes the rest back */
+    for (uint64_t off = 4096 * 5; off < size; off += 4096 * 7) p[off] = (uint8_t)off, data[off] = (uint8_t)off;
+    cr_assert_eq(xm_unmap(p), XM_OK);
+    cr_assert_eq(xm_read(a, 0, back, size), XM_OK);
+    cr_assert(memcmp(back, data, size) == 0, "%s, fetch %u: stores lost by xm_unmap", policy, fetch);
+    /* and a fresh mapping at an offset that is not chunk-aligned sees them */
+    const uint64_t off = 65536 * 3 - 4096 * 2;
+    cr_assert_eq(xm_map(ctx, a, off, size - off, &o, (void **)&p), XM_OK, "%s", xm_last_error(ctx));
+    cr_assert(memcmp(p, data + off, size - off) == 0, "%s: an offset mapping differs", policy);
+    cr_assert_eq(xm_unmap(p), XM_OK);
+    free(data);
+    free(back);
+    uint64_t id = xm_region_id(a);
+    xm_alloc_close(a);
+    cr_assert_eq(xm_free(ctx, id, NULL), XM_OK, "%s", xm_last_error(ctx));
+}
+
+Test(map, striped_allocation_round_trip, .fini = stripe_teardown, .timeout = 180)
+{
+    need_uffd();
+    xt_cluster_start(&stripe_cl, 3, "256M", "tcp", NULL);
+    stripe_started = true;
+    xm_ctx_h ctx = xt_manager_connect(&stripe_cl.mgr, NULL);
+    const uint64_t size = (8u << 20) + 12345; /* the last page is partial */
+    /* the default chunk, fetch units far smaller than it */
+    striped_round_trip(ctx, "stripe:3", size, 64u << 10, 1u << 20, 11);
+    /* 64K chunks: 4K faults inside a chunk, 64K faults exactly one chunk, 256K faults over four
+     * chunks on three appliances (with read-ahead) */
+    striped_round_trip(ctx, "stripe:3:64K", size, 4096, 256u << 10, 12);
+    striped_round_trip(ctx, "stripe:3:64K", size, 64u << 10, 1u << 20, 13);
+    striped_round_trip(ctx, "stripe:3:64K", size, 256u << 10, 2u << 20, 14);
+    xm_disconnect(ctx);
+}
