@@ -47,13 +47,18 @@
  *           wait for application threads (src/client/map.c: it writes back,
  *           takes the mapping out of the engine's lists, waits for the
  *           handler threads working on it, then unregisters and munmaps), so
- *           by the API's contract an access that runs after xm_unmap was
- *           called may land in a page that is about to go away or get
- *           SIGSEGV; the threads catch SIGSEGV on the mapping's range (and
- *           only after the flag) and count it. What must hold: xm_unmap
- *           returns XM_OK, nothing deadlocks, every store that completed
- *           before xm_unmap was called is on the appliance, and every word
- *           there is one this thread wrote to that place.
+ *           an access racing xm_unmap is outside the contract: the
+ *           application must stop touching a mapping before it unmaps it.
+ *           Such an access gets SIGSEGV (after munmap) or, when its fault is
+ *           retried between UFFDIO_UNREGISTER and munmap, the kernel's zero
+ *           page; that includes a thread that was already blocked in a fault
+ *           when xm_unmap was called. The threads catch SIGSEGV on the
+ *           mapping's range (only after the flag), tolerate wrong words read
+ *           after the flag, and the run prints how many of each it saw.
+ *           What must hold: xm_unmap returns XM_OK, nothing deadlocks, every
+ *           store that completed before xm_unmap was called is on the
+ *           appliance, and every word there is one this thread wrote to that
+ *           place (version between the last completed and the last begun).
  *  cycle    (second configuration) while the threads stress one mapping, a
  *           cycler thread maps a second region through the same context,
  *           writes a new version of it and unmaps it, over and over; the two
