@@ -17,7 +17,8 @@ build: deps
 demo: build
 	@scripts/demo.sh
 
-# every test under AddressSanitizer + UndefinedBehaviorSanitizer, then a short fuzz run
+# every test under AddressSanitizer + UndefinedBehaviorSanitizer, the stress tests under
+# ThreadSanitizer, then a short fuzz run
 test: deps
 	@cmake --preset asan >/dev/null
 	@cmake --build build/asan -j$(JOBS)
@@ -25,6 +26,7 @@ test: deps
 	  LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp:print_suppressions=0 \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  ctest --output-on-failure --timeout 300
+	@$(MAKE) --no-print-directory tsan
 	@$(MAKE) --no-print-directory fuzz
 
 # the stress tests (CTest label "stress") under ThreadSanitizer. Only those: the

@@ -1,5 +1,6 @@
 /* xmemd: parse config, create the pool, fabric, regions and server, run, destroy. */
 #include <errno.h>
+#include <stdatomic.h>
 #include <getopt.h>
 #include <pthread.h>
 #include <signal.h>
@@ -38,7 +39,7 @@ static const char synopsis[] =
 typedef struct progress_arg {
     net_fabric_t *fab;
     net_progress_opts_t opts;
-    volatile int stop;
+    atomic_int stop;
     int stop_fd;
 } progress_arg_t;
 
@@ -172,7 +173,7 @@ int main(int argc, char **argv)
     appl_member_stop(member);
     appl_server_destroy(server);
 err_progress:
-    parg.stop = 1;
+    atomic_store(&parg.stop, 1);
     if (parg.stop_fd >= 0) {
         uint64_t one = 1;
         if (write(parg.stop_fd, &one, sizeof(one)) < 0) { /* the flag alone ends it within 1 s */ }

@@ -1,6 +1,7 @@
 /* Control server: one thread per authenticated connection. */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <stdatomic.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,7 +18,7 @@ typedef struct conn {
     pthread_t thread;
     char peer[64];
     char tenant[XM_NAME_MAX + 1];
-    volatile int done;
+    atomic_int done;                 /* set by its thread, read by the reaper */
     struct conn *next;
 } conn_t;
 
@@ -272,7 +273,7 @@ static void *conn_main(void *arg)
         }
     }
     shutdown(c->fd, SHUT_RDWR);
-    c->done = 1;
+    atomic_store(&c->done, 1);
     return NULL;
 }
 
@@ -284,7 +285,7 @@ static void conns_reap(appl_server_t *s, bool all)
     while (*pp != NULL) {
         conn_t *c = *pp;
         if (all) shutdown(c->fd, SHUT_RDWR);
-        if (all || c->done) {
+        if (all || atomic_load(&c->done)) {
             *pp = c->next;
             s->nconns--;
             pthread_mutex_unlock(&s->lock);

@@ -391,6 +391,9 @@ static xm_status_t unmap(void *addr, bool discard)
     while (m->users > 0) pthread_cond_wait(&eng->cond, &eng->lock);
     eng->resident -= m->resident;
     pthread_mutex_unlock(&eng->lock);
+    /* an access racing the unmap (outside the contract) faults with SIGSEGV, never reads
+     * the kernel's zero page, which it would between the unregister and the munmap */
+    mprotect(m->addr, m->vlen, PROT_NONE);
     struct uffdio_range r = {.start = (uintptr_t)m->addr, .len = m->vlen};
     ioctl(eng->uffd, UFFDIO_UNREGISTER, &r);
     munmap(m->addr, m->vlen);

@@ -331,7 +331,7 @@ int net_poll(net_fabric_t *fab, net_completion_t *out, int max)
     return got;
 }
 
-void net_progress_run(net_fabric_t *fab, const net_progress_opts_t *opts, volatile int *stop,
+void net_progress_run(net_fabric_t *fab, const net_progress_opts_t *opts, atomic_int *stop,
                       int stop_fd)
 {
     const uint64_t spin_ns = (uint64_t)opts->spin_us * 1000ull;
@@ -339,7 +339,7 @@ void net_progress_run(net_fabric_t *fab, const net_progress_opts_t *opts, volati
     uint64_t last_cntr = fab->rma_cntr != NULL ? fi_cntr_read(fab->rma_cntr) : 0;
     prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0); /* 1 µs: idle naps stay short */
     unsigned iter = 0;
-    while (!*stop) {
+    while (!atomic_load_explicit(stop, memory_order_relaxed)) {
         net_completion_t c[16];
         uint64_t before = xm__now_ns();
         int n = net_poll(fab, c, 16); /* target: drives progress; errors are logged by the provider */

@@ -3,6 +3,7 @@
 #ifndef XM_NET_H
 #define XM_NET_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -150,7 +151,7 @@ int net_poll(net_fabric_t *fab, net_completion_t *out, int max);
 typedef struct net_progress_opts {
     uint32_t spin_us; /* keep polling this long after the last sign of activity */
 } net_progress_opts_t;
-void net_progress_run(net_fabric_t *fab, const net_progress_opts_t *opts, volatile int *stop,
+void net_progress_run(net_fabric_t *fab, const net_progress_opts_t *opts, atomic_int *stop,
                       int stop_fd);
 
 #endif
