@@ -208,3 +208,19 @@ void xt_alloc_state(xm_ctx_h ctx, uint64_t id, char *state, size_t len)
     }
     free(infos);
 }
+
+uint64_t xt_used_on_appliances(xm_ctx_h ctx, uint32_t *regions_p)
+{
+    xm_appliance_entry_t *es = NULL;
+    size_t n = 0;
+    cr_assert_eq(xm_appliance_list(ctx, &es, &n), XM_OK, "%s", xm_last_error(ctx));
+    uint64_t used = 0;
+    uint32_t regions = 0;
+    for (size_t i = 0; i < n; i++) {
+        used += es[i].used;
+        regions += es[i].regions;
+    }
+    free(es);
+    if (regions_p != NULL) *regions_p = regions;
+    return used;
+}

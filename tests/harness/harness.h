@@ -96,6 +96,8 @@ void xt_cluster_start_appliance(xt_cluster_t *c, int i);
 bool xt_cluster_wait_up(xt_cluster_t *c, int up, int timeout_ms);
 /* Stop everything; expects clean exits. */
 void xt_cluster_stop(xt_cluster_t *c);
+/* Bytes (stock included) and regions the manager counts on its appliances; regions_p may be NULL. */
+uint64_t xt_used_on_appliances(xm_ctx_h ctx, uint32_t *regions_p);
 /* State of allocation id as the manager reports it ("" when not listed). */
 void xt_alloc_state(xm_ctx_h ctx, uint64_t id, char *state, size_t len);
 

@@ -22,22 +22,6 @@ static void teardown(void)
     xt_cluster_stop(&cl);
 }
 
-static uint64_t used_on_appliances(xm_ctx_h ctx, uint32_t *regions_p)
-{
-    xm_appliance_entry_t *es = NULL;
-    size_t n = 0;
-    cr_assert_eq(xm_appliance_list(ctx, &es, &n), XM_OK, "%s", xm_last_error(ctx));
-    uint64_t used = 0;
-    uint32_t regions = 0;
-    for (size_t i = 0; i < n; i++) {
-        used += es[i].used;
-        regions += es[i].regions;
-    }
-    free(es);
-    if (regions_p != NULL) *regions_p = regions;
-    return used;
-}
-
 /* Bytes the appliances themselves hold in regions, asked directly. */
 static uint64_t pool_used_direct(void)
 {
@@ -60,7 +44,7 @@ static uint64_t wait_used(xm_ctx_h ctx, uint64_t want, uint32_t want_regions)
     uint64_t deadline = xt_now_ms() + 10000, used;
     uint32_t regions;
     do {
-        used = used_on_appliances(ctx, &regions);
+        used = xt_used_on_appliances(ctx, &regions);
         if (used == want && regions == want_regions) break;
         usleep(20000);
     } while (xt_now_ms() < deadline);
@@ -88,7 +72,7 @@ Test(manager, striped_round_trips, .fini = teardown, .timeout = 120)
     cr_assert_eq(xm_alloc(ctx, size, "stripe:3:64K", "striped", &a), XM_OK, "%s", xm_last_error(ctx));
     cr_assert_eq(xm_region_size(a), size);
     uint32_t regions;
-    used_on_appliances(ctx, &regions);
+    xt_used_on_appliances(ctx, &regions);
     cr_assert_eq(regions, 3, "a 3-way stripe is 3 regions, got %u", regions);
 
     uint8_t *w = malloc(9u << 20), *r = malloc(9u << 20);
@@ -147,9 +131,9 @@ Test(manager, striped_round_trips, .fini = teardown, .timeout = 120)
     cr_assert_eq(xm_alloc(ctx, 600u << 20, "stripe:3", NULL, &big), XM_OK, "%s", xm_last_error(ctx));
     cr_assert_eq(xm_write(big, (600u << 20) - 4096, w, 4096), XM_OK);
     /* nothing fits now: refused, and nothing is left behind */
-    uint64_t before = used_on_appliances(ctx, NULL);
+    uint64_t before = xt_used_on_appliances(ctx, NULL);
     cr_assert_eq(xm_alloc(ctx, 200u << 20, "stripe:3", NULL, &rr), XM_ERR_NO_SPACE);
-    cr_assert_eq(used_on_appliances(ctx, NULL), before);
+    cr_assert_eq(xt_used_on_appliances(ctx, NULL), before);
 
     xm_alloc_close(b);
     xm_disconnect(ctx2);
@@ -308,7 +292,7 @@ Test(manager, concurrent_allocate_free_leaks_nothing, .fini = teardown, .timeout
 {
     xt_cluster_start(&cl, 3, "256M", "tcp", NULL);
     xm_ctx_h ctx = xt_manager_connect(&cl.mgr, NULL);
-    uint64_t start = used_on_appliances(ctx, NULL);
+    uint64_t start = xt_used_on_appliances(ctx, NULL);
     worker_t wk[4];
     pthread_t th[4];
     for (int i = 0; i < 4; i++) {
@@ -410,7 +394,7 @@ Test(manager, retried_request_id_allocates_once, .fini = teardown, .timeout = 12
     uint64_t id1, id2, id3, r1, r2, r3;
     cr_assert_eq(raw_alloc(ctx, 0x5eed, 4u << 20, &id1, &r1), XM_OK, "%s", xm_last_error(ctx));
     uint32_t regions;
-    used_on_appliances(ctx, &regions);
+    xt_used_on_appliances(ctx, &regions);
     cr_assert_eq(regions, 2);
     /* the retry (same id, e.g. after a lost reply) on the same and on a new connection */
     cr_assert_eq(raw_alloc(ctx, 0x5eed, 4u << 20, &id2, &r2), XM_OK, "%s", xm_last_error(ctx));
@@ -421,7 +405,7 @@ Test(manager, retried_request_id_allocates_once, .fini = teardown, .timeout = 12
     cr_assert_eq(r2, r1, "a retry got another region");
     cr_assert_eq(r3, r1);
     /* (used bytes also count regions made ahead in the background: compare regions) */
-    used_on_appliances(ctx, &regions);
+    xt_used_on_appliances(ctx, &regions);
     cr_assert_eq(regions, 2, "a retry allocated again");
     xm_alloc_info_t *infos;
     size_t n;
@@ -476,7 +460,7 @@ Test(manager, stock_hands_out_only_fresh_memory, .fini = teardown, .timeout = 12
 {
     xt_cluster_start(&cl, 2, "256M", "tcp", NULL);
     xm_ctx_h t[2] = {xt_manager_connect(&cl.mgr, "alice"), xt_manager_connect(&cl.mgr, "bob")};
-    uint64_t start = used_on_appliances(t[0], NULL);
+    uint64_t start = xt_used_on_appliances(t[0], NULL);
     const uint64_t size = 1u << 20;
     uint8_t *pat = malloc(size), *back = malloc(size), *zero = calloc(1, size);
     uint32_t stocked_seen = 0, stock;

@@ -344,23 +344,6 @@ Test(netns, striped_across_hosts_and_appliance_kill9, .fini = teardown, .timeout
     free(r);
 }
 
-/* Bytes and regions the manager counts on the appliances (stock included in bytes). */
-static uint64_t used_on_appliances(xm_ctx_h ctx, uint32_t *regions_p)
-{
-    xm_appliance_entry_t *es = NULL;
-    size_t n = 0;
-    cr_assert_eq(xm_appliance_list(ctx, &es, &n), XM_OK, "%s", xm_last_error(ctx));
-    uint64_t used = 0;
-    uint32_t regions = 0;
-    for (size_t i = 0; i < n; i++) {
-        used += es[i].used;
-        regions += es[i].regions;
-    }
-    free(es);
-    *regions_p = regions;
-    return used;
-}
-
 /* Bytes the live appliances hold in regions, asked directly across the links. */
 static uint64_t pool_used_direct(void)
 {
@@ -388,7 +371,7 @@ static bool wait_settled(xm_ctx_h ctx, uint64_t want, uint64_t *used_p, uint64_t
     uint64_t deadline = xt_now_ms() + 10000;
     uint32_t regions;
     do {
-        *used_p = used_on_appliances(ctx, &regions);
+        *used_p = xt_used_on_appliances(ctx, &regions);
         *direct_p = pool_used_direct();
         if (*used_p == want && regions == 0 && *direct_p == want) return true;
         usleep(50000);
@@ -562,7 +545,6 @@ Test(netns, manager_kill9_and_restart_across_hosts, .fini = teardown, .timeout =
     free(io.image);
     free(r);
 }
-
 /* Several clients on the client host allocate, use and free at once. */
 typedef struct churner {
     int idx;
