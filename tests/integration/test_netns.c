@@ -545,6 +545,7 @@ Test(netns, manager_kill9_and_restart_across_hosts, .fini = teardown, .timeout =
     free(io.image);
     free(r);
 }
+
 /* Several clients on the client host allocate, use and free at once. */
 typedef struct churner {
     int idx;
