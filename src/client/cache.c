@@ -24,7 +24,7 @@ bool xm__clock_pick(xm__block_t *blocks, uint32_t n, uint32_t *hand, uint32_t *v
         uint32_t b = *hand;
         *hand = b + 1 == n ? 0 : b + 1;
         xm__block_t *blk = &blocks[b];
-        if (blk->state != XM__BLK_RESIDENT || blk->pins != 0) continue;
+        if (blk->state != XM__BLK_RESIDENT || blk->pins != 0 || blk->cleaning) continue;
         if (blk->ref) {
             blk->ref = 0;
             continue;
@@ -39,7 +39,7 @@ bool xm__behind_pick(const xm__block_t *blocks, uint32_t from, uint32_t span, ui
 {
     for (uint32_t i = 0; i < span && i < from; i++) {
         uint32_t b = from - 1 - i;
-        if (blocks[b].state == XM__BLK_RESIDENT && blocks[b].pins == 0) {
+        if (blocks[b].state == XM__BLK_RESIDENT && blocks[b].pins == 0 && !blocks[b].cleaning) {
             *victim_p = b;
             return true;
         }
@@ -98,6 +98,10 @@ bool xm__reserve(xm__engine_t *eng, xm__map_t *m, uint64_t bytes, uint32_t k, bo
         }
         xm__map_t *vm = NULL;
         uint32_t v;
+        if (!eng->clean_wanted) {
+            eng->clean_wanted = true;
+            pthread_cond_signal(&eng->clean_cond);
+        }
         if (drop_behind(m, &v)) {
             vm = m;
         } else if (over_map) {
@@ -197,7 +201,20 @@ bool xm__evict(xm__map_t *m, uint32_t k, uint32_t b)
         /* the destination must be empty (EEXIST otherwise); a page left there
          * by anything would make this eviction fail, so clear it first */
         madvise(st, bytes, MADV_DONTNEED);
-        int err = move_range(eng->uffd, st, a, bytes, present, false);
+        /* only the pages fetched (a block a random fault brought in holds a few) */
+        int err = 0;
+        uint64_t pb = (uint64_t)b * m->fetch / XM__PAGE, npg = bytes / XM__PAGE;
+        for (uint64_t p = 0; p < npg && err == 0;) {
+            if (!xm__bit_get(m->present, pb + p)) {
+                p++;
+                continue;
+            }
+            uint64_t q = p;
+            while (q < npg && xm__bit_get(m->present, pb + q)) q++;
+            err = move_range(eng->uffd, st + p * XM__PAGE, a + p * XM__PAGE, (q - p) * XM__PAGE, present + p,
+                             false);
+            p = q;
+        }
         if (err != 0) {
             errno = err;
             xm_log_error("map: region %llu offset %llu: cannot move a block out for eviction: %m",
@@ -245,7 +262,11 @@ bool xm__evict(xm__map_t *m, uint32_t k, uint32_t b)
         blk->state = XM__BLK_EMPTY;
         blk->ref = 0;
         blk->suspect = 0;
-        xm__unreserve(eng, m, bytes);
+        xm__unreserve(eng, m, (uint64_t)blk->filled * XM__PAGE);
+        blk->filled = 0;
+        for (uint64_t p = (uint64_t)b * m->fetch / XM__PAGE, e = p + bytes / XM__PAGE; p < e; p++) {
+            xm__bit_clear(m->present, p);
+        }
         m->stats.evictions++;
         m->stats.writeback_pages += dirty;
     } else {

@@ -82,6 +82,13 @@ static void install(xm__engine_t *eng, xm__map_t *m, uint8_t *dst, const uint8_t
     }
 }
 
+xm_status_t xm__fetch_range(xm__map_t *m, uint32_t k, uint64_t off, void *buf, uint64_t len)
+{
+    uint64_t n = XM_MIN(len, m->len - off);
+    if (n < len) memset((uint8_t *)buf + n, 0, len - n);
+    return xm_read(m->regions[k], m->off + off, buf, n);
+}
+
 xm_status_t xm__fetch(xm__map_t *m, uint32_t k, uint32_t b, void *buf, uint64_t len)
 {
     uint64_t off = (uint64_t)b * m->fetch;
@@ -97,9 +104,13 @@ static void hash_block(xm__map_t *m, uint32_t b, const uint8_t *buf, uint64_t by
 }
 
 /* A block whose pages were installed: make it evictable and wake its waiters. */
+static void mark_present(xm__map_t *m, uint32_t b, uint64_t p0, uint64_t n);
+
 static void settle(xm__engine_t *eng, xm__map_t *m, uint32_t b)
 {
     pthread_mutex_lock(&eng->lock);
+    m->blocks[b].filled = 0;
+    mark_present(m, b, (uint64_t)b * m->fetch / XM__PAGE, xm__block_bytes(m, b) / XM__PAGE);
     m->blocks[b].state = XM__BLK_RESIDENT;
     m->blocks[b].ref = 1;
     pthread_cond_broadcast(&eng->cond);
@@ -168,6 +179,68 @@ static void refill_page(xm__engine_t *eng, xm__map_t *m, uint32_t k, uintptr_t p
     wake(eng, page, XM__PAGE);
 }
 
+/* Pages [p0, p0+n) of m were installed by the owner of their block. Lock held. */
+static void mark_present(xm__map_t *m, uint32_t b, uint64_t p0, uint64_t n)
+{
+    for (uint64_t p = p0; p < p0 + n; p++) {
+        if (!xm__bit_get(m->present, p)) {
+            xm__bit_set(m->present, p);
+            m->blocks[b].filled++;
+        }
+    }
+}
+
+/* Block b of m is resident with some pages never fetched (a random fault
+ * brought in one page), the fault is at page pg; we own it (FETCHING) and
+ * have reserved `bytes` for the pages [q0, q1) we fetch. */
+static void extend(xm__engine_t *eng, xm__map_t *m, uint32_t k, uint32_t b, uint64_t q0, uint64_t q1,
+                   uint64_t bytes)
+{
+    uint8_t *buf = eng->bufs[k];
+    uint64_t off = q0 * XM__PAGE, len = (q1 - q0) * XM__PAGE;
+    xm_status_t status = xm__fetch_range(m, k, off, buf, len);
+    for (int attempt = 1; status != XM_OK && attempt < FETCH_ATTEMPTS; attempt++) {
+        usleep(RETRY_PAUSE_US * attempt);
+        status = xm__fetch_range(m, k, off, buf, len);
+    }
+    pthread_mutex_lock(&eng->lock);
+    uint64_t fresh = 0;
+    for (uint64_t p = q0; p < q1; p++) {
+        if (!xm__bit_get(m->present, p)) fresh++;
+    }
+    pthread_mutex_unlock(&eng->lock);
+    if (status != XM_OK) {
+        const char *why = xm_last_error(m->regions[k]->ctx);
+        xm_log_error("map: region %llu offset %llu (%llu bytes): %s (%s) after %d attempts; "
+                     "accesses to it get SIGBUS",
+                     (unsigned long long)m->region_id, (unsigned long long)(m->off + off),
+                     (unsigned long long)len, why[0] ? why : "cannot fetch", xm_status_str(status), FETCH_ATTEMPTS);
+        for (uint64_t p = q0; p < q1; p++) {
+            if (xm__bit_get(m->present, p)) continue;
+            struct uffdio_poison pz = {.range = {.start = (uintptr_t)(m->addr + p * XM__PAGE), .len = XM__PAGE}};
+            while (ioctl(eng->uffd, UFFDIO_POISON, &pz) != 0 && errno == EAGAIN) pz.updated = 0;
+        }
+        pthread_mutex_lock(&eng->lock);
+        xm__unreserve(eng, m, bytes);
+    } else {
+        /* hashes only of pages not present: a present page keeps the hash of
+         * what the appliance held when it came in (it may be dirty) */
+        for (uint64_t p = q0; p < q1; p++) {
+            if (!xm__bit_get(m->present, p)) m->hash[p] = xm__page_hash(buf + (p - q0) * XM__PAGE);
+        }
+        count(eng, m, len, false);
+        install(eng, m, m->addr + off, buf, len);
+        pthread_mutex_lock(&eng->lock);
+        mark_present(m, b, q0, q1 - q0);
+        if (fresh * XM__PAGE < bytes) xm__unreserve(eng, m, bytes - fresh * XM__PAGE);
+    }
+    m->blocks[b].state = XM__BLK_RESIDENT;
+    m->blocks[b].ref = 1;
+    pthread_cond_broadcast(&eng->cond);
+    pthread_mutex_unlock(&eng->lock);
+    wake(eng, (uintptr_t)(m->addr + off), len);
+}
+
 static void handle_fault(xm__engine_t *eng, uint32_t k, uintptr_t addr)
 {
     uintptr_t page = addr & ~(uintptr_t)(XM__PAGE - 1);
@@ -179,10 +252,15 @@ static void handle_fault(xm__engine_t *eng, uint32_t k, uintptr_t addr)
         return;
     }
     uint32_t b = (uint32_t)((page - (uintptr_t)m->addr) / m->fetch);
+    uint64_t pg = (page - (uintptr_t)m->addr) / XM__PAGE;
+    uint64_t bp0 = (uint64_t)b * m->fetch / XM__PAGE, bpn = xm__block_bytes(m, b) / XM__PAGE;
     /* a user from here on: while this thread waits for a block below, the
      * fault may be resolved by whoever installs it and the application may
      * unmap, which must not free m under us */
     m->users++;
+    /* sequential: the fault lands just past what the last fetch brought in,
+     * or on the page after one that is here (one of several streams) */
+    bool lookback = pg > 0 && xm__bit_get(m->present, pg - 1);
     for (;;) {
         uint8_t st = m->blocks[b].state;
         if (st == XM__BLK_EMPTY) break;
@@ -191,21 +269,41 @@ static void handle_fault(xm__engine_t *eng, uint32_t k, uintptr_t addr)
             continue;
         }
         m->blocks[b].ref = 1;
+        if (st == XM__BLK_RESIDENT && !xm__bit_get(m->present, pg)) {
+            /* never fetched: one page, or the rest of the block after a page that is here */
+            uint64_t q0 = lookback ? bp0 : pg, q1 = lookback ? bp0 + bpn : pg + 1;
+            uint64_t need = 0;
+            for (uint64_t p = q0; p < q1; p++) need += !xm__bit_get(m->present, p);
+            m->blocks[b].state = XM__BLK_FETCHING;
+            m->last_block = b + 1;
+            m->stream_len = 1;
+            m->stream_at = b;
+            bool reserved = xm__reserve(eng, m, need * XM__PAGE, k, true);
+            pthread_mutex_unlock(&eng->lock);
+            if (reserved) {
+                extend(eng, m, k, b, q0, q1, need * XM__PAGE);
+            } else {
+                pthread_mutex_lock(&eng->lock);
+                m->blocks[b].state = XM__BLK_RESIDENT;
+                pthread_cond_broadcast(&eng->cond);
+                pthread_mutex_unlock(&eng->lock);
+                xm_log_error("map: region %llu offset %llu: no room in the local cache (write-backs keep "
+                             "failing); accesses to it get SIGBUS",
+                             (unsigned long long)m->region_id, (unsigned long long)(m->off + pg * XM__PAGE));
+                struct uffdio_poison pz = {.range = {.start = page, .len = XM__PAGE}};
+                while (ioctl(eng->uffd, UFFDIO_POISON, &pz) != 0 && errno == EAGAIN) pz.updated = 0;
+            }
+            goto out_unlocked;
+        }
         pthread_mutex_unlock(&eng->lock);
         if (st == XM__BLK_RESIDENT) {
             refill_page(eng, m, k, page);
         } else {
             wake(eng, page, XM__PAGE); /* poisoned: the retry gets SIGBUS */
         }
-        pthread_mutex_lock(&eng->lock);
-        m->users--;
-        pthread_cond_broadcast(&eng->cond);
-        pthread_mutex_unlock(&eng->lock);
-        return;
+        goto out_unlocked;
     }
     m->blocks[b].state = XM__BLK_FETCHING;
-    uint64_t bytes = xm__block_bytes(m, b);
-    /* sequential: the fault lands just past what the last fetch brought in */
     uint32_t window = 0;
     bool seq = b == m->last_block;
     if (m->readahead && seq) {
@@ -216,24 +314,63 @@ static void handle_fault(xm__engine_t *eng, uint32_t k, uintptr_t addr)
     m->last_block = b + 1 + window;
     m->stream_len = seq ? m->stream_len + 1 + window : 1;
     m->stream_at = b;
-    bool reserved = xm__reserve(eng, m, bytes, k, true);
+    bool single = !seq && !lookback && m->adapt && bpn > 1;
+    if (single) m->blocks[b].filled = 0;
     pthread_mutex_unlock(&eng->lock);
-    if (!reserved) {
-        poison(eng, m, b, bytes, false, XM_ERR_NO_SPACE,
-               "no room in the local cache: write-backs keep failing");
-        goto out;
-    }
-
+    /* a random fault fetches one page (the rest of the block comes if a later
+     * fault follows on); either way the read is posted before room is made,
+     * so an eviction's write-back overlaps it instead of preceding it */
+    uint64_t bytes = single ? XM__PAGE : xm__block_bytes(m, b);
+    uint64_t off = single ? pg * XM__PAGE : (uint64_t)b * m->fetch;
     uint8_t *buf = eng->bufs[k];
     xm_op_t ops[1 + XM__RA_MAX_BYTES / XM__PAGE];
     memset(ops, 0, sizeof(ops));
     xm_ctx_h lc = m->regions[k]->ctx;
-    uint64_t off = (uint64_t)b * m->fetch;
     uint64_t n = XM_MIN(bytes, m->len - off);
     if (n < bytes) memset(buf + n, 0, bytes - n);
     ops[0] = (xm_op_t){.opcode = XM_OP_READ, .region = m->regions[k], .offset = m->off + off,
                        .buf = buf, .length = (size_t)n};
     xm_status_t status = xm_post(lc, &ops[0]);
+    pthread_mutex_lock(&eng->lock);
+    bool reserved = xm__reserve(eng, m, bytes, k, true);
+    pthread_mutex_unlock(&eng->lock);
+    if (!reserved) {
+        if (status == XM_OK) {
+            xm_op_t *p = &ops[0];
+            xm_wait(lc, &p, 1); /* buf is the library's until then */
+        }
+        poison(eng, m, b, xm__block_bytes(m, b), false, XM_ERR_NO_SPACE,
+               "no room in the local cache: write-backs keep failing");
+        goto out_unlocked;
+    }
+    if (single) {
+        if (status == XM_OK) {
+            xm_op_t *p = &ops[0];
+            status = xm_wait(lc, &p, 1);
+        }
+        for (int attempt = 1; status != XM_OK && attempt < FETCH_ATTEMPTS; attempt++) {
+            usleep(RETRY_PAUSE_US * attempt);
+            status = xm__fetch_range(m, k, off, buf, XM__PAGE);
+        }
+        if (status != XM_OK) {
+            const char *why = xm_last_error(lc);
+            poison(eng, m, b, xm__block_bytes(m, b), false, status, why[0] ? why : "cannot fetch");
+            pthread_mutex_lock(&eng->lock);
+            xm__unreserve(eng, m, XM__PAGE);
+            pthread_mutex_unlock(&eng->lock);
+            goto out_unlocked;
+        }
+        m->hash[pg] = xm__page_hash(buf);
+        count(eng, m, XM__PAGE, false);
+        install(eng, m, (uint8_t *)page, buf, XM__PAGE);
+        pthread_mutex_lock(&eng->lock);
+        mark_present(m, b, pg, 1);
+        m->blocks[b].state = XM__BLK_RESIDENT;
+        m->blocks[b].ref = 1;
+        pthread_cond_broadcast(&eng->cond);
+        pthread_mutex_unlock(&eng->lock);
+        goto out_unlocked;
+    }
 
     /* claim and make room for the read-ahead while the demand read is in flight */
     uint32_t nra = 0;
@@ -294,7 +431,7 @@ static void handle_fault(xm__engine_t *eng, uint32_t k, uintptr_t addr)
         install(eng, m, m->addr + (uint64_t)bb * m->fetch, src, bl);
         settle(eng, m, bb);
     }
-out:
+out_unlocked:
     pthread_mutex_lock(&eng->lock);
     m->users--;
     pthread_cond_broadcast(&eng->cond);

@@ -34,12 +34,19 @@ static void engine_destroy(xm__engine_t *eng)
             if (eng->threads[k]) pthread_join(eng->threads[k], NULL);
         }
     }
+    if (eng->cleaner) {
+        pthread_mutex_lock(&eng->lock);
+        eng->stopping = true;
+        pthread_cond_broadcast(&eng->clean_cond);
+        pthread_mutex_unlock(&eng->lock);
+        pthread_join(eng->cleaner, NULL);
+    }
     for (uint32_t k = 0; k < eng->nthreads; k++) {
         if (eng->staging != NULL && eng->staging[k] != NULL) munmap(eng->staging[k], STAGING_BYTES);
         if (eng->bufs != NULL && eng->bufs[k] != NULL) munmap(eng->bufs[k], BUF_BYTES);
     }
     if (eng->lanes != NULL) {
-        for (uint32_t k = 0; k <= eng->nthreads; k++) {
+        for (uint32_t k = 0; k < XM__NLANES(eng); k++) {
             if (eng->lanes[k].ctx != NULL) xm__ctx_clone_destroy(eng->lanes[k].ctx);
             pthread_mutex_destroy(&eng->lanes[k].lock);
         }
@@ -49,6 +56,7 @@ static void engine_destroy(xm__engine_t *eng)
     if (eng->pagemap_fd >= 0) close(eng->pagemap_fd);
     pthread_mutex_destroy(&eng->lock);
     pthread_cond_destroy(&eng->cond);
+    pthread_cond_destroy(&eng->clean_cond);
     free(eng->threads);
     free(eng->staging);
     free(eng->bufs);
@@ -68,6 +76,7 @@ static xm_status_t engine_create(xm_ctx_h ctx, xm__engine_t **eng_p)
     if (eng == NULL) return XM_ERR_NO_MEMORY;
     pthread_mutex_init(&eng->lock, NULL);
     pthread_cond_init(&eng->cond, NULL);
+    pthread_cond_init(&eng->clean_cond, NULL);
     eng->uffd = eng->stop_fd = eng->pagemap_fd = -1;
     eng->budget = UINT64_MAX;
     xm_status_t status = XM_ERR_IO;
@@ -94,7 +103,7 @@ static xm_status_t engine_create(xm_ctx_h ctx, xm__engine_t **eng_p)
     const char *env = getenv("XMEM_MAP_THREADS");
     if (env != NULL && atoi(env) > 0) ncpu = atoi(env);
     eng->nthreads = (uint32_t)XM_MAX(1, XM_MIN(ncpu, MAX_HANDLERS));
-    eng->lanes = calloc(eng->nthreads + 1, sizeof(*eng->lanes));
+    eng->lanes = calloc(XM__NLANES(eng), sizeof(*eng->lanes));
     eng->staging = calloc(eng->nthreads, sizeof(*eng->staging));
     eng->bufs = calloc(eng->nthreads, sizeof(*eng->bufs));
     eng->threads = calloc(eng->nthreads, sizeof(*eng->threads));
@@ -102,8 +111,8 @@ static xm_status_t engine_create(xm_ctx_h ctx, xm__engine_t **eng_p)
         status = XM_ERR_NO_MEMORY;
         goto err;
     }
-    for (uint32_t k = 0; k <= eng->nthreads; k++) pthread_mutex_init(&eng->lanes[k].lock, NULL);
-    for (uint32_t k = 0; k <= eng->nthreads; k++) {
+    for (uint32_t k = 0; k < XM__NLANES(eng); k++) pthread_mutex_init(&eng->lanes[k].lock, NULL);
+    for (uint32_t k = 0; k < XM__NLANES(eng); k++) {
         status = xm__ctx_clone(ctx, &eng->lanes[k].ctx);
         if (status != XM_OK) goto err;
         eng->lanes[k].ctx->map_engine = NULL;
@@ -147,6 +156,14 @@ static xm_status_t engine_create(xm_ctx_h ctx, xm__engine_t **eng_p)
             goto err;
         }
     }
+    /* opt-in: on the 2-vCPU machine of docs/performance.md it measured no
+     * better (it competes for the CPUs the fault path and the appliance use) */
+    const char *cl = getenv("XMEM_MAP_CLEANER");
+    if (cl != NULL && atoi(cl) != 0 && pthread_create(&eng->cleaner, NULL, xm__clean_thread, eng) != 0) {
+        eng->cleaner = 0;
+        xm__ctx_error(ctx, status, "cannot start the cleaner thread");
+        goto err;
+    }
     eng->refs = 1; /* the context's */
     eng->owned = true;
     *eng_p = eng;
@@ -174,13 +191,14 @@ void xm__map_ctx_gone(xm_ctx_h ctx)
 static void map_free(xm__map_t *m)
 {
     if (m->regions != NULL) {
-        for (uint32_t k = 0; k <= m->eng->nthreads; k++) {
+        for (uint32_t k = 0; k < XM__NLANES(m->eng); k++) {
             if (m->regions[k] != NULL) xm_region_close(m->regions[k]);
         }
     }
     free(m->regions);
     free(m->blocks);
     free(m->hash);
+    free(m->present);
     free(m);
 }
 
@@ -240,9 +258,12 @@ XM_EXPORT xm_status_t xm_map(xm_ctx_h ctx, xm_region_h region, uint64_t offset, 
     m->stats.budget_bytes = m->budget;
     m->blocks = calloc(m->nblocks, sizeof(*m->blocks));
     m->hash = calloc(m->vlen / XM__PAGE, sizeof(*m->hash));
-    m->regions = calloc(eng->nthreads + 1, sizeof(*m->regions));
-    if (m->blocks == NULL || m->hash == NULL || m->regions == NULL) goto err_free;
-    for (uint32_t k = 0; k <= eng->nthreads; k++) {
+    m->present = calloc((m->vlen / XM__PAGE + 63) / 64, sizeof(uint64_t));
+    const char *adapt = getenv("XMEM_MAP_ADAPT");
+    m->adapt = adapt == NULL || atoi(adapt) != 0;
+    m->regions = calloc(XM__NLANES(eng), sizeof(*m->regions));
+    if (m->blocks == NULL || m->hash == NULL || m->present == NULL || m->regions == NULL) goto err_free;
+    for (uint32_t k = 0; k < XM__NLANES(eng); k++) {
         xm__lane_t *lane = &eng->lanes[k];
         pthread_mutex_lock(&lane->lock);
         status = xm__ctx_clone_refresh(lane->ctx, ctx);

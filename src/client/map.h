@@ -37,9 +37,27 @@ typedef struct xm__block {
     uint8_t ref;     /* CLOCK: touched since the hand last passed */
     uint8_t suspect; /* content may differ from the hashes unseen by PAGEMAP_SCAN
                       * (a failed write-back): xm_sync compares every page */
-    uint8_t pad;
-    uint32_t pins;   /* xm_sync is copying from it: not evictable */
+    uint8_t cleaning; /* the cleaner is writing it back: not evictable, xm_sync waits */
+    uint32_t pins;   /* xm_sync is copying from it: not evictable, the cleaner skips it */
+    uint16_t filled; /* pages fetched and accounted (a random fault fetches one page) */
 } xm__block_t;
+
+/* Bits of xm__map_t.present. A block's bits change only under the engine
+ * lock by the thread that owns the block (FETCHING, EVICTING), which may
+ * read them without the lock; a word holds bits of neighbouring blocks,
+ * hence the atomics. */
+static inline bool xm__bit_get(const uint64_t *bm, uint64_t i)
+{
+    return (__atomic_load_n(&bm[i >> 6], __ATOMIC_RELAXED) >> (i & 63)) & 1u;
+}
+static inline void xm__bit_set(uint64_t *bm, uint64_t i)
+{
+    __atomic_fetch_or(&bm[i >> 6], 1ull << (i & 63), __ATOMIC_RELAXED);
+}
+static inline void xm__bit_clear(uint64_t *bm, uint64_t i)
+{
+    __atomic_fetch_and(&bm[i >> 6], ~(1ull << (i & 63)), __ATOMIC_RELAXED);
+}
 
 /* A data path of its own: a clone of the application's context. The lock is
  * held for each use (handler lanes are uncontended; the sync lane is shared by
@@ -64,10 +82,12 @@ typedef struct xm__map {
     uint32_t nblocks;
     bool readahead;
     bool ro;               /* read-only handle: PROT_READ, no dirty pages */
+    bool adapt;            /* random faults fetch one page (XMEM_MAP_ADAPT=0: whole blocks) */
     /* engine lock */
     struct xm__map *next;
     xm__block_t *blocks;
     uint64_t *hash;        /* per page: hash of the content the appliance holds */
+    uint64_t *present;     /* per page, a bit: fetched and accounted (resident unless the application dropped it) */
     uint64_t budget;
     uint64_t resident;
     uint32_t hand;         /* CLOCK hand, a block index */
@@ -76,6 +96,7 @@ typedef struct xm__map {
     uint32_t stream_at;    /* block of the last fault */
     uint32_t stream_len;   /* blocks the current sequential run has brought in */
     uint32_t users;        /* threads working on it with the lock dropped */
+    uint32_t clean_round;  /* the cleaner's last round over it */
     bool dying;
     xm_map_stats_t stats;
 } xm__map_t;
@@ -93,10 +114,14 @@ typedef struct xm__engine {
     int pagemap_fd;        /* /proc/self/pagemap for PAGEMAP_SCAN */
     uint32_t nthreads;
     pthread_t *threads;
-    xm__lane_t *lanes;     /* nthreads handler lanes, then the sync lane */
+    xm__lane_t *lanes;     /* nthreads handler lanes, the sync lane, the cleaner's lane */
     uint8_t **staging;     /* per handler thread: uffd-registered, eviction moves blocks here */
     uint8_t **bufs;        /* per handler thread: fetch buffers */
+    pthread_t cleaner;     /* 0: none (XMEM_MAP_CLEANER=0) */
+    pthread_cond_t clean_cond; /* the cleaner sleeps on it */
     /* lock */
+    bool stopping;         /* the cleaner exits */
+    bool clean_wanted;     /* a fault had to evict: the cleaner looks again */
     xm__map_t *maps;
     uint64_t budget;       /* UINT64_MAX: none */
     uint64_t resident;
@@ -106,6 +131,8 @@ typedef struct xm__engine {
 } xm__engine_t;
 
 #define XM__SYNC_LANE(eng) ((eng)->nthreads)
+#define XM__CLEAN_LANE(eng) ((eng)->nthreads + 1)
+#define XM__NLANES(eng) ((eng)->nthreads + 2)
 
 /* clone.c: a context with its own data endpoint, same peers and settings. */
 xm_status_t xm__ctx_clone(xm_ctx_h ctx, xm_ctx_h *clone_p);
@@ -122,6 +149,8 @@ typedef struct xm__fault_arg {
 } xm__fault_arg_t;
 void *xm__fault_thread(void *arg);
 uint64_t xm__page_hash(const void *page);
+/* Read len bytes at offset off of m into buf through lane k (zeros past the end). */
+xm_status_t xm__fetch_range(xm__map_t *m, uint32_t k, uint64_t off, void *buf, uint64_t len);
 /* Fetch [first block, +n) of m into buf through lane k with retries. */
 xm_status_t xm__fetch(xm__map_t *m, uint32_t k, uint32_t b, void *buf, uint64_t len);
 
@@ -142,6 +171,10 @@ bool xm__evict(xm__map_t *m, uint32_t k, uint32_t b);
 
 /* dirty.c: write back written pages of blocks [b0, b1) of m through the sync lane. */
 xm_status_t xm__sync_blocks(xm__map_t *m, uint32_t b0, uint32_t b1);
+/* The cleaner thread: writes back written pages of the blocks eviction will
+ * reach next (ahead of the CLOCK hand, behind a long sequential run), so a
+ * fault that needs room normally finds a clean victim. */
+void *xm__clean_thread(void *arg);
 /* Copy a page the application may be writing at the same time. */
 void xm__page_copy_racy(void *dst, const void *src);
 
