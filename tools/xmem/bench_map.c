@@ -229,45 +229,45 @@ workloads:;
         if (!want[w]) continue;
         printf("%-8s %9.3fs", names[w], base[w]);
         for (int c = 0; c < npcts; c++) {
-          double best = 1e30;
-          bool bad = false;
-          for (int rep = 0; rep < reps; rep++) {
-            xm_map_opts_t o = {.cache_bytes = ws * (uint64_t)pcts[c] / 100, .fetch_size = (uint32_t)fetch};
-            /* a fresh (zero) region per run: the fill's pages must really go
-             * back (the appliance does not already hold the same data) */
-            xm_region_h wr;
-            if ((s = xm_region_create(ctx, ws, NULL, &wr)) != XM_OK) {
-                return cli_fail("bench map", "cannot create a region: %s", xm_status_str(s));
+            double best = 1e30;
+            bool bad = false;
+            for (int rep = 0; rep < reps; rep++) {
+                xm_map_opts_t o = {.cache_bytes = ws * (uint64_t)pcts[c] / 100, .fetch_size = (uint32_t)fetch};
+                /* a fresh (zero) region per run: the fill's pages must really go
+                 * back (the appliance does not already hold the same data) */
+                xm_region_h wr;
+                if ((s = xm_region_create(ctx, ws, NULL, &wr)) != XM_OK) {
+                    return cli_fail("bench map", "cannot create a region: %s", xm_status_str(s));
+                }
+                if ((s = xm_map(ctx, wr, 0, ws, &o, (void **)&m)) != XM_OK) {
+                    return cli_fail("bench map", "xm_map: %s", xm_status_str(s));
+                }
+                xmw_fill(m, wsz, XMW_SEED_DATA);
+                xm_map_stats_t st0;
+                xm_map_stat(m, &st0);
+                xmw_result_t res = w == 0 ? xmw_scan(m, wsz)
+                                 : w == 1 ? xmw_gups(m, wsz, wsz / 8 / 64, 0)
+                                          : xmw_sort(m, wsz);
+                xm_map_stats_t st;
+                xm_map_stat(m, &st);
+                if (stats) {
+                    fprintf(stderr, "[%s %d%%: timed part: %llu faults, %llu read-ahead blocks, %.1f MiB fetched, "
+                            "%llu evictions, %llu pages written back]\n", names[w], pcts[c],
+                            (unsigned long long)(st.faults - st0.faults),
+                            (unsigned long long)(st.readahead_blocks - st0.readahead_blocks),
+                            (double)(st.fetched_bytes - st0.fetched_bytes) / 1048576.0,
+                            (unsigned long long)(st.evictions - st0.evictions),
+                            (unsigned long long)(st.writeback_pages - st0.writeback_pages));
+                }
+                if (res.seconds < best) best = res.seconds;
+                if (res.checksum != sums[w] || !res.ok) bad = true;
+                xm_unmap_discard(m);
+                uint64_t wid = xm_region_id(wr);
+                xm_region_close(wr);
+                xm_region_destroy(ctx, wid, NULL);
             }
-            if ((s = xm_map(ctx, wr, 0, ws, &o, (void **)&m)) != XM_OK) {
-                return cli_fail("bench map", "xm_map: %s", xm_status_str(s));
-            }
-            xmw_fill(m, wsz, XMW_SEED_DATA);
-            xm_map_stats_t st0;
-            xm_map_stat(m, &st0);
-            xmw_result_t res = w == 0 ? xmw_scan(m, wsz)
-                             : w == 1 ? xmw_gups(m, wsz, wsz / 8 / 64, 0)
-                                      : xmw_sort(m, wsz);
-            xm_map_stats_t st;
-            xm_map_stat(m, &st);
-            if (stats) {
-                fprintf(stderr, "[%s %d%%: timed part: %llu faults, %llu read-ahead blocks, %.1f MiB fetched, "
-                        "%llu evictions, %llu pages written back]\n", names[w], pcts[c],
-                        (unsigned long long)(st.faults - st0.faults),
-                        (unsigned long long)(st.readahead_blocks - st0.readahead_blocks),
-                        (double)(st.fetched_bytes - st0.fetched_bytes) / 1048576.0,
-                        (unsigned long long)(st.evictions - st0.evictions),
-                        (unsigned long long)(st.writeback_pages - st0.writeback_pages));
-            }
-            if (res.seconds < best) best = res.seconds;
-            if (res.checksum != sums[w] || !res.ok) bad = true;
-            xm_unmap_discard(m);
-            uint64_t wid = xm_region_id(wr);
-            xm_region_close(wr);
-            xm_region_destroy(ctx, wid, NULL);
-          }
-          printf(" %6.3fs %5.2fx%s", best, best / base[w], bad ? "!" : " ");
-          fflush(stdout);
+            printf(" %6.3fs %5.2fx%s", best, best / base[w], bad ? "!" : " ");
+            fflush(stdout);
         }
         printf("\n");
     }
