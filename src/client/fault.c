@@ -179,6 +179,21 @@ static void refill_page(xm__engine_t *eng, xm__map_t *m, uint32_t k, uintptr_t p
     wake(eng, page, XM__PAGE);
 }
 
+/* A fetch of m ended at page p: a fault on p + 1 continues a stream. Lock held. */
+static void remember(xm__map_t *m, uint64_t p)
+{
+    m->recent[m->recent_at] = p + 1;
+    m->recent_at = (m->recent_at + 1) % XM__RECENT;
+}
+
+static bool follows_recent(const xm__map_t *m, uint64_t p)
+{
+    for (uint32_t i = 0; i < XM__RECENT; i++) {
+        if (m->recent[i] == p) return true; /* stored as end + 1 */
+    }
+    return false;
+}
+
 /* Pages [p0, p0+n) of m were installed by the owner of their block. Lock held. */
 static void mark_present(xm__map_t *m, uint32_t b, uint64_t p0, uint64_t n)
 {
@@ -259,8 +274,10 @@ static void handle_fault(xm__engine_t *eng, uint32_t k, uintptr_t addr)
      * unmap, which must not free m under us */
     m->users++;
     /* sequential: the fault lands just past what the last fetch brought in,
-     * or on the page after one that is here (one of several streams) */
-    bool lookback = pg > 0 && xm__bit_get(m->present, pg - 1);
+     * or just past where one of the recent fetches ended (one of several
+     * interleaved streams). Merely having the previous page present is not
+     * enough: at 50% residency, half of all random faults would pass. */
+    bool lookback = pg > 0 && xm__bit_get(m->present, pg - 1) && follows_recent(m, pg);
     for (;;) {
         uint8_t st = m->blocks[b].state;
         if (st == XM__BLK_EMPTY) break;
@@ -275,6 +292,7 @@ static void handle_fault(xm__engine_t *eng, uint32_t k, uintptr_t addr)
             uint64_t need = 0;
             for (uint64_t p = q0; p < q1; p++) need += !xm__bit_get(m->present, p);
             m->blocks[b].state = XM__BLK_FETCHING;
+            remember(m, q1 - 1);
             m->last_block = b + 1;
             m->stream_len = 1;
             m->stream_at = b;
@@ -316,6 +334,7 @@ static void handle_fault(xm__engine_t *eng, uint32_t k, uintptr_t addr)
     m->stream_at = b;
     bool single = !seq && !lookback && m->adapt && bpn > 1;
     if (single) m->blocks[b].filled = 0;
+    remember(m, single ? pg : XM_MIN((uint64_t)(b + 1 + window) * m->fetch, m->vlen) / XM__PAGE - 1);
     pthread_mutex_unlock(&eng->lock);
     /* a random fault fetches one page (the rest of the block comes if a later
      * fault follows on); either way the read is posted before room is made,

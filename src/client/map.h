@@ -23,6 +23,7 @@
 #define XM__PAGE 4096u
 #define XM__FETCH_MAX (2u << 20)
 #define XM__RA_MAX_BYTES (2u << 20) /* read-ahead window cap */
+#define XM__RECENT 512u /* fetch ends remembered: interleaved streams detected (a radix sort has 256) */
 
 enum {
     XM__BLK_EMPTY = 0,
@@ -94,6 +95,8 @@ typedef struct xm__map {
     uint32_t last_block;   /* sequential detection */
     uint32_t ra_window;    /* blocks read ahead on the next sequential fault */
     uint32_t stream_at;    /* block of the last fault */
+    uint64_t recent[XM__RECENT]; /* pages where recent fetches ended (1 + page; 0: none) */
+    uint32_t recent_at;
     uint32_t stream_len;   /* blocks the current sequential run has brought in */
     uint32_t users;        /* threads working on it with the lock dropped */
     uint32_t clean_round;  /* the cleaner's last round over it */
