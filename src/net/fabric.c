@@ -1,5 +1,8 @@
 /* libfabric endpoints: setup, per-region registrations, one-sided ops, progress. */
 #include <arpa/inet.h>
+#include <dirent.h>
+#include <signal.h>
+#include <sys/mman.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -39,6 +42,27 @@ void net_fabric_close(net_fabric_t *fab)
     if (fab->info != NULL) fi_freeinfo(fab->info);
     memset(fab, 0, sizeof(*fab));
     fab->wait_fd = -1;
+}
+
+/* The shm endpoints' names: SHM_NAME_PREFIX PID "." NONCE, a file each in /dev/shm. */
+#define SHM_NAME_PREFIX "xmem-"
+
+/* Remove the /dev/shm files of our endpoints whose process is gone (killed before it
+ * could close them). Only names we give, and only when the pid is not running. */
+static void shm_reap_stale(void)
+{
+    DIR *d = opendir("/dev/shm");
+    if (d == NULL) return;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (strncmp(e->d_name, SHM_NAME_PREFIX, strlen(SHM_NAME_PREFIX)) != 0) continue;
+        char *end;
+        long pid = strtol(e->d_name + strlen(SHM_NAME_PREFIX), &end, 10);
+        if (pid <= 0 || *end != '.' || (kill((pid_t)pid, 0) != 0 && errno == ESRCH)) {
+            if (pid > 0 && *end == '.') shm_unlink(e->d_name);
+        }
+    }
+    closedir(d);
 }
 
 xm_status_t net_fabric_open(const char *provider, net_role_t role, const char *host,
@@ -125,6 +149,22 @@ xm_status_t net_fabric_open(const char *provider, net_role_t role, const char *h
             fi_ep_bind(fab->ep, &fab->rma_cntr->fid, FI_REMOTE_READ | FI_REMOTE_WRITE) != 0) {
             fi_close(&fab->rma_cntr->fid);
             fab->rma_cntr = NULL;
+        }
+    }
+    if (!is_tcp) {
+        /* shm names its region in /dev/shm "PID:EP:DOMAIN" by default: a process killed with
+         * -9 leaves its file, and a later process given the same pid cannot enable an
+         * endpoint (EBUSY). Our own unique name, and the files of our dead processes go. */
+        shm_reap_stale();
+        char name[64];
+        uint64_t nonce;
+        net_random(&nonce, sizeof(nonce));
+        snprintf(name, sizeof(name), SHM_NAME_PREFIX "%d.%016llx", (int)getpid(),
+                 (unsigned long long)nonce);
+        rc = fi_setname(&fab->ep->fid, name, strlen(name) + 1);
+        if (rc != 0) {
+            status = fi_fail("fi_setname", rc);
+            goto err;
         }
     }
     rc = fi_enable(fab->ep);

@@ -2,6 +2,8 @@
  * a full pool, restarts of a file-backed pool, memory given back. */
 #include <arpa/inet.h>
 #include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
@@ -381,6 +383,36 @@ Test(failures, huge_pool_is_reserved_not_touched_and_memory_returns, .fini = tea
     cr_assert_eq(xm_region_destroy(ctx, xm_region_id(r), NULL), XM_OK);
     size_t freed = xt_rss(app.pid);
     cr_assert_lt(freed, rss0 + (100u << 20), "RSS after freeing 512 MiB: %zu (before: %zu)", freed, full);
+    xm_region_close(r);
+    xm_disconnect(ctx);
+}
+
+/* The shm provider keeps an endpoint's queues in a file in /dev/shm. A process killed
+ * with -9 leaves its file behind; by default the file is named after the pid, so a later
+ * process given the same pid could not open an endpoint (fi_enable: EBUSY). Our endpoints
+ * take a unique name, and the files of our dead processes are removed. */
+Test(failures, dead_processes_shm_files_are_reaped, .fini = teardown, .timeout = 60)
+{
+    /* pid 4194304 is above the kernel's pid_max (at most 2^22): never running */
+    const char *stale = "/dev/shm/xmem-4194304.00000000deadbeef";
+    int fd = open(stale, O_CREAT | O_RDWR, 0600);
+    cr_assert(fd >= 0, "cannot make %s: %s", stale, strerror(errno));
+    close(fd);
+    xt_start(&app, &(xt_opts_t){.provider = "shm"});
+    cr_assert_neq(access(stale, F_OK), 0, "a dead process's shm file was left");
+    xm_ctx_h ctx = xt_connect(&app, NULL);
+    xm_region_h r;
+    cr_assert_eq(xm_region_create(ctx, 1u << 20, NULL, &r), XM_OK);
+    cr_assert_eq(xm_write(r, 0, "reaped", 6), XM_OK, "%s", xm_last_error(ctx));
+    /* this process's endpoint has a file of its own, under our prefix */
+    char mine[64];
+    snprintf(mine, sizeof(mine), "xmem-%d.", (int)getpid());
+    bool found = false;
+    DIR *d = opendir("/dev/shm");
+    cr_assert_not_null(d);
+    for (struct dirent *e; (e = readdir(d)) != NULL;) found |= strncmp(e->d_name, mine, strlen(mine)) == 0;
+    closedir(d);
+    cr_assert(found, "no /dev/shm/%s* for this client's endpoint", mine);
     xm_region_close(r);
     xm_disconnect(ctx);
 }
