@@ -227,7 +227,7 @@ bool xm__evict(xm__map_t *m, uint32_t k, uint32_t b)
         uint64_t p0 = (uint64_t)b * m->fetch / XM__PAGE, np = bytes / XM__PAGE;
         bool changed[XM__FETCH_MAX / XM__PAGE];
         for (uint64_t p = 0; p < np && status == XM_OK; p++) {
-            changed[p] = present[p] && xm__page_hash(st + p * XM__PAGE) != m->hash[p0 + p];
+            changed[p] = present[p] && xm__page_hash(st + p * XM__PAGE) != xm__hash_get(m, p0 + p);
         }
         for (uint64_t p = 0; p < np && status == XM_OK;) {
             if (!changed[p]) {
@@ -246,7 +246,7 @@ bool xm__evict(xm__map_t *m, uint32_t k, uint32_t b)
                             (unsigned long long)len, xm_last_error(m->regions[k]->ctx));
                 break;
             }
-            for (uint64_t i = p; i < q; i++) m->hash[p0 + i] = xm__page_hash(st + i * XM__PAGE);
+            for (uint64_t i = p; i < q; i++) xm__hash_set(m, p0 + i, xm__page_hash(st + i * XM__PAGE));
             dirty += (uint32_t)(q - p);
             p = q;
         }

@@ -58,7 +58,7 @@ static xm_status_t write_pages(xm__map_t *m, uint32_t lane, uint8_t *wbuf, uint6
                         xm_last_error(m->regions[lane]->ctx));
             return status;
         }
-        for (uint64_t i = 0; i < n; i++) m->hash[p + i] = hashes[i];
+        for (uint64_t i = 0; i < n; i++) xm__hash_set(m, p + i, hashes[i]);
         *written += n;
         p += n;
     }
@@ -110,7 +110,7 @@ static xm_status_t sync_run(xm__map_t *m, uint32_t lane, uint32_t b0, uint32_t b
         uint64_t p0 = (uint64_t)b * m->fetch / XM__PAGE, np = xm__block_bytes(m, b) / XM__PAGE;
         for (uint64_t p = p0; p < p0 + np && status == XM_OK; p++) {
             xm__page_copy_racy(wbuf, m->addr + p * XM__PAGE);
-            if (xm__page_hash(wbuf) != m->hash[p]) status = write_pages(m, lane, wbuf, p, p + 1, hashes, written);
+            if (xm__page_hash(wbuf) != xm__hash_get(m, p)) status = write_pages(m, lane, wbuf, p, p + 1, hashes, written);
         }
     }
     return status;

@@ -100,7 +100,7 @@ xm_status_t xm__fetch(xm__map_t *m, uint32_t k, uint32_t b, void *buf, uint64_t 
 static void hash_block(xm__map_t *m, uint32_t b, const uint8_t *buf, uint64_t bytes)
 {
     uint64_t p0 = (uint64_t)b * m->fetch / XM__PAGE;
-    for (uint64_t p = 0; p < bytes / XM__PAGE; p++) m->hash[p0 + p] = xm__page_hash(buf + p * XM__PAGE);
+    for (uint64_t p = 0; p < bytes / XM__PAGE; p++) xm__hash_set(m, p0 + p, xm__page_hash(buf + p * XM__PAGE));
 }
 
 /* A block whose pages were installed: make it evictable and wake its waiters. */
@@ -173,7 +173,7 @@ static void refill_page(xm__engine_t *eng, xm__map_t *m, uint32_t k, uintptr_t p
     uint64_t n = XM_MIN((uint64_t)XM__PAGE, m->len - off);
     memset(buf, 0, XM__PAGE);
     if (xm_read(m->regions[k], m->off + off, buf, n) == XM_OK) {
-        m->hash[off / XM__PAGE] = xm__page_hash(buf);
+        xm__hash_set(m, off / XM__PAGE, xm__page_hash(buf));
         install(eng, m, (uint8_t *)page, buf, XM__PAGE);
     }
     wake(eng, page, XM__PAGE);
@@ -241,7 +241,7 @@ static void extend(xm__engine_t *eng, xm__map_t *m, uint32_t k, uint32_t b, uint
         /* hashes only of pages not present: a present page keeps the hash of
          * what the appliance held when it came in (it may be dirty) */
         for (uint64_t p = q0; p < q1; p++) {
-            if (!xm__bit_get(m->present, p)) m->hash[p] = xm__page_hash(buf + (p - q0) * XM__PAGE);
+            if (!xm__bit_get(m->present, p)) xm__hash_set(m, p, xm__page_hash(buf + (p - q0) * XM__PAGE));
         }
         count(eng, m, len, false);
         install(eng, m, m->addr + off, buf, len);
@@ -379,7 +379,7 @@ static void handle_fault(xm__engine_t *eng, uint32_t k, uintptr_t addr)
             pthread_mutex_unlock(&eng->lock);
             goto out_unlocked;
         }
-        m->hash[pg] = xm__page_hash(buf);
+        xm__hash_set(m, pg, xm__page_hash(buf));
         count(eng, m, XM__PAGE, false);
         install(eng, m, (uint8_t *)page, buf, XM__PAGE);
         pthread_mutex_lock(&eng->lock);

@@ -181,4 +181,19 @@ void *xm__clean_thread(void *arg);
 /* Copy a page the application may be writing at the same time. */
 void xm__page_copy_racy(void *dst, const void *src);
 
+
+/* A page's content hash is written by whichever thread last moved the page (fault,
+ * eviction, sync) and read by the others; the kernel orders those moves (a page is
+ * installed before it can be written, scanned or moved out), so plain relaxed atomics
+ * suffice — they make that visible to ThreadSanitizer, which cannot see the kernel. */
+static inline uint64_t xm__hash_get(const xm__map_t *m, uint64_t p)
+{
+    return __atomic_load_n(&m->hash[p], __ATOMIC_RELAXED);
+}
+
+static inline void xm__hash_set(xm__map_t *m, uint64_t p, uint64_t h)
+{
+    __atomic_store_n(&m->hash[p], h, __ATOMIC_RELAXED);
+}
+
 #endif
