@@ -2,14 +2,18 @@
  * cache.c, dirty.c and clone.c.
  *
  * A context's mappings share one engine: one userfaultfd, one handler thread
- * per CPU (pinned, all reading the uffd, so the one on the faulting thread's
- * CPU usually wins the wake-up), one data lane (a clone of the context) per
- * handler thread plus one for xm_sync/xm_unmap, and one cache budget.
+ * per CPU (all reading the uffd; pinned only with XMEM_MAP_PIN), one data
+ * lane (a clone of the context) per handler thread plus one for
+ * xm_sync/xm_unmap and one for the opt-in cleaner, and one cache budget.
  *
- * The cache unit is a block of fetch_size bytes. A block is either wholly
- * present in the mapping (RESIDENT) or wholly absent (EMPTY, POISONED); the
- * transient states FETCHING and EVICTING belong to one thread, and every
+ * The cache unit is a block of fetch_size bytes. A block is absent (EMPTY,
+ * POISONED) or RESIDENT; a resident block holds the pages marked in the
+ * mapping's present bits (all of them when a sequential fault fetched it,
+ * one page or a few when random faults did) and is accounted by those pages.
+ * The transient states FETCHING and EVICTING belong to one thread, and every
  * other fault on such a block waits on the engine's condition variable.
+ * Eviction: a long sequential run gives up the blocks it passed
+ * (drop-behind), otherwise CLOCK.
  */
 #ifndef XM_MAP_H
 #define XM_MAP_H
