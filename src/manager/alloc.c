@@ -465,8 +465,9 @@ xm_status_t mgr_alloc_create(mgr_t *m, const char *tenant, const Xmem__AllocRequ
         status = XM_OK;
     } else {
         status = m->opts.place(m->apps, m->napps, &pr, chosen, &w);
-        /* space held by stock or by frees still being destroyed is given back first */
-        if (status == XM_ERR_NO_SPACE && mgr_bg_flush(m)) {
+        /* space held by stock or by frees still being destroyed is given back first; while
+         * this waits, other clients' frees and stock can take the room again: a few rounds */
+        for (int round = 0; status == XM_ERR_NO_SPACE && round < 8 && mgr_bg_flush(m); round++) {
             status = m->opts.place(m->apps, m->napps, &pr, chosen, &w);
         }
     }
