@@ -200,16 +200,22 @@ xm_status_t xm__sync_blocks(xm__map_t *m, uint32_t b0, uint32_t b1)
     bool *fetching = calloc(b1 - b0, sizeof(bool));
     if (fetching == NULL) return XM_ERR_NO_MEMORY;
     xm_status_t status = sync_pass(m, b0, b1, false, fetching);
-    bool again = false;
-    pthread_mutex_lock(&m->eng->lock);
-    for (uint32_t b = b0; b < b1; b++) {
-        if (!fetching[b - b0]) continue;
-        again = true;
-        while (m->blocks[b].state == XM__BLK_FETCHING) pthread_cond_wait(&m->eng->cond, &m->eng->lock);
+    /* again for those: a block fetched whole since was evicted (written back) meanwhile;
+     * one a fault is filling in (a partly fetched block) holds pages that may have been
+     * written, and may be being filled in again by the next pass: until none is. Ends:
+     * a block is filled in at most once per page it lacks. */
+    for (;;) {
+        bool again = false;
+        pthread_mutex_lock(&m->eng->lock);
+        for (uint32_t b = b0; b < b1; b++) {
+            if (!fetching[b - b0]) continue;
+            again = true;
+            while (m->blocks[b].state == XM__BLK_FETCHING) pthread_cond_wait(&m->eng->cond, &m->eng->lock);
+        }
+        pthread_mutex_unlock(&m->eng->lock);
+        if (!again || status != XM_OK) break;
+        status = sync_pass(m, b0, b1, true, fetching);
     }
-    pthread_mutex_unlock(&m->eng->lock);
-    /* once more for those: a block fetched again since was evicted (written back) meanwhile */
-    if (again && status == XM_OK) status = sync_pass(m, b0, b1, true, fetching);
     free(fetching);
     return status;
 }

