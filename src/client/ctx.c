@@ -63,10 +63,10 @@ static xm_status_t ctl_exchange(xm_ctx_h ctx, xm_msg_t *req, xm_msg_t **rep_p)
         ctl_close(ctx);
         return xm__ctx_error(ctx, XM_ERR_PROTOCOL, "%s replied out of turn", KIND(ctx));
     }
-    if (rep->status != XM_OK) {
-        xm_status_t s = rep->status >= XM_ERR_AGAIN && rep->status < 0 ? (xm_status_t)rep->status
-                                                                        : XM_ERR_PROTOCOL;
-        xm__ctx_error(ctx, s, "%s", rep->error != NULL && rep->error[0] ? rep->error : xm_status_str(s));
+    char why_rep[256];
+    xm_status_t s = net_reply_status(rep, why_rep, sizeof(why_rep));
+    if (s != XM_OK) {
+        xm__ctx_error(ctx, s, "%s", why_rep);
         proto_msg_free(rep);
         return s;
     }

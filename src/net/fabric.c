@@ -58,9 +58,7 @@ static void shm_reap_stale(void)
         if (strncmp(e->d_name, SHM_NAME_PREFIX, strlen(SHM_NAME_PREFIX)) != 0) continue;
         char *end;
         long pid = strtol(e->d_name + strlen(SHM_NAME_PREFIX), &end, 10);
-        if (pid <= 0 || *end != '.' || (kill((pid_t)pid, 0) != 0 && errno == ESRCH)) {
-            if (pid > 0 && *end == '.') shm_unlink(e->d_name);
-        }
+        if (pid > 0 && *end == '.' && kill((pid_t)pid, 0) != 0 && errno == ESRCH) shm_unlink(e->d_name);
     }
     closedir(d);
 }

@@ -21,9 +21,8 @@ static xm_status_t exchange(int fd, xm_msg_t *req, uint64_t seq, uint32_t timeou
         *why_p = "reply out of turn";
         return XM_ERR_PROTOCOL;
     }
-    if (rep->status != XM_OK) {
-        xm_status_t s = rep->status >= XM_ERR_AGAIN && rep->status < 0 ? (xm_status_t)rep->status
-                                                                        : XM_ERR_PROTOCOL;
+    xm_status_t s = net_reply_status(rep, NULL, 0);
+    if (s != XM_OK) {
         proto_msg_free(rep);
         *why_p = s == XM_ERR_AUTH ? "the peer refused the cluster secret" : "the peer refused";
         return s;
@@ -133,13 +132,8 @@ xm_status_t net_handshake_server(int fd, const net_secret_t *secret, const Xmem_
     return net_send_msg(fd, &rep2, timeout_ms);
 }
 
-/* Check one reply against its request; an error reply's status and text. */
-static xm_status_t reply_check(const xm_msg_t *req, xm_msg_t *rep, char *why, size_t whylen)
+xm_status_t net_reply_status(const xm_msg_t *rep, char *why, size_t whylen)
 {
-    if (rep->seq != req->seq) {
-        snprintf(why, whylen, "reply out of turn");
-        return XM_ERR_PROTOCOL;
-    }
     if (rep->status != XM_OK) {
         xm_status_t s = rep->status >= XM_ERR_AGAIN && rep->status < 0 ? (xm_status_t)rep->status
                                                                         : XM_ERR_PROTOCOL;
@@ -203,14 +197,14 @@ xm_status_t net_call_many(int fd, xm_msg_t *const *reqs, size_t n, uint64_t *seq
             for (size_t j = i; j < n; j++) statuses[j] = status;
             return status; /* the transport broke: what is left is unknown */
         }
-        char rw[256];
-        statuses[i] = reply_check(reqs[i], rep, rw, sizeof(rw));
-        if (statuses[i] == XM_ERR_PROTOCOL && rep->seq != reqs[i]->seq) {
+        if (rep->seq != reqs[i]->seq) {
             proto_msg_free(rep);
-            snprintf(why, whylen, "%s", rw);
+            snprintf(why, whylen, "reply out of turn");
             for (size_t j = i; j < n; j++) statuses[j] = XM_ERR_PROTOCOL;
             return XM_ERR_PROTOCOL;
         }
+        char rw[256];
+        statuses[i] = net_reply_status(rep, rw, sizeof(rw));
         if (statuses[i] == XM_OK) {
             reps[i] = rep;
         } else {

@@ -67,6 +67,9 @@ xm_status_t net_handshake_client(int fd, const net_secret_t *secret, const char 
 xm_status_t net_handshake_server(int fd, const net_secret_t *secret, const Xmem__Welcome *welcome,
                                  uint32_t timeout_ms, char *tenant, size_t tenant_len,
                                  const char **why_p);
+/* A reply's status: XM_OK, or its error (an unknown code reads as XM_ERR_PROTOCOL) with
+ * the peer's text, or the code's string, in why. */
+xm_status_t net_reply_status(const xm_msg_t *rep, char *why, size_t whylen);
 /*
  * n requests pipelined on one connection (sent together, replies read in order):
  * statuses[i] and reps[i] (NULL unless XM_OK) for each. Returns XM_OK when every
