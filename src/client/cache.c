@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include "../common/common.h"
 #include "map.h"
@@ -129,8 +130,19 @@ bool xm__reserve(xm__engine_t *eng, xm__map_t *m, uint64_t bytes, uint32_t k, bo
 
 /* Move [src, src+len) to dst page by page where there are holes; present[i]
  * says whether page i moved. Returns 0 or an errno. */
-static int move_range(int uffd, uint8_t *dst, uint8_t *src, uint64_t len, bool *present, bool wake)
+/* Is there a page at addr, in memory or in swap? (/proc/self/pagemap: bit 63
+ * present, bit 62 swapped; mincore would call a swapped-out page absent.) */
+static bool page_there(int pagemap_fd, const void *addr, bool *there)
 {
+    uint64_t e;
+    if (pread(pagemap_fd, &e, sizeof(e), (off_t)((uintptr_t)addr / XM__PAGE * sizeof(e))) != sizeof(e)) return false;
+    *there = ((e >> 63) & 1) != 0 || ((e >> 62) & 1) != 0;
+    return true;
+}
+
+static int move_range(xm__engine_t *eng, uint8_t *dst, uint8_t *src, uint64_t len, bool *present, bool wake)
+{
+    int uffd = eng->uffd;
     uint64_t done = 0;
     while (done < len) {
         struct uffdio_move mv = {.dst = (uintptr_t)(dst + done), .src = (uintptr_t)(src + done),
@@ -155,10 +167,10 @@ static int move_range(int uffd, uint8_t *dst, uint8_t *src, uint64_t len, bool *
          * write to the source races the move: tests/stress/uffd_move_probe). Trust the
          * pages, not the error: the page moved if the destination holds it and the source
          * does not (the destination was empty: staging is this handler's alone). */
-        unsigned char in_dst = 0, in_src = 0;
-        if (mincore(dst + done, XM__PAGE, &in_dst) == 0 && mincore(src + done, XM__PAGE, &in_src) == 0 &&
-            (in_src & 1) == 0) {
-            present[done / XM__PAGE] = (in_dst & 1) != 0;
+        bool in_dst = false, in_src = true;
+        if (page_there(eng->pagemap_fd, dst + done, &in_dst) && page_there(eng->pagemap_fd, src + done, &in_src) &&
+            !in_src) {
+            present[done / XM__PAGE] = in_dst;
             done += XM__PAGE;
             continue;
         }
@@ -173,7 +185,7 @@ static void unstage(xm__engine_t *eng, uint8_t *a, uint8_t *st, uint64_t bytes, 
     for (uint64_t p = 0; p < bytes / XM__PAGE; p++) {
         if (!present[p]) continue;
         bool one = false;
-        if (move_range(eng->uffd, a + p * XM__PAGE, st + p * XM__PAGE, XM__PAGE, &one, true) == 0 && one) {
+        if (move_range(eng, a + p * XM__PAGE, st + p * XM__PAGE, XM__PAGE, &one, true) == 0 && one) {
             continue;
         }
         struct uffdio_copy c = {.dst = (uintptr_t)(a + p * XM__PAGE), .src = (uintptr_t)(st + p * XM__PAGE),
@@ -211,7 +223,7 @@ bool xm__evict(xm__map_t *m, uint32_t k, uint32_t b)
             }
             uint64_t q = p;
             while (q < npg && xm__bit_get(m->present, pb + q)) q++;
-            err = move_range(eng->uffd, st + p * XM__PAGE, a + p * XM__PAGE, (q - p) * XM__PAGE, present + p,
+            err = move_range(eng, st + p * XM__PAGE, a + p * XM__PAGE, (q - p) * XM__PAGE, present + p,
                              false);
             p = q;
         }

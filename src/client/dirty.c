@@ -82,10 +82,13 @@ static xm_status_t sync_run(xm__map_t *m, uint32_t lane, uint32_t b0, uint32_t b
             .end = (uintptr_t)(m->addr + end),
             .vec = (uintptr_t)vec,
             .vec_len = SCAN_VEC,
-            /* present too: to PAGEMAP_SCAN an empty page of a write-protect-async
-             * range counts as written (the unfetched pages of a block a random
-             * fault brought in one page of); copying one would fault */
-            .category_mask = PAGE_IS_WRITTEN | PAGE_IS_PRESENT,
+            /* there too (present or swapped out): to PAGEMAP_SCAN an empty page
+             * of a write-protect-async range counts as written (the unfetched
+             * pages of a block a random fault brought in one page of), and
+             * copying one would fault; a swapped-out page keeps its bit, and
+             * copying it swaps it in */
+            .category_mask = PAGE_IS_WRITTEN,
+            .category_anyof_mask = PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
             .return_mask = PAGE_IS_WRITTEN,
         };
         long n = ioctl(eng->pagemap_fd, PAGEMAP_SCAN, &arg);
@@ -298,7 +301,8 @@ static bool span_written(xm__map_t *m, uint32_t b0, uint32_t b1)
         .vec = (uintptr_t)vec,
         .vec_len = 1,
         .max_pages = 1,
-        .category_mask = PAGE_IS_WRITTEN | PAGE_IS_PRESENT,
+        .category_mask = PAGE_IS_WRITTEN,
+        .category_anyof_mask = PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
         .return_mask = PAGE_IS_WRITTEN,
     };
     return ioctl(m->eng->pagemap_fd, PAGEMAP_SCAN, &arg) != 0; /* an error: look closer */

@@ -482,6 +482,7 @@ void *xm__fault_thread(void *arg)
     /* measured (docs/performance.md): with the appliance on this host, pinned
      * handlers lost to unpinned ones (p50 37 vs 17 us), so pinning is opt-in */
     if (getenv("XMEM_MAP_PIN") != NULL) pin(k);
+    pthread_setname_np(pthread_self(), "xm-fault");
     xm__lane_t *lane = &eng->lanes[k];
     struct pollfd fds[2] = {{.fd = eng->uffd, .events = POLLIN}, {.fd = eng->stop_fd, .events = POLLIN}};
     for (;;) {

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -541,5 +542,134 @@ Test(map, striped_allocation_round_trip, .fini = stripe_teardown, .timeout = 180
     striped_round_trip(ctx, "stripe:3:64K", size, 4096, 256u << 10, 12);
     striped_round_trip(ctx, "stripe:3:64K", size, 64u << 10, 1u << 20, 13);
     striped_round_trip(ctx, "stripe:3:64K", size, 256u << 10, 2u << 20, 14);
+    xm_disconnect(ctx);
+}
+
+/* ---- swap: cache pages the kernel swapped out ---------------------------- */
+
+static char swap_file[64];
+static bool swap_added;
+
+static void swap_teardown(void)
+{
+    if (swap_added) {
+        char cmd[160];
+        snprintf(cmd, sizeof(cmd), "swapoff %s", swap_file);
+        cr_expect_eq(system(cmd), 0, "swapoff %s failed", swap_file);
+        swap_added = false;
+    }
+    if (swap_file[0] != '\0') unlink(swap_file);
+    teardown();
+}
+
+/* Some swap area to page out to: what the host has, else a 64 MiB swap file
+ * of our own (root), removed by swap_teardown. */
+static void need_swap(void)
+{
+    FILE *f = fopen("/proc/swaps", "r");
+    int lines = 0;
+    char line[256];
+    while (f != NULL && fgets(line, sizeof(line), f) != NULL) lines++;
+    if (f != NULL) fclose(f);
+    if (lines > 1) return;
+    if (geteuid() != 0) cr_skip_test("no swap on this host, and adding a swap file needs root");
+    snprintf(swap_file, sizeof(swap_file), "/var/tmp/xmem-test-swap.%d", (int)getpid());
+    char cmd[512];
+    snprintf(cmd, sizeof(cmd),
+             "dd if=/dev/zero of=%s bs=1M count=64 status=none && chmod 600 %s && "
+             "mkswap %s >/dev/null 2>&1 && swapon -p -2 %s",
+             swap_file, swap_file, swap_file, swap_file);
+    if (system(cmd) != 0) cr_skip_test("cannot add a swap file on /var/tmp (%s)", cmd);
+    swap_added = true;
+}
+
+/* Bytes of the VMA at addr in swap, from /proc/self/smaps. */
+static uint64_t vma_swap(const void *addr)
+{
+    FILE *f = fopen("/proc/self/smaps", "r");
+    cr_assert_not_null(f);
+    char line[512];
+    bool in = false;
+    uint64_t swap = 0;
+    while (fgets(line, sizeof(line), f) != NULL) {
+        unsigned long lo, hi, kb;
+        if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && line[strcspn(line, " ") - 1] != ':') {
+            in = lo <= (uintptr_t)addr && (uintptr_t)addr < hi;
+        } else if (in && sscanf(line, "Swap: %lu kB", &kb) == 1) {
+            swap = kb * 1024;
+            break;
+        }
+    }
+    fclose(f);
+    return swap;
+}
+
+/* Push the pages of [p, p+len) out to swap; skip where the kernel does not. */
+static void page_out(void *p, uint64_t len)
+{
+#ifndef MADV_PAGEOUT
+#define MADV_PAGEOUT 21
+#endif
+    if (madvise(p, len, MADV_PAGEOUT) != 0) cr_skip_test("MADV_PAGEOUT: %m");
+    if (vma_swap(p) == 0) cr_skip_test("the kernel swapped none of the mapping's pages out");
+}
+
+/* With swap on, the kernel may swap out pages of the local cache (memory
+ * pressure, or a DAMON pageout scheme). Stores to pages that are in swap
+ * when xm_sync, an eviction or xm_unmap runs must still reach the
+ * appliance, and loads must still see them. */
+Test(map, swapped_out_pages_are_not_forgotten, .fini = swap_teardown, .timeout = 120)
+{
+    start("tcp", "256M");
+    need_swap();
+    xm_ctx_h ctx = xt_connect(&app, NULL);
+    const uint64_t size = 4u << 20;
+    xm_region_h r;
+    cr_assert_eq(xm_region_create(ctx, size, NULL, &r), XM_OK);
+    fill_region(r, size, 9);
+    uint64_t *p;
+    /* xm_sync */
+    cr_assert_eq(xm_map(ctx, r, 0, size, NULL, (void **)&p), XM_OK, "%s", xm_last_error(ctx));
+    for (uint64_t pg = 0; pg < size / 4096; pg++) p[pg * 512 + 1] = pg * 7 + 1000;
+    cr_assert_eq(xm_sync(p, size), XM_OK);
+    for (uint64_t pg = 0; pg < size / 4096; pg += 3) p[pg * 512 + 2] = pg * 11 + 2000;
+    page_out(p, size);
+    cr_assert_eq(xm_sync(p, size), XM_OK);
+    cr_assert_gt(vma_swap(p), 0, "the copy for the write-back may swap pages in, not all of them");
+    for (uint64_t pg = 0; pg < size / 4096; pg++) {
+        uint64_t w[3];
+        cr_assert_eq(xm_read(r, pg * 4096, w, sizeof(w)), XM_OK);
+        cr_assert_eq(w[1], pg * 7 + 1000);
+        cr_assert_eq(w[2], pg % 3 == 0 ? pg * 11 + 2000 : (pg * 4096 + 16) * 3 + 9,
+                     "page %llu: a store made before it was swapped out did not reach the appliance",
+                     (unsigned long long)pg);
+    }
+    /* xm_unmap */
+    for (uint64_t pg = 1; pg < size / 4096; pg += 5) p[pg * 512 + 3] = pg * 13 + 3000;
+    page_out(p, size);
+    cr_assert_eq(xm_unmap(p), XM_OK);
+    for (uint64_t pg = 1; pg < size / 4096; pg += 5) {
+        uint64_t w;
+        cr_assert_eq(xm_read(r, pg * 4096 + 24, &w, sizeof(w)), XM_OK);
+        cr_assert_eq(w, pg * 13 + 3000, "page %llu: lost at xm_unmap", (unsigned long long)pg);
+    }
+
+    /* eviction: a 1 MiB cache, stores to the first 1 MiB, swapped out, then
+     * a pass over the rest pushes those blocks out */
+    xm_map_opts_t o = {.cache_bytes = 1u << 20};
+    cr_assert_eq(xm_map(ctx, r, 0, size, &o, (void **)&p), XM_OK);
+    for (uint64_t pg = 0; pg < 256; pg += 2) p[pg * 512 + 4] = pg * 17 + 4000;
+    page_out(p, 1u << 20);
+    volatile uint64_t sum = 0;
+    for (uint64_t i = (1u << 20) / 8; i < size / 8; i += 512) sum += p[i];
+    cr_assert_gt(stat_of(p).evictions, 0);
+    for (uint64_t pg = 0; pg < 256; pg += 2) {
+        uint64_t w;
+        cr_assert_eq(p[pg * 512 + 4], pg * 17 + 4000, "page %llu: a load lost the store", (unsigned long long)pg);
+        cr_assert_eq(xm_read(r, pg * 4096 + 32, &w, sizeof(w)), XM_OK);
+        cr_assert_eq(w, pg * 17 + 4000, "page %llu: eviction lost a swapped-out store", (unsigned long long)pg);
+    }
+    cr_assert_eq(xm_unmap(p), XM_OK);
+    xm_region_close(r);
     xm_disconnect(ctx);
 }
