@@ -18,12 +18,34 @@
 #include <rdma/fi_endpoint.h>
 #include <rdma/fi_errno.h>
 #include <rdma/fi_rma.h>
+#include <pthread.h>
 
 #include "../common/common.h"
 #include "net.h"
 
 #define NET_FI_VERSION FI_VERSION(1, 17)
 #define NET_CQ_DEPTH 1024
+
+/*
+ * libfabric's rxm (under tcp) posts FI_OFI_RXM_MSG_RX_SIZE (default 128)
+ * receive buffers of 16 KiB per connection and zeroes them: measured 87 MB
+ * of RSS and 55-110 ms before the first transfer of every client context,
+ * and a mapping has one context per handler thread plus one for xm_sync.
+ * A client receives only rxm's own messages and atomic replies (data moves
+ * by RMA straight into the caller's buffers), so it posts 16: ~36 MB and
+ * ~28 ms per context, same latencies (docs/performance.md). A setting only
+ * of this end (FI_OFI_RXM_BUFFER_SIZE would shrink it further but must
+ * match the appliance's, and an application that initialised libfabric
+ * first would keep 16 KiB: every transfer then times out). A value the user
+ * set is kept; appliances keep the default (they serve many connections).
+ */
+static pthread_once_t g_env_once = PTHREAD_ONCE_INIT;
+static net_role_t g_env_role;
+
+static void fabric_env(void)
+{
+    if (g_env_role == NET_ROLE_INITIATOR) setenv("FI_OFI_RXM_MSG_RX_SIZE", "16", 0);
+}
 
 static xm_status_t fi_fail(const char *what, int rc)
 {
@@ -76,6 +98,9 @@ xm_status_t net_fabric_open(const char *provider, net_role_t role, const char *h
     snprintf(fab->provider, sizeof(fab->provider), "%s", provider);
     bool target = role == NET_ROLE_TARGET;
 
+    /* before libfabric's first fi_getinfo, which reads its settings */
+    g_env_role = role;
+    pthread_once(&g_env_once, fabric_env);
     struct fi_info *hints = fi_allocinfo();
     if (hints == NULL) {
         return XM_ERR_NO_MEMORY;
