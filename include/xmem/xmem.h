@@ -408,7 +408,13 @@ typedef struct xm_map_opts {
      * context's mappings stay at or under it.
      */
     uint64_t ctx_cache_bytes;
-    /** Bytes fetched per fault: a power of two from 4K to 2M; 0: 64K. */
+    /**
+     * Bytes fetched per fault (a block): a power of two from 4K to 2M; 0:
+     * 256K, halved while it exceeds 1/512 of the smallest budget given here
+     * (a sort's 256 bucket cursors then take at most half the cache), down
+     * to 16K. Random faults fetch one page whatever the size; sequential
+     * ones whole blocks.
+     */
     uint32_t fetch_size;
     /** XM_MAP_* flags. */
     uint32_t flags;
@@ -424,6 +430,7 @@ typedef struct xm_map_stats {
     uint64_t writeback_errors;  /**< write-backs that failed (the pages stayed resident) */
     uint64_t resident_bytes;    /**< bytes of the mapping in local memory now */
     uint64_t budget_bytes;      /**< the mapping's cache budget */
+    uint64_t fetch_size;        /**< the mapping's fetch unit (chosen by ::xm_map when 0 was asked) */
 } xm_map_stats_t;
 
 /**

@@ -61,7 +61,9 @@ static void start(const char *provider, const char *pool)
     started = true;
 }
 
-/* Rss of the VMA that starts at addr, from /proc/self/smaps (bytes). */
+/* Rss of the VMA that starts at addr, from /proc/self/smaps (bytes). The
+ * VMA must start at addr: a mapping merged with a neighbour would count the
+ * neighbour's pages too. */
 static uint64_t vma_rss(const void *addr)
 {
     FILE *f = fopen("/proc/self/smaps", "r");
@@ -74,6 +76,7 @@ static uint64_t vma_rss(const void *addr)
         if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && strchr(line, '-') == line + strcspn(line, "-") &&
             line[strcspn(line, " ") - 1] != ':') {
             in = lo <= (uintptr_t)addr && (uintptr_t)addr < hi;
+            if (in) cr_assert_eq(lo, (uintptr_t)addr, "the mapping at %p shares its VMA (from %lx)", addr, lo);
             continue;
         }
         unsigned long kb;
@@ -207,6 +210,43 @@ XT_TEST_PROVIDERS(map, resident_size_stays_within_budget, .fini = teardown, .tim
     cr_assert_leq(vma_rss(a) + vma_rss(b), 4u << 20);
     cr_assert_eq(xm_unmap(a), XM_OK);
     cr_assert_eq(xm_unmap(b), XM_OK);
+    xm_region_close(r);
+    xm_disconnect(ctx);
+}
+
+/* With no fetch size asked for, xm_map picks 256 KiB, smaller for small budgets. */
+Test(map, default_fetch_size_follows_the_budget, .fini = teardown, .timeout = 60)
+{
+    start("tcp", "256M");
+    xm_ctx_h ctx = xt_connect(&app, NULL);
+    xm_region_h r;
+    cr_assert_eq(xm_region_create(ctx, 64u << 20, NULL, &r), XM_OK);
+    struct {
+        uint64_t cache, ctx_cache, want;
+    } cases[] = {
+        {0, 0, 256u << 10},          /* no budget */
+        {256u << 20, 0, 256u << 10}, /* 256 MiB / 512 = 512 KiB: capped at 256 */
+        {64u << 20, 0, 128u << 10},  /* 64 MiB / 512 */
+        {16u << 20, 0, 32u << 10},
+        {1u << 20, 0, 16u << 10},    /* floor */
+        {0, 32u << 20, 64u << 10},   /* the context's budget counts too */
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        xm_map_opts_t o = {.cache_bytes = cases[i].cache, .ctx_cache_bytes = cases[i].ctx_cache};
+        uint8_t *p;
+        cr_assert_eq(xm_map(ctx, r, 0, 64u << 20, &o, (void **)&p), XM_OK, "%s", xm_last_error(ctx));
+        cr_assert_eq(stat_of(p).fetch_size, cases[i].want, "case %zu: fetch %llu, want %llu", i,
+                     (unsigned long long)stat_of(p).fetch_size, (unsigned long long)cases[i].want);
+        volatile uint8_t v = p[(8u << 20) + 5]; /* and it works */
+        (void)v;
+        cr_assert_eq(stat_of(p).fetched_bytes % 4096, 0);
+        cr_assert_eq(xm_unmap(p), XM_OK);
+    }
+    xm_map_opts_t asked = {.fetch_size = 8192};
+    uint8_t *p;
+    cr_assert_eq(xm_map(ctx, r, 0, 1u << 20, &asked, (void **)&p), XM_OK);
+    cr_assert_eq(stat_of(p).fetch_size, 8192, "an asked-for fetch size is kept");
+    cr_assert_eq(xm_unmap(p), XM_OK);
     xm_region_close(r);
     xm_disconnect(ctx);
 }

@@ -117,12 +117,12 @@ int cmd_bench_map(cli_t *cli)
     int reps = reps_text != NULL ? atoi(reps_text) : 1;
     if (reps < 1) reps = 1;
     if (cli_no_more(cli, 0) != 0) return 2;
-    uint64_t ws = 256u << 20, fetch = 64u << 10;
+    uint64_t ws = 256u << 20, fetch = 0; /* 0: the library's choice per cache size */
     if (size_text != NULL && xm_parse_size(size_text, &ws) != XM_OK) return 2;
     if (fetch_text != NULL && xm_parse_size(fetch_text, &fetch) != XM_OK) return 2;
     size_t nf = faults_text != NULL ? strtoul(faults_text, NULL, 10) : 4000;
     if (nf < 100 || ws < (16u << 20)) {
-        fprintf(stderr, "usage: xmem bench map [--size 256M (>=16M)] [--faults 4000] [--fetch 64K]\n"
+        fprintf(stderr, "usage: xmem bench map [--size 256M (>=16M)] [--faults 4000] [--fetch SIZE (default: xm_map's)]\n"
                         "                      [--workloads scan,gups,sort] [--fractions 100,75,50,25] [--no-faults] [--stats] [--reps 1]\n");
         return 2;
     }
@@ -220,8 +220,13 @@ workloads:;
         }
     }
     munmap(local, wsz);
-    printf("workloads over %s (fetch %llu KiB, read-ahead on): seconds, ratio to local memory\n",
-           size_text != NULL ? size_text : "256M", (unsigned long long)(fetch >> 10));
+    if (fetch != 0) {
+        printf("workloads over %s (fetch %llu KiB, read-ahead on): seconds, ratio to local memory\n",
+               size_text != NULL ? size_text : "256M", (unsigned long long)(fetch >> 10));
+    } else {
+        printf("workloads over %s (fetch: xm_map's default for each cache size, read-ahead on): seconds, "
+               "ratio to local memory\n", size_text != NULL ? size_text : "256M");
+    }
     printf("%-8s %10s", "kernel", "local");
     for (int c = 0; c < npcts; c++) printf("   %3d%% cache     ", pcts[c]);
     printf("\n");
@@ -251,8 +256,9 @@ workloads:;
                 xm_map_stats_t st;
                 xm_map_stat(m, &st);
                 if (stats) {
-                    fprintf(stderr, "[%s %d%%: timed part: %llu faults, %llu read-ahead blocks, %.1f MiB fetched, "
-                            "%llu evictions, %llu pages written back]\n", names[w], pcts[c],
+                    fprintf(stderr, "[%s %d%% (fetch %llu KiB): timed part: %llu faults, %llu read-ahead blocks, "
+                            "%.1f MiB fetched, %llu evictions, %llu pages written back]\n", names[w], pcts[c],
+                            (unsigned long long)(st.fetch_size >> 10),
                             (unsigned long long)(st.faults - st0.faults),
                             (unsigned long long)(st.readahead_blocks - st0.readahead_blocks),
                             (double)(st.fetched_bytes - st0.fetched_bytes) / 1048576.0,

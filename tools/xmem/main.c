@@ -26,7 +26,7 @@ static const char usage_text[] =
     "  get ID|NAME [--offset N] [--length N] copy the region to stdout\n"
     "  stat                                  the appliance's pool\n"
     "  bench [--sizes LIST] [--iters N]      latency and bandwidth vs raw TCP\n"
-    "  bench map [--size 256M] [--fetch 64K] mapped memory: fault latency, workloads vs local\n"
+    "  bench map [--size 256M] [--fetch SIZE] mapped memory: fault latency, workloads vs local\n"
     "  config                                the client settings in force\n"
     "\n"
     "With a manager (--manager or XMEM_MANAGER):\n"
