@@ -40,11 +40,10 @@
  * set is kept; appliances keep the default (they serve many connections).
  */
 static pthread_once_t g_env_once = PTHREAD_ONCE_INIT;
-static net_role_t g_env_role;
 
-static void fabric_env(void)
+static void initiator_env(void)
 {
-    if (g_env_role == NET_ROLE_INITIATOR) setenv("FI_OFI_RXM_MSG_RX_SIZE", "16", 0);
+    setenv("FI_OFI_RXM_MSG_RX_SIZE", "16", 0);
 }
 
 static xm_status_t fi_fail(const char *what, int rc)
@@ -99,8 +98,7 @@ xm_status_t net_fabric_open(const char *provider, net_role_t role, const char *h
     bool target = role == NET_ROLE_TARGET;
 
     /* before libfabric's first fi_getinfo, which reads its settings */
-    g_env_role = role;
-    pthread_once(&g_env_once, fabric_env);
+    if (role == NET_ROLE_INITIATOR) pthread_once(&g_env_once, initiator_env);
     struct fi_info *hints = fi_allocinfo();
     if (hints == NULL) {
         return XM_ERR_NO_MEMORY;
