@@ -238,8 +238,10 @@ bool xm__evict(xm__map_t *m, uint32_t k, uint32_t b)
         /* write back runs of pages whose content differs from what the appliance holds */
         uint64_t p0 = (uint64_t)b * m->fetch / XM__PAGE, np = bytes / XM__PAGE;
         bool changed[XM__FETCH_MAX / XM__PAGE];
+        uint64_t hashes[XM__FETCH_MAX / XM__PAGE];
         for (uint64_t p = 0; p < np && status == XM_OK; p++) {
-            changed[p] = present[p] && xm__page_hash(st + p * XM__PAGE) != xm__hash_get(m, p0 + p);
+            hashes[p] = present[p] ? xm__page_hash(st + p * XM__PAGE) : 0;
+            changed[p] = present[p] && hashes[p] != xm__hash_get(m, p0 + p);
         }
         for (uint64_t p = 0; p < np && status == XM_OK;) {
             if (!changed[p]) {
@@ -258,7 +260,7 @@ bool xm__evict(xm__map_t *m, uint32_t k, uint32_t b)
                             (unsigned long long)len, xm_last_error(m->regions[k]->ctx));
                 break;
             }
-            for (uint64_t i = p; i < q; i++) xm__hash_set(m, p0 + i, xm__page_hash(st + i * XM__PAGE));
+            for (uint64_t i = p; i < q; i++) xm__hash_set(m, p0 + i, hashes[i]); /* staged: unchanged since */
             dirty += (uint32_t)(q - p);
             p = q;
         }
