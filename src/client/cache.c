@@ -128,8 +128,6 @@ bool xm__reserve(xm__engine_t *eng, xm__map_t *m, uint64_t bytes, uint32_t k, bo
     }
 }
 
-/* Move [src, src+len) to dst page by page where there are holes; present[i]
- * says whether page i moved. Returns 0 or an errno. */
 /* Is there a page at addr, in memory or in swap? (/proc/self/pagemap: bit 63
  * present, bit 62 swapped; mincore would call a swapped-out page absent.) */
 static bool page_there(int pagemap_fd, const void *addr, bool *there)
@@ -140,6 +138,8 @@ static bool page_there(int pagemap_fd, const void *addr, bool *there)
     return true;
 }
 
+/* Move [src, src+len) to dst page by page where there are holes; present[i]
+ * says whether page i moved. Returns 0 or an errno. */
 static int move_range(xm__engine_t *eng, uint8_t *dst, uint8_t *src, uint64_t len, bool *present, bool wake)
 {
     int uffd = eng->uffd;

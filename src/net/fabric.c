@@ -27,8 +27,8 @@
 #define NET_CQ_DEPTH 1024
 
 /*
- * libfabric's rxm (under tcp) posts FI_OFI_RXM_MSG_RX_SIZE (default 128)
- * receive buffers of 16 KiB per connection and zeroes them: measured 87 MB
+ * libfabric's rxm (under tcp) posts FI_OFI_RXM_MSG_RX_SIZE receive buffers
+ * of 16 KiB per connection and zeroes them; with its default: measured 87 MB
  * of RSS and 55-110 ms before the first transfer of every client context,
  * and a mapping has one context per handler thread plus one for xm_sync.
  * A client receives only rxm's own messages and atomic replies (data moves

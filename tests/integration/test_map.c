@@ -61,16 +61,17 @@ static void start(const char *provider, const char *pool)
     started = true;
 }
 
-/* Rss of the VMA that starts at addr, from /proc/self/smaps (bytes). The
- * VMA must start at addr: a mapping merged with a neighbour would count the
- * neighbour's pages too. */
-static uint64_t vma_rss(const void *addr)
+/* A field ("Rss", "Swap") of the VMA at addr, from /proc/self/smaps, in
+ * bytes; UINT64_MAX when no VMA holds addr. The VMA must start at addr: a
+ * mapping merged with a neighbour would count the neighbour's pages too. */
+static uint64_t vma_field(const void *addr, const char *field)
 {
     FILE *f = fopen("/proc/self/smaps", "r");
     cr_assert_not_null(f);
-    char line[512];
+    char line[512], want[32];
+    snprintf(want, sizeof(want), "%s: %%lu kB", field);
     bool in = false;
-    uint64_t rss = UINT64_MAX;
+    uint64_t bytes = UINT64_MAX;
     while (fgets(line, sizeof(line), f) != NULL) {
         unsigned long lo, hi;
         if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && strchr(line, '-') == line + strcspn(line, "-") &&
@@ -80,12 +81,18 @@ static uint64_t vma_rss(const void *addr)
             continue;
         }
         unsigned long kb;
-        if (in && sscanf(line, "Rss: %lu kB", &kb) == 1) {
-            rss = kb * 1024;
+        if (in && sscanf(line, want, &kb) == 1) {
+            bytes = kb * 1024;
             break;
         }
     }
     fclose(f);
+    return bytes;
+}
+
+static uint64_t vma_rss(const void *addr)
+{
+    uint64_t rss = vma_field(addr, "Rss");
     cr_assert_neq(rss, UINT64_MAX, "no VMA at %p in smaps", addr);
     return rss;
 }
@@ -623,25 +630,11 @@ static void need_swap(void)
     swap_added = true;
 }
 
-/* Bytes of the VMA at addr in swap, from /proc/self/smaps. */
+/* Bytes of the VMA at addr in swap. */
 static uint64_t vma_swap(const void *addr)
 {
-    FILE *f = fopen("/proc/self/smaps", "r");
-    cr_assert_not_null(f);
-    char line[512];
-    bool in = false;
-    uint64_t swap = 0;
-    while (fgets(line, sizeof(line), f) != NULL) {
-        unsigned long lo, hi, kb;
-        if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && line[strcspn(line, " ") - 1] != ':') {
-            in = lo <= (uintptr_t)addr && (uintptr_t)addr < hi;
-        } else if (in && sscanf(line, "Swap: %lu kB", &kb) == 1) {
-            swap = kb * 1024;
-            break;
-        }
-    }
-    fclose(f);
-    return swap;
+    uint64_t swap = vma_field(addr, "Swap");
+    return swap == UINT64_MAX ? 0 : swap;
 }
 
 /* Push the pages of [p, p+len) out to swap; skip where the kernel does not. */

@@ -220,13 +220,10 @@ workloads:;
         }
     }
     munmap(local, wsz);
-    if (fetch != 0) {
-        printf("workloads over %s (fetch %llu KiB, read-ahead on): seconds, ratio to local memory\n",
-               size_text != NULL ? size_text : "256M", (unsigned long long)(fetch >> 10));
-    } else {
-        printf("workloads over %s (fetch: xm_map's default for each cache size, read-ahead on): seconds, "
-               "ratio to local memory\n", size_text != NULL ? size_text : "256M");
-    }
+    char unit[48] = "fetch: xm_map's default for each cache size";
+    if (fetch != 0) snprintf(unit, sizeof(unit), "fetch %llu KiB", (unsigned long long)(fetch >> 10));
+    printf("workloads over %s (%s, read-ahead on): seconds, ratio to local memory\n",
+           size_text != NULL ? size_text : "256M", unit);
     printf("%-8s %10s", "kernel", "local");
     for (int c = 0; c < npcts; c++) printf("   %3d%% cache     ", pcts[c]);
     printf("\n");
