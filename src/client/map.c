@@ -396,6 +396,7 @@ static xm_status_t unmap(void *addr, bool discard)
     pthread_mutex_lock(&eng->lock);
     if (m->dying) {
         m->users--;
+        pthread_cond_broadcast(&eng->cond); /* the unmapping thread may be waiting for us */
         pthread_mutex_unlock(&eng->lock);
         return XM_ERR_INVALID; /* another thread is unmapping it */
     }

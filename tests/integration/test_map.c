@@ -4,6 +4,7 @@
 #include <linux/userfaultfd.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -254,6 +255,75 @@ Test(map, default_fetch_size_follows_the_budget, .fini = teardown, .timeout = 60
     cr_assert_eq(xm_map(ctx, r, 0, 1u << 20, &asked, (void **)&p), XM_OK);
     cr_assert_eq(stat_of(p).fetch_size, 8192, "an asked-for fetch size is kept");
     cr_assert_eq(xm_unmap(p), XM_OK);
+    xm_region_close(r);
+    xm_disconnect(ctx);
+}
+
+/* Two threads unmapping one mapping at once while a third reads its
+ * counters: exactly one unmap succeeds and none of them hangs (the loser
+ * once returned without waking the winner, who waited forever holding the
+ * mappings' lock: every later xm_* call on any mapping hung). */
+typedef struct {
+    void *addr;
+    atomic_int go, done;
+    xm_status_t st[2];
+} unmap_race_t;
+
+typedef struct {
+    unmap_race_t *r;
+    int me;
+} unmap_racer_t;
+
+static void *race_unmapper(void *arg)
+{
+    unmap_racer_t *a = arg;
+    while (!atomic_load(&a->r->go)) { /* start together */ }
+    a->r->st[a->me] = xm_unmap(a->r->addr);
+    atomic_fetch_add(&a->r->done, 1);
+    return NULL;
+}
+
+static void *race_reader(void *arg)
+{
+    unmap_race_t *r = arg;
+    while (!atomic_load(&r->go)) { }
+    while (atomic_load(&r->done) < 2) {
+        xm_map_stats_t st;
+        xm_status_t s = xm_map_stat(r->addr, &st);
+        if (s != XM_OK && s != XM_ERR_INVALID) return (void *)1;
+    }
+    return NULL;
+}
+
+Test(map, racing_unmaps_never_hang, .fini = teardown, .timeout = 120)
+{
+    start("tcp", "256M");
+    xm_ctx_h ctx = xt_connect(&app, NULL);
+    xm_region_h r;
+    cr_assert_eq(xm_region_create(ctx, 1u << 20, NULL, &r), XM_OK);
+    for (int it = 0; it < 400; it++) {
+        unmap_race_t race = {0};
+        cr_assert_eq(xm_map(ctx, r, 0, 1u << 20, NULL, &race.addr), XM_OK, "%s", xm_last_error(ctx));
+        ((volatile uint8_t *)race.addr)[it * 17 % (1u << 20)] = (uint8_t)it;
+        unmap_racer_t a0 = {&race, 0}, a1 = {&race, 1};
+        pthread_t t0, t1, t2;
+        cr_assert_eq(pthread_create(&t0, NULL, race_unmapper, &a0), 0);
+        cr_assert_eq(pthread_create(&t1, NULL, race_unmapper, &a1), 0);
+        cr_assert_eq(pthread_create(&t2, NULL, race_reader, &race), 0);
+        atomic_store(&race.go, 1);
+        void *bad = NULL;
+        pthread_join(t0, NULL);
+        pthread_join(t1, NULL);
+        pthread_join(t2, &bad);
+        cr_assert_null(bad, "iteration %d: xm_map_stat racing xm_unmap returned an unexpected error", it);
+        int ok = (race.st[0] == XM_OK) + (race.st[1] == XM_OK);
+        int inval = (race.st[0] == XM_ERR_INVALID) + (race.st[1] == XM_ERR_INVALID);
+        cr_assert(ok == 1 && inval == 1, "iteration %d: two xm_unmap of one mapping returned %s and %s", it,
+                  xm_status_str(race.st[0]), xm_status_str(race.st[1]));
+    }
+    uint8_t back;
+    cr_assert_eq(xm_read(r, (399 * 17) % (1u << 20), &back, 1), XM_OK);
+    cr_assert_eq(back, (uint8_t)399, "the winning xm_unmap wrote the store back");
     xm_region_close(r);
     xm_disconnect(ctx);
 }

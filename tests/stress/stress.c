@@ -164,6 +164,33 @@ static void dump_tasks(void)
     closedir(d);
 }
 
+/* User-space stacks of every thread, from gdb when it is installed (the
+ * kernel stacks above say only that a thread waits on a futex). */
+static void dump_user_stacks(void)
+{
+    if (access("/usr/bin/gdb", X_OK) != 0) {
+        fprintf(stderr, "(no /usr/bin/gdb: no user-space stacks)\n");
+        return;
+    }
+    prctl(PR_SET_PTRACER, PR_SET_PTRACER_ANY, 0, 0, 0);
+    char pid[32];
+    snprintf(pid, sizeof(pid), "%d", (int)getpid());
+    fprintf(stderr, "---- threads (user-space stacks, gdb) ----\n");
+    pid_t g = fork();
+    if (g == 0) {
+        dup2(STDERR_FILENO, STDOUT_FILENO);
+        execl("/usr/bin/gdb", "gdb", "-nx", "-batch", "-p", pid, "-ex", "thread apply all bt 24", (char *)NULL);
+        _exit(127);
+    }
+    if (g < 0) return;
+    for (int i = 0; i < 1200; i++) { /* gdb gets 120 s */
+        if (waitpid(g, NULL, WNOHANG) == g) return;
+        usleep(100000);
+    }
+    kill(g, SIGKILL);
+    waitpid(g, NULL, 0);
+}
+
 static void *watchdog_main(void *arg)
 {
     (void)arg;
@@ -173,6 +200,7 @@ static void *watchdog_main(void *arg)
     fprintf(stderr, "map_stress[%s]: TIMEOUT after %d s in phase '%s' (deadlock?)\n", xs_provider, xs_timeout,
             atomic_load(&g_phase));
     dump_tasks();
+    dump_user_stacks();
     die(EXIT_WATCHDOG);
     return NULL;
 }
