@@ -80,6 +80,29 @@ static bool pick_global(xm__engine_t *eng, xm__map_t **m_p, uint32_t *victim_p)
     return false;
 }
 
+/* A victim that came in with its frame takes the whole frame with it (one
+ * huge page moved out); if some block of the frame is busy, the frame is
+ * given up (its huge page is split by the partial move) and the block goes
+ * alone. Returns the number of blocks from *victim_p (moved to the frame's
+ * first). Lock held. */
+static uint32_t frame_victim(xm__map_t *m, uint32_t *victim_p)
+{
+    uint32_t v = *victim_p;
+    if (!m->blocks[v].frame || m->fpb <= 1) return 1;
+    uint32_t f0 = v - v % m->fpb;
+    bool whole = true;
+    for (uint32_t i = 0; i < m->fpb; i++) {
+        const xm__block_t *blk = &m->blocks[f0 + i];
+        if (!blk->frame || blk->state != XM__BLK_RESIDENT || blk->pins != 0 || blk->cleaning) whole = false;
+    }
+    if (!whole) {
+        for (uint32_t i = 0; i < m->fpb; i++) m->blocks[f0 + i].frame = 0;
+        return 1;
+    }
+    *victim_p = f0;
+    return m->fpb;
+}
+
 void xm__unreserve(xm__engine_t *eng, xm__map_t *m, uint64_t bytes)
 {
     m->resident -= bytes;
@@ -111,10 +134,11 @@ bool xm__reserve(xm__engine_t *eng, xm__map_t *m, uint64_t bytes, uint32_t k, bo
             pick_global(eng, &vm, &v);
         }
         if (vm != NULL) {
-            vm->blocks[v].state = XM__BLK_EVICTING;
+            uint32_t n = frame_victim(vm, &v);
+            for (uint32_t i = 0; i < n; i++) vm->blocks[v + i].state = XM__BLK_EVICTING;
             vm->users++;
             pthread_mutex_unlock(&eng->lock);
-            bool ok = xm__evict(vm, k, v);
+            bool ok = xm__evict(vm, k, v, n);
             pthread_mutex_lock(&eng->lock);
             vm->users--;
             pthread_cond_broadcast(&eng->cond);
@@ -138,9 +162,10 @@ static bool page_there(int pagemap_fd, const void *addr, bool *there)
     return true;
 }
 
-/* Move [src, src+len) to dst page by page where there are holes; present[i]
- * says whether page i moved. Returns 0 or an errno. */
-static int move_range(xm__engine_t *eng, uint8_t *dst, uint8_t *src, uint64_t len, bool *present, bool wake)
+/* Move [src, src+len) to dst (whole huge pages where both sides allow it),
+ * page by page where there are holes; present[i] says whether page i moved.
+ * Returns 0 or an errno. */
+int xm__move_range(xm__engine_t *eng, uint8_t *dst, uint8_t *src, uint64_t len, bool *present, bool wake)
 {
     int uffd = eng->uffd;
     uint64_t done = 0;
@@ -185,7 +210,7 @@ static void unstage(xm__engine_t *eng, uint8_t *a, uint8_t *st, uint64_t bytes, 
     for (uint64_t p = 0; p < bytes / XM__PAGE; p++) {
         if (!present[p]) continue;
         bool one = false;
-        if (move_range(eng, a + p * XM__PAGE, st + p * XM__PAGE, XM__PAGE, &one, true) == 0 && one) {
+        if (xm__move_range(eng, a + p * XM__PAGE, st + p * XM__PAGE, XM__PAGE, &one, true) == 0 && one) {
             continue;
         }
         struct uffdio_copy c = {.dst = (uintptr_t)(a + p * XM__PAGE), .src = (uintptr_t)(st + p * XM__PAGE),
@@ -197,11 +222,33 @@ static void unstage(xm__engine_t *eng, uint8_t *a, uint8_t *st, uint64_t bytes, 
     madvise(st, bytes, MADV_DONTNEED);
 }
 
-bool xm__evict(xm__map_t *m, uint32_t k, uint32_t b)
+/* The staging area holds a whole evicted frame, every page of it: keep it in
+ * an empty spare slot (the areas swap) to receive a later frame. A page
+ * missing would make the transport's write into it a fault no one serves. */
+static bool keep_spare(xm__engine_t *eng, uint32_t k, uint64_t bytes, const bool *present)
+{
+    if (bytes != XM__HUGE) return false;
+    for (uint64_t p = 0; p < XM__HUGE / XM__PAGE; p++) {
+        if (!present[p]) return false;
+    }
+    for (uint32_t i = 0; i < XM__SPARES; i++) {
+        uint32_t s = k * XM__SPARES + i;
+        if (eng->spare_state[s] != XM__SPARE_EMPTY) continue;
+        uint8_t *full = eng->staging[k];
+        eng->staging[k] = eng->spare[s];
+        eng->spare[s] = full;
+        eng->spare_state[s] = XM__SPARE_FULL;
+        return true;
+    }
+    return false;
+}
+
+bool xm__evict(xm__map_t *m, uint32_t k, uint32_t b, uint32_t n)
 {
     xm__engine_t *eng = m->eng;
     uint8_t *a = m->addr + (uint64_t)b * m->fetch;
-    uint64_t bytes = xm__block_bytes(m, b);
+    uint64_t bytes = 0;
+    for (uint32_t i = 0; i < n; i++) bytes += xm__block_bytes(m, b + i);
     uint32_t dirty = 0;
     xm_status_t status = XM_OK;
     if (m->ro) {
@@ -223,7 +270,7 @@ bool xm__evict(xm__map_t *m, uint32_t k, uint32_t b)
             }
             uint64_t q = p;
             while (q < npg && xm__bit_get(m->present, pb + q)) q++;
-            err = move_range(eng, st + p * XM__PAGE, a + p * XM__PAGE, (q - p) * XM__PAGE, present + p,
+            err = xm__move_range(eng, st + p * XM__PAGE, a + p * XM__PAGE, (q - p) * XM__PAGE, present + p,
                              false);
             p = q;
         }
@@ -266,30 +313,39 @@ bool xm__evict(xm__map_t *m, uint32_t k, uint32_t b)
         }
         if (status != XM_OK && err == 0) {
             unstage(eng, a, st, bytes, present);
-        } else if (status == XM_OK) {
+        } else if (status == XM_OK && !keep_spare(eng, k, bytes, present)) {
             madvise(st, bytes, MADV_DONTNEED);
         }
     }
+    /* a frame's pages left one by one (it was split) leave an empty page
+     * table behind, and a later frame could not move in as a huge page:
+     * MADV_DONTNEED of the empty range frees it (CONFIG_PT_RECLAIM) */
+    if (n > 1 && status == XM_OK && !m->ro) madvise(a, bytes, MADV_DONTNEED);
     pthread_mutex_lock(&eng->lock);
-    xm__block_t *blk = &m->blocks[b];
+    for (uint32_t i = 0; i < n; i++) {
+        xm__block_t *blk = &m->blocks[b + i];
+        if (status == XM_OK) {
+            blk->state = XM__BLK_EMPTY;
+            blk->ref = 0;
+            blk->suspect = 0;
+            blk->frame = 0;
+            xm__unreserve(eng, m, (uint64_t)blk->filled * XM__PAGE);
+            blk->filled = 0;
+            m->stats.evictions++;
+        } else {
+            blk->state = XM__BLK_RESIDENT;
+            blk->ref = 1;
+            blk->suspect = 1;
+        }
+    }
     if (status == XM_OK) {
-        blk->state = XM__BLK_EMPTY;
-        blk->ref = 0;
-        blk->suspect = 0;
-        xm__unreserve(eng, m, (uint64_t)blk->filled * XM__PAGE);
-        blk->filled = 0;
         for (uint64_t p = (uint64_t)b * m->fetch / XM__PAGE, e = p + bytes / XM__PAGE; p < e; p++) {
             xm__bit_clear(m->present, p);
         }
-        m->stats.evictions++;
-        m->stats.writeback_pages += dirty;
     } else {
-        blk->state = XM__BLK_RESIDENT;
-        blk->ref = 1;
-        blk->suspect = 1;
         m->stats.writeback_errors++;
-        m->stats.writeback_pages += dirty;
     }
+    m->stats.writeback_pages += dirty;
     pthread_cond_broadcast(&eng->cond);
     pthread_mutex_unlock(&eng->lock);
     return status == XM_OK;

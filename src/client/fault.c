@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <poll.h>
 #include <sched.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -256,6 +257,125 @@ static void extend(xm__engine_t *eng, xm__map_t *m, uint32_t k, uint32_t b, uint
     wake(eng, (uintptr_t)(m->addr + off), len);
 }
 
+/* Can the frame starting at block f0 be claimed whole (every block empty,
+ * all of it inside the mapping)? Block `mine` is already ours (FETCHING). Lock held. */
+static bool frame_free(const xm__map_t *m, uint32_t f0, uint32_t mine)
+{
+    if (m->fpb == 0 || f0 % m->fpb != 0 || (uint64_t)(f0 + m->fpb) * m->fetch > m->vlen) return false;
+    for (uint32_t i = 0; i < m->fpb; i++) {
+        if (f0 + i != mine && m->blocks[f0 + i].state != XM__BLK_EMPTY) return false;
+    }
+    return true;
+}
+
+static void frame_unclaim(xm__engine_t *eng, xm__map_t *m, uint32_t f0, uint32_t except)
+{
+    pthread_mutex_lock(&eng->lock);
+    for (uint32_t i = 0; i < m->fpb; i++) {
+        if (f0 + i != except) m->blocks[f0 + i].state = XM__BLK_EMPTY;
+    }
+    pthread_cond_broadcast(&eng->cond);
+    pthread_mutex_unlock(&eng->lock);
+}
+
+/* Fetch the claimed (FETCHING) frame at block f0 into this handler's huge
+ * page and move that page into the mapping whole: no copy, one page-table
+ * entry. The application can store to it between the move and the
+ * write-protect that follows, unseen by PAGEMAP_SCAN, so its blocks are
+ * suspect (xm_sync compares their pages with the hashes; eviction always
+ * does). Demand: the faulting thread waits on it, room is made whatever it
+ * takes and a failure poisons block `demand_b`; read-ahead: gives up
+ * quietly. */
+static void frame_fetch(xm__engine_t *eng, xm__map_t *m, uint32_t k, uint32_t f0, bool demand, uint32_t demand_b)
+{
+    uint64_t off = (uint64_t)f0 * m->fetch;
+    /* an evicted frame's huge page if this handler kept one, else a fresh one */
+    uint8_t *buf = eng->hbufs[k];
+    uint32_t slot = UINT32_MAX;
+    for (uint32_t i = 0; i < XM__SPARES && slot == UINT32_MAX; i++) {
+        if (eng->spare_state[k * XM__SPARES + i] == XM__SPARE_FULL) slot = k * XM__SPARES + i;
+    }
+    if (slot != UINT32_MAX) {
+        eng->spare_state[slot] = XM__SPARE_BUSY;
+        buf = eng->spare[slot];
+    }
+    /* the read is posted before room is made: an eviction overlaps it */
+    xm_ctx_h lc = m->regions[k]->ctx;
+    xm_op_t op = {.opcode = XM_OP_READ, .region = m->regions[k], .offset = m->off + off, .buf = buf,
+                  .length = XM__HUGE};
+    xm_status_t status = xm_post(lc, &op);
+    pthread_mutex_lock(&eng->lock);
+    bool reserved = xm__reserve(eng, m, XM__HUGE, k, demand);
+    pthread_mutex_unlock(&eng->lock);
+    if (status == XM_OK) {
+        xm_op_t *p = &op;
+        status = xm_wait(lc, &p, 1); /* buf is the library's until then */
+    }
+    if (!reserved) {
+        if (slot != UINT32_MAX) eng->spare_state[slot] = XM__SPARE_FULL; /* every page still there */
+        frame_unclaim(eng, m, f0, demand ? demand_b : UINT32_MAX);
+        if (demand) {
+            poison(eng, m, demand_b, xm__block_bytes(m, demand_b), false, XM_ERR_NO_SPACE,
+                   "no room in the local cache: write-backs keep failing");
+        }
+        return;
+    }
+    for (int attempt = 1; demand && status != XM_OK && attempt < FETCH_ATTEMPTS; attempt++) {
+        usleep(RETRY_PAUSE_US * attempt);
+        status = xm__fetch_range(m, k, off, buf, XM__HUGE);
+    }
+    if (status != XM_OK) {
+        if (slot != UINT32_MAX) eng->spare_state[slot] = XM__SPARE_FULL;
+        pthread_mutex_lock(&eng->lock);
+        xm__unreserve(eng, m, XM__HUGE);
+        pthread_mutex_unlock(&eng->lock);
+        frame_unclaim(eng, m, f0, demand ? demand_b : UINT32_MAX);
+        if (demand) {
+            const char *why = xm_last_error(m->regions[k]->ctx);
+            poison(eng, m, demand_b, xm__block_bytes(m, demand_b), false, status, why[0] ? why : "cannot fetch");
+        }
+        return;
+    }
+    hash_block(m, f0, buf, XM__HUGE);
+    pthread_mutex_lock(&eng->lock);
+    m->stats.fetched_bytes += XM__HUGE;
+    if (demand) m->stats.faults++;
+    m->stats.readahead_blocks += m->fpb - (demand ? 1 : 0);
+    m->stats.huge_frames++;
+    pthread_mutex_unlock(&eng->lock);
+    bool moved[XM__HUGE / XM__PAGE];
+    memset(moved, 0, sizeof(moved));
+    uint8_t *dst = m->addr + off;
+    /* the faulting threads sleep on until the frame is write-protected */
+    int err = xm__move_range(eng, dst, buf, XM__HUGE, moved, false);
+    if (err != 0) { /* what did not move is copied (the buffer still holds it) */
+        for (uint64_t p = 0; p < XM__HUGE / XM__PAGE; p++) {
+            if (!moved[p]) install(eng, m, dst + p * XM__PAGE, buf + p * XM__PAGE, XM__PAGE);
+        }
+        madvise(buf, XM__HUGE, MADV_DONTNEED);
+    }
+    if (slot != UINT32_MAX) eng->spare_state[slot] = XM__SPARE_EMPTY; /* moved in: empty again */
+    if (!m->ro) {
+        struct uffdio_writeprotect wp = {.range = {.start = (uintptr_t)dst, .len = XM__HUGE},
+                                         .mode = UFFDIO_WRITEPROTECT_MODE_WP};
+        while (ioctl(eng->uffd, UFFDIO_WRITEPROTECT, &wp) != 0 && errno == EAGAIN) {
+        }
+    }
+    pthread_mutex_lock(&eng->lock);
+    for (uint32_t i = 0; i < m->fpb; i++) {
+        xm__block_t *blk = &m->blocks[f0 + i];
+        blk->filled = 0;
+        mark_present(m, f0 + i, (uint64_t)(f0 + i) * m->fetch / XM__PAGE, m->fetch / XM__PAGE);
+        blk->state = XM__BLK_RESIDENT;
+        blk->ref = 1;
+        blk->suspect = !m->ro;
+        blk->frame = 1;
+    }
+    pthread_cond_broadcast(&eng->cond);
+    pthread_mutex_unlock(&eng->lock);
+    wake(eng, (uintptr_t)dst, XM__HUGE);
+}
+
 static void handle_fault(xm__engine_t *eng, uint32_t k, uintptr_t addr)
 {
     uintptr_t page = addr & ~(uintptr_t)(XM__PAGE - 1);
@@ -327,6 +447,29 @@ static void handle_fault(xm__engine_t *eng, uint32_t k, uintptr_t addr)
     if (m->readahead && seq) {
         uint32_t max = XM_MAX(1u, XM__RA_MAX_BYTES / m->fetch);
         window = m->ra_window == 0 ? XM_MIN(2u, max) : XM_MIN(m->ra_window * 2, max);
+    }
+    /* a long sequential run takes whole frames: this one and the next */
+    if (seq && window > 0 && m->stream_len >= m->fpb && frame_free(m, b, b)) {
+        uint32_t next = b + m->fpb;
+        bool ra = frame_free(m, next, UINT32_MAX);
+        for (uint32_t i = 0; i < m->fpb; i++) {
+            m->blocks[b + i].state = XM__BLK_FETCHING;
+            if (ra) m->blocks[next + i].state = XM__BLK_FETCHING;
+        }
+        m->ra_window = window;
+        m->last_block = next + (ra ? m->fpb : 0);
+        m->stream_len += m->fpb * (ra ? 2 : 1);
+        m->stream_at = b;
+        remember(m, (uint64_t)m->last_block * m->fetch / XM__PAGE - 1);
+        pthread_mutex_unlock(&eng->lock);
+        frame_fetch(eng, m, k, b, true, b);
+        if (ra) frame_fetch(eng, m, k, next, false, 0);
+        goto out_unlocked;
+    }
+    if (seq && window > 0 && m->fpb != 0) {
+        /* the window stops at the frame's end when the next frame is free: the next fault takes it whole */
+        uint32_t end = (b / m->fpb + 1) * m->fpb;
+        if (b + 1 + window > end && frame_free(m, end, UINT32_MAX)) window = end - b - 1;
     }
     m->ra_window = window;
     m->last_block = b + 1 + window;

@@ -2,6 +2,7 @@
  * (userfaultfd, handler threads, data lanes, shared budget). */
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -15,6 +16,7 @@
 
 #define MAX_HANDLERS 8
 #define STAGING_BYTES XM__FETCH_MAX
+_Static_assert(STAGING_BYTES == XM__HUGE, "the staging area and the spare frame areas swap");
 #define BUF_BYTES (XM__FETCH_MAX + XM__RA_MAX_BYTES)
 #define GUARD XM__PAGE
 
@@ -25,6 +27,30 @@ typedef struct gmap {
     struct gmap *next;
 } gmap_t;
 static gmap_t *g_maps;
+
+/* bytes of fresh anonymous memory starting on a frame (2 MiB) boundary, so
+ * that a whole huge page can be moved in or out of it; the rest is unmapped */
+static void *map_aligned(uint64_t bytes, int prot)
+{
+    uint8_t *raw = mmap(NULL, bytes + XM__HUGE, prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (raw == MAP_FAILED) return MAP_FAILED;
+    uint8_t *a = (uint8_t *)(((uintptr_t)raw + XM__HUGE - 1) & ~(uintptr_t)(XM__HUGE - 1));
+    if (a > raw) munmap(raw, (size_t)(a - raw));
+    uint8_t *end = raw + bytes + XM__HUGE;
+    if (end > a + bytes) munmap(a + bytes, (size_t)(end - (a + bytes)));
+    return a;
+}
+
+/* Transparent huge pages usable with madvise (the "enabled" mode is not [never]). */
+static bool thp_usable(void)
+{
+    FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r");
+    if (f == NULL) return false;
+    char line[128] = "";
+    bool ok = fgets(line, sizeof(line), f) != NULL && strstr(line, "[never]") == NULL;
+    fclose(f);
+    return ok;
+}
 
 static void engine_destroy(xm__engine_t *eng)
 {
@@ -45,6 +71,10 @@ static void engine_destroy(xm__engine_t *eng)
     for (uint32_t k = 0; k < eng->nthreads; k++) {
         if (eng->staging != NULL && eng->staging[k] != NULL) munmap(eng->staging[k], STAGING_BYTES);
         if (eng->bufs != NULL && eng->bufs[k] != NULL) munmap(eng->bufs[k], BUF_BYTES);
+        if (eng->hbufs != NULL && eng->hbufs[k] != NULL) munmap(eng->hbufs[k], XM__HUGE);
+        for (uint32_t i = 0; eng->spare != NULL && i < XM__SPARES; i++) {
+            if (eng->spare[k * XM__SPARES + i] != NULL) munmap(eng->spare[k * XM__SPARES + i], XM__HUGE);
+        }
     }
     if (eng->lanes != NULL) {
         for (uint32_t k = 0; k < XM__NLANES(eng); k++) {
@@ -60,6 +90,9 @@ static void engine_destroy(xm__engine_t *eng)
     pthread_cond_destroy(&eng->clean_cond);
     free(eng->threads);
     free(eng->staging);
+    free(eng->hbufs);
+    free(eng->spare);
+    free(eng->spare_state);
     free(eng->bufs);
     free(eng->lanes);
     free(eng);
@@ -107,8 +140,12 @@ static xm_status_t engine_create(xm_ctx_h ctx, xm__engine_t **eng_p)
     eng->lanes = calloc(XM__NLANES(eng), sizeof(*eng->lanes));
     eng->staging = calloc(eng->nthreads, sizeof(*eng->staging));
     eng->bufs = calloc(eng->nthreads, sizeof(*eng->bufs));
+    eng->hbufs = calloc(eng->nthreads, sizeof(*eng->hbufs));
+    eng->spare = calloc((size_t)eng->nthreads * XM__SPARES, sizeof(*eng->spare));
+    eng->spare_state = calloc((size_t)eng->nthreads * XM__SPARES, sizeof(*eng->spare_state));
     eng->threads = calloc(eng->nthreads, sizeof(*eng->threads));
-    if (eng->lanes == NULL || eng->staging == NULL || eng->bufs == NULL || eng->threads == NULL) {
+    if (eng->lanes == NULL || eng->staging == NULL || eng->bufs == NULL || eng->hbufs == NULL ||
+        eng->spare == NULL || eng->spare_state == NULL || eng->threads == NULL) {
         status = XM_ERR_NO_MEMORY;
         goto err;
     }
@@ -120,26 +157,48 @@ static xm_status_t engine_create(xm_ctx_h ctx, xm__engine_t **eng_p)
     }
     status = XM_ERR_IO;
     for (uint32_t k = 0; k < eng->nthreads; k++) {
-        uint8_t *st = mmap(NULL, STAGING_BYTES, PROT_READ | PROT_WRITE,
-                           MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        /* frame-aligned, so that an evicted frame moves out as one huge page */
+        uint8_t *st = map_aligned(STAGING_BYTES, PROT_READ | PROT_WRITE);
         uint8_t *bf = mmap(NULL, BUF_BYTES, PROT_READ | PROT_WRITE,
                            MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        uint8_t *hb = map_aligned(XM__HUGE, PROT_READ | PROT_WRITE);
         eng->staging[k] = st == MAP_FAILED ? NULL : st;
         eng->bufs[k] = bf == MAP_FAILED ? NULL : bf;
-        if (st == MAP_FAILED || bf == MAP_FAILED) {
+        eng->hbufs[k] = hb == MAP_FAILED ? NULL : hb;
+        if (st == MAP_FAILED || bf == MAP_FAILED || hb == MAP_FAILED) {
             xm__ctx_error(ctx, XM_ERR_NO_MEMORY, "mmap: %s", strerror(errno));
             status = XM_ERR_NO_MEMORY;
             goto err;
         }
         madvise(st, STAGING_BYTES, MADV_DONTFORK);
-        madvise(st, STAGING_BYTES, MADV_NOHUGEPAGE);
+        madvise(st, STAGING_BYTES, MADV_HUGEPAGE);
         madvise(bf, BUF_BYTES, MADV_DONTFORK);
+        /* a frame's data lands in a huge page (faulted in fresh after each move-in) */
+        madvise(hb, XM__HUGE, MADV_DONTFORK);
+        madvise(hb, XM__HUGE, MADV_HUGEPAGE);
         /* UFFDIO_MOVE needs its destination registered with the same uffd */
         struct uffdio_register reg = {.range = {.start = (uintptr_t)st, .len = STAGING_BYTES},
                                       .mode = UFFDIO_REGISTER_MODE_MISSING};
         if (ioctl(eng->uffd, UFFDIO_REGISTER, &reg) != 0) {
             xm__ctx_error(ctx, status, "UFFDIO_REGISTER: %s", strerror(errno));
             goto err;
+        }
+        for (uint32_t i = 0; i < XM__SPARES; i++) {
+            uint8_t *sp = map_aligned(XM__HUGE, PROT_READ | PROT_WRITE);
+            if (sp == MAP_FAILED) {
+                xm__ctx_error(ctx, XM_ERR_NO_MEMORY, "mmap: %s", strerror(errno));
+                status = XM_ERR_NO_MEMORY;
+                goto err;
+            }
+            eng->spare[k * XM__SPARES + i] = sp;
+            madvise(sp, XM__HUGE, MADV_DONTFORK);
+            madvise(sp, XM__HUGE, MADV_HUGEPAGE);
+            struct uffdio_register sreg = {.range = {.start = (uintptr_t)sp, .len = XM__HUGE},
+                                           .mode = UFFDIO_REGISTER_MODE_MISSING};
+            if (ioctl(eng->uffd, UFFDIO_REGISTER, &sreg) != 0) {
+                xm__ctx_error(ctx, status, "UFFDIO_REGISTER: %s", strerror(errno));
+                goto err;
+            }
         }
     }
     for (uint32_t k = 0; k < eng->nthreads; k++) {
@@ -289,8 +348,20 @@ XM_EXPORT xm_status_t xm_map(xm_ctx_h ctx, xm_region_h region, uint64_t offset, 
         pthread_mutex_unlock(&lane->lock);
         if (status != XM_OK) goto err_free;
     }
-    void *a = mmap(NULL, m->vlen + GUARD, m->ro ? PROT_READ : PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    /* frames: a sequential stream fetches whole 2 MiB frames, each into a
+     * transparent huge page moved in with one UFFDIO_MOVE (no copy) and out
+     * again at eviction; worth it once the cache holds a few of them */
+    uint64_t budget = m->budget;
+    if (opts->ctx_cache_bytes != 0) budget = XM_MIN(budget, opts->ctx_cache_bytes);
+    pthread_mutex_lock(&eng->lock);
+    budget = XM_MIN(budget, eng->budget);
+    pthread_mutex_unlock(&eng->lock);
+    const char *huge = getenv("XMEM_MAP_HUGE");
+    if ((huge == NULL || atoi(huge) != 0) && m->readahead && m->vlen >= XM__HUGE &&
+        budget >= 4ull * XM__HUGE && thp_usable()) {
+        m->fpb = XM__HUGE / fetch;
+    }
+    void *a = map_aligned(m->vlen + GUARD, m->ro ? PROT_READ : PROT_READ | PROT_WRITE);
     if (a == MAP_FAILED) {
         status = xm__ctx_error(ctx, XM_ERR_NO_MEMORY, "mmap of %llu bytes: %s",
                                (unsigned long long)m->vlen, strerror(errno));
@@ -303,8 +374,8 @@ XM_EXPORT xm_status_t xm_map(xm_ctx_h ctx, xm_region_h region, uint64_t offset, 
     m->addr = a;
     /* the child of a fork gets no mapping here: it can corrupt neither our pages nor the appliance's */
     madvise(a, m->vlen, MADV_DONTFORK);
-    /* 4 KiB pages: blocks move in and out with UFFDIO_COPY/MOVE */
-    madvise(a, m->vlen, MADV_NOHUGEPAGE);
+    /* blocks move in and out as 4 KiB pages, frames as huge pages */
+    madvise(a, m->vlen, m->fpb != 0 ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
     struct uffdio_register reg = {
         .range = {.start = (uintptr_t)a, .len = m->vlen},
         .mode = UFFDIO_REGISTER_MODE_MISSING | (m->ro ? 0 : UFFDIO_REGISTER_MODE_WP)};

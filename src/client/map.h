@@ -27,6 +27,9 @@
 #define XM__PAGE 4096u
 #define XM__FETCH_MAX (2u << 20)
 #define XM__RA_MAX_BYTES (2u << 20) /* read-ahead window cap */
+#define XM__HUGE (2u << 20)    /* a frame: one transparent huge page (x86-64 PMD) */
+#define XM__SPARES 2u
+enum { XM__SPARE_EMPTY = 0, XM__SPARE_FULL, XM__SPARE_BUSY };
 #define XM__RECENT 512u /* fetch ends remembered: interleaved streams detected (a radix sort has 256) */
 
 enum {
@@ -45,6 +48,7 @@ typedef struct xm__block {
     uint8_t cleaning; /* the cleaner is writing it back: not evictable, xm_sync waits */
     uint32_t pins;   /* xm_sync is copying from it: not evictable, the cleaner skips it */
     uint16_t filled; /* pages fetched and accounted (a random fault fetches one page) */
+    uint8_t frame;   /* moved in with its whole frame as one huge page: evicted with it */
 } xm__block_t;
 
 /* Bits of xm__map_t.present. A block's bits change only under the engine
@@ -88,6 +92,7 @@ typedef struct xm__map {
     bool readahead;
     bool ro;               /* read-only handle: PROT_READ, no dirty pages */
     bool adapt;            /* random faults fetch one page (XMEM_MAP_ADAPT=0: whole blocks) */
+    uint32_t fpb;          /* blocks per frame; 0: no frames (XMEM_MAP_HUGE=0, no THP, small budget) */
     /* engine lock */
     struct xm__map *next;
     xm__block_t *blocks;
@@ -124,6 +129,13 @@ typedef struct xm__engine {
     xm__lane_t *lanes;     /* nthreads handler lanes, the sync lane, the cleaner's lane */
     uint8_t **staging;     /* per handler thread: uffd-registered, eviction moves blocks here */
     uint8_t **bufs;        /* per handler thread: fetch buffers */
+    uint8_t **hbufs;       /* per handler thread: a frame's fetch buffer (a THP, moved in whole) */
+    /* per handler thread, XM__SPARES uffd-registered frame areas each: an
+     * evicted frame's huge page is kept in one (swapped with the staging
+     * area) and receives a later frame's data, so the kernel need not zero
+     * a fresh huge page for it. Only handler k touches its own. */
+    uint8_t **spare;       /* [k * XM__SPARES + i] */
+    uint8_t *spare_state;  /* XM__SPARE_EMPTY / _FULL (all 512 pages there) / _BUSY (being filled) */
     pthread_t cleaner;     /* 0: none (XMEM_MAP_CLEANER=0) */
     pthread_cond_t clean_cond; /* the cleaner sleeps on it */
     /* lock */
@@ -173,8 +185,11 @@ bool xm__behind_pick(const xm__block_t *blocks, uint32_t from, uint32_t span, ui
  * needed. Returns false when nothing can be evicted now and !wait. */
 bool xm__reserve(xm__engine_t *eng, xm__map_t *m, uint64_t bytes, uint32_t k, bool wait);
 void xm__unreserve(xm__engine_t *eng, xm__map_t *m, uint64_t bytes);
-/* Evict block b of m (state EVICTING, lock NOT held). True when dropped. */
-bool xm__evict(xm__map_t *m, uint32_t k, uint32_t b);
+/* Evict blocks [b, b+n) of m (state EVICTING, lock NOT held; n > 1 only for
+ * a whole frame). True when dropped. */
+bool xm__evict(xm__map_t *m, uint32_t k, uint32_t b, uint32_t n);
+/* Move [src, src+len) to dst by UFFDIO_MOVE; present[i]: page i moved. 0 or an errno. */
+int xm__move_range(xm__engine_t *eng, uint8_t *dst, uint8_t *src, uint64_t len, bool *present, bool wake);
 
 /* dirty.c: write back written pages of blocks [b0, b1) of m through the sync lane. */
 xm_status_t xm__sync_blocks(xm__map_t *m, uint32_t b0, uint32_t b1);

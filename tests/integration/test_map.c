@@ -328,6 +328,118 @@ Test(map, racing_unmaps_never_hang, .fini = teardown, .timeout = 120)
     xm_disconnect(ctx);
 }
 
+/* Transparent huge pages usable through madvise (the kernel's "enabled" mode is not [never]). */
+static bool thp_on(void)
+{
+    FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r");
+    if (f == NULL) return false;
+    char line[128] = "";
+    bool ok = fgets(line, sizeof(line), f) != NULL && strstr(line, "[never]") == NULL;
+    fclose(f);
+    return ok;
+}
+
+typedef struct {
+    uint8_t *p;
+    uint64_t size;
+    atomic_uint_fast64_t pos; /* where the scanner is */
+    atomic_int stop;
+    uint64_t *want; /* per page: the word a writer stored at its start, 0: none */
+    int me;
+} frame_race_t;
+
+typedef struct {
+    frame_race_t *fr;
+    int me;
+} frame_writer_t;
+
+/* Stores just ahead of the scanner, where frames are being fetched and
+ * moved in: some land between a frame's move and its write-protect. */
+static void *frame_writer(void *arg)
+{
+    frame_race_t *fr = ((frame_writer_t *)arg)->fr;
+    int me = ((frame_writer_t *)arg)->me;
+    uint64_t rng = 0x9e3779b97f4a7c15ull * (uint64_t)(me + 1), n = 0;
+    uint64_t npages = fr->size / 4096;
+    while (!atomic_load(&fr->stop)) {
+        rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+        uint64_t pg = atomic_load(&fr->pos) / 4096 + rng % 1024; /* the next 4 MiB */
+        if (pg >= npages) continue;
+        pg = pg - pg % 2 + (uint64_t)me; /* each writer its own pages */
+        if (pg >= npages) continue;
+        uint64_t v = (++n << 8) | (uint64_t)(me + 1);
+        ((volatile uint64_t *)fr->p)[pg * 512] = v;
+        fr->want[pg] = v;
+    }
+    return NULL;
+}
+
+Test(map, sequential_runs_move_whole_frames, .fini = teardown, .timeout = 180)
+{
+    if (!thp_on()) cr_skip_test("transparent huge pages are off (/sys/kernel/mm/transparent_hugepage/enabled)");
+    start("tcp", "512M");
+    xm_ctx_h ctx = xt_connect(&app, NULL);
+    const uint64_t size = 64u << 20, cache = 16u << 20;
+    xm_region_h r;
+    cr_assert_eq(xm_region_create(ctx, size, NULL, &r), XM_OK);
+    uint8_t *data = malloc(size), *back = malloc(size);
+    xt_fill(data, size, 99);
+    cr_assert_eq(xm_write(r, 0, data, size), XM_OK);
+    xm_map_opts_t o = {.cache_bytes = cache};
+    uint8_t *p;
+    cr_assert_eq(xm_map(ctx, r, 0, size, &o, (void **)&p), XM_OK, "%s", xm_last_error(ctx));
+
+    /* a scan four times the cache: whole frames come in as huge pages */
+    for (uint64_t off = 0; off < size; off += 1u << 20) {
+        cr_assert(memcmp(p + off, data + off, 1u << 20) == 0, "bytes at %llu differ", (unsigned long long)off);
+    }
+    xm_map_stats_t st = stat_of(p);
+    cr_assert_gt(st.huge_frames, 8, "a sequential scan of 64 MiB brought in %llu frames whole",
+                 (unsigned long long)st.huge_frames);
+    uint64_t huge = vma_field(p, "AnonHugePages");
+    cr_assert_gt(huge, 0, "no huge page in the mapping after a sequential scan");
+    cr_assert_leq(vma_rss(p), cache, "Rss %llu above the %llu budget", (unsigned long long)vma_rss(p),
+                  (unsigned long long)cache);
+
+    /* again, with two threads storing just ahead of the scan */
+    frame_race_t fr = {.p = p, .size = size, .want = calloc(size / 4096, sizeof(uint64_t))};
+    frame_writer_t w0 = {&fr, 0}, w1 = {&fr, 1};
+    pthread_t t0, t1;
+    cr_assert_eq(pthread_create(&t0, NULL, frame_writer, &w0), 0);
+    cr_assert_eq(pthread_create(&t1, NULL, frame_writer, &w1), 0);
+    volatile uint64_t sink = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        for (uint64_t off = 0; off < size; off += 4096) {
+            atomic_store(&fr.pos, off);
+            sink += ((volatile uint64_t *)(p + off))[1];
+        }
+    }
+    atomic_store(&fr.stop, 1);
+    pthread_join(t0, NULL);
+    pthread_join(t1, NULL);
+    cr_assert_gt(stat_of(p).huge_frames, st.huge_frames, "the second scan brought in no frame whole");
+    for (uint64_t pg = 0; pg < size / 4096; pg++) {
+        if (fr.want[pg] != 0) memcpy(data + pg * 4096, &fr.want[pg], 8);
+    }
+    cr_assert(memcmp(p, data, size) == 0, "the mapping lost a store");
+    cr_assert_eq(xm_sync(p, size), XM_OK);
+    cr_assert_eq(xm_read(r, 0, back, size), XM_OK);
+    for (uint64_t pg = 0; pg < size / 4096; pg++) {
+        cr_assert(memcmp(back + pg * 4096, data + pg * 4096, 4096) == 0,
+                  "page %llu: the appliance lacks a store made while frames moved in (want %#llx, has %#llx)",
+                  (unsigned long long)pg, (unsigned long long)fr.want[pg],
+                  (unsigned long long)*(uint64_t *)(back + pg * 4096));
+    }
+    cr_assert_eq(xm_unmap(p), XM_OK);
+    cr_assert_eq(xm_read(r, 0, back, size), XM_OK);
+    cr_assert(memcmp(back, data, size) == 0, "the appliance differs after xm_unmap");
+    free(fr.want);
+    free(data);
+    free(back);
+    xm_region_close(r);
+    xm_disconnect(ctx);
+}
+
 Test(map, only_written_pages_go_back, .fini = teardown, .timeout = 120)
 {
     start("tcp", "256M");

@@ -254,10 +254,11 @@ workloads:;
                 xm_map_stat(m, &st);
                 if (stats) {
                     fprintf(stderr, "[%s %d%% (fetch %llu KiB): timed part: %llu faults, %llu read-ahead blocks, "
-                            "%.1f MiB fetched, %llu evictions, %llu pages written back]\n", names[w], pcts[c],
-                            (unsigned long long)(st.fetch_size >> 10),
+                            "%llu huge frames, %.1f MiB fetched, %llu evictions, %llu pages written back]\n",
+                            names[w], pcts[c], (unsigned long long)(st.fetch_size >> 10),
                             (unsigned long long)(st.faults - st0.faults),
                             (unsigned long long)(st.readahead_blocks - st0.readahead_blocks),
+                            (unsigned long long)(st.huge_frames - st0.huge_frames),
                             (double)(st.fetched_bytes - st0.fetched_bytes) / 1048576.0,
                             (unsigned long long)(st.evictions - st0.evictions),
                             (unsigned long long)(st.writeback_pages - st0.writeback_pages));
