@@ -58,9 +58,6 @@ static long smaps_kb(void *addr, const char *key)
     int in = 0;
     snprintf(want, sizeof want, "%lx-", (unsigned long)addr);
     while (fgets(line, sizeof line, f)) {
-        if (line[0] != ' ' && strchr(line, '-') != NULL && strstr(line, " ") != NULL && line[0] >= '0' &&
-            strchr("0123456789abcdef", line[0]) != NULL && strchr(line, ':') == NULL + 0) {
-        }
         if (strncmp(line, want, strlen(want)) == 0) in = 1;
         else if (in && strncmp(line, key, strlen(key)) == 0) {
             sscanf(line + strlen(key), " %ld", &v);

@@ -367,6 +367,11 @@ static void *frame_writer(void *arg)
         if (pg >= npages) continue;
         pg = pg - pg % 2 + (uint64_t)me; /* each writer its own pages */
         if (pg >= npages) continue;
+        /* only pages already there: a store to a missing page would fault one page in
+         * and keep the scan from taking that frame whole; a frame's pages appear all at
+         * once when it is moved in, and the store may follow before its write-protect */
+        unsigned char vec = 0;
+        if (mincore(fr->p + pg * 4096, 4096, &vec) != 0 || !(vec & 1)) continue;
         uint64_t v = (++n << 8) | (uint64_t)(me + 1);
         ((volatile uint64_t *)fr->p)[pg * 512] = v;
         fr->want[pg] = v;
