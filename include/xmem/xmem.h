@@ -431,7 +431,7 @@ typedef struct xm_map_stats {
     uint64_t resident_bytes;    /**< bytes of the mapping in local memory now */
     uint64_t budget_bytes;      /**< the mapping's cache budget */
     uint64_t fetch_size;        /**< the mapping's fetch unit (chosen by ::xm_map when 0 was asked) */
-    uint64_t huge_frames;       /**< 2 MiB frames a sequential run brought in as one huge page each (no copy) */
+    uint64_t huge_frames;       /**< 2 MiB frames a sequential run brought in as one huge page each (no copy; opt-in: XMEM_MAP_HUGE=1) */
 } xm_map_stats_t;
 
 /**

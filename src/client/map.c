@@ -348,16 +348,19 @@ XM_EXPORT xm_status_t xm_map(xm_ctx_h ctx, xm_region_h region, uint64_t offset, 
         pthread_mutex_unlock(&lane->lock);
         if (status != XM_OK) goto err_free;
     }
-    /* frames: a sequential stream fetches whole 2 MiB frames, each into a
-     * transparent huge page moved in with one UFFDIO_MOVE (no copy) and out
-     * again at eviction; worth it once the cache holds a few of them */
+    /* frames (opt-in, XMEM_MAP_HUGE=1): a sequential stream fetches whole
+     * 2 MiB frames, each into a transparent huge page moved in with one
+     * UFFDIO_MOVE (no copy) and out again at eviction; only once the cache
+     * holds a few of them. Off by default: measured (docs/performance.md,
+     * fourth round) faster over shm at 50 and 25 % cache, slower over tcp at
+     * 75 % and no faster below, at 4 GiB */
     uint64_t budget = m->budget;
     if (opts->ctx_cache_bytes != 0) budget = XM_MIN(budget, opts->ctx_cache_bytes);
     pthread_mutex_lock(&eng->lock);
     budget = XM_MIN(budget, eng->budget);
     pthread_mutex_unlock(&eng->lock);
     const char *huge = getenv("XMEM_MAP_HUGE");
-    if ((huge == NULL || atoi(huge) != 0) && m->readahead && m->vlen >= XM__HUGE &&
+    if (huge != NULL && atoi(huge) != 0 && m->readahead && m->vlen >= XM__HUGE &&
         budget >= 4ull * XM__HUGE && thp_usable()) {
         m->fpb = XM__HUGE / fetch;
     }

@@ -392,7 +392,9 @@ Test(map, sequential_runs_move_whole_frames, .fini = teardown, .timeout = 180)
     cr_assert_eq(xm_write(r, 0, data, size), XM_OK);
     xm_map_opts_t o = {.cache_bytes = cache};
     uint8_t *p;
+    setenv("XMEM_MAP_HUGE", "1", 1); /* frames are opt-in */
     cr_assert_eq(xm_map(ctx, r, 0, size, &o, (void **)&p), XM_OK, "%s", xm_last_error(ctx));
+    unsetenv("XMEM_MAP_HUGE");
 
     /* a scan four times the cache: whole frames come in as huge pages */
     for (uint64_t off = 0; off < size; off += 1u << 20) {
