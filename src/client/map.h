@@ -14,6 +14,12 @@
  * other fault on such a block waits on the engine's condition variable.
  * Eviction: a long sequential run gives up the blocks it passed
  * (drop-behind), otherwise CLOCK.
+ *
+ * Frames (opt-in, XMEM_MAP_HUGE=1): the mapping is 2 MiB-aligned and a long
+ * sequential run fetches whole 2 MiB frames (fpb blocks each) into a
+ * transparent huge page that one UFFDIO_MOVE puts in place; its blocks carry
+ * `frame` and are evicted together, and the evicted huge page is kept in a
+ * spare area of the handler to receive a later frame.
  */
 #ifndef XM_MAP_H
 #define XM_MAP_H
