@@ -353,6 +353,19 @@ typedef struct {
     int me;
 } frame_writer_t;
 
+/* xm_sync over the whole mapping while frames come and go: it must wait for
+ * claimed frames and compare suspect ones, never fail or hang. */
+static void *frame_syncer(void *arg)
+{
+    frame_race_t *fr = arg;
+    uint64_t n = 0;
+    while (!atomic_load(&fr->stop)) {
+        if (xm_sync(fr->p, fr->size) != XM_OK) return (void *)1;
+        n++;
+    }
+    return (void *)(uintptr_t)(n == 0 ? 2 : 0);
+}
+
 /* Stores just ahead of the scanner, where frames are being fetched and
  * moved in: some land between a frame's move and its write-protect. */
 static void *frame_writer(void *arg)
@@ -411,9 +424,10 @@ Test(map, sequential_runs_move_whole_frames, .fini = teardown, .timeout = 180)
     /* again, with two threads storing just ahead of the scan */
     frame_race_t fr = {.p = p, .size = size, .want = calloc(size / 4096, sizeof(uint64_t))};
     frame_writer_t w0 = {&fr, 0}, w1 = {&fr, 1};
-    pthread_t t0, t1;
+    pthread_t t0, t1, ts;
     cr_assert_eq(pthread_create(&t0, NULL, frame_writer, &w0), 0);
     cr_assert_eq(pthread_create(&t1, NULL, frame_writer, &w1), 0);
+    cr_assert_eq(pthread_create(&ts, NULL, frame_syncer, &fr), 0);
     volatile uint64_t sink = 0;
     for (int pass = 0; pass < 2; pass++) {
         for (uint64_t off = 0; off < size; off += 4096) {
@@ -424,6 +438,9 @@ Test(map, sequential_runs_move_whole_frames, .fini = teardown, .timeout = 180)
     atomic_store(&fr.stop, 1);
     pthread_join(t0, NULL);
     pthread_join(t1, NULL);
+    void *sync_bad = NULL;
+    pthread_join(ts, &sync_bad);
+    cr_assert_null(sync_bad, "xm_sync racing frames: %s", sync_bad == (void *)1 ? "failed" : "never ran");
     cr_assert_gt(stat_of(p).huge_frames, st.huge_frames, "the second scan brought in no frame whole");
     for (uint64_t pg = 0; pg < size / 4096; pg++) {
         if (fr.want[pg] != 0) memcpy(data + pg * 4096, &fr.want[pg], 8);
