@@ -225,9 +225,9 @@ static void unstage(xm__engine_t *eng, uint8_t *a, uint8_t *st, uint64_t bytes, 
 /* The staging area holds a whole evicted frame, every page of it: keep it in
  * an empty spare slot (the areas swap) to receive a later frame. A page
  * missing would make the transport's write into it a fault no one serves. */
-static bool keep_spare(xm__engine_t *eng, uint32_t k, uint64_t bytes, const bool *present)
+static bool keep_spare(xm__engine_t *eng, const xm__map_t *m, uint32_t k, uint64_t bytes, const bool *present)
 {
-    if (bytes != XM__HUGE) return false;
+    if (m->fpb == 0 || bytes != XM__HUGE) return false; /* only frames ever use one */
     for (uint64_t p = 0; p < XM__HUGE / XM__PAGE; p++) {
         if (!present[p]) return false;
     }
@@ -313,7 +313,7 @@ bool xm__evict(xm__map_t *m, uint32_t k, uint32_t b, uint32_t n)
         }
         if (status != XM_OK && err == 0) {
             unstage(eng, a, st, bytes, present);
-        } else if (status == XM_OK && !keep_spare(eng, k, bytes, present)) {
+        } else if (status == XM_OK && !keep_spare(eng, m, k, bytes, present)) {
             madvise(st, bytes, MADV_DONTNEED);
         }
     }

@@ -274,6 +274,8 @@ static void frame_unclaim(xm__engine_t *eng, xm__map_t *m, uint32_t f0, uint32_t
     for (uint32_t i = 0; i < m->fpb; i++) {
         if (f0 + i != except) m->blocks[f0 + i].state = XM__BLK_EMPTY;
     }
+    /* a read-ahead frame given up: a fault on it still continues the stream */
+    if (except == UINT32_MAX && m->last_block == f0 + m->fpb) m->last_block = f0;
     pthread_cond_broadcast(&eng->cond);
     pthread_mutex_unlock(&eng->lock);
 }
@@ -301,8 +303,11 @@ static void frame_fetch(xm__engine_t *eng, xm__map_t *m, uint32_t k, uint32_t f0
     }
     /* the read is posted before room is made: an eviction overlaps it */
     xm_ctx_h lc = m->regions[k]->ctx;
+    /* the region's bytes past the mapping's length are not the mapping's: zeros there */
+    uint64_t n = XM_MIN((uint64_t)XM__HUGE, m->len - off);
+    if (n < XM__HUGE) memset(buf + n, 0, XM__HUGE - n);
     xm_op_t op = {.opcode = XM_OP_READ, .region = m->regions[k], .offset = m->off + off, .buf = buf,
-                  .length = XM__HUGE};
+                  .length = (size_t)n};
     xm_status_t status = xm_post(lc, &op);
     pthread_mutex_lock(&eng->lock);
     bool reserved = xm__reserve(eng, m, XM__HUGE, k, demand);
@@ -341,14 +346,17 @@ static void frame_fetch(xm__engine_t *eng, xm__map_t *m, uint32_t k, uint32_t f0
     m->stats.fetched_bytes += XM__HUGE;
     if (demand) m->stats.faults++;
     m->stats.readahead_blocks += m->fpb - (demand ? 1 : 0);
-    m->stats.huge_frames++;
     pthread_mutex_unlock(&eng->lock);
     bool moved[XM__HUGE / XM__PAGE];
     memset(moved, 0, sizeof(moved));
     uint8_t *dst = m->addr + off;
     /* the faulting threads sleep on until the frame is write-protected */
     int err = xm__move_range(eng, dst, buf, XM__HUGE, moved, false);
-    if (err != 0) { /* what did not move is copied (the buffer still holds it) */
+    if (err == 0) {
+        pthread_mutex_lock(&eng->lock);
+        m->stats.huge_frames++;
+        pthread_mutex_unlock(&eng->lock);
+    } else { /* what did not move is copied (the buffer still holds it) */
         for (uint64_t p = 0; p < XM__HUGE / XM__PAGE; p++) {
             if (!moved[p]) install(eng, m, dst + p * XM__PAGE, buf + p * XM__PAGE, XM__PAGE);
         }
@@ -449,7 +457,8 @@ static void handle_fault(xm__engine_t *eng, uint32_t k, uintptr_t addr)
         window = m->ra_window == 0 ? XM_MIN(2u, max) : XM_MIN(m->ra_window * 2, max);
     }
     /* a long sequential run takes whole frames: this one and the next */
-    if (seq && window > 0 && m->stream_len >= m->fpb && frame_free(m, b, b)) {
+    /* (the context's budget may have shrunk since xm_map: a frame must fit several times) */
+    if (seq && window > 0 && m->stream_len >= m->fpb && eng->budget >= 4ull * XM__HUGE && frame_free(m, b, b)) {
         uint32_t next = b + m->fpb;
         bool ra = frame_free(m, next, UINT32_MAX);
         for (uint32_t i = 0; i < m->fpb; i++) {

@@ -360,7 +360,8 @@ XM_EXPORT xm_status_t xm_map(xm_ctx_h ctx, xm_region_h region, uint64_t offset, 
     budget = XM_MIN(budget, eng->budget);
     pthread_mutex_unlock(&eng->lock);
     const char *huge = getenv("XMEM_MAP_HUGE");
-    if (huge != NULL && atoi(huge) != 0 && m->readahead && m->vlen >= XM__HUGE &&
+    /* not read-only mappings: UFFDIO_MOVE refuses a read-write page into a PROT_READ area */
+    if (huge != NULL && atoi(huge) != 0 && m->readahead && !m->ro && m->vlen >= XM__HUGE &&
         budget >= 4ull * XM__HUGE && thp_usable()) {
         m->fpb = XM__HUGE / fetch;
     }

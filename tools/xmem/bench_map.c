@@ -329,6 +329,9 @@ workloads:;
                 printf(" %.2fx at %d%%", (remote > base[0] ? remote : base[0]) / base[0], pcts[c]);
             }
             printf("\n");
+        } else {
+            printf("transport: streaming read rate not measured (a region of %llu bytes could not be "
+                   "created or read)\n", (unsigned long long)BM_MIN(ws, 1ull << 30));
         }
     }
     free(lat);
