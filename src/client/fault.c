@@ -107,15 +107,28 @@ static void hash_block(xm__map_t *m, uint32_t b, const uint8_t *buf, uint64_t by
 /* A block whose pages were installed: make it evictable and wake its waiters. */
 static void mark_present(xm__map_t *m, uint32_t b, uint64_t p0, uint64_t n);
 
-static void settle(xm__engine_t *eng, xm__map_t *m, uint32_t b)
+/* Blocks [b, b+n) whose pages were installed; a frame's are suspect (see frame_fetch). */
+static void settle_run(xm__engine_t *eng, xm__map_t *m, uint32_t b, uint32_t n, bool frame)
 {
     pthread_mutex_lock(&eng->lock);
-    m->blocks[b].filled = 0;
-    mark_present(m, b, (uint64_t)b * m->fetch / XM__PAGE, xm__block_bytes(m, b) / XM__PAGE);
-    m->blocks[b].state = XM__BLK_RESIDENT;
-    m->blocks[b].ref = 1;
+    for (uint32_t i = b; i < b + n; i++) {
+        xm__block_t *blk = &m->blocks[i];
+        blk->filled = 0;
+        mark_present(m, i, (uint64_t)i * m->fetch / XM__PAGE, xm__block_bytes(m, i) / XM__PAGE);
+        blk->state = XM__BLK_RESIDENT;
+        blk->ref = 1;
+        if (frame) {
+            blk->suspect = !m->ro;
+            blk->frame = 1;
+        }
+    }
     pthread_cond_broadcast(&eng->cond);
     pthread_mutex_unlock(&eng->lock);
+}
+
+static void settle(xm__engine_t *eng, xm__map_t *m, uint32_t b)
+{
+    settle_run(eng, m, b, 1, false);
 }
 
 /* Counted before the pages appear, so that whoever sees the data sees the counts. */
@@ -316,26 +329,22 @@ static void frame_fetch(xm__engine_t *eng, xm__map_t *m, uint32_t k, uint32_t f0
         xm_op_t *p = &op;
         status = xm_wait(lc, &p, 1); /* buf is the library's until then */
     }
-    if (!reserved) {
-        if (slot != UINT32_MAX) eng->spare_state[slot] = XM__SPARE_FULL; /* every page still there */
-        frame_unclaim(eng, m, f0, demand ? demand_b : UINT32_MAX);
-        if (demand) {
-            poison(eng, m, demand_b, xm__block_bytes(m, demand_b), false, XM_ERR_NO_SPACE,
-                   "no room in the local cache: write-backs keep failing");
-        }
-        return;
-    }
-    for (int attempt = 1; demand && status != XM_OK && attempt < FETCH_ATTEMPTS; attempt++) {
+    for (int attempt = 1; reserved && demand && status != XM_OK && attempt < FETCH_ATTEMPTS; attempt++) {
         usleep(RETRY_PAUSE_US * attempt);
         status = xm__fetch_range(m, k, off, buf, XM__HUGE);
     }
-    if (status != XM_OK) {
-        if (slot != UINT32_MAX) eng->spare_state[slot] = XM__SPARE_FULL;
-        pthread_mutex_lock(&eng->lock);
-        xm__unreserve(eng, m, XM__HUGE);
-        pthread_mutex_unlock(&eng->lock);
+    if (!reserved || status != XM_OK) {
+        if (slot != UINT32_MAX) eng->spare_state[slot] = XM__SPARE_FULL; /* every page still there */
+        if (reserved) {
+            pthread_mutex_lock(&eng->lock);
+            xm__unreserve(eng, m, XM__HUGE);
+            pthread_mutex_unlock(&eng->lock);
+        }
         frame_unclaim(eng, m, f0, demand ? demand_b : UINT32_MAX);
-        if (demand) {
+        if (demand && !reserved) {
+            poison(eng, m, demand_b, xm__block_bytes(m, demand_b), false, XM_ERR_NO_SPACE,
+                   "no room in the local cache: write-backs keep failing");
+        } else if (demand) {
             const char *why = xm_last_error(m->regions[k]->ctx);
             poison(eng, m, demand_b, xm__block_bytes(m, demand_b), false, status, why[0] ? why : "cannot fetch");
         }
@@ -369,18 +378,7 @@ static void frame_fetch(xm__engine_t *eng, xm__map_t *m, uint32_t k, uint32_t f0
         while (ioctl(eng->uffd, UFFDIO_WRITEPROTECT, &wp) != 0 && errno == EAGAIN) {
         }
     }
-    pthread_mutex_lock(&eng->lock);
-    for (uint32_t i = 0; i < m->fpb; i++) {
-        xm__block_t *blk = &m->blocks[f0 + i];
-        blk->filled = 0;
-        mark_present(m, f0 + i, (uint64_t)(f0 + i) * m->fetch / XM__PAGE, m->fetch / XM__PAGE);
-        blk->state = XM__BLK_RESIDENT;
-        blk->ref = 1;
-        blk->suspect = !m->ro;
-        blk->frame = 1;
-    }
-    pthread_cond_broadcast(&eng->cond);
-    pthread_mutex_unlock(&eng->lock);
+    settle_run(eng, m, f0, m->fpb, true);
     wake(eng, (uintptr_t)dst, XM__HUGE);
 }
 

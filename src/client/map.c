@@ -41,6 +41,27 @@ static void *map_aligned(uint64_t bytes, int prot)
     return a;
 }
 
+/* A frame-sized area eviction can move a frame into (and a spare can be):
+ * aligned, not inherited by a child, huge-page backed where it is filled,
+ * registered with the engine's uffd (UFFDIO_MOVE needs its destination
+ * registered with the same uffd). NULL with errno set on failure. */
+static uint8_t *frame_area(const xm__engine_t *eng)
+{
+    uint8_t *a = map_aligned(XM__HUGE, PROT_READ | PROT_WRITE);
+    if (a == MAP_FAILED) return NULL;
+    madvise(a, XM__HUGE, MADV_DONTFORK);
+    madvise(a, XM__HUGE, MADV_HUGEPAGE);
+    struct uffdio_register reg = {.range = {.start = (uintptr_t)a, .len = XM__HUGE},
+                                  .mode = UFFDIO_REGISTER_MODE_MISSING};
+    if (ioctl(eng->uffd, UFFDIO_REGISTER, &reg) != 0) {
+        int err = errno;
+        munmap(a, XM__HUGE);
+        errno = err;
+        return NULL;
+    }
+    return a;
+}
+
 /* Transparent huge pages usable with madvise (the "enabled" mode is not [never]). */
 static bool thp_usable(void)
 {
@@ -157,48 +178,30 @@ static xm_status_t engine_create(xm_ctx_h ctx, xm__engine_t **eng_p)
     }
     status = XM_ERR_IO;
     for (uint32_t k = 0; k < eng->nthreads; k++) {
-        /* frame-aligned, so that an evicted frame moves out as one huge page */
-        uint8_t *st = map_aligned(STAGING_BYTES, PROT_READ | PROT_WRITE);
         uint8_t *bf = mmap(NULL, BUF_BYTES, PROT_READ | PROT_WRITE,
                            MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
         uint8_t *hb = map_aligned(XM__HUGE, PROT_READ | PROT_WRITE);
-        eng->staging[k] = st == MAP_FAILED ? NULL : st;
         eng->bufs[k] = bf == MAP_FAILED ? NULL : bf;
         eng->hbufs[k] = hb == MAP_FAILED ? NULL : hb;
-        if (st == MAP_FAILED || bf == MAP_FAILED || hb == MAP_FAILED) {
+        if (bf == MAP_FAILED || hb == MAP_FAILED) {
             xm__ctx_error(ctx, XM_ERR_NO_MEMORY, "mmap: %s", strerror(errno));
             status = XM_ERR_NO_MEMORY;
             goto err;
         }
-        madvise(st, STAGING_BYTES, MADV_DONTFORK);
-        madvise(st, STAGING_BYTES, MADV_HUGEPAGE);
         madvise(bf, BUF_BYTES, MADV_DONTFORK);
         /* a frame's data lands in a huge page (faulted in fresh after each move-in) */
         madvise(hb, XM__HUGE, MADV_DONTFORK);
         madvise(hb, XM__HUGE, MADV_HUGEPAGE);
-        /* UFFDIO_MOVE needs its destination registered with the same uffd */
-        struct uffdio_register reg = {.range = {.start = (uintptr_t)st, .len = STAGING_BYTES},
-                                      .mode = UFFDIO_REGISTER_MODE_MISSING};
-        if (ioctl(eng->uffd, UFFDIO_REGISTER, &reg) != 0) {
-            xm__ctx_error(ctx, status, "UFFDIO_REGISTER: %s", strerror(errno));
-            goto err;
+        /* the staging area and the spares: frame-aligned, so that an evicted
+         * frame moves out as one huge page; they swap roles (keep_spare) */
+        eng->staging[k] = frame_area(eng);
+        for (uint32_t i = 0; i < XM__SPARES && eng->staging[k] != NULL; i++) {
+            if ((eng->spare[k * XM__SPARES + i] = frame_area(eng)) == NULL) break;
         }
-        for (uint32_t i = 0; i < XM__SPARES; i++) {
-            uint8_t *sp = map_aligned(XM__HUGE, PROT_READ | PROT_WRITE);
-            if (sp == MAP_FAILED) {
-                xm__ctx_error(ctx, XM_ERR_NO_MEMORY, "mmap: %s", strerror(errno));
-                status = XM_ERR_NO_MEMORY;
-                goto err;
-            }
-            eng->spare[k * XM__SPARES + i] = sp;
-            madvise(sp, XM__HUGE, MADV_DONTFORK);
-            madvise(sp, XM__HUGE, MADV_HUGEPAGE);
-            struct uffdio_register sreg = {.range = {.start = (uintptr_t)sp, .len = XM__HUGE},
-                                           .mode = UFFDIO_REGISTER_MODE_MISSING};
-            if (ioctl(eng->uffd, UFFDIO_REGISTER, &sreg) != 0) {
-                xm__ctx_error(ctx, status, "UFFDIO_REGISTER: %s", strerror(errno));
-                goto err;
-            }
+        if (eng->staging[k] == NULL || eng->spare[k * XM__SPARES + XM__SPARES - 1] == NULL) {
+            status = errno == ENOMEM ? XM_ERR_NO_MEMORY : XM_ERR_IO;
+            xm__ctx_error(ctx, status, "a staging area (mmap, UFFDIO_REGISTER): %s", strerror(errno));
+            goto err;
         }
     }
     for (uint32_t k = 0; k < eng->nthreads; k++) {

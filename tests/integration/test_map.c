@@ -390,7 +390,6 @@ typedef struct {
     atomic_uint_fast64_t pos; /* where the scanner is */
     atomic_int stop;
     uint64_t *want; /* per page: the word a writer stored at its start, 0: none */
-    int me;
 } frame_race_t;
 
 typedef struct {
