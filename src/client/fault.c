@@ -99,8 +99,9 @@ static void hash_block(xm__map_t *m, uint32_t b, const uint8_t *buf, uint64_t by
 /* A block whose pages were installed: make it evictable and wake its waiters. */
 static void mark_present(xm__map_t *m, uint32_t b, uint64_t p0, uint64_t n);
 
-/* Blocks [b, b+n) whose pages were installed; a frame's are suspect (see frame_fetch). */
-static void settle_run(xm__engine_t *eng, xm__map_t *m, uint32_t b, uint32_t n, bool frame)
+/* Blocks [b, b+n) whose pages were installed; a frame's are suspect (see
+ * frame_fetch); pinned ones cannot be evicted until unpinned (unpin_window). */
+static void settle_run(xm__engine_t *eng, xm__map_t *m, uint32_t b, uint32_t n, bool frame, bool pin)
 {
     pthread_mutex_lock(&eng->lock);
     for (uint32_t i = b; i < b + n; i++) {
@@ -109,6 +110,7 @@ static void settle_run(xm__engine_t *eng, xm__map_t *m, uint32_t b, uint32_t n, 
         mark_present(m, i, (uint64_t)i * m->fetch / XM__PAGE, xm__block_bytes(m, i) / XM__PAGE);
         blk->state = XM__BLK_RESIDENT;
         blk->ref = 1;
+        if (pin) blk->pins++;
         if (frame) {
             blk->suspect = !m->ro;
             blk->frame = 1;
@@ -118,9 +120,9 @@ static void settle_run(xm__engine_t *eng, xm__map_t *m, uint32_t b, uint32_t n, 
     pthread_mutex_unlock(&eng->lock);
 }
 
-static void settle(xm__engine_t *eng, xm__map_t *m, uint32_t b)
+static void settle(xm__engine_t *eng, xm__map_t *m, uint32_t b, bool pin)
 {
-    settle_run(eng, m, b, 1, false);
+    settle_run(eng, m, b, 1, false, pin);
 }
 
 /* Counted before the pages appear, so that whoever sees the data sees the counts. */
@@ -315,7 +317,7 @@ static void frame_fetch(xm__engine_t *eng, xm__map_t *m, uint32_t k, uint32_t f0
                   .length = (size_t)n};
     xm_status_t status = xm_post(lc, &op);
     pthread_mutex_lock(&eng->lock);
-    bool reserved = xm__reserve(eng, m, XM__HUGE, k, demand);
+    bool reserved = xm__reserve(eng, m, XM__HUGE, k, demand, false);
     pthread_mutex_unlock(&eng->lock);
     if (status == XM_OK) {
         xm_op_t *p = &op;
@@ -370,7 +372,7 @@ static void frame_fetch(xm__engine_t *eng, xm__map_t *m, uint32_t k, uint32_t f0
         while (ioctl(eng->uffd, UFFDIO_WRITEPROTECT, &wp) != 0 && errno == EAGAIN) {
         }
     }
-    settle_run(eng, m, f0, m->fpb, true);
+    settle_run(eng, m, f0, m->fpb, true, false);
     wake(eng, (uintptr_t)dst, XM__HUGE);
 }
 
@@ -414,7 +416,7 @@ static void handle_fault(xm__engine_t *eng, uint32_t k, uintptr_t addr)
             m->last_block = b + 1;
             m->stream_len = 1;
             m->stream_at = b;
-            bool reserved = xm__reserve(eng, m, need * XM__PAGE, k, true);
+            bool reserved = xm__reserve(eng, m, need * XM__PAGE, k, true, true);
             pthread_mutex_unlock(&eng->lock);
             if (reserved) {
                 extend(eng, m, k, b, q0, q1, need * XM__PAGE);
@@ -443,7 +445,9 @@ static void handle_fault(xm__engine_t *eng, uint32_t k, uintptr_t addr)
     uint32_t window = 0;
     bool seq = b == m->last_block;
     if (m->readahead && seq) {
-        uint32_t max = XM_MAX(1u, XM__RA_MAX_BYTES / m->fetch);
+        /* at most a quarter of the cache: a window must not evict itself */
+        uint64_t cache = XM_MIN(m->budget, eng->budget) / m->fetch / 4;
+        uint32_t max = (uint32_t)XM_MAX(1u, XM_MIN((uint64_t)(XM__RA_MAX_BYTES / m->fetch), cache));
         window = m->ra_window == 0 ? XM_MIN(2u, max) : XM_MIN(m->ra_window * 2, max);
     }
     /* a long sequential run takes whole frames: this one and the next */
@@ -492,8 +496,9 @@ static void handle_fault(xm__engine_t *eng, uint32_t k, uintptr_t addr)
     ops[0] = (xm_op_t){.opcode = XM_OP_READ, .region = m->regions[k], .offset = m->off + off,
                        .buf = buf, .length = (size_t)n};
     xm_status_t status = xm_post(lc, &ops[0]);
+    /* a victim's write-back may finish after this block is in (xm__evict_finish below) */
     pthread_mutex_lock(&eng->lock);
-    bool reserved = xm__reserve(eng, m, bytes, k, true);
+    bool reserved = xm__reserve(eng, m, bytes, k, true, true);
     pthread_mutex_unlock(&eng->lock);
     if (!reserved) {
         if (status == XM_OK) {
@@ -573,30 +578,49 @@ static void handle_fault(xm__engine_t *eng, uint32_t k, uintptr_t addr)
         hash_block(m, b, buf, bytes);
         count(eng, m, bytes, false);
         install(eng, m, m->addr + off, buf, bytes); /* wakes the faulting threads */
-        settle(eng, m, b);
+        settle(eng, m, b, nra > 0);
     }
-    bool room = true;
+    xm__evict_finish(eng, k); /* the application runs on meanwhile */
+    /* the window's blocks installed so far stay pinned while room is made
+     * for the rest, so that room is never made by evicting them */
+    bool room = true, pinned[1 + XM__RA_MAX_BYTES / XM__PAGE];
+    pinned[0] = nra > 0 && status == XM_OK;
+    uint32_t dropped = 0; /* the first read-ahead block given up */
     for (uint32_t j = 1; j <= nra; j++) {
         uint32_t bb = b + j;
         uint64_t bl = xm__block_bytes(m, bb);
+        pinned[j] = false;
         if (room) { /* never waits: with nothing evictable now the rest is given up */
             pthread_mutex_lock(&eng->lock);
-            room = xm__reserve(eng, m, bl, k, false);
+            room = xm__reserve(eng, m, bl, k, false, false);
             pthread_mutex_unlock(&eng->lock);
         }
         xm_op_t *p = &ops[j];
         xm_status_t s = p->status == XM_IN_PROGRESS ? xm_wait(lc, &p, 1) : p->status; /* the buffer is the library's until then */
         if (!room || s != XM_OK) {
             drop_claim(eng, m, bb, room ? bl : 0);
+            if (dropped == 0) dropped = bb;
             continue;
         }
         uint8_t *src = buf + (uint64_t)j * m->fetch;
         hash_block(m, bb, src, bl);
         count(eng, m, bl, true);
         install(eng, m, m->addr + (uint64_t)bb * m->fetch, src, bl);
-        settle(eng, m, bb);
+        settle(eng, m, bb, true);
+        pinned[j] = true;
+    }
+    if (nra > 0) {
+        pthread_mutex_lock(&eng->lock);
+        for (uint32_t j = 0; j <= nra; j++) {
+            if (pinned[j]) m->blocks[b + j].pins--;
+        }
+        /* a fault on the first block given up still continues the stream */
+        if (dropped != 0 && m->last_block == b + 1 + window) m->last_block = dropped;
+        pthread_cond_broadcast(&eng->cond);
+        pthread_mutex_unlock(&eng->lock);
     }
 out_unlocked:
+    xm__evict_finish(eng, k);
     pthread_mutex_lock(&eng->lock);
     m->users--;
     pthread_cond_broadcast(&eng->cond);

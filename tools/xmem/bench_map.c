@@ -26,7 +26,7 @@ static void perf_ctl(const char *cmd)
 {
     const char *path = getenv("XMEM_BENCH_PERF_CTL");
     if (path == NULL) return;
-    int fd = open(path, O_WRONLY);
+    int fd = open(path, O_WRONLY | O_NONBLOCK); /* no reader (perf gone): no hang */
     if (fd < 0) return;
     ssize_t w = write(fd, cmd, strlen(cmd));
     (void)w;
@@ -160,23 +160,43 @@ static double stream_read_gbps(xm_ctx_h ctx, uint64_t bytes)
 /* The best any mapped-memory design could do for a scan here: the part not
  * cached is streamed straight into place (no fault, no install, no
  * eviction; 256 KiB reads, 16 in flight) by the scanning thread itself,
- * which keeps the reads going between chunks of its scan of the cached
- * part and then scans each piece as it lands — same transport, same CPUs,
+ * which tops the reads up between 256 KiB chunks of its scan of the cached
+ * part and then scans the missing part as it lands — same transport, same CPUs,
  * same run, no thread wake-ups. Returns seconds (0: could not measure);
  * *sum_p the checksum. */
 enum { IDEAL_PIECE = 256u << 10, IDEAL_DEPTH = 16 };
 
-/* Keep IDEAL_DEPTH reads in flight ahead of `scanned`; piece i uses ops[i % IDEAL_DEPTH]. */
-static xm_status_t ideal_refill(xm_ctx_h ctx, xm_region_h r, uint8_t *dst, uint64_t rest, xm_op_t *ops,
-                                uint64_t *posted, uint64_t scanned)
+/* Reads of the missing part, in order: [0, landed) has arrived, [landed,
+ * posted) is in flight; piece i uses ops[i % IDEAL_DEPTH]. */
+typedef struct {
+    xm_ctx_h ctx;
+    xm_region_h r;
+    uint8_t *dst;
+    uint64_t rest, posted, landed;
+    xm_op_t ops[IDEAL_DEPTH];
+} ideal_stream_t;
+
+/* Note what has arrived (wait: at least the oldest piece), then keep
+ * IDEAL_DEPTH reads in flight: a piece's slot is free once it has landed. */
+static xm_status_t ideal_advance(ideal_stream_t *s, bool wait)
 {
-    while (*posted < rest && *posted - scanned < (uint64_t)IDEAL_PIECE * IDEAL_DEPTH) {
-        xm_op_t *o = &ops[(*posted / IDEAL_PIECE) % IDEAL_DEPTH];
-        *o = (xm_op_t){.opcode = XM_OP_READ, .region = r, .offset = *posted, .buf = dst + *posted,
-                       .length = (size_t)BM_MIN((uint64_t)IDEAL_PIECE, rest - *posted)};
-        xm_status_t st = xm_post(ctx, o);
+    while (s->landed < s->posted) {
+        xm_op_t *o = &s->ops[(s->landed / IDEAL_PIECE) % IDEAL_DEPTH];
+        if (o->status == XM_IN_PROGRESS) {
+            if (!wait) break;
+            xm_wait(s->ctx, &o, 1);
+        }
+        if (o->status != XM_OK) return o->status;
+        s->landed += o->length;
+        wait = false;
+    }
+    while (s->posted < s->rest && s->posted - s->landed < (uint64_t)IDEAL_PIECE * IDEAL_DEPTH) {
+        xm_op_t *o = &s->ops[(s->posted / IDEAL_PIECE) % IDEAL_DEPTH];
+        *o = (xm_op_t){.opcode = XM_OP_READ, .region = s->r, .offset = s->posted, .buf = s->dst + s->posted,
+                       .length = (size_t)BM_MIN((uint64_t)IDEAL_PIECE, s->rest - s->posted)};
+        xm_status_t st = xm_post(s->ctx, o);
         if (st != XM_OK) return st;
-        *posted += o->length;
+        s->posted += o->length;
     }
     return XM_OK;
 }
@@ -192,33 +212,36 @@ static double ideal_scan(xm_ctx_h ctx, uint8_t *area, uint64_t ws, int pct, uint
     for (uint64_t off = 0; off < rest && st == XM_OK; off += 4u << 20) {
         st = xm_write(r, off, area + cached + off, (size_t)BM_MIN(4ull << 20, rest - off));
     }
-    memset(area + cached, 0, rest); /* pages stay populated: arrival costs no page allocation */
-    uint8_t *dst = area + cached;
-    xm_op_t ops[IDEAL_DEPTH];
-    uint64_t posted = 0, scanned = 0, sum = 0;
-    double secs = 0, t0 = xmw_now();
-    st = ideal_refill(ctx, r, dst, rest, ops, &posted, scanned);
-    for (uint64_t at = 0; at < cached && st == XM_OK; at += IDEAL_PIECE) {
-        sum += xmw_scan(area + at, IDEAL_PIECE).checksum;
-        xm_progress(ctx);
-    }
-    while (st == XM_OK && scanned < rest) {
-        xm_op_t *o = &ops[(scanned / IDEAL_PIECE) % IDEAL_DEPTH];
-        st = xm_wait(ctx, &o, 1);
-        if (st != XM_OK) break;
-        sum += xmw_scan(dst + scanned, o->length).checksum;
-        scanned += o->length;
-        st = ideal_refill(ctx, r, dst, rest, ops, &posted, scanned);
-    }
-    if (st == XM_OK) {
-        secs = xmw_now() - t0;
-        *sum_p = sum;
-    } else {
-        for (; scanned < posted; scanned += IDEAL_PIECE) { /* what is in flight lands before we return */
-            xm_op_t *o = &ops[(scanned / IDEAL_PIECE) % IDEAL_DEPTH];
-            xm_wait(ctx, &o, 1);
+    double secs = 0;
+    ideal_stream_t *s = calloc(1, sizeof(*s));
+    if (st == XM_OK && s != NULL) {
+        memset(area + cached, 0, rest); /* pages stay populated: arrival costs no page allocation */
+        *s = (ideal_stream_t){.ctx = ctx, .r = r, .dst = area + cached, .rest = rest};
+        uint64_t scanned = 0, sum = 0;
+        double t0 = xmw_now();
+        st = ideal_advance(s, false);
+        for (uint64_t at = 0; at < cached && st == XM_OK; at += IDEAL_PIECE) {
+            sum += xmw_scan(area + at, IDEAL_PIECE).checksum;
+            xm_progress(ctx);
+            st = ideal_advance(s, false);
+        }
+        while (st == XM_OK && scanned < rest) {
+            if (scanned == s->landed) st = ideal_advance(s, true);
+            if (st != XM_OK) break;
+            sum += xmw_scan(s->dst + scanned, (size_t)(s->landed - scanned)).checksum;
+            scanned = s->landed;
+            st = ideal_advance(s, false);
+        }
+        if (st == XM_OK) {
+            secs = xmw_now() - t0;
+            *sum_p = sum;
+        }
+        for (; s->landed < s->posted; s->landed += IDEAL_PIECE) { /* what is in flight lands before we return */
+            xm_op_t *o = &s->ops[(s->landed / IDEAL_PIECE) % IDEAL_DEPTH];
+            if (o->status == XM_IN_PROGRESS) xm_wait(ctx, &o, 1);
         }
     }
+    free(s);
     uint64_t id = xm_region_id(r);
     xm_region_close(r);
     xm_region_destroy(ctx, id, NULL);
