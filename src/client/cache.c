@@ -109,7 +109,7 @@ void xm__unreserve(xm__engine_t *eng, xm__map_t *m, uint64_t bytes)
     eng->resident -= bytes;
 }
 
-bool xm__reserve(xm__engine_t *eng, xm__map_t *m, uint64_t bytes, uint32_t k, bool wait, bool defer)
+bool xm__reserve(xm__engine_t *eng, xm__map_t *m, uint64_t bytes, uint32_t k, bool wait)
 {
     int failures = 0;
     for (;;) {
@@ -138,7 +138,7 @@ bool xm__reserve(xm__engine_t *eng, xm__map_t *m, uint64_t bytes, uint32_t k, bo
             for (uint32_t i = 0; i < n; i++) vm->blocks[v + i].state = XM__BLK_EVICTING;
             vm->users++;
             pthread_mutex_unlock(&eng->lock);
-            bool ok = xm__evict(vm, k, v, n, defer);
+            bool ok = xm__evict(vm, k, v, n);
             pthread_mutex_lock(&eng->lock);
             vm->users--;
             pthread_cond_broadcast(&eng->cond);
@@ -147,12 +147,6 @@ bool xm__reserve(xm__engine_t *eng, xm__map_t *m, uint64_t bytes, uint32_t k, bo
             continue;
         }
         if (!wait) return false;
-        if (eng->pending[k].m != NULL) { /* never wait on others with an eviction of ours unsettled */
-            pthread_mutex_unlock(&eng->lock);
-            xm__evict_finish(eng, k);
-            pthread_mutex_lock(&eng->lock);
-            continue;
-        }
         /* everything is being fetched, evicted or synced: one of them finishes soon */
         pthread_cond_wait(&eng->cond, &eng->lock);
     }
@@ -249,137 +243,9 @@ static bool keep_spare(xm__engine_t *eng, const xm__map_t *m, uint32_t k, uint64
     return false;
 }
 
-/* The end of an eviction of blocks [b, b+n) of m: dropped, or kept
- * resident, dirty and suspect when its write-back failed. deferred: its
- * write-back was in flight as a pending eviction, which held m and had
- * taken `released` bytes of block b off the budget. */
-static void evict_settle(xm__map_t *m, uint32_t b, uint32_t n, bool ok, uint32_t dirty, bool deferred,
-                         uint64_t released)
+bool xm__evict(xm__map_t *m, uint32_t k, uint32_t b, uint32_t n)
 {
     xm__engine_t *eng = m->eng;
-    pthread_mutex_lock(&eng->lock);
-    for (uint32_t i = 0; i < n; i++) {
-        xm__block_t *blk = &m->blocks[b + i];
-        if (ok) {
-            blk->state = XM__BLK_EMPTY;
-            blk->ref = 0;
-            blk->suspect = 0;
-            blk->frame = 0;
-            xm__unreserve(eng, m, (uint64_t)blk->filled * XM__PAGE - (i == 0 ? released : 0));
-            blk->filled = 0;
-            m->stats.evictions++;
-        } else {
-            blk->state = XM__BLK_RESIDENT;
-            blk->ref = 1;
-            blk->suspect = 1;
-        }
-    }
-    if (ok) {
-        uint64_t p0 = (uint64_t)b * m->fetch / XM__PAGE, bytes = 0;
-        for (uint32_t i = 0; i < n; i++) bytes += xm__block_bytes(m, b + i);
-        for (uint64_t p = p0; p < p0 + bytes / XM__PAGE; p++) xm__bit_clear(m->present, p);
-    } else {
-        /* back in the mapping: counted again (a later reservation evicts to make up) */
-        m->resident += released;
-        eng->resident += released;
-        m->stats.writeback_errors++;
-    }
-    m->stats.writeback_pages += dirty;
-    if (deferred) m->users--; /* held while the write-back was in flight */
-    pthread_cond_broadcast(&eng->cond);
-    pthread_mutex_unlock(&eng->lock);
-}
-
-/* Post the write-back of block b's changed pages (staged in handler k's
- * staging area) and leave it in flight as eng->pending[k]; the block's
- * bytes leave the budget now. False (nothing posted) when the changed pages
- * make more runs than a pending record holds. */
-static bool stage_writeback(xm__map_t *m, uint32_t k, uint32_t b, uint64_t bytes, const bool *present,
-                            const uint64_t *hashes, const bool *changed)
-{
-    xm__engine_t *eng = m->eng;
-    xm__pending_t *pd = &eng->pending[k];
-    uint64_t p0 = (uint64_t)b * m->fetch / XM__PAGE, np = bytes / XM__PAGE;
-    uint32_t runs = 0;
-    for (uint64_t p = 0; p < np; p++) {
-        if (changed[p] && (p == 0 || !changed[p - 1])) runs++;
-    }
-    if (runs > XM__PENDING_RUNS) return false;
-    uint8_t *st = eng->staging[k];
-    xm_ctx_h lc = m->regions[k]->ctx;
-    pd->nruns = 0;
-    for (uint64_t p = 0; p < np;) {
-        if (!changed[p]) {
-            p++;
-            continue;
-        }
-        uint64_t q = p;
-        while (q < np && changed[q]) q++;
-        uint64_t off = (p0 + p) * XM__PAGE;
-        xm_op_t *o = &pd->ops[pd->nruns];
-        *o = (xm_op_t){.opcode = XM_OP_WRITE, .region = m->regions[k], .offset = m->off + off,
-                       .buf = st + p * XM__PAGE, .length = (size_t)XM_MIN((q - p) * XM__PAGE, m->len - off)};
-        pd->run_p[pd->nruns] = (uint32_t)p;
-        pd->run_q[pd->nruns] = (uint32_t)q;
-        pd->nruns++;
-        if (xm_post(lc, o) != XM_OK) {
-            o->status = XM_ERR_TRANSPORT; /* settled as a failed write-back */
-            break;
-        }
-        p = q;
-    }
-    memcpy(pd->present, present, np * sizeof(*present));
-    memcpy(pd->hashes, hashes, np * sizeof(*hashes));
-    pd->b = b;
-    pd->bytes = bytes;
-    pthread_mutex_lock(&eng->lock);
-    pd->released = (uint64_t)m->blocks[b].filled * XM__PAGE;
-    xm__unreserve(eng, m, pd->released);
-    m->users++;
-    pd->m = m;
-    pthread_mutex_unlock(&eng->lock);
-    return true;
-}
-
-void xm__evict_finish(xm__engine_t *eng, uint32_t k)
-{
-    xm__pending_t *pd = &eng->pending[k];
-    xm__map_t *m = pd->m;
-    if (m == NULL) return;
-    xm_ctx_h lc = m->regions[k]->ctx;
-    uint64_t p0 = (uint64_t)pd->b * m->fetch / XM__PAGE;
-    uint32_t dirty = 0;
-    bool ok = true;
-    for (uint32_t i = 0; i < pd->nruns; i++) {
-        xm_op_t *o = &pd->ops[i];
-        xm_status_t s = o->status == XM_IN_PROGRESS ? xm_wait(lc, &o, 1) : o->status;
-        if (s != XM_OK) {
-            if (ok) {
-                xm_log_warn("map: region %llu offset %llu: write-back of %llu bytes failed (%s): "
-                            "kept resident and dirty",
-                            (unsigned long long)m->region_id, (unsigned long long)o->offset,
-                            (unsigned long long)o->length, xm_last_error(lc));
-            }
-            ok = false;
-            continue;
-        }
-        for (uint32_t p = pd->run_p[i]; p < pd->run_q[i]; p++) xm__hash_set(m, p0 + p, pd->hashes[p]);
-        dirty += pd->run_q[i] - pd->run_p[i];
-    }
-    uint8_t *st = eng->staging[k];
-    if (ok) {
-        madvise(st, pd->bytes, MADV_DONTNEED);
-    } else {
-        unstage(eng, m->addr + (uint64_t)pd->b * m->fetch, st, pd->bytes, pd->present);
-    }
-    pd->m = NULL;
-    evict_settle(m, pd->b, 1, ok, dirty, true, pd->released);
-}
-
-bool xm__evict(xm__map_t *m, uint32_t k, uint32_t b, uint32_t n, bool defer)
-{
-    xm__engine_t *eng = m->eng;
-    xm__evict_finish(eng, k); /* the staging area is needed again */
     uint8_t *a = m->addr + (uint64_t)b * m->fetch;
     uint64_t bytes = 0;
     for (uint32_t i = 0; i < n; i++) bytes += xm__block_bytes(m, b + i);
@@ -424,12 +290,6 @@ bool xm__evict(xm__map_t *m, uint32_t k, uint32_t b, uint32_t n, bool defer)
             hashes[p] = present[p] ? xm__page_hash(st + p * XM__PAGE) : 0;
             changed[p] = present[p] && hashes[p] != xm__hash_get(m, p0 + p);
         }
-        /* a single block (a frame's huge page may go to a spare instead): its
-         * write-back can finish after the fault that wanted the room is served */
-        if (status == XM_OK && defer && n == 1 && !(m->fpb != 0 && bytes == XM__HUGE) &&
-            stage_writeback(m, k, b, bytes, present, hashes, changed)) {
-            return true;
-        }
         for (uint64_t p = 0; p < np && status == XM_OK;) {
             if (!changed[p]) {
                 p++;
@@ -461,6 +321,32 @@ bool xm__evict(xm__map_t *m, uint32_t k, uint32_t b, uint32_t n, bool defer)
      * table behind, and a later frame could not move in as a huge page:
      * MADV_DONTNEED of the empty range frees it (CONFIG_PT_RECLAIM) */
     if (n > 1 && status == XM_OK && !m->ro) madvise(a, bytes, MADV_DONTNEED);
-    evict_settle(m, b, n, status == XM_OK, dirty, false, 0);
+    pthread_mutex_lock(&eng->lock);
+    for (uint32_t i = 0; i < n; i++) {
+        xm__block_t *blk = &m->blocks[b + i];
+        if (status == XM_OK) {
+            blk->state = XM__BLK_EMPTY;
+            blk->ref = 0;
+            blk->suspect = 0;
+            blk->frame = 0;
+            xm__unreserve(eng, m, (uint64_t)blk->filled * XM__PAGE);
+            blk->filled = 0;
+            m->stats.evictions++;
+        } else {
+            blk->state = XM__BLK_RESIDENT;
+            blk->ref = 1;
+            blk->suspect = 1;
+        }
+    }
+    if (status == XM_OK) {
+        for (uint64_t p = (uint64_t)b * m->fetch / XM__PAGE, e = p + bytes / XM__PAGE; p < e; p++) {
+            xm__bit_clear(m->present, p);
+        }
+    } else {
+        m->stats.writeback_errors++;
+    }
+    m->stats.writeback_pages += dirty;
+    pthread_cond_broadcast(&eng->cond);
+    pthread_mutex_unlock(&eng->lock);
     return status == XM_OK;
 }

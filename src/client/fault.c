@@ -317,7 +317,7 @@ static void frame_fetch(xm__engine_t *eng, xm__map_t *m, uint32_t k, uint32_t f0
                   .length = (size_t)n};
     xm_status_t status = xm_post(lc, &op);
     pthread_mutex_lock(&eng->lock);
-    bool reserved = xm__reserve(eng, m, XM__HUGE, k, demand, false);
+    bool reserved = xm__reserve(eng, m, XM__HUGE, k, demand);
     pthread_mutex_unlock(&eng->lock);
     if (status == XM_OK) {
         xm_op_t *p = &op;
@@ -416,7 +416,7 @@ static void handle_fault(xm__engine_t *eng, uint32_t k, uintptr_t addr)
             m->last_block = b + 1;
             m->stream_len = 1;
             m->stream_at = b;
-            bool reserved = xm__reserve(eng, m, need * XM__PAGE, k, true, true);
+            bool reserved = xm__reserve(eng, m, need * XM__PAGE, k, true);
             pthread_mutex_unlock(&eng->lock);
             if (reserved) {
                 extend(eng, m, k, b, q0, q1, need * XM__PAGE);
@@ -496,9 +496,8 @@ static void handle_fault(xm__engine_t *eng, uint32_t k, uintptr_t addr)
     ops[0] = (xm_op_t){.opcode = XM_OP_READ, .region = m->regions[k], .offset = m->off + off,
                        .buf = buf, .length = (size_t)n};
     xm_status_t status = xm_post(lc, &ops[0]);
-    /* a victim's write-back may finish after this block is in (xm__evict_finish below) */
     pthread_mutex_lock(&eng->lock);
-    bool reserved = xm__reserve(eng, m, bytes, k, true, true);
+    bool reserved = xm__reserve(eng, m, bytes, k, true);
     pthread_mutex_unlock(&eng->lock);
     if (!reserved) {
         if (status == XM_OK) {
@@ -580,7 +579,6 @@ static void handle_fault(xm__engine_t *eng, uint32_t k, uintptr_t addr)
         install(eng, m, m->addr + off, buf, bytes); /* wakes the faulting threads */
         settle(eng, m, b, nra > 0);
     }
-    xm__evict_finish(eng, k); /* the application runs on meanwhile */
     /* the window's blocks installed so far stay pinned while room is made
      * for the rest, so that room is never made by evicting them */
     bool room = true, pinned[1 + XM__RA_MAX_BYTES / XM__PAGE];
@@ -592,7 +590,7 @@ static void handle_fault(xm__engine_t *eng, uint32_t k, uintptr_t addr)
         pinned[j] = false;
         if (room) { /* never waits: with nothing evictable now the rest is given up */
             pthread_mutex_lock(&eng->lock);
-            room = xm__reserve(eng, m, bl, k, false, false);
+            room = xm__reserve(eng, m, bl, k, false);
             pthread_mutex_unlock(&eng->lock);
         }
         xm_op_t *p = &ops[j];
@@ -620,7 +618,6 @@ static void handle_fault(xm__engine_t *eng, uint32_t k, uintptr_t addr)
         pthread_mutex_unlock(&eng->lock);
     }
 out_unlocked:
-    xm__evict_finish(eng, k);
     pthread_mutex_lock(&eng->lock);
     m->users--;
     pthread_cond_broadcast(&eng->cond);

@@ -111,7 +111,6 @@ static void engine_destroy(xm__engine_t *eng)
     pthread_cond_destroy(&eng->clean_cond);
     free(eng->threads);
     free(eng->staging);
-    free(eng->pending);
     free(eng->hbufs);
     free(eng->spare);
     free(eng->spare_state);
@@ -161,13 +160,12 @@ static xm_status_t engine_create(xm_ctx_h ctx, xm__engine_t **eng_p)
     eng->nthreads = (uint32_t)XM_MAX(1, XM_MIN(ncpu, MAX_HANDLERS));
     eng->lanes = calloc(XM__NLANES(eng), sizeof(*eng->lanes));
     eng->staging = calloc(eng->nthreads, sizeof(*eng->staging));
-    eng->pending = calloc(eng->nthreads, sizeof(*eng->pending));
     eng->bufs = calloc(eng->nthreads, sizeof(*eng->bufs));
     eng->hbufs = calloc(eng->nthreads, sizeof(*eng->hbufs));
     eng->spare = calloc((size_t)eng->nthreads * XM__SPARES, sizeof(*eng->spare));
     eng->spare_state = calloc((size_t)eng->nthreads * XM__SPARES, sizeof(*eng->spare_state));
     eng->threads = calloc(eng->nthreads, sizeof(*eng->threads));
-    if (eng->lanes == NULL || eng->staging == NULL || eng->pending == NULL || eng->bufs == NULL || eng->hbufs == NULL ||
+    if (eng->lanes == NULL || eng->staging == NULL || eng->bufs == NULL || eng->hbufs == NULL ||
         eng->spare == NULL || eng->spare_state == NULL || eng->threads == NULL) {
         status = XM_ERR_NO_MEMORY;
         goto err;

@@ -83,25 +83,6 @@ typedef struct xm__lane {
 } xm__lane_t;
 
 struct xm__engine;
-struct xm__map;
-
-/* An eviction of one block whose write-back is still in flight (at most one
- * per handler thread, only handler k touches eng->pending[k]): its pages
- * wait in the handler's staging area, the block stays EVICTING (accesses to
- * it wait) and its bytes no longer count against the budget, so the fault
- * that needed the room is served first; xm__evict_finish settles it. */
-#define XM__PENDING_RUNS 16u
-typedef struct xm__pending {
-    struct xm__map *m; /* NULL: none */
-    uint32_t b;
-    uint32_t nruns;
-    uint64_t bytes;     /* the block's bytes */
-    uint64_t released;  /* bytes taken off the budget when it was staged */
-    uint32_t run_p[XM__PENDING_RUNS], run_q[XM__PENDING_RUNS]; /* pages [p, q) of the block written back */
-    xm_op_t ops[XM__PENDING_RUNS];
-    bool present[XM__FETCH_MAX / XM__PAGE]; /* page i was moved to staging */
-    uint64_t hashes[XM__FETCH_MAX / XM__PAGE];
-} xm__pending_t;
 
 /* One mapping. Fields below "engine lock" are guarded by eng->lock. */
 typedef struct xm__map {
@@ -153,7 +134,6 @@ typedef struct xm__engine {
     pthread_t *threads;
     xm__lane_t *lanes;     /* nthreads handler lanes, the sync lane, the cleaner's lane */
     uint8_t **staging;     /* per handler thread: uffd-registered, eviction moves blocks here */
-    xm__pending_t *pending; /* per handler thread: its eviction still writing back, if any */
     uint8_t **bufs;        /* per handler thread: fetch buffers */
     uint8_t **hbufs;       /* per handler thread: a frame's fetch buffer (a THP, moved in whole) */
     /* per handler thread, XM__SPARES uffd-registered frame areas each: an
@@ -208,19 +188,12 @@ bool xm__clock_pick(xm__block_t *blocks, uint32_t n, uint32_t *hand, uint32_t *v
  * what it has just passed instead of what it is about to reach. */
 bool xm__behind_pick(const xm__block_t *blocks, uint32_t from, uint32_t span, uint32_t *victim_p);
 /* Account bytes for a new block of m, evicting (lock dropped meanwhile) as
- * needed. Returns false when nothing can be evicted now and !wait. defer: a
- * victim's write-back may be left in flight (eng->pending[k]) — the caller
- * then calls xm__evict_finish(eng, k) once its own block is installed. */
-bool xm__reserve(xm__engine_t *eng, xm__map_t *m, uint64_t bytes, uint32_t k, bool wait, bool defer);
+ * needed. Returns false when nothing can be evicted now and !wait. */
+bool xm__reserve(xm__engine_t *eng, xm__map_t *m, uint64_t bytes, uint32_t k, bool wait);
 void xm__unreserve(xm__engine_t *eng, xm__map_t *m, uint64_t bytes);
 /* Evict blocks [b, b+n) of m (state EVICTING, lock NOT held; n > 1 only for
- * a whole frame). True when dropped, or (defer, one block) staged with its
- * write-back in flight and its bytes off the budget. Settles handler k's
- * pending eviction first. */
-bool xm__evict(xm__map_t *m, uint32_t k, uint32_t b, uint32_t n, bool defer);
-/* Wait for handler k's pending write-back (if any) and settle its block:
- * dropped, or put back resident and dirty if the write-back failed. Lock NOT held. */
-void xm__evict_finish(xm__engine_t *eng, uint32_t k);
+ * a whole frame). True when dropped. */
+bool xm__evict(xm__map_t *m, uint32_t k, uint32_t b, uint32_t n);
 /* Move [src, src+len) to dst by UFFDIO_MOVE; present[i]: page i moved. 0 or an errno. */
 int xm__move_range(xm__engine_t *eng, uint8_t *dst, uint8_t *src, uint64_t len, bool *present, bool wake);
 

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <linux/userfaultfd.h>
 #include <pthread.h>
+#include <setjmp.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -724,6 +725,90 @@ Test(map, dead_appliance_fault_is_sigbus, .fini = teardown, .timeout = 120)
     while (fgets(line, sizeof(line), f) != NULL) named |= strstr(line, want) != NULL && strstr(line, "SIGBUS") != NULL;
     fclose(f);
     cr_assert(named, "no log line naming '%s' and SIGBUS", want);
+    xt_cleanup(&app);
+}
+
+/* An eviction whose write-back fails (the appliance died): the fault that
+ * wanted the room gets SIGBUS, and the victim's written pages stay in the
+ * mapping, still dirty (xm_sync fails for them) — never dropped. */
+static sigjmp_buf bus_jump;
+static void bus_to_jump(int sig)
+{
+    (void)sig;
+    siglongjmp(bus_jump, 1);
+}
+
+Test(map, failed_eviction_keeps_written_pages, .fini = teardown, .timeout = 120)
+{
+    start("tcp", "256M");
+    xm_ctx_h ctx = xt_connect(&app, NULL);
+    const uint64_t size = 4u << 20, budget = 1u << 20;
+    xm_region_h r;
+    cr_assert_eq(xm_region_create(ctx, size, NULL, &r), XM_OK);
+    fill_region(r, size, 5);
+    uint64_t id = xm_region_id(r);
+    xm_region_close(r);
+    xm_disconnect(ctx);
+    int go[2], ready[2];
+    cr_assert_eq(pipe(go), 0);
+    cr_assert_eq(pipe(ready), 0);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        int devnull = open("/dev/null", O_WRONLY);
+        dup2(devnull, 2); /* the failures are logged: expected */
+        xm_ctx_h c;
+        xm_connect_opts_t co = {.appliance = app.addr, .secret_file = app.secret, .tenant = "alice",
+                                .timeout_ms = 300};
+        if (xm_connect(&co, &c) != XM_OK) _exit(10);
+        xm_region_h rr;
+        if (xm_region_open(c, id, NULL, XM_ACCESS_READ_WRITE, &rr) != XM_OK) _exit(11);
+        uint8_t *p;
+        /* no read-ahead: every block in the cache is one the loop below wrote */
+        xm_map_opts_t mo = {.cache_bytes = budget, .fetch_size = 65536, .flags = XM_MAP_NO_READAHEAD};
+        if (xm_map(c, rr, 0, size, &mo, (void **)&p) != XM_OK) _exit(12);
+        /* write a cache's worth, then note which pages are here */
+        for (uint64_t off = 0; off < budget; off += 4096) p[off] = (uint8_t)(off >> 12) | 1;
+        static unsigned char here[(1u << 20) / 4096];
+        if (mincore(p, budget, here) != 0) _exit(13);
+        int written = 0;
+        for (uint64_t i = 0; i < budget / 4096; i++) written += here[i] & 1;
+        if (written == 0) _exit(14);
+        char x = 1;
+        if (write(ready[1], &x, 1) != 1) _exit(15);
+        if (read(go[0], &x, 1) != 1) _exit(16);
+        /* the appliance is gone: reading far away needs room, which needs write-backs */
+        struct sigaction sa = {.sa_handler = bus_to_jump};
+        sigaction(SIGBUS, &sa, NULL);
+        volatile uint8_t sink = 0;
+        bool bus = false;
+        for (uint64_t off = size / 2; off < size && !bus; off += 65536) {
+            if (sigsetjmp(bus_jump, 1) == 0) {
+                sink = p[off];
+            } else {
+                bus = true;
+            }
+        }
+        (void)sink;
+        if (!bus) _exit(17); /* fetches with the appliance dead cannot have worked */
+        signal(SIGBUS, SIG_DFL);
+        for (uint64_t i = 0; i < budget / 4096; i++) {
+            if ((here[i] & 1) && p[i * 4096] != ((uint8_t)i | 1)) _exit(18); /* a written page lost */
+        }
+        if (xm_sync(p, size) == XM_OK) _exit(19); /* its stores never reached the appliance */
+        xm_unmap_discard(p);
+        _exit(0);
+    }
+    char x;
+    cr_assert_eq(read(ready[0], &x, 1), 1, "child could not map");
+    xt_kill9(&app);
+    started = false;
+    cr_assert_eq(write(go[1], &x, 1), 1);
+    int wst;
+    cr_assert_eq(waitpid(pid, &wst, 0), pid);
+    cr_assert(WIFEXITED(wst) && WEXITSTATUS(wst) == 0, "child failed (exit %d, signal %d): 17 no SIGBUS, signal 7 or "
+              "18 a written page lost, 19 xm_sync succeeded",
+              WIFEXITED(wst) ? WEXITSTATUS(wst) : -1, WIFSIGNALED(wst) ? WTERMSIG(wst) : -1);
     xt_cleanup(&app);
 }
 
