@@ -7,7 +7,6 @@
 #include <errno.h>
 #include <poll.h>
 #include <sched.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -100,7 +99,7 @@ static void hash_block(xm__map_t *m, uint32_t b, const uint8_t *buf, uint64_t by
 static void mark_present(xm__map_t *m, uint32_t b, uint64_t p0, uint64_t n);
 
 /* Blocks [b, b+n) whose pages were installed; a frame's are suspect (see
- * frame_fetch); pinned ones cannot be evicted until unpinned (unpin_window). */
+ * frame_fetch); pinned ones cannot be evicted until handle_fault unpins them. */
 static void settle_run(xm__engine_t *eng, xm__map_t *m, uint32_t b, uint32_t n, bool frame, bool pin)
 {
     pthread_mutex_lock(&eng->lock);

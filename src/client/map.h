@@ -52,7 +52,8 @@ typedef struct xm__block {
     uint8_t suspect; /* content may differ from the hashes unseen by PAGEMAP_SCAN
                       * (a failed write-back): xm_sync compares every page */
     uint8_t cleaning; /* the cleaner is writing it back: not evictable, xm_sync waits */
-    uint32_t pins;   /* xm_sync is copying from it: not evictable, the cleaner skips it */
+    uint32_t pins;   /* xm_sync copies from it, or its fault is making room for the rest of
+                      * its read-ahead window: not evictable, the cleaner skips it */
     uint16_t filled; /* pages fetched and accounted (a random fault fetches one page) */
     uint8_t frame;   /* moved in with its whole frame as one huge page: evicted with it */
 } xm__block_t;

@@ -185,9 +185,11 @@ XT_TEST_PROVIDERS(map, loads_and_stores_round_trip, .fini = teardown, .timeout =
     xm_disconnect(ctx);
 }
 
-/* Fill a region with a recognisable word per 8 bytes: offset * 3 + seed. */
-static void fill_region(xm_region_h r, uint64_t size, uint64_t seed)
+/* A new region filled with a recognisable word per 8 bytes: offset * 3 + seed. */
+static xm_region_h filled_region(xm_ctx_h ctx, uint64_t size, uint64_t seed)
 {
+    xm_region_h r;
+    cr_assert_eq(xm_region_create(ctx, size, NULL, &r), XM_OK);
     const size_t chunk = 1u << 20;
     uint64_t *buf = malloc(chunk);
     for (uint64_t off = 0; off < size; off += chunk) {
@@ -195,6 +197,7 @@ static void fill_region(xm_region_h r, uint64_t size, uint64_t seed)
         cr_assert_eq(xm_write(r, off, buf, XM_MIN_T(chunk, size - off)), XM_OK);
     }
     free(buf);
+    return r;
 }
 
 XT_TEST_PROVIDERS(map, resident_size_stays_within_budget, .fini = teardown, .timeout = 120)
@@ -202,9 +205,7 @@ XT_TEST_PROVIDERS(map, resident_size_stays_within_budget, .fini = teardown, .tim
     start(provider, "256M");
     xm_ctx_h ctx = xt_connect(&app, NULL);
     const uint64_t size = 32u << 20, budget = 8u << 20; /* a scan 4x the cache */
-    xm_region_h r;
-    cr_assert_eq(xm_region_create(ctx, size, NULL, &r), XM_OK);
-    fill_region(r, size, 11);
+    xm_region_h r = filled_region(ctx, size, 11);
     uint64_t *p;
     xm_map_opts_t o = {.cache_bytes = budget};
     cr_assert_eq(xm_map(ctx, r, 0, size, &o, (void **)&p), XM_OK, "%s", xm_last_error(ctx));
@@ -271,9 +272,7 @@ Test(map, small_cache_read_ahead_fetches_each_block_once, .fini = teardown, .tim
     start("tcp", "256M");
     xm_ctx_h ctx = xt_connect(&app, NULL);
     const uint64_t size = 8u << 20;
-    xm_region_h r;
-    cr_assert_eq(xm_region_create(ctx, size, NULL, &r), XM_OK);
-    fill_region(r, size, 7);
+    xm_region_h r = filled_region(ctx, size, 7);
     const uint64_t budgets[] = {64u << 10, 128u << 10, 256u << 10};
     for (size_t i = 0; i < sizeof(budgets) / sizeof(budgets[0]); i++) {
         uint64_t *p;
@@ -580,9 +579,7 @@ Test(map, only_written_pages_go_back, .fini = teardown, .timeout = 120)
     start("tcp", "256M");
     xm_ctx_h ctx = xt_connect(&app, NULL);
     const uint64_t size = 4u << 20;
-    xm_region_h r;
-    cr_assert_eq(xm_region_create(ctx, size, NULL, &r), XM_OK);
-    fill_region(r, size, 5);
+    xm_region_h r = filled_region(ctx, size, 5);
     uint8_t *p;
     cr_assert_eq(xm_map(ctx, r, 0, size, NULL, (void **)&p), XM_OK);
     volatile uint64_t sum = 0;
@@ -709,9 +706,7 @@ Test(map, dead_appliance_fault_is_sigbus, .fini = teardown, .timeout = 120)
 {
     start("tcp", "256M");
     xm_ctx_h ctx = xt_connect(&app, NULL);
-    xm_region_h r;
-    cr_assert_eq(xm_region_create(ctx, 8u << 20, NULL, &r), XM_OK);
-    fill_region(r, 8u << 20, 3);
+    xm_region_h r = filled_region(ctx, 8u << 20, 3);
     uint64_t id = xm_region_id(r);
     xm_region_close(r);
     xm_disconnect(ctx);
@@ -779,9 +774,7 @@ Test(map, failed_eviction_keeps_written_pages, .fini = teardown, .timeout = 120)
     start("tcp", "256M");
     xm_ctx_h ctx = xt_connect(&app, NULL);
     const uint64_t size = 4u << 20, budget = 1u << 20;
-    xm_region_h r;
-    cr_assert_eq(xm_region_create(ctx, size, NULL, &r), XM_OK);
-    fill_region(r, size, 5);
+    xm_region_h r = filled_region(ctx, size, 5);
     uint64_t id = xm_region_id(r);
     xm_region_close(r);
     xm_disconnect(ctx);
@@ -1058,9 +1051,7 @@ Test(map, swapped_out_pages_are_not_forgotten, .fini = swap_teardown, .timeout =
     need_swap();
     xm_ctx_h ctx = xt_connect(&app, NULL);
     const uint64_t size = 4u << 20;
-    xm_region_h r;
-    cr_assert_eq(xm_region_create(ctx, size, NULL, &r), XM_OK);
-    fill_region(r, size, 9);
+    xm_region_h r = filled_region(ctx, size, 9);
     uint64_t *p;
     /* xm_sync */
     cr_assert_eq(xm_map(ctx, r, 0, size, NULL, (void **)&p), XM_OK, "%s", xm_last_error(ctx));

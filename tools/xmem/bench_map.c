@@ -33,6 +33,14 @@ static void perf_ctl(const char *cmd)
     close(fd);
 }
 
+/* Close a region this benchmark created and destroy it. */
+static void region_drop(xm_ctx_h ctx, xm_region_h r)
+{
+    uint64_t id = xm_region_id(r);
+    xm_region_close(r);
+    xm_region_destroy(ctx, id, NULL);
+}
+
 static int cmp_d(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -151,9 +159,7 @@ static double stream_read_gbps(xm_ctx_h ctx, uint64_t bytes)
         if (st == XM_OK) gbps = (double)bytes / (xmw_now() - t0) / 1e9;
         free(buf);
     }
-    uint64_t id = xm_region_id(r);
-    xm_region_close(r);
-    xm_region_destroy(ctx, id, NULL);
+    region_drop(ctx, r);
     return gbps;
 }
 
@@ -242,9 +248,7 @@ static double ideal_scan(xm_ctx_h ctx, uint8_t *area, uint64_t ws, int pct, uint
         }
     }
     free(s);
-    uint64_t id = xm_region_id(r);
-    xm_region_close(r);
-    xm_region_destroy(ctx, id, NULL);
+    region_drop(ctx, r);
     return secs;
 }
 
@@ -412,9 +416,7 @@ workloads:;
                 if (res.seconds < best) best = res.seconds;
                 if (res.checksum != sums[w] || !res.ok) bad = true;
                 xm_unmap_discard(m);
-                uint64_t wid = xm_region_id(wr);
-                xm_region_close(wr);
-                xm_region_destroy(ctx, wid, NULL);
+                region_drop(ctx, wr);
             }
             printf(" %6.3fs %5.2fx%s", best, best / base[w], bad ? "!" : " ");
             fflush(stdout);
@@ -460,9 +462,7 @@ workloads:;
         }
     }
     free(lat);
-    uint64_t rid = xm_region_id(r);
-    xm_region_close(r);
-    xm_region_destroy(ctx, rid, NULL);
+    region_drop(ctx, r);
     xm_disconnect(ctx);
     return 0;
 }
