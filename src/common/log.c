@@ -1,5 +1,6 @@
 /* Logging to stderr with a level and a program name. */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -8,7 +9,9 @@
 
 #include "common.h"
 
-static int log_level = -1;
+/* read by every thread on every log call, set by main or the first reader: an atomic,
+ * relaxed (a level is one word; nothing else is published through it) */
+static atomic_int log_level = -1;
 static char log_ident[32] = "xmem";
 
 static const char *const level_names[] = {"error", "warn", "info", "debug"};
@@ -26,17 +29,24 @@ bool xm__log_parse_level(const char *text, xm_log_level_t *level_p)
 
 xm_log_level_t xm__log_get_level(void)
 {
-    if (log_level < 0) {
-        xm_log_level_t level = XM_LOG_WARN;
-        xm__log_parse_level(getenv("XMEM_LOG_LEVEL"), &level);
-        log_level = (int)level;
+    int level = atomic_load_explicit(&log_level, memory_order_relaxed);
+    if (level < 0) {
+        xm_log_level_t parsed = XM_LOG_WARN;
+        xm__log_parse_level(getenv("XMEM_LOG_LEVEL"), &parsed);
+        /* first reader wins; a level set meanwhile by xm__log_set_level is kept */
+        int expected = -1;
+        if (!atomic_compare_exchange_strong_explicit(&log_level, &expected, (int)parsed,
+                                                     memory_order_relaxed, memory_order_relaxed)) {
+            return (xm_log_level_t)expected;
+        }
+        level = (int)parsed;
     }
-    return (xm_log_level_t)log_level;
+    return (xm_log_level_t)level;
 }
 
 void xm__log_set_level(xm_log_level_t level)
 {
-    log_level = (int)level;
+    atomic_store_explicit(&log_level, (int)level, memory_order_relaxed);
 }
 
 void xm__log_set_ident(const char *ident)
