@@ -51,6 +51,14 @@ static xm_status_t alloc_from_desc(xm_ctx_h ctx, xm_msg_t *rep, xm_alloc_h *allo
         return xm__ctx_error(ctx, XM_ERR_PROTOCOL, "manager sent no allocation descriptor");
     }
     const Xmem__AllocDesc *d = rep->alloc_desc;
+    xm__layout_t layout;
+    const char *why;
+    if (proto_desc_layout(d, &layout, &why) != XM_OK) {
+        /* the decoder checked it already; a descriptor built any other way is checked here */
+        status = xm__ctx_error(ctx, XM_ERR_PROTOCOL, "allocation descriptor: %s", why);
+        proto_msg_free(rep);
+        return status;
+    }
     /* one endpoint serves every appliance: they must share a provider */
     const char *prov = d->parts[0]->provider;
     for (size_t i = 0; i < d->n_parts; i++) {
@@ -92,7 +100,7 @@ static xm_status_t alloc_from_desc(xm_ctx_h ctx, xm_msg_t *rep, xm_alloc_h *allo
     a->access = d->access == XMEM__ACCESS__ACCESS_READ ? XM_ACCESS_READ : XM_ACCESS_READ_WRITE;
     a->parts = parts;
     a->nparts = (uint32_t)d->n_parts;
-    a->chunk = d->layout == XMEM__LAYOUT__LAYOUT_STRIPE ? d->chunk : 0;
+    a->layout = layout;
     proto_msg_free(rep);
     *alloc_p = a;
     return XM_OK;

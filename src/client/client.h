@@ -61,8 +61,7 @@ typedef struct xm__part {
 
 /*
  * A region handle, or an allocation handle (xm_alloc_h) when parts is set:
- * offsets then route through the layout (stripe: chunk i in part i % nparts
- * at (i / nparts) * chunk).
+ * offsets then route through layout (src/common/layout.h) to parts[].
  */
 struct xm_region {
     xm_ctx_h ctx;
@@ -72,7 +71,7 @@ struct xm_region {
     xm_access_t access;
     xm__part_t *parts;       /* NULL: a plain region on the context's appliance */
     uint32_t nparts;
-    uint64_t chunk;          /* stripe unit; 0: one part holds everything */
+    xm__layout_t layout;     /* how offsets map to parts; unset for a plain region */
 };
 
 /* Where the byte at off of r lives: peer, offset in its registration, key, and how many

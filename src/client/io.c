@@ -151,48 +151,34 @@ XM_EXPORT int xm_progress(xm_ctx_h ctx)
     return done;
 }
 
-void xm__route(xm_region_h r, uint64_t off, fi_addr_t *peer_p, uint64_t *raddr_p, uint64_t *key_p,
-               uint64_t *contig_p)
+/* The layout r's offsets route through: a plain region is one part on the context's appliance. */
+static xm__layout_t layout_of(xm_region_h r)
+{
+    return r->parts != NULL ? r->layout : xm__layout_single(r->size);
+}
+
+/* The peer and key of one part of r. */
+static void part_target(xm_region_h r, uint32_t part, fi_addr_t *peer_p, uint64_t *key_p)
 {
     if (r->parts == NULL) {
         *peer_p = r->ctx->peer;
-        *raddr_p = off;
         *key_p = r->key;
-        *contig_p = r->size - off;
         return;
     }
-    if (r->chunk == 0) {
-        const xm__part_t *p = &r->parts[0];
-        *peer_p = r->ctx->peers[p->peer].fi;
-        *raddr_p = off;
-        *key_p = p->key;
-        *contig_p = r->size - off;
-        return;
-    }
-    uint64_t stripe = off / r->chunk, within = off % r->chunk;
-    const xm__part_t *p = &r->parts[stripe % r->nparts];
+    const xm__part_t *p = &r->parts[part];
     *peer_p = r->ctx->peers[p->peer].fi;
-    *raddr_p = (stripe / r->nparts) * r->chunk + within;
     *key_p = p->key;
-    *contig_p = XM_MIN(r->chunk - within, r->size - off);
 }
 
-/* Pieces op is cut into: at most IO_CHUNK each, none crossing a stripe chunk. */
-static uint32_t pieces_of(const xm_op_t *op, bool bulk)
+void xm__route(xm_region_h r, uint64_t off, fi_addr_t *peer_p, uint64_t *raddr_p, uint64_t *key_p,
+               uint64_t *contig_p)
 {
-    const xm_region_h r = op->region;
-    if (!bulk) return 1;
-    if (r->chunk == 0) return (uint32_t)((op->length + IO_CHUNK - 1) / IO_CHUNK);
-    uint32_t n = 0;
-    uint64_t off = op->offset, left = op->length;
-    while (left > 0) {
-        uint64_t within = off % r->chunk;
-        uint64_t len = XM_MIN(XM_MIN(left, (uint64_t)IO_CHUNK), r->chunk - within);
-        off += len;
-        left -= len;
-        n++;
-    }
-    return n;
+    xm__layout_t l = layout_of(r);
+    xm__layout_loc_t loc;
+    xm__layout_map(&l, off, &loc);
+    part_target(r, loc.part, peer_p, key_p);
+    *raddr_p = loc.part_off;
+    *contig_p = loc.contig;
 }
 
 static xm_status_t post_chunk(xm_ctx_h ctx, xm_op_t *op, uint64_t off, size_t len, fi_addr_t peer,
@@ -226,23 +212,28 @@ XM_EXPORT xm_status_t xm_post(xm_ctx_h ctx, xm_op_t *op)
         op->status = status;
         return status;
     }
+    /* pieces of at most IO_CHUNK, none crossing a part's chunk; an atomic is one piece
+     * (8 aligned bytes never straddle a chunk: chunks are multiples of 8) */
     bool bulk = op->opcode == XM_OP_READ || op->opcode == XM_OP_WRITE;
-    size_t total = bulk ? op->length : 8;
-    uint32_t chunks = pieces_of(op, bulk);
+    xm__layout_t l = layout_of(op->region);
+    uint64_t total = bulk ? op->length : 8;
+    uint32_t chunks = (uint32_t)xm__layout_count(&l, op->offset, total, IO_CHUNK);
     op->status = XM_IN_PROGRESS;
     op->deadline_ns_ = xm__now_ns() + (uint64_t)ctx->timeout_ms * 1000000ull;
     op->pending_ = chunks;
     op_link(ctx, op);
-    uint64_t off = op->offset;
-    size_t left = total;
-    for (uint32_t i = 0; i < chunks; i++) {
+    xm__layout_iter_t it;
+    xm__layout_seg_t seg;
+    xm__layout_iter_init(&it, &l, op->offset, total, IO_CHUNK);
+    for (uint32_t i = 0; i < chunks && xm__layout_iter_next(&it, &seg); i++) {
         fi_addr_t peer;
-        uint64_t raddr, key, contig;
-        xm__route(op->region, off, &peer, &raddr, &key, &contig);
-        size_t len = bulk ? (size_t)XM_MIN(XM_MIN((uint64_t)left, (uint64_t)IO_CHUNK), contig) : 8;
+        uint64_t key;
+        part_target(op->region, seg.part, &peer, &key);
         for (;;) {
-            status = ctx->chunks >= ctx->fab.tx_depth ? XM_ERR_AGAIN
-                                                      : post_chunk(ctx, op, off, len, peer, raddr, key);
+            status = ctx->chunks >= ctx->fab.tx_depth
+                         ? XM_ERR_AGAIN
+                         : post_chunk(ctx, op, op->offset + seg.buf_off, (size_t)seg.len, peer,
+                                      seg.part_off, key);
             if (status != XM_ERR_AGAIN) break;
             /* queue full: make room, but never past the deadline */
             poll_once(ctx);
@@ -264,8 +255,6 @@ XM_EXPORT xm_status_t xm_post(xm_ctx_h ctx, xm_op_t *op)
             return status;
         }
         ctx->chunks++;
-        off += len;
-        left -= len;
     }
     return XM_OK;
 }

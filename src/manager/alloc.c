@@ -376,9 +376,14 @@ xm_status_t mgr_alloc_create(mgr_t *m, const char *tenant, const Xmem__AllocRequ
         WHY("%s", w);
         return status;
     }
-    if (pol.layout == MGR_LAYOUT_STRIPE &&
-        req->size / pol.chunk + (req->size % pol.chunk != 0) < pol.width) {
-        /* fewer chunks than parts: some part would be empty */
+    xm__layout_t lay;
+    status = xm__layout_init(&lay, pol.layout == MGR_LAYOUT_STRIPE ? XM_LAYOUT_STRIPE : XM_LAYOUT_SINGLE,
+                             req->size, pol.width, pol.chunk, &w);
+    if (status != XM_OK) {
+        WHY("%s", w);
+        return status;
+    }
+    if (xm__layout_has_empty_part(&lay)) {
         WHY("%llu bytes make fewer than %u chunks of %llu; use fewer parts or a smaller chunk",
             (unsigned long long)req->size, pol.width, (unsigned long long)pol.chunk);
         return XM_ERR_INVALID;
@@ -392,9 +397,7 @@ xm_status_t mgr_alloc_create(mgr_t *m, const char *tenant, const Xmem__AllocRequ
         goto err_mem;
     }
     for (uint32_t i = 0; i < pol.width; i++) {
-        sizes[i] = pol.layout == MGR_LAYOUT_STRIPE
-                       ? proto_stripe_part_size(req->size, pol.width, pol.chunk, i)
-                       : req->size;
+        sizes[i] = xm__layout_part_size(&lay, i);
     }
     a->request_id = req->request_id;
     a->size = req->size;

@@ -69,21 +69,34 @@ static xm_status_t alloc_desc_ok(const Xmem__AllocDesc *d, const char **why_p)
             FAIL("bad fabric address length");
         if (p->region_id == 0 || p->size == 0) FAIL("part without region id or size");
     }
+    xm__layout_t l;
+    if (proto_desc_layout(d, &l, why_p) != XM_OK) return XM_ERR_PROTOCOL;
+    bool single = l.kind == XM_LAYOUT_SINGLE;
+    if (xm__layout_nparts(&l) != d->n_parts)
+        FAIL(single ? "single layout does not cover the size" : "layout width does not match the parts");
+    for (uint32_t i = 0; i < d->n_parts; i++) {
+        if (d->parts[i]->size < xm__layout_part_size(&l, i))
+            FAIL(single ? "single layout does not cover the size" : "stripe part smaller than its share");
+    }
+    return XM_OK;
+}
+
+xm_status_t proto_desc_layout(const Xmem__AllocDesc *d, xm__layout_t *layout_p, const char **why_p)
+{
+    xm__layout_kind_t kind;
     switch (d->layout) {
     case XMEM__LAYOUT__LAYOUT_SINGLE:
-        if (d->n_parts != 1 || d->parts[0]->size < d->size) FAIL("single layout does not cover the size");
-        return XM_OK;
+        kind = XM_LAYOUT_SINGLE;
+        break;
     case XMEM__LAYOUT__LAYOUT_STRIPE:
-        if (d->chunk == 0 || d->chunk % 8 != 0 || d->chunk > XM_STRIPE_CHUNK_MAX)
-            FAIL("bad stripe chunk");
-        for (uint32_t i = 0; i < d->width; i++) {
-            if (d->parts[i]->size < proto_stripe_part_size(d->size, d->width, d->chunk, i))
-                FAIL("stripe part smaller than its share");
-        }
-        return XM_OK;
+        kind = XM_LAYOUT_STRIPE;
+        break;
     default:
         FAIL("unknown layout");
     }
+    if (xm__layout_init(layout_p, kind, d->size, d->width, d->chunk, why_p) != XM_OK)
+        return XM_ERR_PROTOCOL;
+    return XM_OK;
 }
 
 /*
@@ -258,14 +271,9 @@ xm_status_t proto_validate(const xm_msg_t *m, const char **why_p)
 
 uint64_t proto_stripe_part_size(uint64_t size, uint32_t width, uint64_t chunk, uint32_t part)
 {
-    if (width == 0 || chunk == 0 || part >= width) return 0;
-    uint64_t nchunks = size / chunk + (size % chunk != 0);
-    uint64_t count = nchunks / width + (part < nchunks % width);
-    if (count == 0) return 0;
-    /* the allocation's last chunk may be partial; it lives in part (nchunks - 1) % width */
-    uint64_t bytes = count * chunk;
-    if ((nchunks - 1) % width == part && size % chunk != 0) bytes -= chunk - size % chunk;
-    return bytes;
+    xm__layout_t l;
+    if (xm__layout_init(&l, XM_LAYOUT_STRIPE, size, width, chunk, NULL) != XM_OK) return 0;
+    return xm__layout_part_size(&l, part);
 }
 
 xm_status_t proto_decode(const uint8_t *buf, size_t len, size_t max, xm_msg_t **msg_p,

@@ -7,6 +7,7 @@
 
 #include <xmem/status.h>
 
+#include "../common/layout.h"
 #include "xmem.pb-c.h"
 
 #define XM_PROTO_VERSION 1
@@ -19,8 +20,8 @@
 #define XM_FRAME_MAX_REPLY (16u * 1024u * 1024u)
 #define XM_FRAME_HEADER 4
 /* Allocations: at most this many regions, stripe chunks at most this big. */
-#define XM_ALLOC_PARTS_MAX 1024u
-#define XM_STRIPE_CHUNK_MAX (1ull << 40)
+#define XM_ALLOC_PARTS_MAX XM_LAYOUT_PARTS_MAX
+#define XM_STRIPE_CHUNK_MAX XM_LAYOUT_CHUNK_MAX
 /* The tenant name the manager uses towards appliances (docs/security.md). */
 #define XM_MANAGER_TENANT "@manager"
 
@@ -41,7 +42,10 @@ xm_status_t proto_encode(const xm_msg_t *msg, uint8_t **buf_p, size_t *len_p);
 /* Length from a frame header; XM_ERR_PROTOCOL when 0 or above max. */
 xm_status_t proto_frame_len(const uint8_t hdr[XM_FRAME_HEADER], size_t max, size_t *len_p);
 
-/* Bytes of an allocation of size bytes striped over width parts in chunks that part holds. */
+/* The layout a descriptor names (src/common/layout.h), checked; XM_ERR_PROTOCOL and a
+ * static reason in *why_p (not NULL) when unknown or invalid. */
+xm_status_t proto_desc_layout(const Xmem__AllocDesc *d, xm__layout_t *layout_p, const char **why_p);
+/* Bytes part holds of a stripe (xm__layout_part_size); 0 for an invalid stripe. */
 uint64_t proto_stripe_part_size(uint64_t size, uint32_t width, uint64_t chunk, uint32_t part);
 
 /* Decode/encode the pool metadata of a file-backed pool. */
