@@ -134,16 +134,21 @@ typedef struct appl_server appl_server_t;
 
 typedef struct appl_server_opts {
     int listen_fd;
-    const net_secret_t *secret;
+    rpc_keyring_t *keyring;          /* who may connect */
+    const rpc_identity_t *identity;  /* signs every handshake */
     appl_regions_t *regions;
     net_fabric_t *fab;
     uint32_t max_conns;
+    uint32_t max_conns_per_tenant;
     uint32_t timeout_ms;   /* a started frame must finish within this */
+    uint32_t idle_ms;      /* an authenticated connection idle this long is closed; 0: never */
 } appl_server_opts_t;
 
 xm_status_t appl_server_create(const appl_server_opts_t *opts, appl_server_t **server_p);
-/* Accept and serve until stop_fd is readable. */
-void appl_server_run(appl_server_t *server, int stop_fd);
+/* Accept and serve until stop_fd is readable; hup_fd readable (SIGHUP): reload tenants. */
+void appl_server_run(appl_server_t *server, int stop_fd, int hup_fd);
+/* Read the pending SIGHUP off its descriptor (main.c). */
+void appl_hup_drain(int hup_fd);
 /* Close every connection and join their threads. */
 void appl_server_destroy(appl_server_t *server);
 
@@ -155,7 +160,8 @@ typedef struct appl_member_opts {
     const char *manager;        /* HOST:PORT */
     const char *control_addr;   /* our control HOST:PORT as bound */
     const char *domain;         /* failure domain */
-    const net_secret_t *secret;
+    const rpc_cred_t *cred;     /* the cluster credential */
+    const rpc_identity_t *identity;
     appl_regions_t *regions;
     net_fabric_t *fab;
     uint32_t heartbeat_ms;

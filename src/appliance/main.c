@@ -21,10 +21,15 @@ static xm_config_entry_t entries[] = {
     {"backing", "memfd", "memfd | hugetlb | file:PATH (file pools survive restarts)", 0, 0},
     {"extent-size", "2M", "unit of placement; a power of two", 0, 0},
     {"secret-file", NULL, "file holding the cluster secret (xmem secret new PATH)", 0, 0},
+    {"tenants", "", "tenant registry (xmem tenant add); empty: SECRET-FILE.tenants", 0, 0},
+    {"identity", "", "this appliance's identity key file, made at first start (empty: POOL-FILE"
+                     ".identity for a file pool, SECRET-FILE.HOST_PORT.identity otherwise)", 0, 0},
     {"provider", "tcp", "libfabric provider for data: tcp (across hosts) or shm (one host)", 0, 0},
     {"data-port", "0", "port of the tcp data endpoint (0: any free port)", 0, 0},
     {"spin-us", "2000", "progress loop keeps polling this long after activity, then sleeps", 0, 0},
     {"max-conns", "1024", "control connections served at once", 0, 0},
+    {"max-conns-per-tenant", "64", "control connections one tenant may hold at once", 0, 0},
+    {"idle-timeout-ms", "600000", "an authenticated control connection idle this long is closed (0: never)", 0, 0},
     {"timeout-ms", "5000", "a started control message must arrive within this", 0, 0},
     {"log-level", "info", "error | warn | info | debug", 0, 0},
     {"manager", "", "HOST:PORT of xmem-manager to register with (empty: serve alone)", 0, 0},
@@ -42,6 +47,14 @@ typedef struct progress_arg {
     atomic_int stop;
     int stop_fd;
 } progress_arg_t;
+
+void appl_hup_drain(int hup_fd)
+{
+    struct signalfd_siginfo si;
+    while (read(hup_fd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
+    }
+    xm_log_info("SIGHUP: reloading the tenant registry");
+}
 
 static void *progress_main(void *arg)
 {
@@ -70,7 +83,7 @@ int main(int argc, char **argv)
 
     char host[256], port[16], path[PATH_MAX];
     uint64_t pool_size, extent_size;
-    uint32_t spin_us, max_conns, timeout_ms, heartbeat_ms;
+    uint32_t spin_us, max_conns, max_per_tenant, idle_ms, timeout_ms, heartbeat_ms;
     appl_backing_t backing;
     if (xm__parse_hostport(xm__config_get(&cfg, "listen"), host, sizeof(host), port, sizeof(port)) != XM_OK) {
         fprintf(stderr, "xmemd: --listen: expected HOST:PORT, got '%s'\n", xm__config_get(&cfg, "listen"));
@@ -87,6 +100,8 @@ int main(int argc, char **argv)
     }
     if (xm__config_get_u32(&cfg, "xmemd", "spin-us", &spin_us) != 0 ||
         xm__config_get_u32(&cfg, "xmemd", "max-conns", &max_conns) != 0 ||
+        xm__config_get_u32(&cfg, "xmemd", "max-conns-per-tenant", &max_per_tenant) != 0 ||
+        xm__config_get_u32(&cfg, "xmemd", "idle-timeout-ms", &idle_ms) != 0 ||
         xm__config_get_u32(&cfg, "xmemd", "timeout-ms", &timeout_ms) != 0 ||
         xm__config_get_u32(&cfg, "xmemd", "heartbeat-ms", &heartbeat_ms) != 0) {
         return 2;
@@ -100,21 +115,32 @@ int main(int argc, char **argv)
     if (backing == APPL_BACKING_HUGETLB && extent_size < (2u << 20)) {
         extent_size = 2u << 20;
     }
-    net_secret_t secret;
+    rpc_cred_t cred;
+    rpc_keyring_t keyring;
+    rpc_identity_t identity;
     char why[512];
-    if (net_secret_load(xm__config_get(&cfg, "secret-file"), &secret, why, sizeof(why)) != XM_OK) {
+    if (rpc_cred_load(xm__config_get(&cfg, "secret-file"), &cred, why, sizeof(why)) != XM_OK ||
+        rpc_keyring_init(&keyring, &cred, xm__config_get(&cfg, "tenants"), why, sizeof(why)) != XM_OK) {
         fprintf(stderr, "xmemd: %s\n", why);
         return 2;
     }
-
     /* signals arrive on a descriptor; threads start with them blocked */
     sigset_t sigs;
     sigemptyset(&sigs);
     sigaddset(&sigs, SIGTERM);
     sigaddset(&sigs, SIGINT);
     sigaddset(&sigs, SIGPIPE);
+    sigaddset(&sigs, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
-    int sig_fd = signalfd(-1, &sigs, SFD_CLOEXEC);
+    /* SIGHUP reloads the tenant registry (and would reopen logs): it has a descriptor of its own */
+    sigset_t stop_sigs, hup_sigs;
+    sigemptyset(&stop_sigs);
+    sigaddset(&stop_sigs, SIGTERM);
+    sigaddset(&stop_sigs, SIGINT);
+    sigemptyset(&hup_sigs);
+    sigaddset(&hup_sigs, SIGHUP);
+    int sig_fd = signalfd(-1, &stop_sigs, SFD_CLOEXEC);
+    int hup_fd = signalfd(-1, &hup_sigs, SFD_CLOEXEC | SFD_NONBLOCK);
 
     int rc = 1;
     appl_pool_t pool;
@@ -134,17 +160,35 @@ int main(int argc, char **argv)
     if (appl_regions_init(&regions, &pool, &fab) != XM_OK) {
         goto err_fabric;
     }
-    if (net_listen(host, port, &listen_fd, &bound_port) != XM_OK) {
+    if (rpc_listen(host, port, &listen_fd, &bound_port) != XM_OK) {
         goto err_regions;
     }
+    char id_path[PATH_MAX + 64];
+    const char *id_opt = xm__config_get(&cfg, "identity");
+    if (id_opt != NULL && id_opt[0] != '\0') {
+        snprintf(id_path, sizeof(id_path), "%s", id_opt);
+    } else if (backing == APPL_BACKING_FILE) {
+        snprintf(id_path, sizeof(id_path), "%s.identity", path);
+    } else {
+        /* the port as bound: appliances sharing a secret file each get their own */
+        snprintf(id_path, sizeof(id_path), "%s.%s_%u.identity", cred.path, host, bound_port);
+    }
+    if (rpc_identity_load(id_path, &identity, why, sizeof(why)) != XM_OK) {
+        xm_log_error("%s", why);
+        goto err_listen;
+    }
+
+
     progress_arg_t parg = {.fab = &fab, .opts = {.spin_us = spin_us}, .stop = 0,
                            .stop_fd = eventfd(0, EFD_CLOEXEC)};
     pthread_t progress;
     if (pthread_create(&progress, NULL, progress_main, &parg) != 0) {
         goto err_listen;
     }
-    appl_server_opts_t so = {.listen_fd = listen_fd, .secret = &secret, .regions = &regions,
-                             .fab = &fab, .max_conns = max_conns, .timeout_ms = timeout_ms};
+    appl_server_opts_t so = {.listen_fd = listen_fd, .keyring = &keyring, .identity = &identity,
+                             .regions = &regions, .fab = &fab, .max_conns = max_conns,
+                             .max_conns_per_tenant = max_per_tenant, .timeout_ms = timeout_ms,
+                             .idle_ms = idle_ms};
     if (appl_server_create(&so, &server) != XM_OK) {
         goto err_progress;
     }
@@ -157,7 +201,7 @@ int main(int argc, char **argv)
              host, bound_port);
     if (manager != NULL && manager[0] != '\0') {
         appl_member_opts_t mo = {.manager = manager, .control_addr = control_addr, .domain = domain,
-                                 .secret = &secret, .regions = &regions, .fab = &fab,
+                                 .cred = &cred, .identity = &identity, .regions = &regions, .fab = &fab,
                                  .heartbeat_ms = heartbeat_ms, .timeout_ms = timeout_ms};
         if (appl_member_start(&mo, &member) != XM_OK) {
             appl_server_destroy(server);
@@ -167,7 +211,8 @@ int main(int argc, char **argv)
     printf("xmemd listening on %s:%u\n", host, bound_port);
     fflush(stdout);
 
-    appl_server_run(server, sig_fd);
+    xm_log_info("identity %s (%s)", identity.id, id_path);
+    appl_server_run(server, sig_fd, hup_fd);
     xm_log_info("shutting down");
     rc = 0;
     appl_member_stop(member);
@@ -191,5 +236,9 @@ err_pool:
 out:
     xm__config_cleanup(&cfg);
     if (sig_fd >= 0) close(sig_fd);
+    if (hup_fd >= 0) close(hup_fd);
+    rpc_keyring_cleanup(&keyring);
+    sodium_memzero(&identity, sizeof(identity));
+    sodium_memzero(&cred, sizeof(cred));
     return rc;
 }

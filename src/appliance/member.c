@@ -19,11 +19,16 @@ struct appl_member {
 };
 
 /* One registration; returns when the connection fails or stop is requested. */
-static void serve_connection(appl_member_t *mb, int fd)
+static void serve_connection(appl_member_t *mb, rpc_conn_t *rc)
 {
     const appl_member_opts_t *o = &mb->opts;
-    uint64_t seq = 2;
     bool logged = false;
+    /* the identity signs this session's transcript: the manager pins it, so an impostor
+     * holding the cluster secret cannot take this appliance's place */
+    uint8_t sig[RPC_ID_SIG_LEN], msg[14 + 32];
+    memcpy(msg, "xmem-register", 14);
+    memcpy(msg + 14, rc->transcript, 32);
+    crypto_sign_detached(sig, NULL, msg, sizeof(msg), o->identity->sk);
     for (;;) {
         xm_appliance_info_t info;
         appl_pool_info(o->regions, &info);
@@ -38,12 +43,14 @@ static void serve_connection(appl_member_t *mb, int fd)
         reg.regions = info.regions;
         reg.backing = info.backing;
         reg.boot_id = mb->boot_id;
+        reg.identity_pk = (ProtobufCBinaryData){RPC_ID_PK_LEN, (uint8_t *)o->identity->pk};
+        reg.identity_sig = (ProtobufCBinaryData){RPC_ID_SIG_LEN, sig};
         xm_msg_t req = XMEM__MSG__INIT, *rep;
         req.body_case = XMEM__MSG__BODY_APPLIANCE_REGISTER;
         req.appliance_register = &reg;
         char why[256];
         /* the first registration waits for the manager to compare our regions with its table */
-        xm_status_t status = net_call(fd, &req, &seq, logged ? o->timeout_ms : 4 * o->timeout_ms,
+        xm_status_t status = rpc_call(rc, &req, logged ? o->timeout_ms : 4 * o->timeout_ms,
                                       &rep, why, sizeof(why));
         if (status != XM_OK) {
             xm_log_warn("manager %s:%s: %s", mb->host, mb->port, why);
@@ -67,19 +74,22 @@ static void *member_main(void *arg)
     bool warned = false;
     for (;;) {
         int fd;
-        xm_status_t status = net_connect(mb->host, mb->port, o->timeout_ms, &fd);
+        xm_status_t status = rpc_connect(mb->host, mb->port, o->timeout_ms, &fd);
         if (status == XM_OK) {
             xm_msg_t *welcome;
-            const char *why;
-            status = net_handshake_client(fd, o->secret, "@appliance", o->timeout_ms, &welcome, &why);
+            char why[256];
+            rpc_conn_t rc;
+            rpc_conn_init(&rc, fd);
+            status = rpc_handshake_client(&rc, o->cred, RPC_ROLE_APPLIANCE, o->timeout_ms, &welcome,
+                                          why, sizeof(why));
             if (status == XM_OK) {
                 proto_msg_free(welcome);
                 warned = false;
-                serve_connection(mb, fd);
+                serve_connection(mb, &rc);
             } else if (!warned) {
-                xm_log_warn("manager %s:%s: %s", mb->host, mb->port, why != NULL ? why : "handshake failed");
+                xm_log_warn("manager %s:%s: %s", mb->host, mb->port, why);
             }
-            close(fd);
+            rpc_conn_close(&rc);
         } else if (!warned) {
             xm_log_warn("manager %s:%s unreachable (%s); retrying", mb->host, mb->port,
                         xm_status_str(status));
@@ -100,7 +110,7 @@ xm_status_t appl_member_start(const appl_member_opts_t *opts, appl_member_t **mb
         free(mb);
         return XM_ERR_INVALID;
     }
-    net_random(&mb->boot_id, sizeof(mb->boot_id));
+    rpc_random(&mb->boot_id, sizeof(mb->boot_id));
     if (pipe2(mb->stop_pipe, O_CLOEXEC) != 0) {
         free(mb);
         return XM_ERR_IO;

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -80,6 +81,20 @@ xm_status_t appl_pool_init(appl_pool_t *pool, appl_backing_t backing, const char
         return XM_ERR_IO;
     }
     struct stat st;
+    if (backing == APPL_BACKING_FILE) {
+        /* one xmemd per pool file: a second one would overwrite the first one's regions */
+        if (flock(pool->fd, LOCK_EX | LOCK_NB) != 0) {
+            xm_log_error("pool file %s is in use by another xmemd (%m): refusing to start", path);
+            goto err_close;
+        }
+        if (fstat(pool->fd, &st) == 0 &&
+            (st.st_uid != geteuid() || (st.st_mode & 077) != 0 || !S_ISREG(st.st_mode))) {
+            xm_log_error("pool file %s is accessible by other users or owned by another "
+                         "(mode %03o, uid %u): refused; run chmod 600 %s", path,
+                         (unsigned)(st.st_mode & 0777), (unsigned)st.st_uid, path);
+            goto err_close;
+        }
+    }
     if (fstat(pool->fd, &st) != 0 || ((uint64_t)st.st_size < pool->size &&
                                       ftruncate(pool->fd, (off_t)pool->size) != 0)) {
         xm_log_error("cannot size the pool to %llu bytes: %m", (unsigned long long)pool->size);

@@ -14,20 +14,22 @@
 
 typedef struct conn {
     appl_server_t *server;
-    int fd;
+    rpc_conn_t rc;
     pthread_t thread;
     char peer[64];
-    char tenant[XM_NAME_MAX + 1];
+    bool admitted;                   /* counted in the server's admission */
     atomic_int done;                 /* set by its thread, read by the reaper */
     struct conn *next;
 } conn_t;
 
-/* lock guards conns and nconns; a connection's thread only reads its own conn_t. */
+/* lock guards conns and nconns; a connection's thread only reads its own conn_t (the
+ * loop reads rc.principal, written before the connection's thread admits it). */
 struct appl_server {
     appl_server_opts_t opts;
     pthread_mutex_t lock;
     conn_t *conns;
     uint32_t nconns;
+    rpc_admission_t admission;
 };
 
 xm_status_t appl_server_create(const appl_server_opts_t *opts, appl_server_t **server_p)
@@ -36,6 +38,7 @@ xm_status_t appl_server_create(const appl_server_opts_t *opts, appl_server_t **s
     if (s == NULL) return XM_ERR_NO_MEMORY;
     s->opts = *opts;
     pthread_mutex_init(&s->lock, NULL);
+    rpc_admission_init(&s->admission, opts->max_conns_per_tenant);
     *server_p = s;
     return XM_OK;
 }
@@ -49,71 +52,33 @@ static xm_status_t reply(conn_t *c, xm_msg_t *rep, uint64_t seq, xm_status_t sta
         rep->error = (char *)(why != NULL ? why : xm_status_str(status));
         rep->body_case = XMEM__MSG__BODY__NOT_SET;
     }
-    return net_send_msg(c->fd, rep, c->server->opts.timeout_ms);
+    return rpc_send(&c->rc, rep, rpc_deadline_after(c->server->opts.timeout_ms));
 }
 
-/* Mutual challenge-response; on success the tenant is known and trusted. */
+static xm_status_t admit(void *arg, const rpc_conn_t *rc, const char **why_p)
+{
+    conn_t *c = arg;
+    xm_status_t status = rpc_admission_take(&c->server->admission, rc->principal, why_p);
+    c->admitted = status == XM_OK;
+    return status;
+}
+
+/* The one handshake; on success the principal is what the peer proved. */
 static xm_status_t authenticate(conn_t *c)
 {
     const appl_server_opts_t *o = &c->server->opts;
-    xm_msg_t *m = NULL;
-    const char *why;
-    /* the whole handshake has one budget: a peer without the secret cannot
-     * hold a connection slot longer than timeout_ms */
-    uint64_t deadline = xm__now_ns() + (uint64_t)o->timeout_ms * 1000000ull;
-    xm_status_t status = net_recv_msg_by(c->fd, XM_FRAME_MAX_REQUEST, deadline, o->timeout_ms,
-                                         &m, &why);
-    if (status != XM_OK || m->body_case != XMEM__MSG__BODY_HELLO) {
-        xm_log_warn("connection from %s: no valid hello (%s)", c->peer,
-                    why != NULL ? why : xm_status_str(status));
-        proto_msg_free(m);
-        return XM_ERR_PROTOCOL;
-    }
-    uint8_t client_nonce[XM_NONCE_LEN], server_nonce[XM_NONCE_LEN], mac[XM_MAC_LEN];
-    memcpy(client_nonce, m->hello->client_nonce.data, XM_NONCE_LEN);
-    snprintf(c->tenant, sizeof(c->tenant), "%s", m->hello->tenant);
-    bool version_ok = m->hello->version == XM_PROTO_VERSION;
-    uint64_t seq = m->seq;
-    proto_msg_free(m);
-    m = NULL;
-    xm_msg_t rep = XMEM__MSG__INIT;
-    if (!version_ok) {
-        reply(c, &rep, seq, XM_ERR_PROTOCOL, "unsupported protocol version");
-        return XM_ERR_PROTOCOL;
-    }
-    net_random(server_nonce, sizeof(server_nonce));
-    net_auth_mac(o->secret, "xmem-server", client_nonce, server_nonce, c->tenant, mac);
-    Xmem__Challenge ch = XMEM__CHALLENGE__INIT;
-    ch.server_nonce = (ProtobufCBinaryData){XM_NONCE_LEN, server_nonce};
-    ch.server_mac = (ProtobufCBinaryData){XM_MAC_LEN, mac};
-    rep.body_case = XMEM__MSG__BODY_CHALLENGE;
-    rep.challenge = &ch;
-    if (reply(c, &rep, seq, XM_OK, NULL) != XM_OK) return XM_ERR_DISCONNECTED;
-
-    status = net_recv_msg_by(c->fd, XM_FRAME_MAX_REQUEST, deadline, o->timeout_ms, &m, &why);
-    if (status != XM_OK || m->body_case != XMEM__MSG__BODY_AUTH) {
-        xm_log_warn("connection from %s: no valid auth (%s)", c->peer,
-                    why != NULL ? why : xm_status_str(status));
-        proto_msg_free(m);
-        return XM_ERR_PROTOCOL;
-    }
-    bool ok = net_auth_verify(o->secret, "xmem-client", server_nonce, client_nonce, c->tenant,
-                              m->auth->client_mac.data);
-    seq = m->seq;
-    proto_msg_free(m);
-    xm_msg_t rep2 = XMEM__MSG__INIT;
-    if (!ok) {
-        xm_log_warn("connection from %s (tenant %s): wrong cluster secret", c->peer, c->tenant);
-        reply(c, &rep2, seq, XM_ERR_AUTH, "wrong cluster secret");
-        return XM_ERR_AUTH;
-    }
     Xmem__Welcome w = XMEM__WELCOME__INIT;
     w.provider = o->fab->provider;
     w.fabric_addr = (ProtobufCBinaryData){o->fab->addr_len, o->fab->addr};
     w.extent_size = o->regions->pool->extent_size;
-    rep2.body_case = XMEM__MSG__BODY_WELCOME;
-    rep2.welcome = &w;
-    return reply(c, &rep2, seq, XM_OK, NULL);
+    const char *why = NULL;
+    xm_status_t status = rpc_handshake_server(&c->rc, o->keyring, o->identity, &w, admit, c,
+                                              o->timeout_ms, &why);
+    if (status != XM_OK) {
+        xm_log_warn("connection from %s%s%s: handshake failed: %s", c->peer,
+                    c->rc.principal[0] ? " as " : "", c->rc.principal, why != NULL ? why : "?");
+    }
+    return status;
 }
 
 static void info_to_msg(const xm_region_info_t *in, Xmem__RegionInfo *out)
@@ -138,17 +103,21 @@ static xm_status_t dispatch(conn_t *c, const xm_msg_t *m)
     appl_desc_t d;
     Xmem__RegionDesc rd = XMEM__REGION_DESC__INIT;
     Xmem__Empty empty = XMEM__EMPTY__INIT;
-    /* only the manager's connection may act for another tenant */
-    bool manager = strcmp(c->tenant, XM_MANAGER_TENANT) == 0;
+    /* only the manager's connection may act for another tenant: its role is proven by the
+     * cluster credential */
+    const char *me = c->rc.principal;
+    bool manager = strcmp(me, RPC_ROLE_MANAGER) == 0;
+    char name[XM_NAME_MAX + 1];
     switch (m->body_case) {
     case XMEM__MSG__BODY_REGION_CREATE: {
         const char *owner = manager && m->region_create->owner != NULL && m->region_create->owner[0]
-                                ? m->region_create->owner : c->tenant;
+                                ? m->region_create->owner : me;
         if (owner[0] == '@') {
             return reply(c, &rep, m->seq, XM_ERR_PERM, "regions need a tenant as owner");
         }
-        status = appl_region_create(t, owner, m->region_create->size, m->region_create->name,
-                                    &d, &why);
+        status = rpc_scoped_name(me, m->region_create->name, true, name, sizeof(name), &why);
+        if (status != XM_OK) return reply(c, &rep, m->seq, status, why);
+        status = appl_region_create(t, owner, m->region_create->size, name, &d, &why);
         if (status == XM_OK) xm_log_info("tenant %s created region %llu (%llu bytes)", owner,
                                          (unsigned long long)d.id, (unsigned long long)d.size);
         goto desc;
@@ -157,20 +126,24 @@ static xm_status_t dispatch(conn_t *c, const xm_msg_t *m)
         const Xmem__RegionRef *r = m->region_open;
         xm_access_t a = r->access == XMEM__ACCESS__ACCESS_READ ? XM_ACCESS_READ
                                                                : XM_ACCESS_READ_WRITE;
-        const char *who = manager && r->tenant != NULL && r->tenant[0] ? r->tenant : c->tenant;
-        status = appl_region_open(t, who, r->id, r->name, a, &d, &why);
+        const char *who = manager && r->tenant != NULL && r->tenant[0] ? r->tenant : me;
+        status = rpc_scoped_name(who, r->name, false, name, sizeof(name), &why);
+        if (status != XM_OK) return reply(c, &rep, m->seq, status, why);
+        status = appl_region_open(t, who, r->id, name, a, &d, &why);
         goto desc;
     }
     case XMEM__MSG__BODY_REGION_DESTROY:
-        status = appl_region_destroy(t, c->tenant, m->region_destroy->id, m->region_destroy->name,
-                                     &why);
+        status = rpc_scoped_name(me, m->region_destroy->name, false, name, sizeof(name), &why);
+        if (status == XM_OK) status = appl_region_destroy(t, me, m->region_destroy->id, name, &why);
         rep.body_case = XMEM__MSG__BODY_OK;
         rep.ok = &empty;
         return reply(c, &rep, m->seq, status, why);
     case XMEM__MSG__BODY_REGION_GRANT: {
         const Xmem__RegionGrant *g = m->region_grant;
-        status = appl_region_grant(t, c->tenant, g->region->id, g->region->name, g->tenant,
-                                   (xm_access_t)g->access, &why);
+        status = rpc_scoped_name(me, g->region->name, false, name, sizeof(name), &why);
+        if (status == XM_OK)
+            status = appl_region_grant(t, me, g->region->id, name, g->tenant,
+                                       (xm_access_t)g->access, &why);
         rep.body_case = XMEM__MSG__BODY_OK;
         rep.ok = &empty;
         return reply(c, &rep, m->seq, status, why);
@@ -178,8 +151,10 @@ static xm_status_t dispatch(conn_t *c, const xm_msg_t *m)
     case XMEM__MSG__BODY_REGION_STAT: {
         xm_region_info_t info;
         Xmem__RegionInfo ri;
-        status = appl_region_stat(t, c->tenant, m->region_stat->id, m->region_stat->name, &info,
-                                  &why);
+        memset(&info, 0, sizeof(info));
+        status = rpc_scoped_name(me, m->region_stat->name, false, name, sizeof(name), &why);
+        if (status == XM_OK)
+            status = appl_region_stat(t, me, m->region_stat->id, name, &info, &why);
         info_to_msg(&info, &ri);
         rep.body_case = XMEM__MSG__BODY_REGION_INFO;
         rep.region_info = &ri;
@@ -188,7 +163,7 @@ static xm_status_t dispatch(conn_t *c, const xm_msg_t *m)
     case XMEM__MSG__BODY_REGION_LIST: {
         xm_region_info_t *infos;
         size_t n;
-        status = appl_region_list(t, c->tenant, &infos, &n);
+        status = appl_region_list(t, me, &infos, &n);
         if (status != XM_OK) return reply(c, &rep, m->seq, status, NULL);
         Xmem__RegionInfo *ri = calloc(n + 1, sizeof(*ri));
         Xmem__RegionInfo **rp = calloc(n + 1, sizeof(*rp));
@@ -248,49 +223,53 @@ static void *conn_main(void *arg)
     conn_t *c = arg;
     const appl_server_opts_t *o = &c->server->opts;
     if (authenticate(c) == XM_OK) {
-        xm_log_info("connection from %s: tenant %s authenticated", c->peer, c->tenant);
+        xm_log_info("connection from %s: %s authenticated", c->peer, c->rc.principal);
         for (;;) {
             xm_msg_t *m = NULL;
             const char *why = NULL;
-            xm_status_t status = net_recv_msg(c->fd, XM_FRAME_MAX_REQUEST, -1, o->timeout_ms, &m,
-                                              &why);
+            uint64_t idle = o->idle_ms == 0 ? UINT64_MAX : rpc_deadline_after(o->idle_ms);
+            xm_status_t status = rpc_recv(&c->rc, XM_FRAME_MAX_REQUEST, idle, o->timeout_ms, &m,
+                                          &why);
             if (status == XM_ERR_DISCONNECTED && why == NULL) {
                 break; /* orderly close */
             }
+            if (status == XM_ERR_TIMEOUT && why == NULL) {
+                xm_log_info("connection from %s (%s) closed: idle for %u ms", c->peer,
+                            c->rc.principal, o->idle_ms);
+                break;
+            }
             if (status != XM_OK) {
-                xm_log_warn("connection from %s (tenant %s) dropped: %s", c->peer, c->tenant,
+                xm_log_warn("connection from %s (%s) dropped: %s", c->peer, c->rc.principal,
                             why != NULL ? why : xm_status_str(status));
                 break;
             }
             status = dispatch(c, m);
             proto_msg_free(m);
-            if (status != XM_OK && status != XM_ERR_PROTOCOL) {
-                break;
-            }
-            if (status == XM_ERR_PROTOCOL) {
+            if (status != XM_OK) {
                 break;
             }
         }
     }
-    shutdown(c->fd, SHUT_RDWR);
+    shutdown(c->rc.fd, SHUT_RDWR);
     atomic_store(&c->done, 1);
     return NULL;
 }
 
-/* Join finished connection threads. */
+/* Join finished connection threads; all: end every connection. */
 static void conns_reap(appl_server_t *s, bool all)
 {
     pthread_mutex_lock(&s->lock);
     conn_t **pp = &s->conns;
     while (*pp != NULL) {
         conn_t *c = *pp;
-        if (all) shutdown(c->fd, SHUT_RDWR);
+        if (all) shutdown(c->rc.fd, SHUT_RDWR);
         if (all || atomic_load(&c->done)) {
             *pp = c->next;
             s->nconns--;
             pthread_mutex_unlock(&s->lock);
             pthread_join(c->thread, NULL);
-            close(c->fd);
+            if (c->admitted) rpc_admission_put(&s->admission, c->rc.principal);
+            rpc_conn_close(&c->rc);
             free(c);
             pthread_mutex_lock(&s->lock);
             pp = &s->conns;
@@ -301,25 +280,55 @@ static void conns_reap(appl_server_t *s, bool all)
     pthread_mutex_unlock(&s->lock);
 }
 
-void appl_server_run(appl_server_t *s, int stop_fd)
+/* The tenant registry changed: end the sessions of credentials no longer in it. */
+static void conns_revoke(appl_server_t *s)
 {
+    if (!rpc_keyring_refresh(s->opts.keyring)) return;
+    pthread_mutex_lock(&s->lock);
+    for (conn_t *c = s->conns; c != NULL; c = c->next) {
+        if (c->admitted && !atomic_load(&c->done) &&
+            !rpc_keyring_valid(s->opts.keyring, c->rc.principal, c->rc.cred_id)) {
+            xm_log_warn("connection from %s: tenant %s's credential was revoked; session ended",
+                        c->peer, c->rc.principal);
+            shutdown(c->rc.fd, SHUT_RDWR);
+        }
+    }
+    pthread_mutex_unlock(&s->lock);
+}
+
+void appl_server_run(appl_server_t *s, int stop_fd, int hup_fd)
+{
+    uint64_t paused_until = 0;
     for (;;) {
-        struct pollfd p[2] = {{.fd = s->opts.listen_fd, .events = POLLIN},
-                              {.fd = stop_fd, .events = POLLIN}};
-        int n = poll(p, 2, 1000);
+        uint64_t now = xm__now_ns();
+        if (paused_until != 0 && now >= paused_until) paused_until = 0;
+        struct pollfd p[4] = {{.fd = paused_until != 0 ? -1 : s->opts.listen_fd, .events = POLLIN},
+                              {.fd = stop_fd, .events = POLLIN},
+                              {.fd = s->opts.keyring->watch_fd, .events = POLLIN},
+                              {.fd = hup_fd, .events = POLLIN}};
+        /* wake for reaping only while connections exist: an idle appliance sleeps */
+        pthread_mutex_lock(&s->lock);
+        int timeout = s->nconns > 0 ? 1000 : -1;
+        pthread_mutex_unlock(&s->lock);
+        if (paused_until != 0) timeout = RPC_ACCEPT_PAUSE_MS;
+        int n = poll(p, 4, timeout);
         conns_reap(s, false);
         if (n < 0 && errno != EINTR) {
             xm_log_error("poll: %m");
             return;
         }
-        if (p[1].revents != 0) {
+        if (n > 0 && p[1].revents != 0) {
             return;
+        }
+        if (n > 0 && (p[2].revents != 0 || p[3].revents != 0)) {
+            if (p[3].revents != 0) appl_hup_drain(hup_fd);
+            conns_revoke(s);
         }
         if (n <= 0 || (p[0].revents & POLLIN) == 0) {
             continue;
         }
         struct sockaddr_storage ss;
-        int fd = net_accept(s->opts.listen_fd, &ss);
+        int fd = rpc_accept_paced(s->opts.listen_fd, &ss, &paused_until);
         if (fd < 0) {
             continue;
         }
@@ -337,8 +346,8 @@ void appl_server_run(appl_server_t *s, int stop_fd)
             continue;
         }
         c->server = s;
-        c->fd = fd;
-        net_peer_name(&ss, c->peer, sizeof(c->peer));
+        rpc_conn_init(&c->rc, fd);
+        rpc_peer_name(&ss, c->peer, sizeof(c->peer));
         pthread_mutex_lock(&s->lock);
         if (pthread_create(&c->thread, NULL, conn_main, c) != 0) {
             pthread_mutex_unlock(&s->lock);
@@ -357,6 +366,7 @@ void appl_server_destroy(appl_server_t *s)
 {
     if (s == NULL) return;
     conns_reap(s, true);
+    rpc_admission_cleanup(&s->admission);
     pthread_mutex_destroy(&s->lock);
     free(s);
 }

@@ -119,7 +119,7 @@ XM_EXPORT xm_status_t xm_alloc(xm_ctx_h ctx, uint64_t size, const char *policy, 
     if (!xm__name_valid(policy)) return xm__ctx_error(ctx, XM_ERR_INVALID, "bad policy text");
     Xmem__AllocRequest ar = XMEM__ALLOC_REQUEST__INIT;
     /* the same id on a retry: the manager answers with what the first attempt made */
-    net_random(&ar.request_id, sizeof(ar.request_id));
+    rpc_random(&ar.request_id, sizeof(ar.request_id));
     ar.request_id |= 1;
     ar.size = size;
     ar.policy = (char *)policy;

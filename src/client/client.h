@@ -15,22 +15,22 @@
 struct xm_ctx {
     char host[256];
     char port[16];
-    char tenant[XM_NAME_MAX + 1];
+    char tenant[XM_NAME_MAX + 1]; /* the principal the credential proves: a tenant or an @ role */
     char provider[16];       /* as the appliance serves it */
     char want_provider[16];  /* what the caller asked for, "" for any */
-    net_secret_t secret;
+    rpc_cred_t cred;         /* a tenant credential or the cluster secret */
     uint32_t timeout_ms;
     uint64_t call_deadline_ns; /* the control call in progress must end by then */
     uint64_t rpc_spin_ns;    /* poll this long for a control reply before sleeping */
-    int fd;                  /* control socket, -1 when closed */
+    rpc_conn_t conn;         /* control session; conn.fd -1 when closed */
     struct sockaddr_storage ctrl_peer;
-    uint64_t seq;
     uint64_t extent_size;
     uint8_t peer_addr[XM_FABRIC_ADDR_MAX];
     size_t peer_addr_len;
     net_fabric_t fab;
     bool fab_open;
     bool fab_broken;         /* reopen once nothing is in flight */
+    bool peer_doubt;         /* the last operation failed or timed out: check the peer soon (io.c) */
     fi_addr_t peer;
     xm_op_t *inflight;       /* operations posted and not complete, oldest first */
     xm_op_t *inflight_tail;

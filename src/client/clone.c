@@ -16,8 +16,7 @@ xm_status_t xm__ctx_clone(xm_ctx_h ctx, xm_ctx_h *clone_p)
     xm_ctx_h c = malloc(sizeof(*c));
     if (c == NULL) return XM_ERR_NO_MEMORY;
     memcpy(c, ctx, sizeof(*c));
-    c->fd = -1;
-    c->seq = 0;
+    rpc_conn_init(&c->conn, -1);
     memset(&c->fab, 0, sizeof(c->fab));
     c->fab.wait_fd = -1;
     c->fab_open = false;

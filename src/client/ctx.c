@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "../common/common.h"
+#include "abi.h"
 #include "client.h"
 
 #define KIND(ctx) ((ctx)->manager ? "manager" : "appliance")
@@ -31,17 +32,14 @@ XM_EXPORT const char *xm_last_error(xm_ctx_h ctx)
 
 static void ctl_close(xm_ctx_h ctx)
 {
-    if (ctx->fd >= 0) {
-        close(ctx->fd);
-        ctx->fd = -1;
-    }
+    rpc_conn_close(&ctx->conn);
 }
 
 /* Send req and receive the reply to it; the channel is closed on any transport failure. */
 static xm_status_t ctl_exchange(xm_ctx_h ctx, xm_msg_t *req, xm_msg_t **rep_p)
 {
-    req->seq = ++ctx->seq;
-    xm_status_t status = net_send_msg_by(ctx->fd, req, ctx->call_deadline_ns);
+    req->seq = ++ctx->conn.seq;
+    xm_status_t status = rpc_send(&ctx->conn, req, ctx->call_deadline_ns);
     if (status != XM_OK) {
         ctl_close(ctx);
         return xm__ctx_error(ctx, status == XM_ERR_TIMEOUT ? XM_ERR_TIMEOUT : XM_ERR_DISCONNECTED,
@@ -50,9 +48,9 @@ static xm_status_t ctl_exchange(xm_ctx_h ctx, xm_msg_t *req, xm_msg_t **rep_p)
     }
     xm_msg_t *rep;
     const char *why;
-    net_spin_readable(ctx->fd, ctx->rpc_spin_ns);
-    status = net_recv_msg_by(ctx->fd, XM_FRAME_MAX_REPLY, ctx->call_deadline_ns, ctx->timeout_ms,
-                             &rep, &why);
+    rpc_spin_readable(ctx->conn.fd, ctx->rpc_spin_ns);
+    status = rpc_recv(&ctx->conn, XM_FRAME_MAX_REPLY, ctx->call_deadline_ns, ctx->timeout_ms,
+                      &rep, &why);
     if (status != XM_OK) {
         ctl_close(ctx);
         return xm__ctx_error(ctx, status, "%s %s:%s: no valid reply (%s)", KIND(ctx),
@@ -64,7 +62,7 @@ static xm_status_t ctl_exchange(xm_ctx_h ctx, xm_msg_t *req, xm_msg_t **rep_p)
         return xm__ctx_error(ctx, XM_ERR_PROTOCOL, "%s replied out of turn", KIND(ctx));
     }
     char why_rep[256];
-    xm_status_t s = net_reply_status(rep, why_rep, sizeof(why_rep));
+    xm_status_t s = rpc_reply_status(rep, why_rep, sizeof(why_rep));
     if (s != XM_OK) {
         xm__ctx_error(ctx, s, "%s", why_rep);
         proto_msg_free(rep);
@@ -79,58 +77,24 @@ static xm_status_t ctl_connect(xm_ctx_h ctx)
     uint64_t now = xm__now_ns();
     uint32_t left_ms = now < ctx->call_deadline_ns
                            ? (uint32_t)((ctx->call_deadline_ns - now + 999999) / 1000000) : 0;
+    int fd = -1;
     xm_status_t status = left_ms == 0 ? XM_ERR_TIMEOUT
-                                      : net_connect(ctx->host, ctx->port, left_ms, &ctx->fd);
+                                      : rpc_connect(ctx->host, ctx->port, left_ms, &fd);
     if (status != XM_OK) {
-        ctx->fd = -1;
+        rpc_conn_init(&ctx->conn, -1);
         return xm__ctx_error(ctx, status, "cannot connect to %s %s:%s: %s", KIND(ctx),
                              ctx->host, ctx->port, xm_status_str(status));
     }
+    rpc_conn_init(&ctx->conn, fd);
     socklen_t sl = sizeof(ctx->ctrl_peer);
-    getpeername(ctx->fd, (struct sockaddr *)&ctx->ctrl_peer, &sl);
+    getpeername(fd, (struct sockaddr *)&ctx->ctrl_peer, &sl);
 
-    uint8_t client_nonce[XM_NONCE_LEN], mac[XM_MAC_LEN];
-    net_random(client_nonce, sizeof(client_nonce));
-    Xmem__Hello hello = XMEM__HELLO__INIT;
-    hello.version = XM_PROTO_VERSION;
-    hello.tenant = ctx->tenant;
-    hello.client_nonce = (ProtobufCBinaryData){XM_NONCE_LEN, client_nonce};
-    xm_msg_t req = XMEM__MSG__INIT;
-    req.body_case = XMEM__MSG__BODY_HELLO;
-    req.hello = &hello;
     xm_msg_t *rep;
-    status = ctl_exchange(ctx, &req, &rep);
-    if (status != XM_OK) goto err;
-    if (rep->body_case != XMEM__MSG__BODY_CHALLENGE ||
-        !net_auth_verify(&ctx->secret, "xmem-server", client_nonce,
-                         rep->challenge->server_nonce.data, ctx->tenant,
-                         rep->challenge->server_mac.data)) {
-        proto_msg_free(rep);
-        status = xm__ctx_error(ctx, XM_ERR_AUTH,
-                               "%s %s:%s did not prove it holds the cluster secret",
-                               KIND(ctx), ctx->host, ctx->port);
-        goto err;
-    }
-    uint8_t server_nonce[XM_NONCE_LEN];
-    memcpy(server_nonce, rep->challenge->server_nonce.data, XM_NONCE_LEN);
-    proto_msg_free(rep);
-    net_auth_mac(&ctx->secret, "xmem-client", server_nonce, client_nonce, ctx->tenant, mac);
-    Xmem__Auth auth = XMEM__AUTH__INIT;
-    auth.client_mac = (ProtobufCBinaryData){XM_MAC_LEN, mac};
-    xm_msg_t req2 = XMEM__MSG__INIT;
-    req2.body_case = XMEM__MSG__BODY_AUTH;
-    req2.auth = &auth;
-    status = ctl_exchange(ctx, &req2, &rep);
+    char why[256];
+    status = rpc_handshake_client(&ctx->conn, &ctx->cred, ctx->tenant, left_ms, &rep, why,
+                                  sizeof(why));
     if (status != XM_OK) {
-        if (status == XM_ERR_AUTH) {
-            xm__ctx_error(ctx, status, "%s %s:%s refused the cluster secret", KIND(ctx),
-                          ctx->host, ctx->port);
-        }
-        goto err;
-    }
-    if (rep->body_case != XMEM__MSG__BODY_WELCOME) {
-        proto_msg_free(rep);
-        status = xm__ctx_error(ctx, XM_ERR_PROTOCOL, "%s sent no welcome", KIND(ctx));
+        xm__ctx_error(ctx, status, "%s %s:%s: %s", KIND(ctx), ctx->host, ctx->port, why);
         goto err;
     }
     const Xmem__Welcome *w = rep->welcome;
@@ -196,7 +160,7 @@ xm_status_t xm__rpc(xm_ctx_h ctx, xm_msg_t *req, xm_msg_t **rep_p)
                                  : "connected to an appliance: allocations need a manager "
                                    "(xm_connect_opts_t.manager or XMEM_MANAGER)");
     }
-    if (ctx->fd < 0) {
+    if (ctx->conn.fd < 0) {
         xm_status_t status = ctl_connect(ctx);
         if (status != XM_OK) {
             return status;
@@ -214,12 +178,18 @@ static const char *pick(const char *given, const char *env, const char *def)
 
 XM_EXPORT xm_status_t xm_connect(const xm_connect_opts_t *opts, xm_ctx_h *ctx_p)
 {
-    xm_connect_opts_t none = {0};
-    if (opts == NULL) opts = &none;
+    xm_connect_opts_t given = XM_CONNECT_OPTS_INIT; /* defaults for what the caller's struct lacks */
+    if (opts != NULL && xm__sized_in(&given, sizeof(given), opts) != XM_OK) {
+        snprintf(connect_error, sizeof(connect_error),
+                 "xm_connect_opts_t.size %zu is invalid, or options this library does not know "
+                 "are set (initialise with XM_CONNECT_OPTS_INIT)", opts->size);
+        return XM_ERR_INVALID;
+    }
+    opts = &given;
     if (ctx_p == NULL) return XM_ERR_INVALID;
     xm_ctx_h ctx = calloc(1, sizeof(*ctx));
     if (ctx == NULL) return XM_ERR_NO_MEMORY;
-    ctx->fd = -1;
+    rpc_conn_init(&ctx->conn, -1);
     ctx->fab.wait_fd = -1;
     const char *spin = getenv("XMEM_RPC_SPIN_US");
     ctx->rpc_spin_ns = (spin != NULL ? strtoull(spin, NULL, 10) : 0) * 1000ull;
@@ -245,10 +215,29 @@ XM_EXPORT xm_status_t xm_connect(const xm_connect_opts_t *opts, xm_ctx_h *ctx_p)
         goto err;
     }
     snprintf(ctx->want_provider, sizeof(ctx->want_provider), "%s", prov);
-    char fallback[32];
-    struct passwd *pw = getpwuid(getuid());
-    snprintf(fallback, sizeof(fallback), "uid%u", (unsigned)getuid());
-    const char *tenant = pick(opts->tenant, "XMEM_TENANT", pw != NULL ? pw->pw_name : fallback);
+    status = rpc_cred_load(pick(opts->secret_file, "XMEM_SECRET_FILE", NULL), &ctx->cred,
+                           ctx->last_error, sizeof(ctx->last_error));
+    if (status != XM_OK) {
+        goto err;
+    }
+    /* the principal is what the credential proves: its tenant, or an @ role for the cluster
+     * secret (@admin unless asked for another) */
+    const char *tenant = pick(opts->tenant, "XMEM_TENANT", NULL);
+    if (!ctx->cred.cluster) {
+        if (tenant != NULL && strcmp(tenant, ctx->cred.tenant) != 0) {
+            status = xm__ctx_error(ctx, XM_ERR_AUTH, "credential %s is tenant %s's, not %s's",
+                                   ctx->cred.path, ctx->cred.tenant, tenant);
+            goto err;
+        }
+        tenant = ctx->cred.tenant;
+    } else if (tenant == NULL) {
+        tenant = "@admin";
+    } else if (tenant[0] != '@') {
+        status = xm__ctx_error(ctx, XM_ERR_AUTH, "tenant %s needs a credential of its own "
+                               "(xmem tenant add %s); the cluster secret acts only as an @ role",
+                               tenant, tenant);
+        goto err;
+    }
     if (!xm__name_valid(tenant)) {
         xm__ctx_error(ctx, status, "tenant name '%s' is not 1..%d printable characters", tenant,
                       XM_NAME_MAX);
@@ -260,11 +249,6 @@ XM_EXPORT xm_status_t xm_connect(const xm_connect_opts_t *opts, xm_ctx_h *ctx_p)
         const char *t = getenv("XMEM_TIMEOUT_MS");
         ctx->timeout_ms = t != NULL ? (uint32_t)strtoul(t, NULL, 10) : 0;
         if (ctx->timeout_ms == 0) ctx->timeout_ms = 5000;
-    }
-    status = net_secret_load(pick(opts->secret_file, "XMEM_SECRET_FILE", NULL), &ctx->secret,
-                             ctx->last_error, sizeof(ctx->last_error));
-    if (status != XM_OK) {
-        goto err;
     }
     ctx->call_deadline_ns = xm__now_ns() + (uint64_t)ctx->timeout_ms * 1000000ull;
     status = ctl_connect(ctx);

@@ -283,7 +283,7 @@ static xm_status_t group_join(struct xm_group *g)
     xm_status_t status = xm_read(g->alloc, GROUP_SLOT_OFF, slots, sizeof(slots));
     if (status != XM_OK) return status;
     uint32_t token = 0;
-    while (token == 0) net_random(&token, sizeof(token));
+    while (token == 0) rpc_random(&token, sizeof(token));
     for (unsigned i = 0; i < GROUP_SLOTS; i++) {
         uint64_t cur = slots[i * 2];
         while (SLOT_STATE(cur) == SLOT_FREE) {

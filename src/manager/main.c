@@ -16,11 +16,14 @@ static xm_config_entry_t entries[] = {
     {"listen", "127.0.0.1:7300", "HOST:PORT of the control listener (PORT 0: any free port)", 0, 0},
     {"db", NULL, "path of the allocation table (SQLite, WAL); created when missing", 0, 0},
     {"secret-file", NULL, "file holding the cluster secret (xmem secret new PATH)", 0, 0},
+    {"tenants", "", "tenant registry (xmem tenant add); empty: SECRET-FILE.tenants", 0, 0},
     {"down-after-ms", "2000", "an appliance without a heartbeat this long is down", 0, 0},
     {"stripe-chunk", "1M", "stripe unit when a policy names none (stripe:N)", 0, 0},
     {"quota", "0", "bytes each tenant may hold (0: no limit)", 0, 0},
     {"quotas", "", "per-tenant quotas: TENANT=SIZE[,TENANT=SIZE...]", 0, 0},
     {"max-conns", "4096", "control connections served at once", 0, 0},
+    {"max-conns-per-tenant", "256", "control connections one tenant may hold at once", 0, 0},
+    {"idle-timeout-ms", "600000", "an authenticated control connection idle this long is closed (0: never)", 0, 0},
     {"timeout-ms", "5000", "bound on each control message and on each call to an appliance", 0, 0},
     {"stock", "16", "fresh regions made ahead per appliance, tenant and size in use (0: none)", 0, 0},
     {"stock-max-size", "4M", "parts larger than this are never made ahead", 0, 0},
@@ -116,13 +119,21 @@ int main(int argc, char **argv)
         xm__config_get_u32(&cfg, "xmem-manager", "stock-idle-ms", &o.stock_idle_ms) != 0) {
         goto out;
     }
-    net_secret_t secret;
+    rpc_cred_t cred;
+    rpc_keyring_t keyring;
     char why[512];
-    if (net_secret_load(xm__config_get(&cfg, "secret-file"), &secret, why, sizeof(why)) != XM_OK) {
+    if (rpc_cred_load(xm__config_get(&cfg, "secret-file"), &cred, why, sizeof(why)) != XM_OK ||
+        rpc_keyring_init(&keyring, &cred, xm__config_get(&cfg, "tenants"), why, sizeof(why)) != XM_OK) {
         fprintf(stderr, "xmem-manager: %s\n", why);
         goto out;
     }
-    o.secret = &secret;
+    if (xm__config_get_u32(&cfg, "xmem-manager", "max-conns-per-tenant", &o.max_conns_per_tenant) != 0 ||
+        xm__config_get_u32(&cfg, "xmem-manager", "idle-timeout-ms", &o.idle_ms) != 0) {
+        rpc_keyring_cleanup(&keyring);
+        goto out;
+    }
+    o.cred = &cred;
+    o.keyring = &keyring;
     o.db_path = db;
     o.default_chunk = chunk;
     o.quotas = quotas;
@@ -132,8 +143,17 @@ int main(int argc, char **argv)
     sigaddset(&sigs, SIGTERM);
     sigaddset(&sigs, SIGINT);
     sigaddset(&sigs, SIGPIPE);
+    sigaddset(&sigs, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
-    int sig_fd = signalfd(-1, &sigs, SFD_CLOEXEC);
+    /* SIGHUP reloads the tenant registry instead of ending the manager */
+    sigset_t stop_sigs, hup_sigs;
+    sigemptyset(&stop_sigs);
+    sigaddset(&stop_sigs, SIGTERM);
+    sigaddset(&stop_sigs, SIGINT);
+    sigemptyset(&hup_sigs);
+    sigaddset(&hup_sigs, SIGHUP);
+    int sig_fd = signalfd(-1, &stop_sigs, SFD_CLOEXEC);
+    int hup_fd = signalfd(-1, &hup_sigs, SFD_CLOEXEC | SFD_NONBLOCK);
 
     rc = 1;
     mgr_t *m = NULL;
@@ -144,12 +164,12 @@ int main(int argc, char **argv)
         fprintf(stderr, "xmem-manager: %s\n", why);
         goto err_sig;
     }
-    if (net_listen(host, port, &listen_fd, &bound) != XM_OK) goto err_mgr;
+    if (rpc_listen(host, port, &listen_fd, &bound) != XM_OK) goto err_mgr;
     if (mgr_server_create(m, listen_fd, &server) != XM_OK) goto err_listen;
     xm_log_info("managing allocations on %s:%u, table %s", host, bound, db);
     printf("xmem-manager listening on %s:%u\n", host, bound);
     fflush(stdout);
-    mgr_server_run(server, sig_fd);
+    mgr_server_run(server, sig_fd, hup_fd);
     xm_log_info("shutting down");
     rc = 0;
     mgr_server_destroy(server);
@@ -159,6 +179,9 @@ err_mgr:
     mgr_destroy(m);
 err_sig:
     if (sig_fd >= 0) close(sig_fd);
+    if (hup_fd >= 0) close(hup_fd);
+    rpc_keyring_cleanup(&keyring);
+    sodium_memzero(&cred, sizeof(cred));
 out:
     free(quotas);
     xm__config_cleanup(&cfg);

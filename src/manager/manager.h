@@ -40,9 +40,10 @@ typedef struct mgr_appliance {
     uint64_t last_seen_ns;
     bool up;
     bool validated;                  /* reconciled with the table since it (re)registered */
+    uint8_t identity[XM_IDENTITY_PK_LEN]; /* its pinned identity key: who it is, whatever its address */
+    bool pinned;
     pthread_mutex_t conn_lock;
-    int fd;                          /* the manager's control connection to it, -1: none */
-    uint64_t seq;
+    rpc_conn_t conn;                 /* the manager's control session to it, conn.fd -1: none */
 } mgr_appliance_t;
 
 /* Find by address or add (down, unvalidated); NULL on no memory. Manager lock held. */
@@ -50,7 +51,8 @@ mgr_appliance_t *mgr_registry_get(mgr_t *m, const char *addr, bool create);
 /* Handle a registration/heartbeat from an appliance's connection. first: the first on it.
  * nowait: XM_ERR_AGAIN (nothing changed) where it would call the appliance back. */
 xm_status_t mgr_registry_heartbeat(mgr_t *m, const Xmem__ApplianceRegister *reg,
-                                   const struct sockaddr_storage *peer, bool first, bool nowait,
+                                   const struct sockaddr_storage *peer, const uint8_t transcript[32],
+                                   bool first, bool nowait,
                                    char *addr_out, size_t addr_len, const char **why_p);
 /* The appliance's heartbeat connection closed: mark it down now. */
 void mgr_registry_lost(mgr_t *m, const char *addr);
@@ -267,6 +269,8 @@ typedef struct mgr_store_ops {
     /* Restore appliances (registry entries, down) and allocations into m. */
     xm_status_t (*load)(mgr_store_t *st, mgr_t *m);
     xm_status_t (*appliance_put)(mgr_store_t *st, const mgr_appliance_t *a);
+    /* the appliance (same identity) now answers at new_addr: its parts follow it */
+    xm_status_t (*appliance_rename)(mgr_store_t *st, const char *old_addr, const char *new_addr);
     /* Insert or replace an allocation with its parts and grants; appl_addr names part i's appliance. */
     xm_status_t (*alloc_put)(mgr_store_t *st, const mgr_alloc_t *a, const char *const *appl_addr);
     xm_status_t (*alloc_delete)(mgr_store_t *st, uint64_t id);
@@ -288,7 +292,8 @@ typedef struct mgr_quota {
 } mgr_quota_t;
 
 typedef struct mgr_opts {
-    const net_secret_t *secret;
+    const rpc_cred_t *cred;          /* the cluster credential: the manager's own */
+    rpc_keyring_t *keyring;          /* who may connect */
     const mgr_store_ops_t *store_ops;
     const char *db_path;
     mgr_place_fn place;
@@ -299,6 +304,8 @@ typedef struct mgr_opts {
     uint32_t down_after_ms;
     uint32_t timeout_ms;
     uint32_t max_conns;
+    uint32_t max_conns_per_tenant;
+    uint32_t idle_ms;                /* authenticated connections idle this long are closed; 0: never */
     uint32_t stock_per_kind;         /* ready regions per (appliance, tenant, size); 0: no stock */
     uint64_t stock_max_size;         /* parts larger than this are never stocked */
     uint32_t stock_idle_ms;          /* unasked-for stock is destroyed after this */
@@ -342,8 +349,9 @@ uint64_t mgr_quota_of(const mgr_t *m, const char *tenant);
 
 typedef struct mgr_server mgr_server_t;
 xm_status_t mgr_server_create(mgr_t *m, int listen_fd, mgr_server_t **s_p);
-/* Accept and serve until stop_fd is readable; sweeps heartbeats meanwhile. */
-void mgr_server_run(mgr_server_t *s, int stop_fd);
+/* Accept and serve until stop_fd is readable; sweeps heartbeats meanwhile; hup_fd readable
+ * (SIGHUP): reload the tenant registry. */
+void mgr_server_run(mgr_server_t *s, int stop_fd, int hup_fd);
 void mgr_server_destroy(mgr_server_t *s);
 
 #endif

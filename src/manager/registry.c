@@ -24,7 +24,7 @@ mgr_appliance_t *mgr_registry_get(mgr_t *m, const char *addr, bool create)
     a->idx = m->napps;
     snprintf(a->addr, sizeof(a->addr), "%s", addr);
     snprintf(a->domain, sizeof(a->domain), "default");
-    a->fd = -1;
+    rpc_conn_init(&a->conn, -1);
     pthread_mutex_init(&a->conn_lock, NULL);
     m->apps[m->napps++] = a;
     return a;
@@ -43,10 +43,31 @@ static void peer_ip(const struct sockaddr_storage *peer, char *out, size_t len)
     }
 }
 
+/* The registry entry pinned to identity pk, or NULL. Manager lock held. */
+static mgr_appliance_t *by_identity(mgr_t *m, const uint8_t *pk)
+{
+    for (uint32_t i = 0; i < m->napps; i++) {
+        if (m->apps[i]->pinned && memcmp(m->apps[i]->identity, pk, XM_IDENTITY_PK_LEN) == 0)
+            return m->apps[i];
+    }
+    return NULL;
+}
+
 xm_status_t mgr_registry_heartbeat(mgr_t *m, const Xmem__ApplianceRegister *reg,
-                                   const struct sockaddr_storage *peer, bool first, bool nowait,
+                                   const struct sockaddr_storage *peer, const uint8_t transcript[32],
+                                   bool first, bool nowait,
                                    char *addr_out, size_t addr_len, const char **why_p)
 {
+    /* the identity signed this session: a replayed registration or another session's
+     * signature does not verify */
+    uint8_t msg[14 + 32];
+    memcpy(msg, "xmem-register", 14);
+    memcpy(msg + 14, transcript, 32);
+    if (crypto_sign_verify_detached(reg->identity_sig.data, msg, sizeof(msg),
+                                    reg->identity_pk.data) != 0) {
+        *why_p = "the registration's identity signature does not verify";
+        return XM_ERR_AUTH;
+    }
     char host[256], port[16], ip[INET6_ADDRSTRLEN + 2], addr[XM_NAME_MAX + 1];
     if (xm__parse_hostport(reg->control_addr, host, sizeof(host), port, sizeof(port)) != XM_OK) {
         *why_p = "control address is not HOST:PORT";
@@ -75,18 +96,54 @@ xm_status_t mgr_registry_heartbeat(mgr_t *m, const Xmem__ApplianceRegister *reg,
     pthread_mutex_lock(&m->lock);
     if (nowait) {
         /* a registration, or an appliance to be reconciled, calls it back: not here */
-        mgr_appliance_t *known = mgr_registry_get(m, addr, false);
-        if (first || known == NULL || !known->validated || known->boot_id != reg->boot_id) {
+        mgr_appliance_t *known = by_identity(m, reg->identity_pk.data);
+        if (first || known == NULL || strcmp(known->addr, addr) != 0 || !known->validated ||
+            known->boot_id != reg->boot_id) {
             pthread_mutex_unlock(&m->lock);
             return XM_ERR_AGAIN;
         }
     }
-    mgr_appliance_t *a = mgr_registry_get(m, addr, true);
+    /* an appliance is its identity: a known identity at a new address (or another spelling
+     * of the same one) is the same appliance moved; another identity at a known address is
+     * an impostor, or a replaced machine an operator must remove first */
+    mgr_appliance_t *a = by_identity(m, reg->identity_pk.data);
+    mgr_appliance_t *at_addr = mgr_registry_get(m, addr, false);
+    char idn[17];
+    rpc_identity_id(reg->identity_pk.data, idn);
+    if (at_addr != NULL && at_addr != a && at_addr->pinned) {
+        pthread_mutex_unlock(&m->lock);
+        xm_log_warn("appliance registration refused: identity %s claims %s, which belongs to "
+                    "another identity", idn, addr);
+        *why_p = "another appliance identity is registered at this address";
+        return XM_ERR_PERM;
+    }
+    if (a == NULL && at_addr != NULL) {
+        a = at_addr; /* a table from before identities: pin this one now */
+    }
+    bool moved = false;
+    char old_addr[XM_NAME_MAX + 1] = "";
+    if (a != NULL && strcmp(a->addr, addr) != 0) {
+        if (at_addr != NULL) {
+            pthread_mutex_unlock(&m->lock);
+            *why_p = "this address is taken in the registry";
+            return XM_ERR_PERM;
+        }
+        xm_log_info("appliance %s moved from %s to %s", idn, a->addr, addr);
+        snprintf(old_addr, sizeof(old_addr), "%s", a->addr);
+        snprintf(a->addr, sizeof(a->addr), "%s", addr);
+        moved = true;
+    }
+    if (a == NULL) a = mgr_registry_get(m, addr, true);
     if (a == NULL) {
         pthread_mutex_unlock(&m->lock);
         return XM_ERR_NO_MEMORY;
     }
-    bool changed = first || a->boot_id != reg->boot_id || a->fabric_addr_len != falen ||
+    if (!a->pinned) {
+        memcpy(a->identity, reg->identity_pk.data, XM_IDENTITY_PK_LEN);
+        a->pinned = true;
+        xm_log_info("appliance %s enrolled with identity %s", addr, idn);
+    }
+    bool changed = first || moved || a->boot_id != reg->boot_id || a->fabric_addr_len != falen ||
                    memcmp(a->fabric_addr, fa, falen) != 0 || a->capacity != reg->pool_size;
     if (first || a->boot_id != reg->boot_id) {
         a->validated = false; /* its regions are compared with the table before use */
@@ -108,6 +165,9 @@ xm_status_t mgr_registry_heartbeat(mgr_t *m, const Xmem__ApplianceRegister *reg,
     bool validate = !a->validated;
     pthread_mutex_unlock(&m->lock);
     if (changed && m->opts.store_ops != NULL) {
+        if (moved && m->opts.store_ops->appliance_rename != NULL) {
+            m->opts.store_ops->appliance_rename(m->store, old_addr, a->addr);
+        }
         m->opts.store_ops->appliance_put(m->store, a);
     }
     if (validate) {
@@ -145,10 +205,7 @@ void mgr_registry_sweep(mgr_t *m)
 
 static void appl_disconnect(mgr_appliance_t *a)
 {
-    if (a->fd >= 0) {
-        close(a->fd);
-        a->fd = -1;
-    }
+    rpc_conn_close(&a->conn);
 }
 
 static xm_status_t appl_connect(mgr_t *m, mgr_appliance_t *a, char *why, size_t whylen)
@@ -158,23 +215,36 @@ static xm_status_t appl_connect(mgr_t *m, mgr_appliance_t *a, char *why, size_t 
         snprintf(why, whylen, "appliance address %s is not HOST:PORT", a->addr);
         return XM_ERR_INVALID;
     }
-    xm_status_t status = net_connect(host, port, m->opts.timeout_ms, &a->fd);
+    int fd;
+    xm_status_t status = rpc_connect(host, port, m->opts.timeout_ms, &fd);
     if (status != XM_OK) {
-        a->fd = -1;
         snprintf(why, whylen, "cannot connect to appliance %s: %s", a->addr, xm_status_str(status));
         return status;
     }
+    rpc_conn_init(&a->conn, fd);
     xm_msg_t *welcome;
-    const char *w;
-    status = net_handshake_client(a->fd, m->opts.secret, XM_MANAGER_TENANT, m->opts.timeout_ms,
-                                  &welcome, &w);
+    char w[256];
+    status = rpc_handshake_client(&a->conn, m->opts.cred, XM_MANAGER_TENANT, m->opts.timeout_ms,
+                                  &welcome, w, sizeof(w));
     if (status != XM_OK) {
-        snprintf(why, whylen, "appliance %s: %s", a->addr, w != NULL ? w : xm_status_str(status));
+        snprintf(why, whylen, "appliance %s: %s", a->addr, w);
         appl_disconnect(a);
         return status;
     }
     proto_msg_free(welcome);
-    a->seq = 2;
+    /* whoever answers at the address must be the appliance enrolled there */
+    pthread_mutex_lock(&m->lock);
+    bool same = !a->pinned || (a->conn.peer_identified &&
+                               memcmp(a->conn.peer_pk, a->identity, XM_IDENTITY_PK_LEN) == 0);
+    pthread_mutex_unlock(&m->lock);
+    if (!same) {
+        xm_log_warn("appliance %s: the peer at this address has another identity; not used",
+                    a->addr);
+        snprintf(why, whylen, "appliance %s: the peer at this address is not the enrolled "
+                 "appliance (identity mismatch)", a->addr);
+        appl_disconnect(a);
+        return XM_ERR_AUTH;
+    }
     return XM_OK;
 }
 
@@ -184,7 +254,7 @@ xm_status_t mgr_appl_call_many(mgr_t *m, mgr_appliance_t *a, xm_msg_t *const *re
     pthread_mutex_lock(&a->conn_lock);
     xm_status_t status = XM_OK;
     for (int attempt = 0; attempt < 2; attempt++) {
-        bool fresh = a->fd < 0;
+        bool fresh = a->conn.fd < 0;
         if (fresh) {
             status = appl_connect(m, a, why, whylen);
             if (status != XM_OK) {
@@ -196,7 +266,7 @@ xm_status_t mgr_appl_call_many(mgr_t *m, mgr_appliance_t *a, xm_msg_t *const *re
             }
         }
         char w[256] = "";
-        status = net_call_many(a->fd, reqs, n, &a->seq, m->opts.timeout_ms, reps, statuses, w,
+        status = rpc_call_many(&a->conn, reqs, n, m->opts.timeout_ms, reps, statuses, w,
                                sizeof(w));
         if (status == XM_OK) break;
         snprintf(why, whylen, "appliance %s: %s", a->addr, w);

@@ -19,6 +19,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -45,14 +46,15 @@ typedef enum conn_state {
  */
 typedef struct conn {
     mgr_server_t *server;
-    int fd;
+    rpc_conn_t rc;                   /* the session; rc.principal is who the peer proved to be */
     conn_state_t state;
     pthread_t hs_thread;
     bool hs_ok;
+    bool admitted;                   /* counted in the server's admission */
+    uint64_t last_active_ns;         /* last request; the idle timeout counts from here */
     bool dead;                       /* a worker found it broken: close on return */
     struct sockaddr_storage peer_ss;
     char peer[64];
-    char tenant[XM_NAME_MAX + 1];
     char appliance[XM_NAME_MAX + 1]; /* set once an appliance registered on it */
     /* input: bytes received, not yet consumed as frames */
     uint8_t *in;
@@ -105,9 +107,39 @@ struct mgr_server {
     mgr_batch_t batch;
     conn_t *ready;                   /* READY connections that may have a request buffered */
     uint64_t nrounds, nserved, nworked; /* for the log line at the end */
+    rpc_admission_t admission;       /* sessions per tenant */
+    uint64_t accept_paused_until;    /* out of descriptors: the listener is not watched */
+    bool revoke;                     /* the sweep also ends sessions of revoked credentials */
 };
 
 /* ---- requests --------------------------------------------------------------- */
+
+/* A tenant's names are its own ("tenant/name"); rewrite *name in place. */
+static xm_status_t scope_name(const char *tenant, char **name, bool creating, char *why,
+                              size_t whylen)
+{
+    char full[XM_NAME_MAX + 1];
+    const char *w = NULL;
+    xm_status_t status = rpc_scoped_name(tenant, *name, creating, full, sizeof(full), &w);
+    if (status != XM_OK) {
+        snprintf(why, whylen, "%s", w);
+        return status;
+    }
+    if (*name == NULL || (*name)[0] == '\0' || strcmp(full, *name) == 0) return XM_OK;
+    char *copy = strdup(full);
+    if (copy == NULL) return XM_ERR_NO_MEMORY;
+    free(*name); /* protobuf-c's default allocator: malloc/free */
+    *name = copy;
+    return XM_OK;
+}
+
+static xm_status_t admit(void *arg, const rpc_conn_t *rc, const char **why_p)
+{
+    conn_t *c = arg;
+    xm_status_t status = rpc_admission_take(&c->server->admission, rc->principal, why_p);
+    c->admitted = status == XM_OK;
+    return status;
+}
 
 /*
  * Serve one request into *rep. With b (the loop), never wait: XM_ERR_AGAIN hands
@@ -121,10 +153,11 @@ static xm_status_t dispatch(conn_t *c, const xm_msg_t *msg, mgr_batch_t *b, size
     static Xmem__Empty empty = XMEM__EMPTY__INIT;
     const char *w = NULL;
     xm_status_t status;
-    bool is_appliance = strcmp(c->tenant, APPLIANCE_TENANT) == 0;
+    const char *tenant = c->rc.principal;
+    bool is_appliance = strcmp(tenant, APPLIANCE_TENANT) == 0;
     *close_p = false;
     if (is_appliance != (msg->body_case == XMEM__MSG__BODY_APPLIANCE_REGISTER)) {
-        xm_log_warn("connection from %s (tenant %s): request %d not allowed", c->peer, c->tenant,
+        xm_log_warn("connection from %s (%s): request %d not allowed", c->peer, tenant,
                     (int)msg->body_case);
         snprintf(why, whylen, "%s", is_appliance ? "appliances only register" : "only appliances register");
         *close_p = true;
@@ -134,7 +167,7 @@ static xm_status_t dispatch(conn_t *c, const xm_msg_t *msg, mgr_batch_t *b, size
     case XMEM__MSG__BODY_APPLIANCE_REGISTER: {
         /* a steady heartbeat is served here; a registration (reconciliation) by a worker */
         char addr[XM_NAME_MAX + 1];
-        status = mgr_registry_heartbeat(m, msg->appliance_register, &c->peer_ss,
+        status = mgr_registry_heartbeat(m, msg->appliance_register, &c->peer_ss, c->rc.transcript,
                                         c->appliance[0] == '\0', b != NULL, addr, sizeof(addr), &w);
         if (status == XM_ERR_AGAIN) return status;
         if (status == XM_OK && c->appliance[0] == '\0') {
@@ -146,32 +179,40 @@ static xm_status_t dispatch(conn_t *c, const xm_msg_t *msg, mgr_batch_t *b, size
         return status;
     }
     case XMEM__MSG__BODY_ALLOC_CREATE:
-        status = mgr_alloc_create(m, c->tenant, msg->alloc_create, b, slot, rep, why, whylen);
+        if ((status = scope_name(tenant, &msg->alloc_create->name, true, why, whylen)) != XM_OK)
+            return status;
+        status = mgr_alloc_create(m, tenant, msg->alloc_create, b, slot, rep, why, whylen);
         if (status == XM_OK) {
-            xm_log_debug("tenant %s: allocation %llu (%llu bytes, %s)", c->tenant,
+            xm_log_debug("tenant %s: allocation %llu (%llu bytes, %s)", tenant,
                          (unsigned long long)rep->alloc_desc->id,
                          (unsigned long long)rep->alloc_desc->size, rep->alloc_desc->policy);
         }
         return status;
     case XMEM__MSG__BODY_ALLOC_FREE:
-        status = mgr_alloc_destroy(m, c->tenant, msg->alloc_free, b, slot, why, whylen);
+        if ((status = scope_name(tenant, &msg->alloc_free->name, false, why, whylen)) != XM_OK)
+            return status;
+        status = mgr_alloc_destroy(m, tenant, msg->alloc_free, b, slot, why, whylen);
         if (status == XM_OK) {
             rep->body_case = XMEM__MSG__BODY_OK;
             rep->ok = &empty;
         }
         return status;
     case XMEM__MSG__BODY_ALLOC_ATTACH:
-        return mgr_alloc_attach(m, c->tenant, msg->alloc_attach, b, rep, why, whylen);
+        if ((status = scope_name(tenant, &msg->alloc_attach->name, false, why, whylen)) != XM_OK)
+            return status;
+        return mgr_alloc_attach(m, tenant, msg->alloc_attach, b, rep, why, whylen);
     case XMEM__MSG__BODY_ALLOC_GRANT:
         if (b != NULL) return XM_ERR_AGAIN; /* every appliance learns the grant first */
-        status = mgr_alloc_grant(m, c->tenant, msg->alloc_grant, why, whylen);
+        if ((status = scope_name(tenant, &msg->alloc_grant->alloc->name, false, why, whylen)) != XM_OK)
+            return status;
+        status = mgr_alloc_grant(m, tenant, msg->alloc_grant, why, whylen);
         if (status == XM_OK) {
             rep->body_case = XMEM__MSG__BODY_OK;
             rep->ok = &empty;
         }
         return status;
     case XMEM__MSG__BODY_ALLOC_LIST:
-        return mgr_alloc_list(m, c->tenant, rep);
+        return mgr_alloc_list(m, tenant, rep);
     case XMEM__MSG__BODY_APPLIANCE_LIST:
         return mgr_appliance_list(m, rep);
     default:
@@ -231,7 +272,8 @@ static void *worker_main(void *arg)
         xm_status_t status = dispatch(c, c->job, NULL, 0, &rep, why, sizeof(why), &close_after);
         xm_msg_t out = rep; /* reply_prepare clears the body of an error; keep it for cleanup */
         reply_prepare(&rep, c->job->seq, status, why);
-        if (net_send_msg(c->fd, &rep, s->m->opts.timeout_ms) != XM_OK || close_after) c->dead = true;
+        if (rpc_send(&c->rc, &rep, rpc_deadline_after(s->m->opts.timeout_ms)) != XM_OK || close_after)
+            c->dead = true;
         mgr_reply_cleanup(&out);
         proto_msg_free(c->job);
         c->job = NULL;
@@ -264,13 +306,15 @@ static void *handshake_main(void *arg)
     welcome.manager = true;
     welcome.provider = "";
     const char *why = NULL;
-    c->hs_ok = net_handshake_server(c->fd, m->opts.secret, &welcome, m->opts.timeout_ms,
-                                    c->tenant, sizeof(c->tenant), &why) == XM_OK;
+    c->hs_ok = rpc_handshake_server(&c->rc, m->opts.keyring, NULL, &welcome, admit, c,
+                                    m->opts.timeout_ms, &why) == XM_OK;
     if (!c->hs_ok) {
-        xm_log_warn("connection from %s: handshake failed (%s)", c->peer, why != NULL ? why : "?");
+        xm_log_warn("connection from %s%s%s: handshake failed (%s)", c->peer,
+                    c->rc.principal[0] ? " as " : "", c->rc.principal, why != NULL ? why : "?");
     } else {
-        xm_log_debug("connection from %s: tenant %s authenticated", c->peer, c->tenant);
+        xm_log_debug("connection from %s: %s authenticated", c->peer, c->rc.principal);
     }
+    c->last_active_ns = xm__now_ns();
     conn_return(c);
     return NULL;
 }
@@ -278,12 +322,13 @@ static void *handshake_main(void *arg)
 static bool ep_set(mgr_server_t *s, conn_t *c, int op, uint32_t events)
 {
     struct epoll_event ev = {.events = events, .data.ptr = c};
-    return epoll_ctl(s->ep, op, c->fd, &ev) == 0;
+    return epoll_ctl(s->ep, op, c->rc.fd, &ev) == 0;
 }
 
 static void conn_close(mgr_server_t *s, conn_t *c)
 {
-    if (c->state == CONN_READY) epoll_ctl(s->ep, EPOLL_CTL_DEL, c->fd, NULL);
+    if (c->state == CONN_READY) epoll_ctl(s->ep, EPOLL_CTL_DEL, c->rc.fd, NULL);
+    if (c->admitted) rpc_admission_put(&s->admission, c->rc.principal);
     if (c->appliance[0] != '\0') mgr_registry_lost(s->m, c->appliance);
     pthread_mutex_lock(&s->lock);
     for (conn_t **pp = &s->conns; *pp != NULL; pp = &(*pp)->next) {
@@ -302,7 +347,7 @@ static void conn_close(mgr_server_t *s, conn_t *c)
             }
         }
     }
-    close(c->fd);
+    rpc_conn_close(&c->rc);
     free(c->in);
     free(c->out);
     free(c);
@@ -312,8 +357,14 @@ static void conn_accept(mgr_server_t *s)
 {
     for (;;) {
         struct sockaddr_storage ss;
-        int fd = net_accept(s->listen_fd, &ss);
-        if (fd < 0) return;
+        int fd = rpc_accept_paced(s->listen_fd, &ss, &s->accept_paused_until);
+        if (fd < 0) {
+            if (s->accept_paused_until != 0) {
+                struct epoll_event ev = {.events = 0, .data.ptr = &s->listen_fd};
+                epoll_ctl(s->ep, EPOLL_CTL_MOD, s->listen_fd, &ev);
+            }
+            return;
+        }
         pthread_mutex_lock(&s->lock);
         bool full = s->nconns >= s->m->opts.max_conns;
         pthread_mutex_unlock(&s->lock);
@@ -328,10 +379,10 @@ static void conn_accept(mgr_server_t *s)
             continue;
         }
         c->server = s;
-        c->fd = fd;
+        rpc_conn_init(&c->rc, fd);
         c->peer_ss = ss;
         c->state = CONN_HANDSHAKE;
-        net_peer_name(&ss, c->peer, sizeof(c->peer));
+        rpc_peer_name(&ss, c->peer, sizeof(c->peer));
         pthread_mutex_lock(&s->lock);
         if (pthread_create(&c->hs_thread, NULL, handshake_main, c) != 0) {
             pthread_mutex_unlock(&s->lock);
@@ -353,14 +404,15 @@ static bool conn_fill(conn_t *c)
     for (;;) {
         if (c->in_len == c->in_cap) {
             size_t cap = c->in_cap == 0 ? 4096 : c->in_cap * 2;
-            if (cap > XM_FRAME_HEADER + XM_FRAME_MAX_REQUEST) cap = XM_FRAME_HEADER + XM_FRAME_MAX_REQUEST;
+            if (cap > XM_FRAME_HEADER + rpc_frame_max(XM_FRAME_MAX_REQUEST))
+                cap = XM_FRAME_HEADER + rpc_frame_max(XM_FRAME_MAX_REQUEST);
             if (cap == c->in_cap) return true; /* a whole frame fits: parse it first */
             uint8_t *in = realloc(c->in, cap);
             if (in == NULL) return false;
             c->in = in;
             c->in_cap = cap;
         }
-        ssize_t n = recv(c->fd, c->in + c->in_len, c->in_cap - c->in_len, 0);
+        ssize_t n = recv(c->rc.fd, c->in + c->in_len, c->in_cap - c->in_len, 0);
         if (n > 0) {
             if (c->in_len == 0) c->frame_start_ns = xm__now_ns();
             c->in_len += (size_t)n;
@@ -369,7 +421,7 @@ static bool conn_fill(conn_t *c)
         if (n < 0 && errno == EINTR) continue;
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return true;
         if (n == 0 && c->in_len > 0) {
-            xm_log_warn("connection from %s (tenant %s) dropped: truncated frame", c->peer, c->tenant);
+            xm_log_warn("connection from %s (%s) dropped: truncated frame", c->peer, c->rc.principal);
         }
         return false;
     }
@@ -380,19 +432,20 @@ static int conn_take_frame(conn_t *c, xm_msg_t **msg_p)
 {
     if (c->in_len < XM_FRAME_HEADER) return 0;
     size_t len;
-    if (proto_frame_len(c->in, XM_FRAME_MAX_REQUEST, &len) != XM_OK) {
-        xm_log_warn("connection from %s (tenant %s) dropped: frame length 0 or above the limit",
-                    c->peer, c->tenant);
+    if (proto_frame_len(c->in, rpc_frame_max(XM_FRAME_MAX_REQUEST), &len) != XM_OK) {
+        xm_log_warn("connection from %s (%s) dropped: frame length 0 or above the limit",
+                    c->peer, c->rc.principal);
         return -1;
     }
     if (c->in_len < XM_FRAME_HEADER + len) return 0;
     const char *why = NULL;
-    xm_status_t status = proto_decode(c->in + XM_FRAME_HEADER, len, XM_FRAME_MAX_REQUEST, msg_p, &why);
+    xm_status_t status = rpc_open(&c->rc, c->in + XM_FRAME_HEADER, len, XM_FRAME_MAX_REQUEST, msg_p, &why);
+    c->last_active_ns = xm__now_ns();
     c->in_len -= XM_FRAME_HEADER + len;
     memmove(c->in, c->in + XM_FRAME_HEADER + len, c->in_len);
     c->frame_start_ns = c->in_len > 0 ? xm__now_ns() : 0;
     if (status != XM_OK) {
-        xm_log_warn("connection from %s (tenant %s) dropped: %s", c->peer, c->tenant,
+        xm_log_warn("connection from %s (%s) dropped: %s", c->peer, c->rc.principal,
                     why != NULL ? why : xm_status_str(status));
         return -1;
     }
@@ -403,7 +456,7 @@ static int conn_take_frame(conn_t *c, xm_msg_t **msg_p)
 static bool conn_flush(mgr_server_t *s, conn_t *c)
 {
     while (c->out_off < c->out_len) {
-        ssize_t n = send(c->fd, c->out + c->out_off, c->out_len - c->out_off, MSG_NOSIGNAL);
+        ssize_t n = send(c->rc.fd, c->out + c->out_off, c->out_len - c->out_off, MSG_NOSIGNAL);
         if (n > 0) {
             c->out_off += (size_t)n;
             continue;
@@ -480,7 +533,7 @@ static void round_serve(mgr_server_t *s, size_t n)
         c->in_round = false;
         if (sl->status == XM_ERR_AGAIN) {
             s->nworked++;
-            epoll_ctl(s->ep, EPOLL_CTL_DEL, c->fd, NULL);
+            epoll_ctl(s->ep, EPOLL_CTL_DEL, c->rc.fd, NULL);
             job_push(s, c, sl->msg);
             continue;
         }
@@ -494,7 +547,7 @@ static void round_serve(mgr_server_t *s, size_t n)
         reply_prepare(&sl->rep, sl->msg->seq, sl->status, sl->why);
         uint8_t *buf = NULL;
         size_t len = 0;
-        bool ok = proto_encode(&sl->rep, &buf, &len) == XM_OK;
+        bool ok = rpc_seal(&c->rc, &sl->rep, &buf, &len) == XM_OK;
         mgr_reply_cleanup(&out);
         proto_msg_free(sl->msg);
         if (ok) {
@@ -556,9 +609,14 @@ static void sweep_stalled(mgr_server_t *s, uint64_t now)
         if (c->state != CONN_READY) continue;
         bool in = c->frame_start_ns != 0 && now - c->frame_start_ns > limit;
         bool out = c->out_since_ns != 0 && now - c->out_since_ns > limit;
-        if (in || out) {
-            xm_log_warn("connection from %s (tenant %s) dropped: %s not done in %u ms", c->peer,
-                        c->tenant, in ? "request frame" : "reply", s->m->opts.timeout_ms);
+        bool idle = s->m->opts.idle_ms != 0 && c->in_len == 0 && c->out == NULL && !c->in_round &&
+                    now - c->last_active_ns > (uint64_t)s->m->opts.idle_ms * 1000000ull &&
+                    c->appliance[0] == '\0';
+        bool revoked = s->revoke && !rpc_keyring_valid(s->m->opts.keyring, c->rc.principal, c->rc.cred_id);
+        if (in || out || idle || revoked) {
+            xm_log_warn("connection from %s (%s) dropped: %s", c->peer, c->rc.principal,
+                        revoked ? "its credential was revoked" : idle ? "idle" :
+                        in ? "request frame not done in time" : "reply not taken in time");
             c->qnext = stalled;
             stalled = c;
         }
@@ -584,6 +642,7 @@ xm_status_t mgr_server_create(mgr_t *m, int listen_fd, mgr_server_t **s_p)
     s->jobs_tail = &s->jobs;
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->job_cond, NULL);
+    rpc_admission_init(&s->admission, m->opts.max_conns_per_tenant);
     s->ep = epoll_create1(EPOLL_CLOEXEC);
     s->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (s->ep < 0 || s->wake_fd < 0) {
@@ -610,10 +669,15 @@ err:
     return XM_ERR_IO;
 }
 
-void mgr_server_run(mgr_server_t *s, int stop_fd)
+void mgr_server_run(mgr_server_t *s, int stop_fd, int hup_fd)
 {
     struct epoll_event sev = {.events = EPOLLIN, .data.ptr = &stop_fd};
-    if (epoll_ctl(s->ep, EPOLL_CTL_ADD, stop_fd, &sev) != 0) {
+    struct epoll_event hev = {.events = EPOLLIN, .data.ptr = &hup_fd};
+    int watch_fd = s->m->opts.keyring->watch_fd;
+    struct epoll_event kev = {.events = EPOLLIN, .data.ptr = &s->m->opts.keyring->watch_fd};
+    if (epoll_ctl(s->ep, EPOLL_CTL_ADD, stop_fd, &sev) != 0 ||
+        (hup_fd >= 0 && epoll_ctl(s->ep, EPOLL_CTL_ADD, hup_fd, &hev) != 0) ||
+        (watch_fd >= 0 && epoll_ctl(s->ep, EPOLL_CTL_ADD, watch_fd, &kev) != 0)) {
         xm_log_error("epoll: %m");
         return;
     }
@@ -641,6 +705,18 @@ void mgr_server_run(mgr_server_t *s, int stop_fd)
             void *p = evs[i].data.ptr;
             if (p == &stop_fd) {
                 stop = true;
+            } else if (p == &hup_fd || p == &s->m->opts.keyring->watch_fd) {
+                if (p == &hup_fd) {
+                    struct signalfd_siginfo si;
+                    while (read(hup_fd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
+                    }
+                    xm_log_info("SIGHUP: reloading the tenant registry");
+                }
+                if (rpc_keyring_refresh(s->m->opts.keyring)) {
+                    s->revoke = true;
+                    sweep_stalled(s, xm__now_ns());
+                    s->revoke = false;
+                }
             } else if (p == &s->listen_fd) {
                 conn_accept(s);
             } else if (p == &s->wake_fd) {
@@ -663,6 +739,11 @@ void mgr_server_run(mgr_server_t *s, int stop_fd)
             last_active = xm__now_ns();
         }
         now = xm__now_ns();
+        if (s->accept_paused_until != 0 && now >= s->accept_paused_until) {
+            s->accept_paused_until = 0;
+            struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &s->listen_fd};
+            epoll_ctl(s->ep, EPOLL_CTL_MOD, s->listen_fd, &ev);
+        }
         if (now - last_sweep > (uint64_t)SWEEP_MS * 1000000ull) {
             mgr_registry_sweep(s->m);
             sweep_stalled(s, now);
@@ -682,7 +763,7 @@ void mgr_server_destroy(mgr_server_t *s)
     pthread_mutex_lock(&s->lock);
     s->stopping = true;
     pthread_cond_broadcast(&s->job_cond);
-    for (conn_t *c = s->conns; c != NULL; c = c->next) shutdown(c->fd, SHUT_RDWR);
+    for (conn_t *c = s->conns; c != NULL; c = c->next) shutdown(c->rc.fd, SHUT_RDWR);
     pthread_mutex_unlock(&s->lock);
     for (int i = 0; i < s->nworkers; i++) pthread_join(s->workers[i], NULL);
     /* queued jobs no worker took: their connections are the loop's again */
@@ -716,5 +797,6 @@ void mgr_server_destroy(mgr_server_t *s)
     if (s->wake_fd >= 0) close(s->wake_fd);
     pthread_cond_destroy(&s->job_cond);
     pthread_mutex_destroy(&s->lock);
+    rpc_admission_cleanup(&s->admission);
     free(s);
 }

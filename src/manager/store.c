@@ -7,9 +7,11 @@
  * fsync on this machine's disk (docs/performance.md). */
 #include <errno.h>
 #include <pthread.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <sqlite3.h>
 
@@ -52,7 +54,7 @@ static const char schema[] =
     "PRAGMA synchronous=NORMAL;"
     "CREATE TABLE IF NOT EXISTS appliances(addr TEXT PRIMARY KEY, domain TEXT NOT NULL,"
     "  provider TEXT NOT NULL, backing TEXT NOT NULL, fabric_addr BLOB NOT NULL,"
-    "  capacity INTEGER NOT NULL, extent_size INTEGER NOT NULL);"
+    "  capacity INTEGER NOT NULL, extent_size INTEGER NOT NULL, identity BLOB);"
     "CREATE TABLE IF NOT EXISTS allocs(id INTEGER PRIMARY KEY, request_id INTEGER NOT NULL,"
     "  owner TEXT NOT NULL, name TEXT NOT NULL, size INTEGER NOT NULL, policy TEXT NOT NULL,"
     "  layout INTEGER NOT NULL, width INTEGER NOT NULL, chunk INTEGER NOT NULL,"
@@ -141,6 +143,17 @@ static xm_status_t sq_open(const char *path, mgr_store_t **st_p, char *why, size
     pthread_mutex_init(&st->lock, NULL);
     pthread_mutex_init(&st->ckpt_lock, NULL);
     pthread_cond_init(&st->ckpt_cond, NULL);
+    /* the table holds every allocation's keys: it is the manager's alone (SQLite gives its
+     * -wal and -shm files the table's mode) */
+    int tfd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (tfd >= 0) close(tfd);
+    if (rpc_file_private(path, "allocation table", why, whylen) != XM_OK) goto err;
+    for (const char *suffix = "-wal"; suffix != NULL; suffix = strcmp(suffix, "-wal") == 0 ? "-shm" : NULL) {
+        char side[PATH_MAX + 8];
+        snprintf(side, sizeof(side), "%s%s", path, suffix);
+        if (access(side, F_OK) == 0 && rpc_file_private(side, "allocation table", why, whylen) != XM_OK)
+            goto err;
+    }
     if (sqlite3_open_v2(path, &st->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
                         SQLITE_OPEN_FULLMUTEX, NULL) != SQLITE_OK) {
         snprintf(why, whylen, "cannot open %s: %s", path, st->db ? sqlite3_errmsg(st->db) : "no memory");
@@ -148,6 +161,8 @@ static xm_status_t sq_open(const char *path, mgr_store_t **st_p, char *why, size
     }
     sqlite3_busy_timeout(st->db, 5000);
     char *err = NULL;
+    /* tables from before appliance identities get the column (an error: it is there) */
+    sqlite3_exec(st->db, "ALTER TABLE appliances ADD COLUMN identity BLOB", NULL, NULL, NULL);
     if (sqlite3_exec(st->db, schema, NULL, NULL, &err) != SQLITE_OK) {
         snprintf(why, whylen, "%s: %s", path, err != NULL ? err : "schema failed");
         sqlite3_free(err);
@@ -160,7 +175,7 @@ static xm_status_t sq_open(const char *path, mgr_store_t **st_p, char *why, size
         {&st->del_alloc, "DELETE FROM allocs WHERE id=?"},
         {&st->del_parts, "DELETE FROM parts WHERE alloc_id=?"},
         {&st->del_grants, "DELETE FROM grants WHERE alloc_id=?"},
-        {&st->put_appl, "INSERT OR REPLACE INTO appliances VALUES(?,?,?,?,?,?,?)"},
+        {&st->put_appl, "INSERT OR REPLACE INTO appliances VALUES(?,?,?,?,?,?,?,?)"},
     };
     for (size_t i = 0; i < XM_ARRAY_LEN(stmts); i++) {
         if (sqlite3_prepare_v2(st->db, stmts[i].sql, -1, stmts[i].s, NULL) != SQLITE_OK) {
@@ -272,8 +287,35 @@ static xm_status_t sq_appliance_put(mgr_store_t *st, const mgr_appliance_t *a)
     sqlite3_bind_blob(s, 5, a->fabric_addr, (int)a->fabric_addr_len, SQLITE_TRANSIENT);
     sqlite3_bind_int64(s, 6, (sqlite3_int64)a->capacity);
     sqlite3_bind_int64(s, 7, (sqlite3_int64)a->extent_size);
+    if (a->pinned) {
+        sqlite3_bind_blob(s, 8, a->identity, XM_IDENTITY_PK_LEN, SQLITE_TRANSIENT);
+    } else {
+        sqlite3_bind_null(s, 8);
+    }
     bool ok = step_done(st, s);
     if (!own) pthread_mutex_unlock(&st->lock);
+    return ok ? XM_OK : XM_ERR_IO;
+}
+
+static xm_status_t sq_appliance_rename(mgr_store_t *st, const char *old_addr, const char *new_addr)
+{
+    bool own = in_own_batch(st);
+    if (!own) pthread_mutex_lock(&st->lock);
+    bool ok = true;
+    const char *sql[] = {"UPDATE parts SET appliance=?2 WHERE appliance=?1",
+                         "DELETE FROM appliances WHERE addr=?1"};
+    for (size_t i = 0; i < 2 && ok; i++) {
+        sqlite3_stmt *s;
+        ok = sqlite3_prepare_v2(st->db, sql[i], -1, &s, NULL) == SQLITE_OK;
+        if (!ok) break;
+        sqlite3_bind_text(s, 1, old_addr, -1, SQLITE_TRANSIENT);
+        if (i == 0) sqlite3_bind_text(s, 2, new_addr, -1, SQLITE_TRANSIENT);
+        ok = sqlite3_step(s) == SQLITE_DONE;
+        sqlite3_finalize(s);
+    }
+    if (!own) pthread_mutex_unlock(&st->lock);
+    if (!ok) xm_log_error("allocation table: cannot record the move of %s: %s", old_addr,
+                          sqlite3_errmsg(st->db));
     return ok ? XM_OK : XM_ERR_IO;
 }
 
@@ -365,7 +407,7 @@ static xm_status_t sq_load(mgr_store_t *st, mgr_t *m)
     pthread_mutex_lock(&st->lock);
     pthread_mutex_lock(&m->lock);
     if (sqlite3_prepare_v2(st->db, "SELECT addr,domain,provider,backing,fabric_addr,capacity,"
-                           "extent_size FROM appliances", -1, &s, NULL) != SQLITE_OK ||
+                           "extent_size,identity FROM appliances", -1, &s, NULL) != SQLITE_OK ||
         sqlite3_prepare_v2(st->db, "SELECT idx,appliance,region_id,key,size FROM parts "
                            "WHERE alloc_id=? ORDER BY idx", -1, &p, NULL) != SQLITE_OK ||
         sqlite3_prepare_v2(st->db, "SELECT tenant,access FROM grants WHERE alloc_id=?", -1, &g,
@@ -393,6 +435,10 @@ static xm_status_t sq_load(mgr_store_t *st, mgr_t *m)
         a->fabric_addr_len = (size_t)falen;
         a->capacity = (uint64_t)sqlite3_column_int64(s, 5);
         a->extent_size = (uint64_t)sqlite3_column_int64(s, 6);
+        if (sqlite3_column_bytes(s, 7) == XM_IDENTITY_PK_LEN) {
+            memcpy(a->identity, sqlite3_column_blob(s, 7), XM_IDENTITY_PK_LEN);
+            a->pinned = true;
+        }
     }
     sqlite3_finalize(s);
     s = NULL;
@@ -475,6 +521,7 @@ const mgr_store_ops_t mgr_store_sqlite = {
     .close = sq_close,
     .load = sq_load,
     .appliance_put = sq_appliance_put,
+    .appliance_rename = sq_appliance_rename,
     .alloc_put = sq_alloc_put,
     .alloc_delete = sq_alloc_delete,
     .batch_begin = sq_batch_begin,

@@ -146,15 +146,26 @@ xm_status_t proto_validate(const xm_msg_t *m, const char **why_p)
         if (m->hello->version == 0) FAIL("hello without version");
         if (!xm__name_valid(m->hello->tenant)) FAIL("bad tenant name");
         if (m->hello->client_nonce.len != XM_NONCE_LEN) FAIL("bad client nonce length");
+        if (m->hello->client_kx.len != XM_KX_LEN) FAIL("bad client key exchange length");
+        if ((m->hello->tenant[0] == '@') != (m->hello->cred_id == 0))
+            FAIL("credential id does not match the principal");
         return XM_OK;
     case XMEM__MSG__BODY_CHALLENGE:
         if (m->challenge->server_nonce.len != XM_NONCE_LEN) FAIL("bad server nonce length");
         if (m->challenge->server_mac.len != XM_MAC_LEN) FAIL("bad server mac length");
+        if (m->challenge->server_kx.len != XM_KX_LEN) FAIL("bad server key exchange length");
+        if (m->challenge->server_header.len != XM_STREAM_HEADER_LEN) FAIL("bad stream header length");
+        if (m->challenge->identity_pk.len != 0 &&
+            (m->challenge->identity_pk.len != XM_IDENTITY_PK_LEN ||
+             m->challenge->identity_sig.len != XM_IDENTITY_SIG_LEN))
+            FAIL("bad identity length");
         return XM_OK;
     case XMEM__MSG__BODY_AUTH:
         if (m->auth->client_mac.len != XM_MAC_LEN) FAIL("bad client mac length");
+        if (m->auth->client_header.len != XM_STREAM_HEADER_LEN) FAIL("bad stream header length");
         return XM_OK;
     case XMEM__MSG__BODY_WELCOME:
+        if (!opt_name_ok(m->welcome->principal)) FAIL("bad principal in welcome");
         if (m->welcome->manager) {
             /* a manager serves no data: it has no endpoint to name */
             if (!opt_name_ok(m->welcome->provider) || m->welcome->fabric_addr.len > 0)
@@ -217,6 +228,8 @@ xm_status_t proto_validate(const xm_msg_t *m, const char **why_p)
         if (!xm__name_valid(a->provider)) FAIL("bad provider name");
         if (a->fabric_addr.len == 0 || a->fabric_addr.len > XM_FABRIC_ADDR_MAX)
             FAIL("bad fabric address length");
+        if (a->identity_pk.len != XM_IDENTITY_PK_LEN || a->identity_sig.len != XM_IDENTITY_SIG_LEN)
+            FAIL("registration without a valid identity");
         if (a->extent_size == 0 || a->pool_size == 0) FAIL("appliance without pool or extent size");
         if (a->pool_used > a->pool_size) FAIL("pool used exceeds pool size");
         if (!opt_name_ok(a->backing)) FAIL("bad backing name");

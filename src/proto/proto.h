@@ -10,9 +10,13 @@
 #include "../common/layout.h"
 #include "xmem.pb-c.h"
 
-#define XM_PROTO_VERSION 1
+#define XM_PROTO_VERSION 2
 #define XM_NONCE_LEN 32
 #define XM_MAC_LEN 32
+#define XM_KX_LEN 32               /* X25519 public key */
+#define XM_STREAM_HEADER_LEN 24    /* secretstream header */
+#define XM_IDENTITY_PK_LEN 32      /* Ed25519 public key */
+#define XM_IDENTITY_SIG_LEN 64     /* Ed25519 signature */
 #define XM_FABRIC_ADDR_MAX 512
 #define XM_ERROR_TEXT_MAX 512
 /* A request is small; a reply may list many regions. */

@@ -1,5 +1,4 @@
-/* Control channel: framed protobuf messages over TCP with timeouts, and the
- * mutual authentication MACs. */
+/* Control channel sockets: listen, accept, connect, move bytes by a deadline. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -12,10 +11,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include <sodium.h>
-
 #include "../common/common.h"
-#include "net.h"
+#include "rpc.h"
 
 static void sock_setup(int fd)
 {
@@ -24,7 +21,7 @@ static void sock_setup(int fd)
     fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
 }
 
-xm_status_t net_listen(const char *host, const char *port, int *fd_p, uint16_t *port_p)
+xm_status_t rpc_listen(const char *host, const char *port, int *fd_p, uint16_t *port_p)
 {
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
                              .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
@@ -61,7 +58,7 @@ xm_status_t net_listen(const char *host, const char *port, int *fd_p, uint16_t *
     return status;
 }
 
-int net_accept(int listen_fd, struct sockaddr_storage *ss)
+int rpc_accept(int listen_fd, struct sockaddr_storage *ss)
 {
     socklen_t sl = sizeof(*ss);
     int fd = accept4(listen_fd, (struct sockaddr *)ss, &sl, SOCK_CLOEXEC | SOCK_NONBLOCK);
@@ -74,7 +71,7 @@ int net_accept(int listen_fd, struct sockaddr_storage *ss)
     return fd;
 }
 
-void net_peer_name(const struct sockaddr_storage *ss, char *buf, size_t len)
+void rpc_peer_name(const struct sockaddr_storage *ss, char *buf, size_t len)
 {
     char host[INET6_ADDRSTRLEN] = "?";
     uint16_t port = 0;
@@ -99,7 +96,7 @@ static int remaining_ms(uint64_t deadline)
     return (int)((deadline - now + 999999) / 1000000);
 }
 
-xm_status_t net_connect(const char *host, const char *port, uint32_t timeout_ms, int *fd_p)
+xm_status_t rpc_connect(const char *host, const char *port, uint32_t timeout_ms, int *fd_p)
 {
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
                              .ai_flags = AI_NUMERICSERV};
@@ -138,7 +135,7 @@ xm_status_t net_connect(const char *host, const char *port, uint32_t timeout_ms,
 }
 
 /* Move len bytes in or out within the deadline. */
-static xm_status_t sock_xfer(int fd, void *buf, size_t len, bool out, uint64_t deadline)
+xm_status_t rpc_sock_xfer(int fd, void *buf, size_t len, bool out, uint64_t deadline_ns)
 {
     uint8_t *p = buf;
     while (len > 0) {
@@ -158,7 +155,7 @@ static xm_status_t sock_xfer(int fd, void *buf, size_t len, bool out, uint64_t d
             return XM_ERR_DISCONNECTED;
         }
         struct pollfd pfd = {.fd = fd, .events = out ? POLLOUT : POLLIN};
-        int ms = remaining_ms(deadline);
+        int ms = remaining_ms(deadline_ns);
         if (ms == 0 || poll(&pfd, 1, ms) == 0) {
             return XM_ERR_TIMEOUT;
         }
@@ -166,25 +163,12 @@ static xm_status_t sock_xfer(int fd, void *buf, size_t len, bool out, uint64_t d
     return XM_OK;
 }
 
-static uint64_t deadline_after(uint32_t ms)
+uint64_t rpc_deadline_after(uint32_t ms)
 {
     return xm__now_ns() + (uint64_t)ms * 1000000ull;
 }
 
-xm_status_t net_send_msg_by(int fd, const xm_msg_t *msg, uint64_t deadline_ns)
-{
-    uint8_t *buf;
-    size_t len;
-    xm_status_t status = proto_encode(msg, &buf, &len);
-    if (status != XM_OK) {
-        return status;
-    }
-    status = sock_xfer(fd, buf, len, true, deadline_ns);
-    free(buf);
-    return status;
-}
-
-void net_spin_readable(int fd, uint64_t ns)
+void rpc_spin_readable(int fd, uint64_t ns)
 {
     if (ns == 0) return;
     uint64_t end = xm__now_ns() + ns;
@@ -192,103 +176,4 @@ void net_spin_readable(int fd, uint64_t ns)
     do {
         if (poll(&p, 1, 0) != 0) return;
     } while (xm__now_ns() < end);
-}
-
-xm_status_t net_send_raw_by(int fd, const void *buf, size_t len, uint64_t deadline_ns)
-{
-    return sock_xfer(fd, (void *)buf, len, true, deadline_ns);
-}
-
-xm_status_t net_send_msg(int fd, const xm_msg_t *msg, uint32_t timeout_ms)
-{
-    return net_send_msg_by(fd, msg, deadline_after(timeout_ms));
-}
-
-xm_status_t net_recv_msg_by(int fd, size_t max, uint64_t deadline_ns, uint32_t frame_ms,
-                            xm_msg_t **msg_p, const char **why_p)
-{
-    *why_p = NULL;
-    struct pollfd pfd = {.fd = fd, .events = POLLIN};
-    int n;
-    do {
-        n = poll(&pfd, 1, deadline_ns == UINT64_MAX ? -1 : remaining_ms(deadline_ns));
-    } while (n < 0 && errno == EINTR);
-    if (n == 0) {
-        return XM_ERR_TIMEOUT;
-    }
-    /* once a frame starts it must finish within frame_ms, and by the deadline */
-    uint64_t deadline = XM_MIN(deadline_ns, deadline_after(frame_ms));
-    uint8_t hdr[XM_FRAME_HEADER];
-    xm_status_t status = sock_xfer(fd, hdr, sizeof(hdr), false, deadline);
-    if (status != XM_OK) {
-        return status;
-    }
-    size_t len;
-    if (proto_frame_len(hdr, max, &len) != XM_OK) {
-        *why_p = "frame length 0 or above the limit";
-        return XM_ERR_PROTOCOL;
-    }
-    uint8_t *body = malloc(len);
-    if (body == NULL) {
-        return XM_ERR_NO_MEMORY;
-    }
-    status = sock_xfer(fd, body, len, false, deadline);
-    if (status == XM_OK) {
-        status = proto_decode(body, len, max, msg_p, why_p);
-    } else if (status == XM_ERR_DISCONNECTED) {
-        *why_p = "truncated frame";
-    }
-    free(body);
-    return status;
-}
-
-xm_status_t net_recv_msg(int fd, size_t max, int idle_ms, uint32_t timeout_ms, xm_msg_t **msg_p,
-                         const char **why_p)
-{
-    return net_recv_msg_by(fd, max, idle_ms < 0 ? UINT64_MAX : deadline_after((uint32_t)idle_ms),
-                           timeout_ms, msg_p, why_p);
-}
-
-xm_status_t net_secret_load(const char *path, net_secret_t *secret, char *why, size_t whylen)
-{
-    uint8_t raw[4096];
-    size_t len;
-    xm_status_t status = xm__secret_load(path, raw, sizeof(raw), &len, why, whylen);
-    if (status != XM_OK) {
-        return status;
-    }
-    if (sodium_init() < 0) {
-        return XM_ERR_IO;
-    }
-    crypto_generichash(secret->key, sizeof(secret->key), raw, len, NULL, 0);
-    sodium_memzero(raw, sizeof(raw));
-    return XM_OK;
-}
-
-void net_auth_mac(const net_secret_t *secret, const char *role, const uint8_t *nonce_a,
-                  const uint8_t *nonce_b, const char *tenant, uint8_t mac[XM_MAC_LEN])
-{
-    crypto_auth_hmacsha512256_state st;
-    crypto_auth_hmacsha512256_init(&st, secret->key, sizeof(secret->key));
-    crypto_auth_hmacsha512256_update(&st, (const uint8_t *)role, strlen(role) + 1);
-    crypto_auth_hmacsha512256_update(&st, nonce_a, XM_NONCE_LEN);
-    crypto_auth_hmacsha512256_update(&st, nonce_b, XM_NONCE_LEN);
-    crypto_auth_hmacsha512256_update(&st, (const uint8_t *)tenant, strlen(tenant) + 1);
-    crypto_auth_hmacsha512256_final(&st, mac);
-}
-
-bool net_auth_verify(const net_secret_t *secret, const char *role, const uint8_t *nonce_a,
-                     const uint8_t *nonce_b, const char *tenant, const uint8_t *mac)
-{
-    uint8_t want[XM_MAC_LEN];
-    net_auth_mac(secret, role, nonce_a, nonce_b, tenant, want);
-    return sodium_memcmp(want, mac, XM_MAC_LEN) == 0;
-}
-
-void net_random(void *buf, size_t len)
-{
-    if (sodium_init() < 0) {
-        abort(); /* no randomness source: nothing safe can be done */
-    }
-    randombytes_buf(buf, len);
 }

@@ -116,8 +116,11 @@ void xt_manager_kill9(xt_manager_t *m)
 
 xm_status_t xt_manager_try_connect(const xt_manager_t *m, const char *tenant, xm_ctx_h *ctx_p)
 {
-    xm_connect_opts_t o = {.manager = m->addr, .secret_file = m->secret,
-                           .tenant = tenant != NULL ? tenant : "alice", .timeout_ms = 5000};
+    char cred[PATH_MAX + 80];
+    if (tenant == NULL) tenant = "alice";
+    xm_connect_opts_t o = {.size = sizeof(xm_connect_opts_t), .manager = m->addr,
+                           .secret_file = xt_cred(m->secret, tenant, cred, sizeof(cred)),
+                           .tenant = tenant, .timeout_ms = 5000};
     return xm_connect(&o, ctx_p);
 }
 

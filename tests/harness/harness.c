@@ -13,6 +13,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <xmem/tenant.h>
+
 #include "harness.h"
 
 uint64_t xt_now_ms(void)
@@ -181,11 +183,29 @@ void xt_cleanup(xt_appliance_t *a)
     }
 }
 
+const char *xt_cred(const char *secret, const char *tenant, char *path, size_t len)
+{
+    if (tenant[0] == '@') {
+        snprintf(path, len, "%s", secret);
+        return path;
+    }
+    snprintf(path, len, "%s.%s.cred", secret, tenant);
+    if (access(path, F_OK) != 0) {
+        char why[512];
+        xm_status_t s = xm_tenant_add(secret, NULL, tenant, path, why, sizeof(why));
+        cr_assert_eq(s, XM_OK, "issue a credential for %s: %s", tenant, why);
+    }
+    return path;
+}
+
 xm_status_t xt_try_connect(const xt_appliance_t *a, const char *tenant, const char *secret,
                            uint32_t timeout_ms, xm_ctx_h *ctx_p)
 {
-    xm_connect_opts_t o = {.appliance = a->addr, .secret_file = secret != NULL ? secret : a->secret,
-                           .tenant = tenant != NULL ? tenant : "alice", .timeout_ms = timeout_ms};
+    char cred[PATH_MAX + 80];
+    if (tenant == NULL) tenant = "alice";
+    if (secret == NULL) secret = xt_cred(a->secret, tenant, cred, sizeof(cred));
+    xm_connect_opts_t o = {.size = sizeof(xm_connect_opts_t), .appliance = a->addr, .secret_file = secret,
+                           .tenant = tenant, .timeout_ms = timeout_ms};
     return xm_connect(&o, ctx_p);
 }
 
@@ -231,6 +251,10 @@ int xt_cli(const xt_appliance_t *a, const void *in, size_t in_len, char **out, s
     int fd = open(inpath, O_WRONLY | O_CREAT | O_TRUNC, 0600);
     if (in_len > 0) cr_assert(write(fd, in, in_len) == (ssize_t)in_len);
     close(fd);
+    /* the CLI proves its tenant with that tenant's credential */
+    char cred[PATH_MAX + 80];
+    const char *who = getenv("XMEM_TENANT") != NULL ? getenv("XMEM_TENANT") : "alice";
+    xt_cred(a->secret, who, cred, sizeof(cred));
     pid_t pid = fork();
     if (pid == 0) {
         prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -240,8 +264,7 @@ int xt_cli(const xt_appliance_t *a, const void *in, size_t in_len, char **out, s
         dup2(o, 1);
         dup2(e, 2);
         setenv("XMEM_APPLIANCE", a->addr, 1);
-        setenv("XMEM_SECRET_FILE", a->secret, 1);
-        if (getenv("XMEM_TENANT") == NULL) setenv("XMEM_TENANT", "alice", 1);
+        setenv("XMEM_SECRET_FILE", cred, 1);
         execv(argv[0], (char *const *)argv);
         _exit(127);
     }

@@ -41,6 +41,9 @@ void xt_cleanup(xt_appliance_t *a);
 xm_ctx_h xt_connect(const xt_appliance_t *a, const char *tenant);
 xm_status_t xt_try_connect(const xt_appliance_t *a, const char *tenant, const char *secret,
                            uint32_t timeout_ms, xm_ctx_h *ctx_p);
+/* The credential file for tenant under cluster secret (issued on first use, beside the secret as
+ * SECRET.TENANT.cred); an @ role gets the secret itself. Returns path. */
+const char *xt_cred(const char *secret, const char *tenant, char *path, size_t len);
 /* Write a fresh random secret file. */
 void xt_make_secret(const char *path);
 /* Run the xmem CLI against the appliance; returns its exit code. out/err are malloc'd (may be NULL). */

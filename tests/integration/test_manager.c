@@ -576,7 +576,7 @@ Test(manager, stalled_and_pipelining_peers, .fini = teardown, .timeout = 120)
     cr_assert_eq(send(huge, "\xff\xff\xff\xff", 4, MSG_NOSIGNAL), 4);
     /* authenticated, then half a request frame */
     xm_ctx_h stalled = xt_manager_connect(&cl.mgr, "mallory");
-    cr_assert_eq(send(stalled->fd, "\x00\x00\x01\x00\x08\x01", 6, MSG_NOSIGNAL), 6);
+    cr_assert_eq(send(stalled->conn.fd, "\x00\x00\x01\x00\x08\x01", 6, MSG_NOSIGNAL), 6);
 
     /* meanwhile another client allocates and frees, and its data round-trips */
     xm_ctx_h ctx = xt_manager_connect(&cl.mgr, "alice");
@@ -593,11 +593,11 @@ Test(manager, stalled_and_pipelining_peers, .fini = teardown, .timeout = 120)
     /* all of that happened while the stalled peer was still connected: had the manager
      * waited for its frame, it would have been dropped (after 3 s) before serving alice */
     char b;
-    cr_assert(recv(stalled->fd, &b, 1, MSG_DONTWAIT) < 0 && errno == EAGAIN,
+    cr_assert(recv(stalled->conn.fd, &b, 1, MSG_DONTWAIT) < 0 && errno == EAGAIN,
               "alice was served only after the stalled peer was dropped");
 
     /* the stalled and bad peers are dropped once the timeout passes */
-    cr_assert(closed_within(stalled->fd, 10000), "authenticated peer stalled mid-frame not dropped");
+    cr_assert(closed_within(stalled->conn.fd, 10000), "authenticated peer stalled mid-frame not dropped");
     cr_assert(closed_within(half, 10000), "peer stalled mid-handshake not dropped");
     cr_assert(closed_within(huge, 10000), "oversized frame not dropped");
     cr_assert(closed_within(silent, 10000), "silent peer not dropped");
@@ -623,16 +623,16 @@ Test(manager, stalled_and_pipelining_peers, .fini = teardown, .timeout = 120)
         }
         uint8_t *buf;
         size_t n;
-        cr_assert_eq(proto_encode(&reqs[i], &buf, &n), XM_OK);
+        cr_assert_eq(rpc_seal(&ctx->conn, &reqs[i], &buf, &n), XM_OK); /* sealed, in order */
         memcpy(all + len, buf, n);
         len += n;
         free(buf);
     }
-    cr_assert_eq(send(ctx->fd, all, len, MSG_NOSIGNAL), (ssize_t)len);
+    cr_assert_eq(send(ctx->conn.fd, all, len, MSG_NOSIGNAL), (ssize_t)len);
     for (int i = 0; i < 3; i++) {
         xm_msg_t *rep;
         const char *why = NULL;
-        cr_assert_eq(net_recv_msg(ctx->fd, XM_FRAME_MAX_REPLY, 5000, 5000, &rep, &why), XM_OK,
+        cr_assert_eq(rpc_recv(&ctx->conn, XM_FRAME_MAX_REPLY, rpc_deadline_after(5000), 5000, &rep, &why), XM_OK,
                      "reply %d of 3: %s", i + 1, why != NULL ? why : "?");
         cr_assert_eq(rep->seq, 1000 + (uint64_t)i, "reply out of order");
         cr_assert_eq(rep->status, XM_OK);

@@ -83,20 +83,20 @@ XT_TEST_PROVIDERS(security, grants_and_read_only_refusal, .fini = teardown, .tim
 
     xm_ctx_h carol = xt_connect(&app, "carol");
     xm_region_h c;
-    cr_assert_eq(xm_region_open(carol, 0, "shared", XM_ACCESS_READ, &c), XM_ERR_PERM);
+    cr_assert_eq(xm_region_open(carol, 0, "alice/shared", XM_ACCESS_READ, &c), XM_ERR_PERM);
     xm_region_info_t *infos;
     size_t n;
     cr_assert_eq(xm_region_list(carol, &infos, &n), XM_OK);
     cr_assert_eq(n, 0, "carol sees a region she was not granted");
     free(infos);
-    cr_assert_eq(xm_region_destroy(carol, 0, "shared"), XM_ERR_PERM);
-    cr_assert_eq(xm_region_grant(carol, 0, "shared", "carol", XM_ACCESS_READ_WRITE), XM_ERR_PERM);
+    cr_assert_eq(xm_region_destroy(carol, 0, "alice/shared"), XM_ERR_PERM);
+    cr_assert_eq(xm_region_grant(carol, 0, "alice/shared", "carol", XM_ACCESS_READ_WRITE), XM_ERR_PERM);
 
     xm_ctx_h bob = xt_connect(&app, "bob");
     xm_region_h b;
-    cr_assert_eq(xm_region_open(bob, 0, "shared", XM_ACCESS_READ_WRITE, &b), XM_ERR_PERM);
-    cr_assert_eq(xm_region_open(bob, 0, "shared", XM_ACCESS_READ, &b), XM_OK);
-    cr_assert_eq(xm_region_destroy(bob, 0, "shared"), XM_ERR_PERM, "a grantee destroyed the region");
+    cr_assert_eq(xm_region_open(bob, 0, "alice/shared", XM_ACCESS_READ_WRITE, &b), XM_ERR_PERM);
+    cr_assert_eq(xm_region_open(bob, 0, "alice/shared", XM_ACCESS_READ, &b), XM_OK);
+    cr_assert_eq(xm_region_destroy(bob, 0, "alice/shared"), XM_ERR_PERM, "a grantee destroyed the region");
     uint8_t buf[4096];
     cr_assert_eq(xm_read(b, 0, buf, sizeof(buf)), XM_OK);
     cr_assert(memcmp(buf, pattern, sizeof(buf)) == 0);

@@ -8,6 +8,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <xmem/tenant.h>
+
 #include "cli.h"
 
 static const char usage_text[] =
@@ -15,6 +17,9 @@ static const char usage_text[] =
     "\n"
     "Commands:\n"
     "  secret new PATH                       write a fresh cluster secret (mode 0600)\n"
+    "  tenant add NAME [--out FILE]          issue NAME a credential (default ./NAME.cred);\n"
+    "                                        needs the cluster secret (--secret-file)\n"
+    "  tenant ls | tenant rm NAME            list tenants / revoke NAME's credentials\n"
     "  region create --size SIZE [--name N]  create a region, print its id\n"
     "  region ls                             list regions you own or were granted\n"
     "  region stat ID|NAME                   describe a region\n"
@@ -43,8 +48,11 @@ static const char usage_text[] =
     "Global options:\n"
     "  --appliance HOST:PORT   or XMEM_APPLIANCE (default 127.0.0.1:7400)\n"
     "  --manager HOST:PORT     or XMEM_MANAGER: use allocations through a manager\n"
-    "  --secret-file PATH      or XMEM_SECRET_FILE\n"
-    "  --tenant NAME           or XMEM_TENANT (default: your user name)\n"
+    "  --secret-file PATH      or XMEM_SECRET_FILE: your tenant credential (or, for\n"
+    "                          administrators, the cluster secret)\n"
+    "  --tenants PATH          or XMEM_TENANTS_FILE: the tenant registry (tenant commands;\n"
+    "                          default SECRET.tenants)\n"
+    "  --tenant NAME           or XMEM_TENANT: check the credential is NAME's\n"
     "  --provider tcp|shm      or XMEM_PROVIDER (default: what the appliance serves)\n"
     "  --timeout-ms N          or XMEM_TIMEOUT_MS (default 5000)\n"
     "  --json                  machine-readable output for tables\n"
@@ -169,6 +177,51 @@ static int cmd_secret(cli_t *cli)
     return 0;
 }
 
+static const char *tenants_file;
+
+static int cmd_tenant(cli_t *cli)
+{
+    const char *secret = cli->conn.secret_file != NULL ? cli->conn.secret_file
+                                                       : getenv("XMEM_SECRET_FILE");
+    const char *reg = tenants_file != NULL ? tenants_file : getenv("XMEM_TENANTS_FILE");
+    char why[512] = "";
+    xm_status_t status;
+    if (cli->argc >= 2 && strcmp(cli->argv[0], "add") == 0) {
+        const char *name = cli->argv[1], *out = NULL;
+        char def[300];
+        for (int i = 2; i + 1 < cli->argc; i += 2) {
+            if (strcmp(cli->argv[i], "--out") == 0) out = cli->argv[i + 1];
+        }
+        if ((cli->argc - 2) % 2 != 0 || (cli->argc > 2 && out == NULL)) {
+            fprintf(stderr, "usage: xmem tenant add NAME [--out FILE]\n");
+            return 2;
+        }
+        if (out == NULL) {
+            snprintf(def, sizeof(def), "%s.cred", name);
+            out = def;
+        }
+        status = xm_tenant_add(secret, reg, name, out, why, sizeof(why));
+        if (status != XM_OK) return cli_fail("tenant add", "%s", why);
+        printf("%s\n", out);
+        return 0;
+    }
+    if (cli->argc == 2 && strcmp(cli->argv[0], "rm") == 0) {
+        status = xm_tenant_rm(secret, reg, cli->argv[1], why, sizeof(why));
+        if (status != XM_OK) return cli_fail("tenant rm", "%s", why);
+        return 0;
+    }
+    if (cli->argc == 1 && strcmp(cli->argv[0], "ls") == 0) {
+        char *list;
+        status = xm_tenant_list(secret, reg, &list, why, sizeof(why));
+        if (status != XM_OK) return cli_fail("tenant ls", "%s", why);
+        fputs(list, stdout);
+        free(list);
+        return 0;
+    }
+    fprintf(stderr, "usage: xmem tenant add NAME [--out FILE] | tenant ls | tenant rm NAME\n");
+    return 2;
+}
+
 static int cmd_config(cli_t *cli)
 {
     struct { const char *name, *env, *def, *desc; } rows[] = {
@@ -202,7 +255,7 @@ static int cmd_config(cli_t *cli)
 
 int main(int argc, char **argv)
 {
-    cli_t cli = {0};
+    cli_t cli = {.conn = XM_CONNECT_OPTS_INIT};
     char **rest = calloc((size_t)argc + 1, sizeof(char *));
     int nrest = 0;
     bool help = false;
@@ -216,6 +269,7 @@ int main(int argc, char **argv)
         else if (strcmp(a, "--tenant") == 0 && !grant) slot = &cli.conn.tenant;
         else if (strcmp(a, "--provider") == 0) slot = &cli.conn.provider;
         else if (strcmp(a, "--manager") == 0) slot = &cli.conn.manager;
+        else if (strcmp(a, "--tenants") == 0) slot = &tenants_file;
         if (slot != NULL || strcmp(a, "--timeout-ms") == 0) {
             if (i + 1 >= argc) {
                 fprintf(stderr, "xmem: %s needs a value\n", a);
@@ -237,7 +291,7 @@ int main(int argc, char **argv)
         return help ? 0 : 2;
     }
     static const struct { const char *name; int (*run)(cli_t *); } cmds[] = {
-        {"secret", cmd_secret}, {"region", cmd_region}, {"put", cmd_put},   {"get", cmd_get},
+        {"secret", cmd_secret}, {"tenant", cmd_tenant}, {"region", cmd_region}, {"put", cmd_put},   {"get", cmd_get},
         {"stat", cmd_stat},     {"bench", cmd_bench},   {"config", cmd_config},
         {"appliances", cmd_appliances}, {"alloc", cmd_alloc}, {"ls", cmd_ls}, {"free", cmd_free},
         {"up", cmd_up},         {"down", cmd_down},

@@ -1,0 +1,242 @@
+/* rpc: the control plane. Sockets and framing (frame.c); credentials, the tenant
+ * registry and appliance identities (cred.c); the one handshake and encrypted,
+ * authenticated sessions (session.c); calls with deadlines (call.c).
+ *
+ * A session starts with three clear frames (Hello, Challenge, Auth) that prove
+ * both ends hold the same credential key and agree ephemeral X25519 keys; from
+ * the server's Welcome on, every frame in each direction is one message of a
+ * libsodium secretstream (XChaCha20-Poly1305): a replayed, reordered, injected,
+ * dropped or altered frame fails to open and ends the session. */
+#ifndef XM_RPC_H
+#define XM_RPC_H
+
+#include <limits.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <sodium.h>
+#include <xmem/xmem.h>
+
+#include "../proto/proto.h"
+
+#define RPC_KEY_LEN 32
+#define RPC_ID_PK_LEN crypto_sign_PUBLICKEYBYTES
+#define RPC_ID_SIG_LEN crypto_sign_BYTES
+
+/* Roles only the cluster credential may take. */
+#define RPC_ROLE_MANAGER "@manager"
+#define RPC_ROLE_APPLIANCE "@appliance"
+#define RPC_ROLE_ADMIN "@admin"
+
+/* ---- sockets and framing (frame.c) ----------------------------------------- */
+
+/* Listen on HOST:PORT (PORT may be 0); the bound port in *port_p. */
+xm_status_t rpc_listen(const char *host, const char *port, int *fd_p, uint16_t *port_p);
+/* Accept one connection (non-blocking, close-on-exec, no Nagle); -1 with errno when none. */
+int rpc_accept(int listen_fd, struct sockaddr_storage *ss);
+/* "HOST:PORT" of a socket address, for log lines. */
+void rpc_peer_name(const struct sockaddr_storage *ss, char *buf, size_t len);
+/* Connect with a timeout; XM_ERR_CONNECT / XM_ERR_TIMEOUT. */
+xm_status_t rpc_connect(const char *host, const char *port, uint32_t timeout_ms, int *fd_p);
+/* Move len bytes in (out=false) or out within the deadline (monotonic ns). */
+xm_status_t rpc_sock_xfer(int fd, void *buf, size_t len, bool out, uint64_t deadline_ns);
+/* Poll fd without sleeping for up to ns until it is readable (a reply within ns costs no
+ * wake-up; a sleeping thread woken from another CPU costs ~20 us here). */
+void rpc_spin_readable(int fd, uint64_t ns);
+uint64_t rpc_deadline_after(uint32_t ms);
+
+/* ---- credentials (cred.c) --------------------------------------------------- */
+
+/*
+ * What a process proves itself with. The cluster credential (a secret file of at
+ * least 32 random bytes) is held by daemons and administrators and may take the
+ * @ roles; a tenant credential (made by `xmem tenant add`) names one tenant, its
+ * id in the tenant registry and its key, derived from the cluster key, so any
+ * daemon of the cluster can check it without storing it.
+ */
+typedef struct rpc_cred {
+    bool cluster;
+    char tenant[XM_NAME_MAX + 1];    /* tenant credential: its tenant */
+    uint64_t id;                     /* tenant credential: its registry id */
+    uint8_t key[RPC_KEY_LEN];        /* the MAC key of the handshake */
+    char path[PATH_MAX];
+} rpc_cred_t;
+
+/*
+ * Load a credential file: a cluster secret or a tenant credential. The file must be
+ * a regular file of this user, not accessible by group or others; a cluster secret
+ * shorter than 32 bytes or of low entropy is refused. why says what to do.
+ */
+xm_status_t rpc_cred_load(const char *path, rpc_cred_t *cred, char *why, size_t whylen);
+/* Refuse a file (secret, credential, table, pool) that group or others may access or
+ * that another user owns; why names it and says how to fix it. */
+xm_status_t rpc_file_private(const char *path, const char *what, char *why, size_t whylen);
+/* The key of tenant's credential id under cluster key k. */
+void rpc_tenant_key(const uint8_t k[RPC_KEY_LEN], const char *tenant, uint64_t id,
+                    uint8_t out[RPC_KEY_LEN]);
+/* The tenant registry beside a cluster secret: PATH.tenants. */
+void rpc_tenants_path(const char *secret_path, char *out, size_t len);
+/*
+ * Issue a credential for tenant (cluster credential required): a fresh id goes into
+ * the registry at tenants_path and the credential into out_path (0600, created new).
+ */
+xm_status_t rpc_tenant_add(const rpc_cred_t *cluster, const char *tenants_path, const char *tenant,
+                           const char *out_path, char *why, size_t whylen);
+/* Remove tenant from the registry: its credentials stop working (daemons watch the file). */
+xm_status_t rpc_tenant_rm(const char *tenants_path, const char *tenant, char *why, size_t whylen);
+/* The tenants in the registry, one "NAME ID" per line into out (malloc'd). */
+xm_status_t rpc_tenant_list(const char *tenants_path, char **out, char *why, size_t whylen);
+
+/*
+ * What a server checks credentials against: the cluster key and the tenant registry,
+ * reloaded when the file changes (watch_fd becomes readable: call rpc_keyring_refresh).
+ */
+typedef struct rpc_tenant_entry {
+    char name[XM_NAME_MAX + 1];
+    uint64_t id;
+} rpc_tenant_entry_t;
+
+typedef struct rpc_keyring {
+    uint8_t cluster_key[RPC_KEY_LEN];
+    char tenants_path[PATH_MAX];
+    int watch_fd;                    /* inotify on the registry's directory, -1: none */
+    pthread_mutex_t lock;            /* guards tenants, ntenants, generation */
+    rpc_tenant_entry_t *tenants;
+    size_t ntenants;
+    uint64_t generation;             /* bumped by every reload that changed something */
+} rpc_keyring_t;
+
+xm_status_t rpc_keyring_init(rpc_keyring_t *kr, const rpc_cred_t *cluster, const char *tenants_path,
+                             char *why, size_t whylen);
+void rpc_keyring_cleanup(rpc_keyring_t *kr);
+/* Re-read the registry if it changed; true when its contents changed. */
+bool rpc_keyring_refresh(rpc_keyring_t *kr);
+/* The handshake key of principal (an @ role: the cluster key; a tenant: its credential id's
+ * key, when the registry lists it). XM_ERR_AUTH with why otherwise. */
+xm_status_t rpc_keyring_key(rpc_keyring_t *kr, const char *principal, uint64_t id,
+                            uint8_t key[RPC_KEY_LEN], const char **why_p);
+/* Still valid (not revoked)? */
+bool rpc_keyring_valid(rpc_keyring_t *kr, const char *principal, uint64_t id);
+
+/* A daemon's persistent identity: an Ed25519 key pair in a private file. */
+typedef struct rpc_identity {
+    uint8_t pk[RPC_ID_PK_LEN];
+    uint8_t sk[crypto_sign_SECRETKEYBYTES];
+    char id[17];                     /* hex of the first 8 bytes of the public key's hash */
+} rpc_identity_t;
+
+/* Load the identity at path, or make it (0600) when the file does not exist. */
+xm_status_t rpc_identity_load(const char *path, rpc_identity_t *idn, char *why, size_t whylen);
+/* The printable id of a public key. */
+void rpc_identity_id(const uint8_t pk[RPC_ID_PK_LEN], char out[17]);
+
+/* ---- sessions (session.c) ------------------------------------------------- */
+
+/*
+ * One end of a control connection. Not thread-safe: the thread that owns the
+ * connection sends and receives; frames are sealed and opened in order.
+ */
+typedef struct rpc_conn {
+    int fd;
+    bool secure;                     /* the handshake finished: frames are sealed */
+    crypto_secretstream_xchacha20poly1305_state tx, rx;
+    uint8_t transcript[32];          /* hash of the handshake, for channel binding */
+    char principal[XM_NAME_MAX + 1]; /* server side: who the peer proved to be */
+    uint64_t cred_id;
+    bool peer_identified;            /* the server signed the transcript with its identity */
+    uint8_t peer_pk[RPC_ID_PK_LEN];
+    uint64_t seq;                    /* client side: last request's sequence number */
+} rpc_conn_t;
+
+void rpc_conn_init(rpc_conn_t *c, int fd);
+/* Close the socket and forget the keys. */
+void rpc_conn_close(rpc_conn_t *c);
+
+/* Client side of the handshake as principal (a tenant credential's tenant, or an @ role with
+ * the cluster credential). The server's Welcome in *welcome_p. */
+xm_status_t rpc_handshake_client(rpc_conn_t *c, const rpc_cred_t *cred, const char *principal,
+                                 uint32_t timeout_ms, xm_msg_t **welcome_p, char *why,
+                                 size_t whylen);
+/* Decides, once the peer proved c->principal, whether it may have a session (connection
+ * limits); a refusal's status and reason reach the peer. */
+typedef xm_status_t (*rpc_admit_cb)(void *arg, const rpc_conn_t *c, const char **why_p);
+/* Server side: check the peer against kr, sign with idn (may be NULL), ask admit (may be
+ * NULL), send welcome. On success c->principal is what the peer proved. */
+xm_status_t rpc_handshake_server(rpc_conn_t *c, rpc_keyring_t *kr, const rpc_identity_t *idn,
+                                 const Xmem__Welcome *welcome, rpc_admit_cb admit, void *arg,
+                                 uint32_t timeout_ms, const char **why_p);
+
+/* Seal one message into a frame (length header + ciphertext); *buf_p malloc'd. */
+xm_status_t rpc_seal(rpc_conn_t *c, const xm_msg_t *msg, uint8_t **buf_p, size_t *len_p);
+/* Open a sealed frame body (the bytes after the header) of at most max plaintext bytes. */
+xm_status_t rpc_open(rpc_conn_t *c, const uint8_t *body, size_t len, size_t max, xm_msg_t **msg_p,
+                     const char **why_p);
+/* Largest frame body rpc_open accepts for max plaintext bytes. */
+size_t rpc_frame_max(size_t max);
+
+/* Send one message (sealed once secure) by the deadline. */
+xm_status_t rpc_send(rpc_conn_t *c, const xm_msg_t *msg, uint64_t deadline_ns);
+/* Receive one message of at most max bytes: its first byte by deadline_ns (UINT64_MAX: wait
+ * forever), the rest within frame_ms. XM_ERR_DISCONNECTED with why NULL on orderly close. */
+xm_status_t rpc_recv(rpc_conn_t *c, size_t max, uint64_t deadline_ns, uint32_t frame_ms,
+                     xm_msg_t **msg_p, const char **why_p);
+
+/* ---- calls (call.c) ------------------------------------------------------- */
+
+/* A reply's status: XM_OK, or its error (an unknown code reads as XM_ERR_PROTOCOL) with
+ * the peer's text, or the code's string, in why. */
+xm_status_t rpc_reply_status(const xm_msg_t *rep, char *why, size_t whylen);
+/*
+ * n requests pipelined on one connection (sent together, replies read in order):
+ * statuses[i] and reps[i] (NULL unless XM_OK) for each. Returns XM_OK when every
+ * one succeeded; else the first failure, whose text goes to why. A transport
+ * failure (XM_ERR_DISCONNECTED / TIMEOUT / PROTOCOL) leaves the outcome of the
+ * requests from there on unknown.
+ */
+xm_status_t rpc_call_many(rpc_conn_t *c, xm_msg_t *const *reqs, size_t n, uint32_t timeout_ms,
+                          xm_msg_t **reps, xm_status_t *statuses, char *why, size_t whylen);
+/* One request/reply; an error reply's text (or the transport failure) goes to why. */
+xm_status_t rpc_call(rpc_conn_t *c, xm_msg_t *req, uint32_t timeout_ms, xm_msg_t **rep_p,
+                     char *why, size_t whylen);
+
+/* ---- servers (admit.c) ---------------------------------------------------- */
+
+#define RPC_ACCEPT_PAUSE_MS 100
+
+/* Sessions per principal; the @ roles are not counted. */
+typedef struct rpc_admit_entry {
+    char name[XM_NAME_MAX + 1];
+    uint32_t count;
+} rpc_admit_entry_t;
+
+typedef struct rpc_admission {
+    pthread_mutex_t lock;            /* guards entries, n, cap */
+    uint32_t per_principal;
+    rpc_admit_entry_t *entries;
+    size_t n, cap;
+} rpc_admission_t;
+
+void rpc_admission_init(rpc_admission_t *a, uint32_t per_principal);
+void rpc_admission_cleanup(rpc_admission_t *a);
+/* Count a session for principal; XM_ERR_AGAIN with why when it has its limit. */
+xm_status_t rpc_admission_take(rpc_admission_t *a, const char *principal, const char **why_p);
+void rpc_admission_put(rpc_admission_t *a, const char *principal);
+/* Accept one connection; when the process is out of descriptors (EMFILE...) set
+ * *paused_until_ns: the caller stops watching the listener until then. -1: none. */
+int rpc_accept_paced(int listen_fd, struct sockaddr_storage *ss, uint64_t *paused_until_ns);
+/*
+ * The full name of what principal calls name: a tenant's own names are "tenant/name"
+ * (creating: name must be bare); another tenant's are given in full. '@' names are the
+ * cluster's. out is "" for no name.
+ */
+xm_status_t rpc_scoped_name(const char *principal, const char *name, bool creating, char *out,
+                            size_t len, const char **why_p);
+
+/* Cryptographic random bytes (libsodium). */
+void rpc_random(void *buf, size_t len);
+
+#endif
