@@ -428,7 +428,7 @@ int main(int argc, char **argv)
         if (r != 0) { res[1].why = "failed (see above)"; rc = rc > 0 && rc < r ? rc : r; }
     }
     if (appl != NULL) {
-        xm_connect_opts_t opts = {.appliance = appl, .secret_file = secret, .provider = prov};
+        xm_connect_opts_t opts = {.size = sizeof(xm_connect_opts_t), .appliance = appl, .secret_file = secret, .provider = prov};
         r = run_xmem(&res[2], &opts, iters, mode, sizeof(mode));
         if (r != 0) { res[2].why = "failed (see above)"; rc = rc > 0 && rc < r ? rc : r; }
     }

@@ -34,7 +34,7 @@ static void usage(FILE *out)
 
 int main(int argc, char **argv)
 {
-    xm_connect_opts_t opts = {0};
+    xm_connect_opts_t opts = XM_CONNECT_OPTS_INIT;
     const char *size_text = "64G";
     size_t count = 20;
     bool json = false;

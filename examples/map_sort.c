@@ -60,7 +60,7 @@ int main(int argc, char **argv)
         return 1;
     }
     uint64_t *a;
-    xm_map_opts_t o = {.cache_bytes = size / 4};
+    xm_map_opts_t o = {.size = sizeof(xm_map_opts_t), .cache_bytes = size / 4};
     if ((s = xm_map(ctx, r, 0, size, &o, (void **)&a)) != XM_OK) {
         fprintf(stderr, "map_sort: xm_map: %s\n", xm_last_error(ctx));
         return 1;
@@ -78,7 +78,7 @@ int main(int argc, char **argv)
     for (size_t i = 1; i < n; i++) bad += a[i - 1] > a[i];
     unsigned long rss = vma_rss_kb(a);
     s = xm_sync(a, size);
-    xm_map_stats_t st;
+    xm_map_stats_t st = XM_MAP_STATS_INIT;
     xm_map_stat(a, &st);
     printf("sorted %zu keys (%llu MiB on the appliance) in %.2f s through a %llu MiB local cache: %s\n",
            n, (unsigned long long)(size >> 20), t, (unsigned long long)(st.budget_bytes >> 20),

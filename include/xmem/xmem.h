@@ -10,6 +10,38 @@
  * Every function returns an ::xm_status_t; outputs are set only on success.
  * A context is not thread-safe: use one context per thread, or lock around
  * it.
+ *
+ * @par ABI rules (libxmem.so.0, symbol version XMEM_0.1)
+ * The structs of this header follow one of three rules, so that a program
+ * built against an older header keeps working with a newer library and the
+ * reverse:
+ *  - **Sized structs** — the option and statistics structs the caller
+ *    allocates and passes one at a time (::xm_connect_opts_t,
+ *    ::xm_map_opts_t, ::xm_map_stats_t) start with `size_t size`, which the
+ *    caller sets to `sizeof` the struct as its header declares it: initialise
+ *    with the `XM_..._INIT` macro (`xm_map_stats_t st = XM_MAP_STATS_INIT;`)
+ *    or write `.size = sizeof(xm_map_opts_t)` in a designated initializer.
+ *    New fields are only ever appended. The library reads and writes only
+ *    the first `size` bytes: an option a smaller (older) struct does not have
+ *    takes its default, and a statistics call never writes past `size`.
+ *    Bytes a larger (newer) struct has beyond what the library knows must be
+ *    zero in options (else XM_ERR_INVALID: the program asks for something
+ *    this library cannot do) and are left as they were in statistics (zero,
+ *    with the `_INIT` macro). A `size` smaller
+ *    than `sizeof(size_t)` (0 in particular: a struct zero-filled and never
+ *    given its size) is XM_ERR_INVALID, so a forgotten `size` is an error,
+ *    never options silently ignored.
+ *  - **Fixed structs with reserved space** — ::xm_op_t, and the records the
+ *    library fills (::xm_region_info_t, ::xm_appliance_info_t,
+ *    ::xm_alloc_info_t, ::xm_appliance_entry_t, ::xm_group_info_t), which
+ *    also come back in library-allocated arrays whose stride is the caller's
+ *    `sizeof`: their size never changes; new fields take reserved space,
+ *    which the library zero-fills and callers must leave alone.
+ *  - ::xm_piece_t is passed by value and never changes.
+ * Only `xm_*` symbols are exported, each with the version node XMEM_0.1
+ * (a later release adds XMEM_0.2 for what it adds). ::xm_version reports the
+ * library the program is running with; the XM_VERSION_* macros the header
+ * it was built with.
  */
 #ifndef XMEM_XMEM_H
 #define XMEM_XMEM_H
@@ -18,6 +50,7 @@
 #include <stdint.h>
 
 #include <xmem/status.h>
+#include <xmem/version.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -28,6 +61,15 @@ extern "C" {
 #else
 #define XM_API
 #endif
+
+/**
+ * Version of the library the program is running with (the header it was
+ * built with is XM_VERSION_STRING / XM_VERSION_NUMBER).
+ * @param [out] number_p  XM_VERSION_NUMBER of the library
+ *                        (major * 10000 + minor * 100 + patch), or NULL
+ * @return "MAJOR.MINOR.PATCH", a static string
+ */
+XM_API const char *xm_version(unsigned *number_p);
 
 /** A connection to one appliance. */
 typedef struct xm_ctx *xm_ctx_h;
@@ -43,8 +85,14 @@ typedef enum xm_access {
     XM_ACCESS_READ_WRITE = 3, /**< read, write and atomics */
 } xm_access_t;
 
-/** Options of ::xm_connect; zero-fill, then set what you need. */
+/**
+ * Options of ::xm_connect, a sized struct (see the ABI rules above):
+ * `xm_connect_opts_t o = XM_CONNECT_OPTS_INIT;` then set what you need, or
+ * `{.size = sizeof(xm_connect_opts_t), .appliance = ...}`.
+ */
 typedef struct xm_connect_opts {
+    /** sizeof(xm_connect_opts_t) as the caller's header declares it. */
+    size_t size;
     /** "HOST:PORT" of the appliance; NULL: $XMEM_APPLIANCE, else 127.0.0.1:7400. */
     const char *appliance;
     /** Path of the cluster secret; NULL: $XMEM_SECRET_FILE. */
@@ -64,6 +112,9 @@ typedef struct xm_connect_opts {
     const char *manager;
 } xm_connect_opts_t;
 
+/** Initializer of ::xm_connect_opts_t: its size, every option at its default. */
+#define XM_CONNECT_OPTS_INIT { .size = sizeof(xm_connect_opts_t) }
+
 /** What ::xm_region_stat and ::xm_region_list report of a region. */
 typedef struct xm_region_info {
     uint64_t id;                    /**< appliance-unique id, never reused */
@@ -73,6 +124,7 @@ typedef struct xm_region_info {
     uint32_t extents;               /**< pool extents backing it */
     uint32_t grants;                /**< tenants granted access besides the owner */
     uint64_t resident;              /**< bytes of it currently in memory */
+    uint64_t reserved_[8];          /**< zero; room for new fields (the struct never grows) */
 } xm_region_info_t;
 
 /** What ::xm_appliance_stat reports of the appliance. */
@@ -83,6 +135,7 @@ typedef struct xm_appliance_info {
     uint32_t regions;     /**< live regions */
     char backing[XM_NAME_MAX + 1]; /**< "memfd", "hugetlb" or "file" */
     char provider[XM_NAME_MAX + 1]; /**< libfabric provider serving data */
+    uint64_t reserved_[8]; /**< zero; room for new fields (the struct never grows) */
 } xm_appliance_info_t;
 
 /**
@@ -187,6 +240,12 @@ typedef enum xm_opcode {
 /**
  * One asynchronous operation. The caller owns the struct; between
  * ::xm_post and its completion it and its buffer belong to the library.
+ * Zero-fill it (`xm_op_t op = {0};` or memset) before setting the fields.
+ *
+ * Its size is fixed (ABI rules above): the library's private state lives in
+ * reserved space (128 bytes), which may change from one release to the next
+ * without changing the struct's size or the offsets of the public fields.
+ * Never read or write it.
  */
 typedef struct xm_op {
     xm_opcode_t opcode;
@@ -198,12 +257,17 @@ typedef struct xm_op {
     uint64_t compare;   /**< COMPARE_SWAP expected value */
     uint64_t result;    /**< atomics: the previous value */
     xm_status_t status; /**< XM_IN_PROGRESS until complete */
-    /* library-private */
-    uint32_t pending_;
-    int32_t error_;
-    uint64_t deadline_ns_;
-    struct xm_op *next_;
-    struct xm_op *prev_;
+    /** Library-private, reserved: its layout is not part of the ABI. */
+    union {
+        struct {
+            uint32_t pending_;
+            int32_t error_;
+            uint64_t deadline_ns_;
+            struct xm_op *next_;
+            struct xm_op *prev_;
+        };
+        uint64_t reserved_[16];
+    };
 } xm_op_t;
 
 /**
@@ -246,6 +310,8 @@ typedef struct xm_alloc_info {
     char policy[XM_NAME_MAX + 1];   /**< "single", "stripe:4:1024K" */
     char state[16];                 /**< "ok", "degraded" (an appliance is down), "lost" */
     uint32_t parts;                 /**< regions (appliances) it spans */
+    uint32_t reserved32_;           /**< zero; room for a new field */
+    uint64_t reserved_[8];          /**< zero; room for new fields (the struct never grows) */
 } xm_alloc_info_t;
 
 /** What ::xm_appliance_list reports of an appliance registered with the manager. */
@@ -257,6 +323,8 @@ typedef struct xm_appliance_entry {
     uint64_t capacity;              /**< pool bytes */
     uint64_t used;                  /**< bytes placed there by the manager */
     uint32_t regions;               /**< regions placed there by the manager */
+    uint32_t reserved32_;           /**< zero; room for a new field */
+    uint64_t reserved_[8];          /**< zero; room for new fields (the struct never grows) */
 } xm_appliance_entry_t;
 
 /**
@@ -313,7 +381,7 @@ XM_API xm_status_t xm_appliance_list(xm_ctx_h ctx, xm_appliance_entry_t **entrie
  */
 typedef struct xm_group *xm_group_h;
 
-/** A piece of a group: bytes [offset, offset + size) of ::xm_group_alloc. */
+/** A piece of a group: bytes [offset, offset + size) of ::xm_group_alloc. Passed by value; never changes. */
 typedef struct xm_piece {
     uint64_t offset;   /**< into the group's allocation, a multiple of the block size */
     uint64_t size;     /**< bytes asked for (the piece holds whole blocks) */
@@ -328,6 +396,7 @@ typedef struct xm_group_info {
     uint64_t lease_ms;     /**< a member silent this long may be reclaimed */
     uint32_t members;      /**< members joined (including ones not yet reclaimed) */
     uint32_t member;       /**< this member's slot */
+    uint64_t reserved_[8]; /**< zero; room for new fields (the struct never grows) */
 } xm_group_info_t;
 
 /**
@@ -394,8 +463,14 @@ XM_API xm_status_t xm_parse_size(const char *text, uint64_t *size_p);
 /** ::xm_map_opts_t.flags: no sequential read-ahead. */
 #define XM_MAP_NO_READAHEAD 0x1u
 
-/** Options of ::xm_map; zero-fill, then set what you need. */
+/**
+ * Options of ::xm_map, a sized struct (see the ABI rules above):
+ * `xm_map_opts_t o = XM_MAP_OPTS_INIT;` then set what you need, or
+ * `{.size = sizeof(xm_map_opts_t), .cache_bytes = ...}`.
+ */
 typedef struct xm_map_opts {
+    /** sizeof(xm_map_opts_t) as the caller's header declares it. */
+    size_t size;
     /**
      * Local cache budget of this mapping in bytes (rounded down to the fetch
      * size, at least one fetch unit); 0: the mapping's length (no eviction
@@ -420,8 +495,17 @@ typedef struct xm_map_opts {
     uint32_t flags;
 } xm_map_opts_t;
 
-/** What ::xm_map_stat reports of a mapping (counters since ::xm_map). */
+/** Initializer of ::xm_map_opts_t: its size, every option at its default. */
+#define XM_MAP_OPTS_INIT { .size = sizeof(xm_map_opts_t) }
+
+/**
+ * What ::xm_map_stat reports of a mapping (counters since ::xm_map), a sized
+ * struct (see the ABI rules above): `xm_map_stats_t st = XM_MAP_STATS_INIT;`.
+ * ::xm_map_stat writes at most `size` bytes and leaves `size` as it was.
+ */
 typedef struct xm_map_stats {
+    /** sizeof(xm_map_stats_t) as the caller's header declares it; set before ::xm_map_stat. */
+    size_t size;
     uint64_t faults;            /**< page faults served from an appliance */
     uint64_t fetched_bytes;     /**< bytes read from appliances (faults and read-ahead) */
     uint64_t readahead_blocks;  /**< fetch units read ahead of a sequential access */
@@ -433,6 +517,9 @@ typedef struct xm_map_stats {
     uint64_t fetch_size;        /**< the mapping's fetch unit (chosen by ::xm_map when 0 was asked) */
     uint64_t huge_frames;       /**< 2 MiB frames a sequential run brought in as one huge page each (no copy; opt-in: XMEM_MAP_HUGE=1) */
 } xm_map_stats_t;
+
+/** Initializer of ::xm_map_stats_t: its size, set before calling ::xm_map_stat. */
+#define XM_MAP_STATS_INIT { .size = sizeof(xm_map_stats_t) }
 
 /**
  * Map @p length bytes of a region or allocation at @p offset into the address
@@ -477,7 +564,13 @@ XM_API xm_status_t xm_unmap(void *addr);
 /** Unmap without writing anything back (unsynced writes are lost). */
 XM_API void xm_unmap_discard(void *addr);
 
-/** Counters of the mapping that contains @p addr. */
+/**
+ * Counters of the mapping that contains @p addr.
+ * @param [in]     addr     any address inside a mapping
+ * @param [in,out] stats_p  `size` set by the caller (::XM_MAP_STATS_INIT);
+ *                          at most that many bytes are written
+ * @return XM_OK, XM_ERR_INVALID (not a mapping, or `size` too small)
+ */
 XM_API xm_status_t xm_map_stat(const void *addr, xm_map_stats_t *stats_p);
 
 #ifdef __cplusplus

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "../common/common.h"
+#include "abi.h"
 #include "map.h"
 #include "uffd_compat.h"
 
@@ -284,9 +285,15 @@ static uint32_t default_fetch(const xm_map_opts_t *o)
 XM_EXPORT xm_status_t xm_map(xm_ctx_h ctx, xm_region_h region, uint64_t offset, uint64_t length,
                              const xm_map_opts_t *opts, void **addr_p)
 {
-    xm_map_opts_t none = {0};
-    if (opts == NULL) opts = &none;
+    xm_map_opts_t given = XM_MAP_OPTS_INIT; /* defaults for what the caller's struct lacks */
     if (ctx == NULL || addr_p == NULL) return XM_ERR_INVALID;
+    if (opts != NULL && xm__sized_in(&given, sizeof(given), opts) != XM_OK) {
+        return xm__ctx_error(ctx, XM_ERR_INVALID,
+                             "xm_map: xm_map_opts_t.size %zu is invalid, or options this library "
+                             "does not know are set (initialise with XM_MAP_OPTS_INIT)",
+                             opts->size);
+    }
+    opts = &given;
     if (region == NULL || region->ctx != ctx) {
         return xm__ctx_error(ctx, XM_ERR_INVALID, "xm_map: no region or allocation of this context");
     }
@@ -541,12 +548,13 @@ XM_EXPORT xm_status_t xm_map_stat(const void *addr, xm_map_stats_t *stats_p)
     xm__map_t *m = map_get(addr, false);
     if (m == NULL) return XM_ERR_INVALID;
     pthread_mutex_lock(&m->eng->lock);
-    *stats_p = m->stats;
-    stats_p->resident_bytes = m->resident;
-    stats_p->budget_bytes = m->budget;
-    stats_p->fetch_size = m->fetch;
+    xm_map_stats_t st = m->stats;
+    st.resident_bytes = m->resident;
+    st.budget_bytes = m->budget;
+    st.fetch_size = m->fetch;
     m->users--;
     pthread_cond_broadcast(&m->eng->cond);
     pthread_mutex_unlock(&m->eng->lock);
-    return XM_OK;
+    /* never past the caller's size: an older program's struct is smaller */
+    return xm__sized_out(stats_p, &st, sizeof(st));
 }

@@ -101,7 +101,7 @@ static uint64_t vma_rss(const void *addr)
 
 static xm_map_stats_t stat_of(const void *addr)
 {
-    xm_map_stats_t st;
+    xm_map_stats_t st = XM_MAP_STATS_INIT;
     cr_assert_eq(xm_map_stat(addr, &st), XM_OK);
     return st;
 }
@@ -158,7 +158,7 @@ XT_TEST_PROVIDERS(map, loads_and_stores_round_trip, .fini = teardown, .timeout =
     cr_assert(memcmp(back, data, size) == 0, "the appliance lacks stores made through the mapping");
 
     /* an offset mapping of the same region, read-ahead off, 4 KiB fetches */
-    xm_map_opts_t o = {.fetch_size = 4096, .flags = XM_MAP_NO_READAHEAD};
+    xm_map_opts_t o = {.size = sizeof(xm_map_opts_t), .fetch_size = 4096, .flags = XM_MAP_NO_READAHEAD};
     uint8_t *q;
     cr_assert_eq(xm_map(ctx, r, 1u << 20, 1u << 20, &o, (void **)&q), XM_OK);
     cr_assert(memcmp(q, data + (1u << 20), 1u << 20) == 0);
@@ -176,7 +176,7 @@ XT_TEST_PROVIDERS(map, loads_and_stores_round_trip, .fini = teardown, .timeout =
 
     cr_assert_eq(xm_map(ctx, r, 1, 4096, NULL, (void **)&p), XM_ERR_INVALID, "unaligned offset");
     cr_assert_eq(xm_map(ctx, r, 0, size + 1, NULL, (void **)&p), XM_ERR_RANGE);
-    cr_assert_eq(xm_map(ctx, r, 0, 4096, &(xm_map_opts_t){.fetch_size = 3000}, (void **)&p),
+    cr_assert_eq(xm_map(ctx, r, 0, 4096, &(xm_map_opts_t){.size = sizeof(xm_map_opts_t), .fetch_size = 3000}, (void **)&p),
                  XM_ERR_INVALID, "fetch size not a power of two");
     cr_assert_eq(xm_unmap(data), XM_ERR_INVALID, "not a mapping");
     free(data);
@@ -207,7 +207,7 @@ XT_TEST_PROVIDERS(map, resident_size_stays_within_budget, .fini = teardown, .tim
     const uint64_t size = 32u << 20, budget = 8u << 20; /* a scan 4x the cache */
     xm_region_h r = filled_region(ctx, size, 11);
     uint64_t *p;
-    xm_map_opts_t o = {.cache_bytes = budget};
+    xm_map_opts_t o = {.size = sizeof(xm_map_opts_t), .cache_bytes = budget};
     cr_assert_eq(xm_map(ctx, r, 0, size, &o, (void **)&p), XM_OK, "%s", xm_last_error(ctx));
     /* Rss read once the handlers are idle: smaps walks the page table while
      * they evict behind the scan and install ahead of it, so a reading taken
@@ -242,7 +242,7 @@ XT_TEST_PROVIDERS(map, resident_size_stays_within_budget, .fini = teardown, .tim
 
     /* two mappings under one context budget */
     uint8_t *a, *b;
-    xm_map_opts_t oc = {.ctx_cache_bytes = 4u << 20};
+    xm_map_opts_t oc = {.size = sizeof(xm_map_opts_t), .ctx_cache_bytes = 4u << 20};
     cr_assert_eq(xm_map(ctx, r, 0, 16u << 20, &oc, (void **)&a), XM_OK);
     cr_assert_eq(xm_map(ctx, r, 16u << 20, 16u << 20, NULL, (void **)&b), XM_OK);
     volatile uint64_t sum = 0;
@@ -276,7 +276,7 @@ Test(map, small_cache_read_ahead_fetches_each_block_once, .fini = teardown, .tim
     const uint64_t budgets[] = {64u << 10, 128u << 10, 256u << 10};
     for (size_t i = 0; i < sizeof(budgets) / sizeof(budgets[0]); i++) {
         uint64_t *p;
-        xm_map_opts_t o = {.cache_bytes = budgets[i], .fetch_size = 16384};
+        xm_map_opts_t o = {.size = sizeof(xm_map_opts_t), .cache_bytes = budgets[i], .fetch_size = 16384};
         cr_assert_eq(xm_map(ctx, r, 0, size, &o, (void **)&p), XM_OK, "%s", xm_last_error(ctx));
         for (int pass = 0; pass < 2; pass++) {
             for (uint64_t w = 0; w < size / 8; w++) {
@@ -316,7 +316,7 @@ Test(map, default_fetch_size_follows_the_budget, .fini = teardown, .timeout = 60
         {0, 32u << 20, 64u << 10},   /* the context's budget counts too */
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-        xm_map_opts_t o = {.cache_bytes = cases[i].cache, .ctx_cache_bytes = cases[i].ctx_cache};
+        xm_map_opts_t o = {.size = sizeof(xm_map_opts_t), .cache_bytes = cases[i].cache, .ctx_cache_bytes = cases[i].ctx_cache};
         uint8_t *p;
         cr_assert_eq(xm_map(ctx, r, 0, 64u << 20, &o, (void **)&p), XM_OK, "%s", xm_last_error(ctx));
         cr_assert_eq(stat_of(p).fetch_size, cases[i].want, "case %zu: fetch %llu, want %llu", i,
@@ -326,7 +326,7 @@ Test(map, default_fetch_size_follows_the_budget, .fini = teardown, .timeout = 60
         cr_assert_eq(stat_of(p).fetched_bytes % 4096, 0);
         cr_assert_eq(xm_unmap(p), XM_OK);
     }
-    xm_map_opts_t asked = {.fetch_size = 8192};
+    xm_map_opts_t asked = {.size = sizeof(xm_map_opts_t), .fetch_size = 8192};
     uint8_t *p;
     cr_assert_eq(xm_map(ctx, r, 0, 1u << 20, &asked, (void **)&p), XM_OK);
     cr_assert_eq(stat_of(p).fetch_size, 8192, "an asked-for fetch size is kept");
@@ -364,7 +364,7 @@ static void *race_reader(void *arg)
     unmap_race_t *r = arg;
     while (!atomic_load(&r->go)) { }
     while (atomic_load(&r->done) < 2) {
-        xm_map_stats_t st;
+        xm_map_stats_t st = XM_MAP_STATS_INIT;
         xm_status_t s = xm_map_stat(r->addr, &st);
         if (s != XM_OK && s != XM_ERR_INVALID) return (void *)1;
     }
@@ -492,7 +492,7 @@ Test(map, sequential_runs_move_whole_frames, .fini = teardown, .timeout = 180)
     uint8_t *data = malloc(size), *back = malloc(size);
     xt_fill(data, size, 99);
     cr_assert_eq(xm_write(r, 0, data, size), XM_OK);
-    xm_map_opts_t o = {.cache_bytes = cache};
+    xm_map_opts_t o = {.size = sizeof(xm_map_opts_t), .cache_bytes = cache};
     uint8_t *p;
     setenv("XMEM_MAP_HUGE", "1", 1); /* frames are opt-in */
     cr_assert_eq(xm_map(ctx, r, 0, size, &o, (void **)&p), XM_OK, "%s", xm_last_error(ctx));
@@ -556,7 +556,7 @@ Test(map, sequential_runs_move_whole_frames, .fini = teardown, .timeout = 180)
      * the region's bytes past that length are not the mapping's (zeros there) */
     const uint64_t len = (8u << 20) - 100;
     setenv("XMEM_MAP_HUGE", "1", 1);
-    xm_map_opts_t o8 = {.cache_bytes = 8u << 20};
+    xm_map_opts_t o8 = {.size = sizeof(xm_map_opts_t), .cache_bytes = 8u << 20};
     cr_assert_eq(xm_map(ctx, r, 0, len, &o8, (void **)&p), XM_OK, "%s", xm_last_error(ctx));
     unsetenv("XMEM_MAP_HUGE");
     cr_assert(memcmp(p, data, len) == 0, "a frame mapping of %llu bytes differs from the region",
@@ -604,7 +604,7 @@ Test(map, only_written_pages_go_back, .fini = teardown, .timeout = 120)
     cr_assert_eq(xm_unmap(p), XM_OK);
 
     /* eviction writes back exactly the written pages too */
-    xm_map_opts_t o = {.cache_bytes = 256u << 10};
+    xm_map_opts_t o = {.size = sizeof(xm_map_opts_t), .cache_bytes = 256u << 10};
     cr_assert_eq(xm_map(ctx, r, 0, size, &o, (void **)&p), XM_OK);
     for (uint64_t off = 0; off < (1u << 20); off += 4096) sum += p[off];
     for (int i = 0; i < 5; i++) p[i * 8192 + 7] = (uint8_t)(0x70 + i);
@@ -664,7 +664,7 @@ XT_TEST_PROVIDERS(map, concurrent_stores_survive_eviction, .fini = teardown, .ti
     xm_region_h r;
     cr_assert_eq(xm_region_create(ctx, size, NULL, &r), XM_OK);
     uint64_t *p;
-    xm_map_opts_t o = {.cache_bytes = 64u << 10, .fetch_size = 16u << 10};
+    xm_map_opts_t o = {.size = sizeof(xm_map_opts_t), .cache_bytes = 64u << 10, .fetch_size = 16u << 10};
     cr_assert_eq(xm_map(ctx, r, 0, size, &o, (void **)&p), XM_OK);
     pthread_t th[STRESS_THREADS], syncer;
     stress_arg_t args[STRESS_THREADS];
@@ -721,13 +721,13 @@ Test(map, dead_appliance_fault_is_sigbus, .fini = teardown, .timeout = 120)
         int fd = open(logpath, O_WRONLY | O_CREAT | O_TRUNC, 0600);
         dup2(fd, 2);
         xm_ctx_h c;
-        xm_connect_opts_t co = {.appliance = app.addr, .secret_file = app.secret, .tenant = "alice",
+        xm_connect_opts_t co = {.size = sizeof(xm_connect_opts_t), .appliance = app.addr, .secret_file = app.secret, .tenant = "alice",
                                 .timeout_ms = 300};
         if (xm_connect(&co, &c) != XM_OK) _exit(10);
         xm_region_h rr;
         if (xm_region_open(c, id, NULL, XM_ACCESS_READ_WRITE, &rr) != XM_OK) _exit(11);
         volatile uint64_t *p;
-        if (xm_map(c, rr, 0, 8u << 20, &(xm_map_opts_t){.flags = XM_MAP_NO_READAHEAD},
+        if (xm_map(c, rr, 0, 8u << 20, &(xm_map_opts_t){.size = sizeof(xm_map_opts_t), .flags = XM_MAP_NO_READAHEAD},
                    (void **)&p) != XM_OK) _exit(12);
         if (p[0] != 3) _exit(13); /* served while the appliance lives */
         catch_signal(SIGBUS);
@@ -787,14 +787,14 @@ Test(map, failed_eviction_keeps_written_pages, .fini = teardown, .timeout = 120)
         int devnull = open("/dev/null", O_WRONLY);
         dup2(devnull, 2); /* the failures are logged: expected */
         xm_ctx_h c;
-        xm_connect_opts_t co = {.appliance = app.addr, .secret_file = app.secret, .tenant = "alice",
+        xm_connect_opts_t co = {.size = sizeof(xm_connect_opts_t), .appliance = app.addr, .secret_file = app.secret, .tenant = "alice",
                                 .timeout_ms = 300};
         if (xm_connect(&co, &c) != XM_OK) _exit(10);
         xm_region_h rr;
         if (xm_region_open(c, id, NULL, XM_ACCESS_READ_WRITE, &rr) != XM_OK) _exit(11);
         uint8_t *p;
         /* no read-ahead: every block in the cache is one the loop below wrote */
-        xm_map_opts_t mo = {.cache_bytes = budget, .fetch_size = 65536, .flags = XM_MAP_NO_READAHEAD};
+        xm_map_opts_t mo = {.size = sizeof(xm_map_opts_t), .cache_bytes = budget, .fetch_size = 65536, .flags = XM_MAP_NO_READAHEAD};
         if (xm_map(c, rr, 0, size, &mo, (void **)&p) != XM_OK) _exit(12);
         /* write a cache's worth, then note which pages are here */
         for (uint64_t off = 0; off < budget; off += 4096) p[off] = (uint8_t)(off >> 12) | 1;
@@ -927,7 +927,7 @@ static void striped_round_trip(xm_ctx_h ctx, const char *policy, uint64_t size, 
     cr_assert_eq(xm_write(a, 0, data, size), XM_OK, "%s", xm_last_error(ctx));
 
     uint8_t *p;
-    xm_map_opts_t o = {.cache_bytes = cache, .fetch_size = fetch};
+    xm_map_opts_t o = {.size = sizeof(xm_map_opts_t), .cache_bytes = cache, .fetch_size = fetch};
     xm_status_t s = xm_map(ctx, a, 0, size, &o, (void **)&p);
     cr_assert_eq(s, XM_OK, "xm_map of a %s allocation: %s (%s)", policy, xm_status_str(s), xm_last_error(ctx));
     cr_assert(memcmp(p, data, size) == 0, "%s, fetch %u: mapped bytes differ from the allocation's", policy,
@@ -1081,7 +1081,7 @@ Test(map, swapped_out_pages_are_not_forgotten, .fini = swap_teardown, .timeout =
 
     /* eviction: a 1 MiB cache, stores to the first 1 MiB, swapped out, then
      * a pass over the rest pushes those blocks out */
-    xm_map_opts_t o = {.cache_bytes = 1u << 20};
+    xm_map_opts_t o = {.size = sizeof(xm_map_opts_t), .cache_bytes = 1u << 20};
     cr_assert_eq(xm_map(ctx, r, 0, size, &o, (void **)&p), XM_OK);
     for (uint64_t pg = 0; pg < 256; pg += 2) p[pg * 512 + 4] = pg * 17 + 4000;
     page_out(p, 1u << 20);

@@ -230,7 +230,7 @@ static int wait_up(xm_ctx_h *ctx_p, const char *tenant, int want, int timeout_ms
 {
     char mgr[64];
     addr_of(0, mgr, sizeof(mgr));
-    xm_connect_opts_t o = {.manager = mgr, .secret_file = secret, .tenant = tenant,
+    xm_connect_opts_t o = {.size = sizeof(xm_connect_opts_t), .manager = mgr, .secret_file = secret, .tenant = tenant,
                            .timeout_ms = 5000};
     uint64_t deadline = xt_now_ms() + (uint64_t)timeout_ms;
     int up = 0;
@@ -352,7 +352,7 @@ static uint64_t pool_used_direct(void)
         if (pids[i] <= 0) continue;
         char addr[64];
         addr_of(i, addr, sizeof(addr));
-        xm_connect_opts_t o = {.appliance = addr, .secret_file = secret, .tenant = "alice",
+        xm_connect_opts_t o = {.size = sizeof(xm_connect_opts_t), .appliance = addr, .secret_file = secret, .tenant = "alice",
                                .timeout_ms = 5000};
         xm_ctx_h a;
         cr_assert_eq(xm_connect(&o, &a), XM_OK, "appliance %s: %s", addr, xm_last_error(NULL));
@@ -460,7 +460,7 @@ Test(netns, manager_kill9_and_restart_across_hosts, .fini = teardown, .timeout =
     /* another client on the same host attaches and keeps doing I/O through all that follows */
     char mgr[64];
     addr_of(0, mgr, sizeof(mgr));
-    xm_connect_opts_t o = {.manager = mgr, .secret_file = secret, .tenant = "alice",
+    xm_connect_opts_t o = {.size = sizeof(xm_connect_opts_t), .manager = mgr, .secret_file = secret, .tenant = "alice",
                            .timeout_ms = 5000};
     xm_ctx_h ioctx;
     cr_assert_eq(xm_connect(&o, &ioctx), XM_OK, "%s", xm_last_error(NULL));
@@ -560,7 +560,7 @@ static void *churn(void *arg)
     char mgr[64], tenant[16];
     addr_of(0, mgr, sizeof(mgr));
     snprintf(tenant, sizeof(tenant), "t%d", wk->idx);
-    xm_connect_opts_t o = {.manager = mgr, .secret_file = secret, .tenant = tenant,
+    xm_connect_opts_t o = {.size = sizeof(xm_connect_opts_t), .manager = mgr, .secret_file = secret, .tenant = tenant,
                            .timeout_ms = 5000};
     xm_ctx_h ctx;
     if (xm_connect(&o, &ctx) != XM_OK) {

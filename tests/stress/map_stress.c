@@ -493,7 +493,7 @@ static void *syncer_main(void *arg)
         if (st != XM_OK) xs_fail("xm_read of the appliance's copy: %s", xm_status_str(st));
         check_range(s, "after xm_sync", img, pg0, n, &lo, NULL);
         y->checked_pages += n;
-        xm_map_stats_t ms;
+        xm_map_stats_t ms = XM_MAP_STATS_INIT;
         st = xm_map_stat(s->p, &ms);
         if (st != XM_OK) xs_fail("xm_map_stat: %s", xm_status_str(st));
         if (ms.resident_bytes > ms.budget_bytes) {
@@ -606,7 +606,7 @@ static void *race_other(void *arg)
     while (!atomic_load(&r->go)) { /* spin */ }
     while (atomic_load(&r->done) < 2) {
         xm_status_t a = xm_sync(r->addr, r->size);
-        xm_map_stats_t ms;
+        xm_map_stats_t ms = XM_MAP_STATS_INIT;
         xm_status_t b = xm_map_stat(r->addr, &ms);
         if ((a != XM_OK && a != XM_ERR_INVALID) || (b != XM_OK && b != XM_ERR_INVALID)) {
             xs_fail("xm_sync / xm_map_stat racing with unmap returned %s / %s (XM_OK or XM_ERR_INVALID "
@@ -640,13 +640,13 @@ static void unmap_race(void *addr, uint64_t size, bool discard)
                  xm_status_str(r.unmap_status[0]), xm_status_str(r.unmap_status[1]));
         }
     }
-    xm_map_stats_t ms;
+    xm_map_stats_t ms = XM_MAP_STATS_INIT;
     if (xm_map_stat(addr, &ms) != XM_ERR_INVALID) xs_fail("the mapping is still there after unmap");
 }
 
 static uint64_t *map_it(xm_ctx_h ctx, sut_t *s, const config_t *c)
 {
-    xm_map_opts_t o = {.cache_bytes = c->cache, .fetch_size = c->fetch, .flags = c->flags};
+    xm_map_opts_t o = {.size = sizeof(xm_map_opts_t), .cache_bytes = c->cache, .fetch_size = c->fetch, .flags = c->flags};
     uint64_t *p;
     xm_status_t st = xm_map(ctx, s->region, 0, s->size, &o, (void **)&p);
     if (st != XM_OK) xs_fail("xm_map: %s (%s)", xm_status_str(st), xm_last_error(ctx));
@@ -688,7 +688,7 @@ static void run_config(const config_t *c, int ci)
         cy.ctx = ctx;
         cy.npages = 32;
         /* one context budget over both mappings: faults of one evict the other */
-        cy.opts = (xm_map_opts_t){.cache_bytes = 64u << 10, .fetch_size = c->fetch, .flags = c->flags,
+        cy.opts = (xm_map_opts_t){.size = sizeof(xm_map_opts_t), .cache_bytes = 64u << 10, .fetch_size = c->fetch, .flags = c->flags,
                                   .ctx_cache_bytes = c->cache + (32u << 10)};
         CHECK_OK(xm_region_create(ctx, (uint64_t)cy.npages * PAGE, NULL, &cy.r));
         uint64_t *z = malloc((size_t)cy.npages * PAGE);
@@ -711,7 +711,7 @@ static void run_config(const config_t *c, int ci)
     uint64_t t_stress = xs_now_ns();
     for (;;) {
         sleep_s(0.05);
-        xm_map_stats_t now;
+        xm_map_stats_t now = XM_MAP_STATS_INIT;
         CHECK_OK(xm_map_stat(s.p, &now));
         bool enough = now.evictions >= MIN_EVICTIONS && atomic_load(&y.syncs) >= MIN_SYNCS &&
                       (!c->cycle || atomic_load(&cy.cycles) >= MIN_CYCLES);
@@ -725,7 +725,7 @@ static void run_config(const config_t *c, int ci)
         atomic_store(&cy.stop, 1);
         pthread_join(cy.th, NULL);
     }
-    xm_map_stats_t ms;
+    xm_map_stats_t ms = XM_MAP_STATS_INIT;
     CHECK_OK(xm_map_stat(s.p, &ms));
     /* quiet now: the mapping shows every last version, and so does the appliance after xm_sync */
     expected_image(&s, want);

@@ -288,7 +288,7 @@ int xs_appliance_stop(void)
 
 xm_ctx_h xs_connect(void)
 {
-    xm_connect_opts_t o = {.appliance = xs_addr, .secret_file = g_secret, .tenant = "alice",
+    xm_connect_opts_t o = {.size = sizeof(xm_connect_opts_t), .appliance = xs_addr, .secret_file = g_secret, .tenant = "alice",
                            .timeout_ms = 20000};
     xm_ctx_h ctx = NULL;
     xm_status_t s = xm_connect(&o, &ctx);

@@ -288,7 +288,7 @@ int cmd_bench_map(cli_t *cli)
     uint8_t *m;
     if (skip_faults) goto workloads;
     /* 1. remote fault: 4 KiB fetches, no read-ahead, random pages */
-    xm_map_opts_t fo = {.fetch_size = 4096, .flags = XM_MAP_NO_READAHEAD};
+    xm_map_opts_t fo = {.size = sizeof(xm_map_opts_t), .fetch_size = 4096, .flags = XM_MAP_NO_READAHEAD};
     if ((s = xm_map(ctx, r, 0, nf * 4096ull, &fo, (void **)&m)) != XM_OK) {
         return cli_fail("bench map", "xm_map: %s: %s", xm_status_str(s), xm_last_error(ctx));
     }
@@ -382,7 +382,7 @@ workloads:;
             double best = 1e30;
             bool bad = false;
             for (int rep = 0; rep < reps; rep++) {
-                xm_map_opts_t o = {.cache_bytes = ws * (uint64_t)pcts[c] / 100, .fetch_size = (uint32_t)fetch};
+                xm_map_opts_t o = {.size = sizeof(xm_map_opts_t), .cache_bytes = ws * (uint64_t)pcts[c] / 100, .fetch_size = (uint32_t)fetch};
                 /* a fresh (zero) region per run: the fill's pages must really go
                  * back (the appliance does not already hold the same data) */
                 xm_region_h wr;
@@ -393,14 +393,14 @@ workloads:;
                     return cli_fail("bench map", "xm_map: %s", xm_status_str(s));
                 }
                 xmw_fill(m, wsz, XMW_SEED_DATA);
-                xm_map_stats_t st0;
+                xm_map_stats_t st0 = XM_MAP_STATS_INIT;
                 xm_map_stat(m, &st0);
                 perf_ctl("enable\n");
                 xmw_result_t res = w == 0 ? xmw_scan(m, wsz)
                                  : w == 1 ? xmw_gups(m, wsz, wsz / 8 / 64, 0)
                                           : xmw_sort(m, wsz);
                 perf_ctl("disable\n");
-                xm_map_stats_t st;
+                xm_map_stats_t st = XM_MAP_STATS_INIT;
                 xm_map_stat(m, &st);
                 if (stats) {
                     fprintf(stderr, "[%s %d%% (fetch %llu KiB): timed part: %llu faults, %llu read-ahead blocks, "
