@@ -158,9 +158,11 @@ Test(abi, map_opts_of_an_older_size_get_defaults, .init = setup, .fini = teardow
 Test(abi, connect_opts_of_an_older_size_get_defaults, .init = setup, .fini = teardown,
      .timeout = 120)
 {
+    char cred[PATH_MAX + 80];
+    xt_cred(app.secret, "alice", cred, sizeof(cred));
     /* a header without .manager: the garbage after its size must not send us to a manager */
     xm_connect_opts_t o = {.size = offsetof(xm_connect_opts_t, manager), .appliance = app.addr,
-                           .secret_file = app.secret, .tenant = "alice",
+                           .secret_file = cred, .tenant = "alice",
                            .manager = "192.0.2.1:9"};
     xm_ctx_h ctx = NULL;
     xm_status_t s = xm_connect(&o, &ctx);
@@ -172,7 +174,7 @@ Test(abi, connect_opts_of_an_older_size_get_defaults, .init = setup, .fini = tea
     xm_disconnect(ctx);
 
     /* forgotten size */
-    xm_connect_opts_t forgot = {.appliance = app.addr, .secret_file = app.secret};
+    xm_connect_opts_t forgot = {.appliance = app.addr, .secret_file = cred};
     cr_assert_eq(xm_connect(&forgot, &ctx), XM_ERR_INVALID);
     cr_expect(strstr(xm_last_error(NULL), "XM_CONNECT_OPTS_INIT") != NULL, "xm_last_error: %s",
               xm_last_error(NULL));
@@ -181,7 +183,7 @@ Test(abi, connect_opts_of_an_older_size_get_defaults, .init = setup, .fini = tea
     struct {
         xm_connect_opts_t o;
         const char *future_option;
-    } newer = {.o = {.size = sizeof(newer), .appliance = app.addr, .secret_file = app.secret,
+    } newer = {.o = {.size = sizeof(newer), .appliance = app.addr, .secret_file = cred,
                      .tenant = "alice"}};
     cr_assert_eq(xm_connect(&newer.o, &ctx), XM_OK, "%s", xm_last_error(NULL));
     xm_disconnect(ctx);

@@ -110,12 +110,13 @@ static void compile(const char *src, const char *exe, const char *flags)
 /* Run exe against app with the environment a user sets (README, "Using it"); its exit code. */
 static int run_against_app(const char *exe, char **out_p)
 {
-    char cmd[4 * PATH_MAX + 512], log[PATH_MAX];
+    char cmd[5 * PATH_MAX + 512], log[PATH_MAX], cred[PATH_MAX + 80];
     snprintf(log, sizeof(log), "%s.out", exe);
+    xt_cred(app.secret, "alice", cred, sizeof(cred)); /* alice's tenant credential */
     snprintf(cmd, sizeof(cmd),
              "env -u XMEM_MANAGER XMEM_APPLIANCE='%s' XMEM_SECRET_FILE='%s' XMEM_TENANT=alice "
              "XMEM_PROVIDER='%s' timeout 300 '%s' > '%s' 2>&1",
-             app.addr, app.secret, app.provider, exe, log);
+             app.addr, cred, app.provider, exe, log);
     int rc = sh(cmd);
     *out_p = slurp_path(log);
     return rc;
@@ -147,17 +148,19 @@ Test(readme, installed_tree_builds_with_pkg_config_and_finds_libxmem, .fini = te
      .timeout = 600)
 {
     xt_start(&app, NULL);
-    char prefix[PATH_MAX], cmd[4 * PATH_MAX + 512];
+    char prefix[PATH_MAX], cmd[5 * PATH_MAX + 512];
     snprintf(prefix, sizeof(prefix), "%s/prefix", app.dir);
     snprintf(cmd, sizeof(cmd), "'%s' --install '%s' --prefix '%s' > '%s/install.log' 2>&1",
              XMEM_CMAKE, XMEM_BUILD_DIR, prefix, app.dir);
     cr_assert_eq(sh(cmd), 0, "%s failed", cmd);
 
     /* the installed xmem finds libxmem.so with nothing in the environment */
+    char cred[PATH_MAX + 80];
+    xt_cred(app.secret, "alice", cred, sizeof(cred));
     snprintf(cmd, sizeof(cmd),
              "cd / && env -u LD_LIBRARY_PATH XMEM_APPLIANCE='%s' XMEM_SECRET_FILE='%s' "
              "XMEM_PROVIDER='%s' XMEM_TENANT=alice '%s/bin/xmem' stat > '%s/stat.out' 2>&1",
-             app.addr, app.secret, app.provider, prefix, app.dir);
+             app.addr, cred, app.provider, prefix, app.dir);
     int rc = sh(cmd);
     char path[PATH_MAX];
     snprintf(path, sizeof(path), "%s/stat.out", app.dir);
