@@ -20,8 +20,10 @@ pid=$!
 for _ in $(seq 100); do grep -q "listening on" "$dir/xmemd.out" 2>/dev/null && break; sleep 0.1; done
 addr=$(sed -n 's/^xmemd listening on //p' "$dir/xmemd.out")
 [[ -n "$addr" ]] || { cat "$dir/xmemd.err"; exit 1; }
-export XMEM_APPLIANCE=$addr XMEM_SECRET_FILE=$dir/secret
 echo "xmemd (pid $pid) serves a 64 GiB pool on $addr over libfabric tcp"
+# a tenant works with a credential of its own, issued with the cluster secret
+step "$bin/xmem" --secret-file "$dir/secret" tenant add demo --out "$dir/demo.cred"
+export XMEM_APPLIANCE=$addr XMEM_SECRET_FILE=$dir/demo.cred
 
 step "$bin/xmem" stat
 step "$bin/xmem" region create --size 48G --name dataset

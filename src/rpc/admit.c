@@ -100,8 +100,10 @@ xm_status_t rpc_scoped_name(const char *principal, const char *name, bool creati
         return XM_ERR_INVALID;
     }
     if (strchr(name, '/') != NULL) {
-        if (creating) {
-            *why_p = "a new name is the tenant's own: give it without a 'tenant/' prefix";
+        size_t plen = strlen(principal);
+        bool own = strncmp(name, principal, plen) == 0 && name[plen] == '/';
+        if (creating && !own) {
+            *why_p = "a new name is the tenant's own: give it without another tenant's prefix";
             return XM_ERR_INVALID;
         }
         snprintf(out, len, "%s", name);

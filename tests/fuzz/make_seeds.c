@@ -58,6 +58,8 @@ static void msg_seeds(void)
     hello.version = XM_PROTO_VERSION;
     hello.tenant = "alice";
     hello.client_nonce = (ProtobufCBinaryData){sizeof(nonce), nonce};
+    hello.cred_id = 7;
+    hello.client_kx = (ProtobufCBinaryData){sizeof(nonce), nonce};
     xm_msg_t m = XMEM__MSG__INIT;
     m.seq = 1;
     m.body_case = XMEM__MSG__BODY_HELLO;
@@ -67,6 +69,8 @@ static void msg_seeds(void)
     Xmem__Challenge ch = XMEM__CHALLENGE__INIT;
     ch.server_nonce = (ProtobufCBinaryData){sizeof(nonce), nonce};
     ch.server_mac = (ProtobufCBinaryData){sizeof(mac), mac};
+    ch.server_kx = (ProtobufCBinaryData){32, nonce};
+    ch.server_header = (ProtobufCBinaryData){24, nonce};
     m = (xm_msg_t)XMEM__MSG__INIT;
     m.seq = 1;
     m.body_case = XMEM__MSG__BODY_CHALLENGE;
@@ -75,6 +79,7 @@ static void msg_seeds(void)
 
     Xmem__Auth auth = XMEM__AUTH__INIT;
     auth.client_mac = (ProtobufCBinaryData){sizeof(mac), mac};
+    auth.client_header = (ProtobufCBinaryData){24, nonce};
     m = (xm_msg_t)XMEM__MSG__INIT;
     m.seq = 2;
     m.body_case = XMEM__MSG__BODY_AUTH;
@@ -200,6 +205,9 @@ static void manager_seeds(void)
     reg.regions = 2;
     reg.backing = "memfd";
     reg.boot_id = 77;
+    static uint8_t pk[32], sig[64];
+    reg.identity_pk = (ProtobufCBinaryData){sizeof(pk), pk};
+    reg.identity_sig = (ProtobufCBinaryData){sizeof(sig), sig};
     m = (xm_msg_t)XMEM__MSG__INIT;
     m.seq = 1;
     m.body_case = XMEM__MSG__BODY_APPLIANCE_REGISTER;

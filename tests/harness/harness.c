@@ -193,6 +193,10 @@ const char *xt_cred(const char *secret, const char *tenant, char *path, size_t l
     if (access(path, F_OK) != 0) {
         char why[512];
         xm_status_t s = xm_tenant_add(secret, NULL, tenant, path, why, sizeof(why));
+        if (s != XM_OK && access(path, F_OK) == 0) {
+            usleep(200000); /* another process of the test issued it just now: let it finish */
+            s = XM_OK;
+        }
         cr_assert_eq(s, XM_OK, "issue a credential for %s: %s", tenant, why);
     }
     return path;

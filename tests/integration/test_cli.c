@@ -244,7 +244,7 @@ Test(cli, region_create_ls_stat_rm, .fini = teardown, .timeout = 120)
 
     CLI(NULL, 0, "region", "ls");
     EXPECT_OK("region ls");
-    expect_contains(R.out, " x ", "region ls shows the name");
+    expect_contains(R.out, " alice/x ", "region ls shows the name, scoped to its tenant");
     expect_contains(R.out, "10.0 MiB", "region ls shows the size");
     expect_contains(R.out, "1.0 GiB", "region ls shows the size");
     expect_contains(R.out, ids, "region ls shows the id");
@@ -270,7 +270,7 @@ Test(cli, region_create_ls_stat_rm, .fini = teardown, .timeout = 120)
 
     CLI(NULL, 0, "region", "stat", ids);
     EXPECT_OK("region stat by id");
-    expect_contains(R.out, " x ", "stat by id shows the name");
+    expect_contains(R.out, " alice/x ", "stat by id shows the name");
     expect_contains(R.out, "10.0 MiB", "stat by id shows the size");
 
     CLI(NULL, 0, "region", "rm", "x");
@@ -283,7 +283,7 @@ Test(cli, region_create_ls_stat_rm, .fini = teardown, .timeout = 120)
     EXPECT_FAIL("region rm twice", "no such region");
     CLI(NULL, 0, "region", "ls");
     EXPECT_OK("region ls after rm");
-    cr_assert(strstr(R.out, " x ") == NULL, "region ls still shows x: '%s'", R.out);
+    cr_assert(strstr(R.out, " alice/x ") == NULL, "region ls still shows x: '%s'", R.out);
 
     CLI(NULL, 0, "region", "rm", "k");
     EXPECT_OK("region rm k");
@@ -452,13 +452,13 @@ Test(cli, unreachable_appliance_fails_fast, .fini = teardown, .timeout = 60)
     xt_make_secret(secret);
     snprintf(env_secret, sizeof(env_secret), "XMEM_SECRET_FILE=%s", secret);
     uint64_t t0 = xt_now_ms();
-    cli_env(ENV("XMEM_APPLIANCE=127.0.0.1:1", env_secret, "XMEM_TENANT=alice"), ARGS("region", "ls"));
+    cli_env(ENV("XMEM_APPLIANCE=127.0.0.1:1", env_secret), ARGS("region", "ls"));
     uint64_t ms = xt_now_ms() - t0;
     EXPECT_FAIL("region ls against 127.0.0.1:1", "127.0.0.1:1");
     cr_assert_lt(ms, 5000, "took %llu ms to report an unreachable appliance", (unsigned long long)ms);
     cr_assert_eq(R.out_len, 0);
 
-    cli_env(ENV("XMEM_APPLIANCE=no-port-here", env_secret, "XMEM_TENANT=alice"), ARGS("stat"));
+    cli_env(ENV("XMEM_APPLIANCE=no-port-here", env_secret), ARGS("stat"));
     EXPECT_FAIL("stat against an address without a port", "no-port-here");
 }
 

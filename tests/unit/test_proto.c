@@ -90,6 +90,8 @@ Test(proto, hello)
     h.version = XM_PROTO_VERSION;
     h.tenant = "alice";
     h.client_nonce = (ProtobufCBinaryData){XM_NONCE_LEN, nonce_a};
+    h.cred_id = 42;
+    h.client_kx = (ProtobufCBinaryData){XM_KX_LEN, nonce_b};
     xm_msg_t m = XMEM__MSG__INIT;
     m.seq = 1;
     m.body_case = XMEM__MSG__BODY_HELLO;
@@ -99,7 +101,27 @@ Test(proto, hello)
     cr_expect_str_eq(o->hello->tenant, "alice");
     cr_assert_eq(o->hello->client_nonce.len, XM_NONCE_LEN);
     cr_expect(memcmp(o->hello->client_nonce.data, nonce_a, XM_NONCE_LEN) == 0);
+    cr_expect_eq(o->hello->cred_id, 42);
     proto_msg_free(o);
+}
+
+Test(proto, refuses_hello_whose_credential_id_does_not_fit_the_principal)
+{
+    Xmem__Hello h = XMEM__HELLO__INIT;
+    h.version = XM_PROTO_VERSION;
+    h.tenant = "alice"; /* a tenant names its credential's id */
+    h.client_nonce = (ProtobufCBinaryData){XM_NONCE_LEN, nonce_a};
+    h.client_kx = (ProtobufCBinaryData){XM_KX_LEN, nonce_b};
+    xm_msg_t m = XMEM__MSG__INIT;
+    m.body_case = XMEM__MSG__BODY_HELLO;
+    m.hello = &h;
+    expect_refused(&m, "credential id");
+    h.tenant = "@manager"; /* a role is the cluster credential's: no id */
+    h.cred_id = 5;
+    expect_refused(&m, "credential id");
+    h.cred_id = 0;
+    h.client_kx.len = XM_KX_LEN - 1;
+    expect_refused(&m, "key exchange");
 }
 
 Test(proto, challenge_and_auth)
@@ -107,6 +129,8 @@ Test(proto, challenge_and_auth)
     Xmem__Challenge c = XMEM__CHALLENGE__INIT;
     c.server_nonce = (ProtobufCBinaryData){XM_NONCE_LEN, nonce_b};
     c.server_mac = (ProtobufCBinaryData){XM_MAC_LEN, mac};
+    c.server_kx = (ProtobufCBinaryData){XM_KX_LEN, nonce_a};
+    c.server_header = (ProtobufCBinaryData){XM_STREAM_HEADER_LEN, nonce_a};
     xm_msg_t m = XMEM__MSG__INIT;
     m.seq = 1;
     m.body_case = XMEM__MSG__BODY_CHALLENGE;
@@ -118,6 +142,7 @@ Test(proto, challenge_and_auth)
 
     Xmem__Auth a = XMEM__AUTH__INIT;
     a.client_mac = (ProtobufCBinaryData){XM_MAC_LEN, mac};
+    a.client_header = (ProtobufCBinaryData){XM_STREAM_HEADER_LEN, nonce_b};
     xm_msg_t m2 = XMEM__MSG__INIT;
     m2.seq = 2;
     m2.body_case = XMEM__MSG__BODY_AUTH;
@@ -467,6 +492,8 @@ static void hello_msg(xm_msg_t *m, Xmem__Hello *h)
     h->version = XM_PROTO_VERSION;
     h->tenant = "alice";
     h->client_nonce = (ProtobufCBinaryData){XM_NONCE_LEN, nonce_a};
+    h->cred_id = 42;
+    h->client_kx = (ProtobufCBinaryData){XM_KX_LEN, nonce_b};
     *m = (xm_msg_t)XMEM__MSG__INIT;
     m->body_case = XMEM__MSG__BODY_HELLO;
     m->hello = h;
@@ -510,6 +537,8 @@ Test(proto, refuses_challenge_and_auth_with_wrong_lengths)
     Xmem__Challenge c = XMEM__CHALLENGE__INIT;
     c.server_nonce = (ProtobufCBinaryData){XM_NONCE_LEN - 1, nonce_b};
     c.server_mac = (ProtobufCBinaryData){XM_MAC_LEN, mac};
+    c.server_kx = (ProtobufCBinaryData){XM_KX_LEN, nonce_a};
+    c.server_header = (ProtobufCBinaryData){XM_STREAM_HEADER_LEN, nonce_a};
     xm_msg_t m = XMEM__MSG__INIT;
     m.body_case = XMEM__MSG__BODY_CHALLENGE;
     m.challenge = &c;
@@ -517,6 +546,9 @@ Test(proto, refuses_challenge_and_auth_with_wrong_lengths)
     c.server_nonce.len = XM_NONCE_LEN;
     c.server_mac.len = XM_MAC_LEN - 1;
     expect_refused(&m, "server mac length");
+    c.server_mac.len = XM_MAC_LEN;
+    c.server_header.len = XM_STREAM_HEADER_LEN - 1;
+    expect_refused(&m, "stream header length");
 
     Xmem__Auth a = XMEM__AUTH__INIT;
     xm_msg_t m2 = XMEM__MSG__INIT;

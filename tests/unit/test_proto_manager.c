@@ -69,6 +69,9 @@ static void reg_init(Xmem__ApplianceRegister *r, xm_msg_t *m)
     r->regions = 1;
     r->backing = "memfd";
     r->boot_id = 0x1234;
+    static uint8_t pk[XM_IDENTITY_PK_LEN], sig[XM_IDENTITY_SIG_LEN];
+    r->identity_pk = (ProtobufCBinaryData){sizeof(pk), pk};
+    r->identity_sig = (ProtobufCBinaryData){sizeof(sig), sig};
     *m = (xm_msg_t)XMEM__MSG__INIT;
     m->seq = 3;
     m->body_case = XMEM__MSG__BODY_APPLIANCE_REGISTER;

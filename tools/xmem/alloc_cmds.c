@@ -10,6 +10,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <xmem/tenant.h>
+
 #include "cli.h"
 
 static int fail(xm_ctx_h ctx, const char *what, xm_status_t s)
@@ -212,6 +214,13 @@ int cmd_up(cli_t *cli)
     snprintf(path, sizeof(path), "%s/manager.pid", dir);
     if (access(path, F_OK) == 0) return cli_fail("up", "%s already holds a running cluster (xmem down)", dir);
     if (mkdir(dir, 0700) != 0 && errno != EEXIST) return cli_fail("up", "mkdir %s: %s", dir, strerror(errno));
+    /* a run directory someone else made could hold their secret or their pid files */
+    struct stat dst;
+    if (lstat(dir, &dst) != 0 || !S_ISDIR(dst.st_mode) || dst.st_uid != geteuid() ||
+        (dst.st_mode & 077) != 0) {
+        return cli_fail("up", "%s is not a private directory of this user (mode 0700, owner uid %u): "
+                        "refused; remove it or set XMEM_RUN_DIR", dir, (unsigned)geteuid());
+    }
     snprintf(secret, sizeof(secret), "%s/secret", dir);
     if (access(secret, R_OK) != 0) {
         sibling("xmem", bin, sizeof(bin));
@@ -272,11 +281,19 @@ int cmd_up(cli_t *cli)
         if (up >= n) break;
         usleep(100000);
     }
+    /* the user works as a tenant of this cluster, with a credential of its own */
+    char tenant[XM_NAME_MAX + 1], cred[PATH_MAX + 96], why[512];
+    const char *user = getenv("USER");
+    snprintf(tenant, sizeof(tenant), "%s", user != NULL && user[0] != '\0' && user[0] != '@' &&
+             strchr(user, '/') == NULL ? user : "user");
+    snprintf(cred, sizeof(cred), "%s/%s.cred", dir, tenant);
+    if (access(cred, R_OK) != 0 && xm_tenant_add(secret, NULL, tenant, cred, why, sizeof(why)) != XM_OK)
+        return cli_fail("up", "cannot issue a credential for tenant %s: %s", tenant, why);
     snprintf(path, sizeof(path), "%s/env", dir);
     pf = fopen(path, "w");
-    fprintf(pf, "export XMEM_MANAGER=%s XMEM_SECRET_FILE=%s\n", maddr, secret);
+    fprintf(pf, "export XMEM_MANAGER=%s XMEM_SECRET_FILE=%s\n", maddr, cred);
     fclose(pf);
-    printf("export XMEM_MANAGER=%s XMEM_SECRET_FILE=%s\n", maddr, secret);
+    printf("export XMEM_MANAGER=%s XMEM_SECRET_FILE=%s\n", maddr, cred);
     fprintf(stderr, "xmem: manager on %s and %d appliances of %s each; state in %s (eval the line "
                     "above, or: . %s/env)\n", maddr, n, pool, dir, dir);
     return 0;
@@ -290,7 +307,21 @@ static int stop_pidfile(const char *path)
     if (fscanf(f, "%d", &pid) != 1) pid = 0;
     fclose(f);
     unlink(path);
-    if (pid <= 0 || kill(pid, SIGTERM) != 0) return 0;
+    /* only ever one of ours: a stale or planted pid file must not stop another program */
+    char exe_link[64], exe[PATH_MAX];
+    snprintf(exe_link, sizeof(exe_link), "/proc/%d/exe", pid);
+    ssize_t n = pid > 0 ? readlink(exe_link, exe, sizeof(exe) - 1) : -1;
+    if (n <= 0) return 0;
+    exe[n] = '\0';
+    char *space = strstr(exe, " (deleted)");
+    if (space != NULL) *space = '\0';
+    const char *base = strrchr(exe, '/') != NULL ? strrchr(exe, '/') + 1 : exe;
+    if (strcmp(base, "xmemd") != 0 && strcmp(base, "xmem-manager") != 0) {
+        fprintf(stderr, "xmem: %s names pid %d, which is %s, not an xmem daemon: not stopped\n",
+                path, pid, exe);
+        return 0;
+    }
+    if (kill(pid, SIGTERM) != 0) return 0;
     for (int i = 0; i < 100 && kill(pid, 0) == 0; i++) usleep(50000);
     if (kill(pid, 0) == 0) kill(pid, SIGKILL);
     return 1;

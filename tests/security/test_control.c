@@ -1,0 +1,376 @@
+/* The control plane against a hostile tenant, a hostile secret holder and an
+ * unauthenticated local user (issue 10): each test reproduces one attack, some with
+ * a client that bypasses libxmem and speaks the protocol itself, and asserts the
+ * attack fails, the victim's bytes are unchanged and the daemon keeps serving. */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <arpa/inet.h>
+#include <unistd.h>
+
+#include <xmem/tenant.h>
+
+#include "harness.h"
+#include "../../src/client/client.h"
+#include "../../src/common/common.h"
+
+static xt_appliance_t app;
+static xt_cluster_t cl;
+static bool cluster_up;
+
+static void teardown(void)
+{
+    if (cluster_up) {
+        xt_cluster_stop(&cl);
+        cluster_up = false;
+        return;
+    }
+    cr_expect_eq(xt_stop(&app), 0, "xmemd did not shut down cleanly on SIGTERM");
+    xt_cleanup(&app);
+}
+
+/* Connect with an explicit credential file and claimed tenant. */
+static xm_status_t connect_as(const char *cred, const char *tenant, xm_ctx_h *ctx_p)
+{
+    xm_connect_opts_t o = {.size = sizeof(xm_connect_opts_t), .appliance = app.addr,
+                           .secret_file = cred, .tenant = tenant, .timeout_ms = 3000};
+    return xm_connect(&o, ctx_p);
+}
+
+/* A region of alice's holding a known pattern. */
+static xm_region_h victim_region(xm_ctx_h alice, const char *name, uint8_t *pattern, size_t len)
+{
+    xm_region_h r;
+    cr_assert_eq(xm_region_create(alice, len, name, &r), XM_OK, "%s", xm_last_error(alice));
+    xt_fill(pattern, len, 7);
+    cr_assert_eq(xm_write(r, 0, pattern, len), XM_OK);
+    return r;
+}
+
+static void expect_intact(xm_region_h r, const uint8_t *pattern, size_t len)
+{
+    uint8_t *now = malloc(len);
+    cr_assert_eq(xm_read(r, 0, now, len), XM_OK, "%s", xm_last_error(r->ctx));
+    cr_assert(memcmp(now, pattern, len) == 0, "the victim's memory was changed");
+    free(now);
+}
+
+/* Attack 2: a tenant is what its credential proves, never the name it claims. */
+Test(control, claimed_tenant_refused, .fini = teardown, .timeout = 60)
+{
+    xt_start(&app, NULL);
+    char alice_cred[PATH_MAX + 80], mallory_cred[PATH_MAX + 80];
+    xt_cred(app.secret, "alice", alice_cred, sizeof(alice_cred));
+    xt_cred(app.secret, "mallory", mallory_cred, sizeof(mallory_cred));
+    xm_ctx_h alice = xt_connect(&app, "alice");
+    enum { LEN = 8192 };
+    static uint8_t pattern[LEN];
+    xm_region_h r = victim_region(alice, "secrets", pattern, LEN);
+
+    xm_ctx_h ctx = NULL;
+    /* mallory's credential claiming alice */
+    cr_assert_eq(connect_as(mallory_cred, "alice", &ctx), XM_ERR_AUTH);
+    /* the cluster secret claiming a tenant, or an unknown role */
+    cr_assert_eq(connect_as(app.secret, "alice", &ctx), XM_ERR_AUTH);
+    /* a tenant credential claiming an @ role */
+    cr_assert_eq(connect_as(mallory_cred, "@manager", &ctx), XM_ERR_AUTH);
+
+    /* bypassing libxmem: a Hello naming alice with mallory's key does not get a session */
+    rpc_cred_t forged;
+    char why[256];
+    cr_assert_eq(rpc_cred_load(mallory_cred, &forged, why, sizeof(why)), XM_OK, "%s", why);
+    snprintf(forged.tenant, sizeof(forged.tenant), "alice");
+    rpc_cred_t real;
+    cr_assert_eq(rpc_cred_load(alice_cred, &real, why, sizeof(why)), XM_OK);
+    forged.id = real.id; /* even with alice's credential id */
+    char host[64], port[16];
+    cr_assert_eq(xm__parse_hostport(app.addr, host, sizeof(host), port, sizeof(port)), XM_OK);
+    int fd;
+    cr_assert_eq(rpc_connect(host, port, 3000, &fd), XM_OK);
+    rpc_conn_t rc;
+    rpc_conn_init(&rc, fd);
+    xm_msg_t *welcome = NULL;
+    cr_assert_eq(rpc_handshake_client(&rc, &forged, "alice", 3000, &welcome, why, sizeof(why)),
+                 XM_ERR_AUTH, "a forged credential got a session");
+    rpc_conn_close(&rc);
+
+    /* mallory as herself cannot reach alice's region */
+    xm_ctx_h mallory = xt_connect(&app, "mallory");
+    xm_region_h m;
+    cr_assert_eq(xm_region_open(mallory, 0, "alice/secrets", XM_ACCESS_READ, &m), XM_ERR_PERM);
+    cr_assert_eq(xm_region_destroy(mallory, 0, "alice/secrets"), XM_ERR_PERM);
+    expect_intact(r, pattern, LEN);
+    xm_disconnect(mallory);
+    xm_region_close(r);
+    xm_disconnect(alice);
+}
+
+/* Attacks 2 and 5: names are the tenant's own; '@' names are the cluster's. */
+Test(control, names_are_scoped_and_reserved, .fini = teardown, .timeout = 60)
+{
+    xt_start(&app, NULL);
+    xm_ctx_h eve = xt_connect(&app, "eve");
+    xm_ctx_h bob = xt_connect(&app, "bob");
+    xm_region_h squat, mine;
+    /* eve squats the name bob will use and grants it to him */
+    cr_assert_eq(xm_region_create(eve, 4096, "results", &squat), XM_OK);
+    cr_assert_eq(xm_region_grant(eve, 0, "results", "bob", XM_ACCESS_READ_WRITE), XM_OK);
+    /* bob's "results" is his own, not eve's */
+    cr_assert_eq(xm_region_create(bob, 4096, "results", &mine), XM_OK, "%s", xm_last_error(bob));
+    cr_assert_eq(xm_write(mine, 0, "bob's", 5), XM_OK);
+    char got[5] = {0};
+    cr_assert_eq(xm_read(squat, 0, got, 5), XM_OK);
+    cr_assert(memcmp(got, "bob's", 5) != 0, "bob's write landed in eve's squatted region");
+    /* the reserved prefix */
+    xm_region_h r;
+    cr_assert_eq(xm_region_create(eve, 4096, "@alloc-1.0", &r), XM_ERR_INVALID);
+    xm_region_close(squat);
+    xm_region_close(mine);
+    xm_disconnect(eve);
+    xm_disconnect(bob);
+}
+
+/* Attack 4: a frame injected, replayed or altered after the handshake ends the session
+ * and does nothing; key material never crosses in clear. */
+Test(control, injected_or_replayed_frames_end_the_session, .fini = teardown, .timeout = 60)
+{
+    xt_start(&app, NULL);
+    xm_ctx_h alice = xt_connect(&app, "alice");
+    xm_region_info_t *infos;
+    size_t n0, n;
+    cr_assert_eq(xm_region_list(alice, &infos, &n0), XM_OK);
+    free(infos);
+
+    Xmem__RegionCreate rq = XMEM__REGION_CREATE__INIT;
+    rq.size = 4096;
+    xm_msg_t req = XMEM__MSG__INIT;
+    req.seq = 99;
+    req.body_case = XMEM__MSG__BODY_REGION_CREATE;
+    req.region_create = &rq;
+
+    /* an unsealed frame on alice's session (what a relay without her key can write) */
+    uint8_t *clear;
+    size_t clear_len;
+    cr_assert_eq(proto_encode(&req, &clear, &clear_len), XM_OK);
+    cr_assert_eq(send(alice->conn.fd, clear, clear_len, MSG_NOSIGNAL), (ssize_t)clear_len);
+    free(clear);
+    char b;
+    usleep(200000);
+    cr_assert_eq(recv(alice->conn.fd, &b, 1, 0), 0, "the appliance kept a session with an injected frame");
+
+    /* a sealed frame sent twice: the second one is a replay */
+    xm_ctx_h ctx = xt_connect(&app, "alice");
+    uint8_t *sealed;
+    size_t sealed_len;
+    cr_assert_eq(rpc_seal(&ctx->conn, &req, &sealed, &sealed_len), XM_OK);
+    /* no key or name in clear: the sealed bytes do not contain the request's body */
+    cr_assert_eq(send(ctx->conn.fd, sealed, sealed_len, MSG_NOSIGNAL), (ssize_t)sealed_len);
+    xm_msg_t *rep;
+    const char *why;
+    cr_assert_eq(rpc_recv(&ctx->conn, XM_FRAME_MAX_REPLY, rpc_deadline_after(3000), 3000, &rep, &why),
+                 XM_OK);
+    cr_assert_eq(rep->body_case, XMEM__MSG__BODY_REGION_DESC);
+    proto_msg_free(rep);
+    cr_assert_eq(send(ctx->conn.fd, sealed, sealed_len, MSG_NOSIGNAL), (ssize_t)sealed_len);
+    free(sealed);
+    usleep(200000);
+    cr_assert_eq(recv(ctx->conn.fd, &b, 1, 0), 0, "a replayed frame was served");
+
+    /* one region came of it (the legitimate frame), and the appliance serves on */
+    xm_ctx_h again = xt_connect(&app, "alice");
+    cr_assert_eq(xm_region_list(again, &infos, &n), XM_OK);
+    free(infos);
+    cr_assert_eq(n, n0 + 1, "%zu regions, expected %zu", n, n0 + 1);
+    xm_disconnect(again);
+    xm_disconnect(ctx);
+    xm_disconnect(alice);
+}
+
+/* Revocation ends a tenant's sessions at once and refuses new ones. */
+Test(control, revoked_tenant_is_cut_off, .fini = teardown, .timeout = 60)
+{
+    xt_start(&app, NULL);
+    xm_ctx_h alice = xt_connect(&app, "alice");
+    xm_ctx_h bob = xt_connect(&app, "bob");
+    xm_appliance_info_t info;
+    cr_assert_eq(xm_appliance_stat(alice, &info), XM_OK);
+    char why[256];
+    cr_assert_eq(xm_tenant_rm(app.secret, NULL, "alice", why, sizeof(why)), XM_OK, "%s", why);
+    char b;
+    bool closed = false;
+    for (int i = 0; i < 50 && !closed; i++) {
+        usleep(100000);
+        closed = recv(alice->conn.fd, &b, 1, MSG_DONTWAIT) == 0;
+    }
+    cr_assert(closed, "alice's session outlived her revocation");
+    char cred[PATH_MAX + 80];
+    snprintf(cred, sizeof(cred), "%s.alice.cred", app.secret);
+    xm_ctx_h ctx = NULL;
+    cr_assert_eq(connect_as(cred, NULL, &ctx), XM_ERR_AUTH, "a revoked credential connected");
+    cr_assert_eq(xm_appliance_stat(bob, &info), XM_OK, "bob was cut off too");
+    xm_disconnect(alice);
+    xm_disconnect(bob);
+}
+
+/* Attack 5: one tenant cannot hold every connection slot. */
+Test(control, one_tenant_cannot_take_every_connection, .fini = teardown, .timeout = 60)
+{
+    xt_start(&app, &(xt_opts_t){.extra = {"--max-conns-per-tenant", "4", "--max-conns", "8"}});
+    xm_ctx_h held[4];
+    for (int i = 0; i < 4; i++) held[i] = xt_connect(&app, "mallory");
+    xm_ctx_h ctx = NULL;
+    cr_assert_neq(xt_try_connect(&app, "mallory", NULL, 3000, &ctx), XM_OK,
+                  "mallory got a fifth connection");
+    for (int i = 0; i < 3; i++) {
+        xm_ctx_h alice = xt_connect(&app, "alice");
+        xm_appliance_info_t info;
+        cr_assert_eq(xm_appliance_stat(alice, &info), XM_OK);
+        xm_disconnect(alice);
+    }
+    for (int i = 0; i < 4; i++) xm_disconnect(held[i]);
+}
+
+/* Attack 6: secrets and credentials must be private and real secrets. */
+Test(control, weak_or_exposed_secrets_refused, .fini = teardown, .timeout = 60)
+{
+    xt_start(&app, NULL);
+    char cred[PATH_MAX + 80], copy[PATH_MAX + 80];
+    xt_cred(app.secret, "alice", cred, sizeof(cred));
+    xm_ctx_h ctx = NULL;
+    /* a world-readable credential */
+    snprintf(copy, sizeof(copy), "%s/open.cred", app.dir);
+    char cmd[PATH_MAX * 3];
+    snprintf(cmd, sizeof(cmd), "cp '%s' '%s' && chmod 644 '%s'", cred, copy, copy);
+    cr_assert_eq(system(cmd), 0);
+    cr_assert_eq(connect_as(copy, NULL, &ctx), XM_ERR_AUTH);
+    cr_assert(strstr(xm_last_error(NULL), "chmod 600") != NULL, "%s", xm_last_error(NULL));
+    /* a secret of one repeated letter, and a world-readable cluster secret */
+    char weak[300], open_secret[300];
+    snprintf(weak, sizeof(weak), "%s/weak", app.dir);
+    snprintf(cmd, sizeof(cmd), "printf 'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa' > '%s' && chmod 600 '%s'", weak, weak);
+    cr_assert_eq(system(cmd), 0);
+    snprintf(open_secret, sizeof(open_secret), "%s/open-secret", app.dir);
+    snprintf(cmd, sizeof(cmd), "cp '%s' '%s' && chmod 644 '%s'", app.secret, open_secret, open_secret);
+    cr_assert_eq(system(cmd), 0);
+    const char *bad[] = {weak, open_secret};
+    for (int i = 0; i < 2; i++) {
+        snprintf(cmd, sizeof(cmd), "'%s/xmemd' --listen 127.0.0.1:0 --pool 64M --secret-file '%s' "
+                 ">/dev/null 2>'%s/err%d'", XMEM_BIN_DIR, bad[i], app.dir, i);
+        int st = system(cmd);
+        cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 2, "xmemd accepted secret %s", bad[i]);
+    }
+    /* the appliance still serves */
+    ctx = xt_connect(&app, "alice");
+    xm_disconnect(ctx);
+}
+
+/* Attack 7: a file pool is served by one xmemd at a time; SIGHUP does not kill it. */
+Test(control, file_pool_locked_and_sighup_survived, .fini = teardown, .timeout = 60)
+{
+    char dir[] = "/tmp/xmem-test-XXXXXX";
+    cr_assert(mkdtemp(dir) != NULL);
+    char backing[PATH_MAX];
+    snprintf(backing, sizeof(backing), "file:%s/pool", dir);
+    xt_start(&app, &(xt_opts_t){.dir = dir, .backing = backing, .pool = "64M"});
+    xm_ctx_h alice = xt_connect(&app, "alice");
+    enum { LEN = 4096 };
+    static uint8_t pattern[LEN];
+    xm_region_h r = victim_region(alice, "kept", pattern, LEN);
+    char cmd[PATH_MAX * 3];
+    snprintf(cmd, sizeof(cmd), "'%s/xmemd' --listen 127.0.0.1:0 --pool 64M --backing '%s' "
+             "--secret-file '%s' >/dev/null 2>'%s/second.err'", XMEM_BIN_DIR, backing, app.secret, dir);
+    int st = system(cmd);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) != 0, "a second xmemd served the same pool file");
+    cr_assert_eq(kill(app.pid, SIGHUP), 0);
+    usleep(300000);
+    cr_assert_eq(kill(app.pid, 0), 0, "SIGHUP killed xmemd");
+    expect_intact(r, pattern, LEN);
+    xm_region_close(r);
+    xm_disconnect(alice);
+}
+
+/* Attack 1: the manager's table is the manager's alone. */
+Test(control, manager_table_is_private, .fini = teardown, .timeout = 120)
+{
+    xt_cluster_start(&cl, 1, "128M", "tcp", NULL);
+    cluster_up = true;
+    xm_ctx_h ctx = xt_manager_connect(&cl.mgr, "alice");
+    xm_alloc_h a;
+    cr_assert_eq(xm_alloc(ctx, 1u << 20, "single", "x", &a), XM_OK, "%s", xm_last_error(ctx));
+    const char *suffix[] = {"", "-wal", "-shm"};
+    for (int i = 0; i < 3; i++) {
+        char p[PATH_MAX + 8];
+        snprintf(p, sizeof(p), "%s%s", cl.mgr.db, suffix[i]);
+        struct stat st;
+        if (stat(p, &st) != 0) continue;
+        cr_assert_eq(st.st_mode & 077, 0, "%s is mode %o", p, st.st_mode & 0777);
+    }
+    xm_alloc_close(a);
+    xm_disconnect(ctx);
+}
+
+/* Attack 3: a secret holder registering under a real appliance's address is refused,
+ * and the allocations there keep being served by the real one. */
+Test(control, impostor_appliance_refused, .fini = teardown, .timeout = 120)
+{
+    xt_cluster_start(&cl, 1, "128M", "tcp", NULL);
+    cluster_up = true;
+    xm_ctx_h ctx = xt_manager_connect(&cl.mgr, "alice");
+    xm_alloc_h a;
+    cr_assert_eq(xm_alloc(ctx, 1u << 20, "single", "x", &a), XM_OK, "%s", xm_last_error(ctx));
+    cr_assert_eq(xm_write(a, 0, "genuine", 7), XM_OK);
+
+    /* the impostor: the cluster secret, its own identity, the victim's address */
+    rpc_cred_t cred;
+    char why[256];
+    cr_assert_eq(rpc_cred_load(cl.secret, &cred, why, sizeof(why)), XM_OK, "%s", why);
+    rpc_identity_t idn;
+    char idpath[PATH_MAX + 16];
+    snprintf(idpath, sizeof(idpath), "%s/impostor.identity", cl.dir);
+    cr_assert_eq(rpc_identity_load(idpath, &idn, why, sizeof(why)), XM_OK, "%s", why);
+    char host[64], port[16];
+    cr_assert_eq(xm__parse_hostport(cl.mgr.addr, host, sizeof(host), port, sizeof(port)), XM_OK);
+    int fd;
+    cr_assert_eq(rpc_connect(host, port, 3000, &fd), XM_OK);
+    rpc_conn_t rc;
+    rpc_conn_init(&rc, fd);
+    xm_msg_t *welcome;
+    cr_assert_eq(rpc_handshake_client(&rc, &cred, RPC_ROLE_APPLIANCE, 3000, &welcome, why,
+                                      sizeof(why)), XM_OK, "%s", why);
+    proto_msg_free(welcome);
+    uint8_t sig[RPC_ID_SIG_LEN], msg[14 + 32];
+    memcpy(msg, "xmem-register", 14);
+    memcpy(msg + 14, rc.transcript, 32);
+    crypto_sign_detached(sig, NULL, msg, sizeof(msg), idn.sk);
+    Xmem__ApplianceRegister reg = XMEM__APPLIANCE_REGISTER__INIT;
+    reg.control_addr = cl.app[0].addr;
+    reg.domain = "d0";
+    reg.provider = "tcp";
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons(1)};
+    sin.sin_addr.s_addr = htonl(0x7f000001);
+    reg.fabric_addr = (ProtobufCBinaryData){sizeof(sin), (uint8_t *)&sin};
+    reg.pool_size = 128u << 20;
+    reg.extent_size = 2u << 20;
+    reg.boot_id = 1;
+    reg.identity_pk = (ProtobufCBinaryData){RPC_ID_PK_LEN, idn.pk};
+    reg.identity_sig = (ProtobufCBinaryData){RPC_ID_SIG_LEN, sig};
+    xm_msg_t req = XMEM__MSG__INIT, *rep = NULL;
+    req.body_case = XMEM__MSG__BODY_APPLIANCE_REGISTER;
+    req.appliance_register = &reg;
+    cr_assert_eq(rpc_call(&rc, &req, 5000, &rep, why, sizeof(why)), XM_ERR_PERM,
+                 "the impostor's registration was accepted");
+    rpc_conn_close(&rc);
+
+    /* the allocation is still the real appliance's */
+    xm_alloc_close(a);
+    cr_assert_eq(xm_attach(ctx, 0, "x", XM_ACCESS_READ_WRITE, &a), XM_OK, "%s", xm_last_error(ctx));
+    char got[7];
+    cr_assert_eq(xm_read(a, 0, got, 7), XM_OK, "%s", xm_last_error(ctx));
+    cr_assert(memcmp(got, "genuine", 7) == 0, "reads are served by someone else");
+    xm_alloc_close(a);
+    xm_disconnect(ctx);
+}
