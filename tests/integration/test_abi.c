@@ -244,4 +244,22 @@ Test(abi, shared_library_exports_only_versioned_xm_symbols)
     pclose(f);
     cr_assert_gt(exported, 20, "readelf found %d exported symbols in %s", exported, lib);
     cr_expect(have_version && have_connect, "xm_version or xm_connect not exported");
+
+    /* and every function the public headers name is exported, at XMEM_0.1 */
+    snprintf(cmd, sizeof(cmd),
+             "grep -ohE '\\bxm_[a-z0-9_]+\\(' '%s'/include/xmem/*.h | tr -d '(' | sort -u",
+             XMEM_SOURCE_DIR);
+    f = popen(cmd, "r");
+    cr_assert(f != NULL);
+    char want[128];
+    int named = 0;
+    while (fscanf(f, "%127s", want) == 1) {
+        named++;
+        char check[PATH_MAX + 256];
+        snprintf(check, sizeof(check),
+                 "readelf --dyn-syms -W '%s' | grep -q ' %s@@XMEM_0.1$'", lib, want);
+        cr_expect_eq(system(check), 0, "%s is declared in include/xmem but not exported", want);
+    }
+    pclose(f);
+    cr_assert_gt(named, 20, "found %d functions in include/xmem/*.h", named);
 }
