@@ -128,14 +128,13 @@ static xm_status_t shm_peer_alive(xm_ctx_h ctx)
     if (ctx->manager || strcmp(ctx->provider, "shm") != 0) {
         return XM_OK;
     }
-    if (ctx->fd < 0) {
+    if (ctx->conn.fd < 0) {
         xm_appliance_info_t info; /* reconnects the control channel */
         return xm_appliance_stat(ctx, &info);
     }
-    struct pollfd p = {.fd = ctx->fd, .events = POLLRDHUP};
+    struct pollfd p = {.fd = ctx->conn.fd, .events = POLLRDHUP};
     if (poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0) {
-        close(ctx->fd);
-        ctx->fd = -1;
+        rpc_conn_close(&ctx->conn);
         ctx->fab_broken = true;
         return xm__ctx_error(ctx, XM_ERR_DISCONNECTED, "appliance %s:%s is gone", ctx->host,
                              ctx->port);

@@ -179,7 +179,7 @@ xm_status_t net_fabric_open(const char *provider, net_role_t role, const char *h
         shm_reap_stale();
         char name[64];
         uint64_t nonce;
-        net_random(&nonce, sizeof(nonce));
+        rpc_random(&nonce, sizeof(nonce));
         snprintf(name, sizeof(name), SHM_NAME_PREFIX "%d.%016llx", (int)getpid(),
                  (unsigned long long)nonce);
         rc = fi_setname(&fab->ep->fid, name, strlen(name) + 1);
@@ -223,7 +223,7 @@ xm_status_t net_mr_reg(net_fabric_t *fab, void *addr, size_t len, xm_access_t ac
     }
     for (int attempt = 0; attempt < 8; attempt++) {
         uint64_t key;
-        net_random(&key, sizeof(key));
+        rpc_random(&key, sizeof(key));
         struct fid_mr *mr;
         int rc = fi_mr_reg(fab->domain, addr, len, rights, 0, key, 0, &mr, NULL);
         if (rc == -FI_ENOKEY) {
