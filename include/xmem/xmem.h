@@ -27,16 +27,16 @@
  *    Bytes a larger (newer) struct has beyond what the library knows must be
  *    zero in options (else XM_ERR_INVALID: the program asks for something
  *    this library cannot do) and are left as they were in statistics (zero,
- *    with the `_INIT` macro). A `size` smaller
- *    than `sizeof(size_t)` (0 in particular: a struct zero-filled and never
- *    given its size) is XM_ERR_INVALID, so a forgotten `size` is an error,
- *    never options silently ignored.
+ *    with the `_INIT` macro). A `size` smaller than `sizeof(size_t)` (0 in
+ *    particular: a struct zero-filled and never given its size) or an
+ *    options `size` above 4096 is XM_ERR_INVALID, so a forgotten `size` is
+ *    an error, never options silently ignored.
  *  - **Fixed structs with reserved space** — ::xm_op_t, and the records the
  *    library fills (::xm_region_info_t, ::xm_appliance_info_t,
- *    ::xm_alloc_info_t, ::xm_appliance_entry_t, ::xm_group_info_t), which
- *    also come back in library-allocated arrays whose stride is the caller's
- *    `sizeof`: their size never changes; new fields take reserved space,
- *    which the library zero-fills and callers must leave alone.
+ *    ::xm_alloc_info_t, ::xm_appliance_entry_t, ::xm_group_info_t; three of
+ *    them also come back in library-allocated arrays, whose stride is the
+ *    caller's `sizeof`): their size never changes; new fields take reserved
+ *    space, which the library zero-fills and callers must leave alone.
  *  - ::xm_piece_t is passed by value and never changes.
  * Only `xm_*` symbols are exported, each with the version node XMEM_0.1
  * (a later release adds XMEM_0.2 for what it adds). ::xm_version reports the
