@@ -324,7 +324,9 @@ typedef struct xm_appliance_entry {
     uint64_t used;                  /**< bytes placed there by the manager */
     uint32_t regions;               /**< regions placed there by the manager */
     uint32_t reserved32_;           /**< zero; room for a new field */
-    uint64_t reserved_[8];          /**< zero; room for new fields (the struct never grows) */
+    uint64_t other_used;            /**< bytes in use there that the manager did not place
+                                         (regions tenants created directly) */
+    uint64_t reserved_[7];          /**< zero; room for new fields (the struct never grows) */
 } xm_appliance_entry_t;
 
 /**

@@ -29,6 +29,7 @@ static xm_config_entry_t entries[] = {
     {"spin-us", "2000", "progress loop keeps polling this long after activity, then sleeps", 0, 0},
     {"max-conns", "1024", "control connections served at once", 0, 0},
     {"max-conns-per-tenant", "64", "control connections one tenant may hold at once", 0, 0},
+    {"quota", "0", "bytes of regions each tenant may create directly here (0: no limit)", 0, 0},
     {"idle-timeout-ms", "600000", "an authenticated control connection idle this long is closed (0: never)", 0, 0},
     {"timeout-ms", "5000", "a started control message must arrive within this", 0, 0},
     {"log-level", "info", "error | warn | info | debug", 0, 0},
@@ -82,11 +83,15 @@ int main(int argc, char **argv)
     xm__log_set_level(level);
 
     char host[256], port[16], path[PATH_MAX];
-    uint64_t pool_size, extent_size;
+    uint64_t pool_size, extent_size, quota;
     uint32_t spin_us, max_conns, max_per_tenant, idle_ms, timeout_ms, heartbeat_ms;
     appl_backing_t backing;
     if (xm__parse_hostport(xm__config_get(&cfg, "listen"), host, sizeof(host), port, sizeof(port)) != XM_OK) {
         fprintf(stderr, "xmemd: --listen: expected HOST:PORT, got '%s'\n", xm__config_get(&cfg, "listen"));
+        return 2;
+    }
+    if (xm__parse_size(xm__config_get(&cfg, "quota"), &quota) != XM_OK) {
+        fprintf(stderr, "xmemd: --quota: expected a size such as 64G, or 0 for none\n");
         return 2;
     }
     if (xm__parse_size(xm__config_get(&cfg, "pool"), &pool_size) != XM_OK ||
@@ -160,6 +165,7 @@ int main(int argc, char **argv)
     if (appl_regions_init(&regions, &pool, &fab) != XM_OK) {
         goto err_fabric;
     }
+    regions.tenant_quota = quota;
     if (rpc_listen(host, port, &listen_fd, &bound_port) != XM_OK) {
         goto err_regions;
     }

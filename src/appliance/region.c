@@ -406,6 +406,20 @@ xm_status_t appl_region_create(appl_regions_t *t, const char *owner, uint64_t si
         status = XM_ERR_NO_SPACE;
         goto out;
     }
+    /* a tenant's own regions count against its quota here; the manager's (named '@...')
+     * count against the manager's quota instead */
+    if (t->tenant_quota != 0 && (name == NULL || name[0] != '@')) {
+        uint64_t held = 0;
+        for (appl_region_t *o = t->head; o != NULL; o = o->next) {
+            if (o->name[0] != '@' && strcmp(o->grants[0].tenant, owner) == 0)
+                held += (uint64_t)o->nextents * t->pool->extent_size;
+        }
+        if (held + want * t->pool->extent_size > t->tenant_quota) {
+            WHY("the tenant's quota on this appliance would be exceeded (--quota)");
+            status = XM_ERR_NO_SPACE;
+            goto out;
+        }
+    }
     appl_region_t *r = region_new(t->next_id, size, name, owner, (uint32_t)want);
     if (r == NULL) {
         status = XM_ERR_NO_MEMORY;

@@ -260,6 +260,7 @@ XM_EXPORT xm_status_t xm_appliance_list(xm_ctx_h ctx, xm_appliance_entry_t **ent
         snprintf(es[i].provider, sizeof(es[i].provider), "%s", in->provider);
         es[i].capacity = in->capacity;
         es[i].used = in->used;
+        es[i].other_used = in->other_used;
         es[i].regions = in->regions;
     }
     proto_msg_free(rep);

@@ -869,6 +869,7 @@ xm_status_t mgr_appliance_list(mgr_t *m, xm_msg_t *rep)
         e->state = !a->up ? "down" : a->validated ? "up" : "joining";
         e->capacity = a->capacity;
         e->used = a->reserved;
+        e->other_used = a->foreign;
         e->regions = a->nregions;
         e->provider = (char *)a->provider;
         es[t->n_appliances++] = e;

@@ -35,6 +35,8 @@ typedef struct mgr_appliance {
     uint64_t extent_size;
     uint64_t reported_used;          /* from the last heartbeat */
     uint64_t reserved;               /* bytes the manager placed there, extent-rounded */
+    uint64_t foreign;                /* bytes in use there that the manager did not place (regions
+                                      * tenants created directly), from the last heartbeat */
     uint32_t nregions;               /* regions the manager placed there */
     uint64_t boot_id;
     uint64_t last_seen_ns;

@@ -14,7 +14,8 @@ uint64_t mgr_extent_round(const mgr_appliance_t *a, uint64_t size)
 
 static uint64_t free_bytes(const mgr_appliance_t *a)
 {
-    return a->capacity > a->reserved ? a->capacity - a->reserved : 0;
+    uint64_t used = a->reserved + a->foreign;
+    return a->capacity > used ? a->capacity - used : 0;
 }
 
 /*

@@ -30,6 +30,10 @@ struct mgr_store {
     pthread_mutex_t lock; /* one writer at a time on the connection */
     sqlite3_stmt *put_alloc, *put_part, *put_grant, *del_alloc, *del_parts, *del_grants,
         *put_appl;
+    /* region keys are kept sealed: key XOR a keyed hash of (allocation, part) under a key
+     * derived from the cluster secret, so the file alone gives no access (set by load) */
+    uint8_t seal_key[32];
+    bool legacy_clear;    /* a table from before sealing: its keys are re-sealed at load */
     /* background checkpoints */
     sqlite3 *ckpt_db;
     pthread_t ckpt_thread;
@@ -161,6 +165,19 @@ static xm_status_t sq_open(const char *path, mgr_store_t **st_p, char *why, size
     }
     sqlite3_busy_timeout(st->db, 5000);
     char *err = NULL;
+    /* user_version 1: keys are sealed. A table written before that with parts in it holds
+     * them in clear until load re-seals them. */
+    sqlite3_stmt *uv;
+    int version = 0, nparts = 0;
+    if (sqlite3_prepare_v2(st->db, "PRAGMA user_version", -1, &uv, NULL) == SQLITE_OK) {
+        if (sqlite3_step(uv) == SQLITE_ROW) version = sqlite3_column_int(uv, 0);
+        sqlite3_finalize(uv);
+    }
+    if (version == 0 && sqlite3_prepare_v2(st->db, "SELECT count(*) FROM parts", -1, &uv, NULL) == SQLITE_OK) {
+        if (sqlite3_step(uv) == SQLITE_ROW) nparts = sqlite3_column_int(uv, 0);
+        sqlite3_finalize(uv);
+    }
+    st->legacy_clear = version == 0 && nparts > 0;
     /* tables from before appliance identities get the column (an error: it is there) */
     sqlite3_exec(st->db, "ALTER TABLE appliances ADD COLUMN identity BLOB", NULL, NULL, NULL);
     if (sqlite3_exec(st->db, schema, NULL, NULL, &err) != SQLITE_OK) {
@@ -275,6 +292,18 @@ static bool write_end(mgr_store_t *st, bool ok)
     return ok;
 }
 
+/* What a part's key is XORed with in the table. */
+static uint64_t key_mask(const mgr_store_t *st, uint64_t alloc_id, uint32_t idx)
+{
+    uint8_t in[12], out[8];
+    for (int i = 0; i < 8; i++) in[i] = (uint8_t)(alloc_id >> (8 * i));
+    for (int i = 0; i < 4; i++) in[8 + i] = (uint8_t)(idx >> (8 * i));
+    crypto_generichash(out, sizeof(out), in, sizeof(in), st->seal_key, sizeof(st->seal_key));
+    uint64_t m = 0;
+    for (int i = 0; i < 8; i++) m |= (uint64_t)out[i] << (8 * i);
+    return m;
+}
+
 static xm_status_t sq_appliance_put(mgr_store_t *st, const mgr_appliance_t *a)
 {
     bool own = in_own_batch(st);
@@ -352,7 +381,7 @@ static xm_status_t sq_alloc_put(mgr_store_t *st, const mgr_alloc_t *a, const cha
         sqlite3_bind_int(s, 2, (int)i);
         sqlite3_bind_text(s, 3, appl_addr[i], -1, SQLITE_TRANSIENT);
         sqlite3_bind_int64(s, 4, (sqlite3_int64)a->parts[i].region_id);
-        sqlite3_bind_int64(s, 5, (sqlite3_int64)a->parts[i].key);
+        sqlite3_bind_int64(s, 5, (sqlite3_int64)(a->parts[i].key ^ key_mask(st, a->id, i)));
         sqlite3_bind_int64(s, 6, (sqlite3_int64)a->parts[i].size);
         ok = step_done(st, s);
     }
@@ -404,6 +433,9 @@ static xm_status_t sq_load(mgr_store_t *st, mgr_t *m)
 {
     xm_status_t status = XM_ERR_INVALID;
     sqlite3_stmt *s = NULL, *p = NULL, *g = NULL;
+    static const char label[] = "xmem-table-keys-v1";
+    crypto_generichash(st->seal_key, sizeof(st->seal_key), (const uint8_t *)label, sizeof(label),
+                       m->opts.cred->key, RPC_KEY_LEN);
     pthread_mutex_lock(&st->lock);
     pthread_mutex_lock(&m->lock);
     if (sqlite3_prepare_v2(st->db, "SELECT addr,domain,provider,backing,fabric_addr,capacity,"
@@ -480,6 +512,7 @@ static xm_status_t sq_load(mgr_store_t *st, mgr_t *m)
             a->parts[idx].appl = ap->idx;
             a->parts[idx].region_id = (uint64_t)sqlite3_column_int64(p, 2);
             a->parts[idx].key = (uint64_t)sqlite3_column_int64(p, 3);
+            if (!st->legacy_clear) a->parts[idx].key ^= key_mask(st, a->id, idx);
             a->parts[idx].size = (uint64_t)sqlite3_column_int64(p, 4);
             got++;
         }
@@ -505,6 +538,33 @@ static xm_status_t sq_load(mgr_store_t *st, mgr_t *m)
     }
     xm_log_info("allocation table: %u appliances, %llu allocations restored", m->napps,
                 (unsigned long long)n);
+    if (st->legacy_clear) {
+        /* written before keys were sealed: seal them now, in one transaction */
+        sqlite3_stmt *u = NULL;
+        bool ok = exec(st, "BEGIN") &&
+                  sqlite3_prepare_v2(st->db, "UPDATE parts SET key=? WHERE alloc_id=? AND idx=?", -1,
+                                     &u, NULL) == SQLITE_OK;
+        for (mgr_alloc_t *a = m->allocs; ok && a != NULL; a = a->tnext) {
+            for (uint32_t i = 0; ok && i < a->policy.width; i++) {
+                sqlite3_bind_int64(u, 1, (sqlite3_int64)(a->parts[i].key ^ key_mask(st, a->id, i)));
+                sqlite3_bind_int64(u, 2, (sqlite3_int64)a->id);
+                sqlite3_bind_int(u, 3, (int)i);
+                ok = sqlite3_step(u) == SQLITE_DONE;
+                sqlite3_reset(u);
+            }
+        }
+        sqlite3_finalize(u);
+        ok = ok && exec(st, "PRAGMA user_version=1") && exec(st, "COMMIT");
+        if (!ok) {
+            exec(st, "ROLLBACK");
+            xm_log_error("allocation table: cannot seal the region keys: %s", sqlite3_errmsg(st->db));
+            goto out;
+        }
+        xm_log_info("allocation table: region keys sealed");
+        st->legacy_clear = false;
+    } else if (!exec(st, "PRAGMA user_version=1")) {
+        goto out;
+    }
     status = XM_OK;
 out:
     sqlite3_finalize(s);

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/inotify.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -236,8 +237,10 @@ static xm_status_t tenants_load(const char *path, rpc_tenant_entry_t **out, size
 static xm_status_t tenants_store(const char *path, const rpc_tenant_entry_t *e, size_t n, char *why,
                                  size_t whylen)
 {
-    char tmp[PATH_MAX + 16];
-    snprintf(tmp, sizeof(tmp), "%s.tmp%u", path, (unsigned)getpid());
+    char tmp[PATH_MAX + 40];
+    uint64_t r;
+    rpc_random(&r, sizeof(r));
+    snprintf(tmp, sizeof(tmp), "%s.tmp%u.%016" PRIx64, path, (unsigned)getpid(), r);
     int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (fd < 0) {
         snprintf(why, whylen, "cannot write the tenant registry beside %s: %s", path, strerror(errno));
@@ -261,8 +264,37 @@ static xm_status_t tenants_store(const char *path, const rpc_tenant_entry_t *e, 
     return XM_OK;
 }
 
+/* Hold the registry's lock file: one change at a time, across processes and threads. */
+static int tenants_lock(const char *path, char *why, size_t whylen)
+{
+    char lock[PATH_MAX + 8];
+    snprintf(lock, sizeof(lock), "%s.lock", path);
+    int fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0 || flock(fd, LOCK_EX) != 0) {
+        snprintf(why, whylen, "cannot lock the tenant registry %s: %s", lock, strerror(errno));
+        if (fd >= 0) close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+static xm_status_t tenant_add_locked(const rpc_cred_t *cluster, const char *tenants_path,
+                                     const char *tenant, const char *out_path, char *why,
+                                     size_t whylen);
+
 xm_status_t rpc_tenant_add(const rpc_cred_t *cluster, const char *tenants_path, const char *tenant,
                            const char *out_path, char *why, size_t whylen)
+{
+    int lock = tenants_lock(tenants_path, why, whylen);
+    if (lock < 0) return XM_ERR_IO;
+    xm_status_t status = tenant_add_locked(cluster, tenants_path, tenant, out_path, why, whylen);
+    close(lock);
+    return status;
+}
+
+static xm_status_t tenant_add_locked(const rpc_cred_t *cluster, const char *tenants_path,
+                                     const char *tenant, const char *out_path, char *why,
+                                     size_t whylen)
 {
     if (!cluster->cluster) {
         snprintf(why, whylen, "issuing a tenant credential needs the cluster secret, not a tenant's");
@@ -321,18 +353,25 @@ xm_status_t rpc_tenant_rm(const char *tenants_path, const char *tenant, char *wh
 {
     rpc_tenant_entry_t *e;
     size_t n, kept = 0;
+    int lock = tenants_lock(tenants_path, why, whylen);
+    if (lock < 0) return XM_ERR_IO;
     xm_status_t status = tenants_load(tenants_path, &e, &n, why, whylen);
-    if (status != XM_OK) return status;
+    if (status != XM_OK) {
+        close(lock);
+        return status;
+    }
     for (size_t i = 0; i < n; i++) {
         if (strcmp(e[i].name, tenant) != 0) e[kept++] = e[i];
     }
     if (kept == n) {
         snprintf(why, whylen, "no tenant %s in %s", tenant, tenants_path);
         free(e);
+        close(lock);
         return XM_ERR_NOT_FOUND;
     }
     status = tenants_store(tenants_path, e, kept, why, whylen);
     free(e);
+    close(lock);
     return status;
 }
 

@@ -252,7 +252,7 @@ Test(cli, region_create_ls_stat_rm, .fini = teardown, .timeout = 120)
     CLI(NULL, 0, "region", "ls", "--json");
     EXPECT_OK("region ls --json");
     cr_assert(R.out[0] == '[' && R.out[R.out_len - 2] == ']', "not a JSON array: '%s'", R.out);
-    expect_contains(R.out, "\"name\":\"x\"", "ls --json");
+    expect_contains(R.out, "\"name\":\"alice/x\"", "ls --json");
     expect_contains(R.out, "\"size\":10485760", "ls --json");
     expect_contains(R.out, "\"size\":65536", "ls --json: 64K");
     expect_contains(R.out, "\"size\":1073741824", "ls --json: 1G");
@@ -263,7 +263,7 @@ Test(cli, region_create_ls_stat_rm, .fini = teardown, .timeout = 120)
     CLI(NULL, 0, "region", "stat", "x", "--json");
     EXPECT_OK("region stat x --json");
     cr_assert(R.out[0] == '{' && R.out[R.out_len - 2] == '}', "not a JSON object: '%s'", R.out);
-    expect_contains(R.out, "\"name\":\"x\"", "stat --json");
+    expect_contains(R.out, "\"name\":\"alice/x\"", "stat --json");
     expect_contains(R.out, "\"owner\":\"alice\"", "stat --json");
     cr_assert_eq(json_u64(R.out, "id"), id);
     cr_assert_eq(json_u64(R.out, "size"), 10u << 20);
@@ -372,21 +372,21 @@ XT_TEST_PROVIDERS(cli, grants_decide_who_reads_and_writes, .fini = teardown, .ti
     EXPECT_OK("region grant --read-only");
 
     setenv("XMEM_TENANT", "bob", 1);
-    CLI(NULL, 0, "get", "x", "--length", "12");
+    CLI(NULL, 0, "get", "alice/x", "--length", "12");
     EXPECT_OK("get as a read-only grantee");
     cr_assert(R.out_len == 12 && memcmp(R.out, "shared bytes", 12) == 0, "bob read '%.*s'",
               (int)R.out_len, R.out);
-    CLI("overwrite", 9, "put", "x");
+    CLI("overwrite", 9, "put", "alice/x");
     EXPECT_FAIL("put as a read-only grantee", "permission");
-    CLI(NULL, 0, "region", "rm", "x");
+    CLI(NULL, 0, "region", "rm", "alice/x");
     EXPECT_FAIL("rm as a grantee", "permission");
     CLI(NULL, 0, "region", "ls", "--json");
     EXPECT_OK("region ls as bob");
-    expect_contains(R.out, "\"name\":\"x\"", "bob's region ls");
+    expect_contains(R.out, "\"name\":\"alice/x\"", "bob's region ls");
     expect_contains(R.out, "\"owner\":\"alice\"", "bob's region ls");
 
     setenv("XMEM_TENANT", "carol", 1);
-    CLI(NULL, 0, "get", "x", "--length", "12");
+    CLI(NULL, 0, "get", "alice/x", "--length", "12");
     cr_assert_neq(R.rc, 0, "carol read a region never granted to her");
     expect_one_line("get as carol");
     cr_assert_eq(R.out_len, 0, "carol got %zu bytes", R.out_len);
@@ -396,7 +396,7 @@ XT_TEST_PROVIDERS(cli, grants_decide_who_reads_and_writes, .fini = teardown, .ti
 
     /* the global --tenant (before the command) still says who we are */
     unsetenv("XMEM_TENANT");
-    CLI(NULL, 0, "--tenant", "carol", "get", "x", "--length", "12");
+    CLI(NULL, 0, "--tenant", "carol", "get", "alice/x", "--length", "12");
     cr_assert_neq(R.rc, 0, "--tenant carol read a region never granted to carol");
     cr_assert_eq(R.out_len, 0);
 
@@ -408,7 +408,7 @@ XT_TEST_PROVIDERS(cli, grants_decide_who_reads_and_writes, .fini = teardown, .ti
     CLI(NULL, 0, "region", "grant", "x", "--tenant", "dave");
     EXPECT_OK("region grant read-write");
     setenv("XMEM_TENANT", "dave", 1);
-    CLI("dave", 4, "put", "x");
+    CLI("dave", 4, "put", "alice/x");
     EXPECT_OK("put as a read-write grantee");
     unsetenv("XMEM_TENANT");
     CLI(NULL, 0, "get", "x", "--length", "12");

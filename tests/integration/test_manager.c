@@ -331,14 +331,14 @@ Test(manager, quotas_and_grants, .fini = teardown, .timeout = 120)
     const char msg[] = "granted bytes";
     cr_assert_eq(xm_write(a, (24u << 20) - 3, msg, sizeof(msg)), XM_OK);
     /* not granted: refused, and bob cannot free it */
-    cr_assert_eq(xm_attach(bob, 0, "shared", XM_ACCESS_READ, &x), XM_ERR_PERM);
-    cr_assert_eq(xm_free(bob, 0, "shared"), XM_ERR_PERM);
-    cr_assert_eq(xm_alloc_grant(bob, 0, "shared", "bob", XM_ACCESS_READ_WRITE), XM_ERR_PERM);
+    cr_assert_eq(xm_attach(bob, 0, "alice/shared", XM_ACCESS_READ, &x), XM_ERR_PERM);
+    cr_assert_eq(xm_free(bob, 0, "alice/shared"), XM_ERR_PERM);
+    cr_assert_eq(xm_alloc_grant(bob, 0, "alice/shared", "bob", XM_ACCESS_READ_WRITE), XM_ERR_PERM);
     /* read-only grant: read works, read-write attach is refused */
     cr_assert_eq(xm_alloc_grant(alice, 0, "shared", "bob", XM_ACCESS_READ), XM_OK, "%s",
                  xm_last_error(alice));
-    cr_assert_eq(xm_attach(bob, 0, "shared", XM_ACCESS_READ_WRITE, &x), XM_ERR_PERM);
-    cr_assert_eq(xm_attach(bob, 0, "shared", XM_ACCESS_READ, &x), XM_OK, "%s", xm_last_error(bob));
+    cr_assert_eq(xm_attach(bob, 0, "alice/shared", XM_ACCESS_READ_WRITE, &x), XM_ERR_PERM);
+    cr_assert_eq(xm_attach(bob, 0, "alice/shared", XM_ACCESS_READ, &x), XM_OK, "%s", xm_last_error(bob));
     char got[sizeof(msg)];
     cr_assert_eq(xm_read(x, (24u << 20) - 3, got, sizeof(got)), XM_OK, "%s", xm_last_error(bob));
     cr_assert_str_eq(got, msg);
@@ -346,7 +346,7 @@ Test(manager, quotas_and_grants, .fini = teardown, .timeout = 120)
     xm_alloc_close(x);
     /* upgraded grant: bob writes, alice reads it */
     cr_assert_eq(xm_alloc_grant(alice, 0, "shared", "bob", XM_ACCESS_READ_WRITE), XM_OK);
-    cr_assert_eq(xm_attach(bob, 0, "shared", XM_ACCESS_READ_WRITE, &x), XM_OK, "%s", xm_last_error(bob));
+    cr_assert_eq(xm_attach(bob, 0, "alice/shared", XM_ACCESS_READ_WRITE, &x), XM_OK, "%s", xm_last_error(bob));
     cr_assert_eq(xm_write(x, 100, "bob", 4), XM_OK, "%s", xm_last_error(bob));
     cr_assert_eq(xm_read(a, 100, got, 4), XM_OK);
     cr_assert_str_eq(got, "bob");

@@ -293,7 +293,36 @@ Test(control, file_pool_locked_and_sighup_survived, .fini = teardown, .timeout =
     xm_disconnect(alice);
 }
 
-/* Attack 1: the manager's table is the manager's alone. */
+/* Whether the file at path holds the 8 bytes of v in either byte order. */
+static bool file_holds_u64(const char *path, uint64_t v)
+{
+    FILE *f = fopen(path, "rb");
+    if (f == NULL) return false;
+    uint8_t le[8], be[8];
+    for (int i = 0; i < 8; i++) {
+        le[i] = (uint8_t)(v >> (8 * i));
+        be[7 - i] = le[i];
+    }
+    static uint8_t buf[1 << 20];
+    size_t n;
+    bool found = false;
+    uint8_t carry[7];
+    size_t ncarry = 0;
+    while (!found && (n = fread(buf + 7, 1, sizeof(buf) - 7, f)) > 0) {
+        memcpy(buf + 7 - ncarry, carry, ncarry);
+        const uint8_t *p = buf + 7 - ncarry;
+        size_t len = n + ncarry;
+        for (size_t i = 0; i + 8 <= len && !found; i++) {
+            found = memcmp(p + i, le, 8) == 0 || memcmp(p + i, be, 8) == 0;
+        }
+        ncarry = len < 7 ? len : 7;
+        memcpy(carry, p + len - ncarry, ncarry);
+    }
+    fclose(f);
+    return found;
+}
+
+/* Attack 1: the manager's table is the manager's alone, and keeps no usable key. */
 Test(control, manager_table_is_private, .fini = teardown, .timeout = 120)
 {
     xt_cluster_start(&cl, 1, "128M", "tcp", NULL);
@@ -301,6 +330,14 @@ Test(control, manager_table_is_private, .fini = teardown, .timeout = 120)
     xm_ctx_h ctx = xt_manager_connect(&cl.mgr, "alice");
     xm_alloc_h a;
     cr_assert_eq(xm_alloc(ctx, 1u << 20, "single", "x", &a), XM_OK, "%s", xm_last_error(ctx));
+    /* the read-write key the descriptor carries is nowhere in the table's files */
+    uint64_t key = a->parts[0].key;
+    const char *files[] = {"", "-wal"};
+    for (int i = 0; i < 2; i++) {
+        char p[PATH_MAX + 8];
+        snprintf(p, sizeof(p), "%s%s", cl.mgr.db, files[i]);
+        cr_assert(!file_holds_u64(p, key), "the region key is in clear in %s", p);
+    }
     const char *suffix[] = {"", "-wal", "-shm"};
     for (int i = 0; i < 3; i++) {
         char p[PATH_MAX + 8];
@@ -372,5 +409,56 @@ Test(control, impostor_appliance_refused, .fini = teardown, .timeout = 120)
     cr_assert_eq(xm_read(a, 0, got, 7), XM_OK, "%s", xm_last_error(ctx));
     cr_assert(memcmp(got, "genuine", 7) == 0, "reads are served by someone else");
     xm_alloc_close(a);
+    xm_disconnect(ctx);
+}
+
+/* Attack 2: quotas follow the proven tenant on an appliance too, and what tenants make
+ * there directly is not offered again by the manager. */
+Test(control, direct_regions_count, .fini = teardown, .timeout = 120)
+{
+    xt_start(&app, &(xt_opts_t){.pool = "64M", .extra = {"--quota", "16M"}});
+    xm_ctx_h mallory = xt_connect(&app, "mallory");
+    xm_region_h r[3];
+    cr_assert_eq(xm_region_create(mallory, 8u << 20, "a", &r[0]), XM_OK);
+    cr_assert_eq(xm_region_create(mallory, 8u << 20, "b", &r[1]), XM_OK);
+    cr_assert_eq(xm_region_create(mallory, 2u << 20, "c", &r[2]), XM_ERR_NO_SPACE,
+                 "mallory went past her quota");
+    /* another tenant has a quota of her own */
+    xm_ctx_h alice = xt_connect(&app, "alice");
+    xm_region_h ra;
+    cr_assert_eq(xm_region_create(alice, 8u << 20, "mine", &ra), XM_OK, "%s", xm_last_error(alice));
+    xm_region_close(ra);
+    xm_region_close(r[0]);
+    xm_region_close(r[1]);
+    xm_disconnect(alice);
+    xm_disconnect(mallory);
+}
+
+Test(control, manager_does_not_place_on_space_taken_directly, .fini = teardown, .timeout = 120)
+{
+    xt_cluster_start(&cl, 1, "64M", "tcp", NULL);
+    cluster_up = true;
+    /* a tenant fills most of the appliance directly */
+    xt_appliance_t *ap = &cl.app[0];
+    xm_ctx_h direct = xt_connect(ap, "mallory");
+    xm_region_h big;
+    cr_assert_eq(xm_region_create(direct, 48u << 20, "hog", &big), XM_OK, "%s", xm_last_error(direct));
+    usleep(600000); /* a heartbeat reports it */
+    xm_ctx_h ctx = xt_manager_connect(&cl.mgr, "alice");
+    xm_appliance_entry_t *es;
+    size_t n;
+    cr_assert_eq(xm_appliance_list(ctx, &es, &n), XM_OK);
+    cr_assert_eq(n, 1);
+    cr_assert_geq(es[0].other_used, 48u << 20, "the manager does not count the space taken directly "
+                  "(%llu bytes)", (unsigned long long)es[0].other_used);
+    free(es);
+    xm_alloc_h a;
+    /* the manager must say there is no room rather than fail half-way on the appliance */
+    xm_status_t s = xm_alloc(ctx, 32u << 20, "single", NULL, &a);
+    cr_assert_eq(s, XM_ERR_NO_SPACE, "got %s (%s)", xm_status_str(s), xm_last_error(ctx));
+    cr_assert_eq(xm_alloc(ctx, 8u << 20, "single", NULL, &a), XM_OK, "%s", xm_last_error(ctx));
+    xm_alloc_close(a);
+    xm_region_close(big);
+    xm_disconnect(direct);
     xm_disconnect(ctx);
 }
