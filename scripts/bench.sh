@@ -56,6 +56,9 @@ exec > >(tee -a "$OUT") 2>&1
 
 SECRET=$TMP/secret
 "$BIN_DIR/xmem" secret new "$SECRET" >/dev/null
+# the benchmarks are clients: they work as a tenant, with a credential of their own
+CRED=$TMP/bench.cred
+"$BIN_DIR/xmem" --secret-file "$SECRET" tenant add bench --out "$CRED" >/dev/null
 
 # start_xmemd NAME ARGS...: starts xmemd, waits for "xmemd listening on HOST:PORT",
 # and sets ADDR to HOST:PORT and XMEMD_PID.
@@ -121,22 +124,22 @@ section "xmem bench, provider tcp (xmemd --pool 64G --provider tcp)"
 start_xmemd tcp --pool 64G --provider tcp
 TCP_ADDR=$ADDR
 CPU0=$(cpu_sample)
-"$BIN_DIR/xmem" --appliance "$TCP_ADDR" --secret-file "$SECRET" bench "${BENCH_ARGS[@]}"
+"$BIN_DIR/xmem" --appliance "$TCP_ADDR" --secret-file "$CRED" bench "${BENCH_ARGS[@]}"
 cpu_report "$CPU0"
 
 section "region_create: 64 GiB regions on the tcp appliance"
-"$BIN_DIR/region_create" --appliance "$TCP_ADDR" --secret-file "$SECRET" --size 64G --count "$REGIONS"
+"$BIN_DIR/region_create" --appliance "$TCP_ADDR" --secret-file "$CRED" --size 64G --count "$REGIONS"
 
 section "xmem bench, provider shm (xmemd --pool 1G --provider shm)"
 start_xmemd shm --pool 1G --provider shm
 SHM_ADDR=$ADDR
 SHM_PID=$XMEMD_PID
 CPU0=$(cpu_sample)
-"$BIN_DIR/xmem" --appliance "$SHM_ADDR" --secret-file "$SECRET" bench "${BENCH_ARGS[@]}"
+"$BIN_DIR/xmem" --appliance "$SHM_ADDR" --secret-file "$CRED" bench "${BENCH_ARGS[@]}"
 cpu_report "$CPU0"
 
 section "kv_compare: 4 KiB xm_read over the shm appliance"
-"$BIN_DIR/kv_compare" --appliance "$SHM_ADDR" --secret-file "$SECRET" --iters "$ITERS"
+"$BIN_DIR/kv_compare" --appliance "$SHM_ADDR" --secret-file "$CRED" --iters "$ITERS"
 # its progress thread naps 20 us forever, which keeps a CPU from idling and
 # would flatter the wake-ups memcached and redis pay: stop it first
 stop_pid "$SHM_PID"
@@ -156,7 +159,7 @@ wait_port "$RD_PORT" "$TMP/redis.log"
 echo "memcached $(memcached -V | cut -d' ' -f2) -t 1 on :$MC_PORT; redis $(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p') on :$RD_PORT"
 CPU0=$(cpu_sample)
 "$BIN_DIR/kv_compare" --memcached "127.0.0.1:$MC_PORT" --redis "127.0.0.1:$RD_PORT" \
-  --appliance "$TCP_ADDR" --secret-file "$SECRET" --iters "$ITERS"
+  --appliance "$TCP_ADDR" --secret-file "$CRED" --iters "$ITERS"
 # a busy machine never idles its CPUs, which makes the wake-ups of blocking
 # servers (memcached, redis) far cheaper than on an idle one: say which it was
 cpu_report "$CPU0"

@@ -715,13 +715,15 @@ Test(map, dead_appliance_fault_is_sigbus, .fini = teardown, .timeout = 120)
     int go[2], ready[2];
     cr_assert_eq(pipe(go), 0);
     cr_assert_eq(pipe(ready), 0);
+    char alice_cred[PATH_MAX + 80];
+    xt_cred(app.secret, "alice", alice_cred, sizeof(alice_cred));
     pid_t pid = fork();
     cr_assert_geq(pid, 0);
     if (pid == 0) {
         int fd = open(logpath, O_WRONLY | O_CREAT | O_TRUNC, 0600);
         dup2(fd, 2);
         xm_ctx_h c;
-        xm_connect_opts_t co = {.size = sizeof(xm_connect_opts_t), .appliance = app.addr, .secret_file = app.secret, .tenant = "alice",
+        xm_connect_opts_t co = {.size = sizeof(xm_connect_opts_t), .appliance = app.addr, .secret_file = alice_cred, .tenant = "alice",
                                 .timeout_ms = 300};
         if (xm_connect(&co, &c) != XM_OK) _exit(10);
         xm_region_h rr;
@@ -781,13 +783,15 @@ Test(map, failed_eviction_keeps_written_pages, .fini = teardown, .timeout = 120)
     int go[2], ready[2];
     cr_assert_eq(pipe(go), 0);
     cr_assert_eq(pipe(ready), 0);
+    char alice_cred[PATH_MAX + 80];
+    xt_cred(app.secret, "alice", alice_cred, sizeof(alice_cred));
     pid_t pid = fork();
     cr_assert_geq(pid, 0);
     if (pid == 0) {
         int devnull = open("/dev/null", O_WRONLY);
         dup2(devnull, 2); /* the failures are logged: expected */
         xm_ctx_h c;
-        xm_connect_opts_t co = {.size = sizeof(xm_connect_opts_t), .appliance = app.addr, .secret_file = app.secret, .tenant = "alice",
+        xm_connect_opts_t co = {.size = sizeof(xm_connect_opts_t), .appliance = app.addr, .secret_file = alice_cred, .tenant = "alice",
                                 .timeout_ms = 300};
         if (xm_connect(&co, &c) != XM_OK) _exit(10);
         xm_region_h rr;

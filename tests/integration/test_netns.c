@@ -230,7 +230,9 @@ static int wait_up(xm_ctx_h *ctx_p, const char *tenant, int want, int timeout_ms
 {
     char mgr[64];
     addr_of(0, mgr, sizeof(mgr));
-    xm_connect_opts_t o = {.size = sizeof(xm_connect_opts_t), .manager = mgr, .secret_file = secret, .tenant = tenant,
+    char cred[PATH_MAX + 80];
+    xm_connect_opts_t o = {.size = sizeof(xm_connect_opts_t), .manager = mgr,
+                           .secret_file = xt_cred(secret, tenant, cred, sizeof(cred)), .tenant = tenant,
                            .timeout_ms = 5000};
     uint64_t deadline = xt_now_ms() + (uint64_t)timeout_ms;
     int up = 0;
@@ -352,7 +354,9 @@ static uint64_t pool_used_direct(void)
         if (pids[i] <= 0) continue;
         char addr[64];
         addr_of(i, addr, sizeof(addr));
-        xm_connect_opts_t o = {.size = sizeof(xm_connect_opts_t), .appliance = addr, .secret_file = secret, .tenant = "alice",
+        char cred[PATH_MAX + 80];
+        xm_connect_opts_t o = {.size = sizeof(xm_connect_opts_t), .appliance = addr,
+                               .secret_file = xt_cred(secret, "alice", cred, sizeof(cred)), .tenant = "alice",
                                .timeout_ms = 5000};
         xm_ctx_h a;
         cr_assert_eq(xm_connect(&o, &a), XM_OK, "appliance %s: %s", addr, xm_last_error(NULL));
@@ -460,7 +464,9 @@ Test(netns, manager_kill9_and_restart_across_hosts, .fini = teardown, .timeout =
     /* another client on the same host attaches and keeps doing I/O through all that follows */
     char mgr[64];
     addr_of(0, mgr, sizeof(mgr));
-    xm_connect_opts_t o = {.size = sizeof(xm_connect_opts_t), .manager = mgr, .secret_file = secret, .tenant = "alice",
+    char cred[PATH_MAX + 80];
+    xm_connect_opts_t o = {.size = sizeof(xm_connect_opts_t), .manager = mgr,
+                           .secret_file = xt_cred(secret, "alice", cred, sizeof(cred)), .tenant = "alice",
                            .timeout_ms = 5000};
     xm_ctx_h ioctx;
     cr_assert_eq(xm_connect(&o, &ioctx), XM_OK, "%s", xm_last_error(NULL));
@@ -560,7 +566,9 @@ static void *churn(void *arg)
     char mgr[64], tenant[16];
     addr_of(0, mgr, sizeof(mgr));
     snprintf(tenant, sizeof(tenant), "t%d", wk->idx);
-    xm_connect_opts_t o = {.size = sizeof(xm_connect_opts_t), .manager = mgr, .secret_file = secret, .tenant = tenant,
+    char cred[PATH_MAX + 80];
+    snprintf(cred, sizeof(cred), "%s.%s.cred", secret, tenant); /* issued before the threads start */
+    xm_connect_opts_t o = {.size = sizeof(xm_connect_opts_t), .manager = mgr, .secret_file = cred, .tenant = tenant,
                            .timeout_ms = 5000};
     xm_ctx_h ctx;
     if (xm_connect(&o, &ctx) != XM_OK) {
@@ -621,6 +629,9 @@ Test(netns, concurrent_allocate_free_across_hosts_leaks_nothing, .fini = teardow
     pthread_t th[CLIENTS];
     for (int i = 0; i < CLIENTS; i++) {
         wk[i] = (churner_t){.idx = i};
+        char t[16], cred[PATH_MAX + 80];
+        snprintf(t, sizeof(t), "t%d", i);
+        xt_cred(secret, t, cred, sizeof(cred));
         cr_assert_eq(pthread_create(&th[i], NULL, churn, &wk[i]), 0);
     }
     for (int i = 0; i < CLIENTS; i++) pthread_join(th[i], NULL);

@@ -20,6 +20,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <xmem/tenant.h>
+
 #include "stress.h"
 
 #ifndef XMEM_BIN_DIR
@@ -288,7 +290,21 @@ int xs_appliance_stop(void)
 
 xm_ctx_h xs_connect(void)
 {
-    xm_connect_opts_t o = {.size = sizeof(xm_connect_opts_t), .appliance = xs_addr, .secret_file = g_secret, .tenant = "alice",
+    /* alice's own credential, issued once with the cluster secret */
+    static char cred[600];
+    static pthread_mutex_t cred_lock = PTHREAD_MUTEX_INITIALIZER;
+    pthread_mutex_lock(&cred_lock);
+    if (cred[0] == '\0') {
+        char why[256];
+        snprintf(cred, sizeof(cred), "%s.alice.cred", g_secret);
+        if (access(cred, F_OK) != 0 &&
+            xm_tenant_add(g_secret, NULL, "alice", cred, why, sizeof(why)) != XM_OK) {
+            pthread_mutex_unlock(&cred_lock);
+            xs_setup_error("issue alice a credential: %s", why);
+        }
+    }
+    pthread_mutex_unlock(&cred_lock);
+    xm_connect_opts_t o = {.size = sizeof(xm_connect_opts_t), .appliance = xs_addr, .secret_file = cred, .tenant = "alice",
                            .timeout_ms = 20000};
     xm_ctx_h ctx = NULL;
     xm_status_t s = xm_connect(&o, &ctx);
