@@ -884,6 +884,82 @@ static int cmp_u64(const void *x, const void *y)
     return a < b ? -1 : a > b;
 }
 
+/*
+ * A restarted appliance registers its regions anew, under fresh keys (a restart revokes
+ * every key handed out): fetch the owners' read-write keys of the parts it still has and
+ * record them, so descriptors the manager hands out reach the regions again.
+ */
+static xm_status_t refresh_keys(mgr_t *m, mgr_appliance_t *ap, char *why, size_t whylen)
+{
+    typedef struct { uint64_t alloc_id, region_id; uint32_t part; char owner[XM_NAME_MAX + 1]; } want_t;
+    size_t n = 0, cap = 0;
+    want_t *w = NULL;
+    pthread_mutex_lock(&m->lock);
+    for (mgr_alloc_t *a = m->allocs; a != NULL; a = a->tnext) {
+        for (uint32_t i = 0; i < a->policy.width; i++) {
+            if (a->parts[i].appl != ap->idx || a->parts[i].missing) continue;
+            if (n == cap) {
+                cap = cap == 0 ? 64 : 2 * cap;
+                want_t *g = realloc(w, cap * sizeof(*w));
+                if (g == NULL) {
+                    pthread_mutex_unlock(&m->lock);
+                    free(w);
+                    return XM_ERR_NO_MEMORY;
+                }
+                w = g;
+            }
+            w[n] = (want_t){.alloc_id = a->id, .region_id = a->parts[i].region_id, .part = i};
+            snprintf(w[n].owner, sizeof(w[n].owner), "%s", a->owner);
+            n++;
+        }
+    }
+    pthread_mutex_unlock(&m->lock);
+    xm_status_t status = XM_OK;
+    for (size_t k = 0; k < n && status == XM_OK; k++) {
+        Xmem__RegionRef rr = XMEM__REGION_REF__INIT;
+        rr.id = w[k].region_id;
+        rr.name = "";
+        rr.access = XMEM__ACCESS__ACCESS_READ_WRITE;
+        rr.tenant = w[k].owner;
+        xm_msg_t req = XMEM__MSG__INIT, *r;
+        req.body_case = XMEM__MSG__BODY_REGION_OPEN;
+        req.region_open = &rr;
+        status = mgr_appl_call(m, ap, &req, &r, why, whylen);
+        if (status != XM_OK) break;
+        uint64_t key = r->body_case == XMEM__MSG__BODY_REGION_DESC ? r->region_desc->key : 0;
+        proto_msg_free(r);
+        if (key == 0) {
+            status = XM_ERR_PROTOCOL;
+            break;
+        }
+        pthread_mutex_lock(&m->lock);
+        mgr_alloc_t *a = find(m, w[k].alloc_id, NULL);
+        bool changed = a != NULL && w[k].part < a->policy.width &&
+                       a->parts[w[k].part].region_id == w[k].region_id &&
+                       a->parts[w[k].part].key != key;
+        const char **addrs = changed ? calloc(a->policy.width, sizeof(char *)) : NULL;
+        if (addrs == NULL) {
+            pthread_mutex_unlock(&m->lock);
+            continue;
+        }
+        a->parts[w[k].part].key = key;
+        for (uint32_t i = 0; i < a->policy.width; i++) addrs[i] = m->apps[a->parts[i].appl]->addr;
+        /* the store is written without the manager's lock (the lock order is store, then
+         * manager); busy keeps the allocation as it is meanwhile */
+        a->busy = true;
+        pthread_mutex_unlock(&m->lock);
+        if (m->opts.store_ops->alloc_put(m->store, a, addrs) != XM_OK)
+            xm_log_error("allocation %llu: its refreshed key is not recorded", (unsigned long long)a->id);
+        free(addrs);
+        pthread_mutex_lock(&m->lock);
+        a->busy = false;
+        pthread_cond_broadcast(&m->cond);
+        pthread_mutex_unlock(&m->lock);
+    }
+    free(w);
+    return status;
+}
+
 void mgr_reconcile(mgr_t *m, mgr_appliance_t *ap)
 {
     Xmem__Empty empty = XMEM__EMPTY__INIT;
@@ -993,6 +1069,11 @@ void mgr_reconcile(mgr_t *m, mgr_appliance_t *ap)
             free(reclaim);
             return; /* stays unvalidated: tried again at the next heartbeat */
         }
+    }
+    if (kept > 0 && refresh_keys(m, ap, why, sizeof(why)) != XM_OK) {
+        xm_log_warn("appliance %s: cannot refresh its regions' keys: %s", ap->addr, why);
+        free(reclaim);
+        return; /* stays unvalidated: tried again at the next heartbeat */
     }
     if (nreclaim > 0 || kept > 0 || lost > 0) {
         xm_log_info("appliance %s validated: %u regions resume, %zu reclaimed, %u lost", ap->addr,

@@ -462,3 +462,62 @@ Test(control, manager_does_not_place_on_space_taken_directly, .fini = teardown, 
     xm_disconnect(direct);
     xm_disconnect(ctx);
 }
+
+/* Attack 3, without an attacker: an appliance restarted under another spelling of its address
+ * (localhost:P for 127.0.0.1:P) is the same appliance, by its identity; the manager keeps its
+ * regions and the allocation's bytes. */
+Test(control, appliance_under_another_address_spelling_keeps_its_regions, .fini = teardown,
+     .timeout = 120)
+{
+    xt_cluster_start(&cl, 0, "64M", "tcp", NULL);
+    cluster_up = true;
+    cl.n = 1;
+    char sub[300], backing[PATH_MAX], idpath[PATH_MAX];
+    snprintf(sub, sizeof(sub), "%s/a0", cl.dir);
+    mkdir(sub, 0700);
+    snprintf(backing, sizeof(backing), "file:%s/pool", sub);
+    snprintf(idpath, sizeof(idpath), "%s/identity", sub);
+    xt_opts_t o = {.pool = "64M", .backing = backing, .secret = cl.secret, .dir = sub,
+                   .extra = {"--manager", cl.mgr.addr, "--domain", "d0", "--heartbeat-ms", "100",
+                             "--identity", idpath}};
+    xt_start(&cl.app[0], &o);
+    cr_assert(xt_cluster_wait_up(&cl, 1, 10000), "the appliance did not come up");
+    xm_ctx_h ctx = xt_manager_connect(&cl.mgr, "alice");
+    xm_alloc_h a;
+    cr_assert_eq(xm_alloc(ctx, 4u << 20, "single", "kept", &a), XM_OK, "%s", xm_last_error(ctx));
+    cr_assert_eq(xm_write(a, 1000, "survives", 8), XM_OK);
+    xm_alloc_close(a);
+
+    /* restart it as localhost:PORT */
+    const char *port = strrchr(cl.app[0].addr, ':') + 1;
+    char listen[64];
+    snprintf(listen, sizeof(listen), "localhost:%s", port);
+    cr_assert_eq(xt_stop(&cl.app[0]), 0);
+    o.listen = listen;
+    xt_start(&cl.app[0], &o);
+    bool up = false;
+    for (int i = 0; i < 100 && !up; i++) {
+        xm_appliance_entry_t *es;
+        size_t n;
+        cr_assert_eq(xm_appliance_list(ctx, &es, &n), XM_OK);
+        cr_assert_eq(n, 1, "the appliance got a second registry entry under its new spelling");
+        up = strcmp(es[0].state, "up") == 0 && strncmp(es[0].addr, "localhost:", 10) == 0;
+        free(es);
+        if (!up) usleep(100000);
+    }
+    cr_assert(up, "the moved appliance is not up under its new address");
+    char state[32];
+    xm_alloc_info_t *infos;
+    size_t n;
+    cr_assert_eq(xm_alloc_list(ctx, &infos, &n), XM_OK);
+    cr_assert_eq(n, 1);
+    snprintf(state, sizeof(state), "%s", infos[0].state);
+    free(infos);
+    cr_assert_str_eq(state, "ok");
+    cr_assert_eq(xm_attach(ctx, 0, "kept", XM_ACCESS_READ_WRITE, &a), XM_OK, "%s", xm_last_error(ctx));
+    char got[8];
+    cr_assert_eq(xm_read(a, 1000, got, 8), XM_OK, "%s", xm_last_error(ctx));
+    cr_assert(memcmp(got, "survives", 8) == 0, "the region was reconciled away");
+    xm_alloc_close(a);
+    xm_disconnect(ctx);
+}
