@@ -100,6 +100,7 @@ typedef struct appl_regions {
     appl_grave_t *graves_last;    /* (see region.c) */
     uint64_t graves_len;          /* bytes of address space they hold */
     uint64_t tenant_quota;        /* bytes of regions a tenant may create directly; 0: no limit */
+    rpc_keyring_t *keyring;       /* who may hold keys (appl_regions_revoke) */
 } appl_regions_t;
 
 /* A region as a client sees it: the registration to use. */
@@ -128,6 +129,9 @@ xm_status_t appl_region_stat(appl_regions_t *t, const char *tenant, uint64_t id,
 xm_status_t appl_region_list(appl_regions_t *t, const char *tenant, xm_region_info_t **infos_p,
                              size_t *count_p);
 void appl_pool_info(appl_regions_t *t, xm_appliance_info_t *info);
+/* The tenant registry changed: close every registration of tenants it no longer holds, so
+ * the keys they were given stop working at once (re-made if the tenant returns and opens). */
+void appl_regions_revoke(appl_regions_t *t, rpc_keyring_t *kr);
 
 /* ---- server.c: control connections -------------------------------------- */
 

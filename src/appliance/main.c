@@ -57,6 +57,12 @@ void appl_hup_drain(int hup_fd)
     xm_log_info("SIGHUP: reloading the tenant registry");
 }
 
+static void revoke_regions(void *arg)
+{
+    appl_regions_t *t = arg;
+    appl_regions_revoke(t, t->keyring);
+}
+
 static void *progress_main(void *arg)
 {
     progress_arg_t *p = arg;
@@ -166,6 +172,10 @@ int main(int argc, char **argv)
         goto err_fabric;
     }
     regions.tenant_quota = quota;
+    /* a revoked tenant's keys stop working at once, not only its sessions */
+    regions.keyring = &keyring;
+    keyring.on_change = revoke_regions;
+    keyring.on_change_arg = &regions;
     if (rpc_listen(host, port, &listen_fd, &bound_port) != XM_OK) {
         goto err_regions;
     }

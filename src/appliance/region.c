@@ -39,6 +39,23 @@ static void grant_close(appl_grant_t *g)
     g->mr_rw = g->mr_ro = NULL;
 }
 
+void appl_regions_revoke(appl_regions_t *t, rpc_keyring_t *kr)
+{
+    uint32_t closed = 0;
+    pthread_mutex_lock(&t->lock);
+    for (appl_region_t *r = t->head; r != NULL; r = r->next) {
+        for (uint32_t i = 0; i < r->ngrants; i++) {
+            appl_grant_t *g = &r->grants[i];
+            if ((g->mr_rw != NULL || g->mr_ro != NULL) && !rpc_keyring_has_tenant(kr, g->tenant)) {
+                grant_close(g);
+                closed++;
+            }
+        }
+    }
+    pthread_mutex_unlock(&t->lock);
+    if (closed > 0) xm_log_info("revoked: %u grants' registrations closed", closed);
+}
+
 static void grave_append(appl_regions_t *t, appl_grave_t *g)
 {
     g->next = NULL;

@@ -1,5 +1,6 @@
 /* libxmem context: connect, authenticate, control RPC, data endpoint life. */
 #include <errno.h>
+#include <poll.h>
 #include <pwd.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -159,6 +160,13 @@ xm_status_t xm__rpc(xm_ctx_h ctx, xm_msg_t *req, xm_msg_t **rep_p)
                                  ? "connected to a manager: use allocations (xm_alloc), not regions"
                                  : "connected to an appliance: allocations need a manager "
                                    "(xm_connect_opts_t.manager or XMEM_MANAGER)");
+    }
+    if (ctx->conn.fd >= 0) {
+        /* nothing arrives unasked on the control channel: a readable or hung-up socket is one
+         * the peer closed (its idle timeout, a restart), so start a fresh session rather than
+         * fail this call */
+        struct pollfd p = {.fd = ctx->conn.fd, .events = POLLIN | POLLRDHUP};
+        if (poll(&p, 1, 0) > 0 && p.revents != 0) ctl_close(ctx);
     }
     if (ctx->conn.fd < 0) {
         xm_status_t status = ctl_connect(ctx);

