@@ -243,6 +243,58 @@ static bool keep_spare(xm__engine_t *eng, const xm__map_t *m, uint32_t k, uint64
     return false;
 }
 
+/* Write the runs of changed pages of a staged block (or frame; its first page
+ * is p0 of m) back through lane k, all in flight at once (the endpoint's
+ * depth bounds them) instead of one after another; every write is settled
+ * before returning, since they read the staging area. Staged pages cannot
+ * change, so a page's hash is what was written: acknowledged runs get theirs
+ * even if another run fails (the block then stays, suspect, and only what
+ * differs from those hashes goes back later). */
+static xm_status_t write_runs(xm__map_t *m, uint32_t k, uint64_t p0, const uint8_t *st, const bool *changed,
+                              const uint64_t *hashes, uint64_t np, uint32_t *dirty_p)
+{
+    xm_op_t ops[XM__FETCH_MAX / XM__PAGE / 2 + 1]; /* alternating pages: the most runs a block has */
+    uint64_t first[XM__FETCH_MAX / XM__PAGE / 2 + 1];
+    xm_ctx_h lc = m->regions[k]->ctx;
+    uint32_t nops = 0;
+    xm_status_t status = XM_OK;
+    for (uint64_t p = 0; p < np && status == XM_OK;) {
+        if (!changed[p]) {
+            p++;
+            continue;
+        }
+        uint64_t q = p;
+        while (q < np && changed[q]) q++;
+        uint64_t off = (p0 + p) * XM__PAGE;
+        first[nops] = p;
+        ops[nops] = (xm_op_t){.opcode = XM_OP_WRITE, .region = m->regions[k], .offset = m->off + off,
+                              .buf = (void *)(st + p * XM__PAGE),
+                              .length = (size_t)XM_MIN((q - p) * XM__PAGE, m->len - off)};
+        status = xm_post(lc, &ops[nops++]);
+        p = q;
+    }
+    bool logged = false;
+    for (uint32_t i = 0; i < nops; i++) {
+        xm_op_t *op = &ops[i];
+        xm_status_t s = op->status == XM_IN_PROGRESS ? xm_wait(lc, &op, 1) : op->status;
+        if (s != XM_OK) {
+            if (!logged) {
+                logged = true;
+                xm_log_warn("map: region %llu offset %llu: write-back of %llu bytes failed (%s): "
+                            "kept resident and dirty",
+                            (unsigned long long)m->region_id, (unsigned long long)op->offset,
+                            (unsigned long long)op->length, xm_last_error(lc));
+            }
+            if (status == XM_OK) status = s;
+            continue;
+        }
+        uint64_t n = (op->length + XM__PAGE - 1) / XM__PAGE;
+        for (uint64_t j = first[i]; j < first[i] + n; j++) xm__hash_set(m, p0 + j, hashes[j]);
+        *dirty_p += (uint32_t)n;
+    }
+    return status;
+}
+
 bool xm__evict(xm__map_t *m, uint32_t k, uint32_t b, uint32_t n)
 {
     xm__engine_t *eng = m->eng;
@@ -290,27 +342,7 @@ bool xm__evict(xm__map_t *m, uint32_t k, uint32_t b, uint32_t n)
             hashes[p] = present[p] ? xm__page_hash(st + p * XM__PAGE) : 0;
             changed[p] = present[p] && hashes[p] != xm__hash_get(m, p0 + p);
         }
-        for (uint64_t p = 0; p < np && status == XM_OK;) {
-            if (!changed[p]) {
-                p++;
-                continue;
-            }
-            uint64_t q = p;
-            while (q < np && changed[q]) q++;
-            uint64_t off = (p0 + p) * XM__PAGE;
-            uint64_t len = XM_MIN((q - p) * XM__PAGE, m->len - off);
-            status = xm_write(m->regions[k], m->off + off, st + p * XM__PAGE, len);
-            if (status != XM_OK) {
-                xm_log_warn("map: region %llu offset %llu: write-back of %llu bytes failed (%s): "
-                            "kept resident and dirty",
-                            (unsigned long long)m->region_id, (unsigned long long)(m->off + off),
-                            (unsigned long long)len, xm_last_error(m->regions[k]->ctx));
-                break;
-            }
-            for (uint64_t i = p; i < q; i++) xm__hash_set(m, p0 + i, hashes[i]); /* staged: unchanged since */
-            dirty += (uint32_t)(q - p);
-            p = q;
-        }
+        if (status == XM_OK) status = write_runs(m, k, p0, st, changed, hashes, np, &dirty);
         if (status != XM_OK && err == 0) {
             unstage(eng, a, st, bytes, present);
         } else if (status == XM_OK && !keep_spare(eng, m, k, bytes, present)) {

@@ -38,37 +38,171 @@ XM_NO_TSAN void xm__page_copy_racy(void *dst, const void *src)
     for (size_t i = 0; i < XM__PAGE / 8; i++) d[i] = s[i];
 }
 
-/* Pages [p, q) of m: copy, write back, record their hashes. */
-static xm_status_t write_pages(xm__map_t *m, uint32_t lane, uint8_t *wbuf, uint64_t p, uint64_t q,
-                               uint64_t *hashes, uint64_t *written)
+/*
+ * Write-back in flight: the written pages of a pass are copied into a ring
+ * and posted as writes (a run of adjacent pages is one write of up to
+ * WB_MAX_PAGES), up to WB_WINDOW of them in flight on the lane's endpoint,
+ * instead of one blocking write per run (32k scattered pages took 14-27 s
+ * over tcp that way). A page's hash is recorded only when its write is
+ * acknowledged (delivery-complete: in the appliance's memory); a failed
+ * write leaves the old hash, and the caller marks the blocks from the
+ * lowest failed page on suspect, so the next sync compares them page by
+ * page. Every write of a pass is settled before its blocks are unpinned or
+ * a page is written again (wb_drain), so no two writes of one page are ever
+ * in flight together.
+ */
+#define WB_WINDOW 128u
+#define WB_RING_PAGES 2048u /* 8 MiB of copies in flight */
+
+typedef struct wb_slot {
+    xm_op_t op;
+    uint64_t p, n; /* pages [p, p+n) of the mapping */
+    uint32_t at;   /* their copies: ring pages [at, at+n) */
+    uint32_t span; /* ring pages this write holds (n, plus the tail it skipped when it wrapped) */
+} wb_slot_t;
+
+/* One pass's writes; owned by the thread holding the lane. */
+typedef struct xm__wb {
+    xm__map_t *m;
+    xm_region_h region;      /* the lane's handle to the mapped region */
+    uint8_t *ring;           /* WB_RING_PAGES pages */
+    uint64_t *rhash;         /* hash of each ring page's copy */
+    wb_slot_t slot[WB_WINDOW];
+    uint32_t head, count;    /* slots in flight, oldest first */
+    uint32_t ring_head, ring_used;
+    xm_status_t status;      /* the first failure */
+    uint64_t failed_page;    /* lowest page of a failed write; UINT64_MAX: none */
+    uint64_t written;        /* pages acknowledged */
+} xm__wb_t;
+
+static xm__wb_t *wb_create(void)
 {
-    while (p < q) {
-        uint64_t n = XM_MIN(q - p, (uint64_t)WB_MAX_PAGES);
-        for (uint64_t i = 0; i < n; i++) {
-            xm__page_copy_racy(wbuf + i * XM__PAGE, m->addr + (p + i) * XM__PAGE);
-            hashes[i] = xm__page_hash(wbuf + i * XM__PAGE);
-        }
-        uint64_t off = p * XM__PAGE;
-        uint64_t len = XM_MIN(n * XM__PAGE, m->len - off);
-        xm_status_t status = xm_write(m->regions[lane], m->off + off, wbuf, len);
-        if (status != XM_OK) {
-            xm_log_warn("map: region %llu offset %llu: write-back of %llu bytes failed (%s): "
-                        "kept resident and dirty", (unsigned long long)m->region_id,
-                        (unsigned long long)(m->off + off), (unsigned long long)len,
-                        xm_last_error(m->regions[lane]->ctx));
-            return status;
-        }
-        for (uint64_t i = 0; i < n; i++) xm__hash_set(m, p + i, hashes[i]);
-        *written += n;
-        p += n;
+    xm__wb_t *wb = calloc(1, sizeof(*wb));
+    if (wb == NULL) return NULL;
+    wb->ring = aligned_alloc(XM__PAGE, (size_t)WB_RING_PAGES * XM__PAGE);
+    wb->rhash = malloc(WB_RING_PAGES * sizeof(uint64_t));
+    if (wb->ring == NULL || wb->rhash == NULL) {
+        free(wb->ring);
+        free(wb->rhash);
+        free(wb);
+        return NULL;
     }
-    return XM_OK;
+    return wb;
 }
 
-/* Written pages of blocks [b0, b1) (all pinned and resident): scan, write back. */
-static xm_status_t sync_run(xm__map_t *m, uint32_t lane, uint32_t b0, uint32_t b1, const bool *suspect,
-                            uint8_t *wbuf, uint64_t *hashes, uint64_t *written)
+static void wb_destroy(xm__wb_t *wb)
 {
+    if (wb == NULL) return;
+    free(wb->ring);
+    free(wb->rhash);
+    free(wb);
+}
+
+/* Start a pass over m through region (a lane's handle); nothing in flight. */
+static void wb_begin(xm__wb_t *wb, xm__map_t *m, xm_region_h region)
+{
+    wb->m = m;
+    wb->region = region;
+    wb->head = wb->count = 0;
+    wb->ring_head = wb->ring_used = 0;
+    wb->status = XM_OK;
+    wb->failed_page = UINT64_MAX;
+    wb->written = 0;
+}
+
+/* Wait for the oldest write and settle it. */
+static void wb_retire(xm__wb_t *wb)
+{
+    wb_slot_t *s = &wb->slot[wb->head];
+    xm_op_t *op = &s->op;
+    xm_status_t status = op->status == XM_IN_PROGRESS ? xm_wait(wb->region->ctx, &op, 1) : op->status;
+    if (status == XM_OK) {
+        for (uint64_t i = 0; i < s->n; i++) xm__hash_set(wb->m, s->p + i, wb->rhash[s->at + i]);
+        wb->written += s->n;
+    } else {
+        if (wb->status == XM_OK) {
+            xm_log_warn("map: region %llu offset %llu: write-back of %llu bytes failed (%s): "
+                        "kept resident and dirty", (unsigned long long)wb->m->region_id,
+                        (unsigned long long)(op->offset), (unsigned long long)op->length,
+                        xm_last_error(wb->region->ctx));
+            wb->status = status;
+        }
+        wb->failed_page = XM_MIN(wb->failed_page, s->p);
+    }
+    wb->ring_used -= s->span;
+    wb->head = (wb->head + 1) % WB_WINDOW;
+    wb->count--;
+}
+
+/* Settle every write in flight; the pass's first failure. */
+static xm_status_t wb_drain(xm__wb_t *wb)
+{
+    while (wb->count > 0) wb_retire(wb);
+    return wb->status;
+}
+
+/* Room for n (<= WB_MAX_PAGES) pages of copies: their first ring page. */
+static uint32_t wb_room(xm__wb_t *wb, uint32_t n, uint32_t *span_p)
+{
+    for (;;) {
+        if (wb->count < WB_WINDOW) {
+            if (wb->ring_used == 0) wb->ring_head = 0;
+            uint32_t end_room = WB_RING_PAGES - wb->ring_head, free_pages = WB_RING_PAGES - wb->ring_used;
+            uint32_t at = UINT32_MAX, span = 0;
+            if (n <= end_room && n <= free_pages) {
+                at = wb->ring_head;
+                span = n;
+            } else if (n > end_room && end_room + n <= free_pages) {
+                at = 0; /* wrap: the tail stays unused until this write is settled */
+                span = end_room + n;
+            }
+            if (at != UINT32_MAX) {
+                wb->ring_head = (at + n) % WB_RING_PAGES;
+                wb->ring_used += span;
+                *span_p = span;
+                return at;
+            }
+        }
+        wb_retire(wb);
+    }
+}
+
+/* Pages [p, q) of the mapping (present, pinned): copy, hash, post their writes.
+ * Stops posting at the pass's first failure (which it returns). */
+static xm_status_t wb_write(xm__wb_t *wb, uint64_t p, uint64_t q)
+{
+    xm__map_t *m = wb->m;
+    while (p < q && wb->status == XM_OK) {
+        uint32_t n = (uint32_t)XM_MIN(q - p, (uint64_t)WB_MAX_PAGES), span;
+        uint32_t at = wb_room(wb, n, &span);
+        if (wb->status != XM_OK) { /* found while making room */
+            wb->ring_used -= span;
+            wb->ring_head = at;
+            break;
+        }
+        uint8_t *buf = wb->ring + (uint64_t)at * XM__PAGE;
+        for (uint32_t i = 0; i < n; i++) {
+            xm__page_copy_racy(buf + (uint64_t)i * XM__PAGE, m->addr + (p + i) * XM__PAGE);
+            wb->rhash[at + i] = xm__page_hash(buf + (uint64_t)i * XM__PAGE);
+        }
+        uint64_t off = p * XM__PAGE;
+        wb_slot_t *s = &wb->slot[(wb->head + wb->count) % WB_WINDOW];
+        *s = (wb_slot_t){.p = p, .n = n, .at = at, .span = span};
+        s->op = (xm_op_t){.opcode = XM_OP_WRITE, .region = wb->region, .offset = m->off + off, .buf = buf,
+                          .length = (size_t)XM_MIN((uint64_t)n * XM__PAGE, m->len - off)};
+        wb->count++;
+        xm_post(wb->region->ctx, &s->op); /* a failure to post is the op's status: settled as one */
+        p += n;
+    }
+    return wb->status;
+}
+
+/* Written pages of blocks [b0, b1) (all pinned and resident): scan, post their
+ * write-back. A suspect block's pages are compared once this pass's writes are
+ * settled. Returns the pass's first failure seen so far. */
+static xm_status_t sync_run(xm__wb_t *wb, uint32_t b0, uint32_t b1, const bool *suspect)
+{
+    xm__map_t *m = wb->m;
     xm__engine_t *eng = m->eng;
     uint64_t start = (uint64_t)b0 * m->fetch, end = XM_MIN((uint64_t)b1 * m->fetch, m->vlen);
     struct page_region vec[SCAN_VEC];
@@ -101,22 +235,35 @@ static xm_status_t sync_run(xm__map_t *m, uint32_t lane, uint32_t b0, uint32_t b
         for (long i = 0; i < n && status == XM_OK; i++) {
             uint64_t p = (vec[i].start - (uintptr_t)m->addr) / XM__PAGE;
             uint64_t q = (vec[i].end - (uintptr_t)m->addr) / XM__PAGE;
-            status = write_pages(m, lane, wbuf, p, q, hashes, written);
+            status = wb_write(wb, p, q);
         }
         if (status != XM_OK) return status;
         if (arg.walk_end <= (uintptr_t)(m->addr + at)) break;
         at = arg.walk_end - (uintptr_t)m->addr;
     }
-    /* blocks whose last write-back failed: compare every page with what the appliance holds */
-    for (uint32_t b = b0; b < b1 && status == XM_OK; b++) {
+    /* blocks whose last write-back failed: compare every page with what the appliance
+     * holds, once the hashes of the writes above are in (a page is never in two writes) */
+    bool any = false;
+    for (uint32_t b = b0; b < b1 && !any; b++) any = suspect[b - b0];
+    if (any) status = wb_drain(wb);
+    uint8_t page[XM__PAGE] __attribute__((aligned(64)));
+    for (uint32_t b = b0; b < b1 && any && status == XM_OK; b++) {
         if (!suspect[b - b0]) continue;
         uint64_t p0 = (uint64_t)b * m->fetch / XM__PAGE, np = xm__block_bytes(m, b) / XM__PAGE;
         for (uint64_t p = p0; p < p0 + np && status == XM_OK; p++) {
-            xm__page_copy_racy(wbuf, m->addr + p * XM__PAGE);
-            if (xm__page_hash(wbuf) != xm__hash_get(m, p)) status = write_pages(m, lane, wbuf, p, p + 1, hashes, written);
+            xm__page_copy_racy(page, m->addr + p * XM__PAGE);
+            if (xm__page_hash(page) != xm__hash_get(m, p)) status = wb_write(wb, p, p + 1);
         }
     }
     return status;
+}
+
+/* The block from which a pass's blocks must stay (or become) suspect: the run that
+ * saw the failure, from its start, and every block from the lowest failed write on. */
+static uint32_t failed_block(const xm__wb_t *wb, uint32_t failed_from)
+{
+    if (wb->failed_page == UINT64_MAX) return failed_from;
+    return XM_MIN(failed_from, (uint32_t)(wb->failed_page * XM__PAGE / wb->m->fetch));
 }
 
 /* One pass over [b0, b1); blocks being fetched are skipped and flagged in *fetching. */
@@ -126,13 +273,11 @@ static xm_status_t sync_pass(xm__map_t *m, uint32_t b0, uint32_t b1, bool only_f
     if (m->ro || b0 >= b1) return XM_OK;
     uint32_t n = b1 - b0;
     bool *pinned = calloc(n, sizeof(bool)), *suspect = calloc(n, sizeof(bool));
-    uint8_t *wbuf = aligned_alloc(XM__PAGE, (size_t)WB_MAX_PAGES * XM__PAGE);
-    uint64_t *hashes = malloc(WB_MAX_PAGES * sizeof(uint64_t));
-    if (pinned == NULL || suspect == NULL || wbuf == NULL || hashes == NULL) {
+    xm__wb_t *wb = wb_create();
+    if (pinned == NULL || suspect == NULL || wb == NULL) {
         free(pinned);
         free(suspect);
-        free(wbuf);
-        free(hashes);
+        wb_destroy(wb);
         return XM_ERR_NO_MEMORY;
     }
     /* pin what is resident; wait for evictions in flight (their write-back is
@@ -159,8 +304,8 @@ static xm_status_t sync_pass(xm__map_t *m, uint32_t b0, uint32_t b1, bool only_f
 
     xm__lane_t *lane = &eng->lanes[XM__SYNC_LANE(eng)];
     pthread_mutex_lock(&lane->lock);
+    wb_begin(wb, m, m->regions[XM__SYNC_LANE(eng)]);
     xm_status_t status = XM_OK;
-    uint64_t written = 0;
     uint32_t failed_from = b1;
     for (uint32_t b = b0; b < b1 && status == XM_OK;) {
         if (!pinned[b - b0]) {
@@ -169,10 +314,15 @@ static xm_status_t sync_pass(xm__map_t *m, uint32_t b0, uint32_t b1, bool only_f
         }
         uint32_t e = b;
         while (e < b1 && pinned[e - b0]) e++;
-        status = sync_run(m, XM__SYNC_LANE(eng), b, e, suspect + (b - b0), wbuf, hashes, &written);
+        status = sync_run(wb, b, e, suspect + (b - b0));
         if (status != XM_OK) failed_from = b;
         b = e;
     }
+    /* every write settled (acknowledged, failed or cancelled) before the pins go */
+    xm_status_t settled = wb_drain(wb);
+    if (status == XM_OK) status = settled;
+    failed_from = failed_block(wb, failed_from);
+    uint64_t written = wb->written;
     pthread_mutex_unlock(&lane->lock);
 
     pthread_mutex_lock(&eng->lock);
@@ -192,8 +342,7 @@ static xm_status_t sync_pass(xm__map_t *m, uint32_t b0, uint32_t b1, bool only_f
     pthread_mutex_unlock(&eng->lock);
     free(pinned);
     free(suspect);
-    free(wbuf);
-    free(hashes);
+    wb_destroy(wb);
     return status;
 }
 
@@ -229,8 +378,7 @@ xm_status_t xm__sync_blocks(xm__map_t *m, uint32_t b0, uint32_t b1)
 
 typedef struct cleaner {
     xm__engine_t *eng;
-    uint8_t *wbuf;
-    uint64_t *hashes;
+    xm__wb_t *wb;
     bool sel[CLEAN_BATCH], suspect[CLEAN_BATCH];
 } cleaner_t;
 
@@ -256,8 +404,8 @@ static uint64_t clean_range(cleaner_t *c, xm__map_t *m, uint32_t b0, uint32_t b1
     pthread_mutex_unlock(&eng->lock);
     xm__lane_t *lane = &eng->lanes[XM__CLEAN_LANE(eng)];
     pthread_mutex_lock(&lane->lock);
+    wb_begin(c->wb, m, m->regions[XM__CLEAN_LANE(eng)]);
     xm_status_t status = XM_OK;
-    uint64_t written = 0;
     uint32_t failed_from = b1;
     for (uint32_t b = b0; b < b1 && status == XM_OK;) {
         if (!c->sel[b - b0]) {
@@ -266,10 +414,14 @@ static uint64_t clean_range(cleaner_t *c, xm__map_t *m, uint32_t b0, uint32_t b1
         }
         uint32_t e = b;
         while (e < b1 && c->sel[e - b0]) e++;
-        status = sync_run(m, XM__CLEAN_LANE(eng), b, e, c->suspect + (b - b0), c->wbuf, c->hashes, &written);
+        status = sync_run(c->wb, b, e, c->suspect + (b - b0));
         if (status != XM_OK) failed_from = b;
         b = e;
     }
+    xm_status_t settled = wb_drain(c->wb); /* before the blocks are given back */
+    if (status == XM_OK) status = settled;
+    failed_from = failed_block(c->wb, failed_from);
+    uint64_t written = c->wb->written;
     pthread_mutex_unlock(&lane->lock);
     pthread_mutex_lock(&eng->lock);
     for (uint32_t b = b0; b < b1; b++) {
@@ -350,9 +502,8 @@ void *xm__clean_thread(void *arg)
     xm__engine_t *eng = arg;
     if (c == NULL) return NULL;
     c->eng = eng;
-    c->wbuf = aligned_alloc(XM__PAGE, (size_t)WB_MAX_PAGES * XM__PAGE);
-    c->hashes = malloc(WB_MAX_PAGES * sizeof(uint64_t));
-    if (c->wbuf == NULL || c->hashes == NULL) goto out;
+    c->wb = wb_create();
+    if (c->wb == NULL) goto out;
     pthread_mutex_lock(&eng->lock);
     uint32_t round = 0;
     while (!eng->stopping) {
@@ -386,8 +537,7 @@ void *xm__clean_thread(void *arg)
     }
     pthread_mutex_unlock(&eng->lock);
 out:
-    free(c->wbuf);
-    free(c->hashes);
+    wb_destroy(c->wb);
     free(c);
     return NULL;
 }

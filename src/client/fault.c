@@ -24,6 +24,45 @@
 #define FETCH_ATTEMPTS 3
 #define RETRY_PAUSE_US 20000
 
+/* A fetch's attempts share one operation timeout, counted from its first
+ * post, so a fault on an appliance that does not answer becomes SIGBUS
+ * within it (each retry used to get a timeout of its own: 10-15 s with the
+ * default 5 s); a retry's operation gets only the time left. The lane's
+ * context is this handler's alone (lane lock held). */
+typedef struct retry {
+    xm_ctx_h lc;
+    uint64_t t0;
+    uint32_t timeout_ms; /* the lane's own */
+    int attempts;        /* made so far */
+} retry_t;
+
+static retry_t retry_start(xm__map_t *m, uint32_t k)
+{
+    xm_ctx_h lc = m->regions[k]->ctx;
+    return (retry_t){.lc = lc, .t0 = xm__now_ns(), .timeout_ms = lc->timeout_ms, .attempts = 1};
+}
+
+/* After an attempt failed with status: true (having paused) when another may be
+ * made. Not when the appliance is known to be gone (its address refuses connections). */
+static bool retry_again(retry_t *r, xm_status_t status)
+{
+    if (r->attempts >= FETCH_ATTEMPTS || status == XM_ERR_CONNECT) return false;
+    uint64_t limit = (uint64_t)r->timeout_ms * 1000000ull;
+    uint64_t pause = (uint64_t)RETRY_PAUSE_US * (uint64_t)r->attempts * 1000ull;
+    /* and a tenth of the timeout at least for the attempt itself */
+    if (xm__now_ns() - r->t0 + pause + limit / 10 >= limit) return false;
+    usleep((useconds_t)(pause / 1000));
+    uint64_t left = limit - XM_MIN(limit, xm__now_ns() - r->t0);
+    r->lc->timeout_ms = (uint32_t)XM_MAX(1ull, left / 1000000ull);
+    r->attempts++;
+    return true;
+}
+
+static void retry_end(retry_t *r)
+{
+    r->lc->timeout_ms = r->timeout_ms;
+}
+
 /* XXH3 (libxxhash): 40-55 GB/s on a cache-hot page with the library's
  * runtime choice of AVX2/AVX-512, against 8-14 GB/s for the xxHash64-style
  * loop it replaced (measured here: docs/performance.md, fifth round). Every
@@ -144,13 +183,13 @@ static void drop_claim(xm__engine_t *eng, xm__map_t *m, uint32_t b, uint64_t byt
 }
 
 static void poison(xm__engine_t *eng, xm__map_t *m, uint32_t b, uint64_t bytes, bool reserved,
-                   xm_status_t status, const char *why)
+                   xm_status_t status, const char *why, int attempts)
 {
     uint8_t *a = m->addr + (uint64_t)b * m->fetch;
-    xm_log_error("map: region %llu offset %llu (%llu bytes): %s (%s) after %d attempts; "
+    xm_log_error("map: region %llu offset %llu (%llu bytes): %s (%s) after %d attempt(s); "
                  "accesses to it get SIGBUS",
                  (unsigned long long)m->region_id, (unsigned long long)(m->off + (uint64_t)b * m->fetch),
-                 (unsigned long long)bytes, why, xm_status_str(status), FETCH_ATTEMPTS);
+                 (unsigned long long)bytes, why, xm_status_str(status), attempts);
     struct uffdio_poison p = {.range = {.start = (uintptr_t)a, .len = bytes}};
     while (ioctl(eng->uffd, UFFDIO_POISON, &p) != 0 && errno == EAGAIN) {
         if (p.updated > 0) {
@@ -220,11 +259,10 @@ static void extend(xm__engine_t *eng, xm__map_t *m, uint32_t k, uint32_t b, uint
 {
     uint8_t *buf = eng->bufs[k];
     uint64_t off = q0 * XM__PAGE, len = (q1 - q0) * XM__PAGE;
+    retry_t rt = retry_start(m, k);
     xm_status_t status = xm__fetch_range(m, k, off, buf, len);
-    for (int attempt = 1; status != XM_OK && attempt < FETCH_ATTEMPTS; attempt++) {
-        usleep(RETRY_PAUSE_US * attempt);
-        status = xm__fetch_range(m, k, off, buf, len);
-    }
+    while (status != XM_OK && retry_again(&rt, status)) status = xm__fetch_range(m, k, off, buf, len);
+    retry_end(&rt);
     pthread_mutex_lock(&eng->lock);
     uint64_t fresh = 0;
     for (uint64_t p = q0; p < q1; p++) {
@@ -233,10 +271,10 @@ static void extend(xm__engine_t *eng, xm__map_t *m, uint32_t k, uint32_t b, uint
     pthread_mutex_unlock(&eng->lock);
     if (status != XM_OK) {
         const char *why = xm_last_error(m->regions[k]->ctx);
-        xm_log_error("map: region %llu offset %llu (%llu bytes): %s (%s) after %d attempts; "
+        xm_log_error("map: region %llu offset %llu (%llu bytes): %s (%s) after %d attempt(s); "
                      "accesses to it get SIGBUS",
                      (unsigned long long)m->region_id, (unsigned long long)(m->off + off),
-                     (unsigned long long)len, why[0] ? why : "cannot fetch", xm_status_str(status), FETCH_ATTEMPTS);
+                     (unsigned long long)len, why[0] ? why : "cannot fetch", xm_status_str(status), rt.attempts);
         for (uint64_t p = q0; p < q1; p++) {
             if (xm__bit_get(m->present, p)) continue;
             struct uffdio_poison pz = {.range = {.start = (uintptr_t)(m->addr + p * XM__PAGE), .len = XM__PAGE}};
@@ -314,6 +352,7 @@ static void frame_fetch(xm__engine_t *eng, xm__map_t *m, uint32_t k, uint32_t f0
     if (n < XM__HUGE) memset(buf + n, 0, XM__HUGE - n);
     xm_op_t op = {.opcode = XM_OP_READ, .region = m->regions[k], .offset = m->off + off, .buf = buf,
                   .length = (size_t)n};
+    retry_t rt = retry_start(m, k);
     xm_status_t status = xm_post(lc, &op);
     pthread_mutex_lock(&eng->lock);
     bool reserved = xm__reserve(eng, m, XM__HUGE, k, demand);
@@ -322,10 +361,10 @@ static void frame_fetch(xm__engine_t *eng, xm__map_t *m, uint32_t k, uint32_t f0
         xm_op_t *p = &op;
         status = xm_wait(lc, &p, 1); /* buf is the library's until then */
     }
-    for (int attempt = 1; reserved && demand && status != XM_OK && attempt < FETCH_ATTEMPTS; attempt++) {
-        usleep(RETRY_PAUSE_US * attempt);
+    while (reserved && demand && status != XM_OK && retry_again(&rt, status)) {
         status = xm__fetch_range(m, k, off, buf, XM__HUGE);
     }
+    retry_end(&rt);
     if (!reserved || status != XM_OK) {
         if (slot != UINT32_MAX) eng->spare_state[slot] = XM__SPARE_FULL; /* every page still there */
         if (reserved) {
@@ -336,10 +375,11 @@ static void frame_fetch(xm__engine_t *eng, xm__map_t *m, uint32_t k, uint32_t f0
         frame_unclaim(eng, m, f0, demand ? demand_b : UINT32_MAX);
         if (demand && !reserved) {
             poison(eng, m, demand_b, xm__block_bytes(m, demand_b), false, XM_ERR_NO_SPACE,
-                   "no room in the local cache: write-backs keep failing");
+                   "no room in the local cache: write-backs keep failing", rt.attempts);
         } else if (demand) {
             const char *why = xm_last_error(m->regions[k]->ctx);
-            poison(eng, m, demand_b, xm__block_bytes(m, demand_b), false, status, why[0] ? why : "cannot fetch");
+            poison(eng, m, demand_b, xm__block_bytes(m, demand_b), false, status, why[0] ? why : "cannot fetch",
+                   rt.attempts);
         }
         return;
     }
@@ -494,6 +534,7 @@ static void handle_fault(xm__engine_t *eng, uint32_t k, uintptr_t addr)
     if (n < bytes) memset(buf + n, 0, bytes - n);
     ops[0] = (xm_op_t){.opcode = XM_OP_READ, .region = m->regions[k], .offset = m->off + off,
                        .buf = buf, .length = (size_t)n};
+    retry_t rt = retry_start(m, k);
     xm_status_t status = xm_post(lc, &ops[0]);
     pthread_mutex_lock(&eng->lock);
     bool reserved = xm__reserve(eng, m, bytes, k, true);
@@ -504,7 +545,7 @@ static void handle_fault(xm__engine_t *eng, uint32_t k, uintptr_t addr)
             xm_wait(lc, &p, 1); /* buf is the library's until then */
         }
         poison(eng, m, b, xm__block_bytes(m, b), false, XM_ERR_NO_SPACE,
-               "no room in the local cache: write-backs keep failing");
+               "no room in the local cache: write-backs keep failing", rt.attempts);
         goto out_unlocked;
     }
     if (single) {
@@ -512,13 +553,11 @@ static void handle_fault(xm__engine_t *eng, uint32_t k, uintptr_t addr)
             xm_op_t *p = &ops[0];
             status = xm_wait(lc, &p, 1);
         }
-        for (int attempt = 1; status != XM_OK && attempt < FETCH_ATTEMPTS; attempt++) {
-            usleep(RETRY_PAUSE_US * attempt);
-            status = xm__fetch_range(m, k, off, buf, XM__PAGE);
-        }
+        while (status != XM_OK && retry_again(&rt, status)) status = xm__fetch_range(m, k, off, buf, XM__PAGE);
+        retry_end(&rt);
         if (status != XM_OK) {
             const char *why = xm_last_error(lc);
-            poison(eng, m, b, xm__block_bytes(m, b), false, status, why[0] ? why : "cannot fetch");
+            poison(eng, m, b, xm__block_bytes(m, b), false, status, why[0] ? why : "cannot fetch", rt.attempts);
             pthread_mutex_lock(&eng->lock);
             xm__unreserve(eng, m, XM__PAGE);
             pthread_mutex_unlock(&eng->lock);
@@ -565,13 +604,11 @@ static void handle_fault(xm__engine_t *eng, uint32_t k, uintptr_t addr)
         xm_op_t *p = &ops[0];
         status = xm_wait(lc, &p, 1);
     }
-    for (int attempt = 1; status != XM_OK && attempt < FETCH_ATTEMPTS; attempt++) {
-        usleep(RETRY_PAUSE_US * attempt);
-        status = xm__fetch(m, k, b, buf, bytes);
-    }
+    while (status != XM_OK && retry_again(&rt, status)) status = xm__fetch(m, k, b, buf, bytes);
+    retry_end(&rt);
     if (status != XM_OK) {
         const char *why = xm_last_error(lc);
-        poison(eng, m, b, bytes, true, status, why[0] ? why : "cannot fetch");
+        poison(eng, m, b, bytes, true, status, why[0] ? why : "cannot fetch", rt.attempts);
     } else {
         hash_block(m, b, buf, bytes);
         count(eng, m, bytes, false);

@@ -1,8 +1,12 @@
 /* libxmem I/O: bounds-checked one-sided reads, writes and atomics, sync and async. */
+#include <errno.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <sched.h>
 #include <string.h>
 #include <unistd.h>
+
+#include <rdma/fi_domain.h>
 
 #include "../common/common.h"
 #include "client.h"
@@ -70,6 +74,7 @@ static void op_unlink(xm_ctx_h ctx, xm_op_t *op)
 static void chunk_done(xm_ctx_h ctx, xm_op_t *op, xm_status_t status)
 {
     ctx->chunks--;
+    ctx->peer_doubt = status != XM_OK;
     if (status != XM_OK) {
         if (op->error_ == XM_OK) op->error_ = status;
         /* tcp drops the connection after a refused access: start afresh */
@@ -96,6 +101,7 @@ static int poll_once(xm_ctx_h ctx)
             /* a connection-level error names no operation: what is in flight
              * on it fails or times out; start afresh afterwards */
             ctx->fab_broken = true;
+            ctx->peer_doubt = true;
             continue;
         }
         chunk_done(ctx, op, c[i].status);
@@ -115,7 +121,105 @@ static bool check_deadlines(xm_ctx_h ctx, uint64_t now)
     xm__ctx_error(ctx, XM_ERR_TIMEOUT, "appliance %s:%s did not complete an operation "
                   "within %u ms", ctx->host, ctx->port, ctx->timeout_ms);
     xm__fab_reset(ctx, XM_ERR_TIMEOUT);
+    ctx->peer_doubt = true;
     return true;
+}
+
+/*
+ * A dead appliance, noticed at once. When its connection drops, rxm fails what
+ * was in flight on it (FI_ECANCELED, measured), but for the next operation it
+ * connects again and again, refused each time, and only says -FI_EAGAIN: the
+ * post would spin until the operation's timeout (then the fault's retries did
+ * it twice more). So a post that the provider keeps refusing with nothing of
+ * ours in flight (a connection being made, not a full queue) checks, by a
+ * TCP connect of its own to the peer's data address, that something listens
+ * there: refused or unreachable means the appliance is gone (XM_ERR_CONNECT,
+ * which a fault does not retry). The check costs the appliance one
+ * accepted-and-closed connection; it is made before a broken endpoint is
+ * reopened after a failure or timeout (peer_doubt, peer_left), and while a
+ * post waits for a connection: soon after such a failure, otherwise only when
+ * the connection takes longer than a fresh one normally does (peer_gone).
+ * Providers without IP addresses (shm) are not checked here (see
+ * shm_peer_alive).
+ */
+#define PROBE_AFTER_DOUBT_NS 1000000ull /* 1 ms */
+#define PROBE_AFTER_NS 50000000ull      /* 50 ms: a fresh rxm connection took 28-190 ms here */
+
+typedef struct peer_probe {
+    uint64_t since;  /* first refusal, 0: none yet */
+    int fd;          /* connect in progress, -1: none */
+    bool done;       /* checked: the peer listens (or cannot be checked) */
+} peer_probe_t;
+
+/* Start a non-blocking connect to the peer's address; false when it cannot be checked
+ * or was refused at once (*gone_p). */
+static bool probe_start(xm_ctx_h ctx, fi_addr_t peer, peer_probe_t *pr, bool *gone_p)
+{
+    struct sockaddr_storage ss;
+    size_t len = sizeof(ss);
+    memset(&ss, 0, sizeof(ss));
+    if (fi_av_lookup(ctx->fab.av, peer, &ss, &len) != 0 || len > sizeof(ss)) return false;
+    socklen_t slen = ss.ss_family == AF_INET ? sizeof(struct sockaddr_in)
+                     : ss.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : 0;
+    if (slen == 0 || len < slen) return false;
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) return false;
+    if (connect(fd, (struct sockaddr *)&ss, slen) == 0 || errno == EINPROGRESS) {
+        pr->fd = fd;
+        return true;
+    }
+    *gone_p = errno == ECONNREFUSED || errno == ENETUNREACH || errno == EHOSTUNREACH;
+    close(fd);
+    return false;
+}
+
+/* The probe's connect, given up to wait_ms to finish: is the peer gone? */
+static bool probe_result(peer_probe_t *pr, int wait_ms, bool *gone_p)
+{
+    struct pollfd p = {.fd = pr->fd, .events = POLLOUT};
+    if (poll(&p, 1, wait_ms) == 0) return false; /* still connecting */
+    int err = 0;
+    socklen_t elen = sizeof(err);
+    if (getsockopt(pr->fd, SOL_SOCKET, SO_ERROR, &err, &elen) != 0) err = 0;
+    close(pr->fd);
+    pr->fd = -1;
+    pr->done = true;
+    *gone_p = err == ECONNREFUSED || err == ENETUNREACH || err == EHOSTUNREACH;
+    return true;
+}
+
+/* The provider refused a post again: is the peer known to be gone? */
+static bool peer_gone(xm_ctx_h ctx, fi_addr_t peer, peer_probe_t *pr)
+{
+    if (pr->done || ctx->chunks != 0) return false;
+    uint64_t now = xm__now_ns();
+    if (pr->since == 0) pr->since = now;
+    bool gone = false;
+    if (pr->fd < 0) {
+        if (now - pr->since < (ctx->peer_doubt ? PROBE_AFTER_DOUBT_NS : PROBE_AFTER_NS)) return false;
+        if (!probe_start(ctx, peer, pr, &gone)) {
+            pr->done = true;
+            return gone;
+        }
+    }
+    probe_result(pr, 0, &gone); /* still connecting: the provider is too */
+    return gone;
+}
+
+/* The endpoint broke on a failure: before it is reopened (tens of ms), is op's
+ * peer still there? Checked through the old endpoint's address vector, waiting
+ * up to 50 ms for an answer (a host that does not answer is left to the timeout). */
+static bool peer_left(xm_ctx_h ctx, const xm_op_t *op)
+{
+    if (!ctx->fab_open || !ctx->fab_broken || !ctx->peer_doubt) return false;
+    fi_addr_t peer;
+    uint64_t raddr, key, contig;
+    xm__route(op->region, op->offset, &peer, &raddr, &key, &contig);
+    peer_probe_t pr = {.fd = -1};
+    bool gone = false;
+    if (probe_start(ctx, peer, &pr, &gone)) probe_result(&pr, 50, &gone);
+    if (pr.fd >= 0) close(pr.fd);
+    return gone;
 }
 
 /*
@@ -206,6 +310,10 @@ XM_EXPORT xm_status_t xm_post(xm_ctx_h ctx, xm_op_t *op)
     op->error_ = XM_OK;
     xm_status_t status = op_check(ctx, op);
     if (status == XM_OK) status = shm_peer_alive(ctx);
+    if (status == XM_OK && peer_left(ctx, op)) {
+        status = xm__ctx_error(ctx, XM_ERR_CONNECT, "appliance %s:%s is gone (its data address refuses "
+                               "connections)", ctx->host, ctx->port);
+    }
     if (status == XM_OK) status = xm__fab_ready(ctx);
     if (status != XM_OK) {
         op->status = status;
@@ -228,6 +336,7 @@ XM_EXPORT xm_status_t xm_post(xm_ctx_h ctx, xm_op_t *op)
         fi_addr_t peer;
         uint64_t key;
         part_target(op->region, seg.part, &peer, &key);
+        peer_probe_t probe = {.fd = -1};
         for (;;) {
             status = ctx->chunks >= ctx->fab.tx_depth
                          ? XM_ERR_AGAIN
@@ -236,8 +345,15 @@ XM_EXPORT xm_status_t xm_post(xm_ctx_h ctx, xm_op_t *op)
             if (status != XM_ERR_AGAIN) break;
             /* queue full: make room, but never past the deadline */
             poll_once(ctx);
-            if (check_deadlines(ctx, xm__now_ns())) return op->status;
+            if (check_deadlines(ctx, xm__now_ns())) break;
+            if (peer_gone(ctx, peer, &probe)) {
+                status = XM_ERR_CONNECT; /* its data address refuses connections */
+                ctx->peer_doubt = true;
+                break;
+            }
         }
+        if (probe.fd >= 0) close(probe.fd);
+        if (status == XM_ERR_AGAIN) return op->status; /* timed out */
         if (status != XM_OK) {
             xm__ctx_error(ctx, status, "cannot post to appliance %s:%s: %s", ctx->host, ctx->port,
                           xm_status_str(status));
