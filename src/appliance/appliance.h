@@ -133,7 +133,7 @@ void appl_pool_info(appl_regions_t *t, xm_appliance_info_t *info);
  * the keys they were given stop working at once (re-made if the tenant returns and opens). */
 void appl_regions_revoke(appl_regions_t *t, rpc_keyring_t *kr);
 
-/* ---- server.c: control connections -------------------------------------- */
+/* ---- server.c: control connections (the rpc event-loop server) ----------- */
 
 typedef struct appl_server appl_server_t;
 
@@ -152,9 +152,7 @@ typedef struct appl_server_opts {
 xm_status_t appl_server_create(const appl_server_opts_t *opts, appl_server_t **server_p);
 /* Accept and serve until stop_fd is readable; hup_fd readable (SIGHUP): reload tenants. */
 void appl_server_run(appl_server_t *server, int stop_fd, int hup_fd);
-/* Read the pending SIGHUP off its descriptor (main.c). */
-void appl_hup_drain(int hup_fd);
-/* Close every connection and join their threads. */
+/* End every session and stop the server's threads. */
 void appl_server_destroy(appl_server_t *server);
 
 /* ---- member.c: registration with the allocation manager ------------------ */

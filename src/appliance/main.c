@@ -49,14 +49,6 @@ typedef struct progress_arg {
     int stop_fd;
 } progress_arg_t;
 
-void appl_hup_drain(int hup_fd)
-{
-    struct signalfd_siginfo si;
-    while (read(hup_fd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
-    }
-    xm_log_info("SIGHUP: reloading the tenant registry");
-}
-
 static void revoke_regions(void *arg)
 {
     appl_regions_t *t = arg;

@@ -6,7 +6,8 @@
  * both ends hold the same credential key and agree ephemeral X25519 keys; from
  * the server's Welcome on, every frame in each direction is one message of a
  * libsodium secretstream (XChaCha20-Poly1305): a replayed, reordered, injected,
- * dropped or altered frame fails to open and ends the session. */
+ * dropped or altered frame fails to open and ends the session. The event-loop server
+ * both daemons run is server.c. */
 #ifndef XM_RPC_H
 #define XM_RPC_H
 
@@ -239,6 +240,83 @@ int rpc_accept_paced(int listen_fd, struct sockaddr_storage *ss, uint64_t *pause
  */
 xm_status_t rpc_scoped_name(const char *principal, const char *name, bool creating, char *out,
                             size_t len, const char **why_p);
+
+/* ---- the event-loop server (server.c) -------------------------------------- */
+
+/*
+ * One epoll loop thread serves every authenticated connection of a daemon: it reads
+ * and opens frames, hands each request to the owner's serve callback and sends the
+ * sealed replies, buffering what the socket does not take at once. Requests are
+ * served in rounds (at most one per connection, at most RPC_SRV_ROUND_MAX); a request
+ * whose serve would wait is served again on a worker thread. Handshakes run on a
+ * thread of their own each (bounded by max_conns), so a slow peer never holds the
+ * loop. The loop also accepts (pausing on EMFILE), enforces per-tenant limits, the
+ * idle timeout and the frame timeout, ends sessions whose credential was revoked
+ * (the keyring's watch_fd or SIGHUP), and sleeps when nothing is due.
+ */
+#define RPC_SRV_ROUND_MAX 64
+
+/* A server's connection as the owner's callbacks see it. Owned by one thread at a time
+ * (the loop, or the worker serving its request), like everything behind it. */
+typedef struct rpc_srv_conn {
+    rpc_conn_t rc;                   /* the session; rc.principal is who the peer proved to be */
+    struct sockaddr_storage peer_ss;
+    char peer[64];                   /* HOST:PORT, for log lines */
+    void *data;                      /* the owner's (release it in conn_closed) */
+    bool keep;                       /* never closed for being idle */
+} rpc_srv_conn_t;
+
+typedef struct rpc_srv_ops {
+    /*
+     * Serve req into *rep (an error's reason into why; *close_p: end the session after the
+     * reply). On the loop (loop true) nothing may wait: XM_ERR_AGAIN has req served again,
+     * on a worker (loop false). slot: req's index in its round (loop only).
+     */
+    xm_status_t (*serve)(void *arg, rpc_srv_conn_t *c, xm_msg_t *req, bool loop, size_t slot,
+                         xm_msg_t *rep, char *why, size_t whylen, bool *close_p);
+    /* Release what serve put into a reply, once it is sealed (NULL: nothing to release). */
+    void (*reply_cleanup)(void *arg, xm_msg_t *rep);
+    /* Before the loop serves a round (NULL: nothing). */
+    void (*round_begin)(void *arg);
+    /* After it, before any of its replies is sent; failed[i] (false on entry): slot i's
+     * reply is replaced by the returned status and *why_p (NULL: nothing). */
+    xm_status_t (*round_end)(void *arg, size_t n, bool *failed, const char **why_p);
+    /* Every tick_ms on the loop (NULL: none). */
+    void (*tick)(void *arg);
+    /* An authenticated session ends (NULL: nothing). */
+    void (*conn_closed)(void *arg, rpc_srv_conn_t *c);
+} rpc_srv_ops_t;
+
+typedef struct rpc_server_opts {
+    int listen_fd;                   /* non-blocking; stays the caller's */
+    rpc_keyring_t *keyring;          /* who may connect; its watch_fd is watched */
+    const rpc_identity_t *identity;  /* signs every handshake; NULL: none */
+    const Xmem__Welcome *welcome;    /* the handshake's last frame; outlives the server */
+    const rpc_srv_ops_t *ops;
+    void *arg;                       /* the callbacks' first argument */
+    uint32_t max_conns;              /* connections at once, handshaking ones included */
+    uint32_t max_conns_per_tenant;
+    uint32_t timeout_ms;             /* a handshake, a started frame, a pending reply */
+    uint32_t idle_ms;                /* an authenticated session idle this long ends; 0: never */
+    uint32_t workers;                /* threads serving requests that wait; 0: the loop serves them */
+    uint32_t spin_us;                /* the loop polls this long after a round before sleeping */
+    uint32_t tick_ms;                /* period of ops->tick */
+    bool log_sessions;               /* an info line per session (else debug) */
+} rpc_server_opts_t;
+
+typedef struct rpc_server rpc_server_t;
+
+typedef struct rpc_server_stats {
+    uint64_t rounds, served, worked; /* rounds, requests served in them, of those on workers */
+} rpc_server_stats_t;
+
+xm_status_t rpc_server_create(const rpc_server_opts_t *opts, rpc_server_t **s_p);
+/* Serve on the calling thread until stop_fd is readable; hup_fd (a SIGHUP signalfd, -1:
+ * none) readable reloads the tenant registry. */
+void rpc_server_run(rpc_server_t *s, int stop_fd, int hup_fd);
+void rpc_server_stats(rpc_server_t *s, rpc_server_stats_t *st);
+/* End every session (conn_closed for each) and stop the threads. */
+void rpc_server_destroy(rpc_server_t *s);
 
 /* Cryptographic random bytes (libsodium). */
 void rpc_random(void *buf, size_t len);
