@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <unistd.h>
 
@@ -66,6 +67,8 @@ static void *progress_main(void *arg)
 int main(int argc, char **argv)
 {
     xm__log_set_ident("xmemd");
+    /* no process of our user reaches the pool through /proc/PID/{fd,mem} or process_vm_readv */
+    prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
     xm_config_t cfg = {entries, XM_ARRAY_LEN(entries)};
     xm__config_init(&cfg);
     int done = xm__config_parse_args(&cfg, argc, argv, "xmemd", synopsis);

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <unistd.h>
 
@@ -70,6 +71,8 @@ static int parse_quotas(const char *text, mgr_quota_t **q_p, uint32_t *n_p)
 int main(int argc, char **argv)
 {
     xm__log_set_ident("xmem-manager");
+    /* no process of our user reaches the table's keys through /proc/PID/{fd,mem} or process_vm_readv */
+    prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
     xm_config_t cfg = {entries, XM_ARRAY_LEN(entries)};
     xm__config_init(&cfg);
     int done = xm__config_parse_args(&cfg, argc, argv, "xmem-manager", synopsis);

@@ -37,6 +37,9 @@ typedef struct net_fabric {
     struct fid_av *av;
     struct fid_cntr *rma_cntr; /* target: counts remote accesses where the provider can */
     int wait_fd;               /* target: CQ wait fd, -1 when the provider has none */
+    struct net_bell *bell;     /* target over shm: the doorbell its clients ring (fabric.c) */
+    struct net_bells *bells;   /* initiator over shm: its peers' doorbells, by fi_addr_t */
+    struct net_drain *drain;   /* target: receives that take in and drop peers' messages */
     char provider[64];         /* "tcp" or "shm" as configured; info has the full name */
     uint8_t addr[XM_FABRIC_ADDR_MAX];
     size_t addr_len;
