@@ -132,6 +132,8 @@ void appl_pool_info(appl_regions_t *t, xm_appliance_info_t *info);
 /* The tenant registry changed: close every registration of tenants it no longer holds, so
  * the keys they were given stop working at once (re-made if the tenant returns and opens). */
 void appl_regions_revoke(appl_regions_t *t, rpc_keyring_t *kr);
+/* Bytes of the regions tenants created directly (not named '@...' by the manager). */
+uint64_t appl_regions_direct_bytes(appl_regions_t *t);
 
 /* ---- server.c: control connections (the rpc event-loop server) ----------- */
 

@@ -43,6 +43,7 @@ static void serve_connection(appl_member_t *mb, rpc_conn_t *rc)
         reg.regions = info.regions;
         reg.backing = info.backing;
         reg.boot_id = mb->boot_id;
+        reg.direct_used = appl_regions_direct_bytes(o->regions);
         reg.identity_pk = (ProtobufCBinaryData){RPC_ID_PK_LEN, (uint8_t *)o->identity->pk};
         reg.identity_sig = (ProtobufCBinaryData){RPC_ID_SIG_LEN, sig};
         xm_msg_t req = XMEM__MSG__INIT, *rep;

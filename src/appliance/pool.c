@@ -73,7 +73,7 @@ xm_status_t appl_pool_init(appl_pool_t *pool, appl_backing_t backing, const char
         break;
     case APPL_BACKING_FILE:
         snprintf(pool->path, sizeof(pool->path), "%s", path);
-        pool->fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+        pool->fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
         break;
     }
     if (pool->fd < 0) {

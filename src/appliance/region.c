@@ -39,6 +39,17 @@ static void grant_close(appl_grant_t *g)
     g->mr_rw = g->mr_ro = NULL;
 }
 
+uint64_t appl_regions_direct_bytes(appl_regions_t *t)
+{
+    uint64_t bytes = 0;
+    pthread_mutex_lock(&t->lock);
+    for (appl_region_t *r = t->head; r != NULL; r = r->next) {
+        if (r->name[0] != '@') bytes += (uint64_t)r->nextents * t->pool->extent_size;
+    }
+    pthread_mutex_unlock(&t->lock);
+    return bytes;
+}
+
 void appl_regions_revoke(appl_regions_t *t, rpc_keyring_t *kr)
 {
     uint32_t closed = 0;
@@ -413,6 +424,11 @@ xm_status_t appl_region_create(appl_regions_t *t, const char *owner, uint64_t si
     graves_reap(t, false);
     xm_status_t status;
     uint64_t want = (size + t->pool->extent_size - 1) / t->pool->extent_size;
+    if (t->keyring != NULL && !rpc_keyring_has_tenant(t->keyring, owner)) {
+        WHY("the tenant's credentials were revoked");
+        status = XM_ERR_AUTH;
+        goto out;
+    }
     if (name != NULL && name[0] != '\0' && region_find(t, 0, name) != NULL) {
         WHY("a region with that name exists");
         status = XM_ERR_EXISTS;
@@ -494,6 +510,11 @@ static xm_status_t visible(appl_regions_t *t, const char *tenant, uint64_t id, c
     if (r == NULL) {
         WHY("no such region");
         return XM_ERR_NOT_FOUND;
+    }
+    /* a revoked tenant's sessions may still be closing, and the manager may ask for it */
+    if (t->keyring != NULL && !rpc_keyring_has_tenant(t->keyring, tenant)) {
+        WHY("the tenant's credentials were revoked");
+        return XM_ERR_AUTH;
     }
     /* the manager acts as every region's owner (docs/security.md) */
     appl_grant_t *g = strcmp(tenant, XM_MANAGER_TENANT) == 0 ? &r->grants[0] : grant_find(r, tenant);

@@ -270,6 +270,7 @@ XM_EXPORT xm_status_t xm_connect(const xm_connect_opts_t *opts, xm_ctx_h *ctx_p)
 err:
     snprintf(connect_error, sizeof(connect_error), "%s",
              ctx->last_error[0] != '\0' ? ctx->last_error : xm_status_str(status));
+    sodium_memzero(&ctx->cred, sizeof(ctx->cred));
     free(ctx);
     return status;
 }
@@ -283,6 +284,7 @@ XM_EXPORT void xm_disconnect(xm_ctx_h ctx)
     }
     ctl_close(ctx);
     free(ctx->peers);
+    sodium_memzero(&ctx->cred, sizeof(ctx->cred));
     free(ctx);
 }
 

@@ -362,9 +362,12 @@ static bool reserved_tenant(const char *tenant)
     return tenant[0] == '@';
 }
 
+static bool tenant_revoked(mgr_t *m, const char *tenant, char *why, size_t whylen);
+
 xm_status_t mgr_alloc_create(mgr_t *m, const char *tenant, const Xmem__AllocRequest *req,
                              mgr_batch_t *b, size_t slot, xm_msg_t *rep, char *why, size_t whylen)
 {
+    if (tenant_revoked(m, tenant, why, whylen)) return XM_ERR_AUTH;
     if (reserved_tenant(tenant)) {
         WHY("tenant names starting with @ are reserved");
         return XM_ERR_PERM;
@@ -603,6 +606,7 @@ static xm_status_t lookup(mgr_t *m, const char *tenant, uint64_t id, const char 
 xm_status_t mgr_alloc_destroy(mgr_t *m, const char *tenant, const Xmem__AllocRef *ref,
                               mgr_batch_t *b, size_t slot, char *why, size_t whylen)
 {
+    if (tenant_revoked(m, tenant, why, whylen)) return XM_ERR_AUTH;
     pthread_mutex_lock(&m->lock);
     mgr_alloc_t *a;
     xm_status_t status = lookup(m, tenant, ref->id, ref->name, XM_ACCESS_READ_WRITE, true,
@@ -662,9 +666,34 @@ void mgr_batch_finish(mgr_t *m, mgr_batch_t *b, bool committed, bool *failed)
     pthread_mutex_unlock(&m->lock);
 }
 
+void mgr_tenants_changed(void *arg)
+{
+    mgr_t *m = arg;
+    uint32_t n = 0;
+    pthread_mutex_lock(&m->lock);
+    for (mgr_alloc_t *a = m->allocs; a != NULL; a = a->tnext) {
+        if (!a->keys_stale && !rpc_keyring_has_tenant(m->opts.keyring, a->owner)) {
+            a->keys_stale = true;
+            n++;
+        }
+    }
+    pthread_mutex_unlock(&m->lock);
+    if (n > 0) xm_log_info("%u allocations of revoked tenants: keys refreshed at next attach", n);
+}
+
+/* Requests of a tenant the registry no longer holds are refused (its sessions are being
+ * ended; one may still be between its request and its end). */
+static bool tenant_revoked(mgr_t *m, const char *tenant, char *why, size_t whylen)
+{
+    if (m->opts.keyring == NULL || rpc_keyring_has_tenant(m->opts.keyring, tenant)) return false;
+    snprintf(why, whylen, "the tenant's credentials were revoked");
+    return true;
+}
+
 xm_status_t mgr_alloc_attach(mgr_t *m, const char *tenant, const Xmem__AllocRef *ref,
                              mgr_batch_t *b, xm_msg_t *rep, char *why, size_t whylen)
 {
+    if (tenant_revoked(m, tenant, why, whylen)) return XM_ERR_AUTH;
     xm_access_t access = ref->access == XMEM__ACCESS__ACCESS_READ ? XM_ACCESS_READ
                                                                   : XM_ACCESS_READ_WRITE;
     pthread_mutex_lock(&m->lock);
@@ -675,7 +704,8 @@ xm_status_t mgr_alloc_attach(mgr_t *m, const char *tenant, const Xmem__AllocRef 
         pthread_mutex_unlock(&m->lock);
         return status;
     }
-    if (strcmp(a->owner, tenant) == 0 && access == XM_ACCESS_READ_WRITE) {
+    bool owner_rw = strcmp(a->owner, tenant) == 0 && access == XM_ACCESS_READ_WRITE;
+    if (owner_rw && !a->keys_stale) {
         status = desc_build(m, a, access, NULL, rep);
         pthread_mutex_unlock(&m->lock);
         return status;
@@ -708,19 +738,39 @@ xm_status_t mgr_alloc_attach(mgr_t *m, const char *tenant, const Xmem__AllocRef 
             proto_msg_free(r);
         }
     }
+    const char **addrs = NULL;
     pthread_mutex_lock(&m->lock);
-    a->busy = false;
-    pthread_cond_broadcast(&m->cond);
+    if (status == XM_OK && owner_rw) {
+        /* the owner's keys were refreshed: they are the allocation's keys from now on */
+        for (uint32_t i = 0; i < n; i++) a->parts[i].key = keys[i];
+        a->keys_stale = false;
+        addrs = calloc(n, sizeof(char *));
+        for (uint32_t i = 0; addrs != NULL && i < n; i++) addrs[i] = m->apps[a->parts[i].appl]->addr;
+    }
+    if (addrs == NULL) {
+        a->busy = false;
+        pthread_cond_broadcast(&m->cond);
+    }
     if (status == XM_OK) status = desc_build(m, a, access, keys, rep);
     pthread_mutex_unlock(&m->lock);
+    if (addrs != NULL) {
+        /* written without the manager's lock (lock order: store, then manager); still busy */
+        if (m->opts.store_ops->alloc_put(m->store, a, addrs) != XM_OK)
+            xm_log_error("allocation %llu: its refreshed keys are not recorded", (unsigned long long)id);
+        free(addrs);
+        pthread_mutex_lock(&m->lock);
+        a->busy = false;
+        pthread_cond_broadcast(&m->cond);
+        pthread_mutex_unlock(&m->lock);
+    }
     free(keys);
-    (void)id;
     return status;
 }
 
 xm_status_t mgr_alloc_grant(mgr_t *m, const char *tenant, const Xmem__AllocGrant *g, char *why,
                             size_t whylen)
 {
+    if (tenant_revoked(m, tenant, why, whylen)) return XM_ERR_AUTH;
     xm_access_t access = g->access == XMEM__ACCESS__ACCESS_READ ? XM_ACCESS_READ
                                                                 : XM_ACCESS_READ_WRITE;
     pthread_mutex_lock(&m->lock);
@@ -812,7 +862,9 @@ xm_status_t mgr_alloc_list(mgr_t *m, const char *tenant, xm_msg_t *rep)
         if (!visible || a->busy) continue;
         Xmem__AllocInfo *in = calloc(1, sizeof(*in));
         char *s = calloc(4, XM_NAME_MAX + 1);
-        char **apps = calloc(a->policy.width, sizeof(char *));
+        /* the addresses are copied: an appliance that moves rewrites its address while the
+         * reply is being encoded without the lock */
+        char **apps = calloc(1, a->policy.width * (sizeof(char *) + XM_NAME_MAX + 1));
         if (in == NULL || s == NULL || apps == NULL) {
             free(in);
             free(s);
@@ -828,7 +880,10 @@ xm_status_t mgr_alloc_list(mgr_t *m, const char *tenant, xm_msg_t *rep)
         in->owner = strcpy(s + XM_NAME_MAX + 1, a->owner);
         in->policy = strcpy(s + 2 * (XM_NAME_MAX + 1), a->policy_text);
         in->state = strcpy(s + 3 * (XM_NAME_MAX + 1), alloc_state(m, a));
-        for (uint32_t i = 0; i < a->policy.width; i++) apps[i] = m->apps[a->parts[i].appl]->addr;
+        char *tail = (char *)(apps + a->policy.width);
+        for (uint32_t i = 0; i < a->policy.width; i++) {
+            apps[i] = strcpy(tail + (size_t)i * (XM_NAME_MAX + 1), m->apps[a->parts[i].appl]->addr);
+        }
         in->n_appliances = a->policy.width;
         in->appliances = apps;
         infos[list->n_allocs++] = in;
@@ -854,24 +909,25 @@ xm_status_t mgr_appliance_list(mgr_t *m, xm_msg_t *rep)
     rep->appliances = t;
     for (uint32_t i = 0; i < m->napps; i++) {
         const mgr_appliance_t *a = m->apps[i];
-        Xmem__ApplianceEntry *e = calloc(1, sizeof(*e));
+        /* one block: the entry, then copies of its strings (an appliance that moves rewrites its
+         * address while the reply is encoded without the lock) */
+        Xmem__ApplianceEntry *e = calloc(1, sizeof(*e) + 2 * (XM_NAME_MAX + 1) + sizeof(a->provider));
         if (e == NULL) {
             pthread_mutex_unlock(&m->lock);
             mgr_reply_cleanup(rep);
             return XM_ERR_NO_MEMORY;
         }
         xmem__appliance_entry__init(e);
-        /* registry entries live until the manager stops: pointing at them is safe
-         * while the reply is sent, and their strings change only in place */
-        e->addr = (char *)a->addr;
-        e->domain = (char *)a->domain;
+        char *str = (char *)(e + 1);
+        e->addr = strcpy(str, a->addr);
+        e->domain = strcpy(str + XM_NAME_MAX + 1, a->domain);
         /* an appliance that registered is used once its regions were compared with the table */
         e->state = !a->up ? "down" : a->validated ? "up" : "joining";
         e->capacity = a->capacity;
         e->used = a->reserved;
         e->other_used = a->foreign;
         e->regions = a->nregions;
-        e->provider = (char *)a->provider;
+        e->provider = strcpy(str + 2 * (XM_NAME_MAX + 1), a->provider);
         es[t->n_appliances++] = e;
     }
     pthread_mutex_unlock(&m->lock);
@@ -934,6 +990,12 @@ static xm_status_t refresh_keys(mgr_t *m, mgr_appliance_t *ap, char *why, size_t
         }
         pthread_mutex_lock(&m->lock);
         mgr_alloc_t *a = find(m, w[k].alloc_id, NULL);
+        if (a != NULL && a->busy) {
+            /* another thread holds it: leave it to be refreshed at its next attach */
+            a->keys_stale = true;
+            pthread_mutex_unlock(&m->lock);
+            continue;
+        }
         bool changed = a != NULL && w[k].part < a->policy.width &&
                        a->parts[w[k].part].region_id == w[k].region_id &&
                        a->parts[w[k].part].key != key;

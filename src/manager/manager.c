@@ -38,6 +38,10 @@ xm_status_t mgr_create(const mgr_opts_t *opts, mgr_t **m_p, char *why, size_t wh
         snprintf(why, whylen, "cannot start the background thread");
         goto err;
     }
+    if (m->opts.keyring != NULL) {
+        m->opts.keyring->on_change = mgr_tenants_changed;
+        m->opts.keyring->on_change_arg = m;
+    }
     *m_p = m;
     return XM_OK;
 err:

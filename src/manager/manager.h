@@ -140,6 +140,8 @@ typedef struct mgr_alloc {
     mgr_grant_t *grants;
     uint32_t ngrants;
     bool busy;                       /* being created or freed */
+    bool keys_stale;                 /* its owner was revoked: the stored owner keys may be dead
+                                      * (appliances closed them); fetch fresh ones at attach */
     struct mgr_alloc *next;          /* the queue of freed allocations (manager.c) */
     /* in the table (mgr_table_link): a list, and indexes by id, request and name */
     struct mgr_alloc *tprev, *tnext;
@@ -346,6 +348,9 @@ struct mgr {
 xm_status_t mgr_create(const mgr_opts_t *opts, mgr_t **m_p, char *why, size_t whylen);
 void mgr_destroy(mgr_t *m);
 uint64_t mgr_quota_of(const mgr_t *m, const char *tenant);
+/* The tenant registry changed (the keyring's on_change): allocations of owners no longer in
+ * it get keys_stale. */
+void mgr_tenants_changed(void *arg);
 
 /* ---- server.c ----------------------------------------------------------- */
 

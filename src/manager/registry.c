@@ -157,7 +157,7 @@ xm_status_t mgr_registry_heartbeat(mgr_t *m, const Xmem__ApplianceRegister *reg,
     a->extent_size = reg->extent_size;
     a->reported_used = reg->pool_used;
     /* what tenants made directly on the appliance is not the manager's to place on */
-    a->foreign = reg->pool_used > a->reserved ? reg->pool_used - a->reserved : 0;
+    a->foreign = reg->direct_used;
     a->boot_id = reg->boot_id;
     a->last_seen_ns = xm__now_ns();
     if (!a->up) {

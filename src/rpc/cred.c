@@ -18,7 +18,7 @@
 #define CRED_MAGIC "xmem-credential 1\n"
 #define TENANTS_MAGIC "# xmem tenant registry: NAME ID (hex); edit with xmem tenant add|rm\n"
 #define CLUSTER_MIN_BYTES 32
-#define CLUSTER_MIN_BITS 128.0
+#define CLUSTER_MIN_BITS_PER_BYTE 4.5
 
 void rpc_random(void *buf, size_t len)
 {
@@ -26,13 +26,11 @@ void rpc_random(void *buf, size_t len)
     randombytes_buf(buf, len);
 }
 
-xm_status_t rpc_file_private(const char *path, const char *what, char *why, size_t whylen)
+/* The ownership and mode rule for a file's status. */
+static xm_status_t stat_private(const struct stat *stp, const char *path, const char *what,
+                                char *why, size_t whylen)
 {
-    struct stat st;
-    if (stat(path, &st) != 0) {
-        snprintf(why, whylen, "cannot read %s %s: %s", what, path, strerror(errno));
-        return errno == ENOENT ? XM_ERR_NOT_FOUND : XM_ERR_IO;
-    }
+    const struct stat st = *stp;
     if (!S_ISREG(st.st_mode)) {
         snprintf(why, whylen, "%s %s is not a regular file", what, path);
         return XM_ERR_INVALID;
@@ -50,27 +48,53 @@ xm_status_t rpc_file_private(const char *path, const char *what, char *why, size
     return XM_OK;
 }
 
+xm_status_t rpc_file_private(const char *path, const char *what, char *why, size_t whylen)
+{
+    struct stat st;
+    if (stat(path, &st) != 0) {
+        snprintf(why, whylen, "cannot read %s %s: %s", what, path, strerror(errno));
+        return errno == ENOENT ? XM_ERR_NOT_FOUND : XM_ERR_IO;
+    }
+    return stat_private(&st, path, what, why, whylen);
+}
+
 /* Read a small private file whole; NUL-terminated. */
 static xm_status_t read_private(const char *path, const char *what, char *buf, size_t cap,
                                 size_t *len_p, char *why, size_t whylen)
 {
-    xm_status_t status = rpc_file_private(path, what, why, whylen);
-    if (status != XM_OK) return status == XM_ERR_NOT_FOUND ? XM_ERR_AUTH : status;
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    /* the file we check is the file we read: open first (no symlink, no FIFO that could
+     * block), then check what was opened */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
     if (fd < 0) {
-        snprintf(why, whylen, "cannot open %s %s: %s", what, path, strerror(errno));
-        return XM_ERR_AUTH;
+        snprintf(why, whylen, "cannot open %s %s: %s%s", what, path, strerror(errno),
+                 errno == ELOOP ? " (a symbolic link: give the file itself)" : "");
+        return errno == ENOENT ? XM_ERR_NOT_FOUND : XM_ERR_AUTH;
     }
-    ssize_t n = read(fd, buf, cap - 1);
-    int err = errno;
+    struct stat st;
+    xm_status_t status = fstat(fd, &st) == 0 ? stat_private(&st, path, what, why, whylen) : XM_ERR_IO;
+    size_t len = 0;
+    while (status == XM_OK && len < cap - 1) {
+        ssize_t n = read(fd, buf + len, cap - 1 - len);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) {
+            snprintf(why, whylen, "cannot read %s %s: %s", what, path, strerror(errno));
+            status = XM_ERR_AUTH;
+        }
+        if (n <= 0) break;
+        len += (size_t)n;
+    }
     close(fd);
-    if (n < 0) {
-        snprintf(why, whylen, "cannot read %s %s: %s", what, path, strerror(err));
-        return XM_ERR_AUTH;
-    }
-    buf[n] = '\0';
-    *len_p = (size_t)n;
+    if (status != XM_OK) return status;
+    buf[len] = '\0';
+    *len_p = len;
     return XM_OK;
+}
+
+bool rpc_tenant_name_ok(const char *name)
+{
+    /* a valid name that cannot be mistaken for a role ('@'), a scoped name ('/') or a
+     * comment of the registry ('#') */
+    return xm__name_valid(name) && name[0] != '@' && name[0] != '#' && strchr(name, '/') == NULL;
 }
 
 /* Bits of entropy the byte histogram of buf suggests (an estimate that catches repeats). */
@@ -85,6 +109,39 @@ static double entropy_bits(const uint8_t *buf, size_t len)
         h -= p * log2(p);
     }
     return h * (double)len;
+}
+
+/*
+ * A cluster secret must be machine-made randomness: anyone may ask a server for a MAC
+ * under it (the handshake's first reply), so a guessable one would fall to an offline
+ * search. Hex (what xmem secret new writes): at least 64 digits whose bytes look random;
+ * raw bytes: at least 32, not all printable text, and looking random.
+ */
+static bool secret_random_enough(const uint8_t *raw, size_t n)
+{
+    bool hex = n > 0, printable = true;
+    for (size_t i = 0; i < n; i++) {
+        hex = hex && ((raw[i] >= '0' && raw[i] <= '9') || (raw[i] >= 'a' && raw[i] <= 'f') ||
+                      (raw[i] >= 'A' && raw[i] <= 'F'));
+        printable = printable && raw[i] >= 0x20 && raw[i] < 0x7f;
+    }
+    if (hex) {
+        if (n < 2 * CLUSTER_MIN_BYTES) return false;
+        size_t m = n / 2;
+        uint8_t *bytes = malloc(m);
+        if (bytes == NULL) return false;
+        for (size_t i = 0; i < m; i++) {
+            unsigned v;
+            sscanf((const char *)raw + 2 * i, "%2x", &v);
+            bytes[i] = (uint8_t)v;
+        }
+        bool ok = entropy_bits(bytes, m) >= CLUSTER_MIN_BITS_PER_BYTE * (double)XM_MIN(m, 32);
+        sodium_memzero(bytes, m);
+        free(bytes);
+        return ok;
+    }
+    return n >= CLUSTER_MIN_BYTES && !printable &&
+           entropy_bits(raw, n) >= CLUSTER_MIN_BITS_PER_BYTE * (double)XM_MIN(n, 32);
 }
 
 static bool hex_decode(const char *s, size_t n, uint8_t *out)
@@ -104,7 +161,7 @@ static xm_status_t parse_tenant_cred(char *text, rpc_cred_t *cred, const char *p
     bool have_tenant = false, have_id = false, have_key = false;
     for (char *line = strtok_r(text + strlen(CRED_MAGIC), "\n", &save); line != NULL;
          line = strtok_r(NULL, "\n", &save)) {
-        if (strncmp(line, "tenant ", 7) == 0 && xm__name_valid(line + 7) && line[7] != '@') {
+        if (strncmp(line, "tenant ", 7) == 0 && rpc_tenant_name_ok(line + 7)) {
             snprintf(cred->tenant, sizeof(cred->tenant), "%s", line + 7);
             have_tenant = true;
         } else if (strncmp(line, "id ", 3) == 0) {
@@ -143,10 +200,10 @@ xm_status_t rpc_cred_load(const char *path, rpc_cred_t *cred, char *why, size_t 
     }
     /* a cluster secret: its bytes, a trailing newline not included */
     while (n > 0 && (raw[n - 1] == '\n' || raw[n - 1] == '\r')) n--;
-    if (n < CLUSTER_MIN_BYTES || entropy_bits((const uint8_t *)raw, n) < CLUSTER_MIN_BITS) {
-        snprintf(why, whylen, "secret file %s is too short or too regular to be a secret "
-                 "(%zu bytes; at least %d random bytes are needed): make one with xmem secret new PATH",
-                 path, n, CLUSTER_MIN_BYTES);
+    if (!secret_random_enough((const uint8_t *)raw, n)) {
+        snprintf(why, whylen, "secret file %s does not hold a random secret (%zu bytes; at least "
+                 "%d random bytes, raw or as hex, are needed; a passphrase is not one): make one "
+                 "with xmem secret new PATH", path, n, CLUSTER_MIN_BYTES);
         sodium_memzero(raw, sizeof(raw));
         return XM_ERR_AUTH;
     }
@@ -187,8 +244,7 @@ static xm_status_t tenants_parse(char *text, const char *path, rpc_tenant_entry_
         if (line[0] == '#' || line[0] == '\0') continue;
         char name[XM_NAME_MAX + 3];
         uint64_t id;
-        if (sscanf(line, "%64s %" SCNx64, name, &id) != 2 || !xm__name_valid(name) ||
-            name[0] == '@' || id == 0) {
+        if (sscanf(line, "%64s %" SCNx64, name, &id) != 2 || !rpc_tenant_name_ok(name) || id == 0) {
             xm_log_warn("tenant registry %s: line '%.80s' ignored", path, line);
             continue;
         }
@@ -214,23 +270,32 @@ static xm_status_t tenants_parse(char *text, const char *path, rpc_tenant_entry_
 static xm_status_t tenants_load(const char *path, rpc_tenant_entry_t **out, size_t *n_p, char *why,
                                 size_t whylen)
 {
-    struct stat st;
-    if (stat(path, &st) != 0 && errno == ENOENT) {
-        *out = NULL;
-        *n_p = 0;
-        return XM_OK;
-    }
-    size_t cap = (size_t)st.st_size + 2, n;
-    if (cap > (64u << 20)) {
-        snprintf(why, whylen, "tenant registry %s is too large", path);
-        return XM_ERR_INVALID;
-    }
+    /* read whole (up to the limit) from one open: a file replaced meanwhile is read as one */
+    size_t cap = 64u << 20, n;
     char *text = malloc(cap);
     if (text == NULL) return XM_ERR_NO_MEMORY;
     xm_status_t status = read_private(path, "tenant registry", text, cap, &n, why, whylen);
+    if (status == XM_ERR_NOT_FOUND) {
+        free(text);
+        *out = NULL;
+        *n_p = 0;
+        return XM_ERR_NOT_FOUND; /* the caller says what a missing registry means */
+    }
+    if (status == XM_OK && n == cap - 1) {
+        snprintf(why, whylen, "tenant registry %s is too large", path);
+        status = XM_ERR_INVALID;
+    }
     if (status == XM_OK) status = tenants_parse(text, path, out, n_p);
     free(text);
     return status;
+}
+
+/* tenants_load, where a missing registry is an empty one (nothing issued yet). */
+static xm_status_t tenants_load_or_empty(const char *path, rpc_tenant_entry_t **out, size_t *n_p,
+                                         char *why, size_t whylen)
+{
+    xm_status_t status = tenants_load(path, out, n_p, why, whylen);
+    return status == XM_ERR_NOT_FOUND ? XM_OK : status;
 }
 
 /* Replace the registry with entries, atomically (temporary file, fsync, rename). */
@@ -300,14 +365,14 @@ static xm_status_t tenant_add_locked(const rpc_cred_t *cluster, const char *tena
         snprintf(why, whylen, "issuing a tenant credential needs the cluster secret, not a tenant's");
         return XM_ERR_PERM;
     }
-    if (!xm__name_valid(tenant) || tenant[0] == '@' || strchr(tenant, '/') != NULL) {
+    if (!rpc_tenant_name_ok(tenant)) {
         snprintf(why, whylen, "tenant name '%s' must be 1..%d printable characters, without '/' "
-                 "and not starting with '@'", tenant, XM_NAME_MAX);
+                 "and not starting with '@' or '#'", tenant, XM_NAME_MAX);
         return XM_ERR_INVALID;
     }
     rpc_tenant_entry_t *e;
     size_t n;
-    xm_status_t status = tenants_load(tenants_path, &e, &n, why, whylen);
+    xm_status_t status = tenants_load_or_empty(tenants_path, &e, &n, why, whylen);
     if (status != XM_OK) return status;
     uint64_t id = 0;
     while (id == 0) rpc_random(&id, sizeof(id));
@@ -355,7 +420,7 @@ xm_status_t rpc_tenant_rm(const char *tenants_path, const char *tenant, char *wh
     size_t n, kept = 0;
     int lock = tenants_lock(tenants_path, why, whylen);
     if (lock < 0) return XM_ERR_IO;
-    xm_status_t status = tenants_load(tenants_path, &e, &n, why, whylen);
+    xm_status_t status = tenants_load_or_empty(tenants_path, &e, &n, why, whylen);
     if (status != XM_OK) {
         close(lock);
         return status;
@@ -379,7 +444,7 @@ xm_status_t rpc_tenant_list(const char *tenants_path, char **out, char *why, siz
 {
     rpc_tenant_entry_t *e;
     size_t n;
-    xm_status_t status = tenants_load(tenants_path, &e, &n, why, whylen);
+    xm_status_t status = tenants_load_or_empty(tenants_path, &e, &n, why, whylen);
     if (status != XM_OK) return status;
     char *text = malloc(n * (XM_NAME_MAX + 20) + 1);
     if (text == NULL) {
@@ -433,7 +498,7 @@ xm_status_t rpc_keyring_init(rpc_keyring_t *kr, const rpc_cred_t *cluster, const
     } else {
         rpc_tenants_path(cluster->path, kr->tenants_path, sizeof(kr->tenants_path));
     }
-    xm_status_t status = tenants_load(kr->tenants_path, &kr->tenants, &kr->ntenants, why, whylen);
+    xm_status_t status = tenants_load_or_empty(kr->tenants_path, &kr->tenants, &kr->ntenants, why, whylen);
     if (status != XM_OK) return status;
     pthread_mutex_init(&kr->lock, NULL);
     keyring_watch(kr);
@@ -458,7 +523,15 @@ bool rpc_keyring_refresh(rpc_keyring_t *kr)
     rpc_tenant_entry_t *e;
     size_t n;
     char why[512];
-    if (tenants_load(kr->tenants_path, &e, &n, why, sizeof(why)) != XM_OK) {
+    xm_status_t st = tenants_load(kr->tenants_path, &e, &n, why, sizeof(why));
+    if (st == XM_ERR_NOT_FOUND) {
+        /* an editor that deletes and rewrites, or a mistake: revoking everyone on that is
+         * worse than keeping what was loaded (xmem tenant rm revokes one tenant) */
+        xm_log_error("tenant registry %s is gone: keeping the %zu tenants loaded before",
+                     kr->tenants_path, kr->ntenants);
+        return false;
+    }
+    if (st != XM_OK) {
         xm_log_error("tenant registry not reloaded: %s", why);
         return false;
     }

@@ -76,6 +76,8 @@ xm_status_t rpc_cred_load(const char *path, rpc_cred_t *cred, char *why, size_t 
 /* Refuse a file (secret, credential, table, pool) that group or others may access or
  * that another user owns; why names it and says how to fix it. */
 xm_status_t rpc_file_private(const char *path, const char *what, char *why, size_t whylen);
+/* A name a tenant may have: valid, no '/', not starting with '@' or '#'. */
+bool rpc_tenant_name_ok(const char *name);
 /* The key of tenant's credential id under cluster key k. */
 void rpc_tenant_key(const uint8_t k[RPC_KEY_LEN], const char *tenant, uint64_t id,
                     uint8_t out[RPC_KEY_LEN]);

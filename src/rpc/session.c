@@ -436,7 +436,15 @@ xm_status_t rpc_handshake_server(rpc_conn_t *c, rpc_keyring_t *kr, const rpc_ide
     }
     chain(t1, m->auth->client_header.data, XM_STREAM_HEADER_LEN, c->transcript);
     c->secure = true;
-    if (admit != NULL && (status = admit(arg, c, why_p)) != XM_OK) {
+    /* the credential was looked up at the Hello: a revocation since then must not let the
+     * peer in (it could hold its Auth back across `xmem tenant rm`) */
+    if (!rpc_keyring_valid(kr, c->principal, c->cred_id)) {
+        *why_p = "tenant credential revoked";
+        status = XM_ERR_AUTH;
+    } else if (admit != NULL) {
+        status = admit(arg, c, why_p);
+    }
+    if (status != XM_OK) {
         xm_msg_t no = XMEM__MSG__INIT;
         no.seq = m->seq;
         no.status = status;

@@ -569,3 +569,36 @@ Test(control, revoked_tenant_keys_stop_working, .fini = teardown, .timeout = 60)
     xm_region_close(r);
     xm_disconnect(alice);
 }
+
+/* Revocation through the manager: a revoked tenant's requests are refused, and when it is
+ * issued a credential again its allocations are its own again, keys and bytes. */
+Test(control, revoked_then_readded_tenant_through_the_manager, .fini = teardown, .timeout = 120)
+{
+    xt_cluster_start(&cl, 1, "64M", "tcp", NULL);
+    cluster_up = true;
+    xm_ctx_h alice = xt_manager_connect(&cl.mgr, "alice");
+    xm_alloc_h a;
+    cr_assert_eq(xm_alloc(alice, 1u << 20, "single", "kept", &a), XM_OK, "%s", xm_last_error(alice));
+    cr_assert_eq(xm_write(a, 64, "mine", 4), XM_OK);
+    char why[256];
+    cr_assert_eq(xm_tenant_rm(cl.secret, NULL, "alice", why, sizeof(why)), XM_OK, "%s", why);
+    usleep(500000);
+    xm_alloc_h b;
+    cr_assert_neq(xm_alloc(alice, 1u << 20, "single", NULL, &b), XM_OK, "a revoked tenant allocated");
+    char got[4];
+    cr_assert_neq(xm_read(a, 64, got, 4), XM_OK, "a revoked tenant's key still reads");
+    xm_alloc_close(a);
+    xm_disconnect(alice);
+
+    /* issued again: a new credential, the same allocations */
+    char cred[PATH_MAX + 80];
+    snprintf(cred, sizeof(cred), "%s.alice.cred", cl.secret);
+    unlink(cred);
+    xm_ctx_h again = xt_manager_connect(&cl.mgr, "alice");
+    cr_assert_eq(xm_attach(again, 0, "kept", XM_ACCESS_READ_WRITE, &a), XM_OK, "%s", xm_last_error(again));
+    cr_assert_eq(xm_read(a, 64, got, 4), XM_OK, "the re-added tenant cannot read its allocation: %s",
+                 xm_last_error(again));
+    cr_assert(memcmp(got, "mine", 4) == 0);
+    xm_alloc_close(a);
+    xm_disconnect(again);
+}

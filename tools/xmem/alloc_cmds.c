@@ -331,6 +331,12 @@ int cmd_down(cli_t *cli)
 {
     char dir[PATH_MAX], path[PATH_MAX + 64];
     run_dir(cli, dir, sizeof(dir));
+    /* the same rule as up: pid files in a directory another user controls are not ours */
+    struct stat dst;
+    if (lstat(dir, &dst) == 0 && (!S_ISDIR(dst.st_mode) || dst.st_uid != geteuid() ||
+                                  (dst.st_mode & 077) != 0)) {
+        return cli_fail("down", "%s is not a private directory of this user: nothing stopped", dir);
+    }
     if (cli_no_more(cli, 0) != 0) return 2;
     int stopped = 0;
     for (int i = 0; i < 64; i++) {
