@@ -49,6 +49,8 @@ xm_status_t rpc_call_many(rpc_conn_t *c, xm_msg_t *const *reqs, size_t n, uint32
         free(all);
         snprintf(why, whylen, "cannot encode: %s", xm_status_str(status));
         for (size_t i = 0; i < n; i++) statuses[i] = status;
+        /* frames sealed and not sent have moved the stream on: the session cannot go on */
+        if (c->secure) rpc_conn_close(c);
         return status;
     }
     uint64_t deadline = xm__now_ns() + (uint64_t)timeout_ms * 1000000ull;
