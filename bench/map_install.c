@@ -13,7 +13,7 @@
 #include <fcntl.h>
 #include <linux/fs.h>
 #include <linux/userfaultfd.h>
-#include "../src/client/uffd_compat.h"
+#include "../src/client/map/uffd_compat.h"
 #ifndef UFFDIO_CONTINUE_MODE_WP
 #define UFFDIO_CONTINUE_MODE_WP ((__u64)1 << 1)
 #endif

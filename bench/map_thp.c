@@ -23,7 +23,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "../src/client/uffd_compat.h"
+#include "../src/client/map/uffd_compat.h"
 
 #define HP (2ul << 20)
 #define NB 256ul /* 512 MiB */

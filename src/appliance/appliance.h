@@ -11,7 +11,7 @@
 #include <uthash.h>
 #include <xmem/xmem.h>
 
-#include "../net/net.h"
+#include "../xfer/xfer.h"
 
 /* ---- pool.c: backing memory and the extent allocator -------------------- */
 

@@ -6,7 +6,7 @@
 
 #include <xmem/xmem.h>
 
-#include "../net/net.h"
+#include "../xfer/xfer.h"
 
 /*
  * A connection to one appliance. Not thread-safe: one thread at a time.

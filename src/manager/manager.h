@@ -11,7 +11,7 @@
 #include <uthash.h>
 #include <xmem/xmem.h>
 
-#include "../net/net.h"
+#include "../xfer/xfer.h"
 
 typedef struct mgr mgr_t;
 

@@ -44,7 +44,7 @@
  *           exactly the last version of every page.
  *  late     xm_unmap is called right after the stop flag is raised, while
  *           the threads are still storing and faulting. xm_unmap does not
- *           wait for application threads (src/client/map.c: it writes back,
+ *           wait for application threads (src/client/map/map.c: it writes back,
  *           takes the mapping out of the engine's lists, waits for the
  *           handler threads working on it, then unregisters and munmaps), so
  *           an access racing xm_unmap is outside the contract: the

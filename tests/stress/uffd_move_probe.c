@@ -1,5 +1,5 @@
 /* Kernel probe (no xmem): does UFFDIO_MOVE fail with EEXIST although it moved
- * the page? The setting of xmem's eviction (src/client/cache.c): a range
+ * the page? The setting of xmem's eviction (src/client/map/cache.c): a range
  * registered MISSING|WP with WP_ASYNC, pages installed with UFFDIO_COPY_MODE_WP
  * by a fault handler, application threads storing into them, an evictor
  * moving single pages out to an empty staging page of its own.
@@ -25,7 +25,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include "../../src/client/uffd_compat.h"
+#include "../../src/client/map/uffd_compat.h"
 
 #define PG 4096ul
 #define N 16

@@ -1,7 +1,7 @@
 /* CLOCK victim selection of the mapping cache (no network). */
 #include <criterion/criterion.h>
 
-#include "../../src/client/map.h"
+#include "../../src/client/map/map.h"
 
 static xm__block_t blk(uint8_t state, uint8_t ref)
 {

@@ -7,7 +7,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include "../common/common.h"
+#include "../../common/common.h"
 #include "map.h"
 #include "uffd_compat.h"
 

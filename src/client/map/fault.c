@@ -17,7 +17,7 @@
 #include <xxh_x86dispatch.h>
 #endif
 
-#include "../common/common.h"
+#include "../../common/common.h"
 #include "map.h"
 #include "uffd_compat.h"
 

@@ -1,7 +1,7 @@
-/* net: the data transport. libfabric data endpoints with per-region registrations
+/* xfer: the data transport (libfabric; net_* functions). libfabric data endpoints with per-region registrations
  * and one-sided ops. The control channel is src/rpc. */
-#ifndef XM_NET_H
-#define XM_NET_H
+#ifndef XM_XFER_H
+#define XM_XFER_H
 
 #include <stdatomic.h>
 #include <stdbool.h>

@@ -27,7 +27,7 @@
 #include <pthread.h>
 
 #include "../common/common.h"
-#include "net.h"
+#include "xfer.h"
 
 #define NET_FI_VERSION FI_VERSION(1, 17)
 #define NET_CQ_DEPTH 1024

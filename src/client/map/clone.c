@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../common/common.h"
+#include "../../common/common.h"
 #include "map.h"
 
 /* Copy everything that says where and who (addresses, secret, tenant,

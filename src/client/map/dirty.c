@@ -10,7 +10,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "../common/common.h"
+#include "../../common/common.h"
 #include "map.h"
 #include "uffd_compat.h"
 

@@ -10,8 +10,8 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include "../common/common.h"
-#include "abi.h"
+#include "../../common/common.h"
+#include "../abi.h"
 #include "map.h"
 #include "uffd_compat.h"
 

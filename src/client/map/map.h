@@ -28,7 +28,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "client.h"
+#include "../client.h"
 
 #define XM__PAGE 4096u
 #define XM__FETCH_MAX (2u << 20)
