@@ -43,6 +43,8 @@ static unsigned long vma_rss_kb(const void *addr)
 
 int main(int argc, char **argv)
 {
+    /* fewer libfabric receive buffers per client context (README, "Configuration") */
+    setenv("FI_OFI_RXM_MSG_RX_SIZE", "16", 0);
     uint64_t size = 64u << 20;
     if (argc > 1 && xm_parse_size(argv[1], &size) != XM_OK) {
         fprintf(stderr, "usage: map_sort [SIZE]\n");
