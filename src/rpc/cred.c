@@ -461,6 +461,18 @@ xm_status_t rpc_tenant_list(const char *tenants_path, char **out, char *why, siz
     return XM_OK;
 }
 
+/* The registry file's identity and version, to tell whether it changed since it was read. */
+static void registry_sig(const char *path, uint64_t sig[4])
+{
+    struct stat st;
+    memset(sig, 0, 4 * sizeof(uint64_t));
+    if (stat(path, &st) != 0) return;
+    sig[0] = (uint64_t)st.st_ino;
+    sig[1] = (uint64_t)st.st_size;
+    sig[2] = (uint64_t)st.st_mtim.tv_sec * 1000000000ull + (uint64_t)st.st_mtim.tv_nsec;
+    sig[3] = (uint64_t)st.st_ctim.tv_sec * 1000000000ull + (uint64_t)st.st_ctim.tv_nsec;
+}
+
 /* ---- the keyring of a server --------------------------------------------------- */
 
 static void keyring_watch(rpc_keyring_t *kr)
@@ -498,9 +510,11 @@ xm_status_t rpc_keyring_init(rpc_keyring_t *kr, const rpc_cred_t *cluster, const
     } else {
         rpc_tenants_path(cluster->path, kr->tenants_path, sizeof(kr->tenants_path));
     }
+    registry_sig(kr->tenants_path, kr->loaded_sig);
     xm_status_t status = tenants_load_or_empty(kr->tenants_path, &kr->tenants, &kr->ntenants, why, whylen);
     if (status != XM_OK) return status;
     pthread_mutex_init(&kr->lock, NULL);
+    pthread_mutex_init(&kr->sync_lock, NULL);
     keyring_watch(kr);
     return XM_OK;
 }
@@ -511,24 +525,46 @@ void rpc_keyring_cleanup(rpc_keyring_t *kr)
     free(kr->tenants);
     sodium_memzero(kr->cluster_key, sizeof(kr->cluster_key));
     pthread_mutex_destroy(&kr->lock);
+    pthread_mutex_destroy(&kr->sync_lock);
 }
 
-bool rpc_keyring_refresh(rpc_keyring_t *kr)
+/*
+ * Re-read the registry when forced or when the file changed since it was read; swap it in
+ * and bump the generation when its contents changed. Never calls on_change: that is
+ * rpc_keyring_refresh's, on the server's loop, so that callbacks never run under a lookup's
+ * locks. Any thread may call it (a lookup that misses does, so a credential issued a moment
+ * ago is known before the watch fires).
+ */
+static bool keyring_sync_locked(rpc_keyring_t *kr, bool force);
+
+static bool keyring_sync(rpc_keyring_t *kr, bool force)
 {
-    if (kr->watch_fd >= 0) {
-        char buf[4096];
-        while (read(kr->watch_fd, buf, sizeof(buf)) > 0) {
-        }
-    }
+    /* one reload at a time: two that overlap could swap an older read in over a newer one */
+    pthread_mutex_lock(&kr->sync_lock);
+    bool changed = keyring_sync_locked(kr, force);
+    pthread_mutex_unlock(&kr->sync_lock);
+    return changed;
+}
+
+static bool keyring_sync_locked(rpc_keyring_t *kr, bool force)
+{
+    uint64_t sig[4];
+    registry_sig(kr->tenants_path, sig);
+    pthread_mutex_lock(&kr->lock);
+    bool same = memcmp(sig, kr->loaded_sig, sizeof(sig)) == 0;
+    pthread_mutex_unlock(&kr->lock);
+    if (same && !force) return false;
     rpc_tenant_entry_t *e;
     size_t n;
     char why[512];
     xm_status_t st = tenants_load(kr->tenants_path, &e, &n, why, sizeof(why));
     if (st == XM_ERR_NOT_FOUND) {
-        /* an editor that deletes and rewrites, or a mistake: revoking everyone on that is
-         * worse than keeping what was loaded (xmem tenant rm revokes one tenant) */
-        xm_log_error("tenant registry %s is gone: keeping the %zu tenants loaded before",
-                     kr->tenants_path, kr->ntenants);
+        /* none yet (nothing issued) is quiet; one that disappears is an editor that deletes
+         * and rewrites, or a mistake: revoking everyone on that is worse than keeping what
+         * was loaded (xmem tenant rm revokes one tenant) */
+        if (kr->ntenants > 0)
+            xm_log_error("tenant registry %s is gone: keeping the %zu tenants loaded before",
+                         kr->tenants_path, kr->ntenants);
         return false;
     }
     if (st != XM_OK) {
@@ -536,6 +572,7 @@ bool rpc_keyring_refresh(rpc_keyring_t *kr)
         return false;
     }
     pthread_mutex_lock(&kr->lock);
+    memcpy(kr->loaded_sig, sig, sizeof(sig));
     bool changed = n != kr->ntenants || (n > 0 && memcmp(e, kr->tenants, n * sizeof(*e)) != 0);
     if (changed) {
         free(kr->tenants);
@@ -546,10 +583,24 @@ bool rpc_keyring_refresh(rpc_keyring_t *kr)
         free(e);
     }
     pthread_mutex_unlock(&kr->lock);
-    if (changed) {
-        xm_log_info("tenant registry %s reloaded: %zu tenants", kr->tenants_path, n);
-        if (kr->on_change != NULL) kr->on_change(kr->on_change_arg);
+    if (changed) xm_log_info("tenant registry %s reloaded: %zu tenants", kr->tenants_path, n);
+    return changed;
+}
+
+bool rpc_keyring_refresh(rpc_keyring_t *kr)
+{
+    if (kr->watch_fd >= 0) {
+        char buf[4096];
+        while (read(kr->watch_fd, buf, sizeof(buf)) > 0) {
+        }
     }
+    keyring_sync(kr, true);
+    /* a change a lookup already took in counts too: its revocations are still to be done */
+    pthread_mutex_lock(&kr->lock);
+    bool changed = kr->generation != kr->notified_generation;
+    kr->notified_generation = kr->generation;
+    pthread_mutex_unlock(&kr->lock);
+    if (changed && kr->on_change != NULL) kr->on_change(kr->on_change_arg);
     return changed;
 }
 
@@ -563,11 +614,15 @@ bool rpc_keyring_valid(rpc_keyring_t *kr, const char *principal, uint64_t id)
 {
     if (principal[0] == '@') return is_role(principal) && id == 0;
     bool found = false;
-    pthread_mutex_lock(&kr->lock);
-    for (size_t i = 0; i < kr->ntenants && !found; i++) {
-        found = kr->tenants[i].id == id && strcmp(kr->tenants[i].name, principal) == 0;
+    for (int pass = 0; pass < 2 && !found; pass++) {
+        if (pass == 1) keyring_sync(kr, false); /* a miss: is the file newer? (or being read
+                                                  * by another thread: look again after it) */
+        pthread_mutex_lock(&kr->lock);
+        for (size_t i = 0; i < kr->ntenants && !found; i++) {
+            found = kr->tenants[i].id == id && strcmp(kr->tenants[i].name, principal) == 0;
+        }
+        pthread_mutex_unlock(&kr->lock);
     }
-    pthread_mutex_unlock(&kr->lock);
     return found;
 }
 
@@ -575,9 +630,13 @@ bool rpc_keyring_has_tenant(rpc_keyring_t *kr, const char *tenant)
 {
     if (tenant[0] == '@') return true;
     bool found = false;
-    pthread_mutex_lock(&kr->lock);
-    for (size_t i = 0; i < kr->ntenants && !found; i++) found = strcmp(kr->tenants[i].name, tenant) == 0;
-    pthread_mutex_unlock(&kr->lock);
+    for (int pass = 0; pass < 2 && !found; pass++) {
+        if (pass == 1) keyring_sync(kr, false); /* a miss: is the file newer? (or being read
+                                                  * by another thread: look again after it) */
+        pthread_mutex_lock(&kr->lock);
+        for (size_t i = 0; i < kr->ntenants && !found; i++) found = strcmp(kr->tenants[i].name, tenant) == 0;
+        pthread_mutex_unlock(&kr->lock);
+    }
     return found;
 }
 

@@ -107,10 +107,13 @@ typedef struct rpc_keyring {
     uint8_t cluster_key[RPC_KEY_LEN];
     char tenants_path[PATH_MAX];
     int watch_fd;                    /* inotify on the registry's directory, -1: none */
-    pthread_mutex_t lock;            /* guards tenants, ntenants, generation */
+    pthread_mutex_t lock;            /* guards tenants, ntenants, generation, loaded_sig */
+    pthread_mutex_t sync_lock;       /* one reload at a time; taken before lock */
     rpc_tenant_entry_t *tenants;
     size_t ntenants;
     uint64_t generation;             /* bumped by every reload that changed something */
+    uint64_t notified_generation;    /* the generation on_change was last called for */
+    uint64_t loaded_sig[4];          /* the registry file's inode, size and times when read */
     void (*on_change)(void *arg);    /* called (without lock) after a reload changed it; may be NULL */
     void *on_change_arg;
 } rpc_keyring_t;
@@ -118,7 +121,10 @@ typedef struct rpc_keyring {
 xm_status_t rpc_keyring_init(rpc_keyring_t *kr, const rpc_cred_t *cluster, const char *tenants_path,
                              char *why, size_t whylen);
 void rpc_keyring_cleanup(rpc_keyring_t *kr);
-/* Re-read the registry if it changed; true when its contents changed. */
+/* Re-read the registry (the watch fired, or SIGHUP) and call on_change when it changed since
+ * the last call, also when a lookup took the change in first; true then. A lookup that
+ * misses re-reads a registry file that changed, so a credential issued a moment ago works
+ * before the watch fires. */
 bool rpc_keyring_refresh(rpc_keyring_t *kr);
 /* The handshake key of principal (an @ role: the cluster key; a tenant: its credential id's
  * key, when the registry lists it). XM_ERR_AUTH with why otherwise. */

@@ -193,6 +193,11 @@ void xt_cluster_stop(xt_cluster_t *c)
         if (c->app[i].pid > 0) cr_expect_eq(xt_stop(&c->app[i]), 0, "appliance %d: unclean exit", i);
     }
     if (c->mgr.pid > 0) cr_expect_eq(xt_manager_stop(&c->mgr), 0, "manager: unclean exit");
+    if (getenv("XT_KEEP_LOG") != NULL) {
+        char cmd[PATH_MAX + 64];
+        snprintf(cmd, sizeof(cmd), "cp '%s' /tmp/mgr-last.log; cp '%s.tenants' /tmp/tenants-last", c->mgr.log, c->secret);
+        if (system(cmd) != 0) { /* debugging aid */ }
+    }
     if (c->dir[0] != '\0' && strncmp(c->dir, "/tmp/xmem-test-", 15) == 0) {
         char cmd[PATH_MAX + 16];
         snprintf(cmd, sizeof(cmd), "rm -rf '%s'", c->dir);

@@ -261,6 +261,7 @@ static void *churn(void *arg)
     char tenant[16];
     snprintf(tenant, sizeof(tenant), "t%d", wk->idx);
     if (xt_manager_try_connect(&cl.mgr, tenant, &ctx) != XM_OK) {
+        snprintf(wk->why, sizeof(wk->why), "connect: %s", xm_last_error(NULL));
         wk->failures++;
         return NULL;
     }
@@ -279,9 +280,13 @@ static void *churn(void *arg)
         }
         uint64_t v = (uint64_t)i, got = 0;
         if (xm_write(a, size - 8, &v, 8) != XM_OK || xm_read(a, size - 8, &got, 8) != XM_OK || got != v) {
+            snprintf(wk->why, sizeof(wk->why), "I/O: %s", xm_last_error(ctx));
             wk->failures++;
         }
-        if (xm_free(ctx, xm_region_id(a), NULL) != XM_OK) wk->failures++;
+        if (xm_free(ctx, xm_region_id(a), NULL) != XM_OK) {
+            snprintf(wk->why, sizeof(wk->why), "free: %s", xm_last_error(ctx));
+            wk->failures++;
+        }
         xm_alloc_close(a);
     }
     xm_disconnect(ctx);
