@@ -99,6 +99,7 @@ typedef struct appl_regions {
     appl_grave_t *graves;         /* destroyed regions' windows, least recently cleaned first */
     appl_grave_t *graves_last;    /* (see region.c) */
     uint64_t graves_len;          /* bytes of address space they hold */
+    uint32_t graves_count;        /* how many (each is a mapping) */
     uint64_t tenant_quota;        /* bytes of regions a tenant may create directly; 0: no limit */
     rpc_keyring_t *keyring;       /* who may hold keys (appl_regions_revoke) */
 } appl_regions_t;

@@ -21,6 +21,10 @@
  * oldest first. */
 #define GRAVE_NS (5ull * 1000000000ull)
 #define GRAVE_VA_MAX (16ull << 40)
+/* ... or past this many graves: each is a mapping, and the kernel allows a process about
+ * 65,530 (vm.max_map_count); an appliance that had destroyed ~65,000 regions could map no
+ * new one (found by the manager benchmark) */
+#define GRAVE_COUNT_MAX 8192u
 
 #define WHY(text)                                                                            \
     do {                                                                                     \
@@ -90,10 +94,12 @@ static appl_grave_t *grave_pop(appl_regions_t *t)
  * only at graves that are due: a steady stream of destroys costs O(1) each. */
 static void graves_reap(appl_regions_t *t, bool all)
 {
-    while (t->graves != NULL && (all || t->graves_len > GRAVE_VA_MAX)) {
+    while (t->graves != NULL &&
+           (all || t->graves_len > GRAVE_VA_MAX || t->graves_count > GRAVE_COUNT_MAX)) {
         appl_grave_t *g = grave_pop(t);
         munmap(g->window, g->len);
         t->graves_len -= g->len;
+        t->graves_count--;
         free(g);
     }
     uint64_t now = xm__now_ns();
@@ -126,6 +132,7 @@ static void region_release(appl_regions_t *t, appl_region_t *r, bool give_back)
             *g = (appl_grave_t){.window = r->window, .len = len, .since_ns = xm__now_ns()};
             grave_append(t, g);
             t->graves_len += len;
+            t->graves_count++;
         }
         appl_pool_free(t->pool, r->extents, r->nextents);
     } else {
