@@ -131,22 +131,8 @@ int main(int argc, char **argv)
         return 2;
     }
     /* signals arrive on a descriptor; threads start with them blocked */
-    sigset_t sigs;
-    sigemptyset(&sigs);
-    sigaddset(&sigs, SIGTERM);
-    sigaddset(&sigs, SIGINT);
-    sigaddset(&sigs, SIGPIPE);
-    sigaddset(&sigs, SIGHUP);
-    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
-    /* SIGHUP reloads the tenant registry (and would reopen logs): it has a descriptor of its own */
-    sigset_t stop_sigs, hup_sigs;
-    sigemptyset(&stop_sigs);
-    sigaddset(&stop_sigs, SIGTERM);
-    sigaddset(&stop_sigs, SIGINT);
-    sigemptyset(&hup_sigs);
-    sigaddset(&hup_sigs, SIGHUP);
-    int sig_fd = signalfd(-1, &stop_sigs, SFD_CLOEXEC);
-    int hup_fd = signalfd(-1, &hup_sigs, SFD_CLOEXEC | SFD_NONBLOCK);
+    int sig_fd, hup_fd;
+    rpc_daemon_signals(&sig_fd, &hup_fd);
 
     int rc = 1;
     appl_pool_t pool;

@@ -141,22 +141,8 @@ int main(int argc, char **argv)
     o.default_chunk = chunk;
     o.quotas = quotas;
 
-    sigset_t sigs;
-    sigemptyset(&sigs);
-    sigaddset(&sigs, SIGTERM);
-    sigaddset(&sigs, SIGINT);
-    sigaddset(&sigs, SIGPIPE);
-    sigaddset(&sigs, SIGHUP);
-    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
-    /* SIGHUP reloads the tenant registry instead of ending the manager */
-    sigset_t stop_sigs, hup_sigs;
-    sigemptyset(&stop_sigs);
-    sigaddset(&stop_sigs, SIGTERM);
-    sigaddset(&stop_sigs, SIGINT);
-    sigemptyset(&hup_sigs);
-    sigaddset(&hup_sigs, SIGHUP);
-    int sig_fd = signalfd(-1, &stop_sigs, SFD_CLOEXEC);
-    int hup_fd = signalfd(-1, &hup_sigs, SFD_CLOEXEC | SFD_NONBLOCK);
+    int sig_fd, hup_fd;
+    rpc_daemon_signals(&sig_fd, &hup_fd);
 
     rc = 1;
     mgr_t *m = NULL;

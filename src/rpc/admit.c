@@ -1,6 +1,8 @@
 /* What both daemons' servers share besides the handshake: connection limits per
  * principal, accept that backs off when descriptors run out, scoped names. */
 #include <errno.h>
+#include <signal.h>
+#include <sys/signalfd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -69,6 +71,26 @@ void rpc_admission_put(rpc_admission_t *a, const char *principal)
     rpc_admit_entry_t *e = entry_find(a, principal);
     if (e != NULL && e->count > 0 && --e->count == 0) *e = a->entries[--a->n];
     pthread_mutex_unlock(&a->lock);
+}
+
+void rpc_daemon_signals(int *stop_fd_p, int *hup_fd_p)
+{
+    /* blocked in every thread (threads start after this), read from descriptors instead */
+    sigset_t all, stop, hup;
+    sigemptyset(&all);
+    sigaddset(&all, SIGTERM);
+    sigaddset(&all, SIGINT);
+    sigaddset(&all, SIGPIPE);
+    sigaddset(&all, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &all, NULL);
+    sigemptyset(&stop);
+    sigaddset(&stop, SIGTERM);
+    sigaddset(&stop, SIGINT);
+    /* SIGHUP reloads the tenant registry instead of ending the daemon */
+    sigemptyset(&hup);
+    sigaddset(&hup, SIGHUP);
+    *stop_fd_p = signalfd(-1, &stop, SFD_CLOEXEC);
+    *hup_fd_p = signalfd(-1, &hup, SFD_CLOEXEC | SFD_NONBLOCK);
 }
 
 int rpc_accept_paced(int listen_fd, struct sockaddr_storage *ss, uint64_t *paused_until_ns)

@@ -238,6 +238,9 @@ void rpc_admission_cleanup(rpc_admission_t *a);
 /* Count a session for principal; XM_ERR_AGAIN with why when it has its limit. */
 xm_status_t rpc_admission_take(rpc_admission_t *a, const char *principal, const char **why_p);
 void rpc_admission_put(rpc_admission_t *a, const char *principal);
+/* A daemon's signals: SIGTERM/SIGINT on *stop_fd_p (stop), SIGHUP on *hup_fd_p (reload),
+ * SIGPIPE ignored; blocked in every thread. Call before starting threads. */
+void rpc_daemon_signals(int *stop_fd_p, int *hup_fd_p);
 /* Accept one connection; when the process is out of descriptors (EMFILE...) set
  * *paused_until_ns: the caller stops watching the listener until then. -1: none. */
 int rpc_accept_paced(int listen_fd, struct sockaddr_storage *ss, uint64_t *paused_until_ns);
