@@ -149,12 +149,14 @@ xm_status_t proto_validate(const xm_msg_t *m, const char **why_p)
         if (m->hello->client_kx.len != XM_KX_LEN) FAIL("bad client key exchange length");
         if ((m->hello->tenant[0] == '@') != (m->hello->cred_id == 0))
             FAIL("credential id does not match the principal");
+        if (m->hello->ciphers == 0) FAIL("hello offers no cipher");
         return XM_OK;
     case XMEM__MSG__BODY_CHALLENGE:
         if (m->challenge->server_nonce.len != XM_NONCE_LEN) FAIL("bad server nonce length");
         if (m->challenge->server_mac.len != XM_MAC_LEN) FAIL("bad server mac length");
         if (m->challenge->server_kx.len != XM_KX_LEN) FAIL("bad server key exchange length");
         if (m->challenge->server_header.len != XM_STREAM_HEADER_LEN) FAIL("bad stream header length");
+        if (m->challenge->cipher != 1 && m->challenge->cipher != 2) FAIL("unknown cipher");
         if (m->challenge->identity_pk.len != 0 &&
             (m->challenge->identity_pk.len != XM_IDENTITY_PK_LEN ||
              m->challenge->identity_sig.len != XM_IDENTITY_SIG_LEN))

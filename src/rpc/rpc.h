@@ -4,9 +4,10 @@
  *
  * A session starts with three clear frames (Hello, Challenge, Auth) that prove
  * both ends hold the same credential key and agree ephemeral X25519 keys; from
- * the server's Welcome on, every frame in each direction is one message of a
- * libsodium secretstream (XChaCha20-Poly1305): a replayed, reordered, injected,
- * dropped or altered frame fails to open and ends the session. The event-loop server
+ * the server's Welcome on, every frame in each direction is sealed with an AEAD
+ * (AES-256-GCM where both ends have AES instructions, else ChaCha20-Poly1305)
+ * under a per-direction key and a nonce that counts frames: a replayed,
+ * reordered, injected, dropped or altered frame fails to open and ends the session. The event-loop server
  * both daemons run is server.c. */
 #ifndef XM_RPC_H
 #define XM_RPC_H
@@ -153,10 +154,24 @@ void rpc_identity_id(const uint8_t pk[RPC_ID_PK_LEN], char out[17]);
  * One end of a control connection. Not thread-safe: the thread that owns the
  * connection sends and receives; frames are sealed and opened in order.
  */
+/* The AEADs a session may seal with (Hello offers a set, Challenge picks one). */
+typedef enum rpc_cipher {
+    RPC_CIPHER_CHACHA20 = 1,         /* ChaCha20-Poly1305 (IETF): everywhere */
+    RPC_CIPHER_AES256GCM = 2,        /* AES-256-GCM: where the CPU has AES-NI and PCLMUL */
+} rpc_cipher_t;
+
+/* One direction of a session: its key (and AES key schedule) and the frames it counted. */
+typedef struct rpc_dir {
+    crypto_aead_aes256gcm_state aes; /* AES-256-GCM: the expanded key */
+    uint8_t key[32];                 /* ChaCha20-Poly1305: the key */
+    uint64_t counter;                /* the nonce of the next frame */
+} rpc_dir_t;
+
 typedef struct rpc_conn {
     int fd;
     bool secure;                     /* the handshake finished: frames are sealed */
-    crypto_secretstream_xchacha20poly1305_state tx, rx;
+    rpc_cipher_t cipher;
+    rpc_dir_t tx, rx;
     uint8_t transcript[32];          /* hash of the handshake, for channel binding */
     char principal[XM_NAME_MAX + 1]; /* server side: who the peer proved to be */
     uint64_t cred_id;
@@ -166,6 +181,8 @@ typedef struct rpc_conn {
 } rpc_conn_t;
 
 void rpc_conn_init(rpc_conn_t *c, int fd);
+/* Key a session directly (tests and fuzzing; the handshake does this itself). */
+void rpc_conn_keys(rpc_conn_t *c, rpc_cipher_t cipher, const uint8_t tx[32], const uint8_t rx[32]);
 /* Close the socket and forget the keys. */
 void rpc_conn_close(rpc_conn_t *c);
 

@@ -9,10 +9,12 @@
 #include "../common/common.h"
 #include "rpc.h"
 
-#define ABYTES crypto_secretstream_xchacha20poly1305_ABYTES
+#define ABYTES 16u /* both AEADs' tag */
 
-_Static_assert(crypto_secretstream_xchacha20poly1305_HEADERBYTES == XM_STREAM_HEADER_LEN,
-               "secretstream header");
+_Static_assert(crypto_aead_aes256gcm_ABYTES == ABYTES && crypto_aead_chacha20poly1305_ietf_ABYTES == ABYTES,
+               "AEAD tags");
+_Static_assert(crypto_aead_aes256gcm_NPUBBYTES == 12 && crypto_aead_chacha20poly1305_ietf_NPUBBYTES == 12,
+               "AEAD nonces");
 _Static_assert(crypto_kx_PUBLICKEYBYTES == XM_KX_LEN, "kx key");
 _Static_assert(RPC_ID_PK_LEN == XM_IDENTITY_PK_LEN && RPC_ID_SIG_LEN == XM_IDENTITY_SIG_LEN,
                "identity sizes");
@@ -21,6 +23,34 @@ void rpc_conn_init(rpc_conn_t *c, int fd)
 {
     memset(c, 0, sizeof(*c));
     c->fd = fd;
+}
+
+static void dir_init(rpc_dir_t *d, rpc_cipher_t cipher, const uint8_t key[32])
+{
+    memcpy(d->key, key, 32);
+    if (cipher == RPC_CIPHER_AES256GCM) crypto_aead_aes256gcm_beforenm(&d->aes, key);
+    d->counter = 0;
+}
+
+void rpc_conn_keys(rpc_conn_t *c, rpc_cipher_t cipher, const uint8_t tx[32], const uint8_t rx[32])
+{
+    c->cipher = cipher;
+    dir_init(&c->tx, cipher, tx);
+    dir_init(&c->rx, cipher, rx);
+    c->secure = true;
+}
+
+/* The ciphers this machine can seal with. */
+static uint32_t ciphers_here(void)
+{
+    return RPC_CIPHER_CHACHA20 | (crypto_aead_aes256gcm_is_available() ? RPC_CIPHER_AES256GCM : 0);
+}
+
+/* The nonce of a direction's next frame: its count, little-endian, then zeros. */
+static void nonce_of(uint64_t counter, uint8_t nonce[12])
+{
+    memset(nonce, 0, 12);
+    for (int i = 0; i < 8; i++) nonce[i] = (uint8_t)(counter >> (8 * i));
 }
 
 void rpc_conn_close(rpc_conn_t *c)
@@ -41,33 +71,42 @@ size_t rpc_frame_max(size_t max)
 
 xm_status_t rpc_seal(rpc_conn_t *c, const xm_msg_t *msg, uint8_t **buf_p, size_t *len_p)
 {
-    uint8_t *plain;
-    size_t plain_len;
-    xm_status_t status = proto_encode(msg, &plain, &plain_len);
+    uint8_t *buf;
+    size_t len;
+    xm_status_t status = proto_encode(msg, &buf, &len);
     if (status != XM_OK || !c->secure) {
         if (status == XM_OK) {
-            *buf_p = plain;
-            *len_p = plain_len;
+            *buf_p = buf;
+            *len_p = len;
         }
         return status;
     }
-    size_t body = plain_len - XM_FRAME_HEADER;
-    uint8_t *out = malloc(XM_FRAME_HEADER + body + ABYTES);
-    if (out == NULL) {
-        free(plain);
+    /* sealed in place: the body is encrypted where it was encoded, the tag appended */
+    uint8_t *grown = realloc(buf, len + ABYTES);
+    if (grown == NULL) {
+        sodium_memzero(buf, len);
+        free(buf);
         return XM_ERR_NO_MEMORY;
     }
-    uint32_t n = (uint32_t)(body + ABYTES);
-    out[0] = (uint8_t)(n >> 24);
-    out[1] = (uint8_t)(n >> 16);
-    out[2] = (uint8_t)(n >> 8);
-    out[3] = (uint8_t)n;
-    crypto_secretstream_xchacha20poly1305_push(&c->tx, out + XM_FRAME_HEADER, NULL,
-                                               plain + XM_FRAME_HEADER, body, NULL, 0, 0);
-    sodium_memzero(plain, plain_len);
-    free(plain);
-    *buf_p = out;
-    *len_p = XM_FRAME_HEADER + body + ABYTES;
+    buf = grown;
+    size_t body = len - XM_FRAME_HEADER;
+    uint8_t nonce[12];
+    nonce_of(c->tx.counter++, nonce);
+    unsigned long long clen;
+    if (c->cipher == RPC_CIPHER_AES256GCM) {
+        crypto_aead_aes256gcm_encrypt_afternm(buf + XM_FRAME_HEADER, &clen, buf + XM_FRAME_HEADER,
+                                              body, NULL, 0, NULL, nonce, &c->tx.aes);
+    } else {
+        crypto_aead_chacha20poly1305_ietf_encrypt(buf + XM_FRAME_HEADER, &clen, buf + XM_FRAME_HEADER,
+                                                  body, NULL, 0, NULL, nonce, c->tx.key);
+    }
+    uint32_t n = (uint32_t)clen;
+    buf[0] = (uint8_t)(n >> 24);
+    buf[1] = (uint8_t)(n >> 16);
+    buf[2] = (uint8_t)(n >> 8);
+    buf[3] = (uint8_t)n;
+    *buf_p = buf;
+    *len_p = XM_FRAME_HEADER + (size_t)clen;
     return XM_OK;
 }
 
@@ -82,15 +121,21 @@ xm_status_t rpc_open(rpc_conn_t *c, const uint8_t *body, size_t len, size_t max,
     }
     uint8_t *plain = malloc(len - ABYTES);
     if (plain == NULL) return XM_ERR_NO_MEMORY;
+    uint8_t nonce[12];
+    nonce_of(c->rx.counter, nonce);
     unsigned long long plain_len;
-    uint8_t tag;
-    if (crypto_secretstream_xchacha20poly1305_pull(&c->rx, plain, &plain_len, &tag, body, len,
-                                                   NULL, 0) != 0 || tag != 0) {
+    int rc = c->cipher == RPC_CIPHER_AES256GCM
+                 ? crypto_aead_aes256gcm_decrypt_afternm(plain, &plain_len, NULL, body, len, NULL, 0,
+                                                         nonce, &c->rx.aes)
+                 : crypto_aead_chacha20poly1305_ietf_decrypt(plain, &plain_len, NULL, body, len, NULL,
+                                                             0, nonce, c->rx.key);
+    if (rc != 0) {
         free(plain);
-        /* the stream state is now unusable: the session must end */
+        /* the frame expected here did not come: the session must end */
         *why_p = "a frame failed authentication (altered, replayed, reordered or injected)";
         return XM_ERR_PROTOCOL;
     }
+    c->rx.counter++;
     xm_status_t status = proto_decode(plain, (size_t)plain_len, max, msg_p, why_p);
     sodium_memzero(plain, (size_t)plain_len);
     free(plain);
@@ -163,6 +208,9 @@ static void transcript0(const Xmem__Hello *h, const uint8_t *server_nonce, const
     crypto_generichash_update(&st, (const uint8_t *)h->tenant, strlen(h->tenant) + 1);
     crypto_generichash_update(&st, h->client_nonce.data, XM_NONCE_LEN);
     crypto_generichash_update(&st, h->client_kx.data, XM_KX_LEN);
+    uint8_t offered[4];
+    for (int i = 0; i < 4; i++) offered[i] = (uint8_t)(h->ciphers >> (8 * i));
+    crypto_generichash_update(&st, offered, sizeof(offered));
     crypto_generichash_update(&st, server_nonce, XM_NONCE_LEN);
     crypto_generichash_update(&st, server_kx, XM_KX_LEN);
     crypto_generichash_final(&st, out, 32);
@@ -189,15 +237,25 @@ static void mac(const uint8_t key[RPC_KEY_LEN], const char *label, const uint8_t
     crypto_auth_hmacsha512256_final(&st, out);
 }
 
-/* A direction's stream key: the X25519 session key bound to the credential and T1. */
+/* A direction's key: its X25519 session key bound to the credential and a transcript. */
 static void stream_key(const uint8_t key[RPC_KEY_LEN], const uint8_t kx_key[crypto_kx_SESSIONKEYBYTES],
-                       const uint8_t t1[32], uint8_t out[crypto_secretstream_xchacha20poly1305_KEYBYTES])
+                       const uint8_t t[32], uint8_t out[32])
 {
     crypto_generichash_state st;
-    crypto_generichash_init(&st, key, RPC_KEY_LEN, crypto_secretstream_xchacha20poly1305_KEYBYTES);
+    crypto_generichash_init(&st, key, RPC_KEY_LEN, 32);
     crypto_generichash_update(&st, kx_key, crypto_kx_SESSIONKEYBYTES);
-    crypto_generichash_update(&st, t1, 32);
-    crypto_generichash_final(&st, out, crypto_secretstream_xchacha20poly1305_KEYBYTES);
+    crypto_generichash_update(&st, t, 32);
+    crypto_generichash_final(&st, out, 32);
+}
+
+/* T1: T0, the server's salt (the Challenge's header field) and the cipher it chose. */
+static void transcript1(const uint8_t t0[32], const uint8_t *server_header, uint32_t cipher,
+                        uint8_t out[32])
+{
+    uint8_t b[XM_STREAM_HEADER_LEN + 4];
+    memcpy(b, server_header, XM_STREAM_HEADER_LEN);
+    for (int i = 0; i < 4; i++) b[XM_STREAM_HEADER_LEN + i] = (uint8_t)(cipher >> (8 * i));
+    chain(t0, b, sizeof(b), out);
 }
 
 xm_status_t rpc_handshake_client(rpc_conn_t *c, const rpc_cred_t *cred, const char *principal,
@@ -222,6 +280,7 @@ xm_status_t rpc_handshake_client(rpc_conn_t *c, const rpc_cred_t *cred, const ch
     hello.cred_id = cred->cluster ? 0 : cred->id;
     hello.client_nonce = (ProtobufCBinaryData){XM_NONCE_LEN, client_nonce};
     hello.client_kx = (ProtobufCBinaryData){XM_KX_LEN, kx_pk};
+    hello.ciphers = ciphers_here();
     xm_msg_t req = XMEM__MSG__INIT, *rep = NULL;
     req.seq = 1;
     req.body_case = XMEM__MSG__BODY_HELLO;
@@ -245,7 +304,7 @@ xm_status_t rpc_handshake_client(rpc_conn_t *c, const rpc_cred_t *cred, const ch
     const Xmem__Challenge *ch = rep->challenge;
     uint8_t t0[32], t1[32], want[XM_MAC_LEN];
     transcript0(&hello, ch->server_nonce.data, ch->server_kx.data, t0);
-    chain(t0, ch->server_header.data, XM_STREAM_HEADER_LEN, t1);
+    transcript1(t0, ch->server_header.data, ch->cipher, t1);
     mac(cred->key, "xmem-server", t1, NULL, 0, want);
     if (sodium_memcmp(want, ch->server_mac.data, XM_MAC_LEN) != 0) {
         snprintf(why, whylen, "the peer did not prove it holds the %s",
@@ -273,18 +332,24 @@ xm_status_t rpc_handshake_client(rpc_conn_t *c, const rpc_cred_t *cred, const ch
         status = XM_ERR_AUTH;
         goto out;
     }
-    uint8_t k[crypto_secretstream_xchacha20poly1305_KEYBYTES], header[XM_STREAM_HEADER_LEN];
-    stream_key(cred->key, rx, t0, k);
-    if (crypto_secretstream_xchacha20poly1305_init_pull(&c->rx, ch->server_header.data, k) != 0) {
+    if ((ch->cipher & hello.ciphers) == 0 || (ch->cipher & (ch->cipher - 1)) != 0) {
+        snprintf(why, whylen, "handshake: the peer chose a cipher that was not offered");
         status = XM_ERR_PROTOCOL;
         goto out;
     }
-    stream_key(cred->key, tx, t1, k);
-    crypto_secretstream_xchacha20poly1305_init_push(&c->tx, header, k);
-    sodium_memzero(k, sizeof(k));
+    /* the client's salt (the Auth's header field) ends the transcript; each direction's key
+     * is its X25519 key bound to the credential and the whole transcript */
+    uint8_t header[XM_STREAM_HEADER_LEN], ktx[32], krx[32];
+    rpc_random(header, sizeof(header));
+    chain(t1, header, sizeof(header), c->transcript);
+    stream_key(cred->key, rx, c->transcript, krx);
+    stream_key(cred->key, tx, c->transcript, ktx);
+    rpc_conn_keys(c, (rpc_cipher_t)ch->cipher, ktx, krx);
+    c->secure = false; /* the Auth still goes in clear */
+    sodium_memzero(ktx, sizeof(ktx));
+    sodium_memzero(krx, sizeof(krx));
     sodium_memzero(rx, sizeof(rx));
     sodium_memzero(tx, sizeof(tx));
-    chain(t1, header, sizeof(header), c->transcript);
     proto_msg_free(rep);
     rep = NULL;
 
@@ -375,26 +440,38 @@ xm_status_t rpc_handshake_server(rpc_conn_t *c, rpc_keyring_t *kr, const rpc_ide
     uint8_t server_nonce[XM_NONCE_LEN], kx_pk[crypto_kx_PUBLICKEYBYTES], kx_sk[crypto_kx_SECRETKEYBYTES];
     uint8_t rx[crypto_kx_SESSIONKEYBYTES], tx[crypto_kx_SESSIONKEYBYTES];
     uint8_t header[XM_STREAM_HEADER_LEN], t0[32], t1[32], smac[XM_MAC_LEN], sig[RPC_ID_SIG_LEN];
-    uint8_t k[crypto_secretstream_xchacha20poly1305_KEYBYTES];
+    uint8_t ktx[32], krx[32];
+    /* AES-256-GCM where both ends have it (~5x cheaper per frame here), else ChaCha20-Poly1305 */
+    uint32_t both = h->ciphers & ciphers_here();
+    uint32_t cipher = (both & RPC_CIPHER_AES256GCM) ? RPC_CIPHER_AES256GCM : RPC_CIPHER_CHACHA20;
     rpc_random(server_nonce, sizeof(server_nonce));
     crypto_kx_keypair(kx_pk, kx_sk);
     if (crypto_kx_server_session_keys(rx, tx, kx_pk, kx_sk, h->client_kx.data) != 0) {
         refuse(c, seq, XM_ERR_PROTOCOL, "bad key exchange", deadline);
         proto_msg_free(m);
+        m = NULL;
         *why_p = "bad key exchange";
         status = XM_ERR_PROTOCOL;
         goto out;
     }
+    if ((both & (RPC_CIPHER_AES256GCM | RPC_CIPHER_CHACHA20)) == 0) {
+        refuse(c, seq, XM_ERR_PROTOCOL, "no cipher in common", deadline);
+        proto_msg_free(m);
+        m = NULL;
+        *why_p = "no cipher in common";
+        status = XM_ERR_PROTOCOL;
+        goto out;
+    }
+    rpc_random(header, sizeof(header)); /* the server's salt */
     transcript0(h, server_nonce, kx_pk, t0);
-    stream_key(key, tx, t0, k);
-    crypto_secretstream_xchacha20poly1305_init_push(&c->tx, header, k);
-    chain(t0, header, sizeof(header), t1);
+    transcript1(t0, header, cipher, t1);
     mac(key, "xmem-server", t1, NULL, 0, smac);
     Xmem__Challenge ch = XMEM__CHALLENGE__INIT;
     ch.server_nonce = (ProtobufCBinaryData){XM_NONCE_LEN, server_nonce};
     ch.server_mac = (ProtobufCBinaryData){XM_MAC_LEN, smac};
     ch.server_kx = (ProtobufCBinaryData){XM_KX_LEN, kx_pk};
     ch.server_header = (ProtobufCBinaryData){XM_STREAM_HEADER_LEN, header};
+    ch.cipher = cipher;
     if (idn != NULL) {
         uint8_t signed_msg[14 + 32];
         memcpy(signed_msg, "xmem-identity", 14);
@@ -428,14 +505,10 @@ xm_status_t rpc_handshake_server(rpc_conn_t *c, rpc_keyring_t *kr, const rpc_ide
         status = XM_ERR_AUTH;
         goto out;
     }
-    stream_key(key, rx, t1, k);
-    if (crypto_secretstream_xchacha20poly1305_init_pull(&c->rx, m->auth->client_header.data, k) != 0) {
-        status = XM_ERR_PROTOCOL;
-        *why_p = "bad stream header";
-        goto out;
-    }
     chain(t1, m->auth->client_header.data, XM_STREAM_HEADER_LEN, c->transcript);
-    c->secure = true;
+    stream_key(key, tx, c->transcript, ktx);
+    stream_key(key, rx, c->transcript, krx);
+    rpc_conn_keys(c, (rpc_cipher_t)cipher, ktx, krx); /* the Welcome is the first sealed frame */
     /* the credential was looked up at the Hello: a revocation since then must not let the
      * peer in (it could hold its Auth back across `xmem tenant rm`) */
     if (!rpc_keyring_valid(kr, c->principal, c->cred_id)) {
@@ -466,7 +539,8 @@ out:
     sodium_memzero(kx_sk, sizeof(kx_sk));
     sodium_memzero(rx, sizeof(rx));
     sodium_memzero(tx, sizeof(tx));
-    sodium_memzero(k, sizeof(k));
+    sodium_memzero(ktx, sizeof(ktx));
+    sodium_memzero(krx, sizeof(krx));
     if (status != XM_OK) c->secure = false;
     return status;
 }

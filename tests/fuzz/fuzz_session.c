@@ -16,23 +16,23 @@
         }                                                                                    \
     } while (0)
 
-/* A session pair: a's tx feeds b's rx. */
-static void pair(rpc_conn_t *a, rpc_conn_t *b)
+/* A session pair: a's tx feeds b's rx; the first input byte's bit 1 picks the cipher. */
+static void pair(rpc_conn_t *a, rpc_conn_t *b, rpc_cipher_t cipher)
 {
-    static const uint8_t key[crypto_secretstream_xchacha20poly1305_KEYBYTES] = {7, 1, 2, 3};
-    uint8_t header[crypto_secretstream_xchacha20poly1305_HEADERBYTES];
+    static const uint8_t k1[32] = {7, 1, 2, 3}, k2[32] = {9, 8, 7};
     rpc_conn_init(a, -1);
     rpc_conn_init(b, -1);
-    a->secure = b->secure = true;
-    crypto_secretstream_xchacha20poly1305_init_push(&a->tx, header, key);
-    CHECK(crypto_secretstream_xchacha20poly1305_init_pull(&b->rx, header, key) == 0);
+    rpc_conn_keys(a, cipher, k1, k2);
+    rpc_conn_keys(b, cipher, k2, k1);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (sodium_init() < 0 || size < 1) return 0;
     rpc_conn_t tx, rx;
-    pair(&tx, &rx);
+    rpc_cipher_t cipher = (data[0] & 2) && crypto_aead_aes256gcm_is_available() ? RPC_CIPHER_AES256GCM
+                                                                              : RPC_CIPHER_CHACHA20;
+    pair(&tx, &rx, cipher);
     xm_msg_t *m = NULL;
     const char *why = NULL;
     if ((data[0] & 1) == 0) {

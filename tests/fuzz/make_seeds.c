@@ -60,6 +60,7 @@ static void msg_seeds(void)
     hello.client_nonce = (ProtobufCBinaryData){sizeof(nonce), nonce};
     hello.cred_id = 7;
     hello.client_kx = (ProtobufCBinaryData){sizeof(nonce), nonce};
+    hello.ciphers = 3;
     xm_msg_t m = XMEM__MSG__INIT;
     m.seq = 1;
     m.body_case = XMEM__MSG__BODY_HELLO;
@@ -71,6 +72,7 @@ static void msg_seeds(void)
     ch.server_mac = (ProtobufCBinaryData){sizeof(mac), mac};
     ch.server_kx = (ProtobufCBinaryData){32, nonce};
     ch.server_header = (ProtobufCBinaryData){24, nonce};
+    ch.cipher = 1;
     m = (xm_msg_t)XMEM__MSG__INIT;
     m.seq = 1;
     m.body_case = XMEM__MSG__BODY_CHALLENGE;

@@ -92,6 +92,7 @@ Test(proto, hello)
     h.client_nonce = (ProtobufCBinaryData){XM_NONCE_LEN, nonce_a};
     h.cred_id = 42;
     h.client_kx = (ProtobufCBinaryData){XM_KX_LEN, nonce_b};
+    h.ciphers = 3;
     xm_msg_t m = XMEM__MSG__INIT;
     m.seq = 1;
     m.body_case = XMEM__MSG__BODY_HELLO;
@@ -112,6 +113,7 @@ Test(proto, refuses_hello_whose_credential_id_does_not_fit_the_principal)
     h.tenant = "alice"; /* a tenant names its credential's id */
     h.client_nonce = (ProtobufCBinaryData){XM_NONCE_LEN, nonce_a};
     h.client_kx = (ProtobufCBinaryData){XM_KX_LEN, nonce_b};
+    h.ciphers = 3;
     xm_msg_t m = XMEM__MSG__INIT;
     m.body_case = XMEM__MSG__BODY_HELLO;
     m.hello = &h;
@@ -122,6 +124,9 @@ Test(proto, refuses_hello_whose_credential_id_does_not_fit_the_principal)
     h.cred_id = 0;
     h.client_kx.len = XM_KX_LEN - 1;
     expect_refused(&m, "key exchange");
+    h.client_kx.len = XM_KX_LEN;
+    h.ciphers = 0;
+    expect_refused(&m, "no cipher");
 }
 
 Test(proto, challenge_and_auth)
@@ -131,6 +136,7 @@ Test(proto, challenge_and_auth)
     c.server_mac = (ProtobufCBinaryData){XM_MAC_LEN, mac};
     c.server_kx = (ProtobufCBinaryData){XM_KX_LEN, nonce_a};
     c.server_header = (ProtobufCBinaryData){XM_STREAM_HEADER_LEN, nonce_a};
+    c.cipher = 2;
     xm_msg_t m = XMEM__MSG__INIT;
     m.seq = 1;
     m.body_case = XMEM__MSG__BODY_CHALLENGE;
@@ -494,6 +500,7 @@ static void hello_msg(xm_msg_t *m, Xmem__Hello *h)
     h->client_nonce = (ProtobufCBinaryData){XM_NONCE_LEN, nonce_a};
     h->cred_id = 42;
     h->client_kx = (ProtobufCBinaryData){XM_KX_LEN, nonce_b};
+    h->ciphers = 3;
     *m = (xm_msg_t)XMEM__MSG__INIT;
     m->body_case = XMEM__MSG__BODY_HELLO;
     m->hello = h;
@@ -539,6 +546,7 @@ Test(proto, refuses_challenge_and_auth_with_wrong_lengths)
     c.server_mac = (ProtobufCBinaryData){XM_MAC_LEN, mac};
     c.server_kx = (ProtobufCBinaryData){XM_KX_LEN, nonce_a};
     c.server_header = (ProtobufCBinaryData){XM_STREAM_HEADER_LEN, nonce_a};
+    c.cipher = 2;
     xm_msg_t m = XMEM__MSG__INIT;
     m.body_case = XMEM__MSG__BODY_CHALLENGE;
     m.challenge = &c;
@@ -549,6 +557,9 @@ Test(proto, refuses_challenge_and_auth_with_wrong_lengths)
     c.server_mac.len = XM_MAC_LEN;
     c.server_header.len = XM_STREAM_HEADER_LEN - 1;
     expect_refused(&m, "stream header length");
+    c.server_header.len = XM_STREAM_HEADER_LEN;
+    c.cipher = 3;
+    expect_refused(&m, "unknown cipher");
 
     Xmem__Auth a = XMEM__AUTH__INIT;
     xm_msg_t m2 = XMEM__MSG__INIT;
