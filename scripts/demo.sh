@@ -71,5 +71,5 @@ printf '\n$ xmem down\n'
 # ---- mapped external memory (xm_map) ------------------------------------------
 printf '\n\033[1m# Mapped external memory: sort a 64 MiB data set that lives on the appliance, through a 16 MiB local cache\033[0m\n'
 unset XMEM_MANAGER
-export XMEM_APPLIANCE=$addr XMEM_SECRET_FILE=$dir/secret
+export XMEM_APPLIANCE=$addr XMEM_SECRET_FILE=$dir/demo.cred
 step "$bin/map_sort" 64M
