@@ -160,6 +160,24 @@ static void serve_blocking(rpc_server_t *s, conn_t *c, xm_msg_t *msg)
                                          sizeof(why), &close_after);
     if (!reply_seal(s, c, msg->seq, status, why, &rep, close_after)) c->dead = true;
     proto_msg_free(msg);
+    /* send what the socket takes now: the reply must not wait for the loop to wake up (a
+     * cross-CPU wake-up costs 20-25 us here); the loop flushes any rest */
+    while (!c->dead && !close_after && c->out != NULL && c->out_off < c->out_len) {
+        ssize_t n = send(c->pub.rc.fd, c->out + c->out_off, c->out_len - c->out_off,
+                         MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n > 0) {
+            c->out_off += (size_t)n;
+        } else if (n < 0 && errno == EINTR) {
+            continue;
+        } else {
+            break; /* full, or broken: the loop finds out */
+        }
+    }
+    if (!close_after && c->out != NULL && c->out_off == c->out_len) {
+        free(c->out);
+        c->out = NULL;
+        c->out_len = c->out_off = 0;
+    }
 }
 
 static void *worker_main(void *arg)
