@@ -364,6 +364,29 @@ static bool reserved_tenant(const char *tenant)
 
 static bool tenant_revoked(mgr_t *m, const char *tenant, char *why, size_t whylen);
 
+/* Write a to the table. The caller holds a busy and not the manager's lock (the lock order
+ * is store, then manager). */
+static xm_status_t alloc_record(mgr_t *m, mgr_alloc_t *a)
+{
+    const char **addrs = calloc(a->policy.width, sizeof(char *));
+    if (addrs == NULL) return XM_ERR_NO_MEMORY;
+    pthread_mutex_lock(&m->lock);
+    for (uint32_t i = 0; i < a->policy.width; i++) addrs[i] = m->apps[a->parts[i].appl]->addr;
+    pthread_mutex_unlock(&m->lock);
+    xm_status_t status = m->opts.store_ops->alloc_put(m->store, a, addrs);
+    free(addrs);
+    return status;
+}
+
+/* Let go of a busy allocation: whoever waits for it goes on. */
+static void alloc_release(mgr_t *m, mgr_alloc_t *a)
+{
+    pthread_mutex_lock(&m->lock);
+    a->busy = false;
+    pthread_cond_broadcast(&m->cond);
+    pthread_mutex_unlock(&m->lock);
+}
+
 xm_status_t mgr_alloc_create(mgr_t *m, const char *tenant, const Xmem__AllocRequest *req,
                              mgr_batch_t *b, size_t slot, xm_msg_t *rep, char *why, size_t whylen)
 {
@@ -738,31 +761,19 @@ xm_status_t mgr_alloc_attach(mgr_t *m, const char *tenant, const Xmem__AllocRef 
             proto_msg_free(r);
         }
     }
-    const char **addrs = NULL;
+    bool record = false;
     pthread_mutex_lock(&m->lock);
     if (status == XM_OK && owner_rw) {
         /* the owner's keys were refreshed: they are the allocation's keys from now on */
         for (uint32_t i = 0; i < n; i++) a->parts[i].key = keys[i];
         a->keys_stale = false;
-        addrs = calloc(n, sizeof(char *));
-        for (uint32_t i = 0; addrs != NULL && i < n; i++) addrs[i] = m->apps[a->parts[i].appl]->addr;
-    }
-    if (addrs == NULL) {
-        a->busy = false;
-        pthread_cond_broadcast(&m->cond);
+        record = true;
     }
     if (status == XM_OK) status = desc_build(m, a, access, keys, rep);
     pthread_mutex_unlock(&m->lock);
-    if (addrs != NULL) {
-        /* written without the manager's lock (lock order: store, then manager); still busy */
-        if (m->opts.store_ops->alloc_put(m->store, a, addrs) != XM_OK)
-            xm_log_error("allocation %llu: its refreshed keys are not recorded", (unsigned long long)id);
-        free(addrs);
-        pthread_mutex_lock(&m->lock);
-        a->busy = false;
-        pthread_cond_broadcast(&m->cond);
-        pthread_mutex_unlock(&m->lock);
-    }
+    if (record && alloc_record(m, a) != XM_OK)
+        xm_log_error("allocation %llu: its refreshed keys are not recorded", (unsigned long long)id);
+    alloc_release(m, a);
     free(keys);
     return status;
 }
@@ -822,20 +833,8 @@ xm_status_t mgr_alloc_grant(mgr_t *m, const char *tenant, const Xmem__AllocGrant
         if (gr != NULL) gr->access = access;
     }
     pthread_mutex_unlock(&m->lock);
-    if (status == XM_OK) {
-        const char **addrs = calloc(a->policy.width, sizeof(char *));
-        if (addrs == NULL) {
-            status = XM_ERR_NO_MEMORY;
-        } else {
-            for (uint32_t i = 0; i < a->policy.width; i++) addrs[i] = m->apps[a->parts[i].appl]->addr;
-            status = m->opts.store_ops->alloc_put(m->store, a, addrs);
-            free(addrs);
-        }
-    }
-    pthread_mutex_lock(&m->lock);
-    a->busy = false;
-    pthread_cond_broadcast(&m->cond);
-    pthread_mutex_unlock(&m->lock);
+    if (status == XM_OK) status = alloc_record(m, a);
+    alloc_release(m, a);
     return status;
 }
 
@@ -999,24 +998,16 @@ static xm_status_t refresh_keys(mgr_t *m, mgr_appliance_t *ap, char *why, size_t
         bool changed = a != NULL && w[k].part < a->policy.width &&
                        a->parts[w[k].part].region_id == w[k].region_id &&
                        a->parts[w[k].part].key != key;
-        const char **addrs = changed ? calloc(a->policy.width, sizeof(char *)) : NULL;
-        if (addrs == NULL) {
+        if (!changed) {
             pthread_mutex_unlock(&m->lock);
             continue;
         }
         a->parts[w[k].part].key = key;
-        for (uint32_t i = 0; i < a->policy.width; i++) addrs[i] = m->apps[a->parts[i].appl]->addr;
-        /* the store is written without the manager's lock (the lock order is store, then
-         * manager); busy keeps the allocation as it is meanwhile */
-        a->busy = true;
+        a->busy = true; /* keeps the allocation as it is while the table is written */
         pthread_mutex_unlock(&m->lock);
-        if (m->opts.store_ops->alloc_put(m->store, a, addrs) != XM_OK)
+        if (alloc_record(m, a) != XM_OK)
             xm_log_error("allocation %llu: its refreshed key is not recorded", (unsigned long long)a->id);
-        free(addrs);
-        pthread_mutex_lock(&m->lock);
-        a->busy = false;
-        pthread_cond_broadcast(&m->cond);
-        pthread_mutex_unlock(&m->lock);
+        alloc_release(m, a);
     }
     free(w);
     return status;

@@ -18,8 +18,6 @@
 #include "../common/common.h"
 #include "manager.h"
 
-/* The tenant name xmemd uses for its heartbeat connection. */
-#define APPLIANCE_TENANT "@appliance"
 /* Threads serving requests that wait (appliance calls, busy allocations). */
 #define WORKERS 4
 /* How often appliances' heartbeats are looked at. */
@@ -71,7 +69,7 @@ static xm_status_t dispatch(mgr_server_t *s, rpc_srv_conn_t *c, xm_msg_t *msg, m
     const char *w = NULL;
     xm_status_t status;
     const char *tenant = c->rc.principal;
-    bool is_appliance = strcmp(tenant, APPLIANCE_TENANT) == 0;
+    bool is_appliance = strcmp(tenant, RPC_ROLE_APPLIANCE) == 0;
     const char *appliance = c->data; /* set once an appliance registered on this connection */
     *close_p = false;
     if (is_appliance != (msg->body_case == XMEM__MSG__BODY_APPLIANCE_REGISTER)) {

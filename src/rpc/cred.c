@@ -610,34 +610,31 @@ static bool is_role(const char *principal)
            strcmp(principal, RPC_ROLE_ADMIN) == 0;
 }
 
-bool rpc_keyring_valid(rpc_keyring_t *kr, const char *principal, uint64_t id)
+/* Is tenant in the registry (with credential id, unless any_id)? A miss re-reads a registry
+ * file that changed, or waits for another thread's reading of it, and looks again. */
+static bool keyring_holds(rpc_keyring_t *kr, const char *tenant, uint64_t id, bool any_id)
 {
-    if (principal[0] == '@') return is_role(principal) && id == 0;
     bool found = false;
     for (int pass = 0; pass < 2 && !found; pass++) {
-        if (pass == 1) keyring_sync(kr, false); /* a miss: is the file newer? (or being read
-                                                  * by another thread: look again after it) */
+        if (pass == 1) keyring_sync(kr, false);
         pthread_mutex_lock(&kr->lock);
         for (size_t i = 0; i < kr->ntenants && !found; i++) {
-            found = kr->tenants[i].id == id && strcmp(kr->tenants[i].name, principal) == 0;
+            found = (any_id || kr->tenants[i].id == id) && strcmp(kr->tenants[i].name, tenant) == 0;
         }
         pthread_mutex_unlock(&kr->lock);
     }
     return found;
 }
 
+bool rpc_keyring_valid(rpc_keyring_t *kr, const char *principal, uint64_t id)
+{
+    if (principal[0] == '@') return is_role(principal) && id == 0;
+    return keyring_holds(kr, principal, id, false);
+}
+
 bool rpc_keyring_has_tenant(rpc_keyring_t *kr, const char *tenant)
 {
-    if (tenant[0] == '@') return true;
-    bool found = false;
-    for (int pass = 0; pass < 2 && !found; pass++) {
-        if (pass == 1) keyring_sync(kr, false); /* a miss: is the file newer? (or being read
-                                                  * by another thread: look again after it) */
-        pthread_mutex_lock(&kr->lock);
-        for (size_t i = 0; i < kr->ntenants && !found; i++) found = strcmp(kr->tenants[i].name, tenant) == 0;
-        pthread_mutex_unlock(&kr->lock);
-    }
-    return found;
+    return tenant[0] == '@' || keyring_holds(kr, tenant, 0, true);
 }
 
 xm_status_t rpc_keyring_key(rpc_keyring_t *kr, const char *principal, uint64_t id,

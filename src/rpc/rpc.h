@@ -30,7 +30,7 @@
 #define RPC_ID_SIG_LEN crypto_sign_BYTES
 
 /* Roles only the cluster credential may take. */
-#define RPC_ROLE_MANAGER "@manager"
+#define RPC_ROLE_MANAGER XM_MANAGER_TENANT
 #define RPC_ROLE_APPLIANCE "@appliance"
 #define RPC_ROLE_ADMIN "@admin"
 

@@ -151,6 +151,26 @@ static void conn_return(conn_t *c)
 }
 
 /* Serve one request off the loop and seal its reply; the loop sends it. */
+/* Send what the socket takes of c's pending output, never waiting: 1 all sent (the buffer is
+ * freed), 0 the socket is full, -1 broken. */
+static int out_push(conn_t *c)
+{
+    while (c->out_off < c->out_len) {
+        ssize_t n = send(c->pub.rc.fd, c->out + c->out_off, c->out_len - c->out_off,
+                         MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n > 0) {
+            c->out_off += (size_t)n;
+            continue;
+        }
+        if (n < 0 && errno == EINTR) continue;
+        return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) ? 0 : -1;
+    }
+    free(c->out);
+    c->out = NULL;
+    c->out_len = c->out_off = 0;
+    return 1;
+}
+
 static void serve_blocking(rpc_server_t *s, conn_t *c, xm_msg_t *msg)
 {
     xm_msg_t rep = XMEM__MSG__INIT;
@@ -161,23 +181,8 @@ static void serve_blocking(rpc_server_t *s, conn_t *c, xm_msg_t *msg)
     if (!reply_seal(s, c, msg->seq, status, why, &rep, close_after)) c->dead = true;
     proto_msg_free(msg);
     /* send what the socket takes now: the reply must not wait for the loop to wake up (a
-     * cross-CPU wake-up costs 20-25 us here); the loop flushes any rest */
-    while (!c->dead && !close_after && c->out != NULL && c->out_off < c->out_len) {
-        ssize_t n = send(c->pub.rc.fd, c->out + c->out_off, c->out_len - c->out_off,
-                         MSG_NOSIGNAL | MSG_DONTWAIT);
-        if (n > 0) {
-            c->out_off += (size_t)n;
-        } else if (n < 0 && errno == EINTR) {
-            continue;
-        } else {
-            break; /* full, or broken: the loop finds out */
-        }
-    }
-    if (!close_after && c->out != NULL && c->out_off == c->out_len) {
-        free(c->out);
-        c->out = NULL;
-        c->out_len = c->out_off = 0;
-    }
+     * cross-CPU wake-up costs 20-25 us here); the loop flushes any rest, or finds it broken */
+    if (!c->dead && !close_after && c->out != NULL) out_push(c);
 }
 
 static void *worker_main(void *arg)
@@ -403,25 +408,15 @@ static int conn_take_frame(conn_t *c, xm_msg_t **msg_p)
 /* Send what is pending; false: broken, or done and the session is to end. */
 static bool conn_flush(rpc_server_t *s, conn_t *c)
 {
-    while (c->out_off < c->out_len) {
-        ssize_t n = send(c->pub.rc.fd, c->out + c->out_off, c->out_len - c->out_off, MSG_NOSIGNAL);
-        if (n > 0) {
-            c->out_off += (size_t)n;
-            continue;
+    int sent = out_push(c);
+    if (sent < 0) return false;
+    if (sent == 0) {
+        if (c->out_since_ns == 0) {
+            c->out_since_ns = xm__now_ns();
+            ep_set(s, c, EPOLL_CTL_MOD, EPOLLOUT); /* no more requests until it drains */
         }
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            if (c->out_since_ns == 0) {
-                c->out_since_ns = xm__now_ns();
-                ep_set(s, c, EPOLL_CTL_MOD, EPOLLOUT); /* no more requests until it drains */
-            }
-            return true;
-        }
-        return false;
+        return true;
     }
-    free(c->out);
-    c->out = NULL;
-    c->out_len = c->out_off = 0;
     if (c->out_since_ns != 0) {
         c->out_since_ns = 0;
         ep_set(s, c, EPOLL_CTL_MOD, EPOLLIN);
