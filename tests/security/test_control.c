@@ -605,3 +605,51 @@ Test(control, revoked_then_readded_tenant_through_the_manager, .fini = teardown,
     xm_alloc_close(a);
     xm_disconnect(again);
 }
+
+/* Attack 6: a pool file others may read is refused; `xmem up` refuses a run directory it
+ * does not own privately (a planted secret would join the victim's cluster), and `xmem down`
+ * never kills a process a planted pid file names. */
+Test(control, exposed_pool_and_planted_run_directory_refused, .fini = teardown, .timeout = 60)
+{
+    xt_start(&app, NULL);
+    char cmd[PATH_MAX * 3];
+    /* a world-readable pool file */
+    snprintf(cmd, sizeof(cmd), "touch '%s/open.pool' && chmod 644 '%s/open.pool' && '%s/xmemd' "
+             "--listen 127.0.0.1:0 --pool 64M --backing 'file:%s/open.pool' --secret-file '%s' "
+             ">/dev/null 2>'%s/pool.err'", app.dir, app.dir, XMEM_BIN_DIR, app.dir, app.secret, app.dir);
+    int st = system(cmd);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) != 0, "xmemd served a pool file others can read");
+
+    /* xmem up in a run directory open to others */
+    char run[PATH_MAX];
+    snprintf(run, sizeof(run), "%s/run", app.dir);
+    cr_assert_eq(mkdir(run, 0755), 0);
+    cr_assert_eq(chmod(run, 0755), 0);
+    snprintf(cmd, sizeof(cmd), "XMEM_RUN_DIR='%s' '%s/xmem' up --appliances 1 --pool 64M "
+             ">/dev/null 2>'%s/up.err'", run, XMEM_BIN_DIR, app.dir);
+    st = system(cmd);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) != 0, "xmem up used a run directory others can write");
+    char secret[PATH_MAX + 16];
+    snprintf(secret, sizeof(secret), "%s/secret", run);
+    cr_assert_neq(access(secret, F_OK), 0, "xmem up wrote a secret into it");
+
+    /* a pid file naming an unrelated process, in a private run directory */
+    cr_assert_eq(chmod(run, 0700), 0);
+    pid_t victim = fork();
+    if (victim == 0) {
+        execl("/bin/sleep", "sleep", "30", (char *)NULL);
+        _exit(127);
+    }
+    char pidfile[PATH_MAX + 16];
+    snprintf(pidfile, sizeof(pidfile), "%s/manager.pid", run);
+    FILE *f = fopen(pidfile, "w");
+    fprintf(f, "%d\n", (int)victim);
+    fclose(f);
+    snprintf(cmd, sizeof(cmd), "XMEM_RUN_DIR='%s' '%s/xmem' down >/dev/null 2>&1", run, XMEM_BIN_DIR);
+    cr_assert_neq(system(cmd), -1);
+    usleep(200000);
+    int wst;
+    cr_assert_eq(waitpid(victim, &wst, WNOHANG), 0, "xmem down killed the process a planted pid file named");
+    kill(victim, SIGKILL);
+    waitpid(victim, &wst, 0);
+}
