@@ -57,6 +57,8 @@ typedef struct xm__part {
     uint32_t peer;           /* index into ctx->peers */
     uint64_t key;
     uint64_t size;
+    uint8_t *local;          /* the part mapped into this process by the local transport (an
+                              * appliance on this host handed us its fd), or NULL: over the fabric */
 } xm__part_t;
 
 /*
@@ -72,6 +74,7 @@ struct xm_region {
     xm__part_t *parts;       /* NULL: a plain region on the context's appliance */
     uint32_t nparts;
     xm__layout_t layout;     /* how offsets map to parts; unset for a plain region */
+    uint8_t *local;          /* plain region mapped into this process by the local transport, or NULL */
 };
 
 /* Where the byte at off of r lives: peer, offset in its registration, key, and how many
