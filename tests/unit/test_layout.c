@@ -6,6 +6,8 @@
 
 #include "../../src/common/layout.h"
 
+#define XM_MIN(a, b) ((a) < (b) ? (a) : (b))
+
 static xm__layout_t make(xm__layout_kind_t kind, uint64_t size, uint32_t width, uint64_t chunk)
 {
     xm__layout_t l;
@@ -392,4 +394,249 @@ Test(layout, random_layouts_match_a_byte_by_byte_model, .timeout = 120)
     }
     free(part);
     free(poff);
+}
+
+/* ---- policies (the text users write) and the resilient layouts ---------------------- */
+
+static void policy_ok(const char *text, xm__layout_kind_t kind, uint32_t width, uint32_t red,
+                      uint64_t chunk, const char *canonical)
+{
+    xm__layout_policy_t p;
+    const char *why = NULL;
+    cr_assert_eq(xm__layout_policy_parse(text, 1u << 20, &p, &why), XM_OK, "%s refused: %s", text,
+                 why ? why : "");
+    cr_expect(p.kind == kind && p.width == width && p.redundancy == red && p.chunk == chunk,
+              "%s: kind %d width %u redundancy %u chunk %llu", text, (int)p.kind, p.width,
+              p.redundancy, (unsigned long long)p.chunk);
+    char buf[XM_LAYOUT_POLICY_TEXT_MAX];
+    xm__layout_policy_str(&p, buf, sizeof(buf));
+    cr_expect_str_eq(buf, canonical);
+    /* the canonical text reads back as the same policy */
+    xm__layout_policy_t q;
+    cr_assert_eq(xm__layout_policy_parse(buf, 1u << 20, &q, NULL), XM_OK, "%s", buf);
+    cr_expect(memcmp(&p, &q, sizeof(p)) == 0, "%s does not read back", buf);
+}
+
+static void policy_refused(const char *text, const char *reason)
+{
+    xm__layout_policy_t p = {.kind = 77};
+    const char *why = NULL;
+    cr_expect_eq(xm__layout_policy_parse(text, 1u << 20, &p, &why), XM_ERR_INVALID, "%s accepted",
+                 text);
+    cr_expect(why != NULL && strstr(why, reason) != NULL, "%s: reason '%s' lacks '%s'", text,
+              why ? why : "(null)", reason);
+    cr_expect_eq(p.kind, 77, "%s: policy written on failure", text);
+}
+
+Test(layout, policies_parse_and_print)
+{
+    policy_ok(NULL, XM_LAYOUT_SINGLE, 1, 0, 0, "single");
+    policy_ok("", XM_LAYOUT_SINGLE, 1, 0, 0, "single");
+    policy_ok("single", XM_LAYOUT_SINGLE, 1, 0, 0, "single");
+    policy_ok("stripe:4", XM_LAYOUT_STRIPE, 4, 0, 1u << 20, "stripe:4:1024K");
+    policy_ok("stripe:3:64K", XM_LAYOUT_STRIPE, 3, 0, 65536, "stripe:3:64K");
+    policy_ok("replicate:2", XM_LAYOUT_REPLICATE, 1, 1, 0, "replicate:2");
+    policy_ok("replicate:8", XM_LAYOUT_REPLICATE, 1, 7, 0, "replicate:8");
+    policy_ok("ec:4+2", XM_LAYOUT_EC, 4, 2, 65536, "ec:4+2:64K");
+    policy_ok("ec:8+2:1M", XM_LAYOUT_EC, 8, 2, 1u << 20, "ec:8+2:1024K");
+    policy_ok("ec:1+1:4K", XM_LAYOUT_EC, 1, 1, 4096, "ec:1+1:4K");
+    policy_ok("ec:16+4:4M", XM_LAYOUT_EC, 16, 4, 4u << 20, "ec:16+4:4096K");
+    policy_ok("ec:4+2:4096", XM_LAYOUT_EC, 4, 2, 4096, "ec:4+2:4K");
+
+    policy_refused("raid5", "unknown policy");
+    policy_refused("stripe", "unknown policy");
+    policy_refused("stripe:0", "stripe width");
+    policy_refused("stripe:1025", "stripe width");
+    policy_refused("stripe:4:3K", "stripe chunk");
+    policy_refused("stripe:4:", "stripe chunk");
+    policy_refused("replicate:1", "replicas must be 2..8");
+    policy_refused("replicate:9", "replicas must be 2..8");
+    policy_refused("replicate:", "replicas");
+    policy_refused("replicate:2:64K", "replicas");
+    policy_refused("replicate:-2", "replicas");
+    policy_refused("ec:4", "data pieces K");
+    policy_refused("ec:0+2", "data pieces K must be 1..16");
+    policy_refused("ec:17+1", "data pieces K must be 1..16");
+    policy_refused("ec:+2", "data pieces K");
+    policy_refused("ec:4+0", "parity pieces M must be 1..4");
+    policy_refused("ec:4+5", "parity pieces M must be 1..4");
+    policy_refused("ec:4+", "parity pieces M");
+    policy_refused("ec:4+2x", "parity pieces M");
+    policy_refused("ec:4+2:2K", "ec chunk must be a power of two from 4K to 4M");
+    policy_refused("ec:4+2:8M", "ec chunk");
+    policy_refused("ec:4+2:48K", "ec chunk");
+    policy_refused("ec:4+2:", "ec chunk");
+    policy_refused("ec:4+2:64K:1", "ec chunk");
+    policy_refused("ec:99999999999999999999+2", "data pieces");
+}
+
+Test(layout, resilient_validation)
+{
+    xm__layout_t l = {.kind = 77, .size = 5};
+    const char *why = NULL;
+    /* replicate: one data piece, 2..8 copies, no chunk */
+    cr_expect_eq(xm__layout_init_full(&l, XM_LAYOUT_REPLICATE, 4096, 1, 0, 0, &why), XM_ERR_INVALID);
+    cr_expect_eq(xm__layout_init_full(&l, XM_LAYOUT_REPLICATE, 4096, 1, 8, 0, &why), XM_ERR_INVALID);
+    cr_expect_eq(xm__layout_init_full(&l, XM_LAYOUT_REPLICATE, 4096, 2, 1, 0, &why), XM_ERR_INVALID);
+    cr_expect_eq(xm__layout_init_full(&l, XM_LAYOUT_REPLICATE, 4096, 1, 1, 4096, &why), XM_ERR_INVALID);
+    cr_expect(why != NULL && strstr(why, "replicate") != NULL);
+    /* ec: bounds of k, m, k + m and the chunk */
+    cr_expect_eq(xm__layout_init_full(&l, XM_LAYOUT_EC, 1 << 20, 0, 2, 4096, &why), XM_ERR_INVALID);
+    cr_expect_eq(xm__layout_init_full(&l, XM_LAYOUT_EC, 1 << 20, 17, 2, 4096, &why), XM_ERR_INVALID);
+    cr_expect_eq(xm__layout_init_full(&l, XM_LAYOUT_EC, 1 << 20, 4, 0, 4096, &why), XM_ERR_INVALID);
+    cr_expect_eq(xm__layout_init_full(&l, XM_LAYOUT_EC, 1 << 20, 4, 5, 4096, &why), XM_ERR_INVALID);
+    cr_expect(why != NULL && strstr(why, "parity") != NULL);
+    cr_expect_eq(xm__layout_init_full(&l, XM_LAYOUT_EC, 1 << 20, 4, 2, 2048, &why), XM_ERR_INVALID);
+    cr_expect_eq(xm__layout_init_full(&l, XM_LAYOUT_EC, 1 << 20, 4, 2, 12288, &why), XM_ERR_INVALID);
+    cr_expect_eq(xm__layout_init_full(&l, XM_LAYOUT_EC, 1 << 20, 4, 2, 8u << 20, &why), XM_ERR_INVALID);
+    cr_expect(why != NULL && strstr(why, "chunk") != NULL);
+    /* padded parts must fit: a size near 2^63 with wide rows is refused, not wrapped */
+    cr_expect_eq(xm__layout_init_full(&l, XM_LAYOUT_EC, XM_LAYOUT_SIZE_MAX, 16, 4, 4u << 20, &why),
+                 XM_ERR_INVALID);
+    /* redundancy on single / stripe, and the redundancy-less init of a resilient kind */
+    cr_expect_eq(xm__layout_init_full(&l, XM_LAYOUT_STRIPE, 4096, 2, 1, 4096, &why), XM_ERR_INVALID);
+    cr_expect_eq(xm__layout_init(&l, XM_LAYOUT_EC, 4096, 4, 4096, &why), XM_ERR_INVALID);
+    cr_expect_eq(l.kind, 77, "layout written on failure");
+    /* the limits themselves */
+    cr_expect_eq(xm__layout_init_full(&l, XM_LAYOUT_EC, 1, 16, 4, 4u << 20, NULL), XM_OK);
+    cr_expect_eq(xm__layout_init_full(&l, XM_LAYOUT_EC, XM_LAYOUT_SIZE_MAX - (64ull << 20), 16, 4,
+                                      4u << 20, NULL), XM_OK);
+    uint64_t total = 0;
+    for (uint32_t p = 0; p < 20; p++) total += xm__layout_part_size(&l, p) / 20;
+    cr_expect_geq(total * 16, l.size - (64ull << 20), "parts do not hold the size");
+    cr_expect_eq(xm__layout_init_full(&l, XM_LAYOUT_REPLICATE, XM_LAYOUT_SIZE_MAX, 1, 7, 0, NULL), XM_OK);
+}
+
+Test(layout, replicate_every_part_holds_every_byte)
+{
+    xm__layout_t l;
+    cr_assert_eq(xm__layout_init_full(&l, XM_LAYOUT_REPLICATE, 100003, 1, 2, 0, NULL), XM_OK);
+    cr_expect_eq(xm__layout_nparts(&l), 3);
+    for (uint32_t p = 0; p < 3; p++) cr_expect_eq(xm__layout_part_size(&l, p), 100003);
+    cr_expect_eq(xm__layout_part_size(&l, 3), 0);
+    cr_expect(!xm__layout_has_empty_part(&l));
+    cr_expect_eq(xm__layout_nrows(&l), 1);
+    cr_expect_eq(xm__layout_piece_bytes(&l), 100003);
+    xm__layout_loc_t loc;
+    xm__layout_map(&l, 77777, &loc);
+    cr_expect(loc.part == 0 && loc.part_off == 77777 && loc.contig == 100003 - 77777);
+    /* the copies: parts 1 and 2, same offsets */
+    cr_expect_eq(xm__layout_row_parity_part(&l, 0, 0), 1);
+    cr_expect_eq(xm__layout_row_parity_part(&l, 0, 1), 2);
+    xm__layout_span_iter_t it;
+    xm__layout_span_t s;
+    xm__layout_span_iter_init(&it, &l, 5, 1000);
+    cr_assert(xm__layout_span_iter_next(&it, &s));
+    cr_expect(s.row == 0 && s.first == 0 && s.last == 0 && s.lo == 5 && s.hi == 1005 && !s.full);
+    uint64_t off[2], len[2];
+    cr_expect_eq(xm__layout_span_parity(&l, &s, off, len), 1);
+    cr_expect(off[0] == 5 && len[0] == 1000, "a copy changes where the data does");
+    cr_expect(!xm__layout_span_iter_next(&it, &s));
+}
+
+/* ec(k, m, c) as the model: stripe s = b / (k c), data piece j, offset o; part (j + s) % n. */
+Test(layout, ec_matches_a_byte_by_byte_model, .timeout = 120)
+{
+    uint64_t seed = 0x243f6a8885a308d3ull;
+    for (int t = 0; t < 60; t++) {
+        uint32_t k = 1 + (uint32_t)(rnd(&seed) % 5), m = 1 + (uint32_t)(rnd(&seed) % 3);
+        uint32_t n = k + m;
+        uint64_t c = 4096ull << (rnd(&seed) % 2);
+        uint64_t size = 1 + rnd(&seed) % (3 * k * c + c);
+        xm__layout_t l;
+        const char *why = "";
+        cr_assert_eq(xm__layout_init_full(&l, XM_LAYOUT_EC, size, k, m, c, &why), XM_OK, "%s", why);
+        uint64_t rb = k * c, rows = (size + rb - 1) / rb;
+        cr_assert_eq(xm__layout_nparts(&l), n);
+        cr_assert_eq(xm__layout_nrows(&l), rows);
+        cr_assert(!xm__layout_has_empty_part(&l));
+        for (uint32_t p = 0; p < n; p++) cr_assert_eq(xm__layout_part_size(&l, p), rows * c, "padded parts");
+        for (uint64_t r = 0; r < rows + n; r++) {
+            /* pieces of a row are a permutation of the parts; part_piece inverts piece_part */
+            bool seen[32] = {false};
+            for (uint32_t p = 0; p < n; p++) {
+                uint32_t part = xm__layout_piece_part(&l, r, p);
+                cr_assert_lt(part, n);
+                cr_assert(!seen[part], "row %llu: two pieces on part %u", (unsigned long long)r, part);
+                seen[part] = true;
+                cr_assert_eq(part, (p + r) % n);
+                cr_assert_eq(xm__layout_part_piece(&l, r, part), p);
+            }
+            for (uint32_t i = 0; i < m; i++)
+                cr_assert_eq(xm__layout_row_parity_part(&l, r, i), (k + i + r) % n);
+        }
+        for (uint64_t b = 0; b < size; b += 1 + rnd(&seed) % 97) {
+            uint64_t s = b / rb, j = (b % rb) / c, o = b % c;
+            xm__layout_loc_t loc;
+            xm__layout_map(&l, b, &loc);
+            cr_assert(loc.row == s && loc.piece == j && loc.piece_off == o &&
+                      loc.part == (j + s) % n && loc.part_off == s * c + o,
+                      "k %u m %u c %llu size %llu: byte %llu at part %u +%llu", k, m,
+                      (unsigned long long)c, (unsigned long long)size, (unsigned long long)b,
+                      loc.part, (unsigned long long)loc.part_off);
+            cr_assert_eq(loc.contig, XM_MIN(c - o, size - b));
+        }
+        /* random ranges: spans cover them row by row, pieces and parity as a byte model says */
+        for (int q = 0; q < 20; q++) {
+            uint64_t off = rnd(&seed) % size, len = 1 + rnd(&seed) % (size - off);
+            if (q % 4 == 0) len = 1 + rnd(&seed) % XM_MIN(size - off, 2 * c);
+            uint64_t first_row, nrows;
+            xm__layout_rows(&l, off, len, &first_row, &nrows);
+            cr_assert_eq(first_row, off / rb);
+            cr_assert_eq(nrows, (off + len - 1) / rb - off / rb + 1);
+            xm__layout_span_iter_t it;
+            xm__layout_span_t sp;
+            uint64_t at = off, count = 0;
+            xm__layout_span_iter_init(&it, &l, off, len);
+            while (xm__layout_span_iter_next(&it, &sp)) {
+                cr_assert_eq(sp.off, at);
+                cr_assert_eq(sp.buf_off, at - off);
+                cr_assert_eq(sp.row, first_row + count);
+                uint64_t row_off = sp.row * rb, row_end = XM_MIN(row_off + rb, size);
+                cr_assert(sp.off >= row_off && sp.off + sp.len <= row_end);
+                cr_assert_eq(sp.full, sp.off == row_off && sp.off + sp.len == row_end);
+                /* piece ranges: exactly the bytes of the span */
+                uint8_t touched[4 * 8192] = {0};
+                uint64_t sum = 0;
+                for (uint32_t j = sp.first; j <= sp.last; j++) {
+                    uint64_t po, pl;
+                    xm__layout_span_piece(&l, &sp, j, &po, &pl);
+                    cr_assert(pl >= 1 && po + pl <= c);
+                    for (uint64_t x = 0; x < pl; x++) {
+                        uint64_t b = row_off + j * c + po + x;
+                        cr_assert(b >= sp.off && b < sp.off + sp.len, "piece byte outside the span");
+                        touched[po + x] = 1;
+                    }
+                    sum += pl;
+                }
+                cr_assert_eq(sum, sp.len);
+                /* parity ranges: exactly the offsets some touched data byte has */
+                uint64_t po[2], pl[2];
+                uint32_t nr = xm__layout_span_parity(&l, &sp, po, pl);
+                cr_assert(nr == 1 || nr == 2);
+                uint8_t par[4 * 8192] = {0};
+                for (uint32_t i = 0; i < nr; i++) {
+                    cr_assert(pl[i] >= 1 && po[i] + pl[i] <= c);
+                    for (uint64_t x = 0; x < pl[i]; x++) par[po[i] + x] = 1;
+                }
+                cr_assert(memcmp(par, touched, c) == 0, "parity ranges are not the touched offsets");
+                at += sp.len;
+                count++;
+            }
+            cr_assert_eq(at, off + len);
+            cr_assert_eq(count, nrows);
+        }
+    }
+}
+
+Test(layout, ec_rotation_spreads_parity)
+{
+    /* over k + m rows, every part holds parity m times and data k times */
+    xm__layout_t l;
+    cr_assert_eq(xm__layout_init_full(&l, XM_LAYOUT_EC, 64ull << 20, 4, 2, 65536, NULL), XM_OK);
+    uint32_t parity[6] = {0};
+    for (uint64_t r = 0; r < 6; r++) {
+        for (uint32_t i = 0; i < 2; i++) parity[xm__layout_row_parity_part(&l, r, i)]++;
+    }
+    for (uint32_t p = 0; p < 6; p++) cr_expect_eq(parity[p], 2, "part %u holds parity %u times", p, parity[p]);
 }
