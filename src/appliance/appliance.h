@@ -11,6 +11,7 @@
 #include <uthash.h>
 #include <xmem/xmem.h>
 
+#include "../xfer/local.h"
 #include "../xfer/xfer.h"
 
 /* ---- pool.c: backing memory and the extent allocator -------------------- */
@@ -50,6 +51,19 @@ void appl_pool_free(appl_pool_t *pool, const uint32_t *extents, uint32_t n);
 /* Map extents contiguously at a fresh window; *window_p spans n * extent_size. */
 xm_status_t appl_pool_map(appl_pool_t *pool, const uint32_t *extents, uint32_t n,
                           void **window_p);
+/* memfd and hugetlb pools: a region's memory is a memfd of its own (the local transport
+ * hands it to clients on this host; the pool keeps only the extent accounting). */
+bool appl_pool_own_fd(const appl_pool_t *pool);
+/* Bytes of a region memfd for n extents: the window, then one trailer page (hugetlb: one
+ * huge page) whose first word is set when the memfd is retired (APPL_TRAILER_RETIRED). */
+size_t appl_pool_memfd_len(const appl_pool_t *pool, uint32_t n);
+/* A region's own sealed memfd for n extents, mapped at a fresh window. */
+xm_status_t appl_pool_map_own(appl_pool_t *pool, uint32_t n, void **window_p, int *fd_p);
+/* Map memfd fd over an existing window of n extents (a region moving to a fresh memfd). */
+xm_status_t appl_pool_remap_own(appl_pool_t *pool, uint32_t n, void *window, int fd);
+/* Mark a region memfd retired (its trailer word) and free its pages: holders that still
+ * map it read zeros and see the mark; their later writes stay in pages of their own. */
+void appl_pool_retire_own(appl_pool_t *pool, uint32_t n, int fd);
 
 /* ---- region.c: regions, grants, registrations, persistence -------------- */
 
@@ -65,6 +79,9 @@ typedef struct appl_grant {
 typedef struct appl_region {
     uint64_t id;
     uint64_t size;
+    int memfd;              /* its own memory (memfd/hugetlb pools), -1: a window on the pool file */
+    char (*holders)[XM_NAME_MAX + 1]; /* tenants its memfd was handed to (local transport) */
+    uint32_t nholders;
     char name[XM_NAME_MAX + 1];
     uint32_t nextents;
     uint32_t *extents;
@@ -126,6 +143,16 @@ xm_status_t appl_region_grant(appl_regions_t *t, const char *tenant, uint64_t id
                               const char **why_p);
 xm_status_t appl_region_stat(appl_regions_t *t, const char *tenant, uint64_t id,
                              const char *name, xm_region_info_t *info, const char **why_p);
+/*
+ * Local transport: a descriptor of the region's memfd for tenant, with the rights of its
+ * grant (read-write: the memfd; read-only: a read-only reopen), checked as appl_region_open
+ * checks them; or, with key != 0, with the rights of the registration that key names (the
+ * parts of manager allocations: whoever holds the key may already use it over the fabric).
+ * XM_ERR_INVALID for regions on a pool file (they stay on the fabric). *fd_p is the caller's.
+ */
+xm_status_t appl_region_fd(appl_regions_t *t, const char *tenant, uint64_t id, const char *name,
+                           uint64_t key, xm_access_t access, appl_desc_t *desc, int *fd_p,
+                           const char **why_p);
 /* Regions the tenant owns or was granted; *infos_p is malloc'd. */
 xm_status_t appl_region_list(appl_regions_t *t, const char *tenant, xm_region_info_t **infos_p,
                              size_t *count_p);
@@ -142,6 +169,9 @@ typedef struct appl_server appl_server_t;
 
 typedef struct appl_server_opts {
     int listen_fd;
+    int local_fd;                    /* AF_UNIX listener of the local transport; 0 / -1: none */
+    const char *local_path;          /* its path, told to clients in the Welcome */
+    const char *boot_id;             /* this host's, told to clients in the Welcome */
     rpc_keyring_t *keyring;          /* who may connect */
     const rpc_identity_t *identity;  /* signs every handshake */
     appl_regions_t *regions;

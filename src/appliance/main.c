@@ -25,7 +25,10 @@ static xm_config_entry_t entries[] = {
     {"tenants", "", "tenant registry (xmem tenant add); empty: SECRET-FILE.tenants", 0, 0},
     {"identity", "", "this appliance's identity key file, made at first start (empty: POOL-FILE"
                      ".identity for a file pool, SECRET-FILE.HOST_PORT.identity otherwise)", 0, 0},
-    {"provider", "tcp", "libfabric provider for data: tcp (across hosts) or shm (one host)", 0, 0},
+    {"provider", "tcp", "libfabric provider for data: tcp (shm: an alias of tcp; clients on this "
+                        "host use the local transport instead)", 0, 0},
+    {"local-socket", "", "AF_UNIX socket of the local transport (empty: IDENTITY-FILE with .sock "
+                         "for .identity; none: no local transport)", 0, 0},
     {"data-port", "0", "port of the tcp data endpoint (0: any free port)", 0, 0},
     {"spin-us", "2000", "progress loop keeps polling this long after activity, then sleeps", 0, 0},
     {"max-conns", "1024", "control connections served at once", 0, 0},
@@ -141,11 +144,20 @@ int main(int argc, char **argv)
     appl_server_t *server = NULL;
     appl_member_t *member = NULL;
     int listen_fd = -1;
+    int local_fd = -1; /* the local transport's listener (helper B) */
+    char local_path[PATH_MAX + 64] = "", boot_id[NET_LOCAL_BOOT_ID_LEN + 1] = "";
     uint16_t bound_port = 0;
     if (appl_pool_init(&pool, backing, path, pool_size, extent_size) != XM_OK) {
         goto out;
     }
-    if (net_fabric_open(xm__config_get(&cfg, "provider"), NET_ROLE_TARGET, host,
+    /* local transport (helper B): it replaced the shm provider for clients on this host */
+    const char *provider = xm__config_get(&cfg, "provider");
+    if (strcmp(provider, "shm") == 0) {
+        xm_log_warn("--provider shm: the local transport replaced it (clients on this host map "
+                    "their regions, docs/security.md); serving tcp");
+        provider = "tcp";
+    }
+    if (net_fabric_open(provider, NET_ROLE_TARGET, host,
                         xm__config_get(&cfg, "data-port"), &fab) != XM_OK) {
         goto err_pool;
     }
@@ -176,13 +188,31 @@ int main(int argc, char **argv)
     }
 
 
+    /* local transport (helper B): an AF_UNIX listener beside the identity file */
+    const char *lopt = xm__config_get(&cfg, "local-socket");
+    if (lopt == NULL || strcmp(lopt, "none") != 0) {
+        size_t il = strlen(id_path);
+        if (lopt != NULL && lopt[0] != '\0') snprintf(local_path, sizeof(local_path), "%s", lopt);
+        else if (il > 9 && strcmp(id_path + il - 9, ".identity") == 0)
+            snprintf(local_path, sizeof(local_path), "%.*s.sock", (int)(il - 9), id_path);
+        else snprintf(local_path, sizeof(local_path), "%s.sock", id_path);
+        if (!appl_pool_own_fd(&pool)) {
+            local_path[0] = '\0'; /* file pools: clients on this host use tcp on loopback */
+        } else if (net_local_boot_id(boot_id) != XM_OK ||
+                   net_local_listen(local_path, &local_fd) != XM_OK) {
+            xm_log_warn("no local transport (%s): clients on this host use tcp", local_path);
+            local_path[0] = '\0';
+            local_fd = -1;
+        }
+    }
     progress_arg_t parg = {.fab = &fab, .opts = {.spin_us = spin_us}, .stop = 0,
                            .stop_fd = eventfd(0, EFD_CLOEXEC)};
     pthread_t progress;
     if (pthread_create(&progress, NULL, progress_main, &parg) != 0) {
         goto err_listen;
     }
-    appl_server_opts_t so = {.listen_fd = listen_fd, .keyring = &keyring, .identity = &identity,
+    appl_server_opts_t so = {.listen_fd = listen_fd, .local_fd = local_fd,
+                             .local_path = local_path, .boot_id = boot_id, .keyring = &keyring, .identity = &identity,
                              .regions = &regions, .fab = &fab, .max_conns = max_conns,
                              .max_conns_per_tenant = max_per_tenant, .timeout_ms = timeout_ms,
                              .idle_ms = idle_ms};
@@ -223,6 +253,10 @@ err_progress:
     pthread_join(progress, NULL);
     if (parg.stop_fd >= 0) close(parg.stop_fd);
 err_listen:
+    if (local_fd >= 0) {
+        close(local_fd);
+        unlink(local_path);
+    }
     close(listen_fd);
 err_regions:
     appl_regions_cleanup(&regions);

@@ -244,3 +244,78 @@ xm_status_t appl_pool_map(appl_pool_t *pool, const uint32_t *extents, uint32_t n
     *window_p = win;
     return XM_OK;
 }
+
+/* ---- a region's own memfd (the local transport, src/xfer/local.h) ---------------------- */
+
+bool appl_pool_own_fd(const appl_pool_t *pool)
+{
+    return pool->backing != APPL_BACKING_FILE;
+}
+
+static size_t trailer_len(const appl_pool_t *pool)
+{
+    /* hugetlb files are sized and mapped in huge pages */
+    return pool->backing == APPL_BACKING_HUGETLB ? (size_t)pool->extent_size
+                                                 : (size_t)sysconf(_SC_PAGESIZE);
+}
+
+size_t appl_pool_memfd_len(const appl_pool_t *pool, uint32_t n)
+{
+    return (size_t)n * pool->extent_size + trailer_len(pool);
+}
+
+xm_status_t appl_pool_remap_own(appl_pool_t *pool, uint32_t n, void *window, int fd)
+{
+    size_t len = (size_t)n * pool->extent_size;
+    int noreserve = pool->backing == APPL_BACKING_HUGETLB ? 0 : MAP_NORESERVE;
+    void *p = mmap(window, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED | noreserve, fd, 0);
+    if (p == MAP_FAILED) {
+        xm_log_error("cannot map a region memfd of %zu bytes: %m", len);
+        return XM_ERR_NO_SPACE;
+    }
+    return XM_OK;
+}
+
+xm_status_t appl_pool_map_own(appl_pool_t *pool, uint32_t n, void **window_p, int *fd_p)
+{
+    size_t len = (size_t)n * pool->extent_size;
+    size_t align = pool->extent_size;
+    int fd;
+    xm_status_t status = net_local_memfd(appl_pool_memfd_len(pool, n),
+                                         pool->backing == APPL_BACKING_HUGETLB, &fd);
+    if (status != XM_OK) return status;
+    /* an extent-aligned window, as appl_pool_map makes */
+    uint8_t *raw = mmap(NULL, len + align, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                        -1, 0);
+    if (raw == MAP_FAILED) {
+        close(fd);
+        return XM_ERR_NO_SPACE;
+    }
+    uint8_t *win = (uint8_t *)(((uintptr_t)raw + align - 1) & ~(uintptr_t)(align - 1));
+    if (win > raw) munmap(raw, (size_t)(win - raw));
+    if (win + len < raw + len + align) munmap(win + len, (size_t)(raw + len + align - (win + len)));
+    status = appl_pool_remap_own(pool, n, win, fd);
+    if (status != XM_OK) {
+        munmap(win, len);
+        close(fd);
+        return status;
+    }
+    *window_p = win;
+    *fd_p = fd;
+    return XM_OK;
+}
+
+void appl_pool_retire_own(appl_pool_t *pool, uint32_t n, int fd)
+{
+    size_t win = (size_t)n * pool->extent_size, tl = trailer_len(pool);
+    /* the mark first, then the pages: a holder that reads data after the punch (zeros)
+     * finds the mark when it checks after its copy */
+    uint64_t *tr = mmap(NULL, tl, PROT_READ | PROT_WRITE, MAP_SHARED, fd, (off_t)win);
+    if (tr != MAP_FAILED) {
+        __atomic_store_n(tr, (uint64_t)1, __ATOMIC_SEQ_CST);
+        munmap(tr, tl);
+    } else {
+        xm_log_warn("cannot mark a region memfd retired: %m");
+    }
+    net_local_release(fd, win);
+}

@@ -36,6 +36,70 @@ static size_t window_len(const appl_regions_t *t, const appl_region_t *r)
     return (size_t)r->nextents * t->pool->extent_size;
 }
 
+static bool holder_has(const appl_region_t *r, const char *tenant)
+{
+    for (uint32_t i = 0; i < r->nholders; i++) {
+        if (strcmp(r->holders[i], tenant) == 0) return true;
+    }
+    return false;
+}
+
+/*
+ * Move a region whose memfd was handed out to a fresh memfd, so that what the holders
+ * map stops being the region (a revoked tenant, a narrowed grant). Lock held. The old
+ * memfd is marked retired first: holders that check after each operation (libxmem does)
+ * fetch the new one, which this thread hands out only after the move, and redo what they
+ * did. O(resident bytes): only the old memfd's data ranges are copied (SEEK_DATA), so a
+ * sparse region commits no memory. A one-sided write over the fabric that lands while the
+ * bytes are copied can be lost (docs/security.md): revocations are rare.
+ */
+static void region_move(appl_regions_t *t, appl_region_t *r)
+{
+    size_t len = window_len(t, r);
+    int nfd;
+    if (net_local_memfd(appl_pool_memfd_len(t->pool, r->nextents),
+                        t->pool->backing == APPL_BACKING_HUGETLB, &nfd) != XM_OK) {
+        goto err;
+    }
+    uint8_t *tmp = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED |
+                        (t->pool->backing == APPL_BACKING_HUGETLB ? 0 : MAP_NORESERVE), nfd, 0);
+    if (tmp == MAP_FAILED) {
+        close(nfd);
+        goto err;
+    }
+    /* mark the old memfd retired (its trailer word), without freeing it yet */
+    size_t tl = appl_pool_memfd_len(t->pool, r->nextents) - len;
+    uint64_t *tr = mmap(NULL, tl, PROT_READ | PROT_WRITE, MAP_SHARED, r->memfd, (off_t)len);
+    if (tr != MAP_FAILED) {
+        __atomic_store_n(tr, (uint64_t)1, __ATOMIC_SEQ_CST);
+        munmap(tr, tl);
+    }
+    off_t off = 0;
+    while ((size_t)off < len) {
+        off_t data = lseek(r->memfd, off, SEEK_DATA);
+        if (data < 0 || (size_t)data >= len) break;
+        off_t hole = lseek(r->memfd, data, SEEK_HOLE);
+        if (hole < 0 || (size_t)hole > len) hole = (off_t)len;
+        memcpy(tmp + data, (uint8_t *)r->window + data, (size_t)(hole - data));
+        off = hole;
+    }
+    munmap(tmp, len);
+    if (appl_pool_remap_own(t->pool, r->nextents, r->window, nfd) != XM_OK) {
+        close(nfd);
+        goto err;
+    }
+    net_local_release(r->memfd, len);
+    close(r->memfd);
+    r->memfd = nfd;
+    r->nholders = 0; /* those still entitled ask again */
+    xm_log_info("region %llu moved to a fresh memfd: what its holders map is no longer it",
+                (unsigned long long)r->id);
+    return;
+err:
+    xm_log_error("region %llu could not be moved to a fresh memfd (%m): holders of its old "
+                 "descriptor still reach it", (unsigned long long)r->id);
+}
+
 static void grant_close(appl_grant_t *g)
 {
     net_mr_close(g->mr_rw);
@@ -59,6 +123,14 @@ void appl_regions_revoke(appl_regions_t *t, rpc_keyring_t *kr)
     uint32_t closed = 0;
     pthread_mutex_lock(&t->lock);
     for (appl_region_t *r = t->head; r != NULL; r = r->next) {
+        /* a revoked tenant's mapping of the region's memfd: move the region away from it */
+        for (uint32_t i = 0; r->memfd >= 0 && i < r->nholders; i++) {
+            if (!rpc_keyring_has_tenant(kr, r->holders[i])) {
+                region_move(t, r);
+                closed++;
+                break;
+            }
+        }
         for (uint32_t i = 0; i < r->ngrants; i++) {
             appl_grant_t *g = &r->grants[i];
             if ((g->mr_rw != NULL || g->mr_ro != NULL) && !rpc_keyring_has_tenant(kr, g->tenant)) {
@@ -124,6 +196,8 @@ static void region_release(appl_regions_t *t, appl_region_t *r, bool give_back)
         /* detach the pool pages: a late transfer lands in scratch memory */
         void *p = mmap(r->window, len, PROT_READ | PROT_WRITE,
                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
+        /* its own memfd: marked retired and freed now, also while clients map it */
+        if (r->memfd >= 0) appl_pool_retire_own(t->pool, r->nextents, r->memfd);
         appl_grave_t *g = malloc(sizeof(*g));
         if (p == MAP_FAILED || g == NULL) {
             free(g);
@@ -139,8 +213,12 @@ static void region_release(appl_regions_t *t, appl_region_t *r, bool give_back)
         if (t->pool->backing == APPL_BACKING_FILE) {
             msync(r->window, len, MS_SYNC);
         }
+        /* shutting down: a memfd region ends with xmemd; local holders see it retired */
+        if (r->memfd >= 0) appl_pool_retire_own(t->pool, r->nextents, r->memfd);
         munmap(r->window, len);
     }
+    if (r->memfd >= 0) close(r->memfd);
+    free(r->holders);
     free(r->extents);
     free(r->grants);
     free(r);
@@ -258,6 +336,7 @@ static appl_region_t *region_new(uint64_t id, uint64_t size, const char *name, c
     r->id = id;
     r->size = size;
     r->nextents = nextents;
+    r->memfd = -1;
     snprintf(r->name, sizeof(r->name), "%s", name != NULL ? name : "");
     snprintf(r->grants[0].tenant, sizeof(r->grants[0].tenant), "%s", owner);
     r->grants[0].access = XM_ACCESS_READ_WRITE;
@@ -470,7 +549,10 @@ xm_status_t appl_region_create(appl_regions_t *t, const char *owner, uint64_t si
         WHY("not enough free space in the pool");
         goto err_free;
     }
-    status = appl_pool_map(t->pool, r->extents, r->nextents, &r->window);
+    /* memfd and hugetlb pools: a memfd of its own, which the local transport can hand out */
+    status = appl_pool_own_fd(t->pool)
+                 ? appl_pool_map_own(t->pool, r->nextents, &r->window, &r->memfd)
+                 : appl_pool_map(t->pool, r->extents, r->nextents, &r->window);
     if (status != XM_OK) {
         WHY("cannot map the region (hugetlb pages short?)");
         goto err_pool;
@@ -497,6 +579,7 @@ xm_status_t appl_region_create(appl_regions_t *t, const char *owner, uint64_t si
 
 err_unmap:
     munmap(r->window, window_len(t, r));
+    if (r->memfd >= 0) close(r->memfd);
 err_pool:
     /* nothing was written: the extents go back without a hole punch being needed */
     appl_pool_free(t->pool, r->extents, r->nextents);
@@ -567,6 +650,86 @@ out:
     return status;
 }
 
+xm_status_t appl_region_fd(appl_regions_t *t, const char *tenant, uint64_t id, const char *name,
+                           uint64_t key, xm_access_t access, appl_desc_t *desc, int *fd_p,
+                           const char **why_p)
+{
+    pthread_mutex_lock(&t->lock);
+    appl_region_t *r;
+    appl_grant_t *g = NULL;
+    xm_status_t status;
+    uint64_t gkey = 0;
+    xm_access_t got = XM_ACCESS_READ;
+    if (key != 0) {
+        /* the key is the capability (allocation parts): the tenant must still be valid */
+        r = region_find(t, id, name);
+        status = XM_ERR_NOT_FOUND;
+        if (r == NULL) {
+            WHY("no such region");
+            goto out;
+        }
+        status = XM_ERR_AUTH;
+        if (t->keyring != NULL && !rpc_keyring_has_tenant(t->keyring, tenant)) {
+            WHY("the tenant's credentials were revoked");
+            goto out;
+        }
+        for (uint32_t i = 0; i < r->ngrants && g == NULL; i++) {
+            appl_grant_t *c = &r->grants[i];
+            if (c->mr_rw != NULL && c->key_rw == key) {
+                g = c;
+                got = XM_ACCESS_READ_WRITE;
+            } else if (c->mr_ro != NULL && c->key_ro == key) {
+                g = c;
+                got = XM_ACCESS_READ;
+            }
+        }
+        status = XM_ERR_PERM;
+        if (g == NULL) {
+            WHY("the key names no registration of this region");
+            goto out;
+        }
+        gkey = key;
+    } else {
+        status = visible(t, tenant, id, name, &r, &g, why_p);
+        if (status != XM_OK) goto out;
+        got = g->access;
+        gkey = access == XM_ACCESS_READ_WRITE ? g->key_rw : g->key_ro;
+    }
+    if (access == XM_ACCESS_READ_WRITE && got != XM_ACCESS_READ_WRITE) {
+        WHY("only read access was granted");
+        status = XM_ERR_PERM;
+        goto out;
+    }
+    if (r->memfd < 0) {
+        WHY("the region lives on a pool file: reach it over the fabric");
+        status = XM_ERR_INVALID;
+        goto out;
+    }
+    if (!holder_has(r, tenant)) {
+        char (*h)[XM_NAME_MAX + 1] = realloc(r->holders, (r->nholders + 1) * sizeof(*h));
+        status = XM_ERR_NO_MEMORY;
+        if (h == NULL) goto out;
+        r->holders = h;
+        snprintf(h[r->nholders++], XM_NAME_MAX + 1, "%s", tenant);
+    }
+    /* read-only: a reopen of the memfd for reading, which cannot be mapped writable */
+    int fd = access == XM_ACCESS_READ_WRITE ? fcntl(r->memfd, F_DUPFD_CLOEXEC, 0)
+                                            : net_local_reopen_ro(r->memfd);
+    if (fd < 0) {
+        xm_log_error("region %llu: cannot make a descriptor for %s: %m",
+                     (unsigned long long)r->id, tenant);
+        WHY("cannot make a descriptor of the region");
+        status = XM_ERR_IO;
+        goto out;
+    }
+    desc_fill(r, gkey, access, desc);
+    *fd_p = fd;
+    status = XM_OK;
+out:
+    pthread_mutex_unlock(&t->lock);
+    return status;
+}
+
 xm_status_t appl_region_destroy(appl_regions_t *t, const char *tenant, uint64_t id,
                                 const char *name, const char **why_p)
 {
@@ -632,6 +795,8 @@ xm_status_t appl_region_grant(appl_regions_t *t, const char *tenant, uint64_t id
     } else if (old != NULL) {
         /* a changed grant revokes the keys handed out under the old one */
         grant_close(grant_find(r, grantee));
+        /* and a descriptor of the memfd given under it (local transport) */
+        if (r->memfd >= 0 && holder_has(r, grantee)) region_move(t, r);
     }
 out:
     pthread_mutex_unlock(&t->lock);

@@ -140,6 +140,27 @@ static xm_status_t serve(void *arg, rpc_srv_conn_t *c, xm_msg_t *m, bool loop, s
         status = appl_region_open(t, who, r->id, name, a, &d, &why);
         goto desc;
     }
+    case XMEM__MSG__BODY_REGION_FD: {
+        /* local transport: the region's memfd, sent with the reply (SCM_RIGHTS) */
+        const Xmem__RegionRef *r = m->region_fd;
+        xm_access_t a = r->access == XMEM__ACCESS__ACCESS_READ ? XM_ACCESS_READ
+                                                               : XM_ACCESS_READ_WRITE;
+        int fd = -1;
+        if (!c->local) {
+            why = "region descriptors are handed out on the local socket only";
+            status = XM_ERR_INVALID;
+            break;
+        }
+        status = rpc_scoped_name(me, r->name, false, name, sizeof(name), &why);
+        if (status != XM_OK) break;
+        status = appl_region_fd(t, me, r->id, name, r->key, a, &d, &fd, &why);
+        if (status == XM_OK) {
+            c->pass_fd = fd; /* the server sends and closes it */
+            xm_log_debug("tenant %s (%s) mapped region %llu %s", me, c->peer,
+                         (unsigned long long)d.id, a == XM_ACCESS_READ ? "read-only" : "read-write");
+        }
+        goto desc;
+    }
     case XMEM__MSG__BODY_REGION_DESTROY:
         status = rpc_scoped_name(me, m->region_destroy->name, false, name, sizeof(name), &why);
         if (status == XM_OK) status = appl_region_destroy(t, me, m->region_destroy->id, name, &why);
@@ -251,7 +272,12 @@ xm_status_t appl_server_create(const appl_server_opts_t *opts, appl_server_t **s
     s->welcome.provider = opts->fab->provider;
     s->welcome.fabric_addr = (ProtobufCBinaryData){opts->fab->addr_len, opts->fab->addr};
     s->welcome.extent_size = opts->regions->pool->extent_size;
-    rpc_server_opts_t o = {.listen_fd = opts->listen_fd, .keyring = opts->keyring,
+    /* local transport: clients on this host (same boot id) may map their regions */
+    if (opts->local_fd > 0 && opts->local_path != NULL && opts->boot_id != NULL) {
+        s->welcome.local_path = (char *)opts->local_path;
+        s->welcome.boot_id = (char *)opts->boot_id;
+    }
+    rpc_server_opts_t o = {.listen_fd = opts->listen_fd, .local_fd = opts->local_fd, .keyring = opts->keyring,
                            .identity = opts->identity, .welcome = &s->welcome, .ops = &appl_ops,
                            .arg = s, .max_conns = opts->max_conns,
                            .max_conns_per_tenant = opts->max_conns_per_tenant,

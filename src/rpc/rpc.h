@@ -292,6 +292,10 @@ typedef struct rpc_srv_conn {
     char peer[64];                   /* HOST:PORT, for log lines */
     void *data;                      /* the owner's (release it in conn_closed) */
     bool keep;                       /* never closed for being idle */
+    /* local transport (helper B): the connection came in on opts.local_fd; serve may set
+     * pass_fd to a descriptor sent with its reply (SCM_RIGHTS) and closed by the server */
+    bool local;
+    int pass_fd;
 } rpc_srv_conn_t;
 
 typedef struct rpc_srv_ops {
@@ -317,6 +321,8 @@ typedef struct rpc_srv_ops {
 
 typedef struct rpc_server_opts {
     int listen_fd;                   /* non-blocking; stays the caller's */
+    int local_fd;                    /* a second listener (AF_UNIX: the local transport), used
+                                      * when > 0; non-blocking; stays the caller's */
     rpc_keyring_t *keyring;          /* who may connect; its watch_fd is watched */
     const rpc_identity_t *identity;  /* signs every handshake; NULL: none */
     const Xmem__Welcome *welcome;    /* the handshake's last frame; outlives the server */

@@ -58,6 +58,7 @@ typedef struct conn {
     /* output: a reply the socket did not take at once */
     uint8_t *out;
     size_t out_len, out_off;
+    int out_fd;                      /* sent with out's first byte (SCM_RIGHTS), -1: none */
     uint64_t out_since_ns;
     bool close_after_out;
     xm_msg_t *job;                   /* the request a worker serves */
@@ -127,6 +128,10 @@ static bool reply_seal(rpc_server_t *s, conn_t *c, uint64_t seq, xm_status_t sta
         c->out_off = 0;
         c->close_after_out = close_after;
     }
+    /* a descriptor goes only with a successful reply (local transport) */
+    if (ok && status == XM_OK && c->pub.pass_fd >= 0) c->out_fd = c->pub.pass_fd;
+    else if (c->pub.pass_fd >= 0) close(c->pub.pass_fd);
+    c->pub.pass_fd = -1;
     return ok;
 }
 
@@ -156,8 +161,31 @@ static void conn_return(conn_t *c)
 static int out_push(conn_t *c)
 {
     while (c->out_off < c->out_len) {
-        ssize_t n = send(c->pub.rc.fd, c->out + c->out_off, c->out_len - c->out_off,
-                         MSG_NOSIGNAL | MSG_DONTWAIT);
+        ssize_t n;
+        if (c->out_fd >= 0) {
+            /* the reply's descriptor rides on its first bytes (local transport) */
+            union {
+                struct cmsghdr h;
+                char b[CMSG_SPACE(sizeof(int))];
+            } cm;
+            memset(&cm, 0, sizeof(cm));
+            struct iovec iov = {.iov_base = c->out + c->out_off, .iov_len = c->out_len - c->out_off};
+            struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cm.b,
+                                .msg_controllen = sizeof(cm.b)};
+            struct cmsghdr *ch = CMSG_FIRSTHDR(&mh);
+            ch->cmsg_level = SOL_SOCKET;
+            ch->cmsg_type = SCM_RIGHTS;
+            ch->cmsg_len = CMSG_LEN(sizeof(int));
+            memcpy(CMSG_DATA(ch), &c->out_fd, sizeof(int));
+            n = sendmsg(c->pub.rc.fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+            if (n > 0) {
+                close(c->out_fd);
+                c->out_fd = -1;
+            }
+        } else {
+            n = send(c->pub.rc.fd, c->out + c->out_off, c->out_len - c->out_off,
+                     MSG_NOSIGNAL | MSG_DONTWAIT);
+        }
         if (n > 0) {
             c->out_off += (size_t)n;
             continue;
@@ -297,22 +325,24 @@ static void conn_close(rpc_server_t *s, conn_t *c)
         }
     }
     rpc_conn_close(&c->pub.rc);
+    if (c->out_fd >= 0) close(c->out_fd);
+    if (c->pub.pass_fd >= 0) close(c->pub.pass_fd);
     free(c->in);
     free(c->out);
     free(c);
 }
 
-static void conn_accept(rpc_server_t *s)
+static void conn_accept(rpc_server_t *s, int *lfd)
 {
     for (;;) {
         struct sockaddr_storage ss;
-        int fd = rpc_accept_paced(s->o.listen_fd, &ss, &s->accept_paused_until);
+        int fd = rpc_accept_paced(*lfd, &ss, &s->accept_paused_until);
         if (fd < 0) {
             if (s->accept_paused_until != 0) {
                 /* stop watching the listener until the pause ends: the pending connection
                  * would make every epoll_wait return at once */
-                struct epoll_event ev = {.events = 0, .data.ptr = &s->o.listen_fd};
-                epoll_ctl(s->ep, EPOLL_CTL_MOD, s->o.listen_fd, &ev);
+                struct epoll_event ev = {.events = 0, .data.ptr = lfd};
+                epoll_ctl(s->ep, EPOLL_CTL_MOD, *lfd, &ev);
             }
             return;
         }
@@ -333,7 +363,19 @@ static void conn_accept(rpc_server_t *s)
         rpc_conn_init(&c->pub.rc, fd);
         c->pub.peer_ss = ss;
         c->state = CONN_HANDSHAKE;
+        c->out_fd = c->pub.pass_fd = -1;
+        c->pub.local = lfd == &s->o.local_fd;
         rpc_peer_name(&ss, c->pub.peer, sizeof(c->pub.peer));
+        if (c->pub.local) {
+            /* who it is comes from the handshake; the process is only logged */
+            struct ucred uc;
+            socklen_t ul = sizeof(uc);
+            if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &uc, &ul) == 0)
+                snprintf(c->pub.peer, sizeof(c->pub.peer), "local pid %d uid %u", (int)uc.pid,
+                         (unsigned)uc.uid);
+            else
+                snprintf(c->pub.peer, sizeof(c->pub.peer), "local");
+        }
         pthread_mutex_lock(&s->lock);
         if (pthread_create(&c->hs_thread, NULL, handshake_main, c) != 0) {
             pthread_mutex_unlock(&s->lock);
@@ -613,8 +655,10 @@ xm_status_t rpc_server_create(const rpc_server_opts_t *opts, rpc_server_t **s_p)
     }
     struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &s->o.listen_fd};
     struct epoll_event wev = {.events = EPOLLIN, .data.ptr = &s->wake_fd};
+    struct epoll_event lev = {.events = EPOLLIN, .data.ptr = &s->o.local_fd};
     if (epoll_ctl(s->ep, EPOLL_CTL_ADD, s->o.listen_fd, &ev) != 0 ||
-        epoll_ctl(s->ep, EPOLL_CTL_ADD, s->wake_fd, &wev) != 0) {
+        epoll_ctl(s->ep, EPOLL_CTL_ADD, s->wake_fd, &wev) != 0 ||
+        (s->o.local_fd > 0 && epoll_ctl(s->ep, EPOLL_CTL_ADD, s->o.local_fd, &lev) != 0)) {
         xm_log_error("epoll: %m");
         goto err;
     }
@@ -705,8 +749,8 @@ void rpc_server_run(rpc_server_t *s, int stop_fd, int hup_fd)
                 stop = true;
             } else if (p == &hup_fd || p == &watch_fd) {
                 continue;
-            } else if (p == &s->o.listen_fd) {
-                conn_accept(s);
+            } else if (p == &s->o.listen_fd || p == &s->o.local_fd) {
+                conn_accept(s, p);
             } else if (p == &s->wake_fd) {
                 take_returned(s);
             } else {
@@ -736,6 +780,10 @@ void rpc_server_run(rpc_server_t *s, int stop_fd, int hup_fd)
             s->accept_paused_until = 0;
             struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &s->o.listen_fd};
             epoll_ctl(s->ep, EPOLL_CTL_MOD, s->o.listen_fd, &ev);
+            if (s->o.local_fd > 0) {
+                struct epoll_event lev = {.events = EPOLLIN, .data.ptr = &s->o.local_fd};
+                epoll_ctl(s->ep, EPOLL_CTL_MOD, s->o.local_fd, &lev);
+            }
         }
         if (now >= next_tick) {
             s->o.ops->tick(s->o.arg);

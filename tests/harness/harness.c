@@ -86,7 +86,10 @@ void xt_start(xt_appliance_t *a, const xt_opts_t *o)
     argv[n++] = "--backing";
     argv[n++] = o->backing != NULL ? o->backing : "memfd";
     argv[n++] = "--provider";
-    argv[n++] = a->provider;
+    /* local: xmemd serves tcp and (always) the local transport; the clients of this test
+     * process choose with XMEM_TRANSPORT */
+    argv[n++] = "tcp";
+    setenv("XMEM_TRANSPORT", strcmp(a->provider, "tcp") == 0 ? "tcp" : "local", 1);
     argv[n++] = "--secret-file";
     argv[n++] = a->secret;
     argv[n++] = "--log-level";

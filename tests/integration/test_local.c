@@ -1,0 +1,469 @@
+/* The local transport (src/xfer/local.h, src/client/local.c) against a real xmemd: regions
+ * mapped by clients on the appliance's host, and every attack on it we know of. */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pwd.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <xmem/tenant.h>
+
+#include "../../src/rpc/rpc.h"
+#include "../../src/xfer/local.h"
+#include "harness.h"
+
+static xt_appliance_t app;
+
+static void teardown(void)
+{
+    cr_expect_eq(xt_stop(&app), 0, "xmemd did not shut down cleanly on SIGTERM");
+    xt_cleanup(&app);
+}
+
+/* The appliance's local socket: beside its identity (SECRET.HOST_PORT.identity). */
+static void sock_path(const xt_appliance_t *a, char *buf, size_t len)
+{
+    const char *port = strrchr(a->addr, ':') + 1;
+    snprintf(buf, len, "%s.127.0.0.1_%s.sock", a->secret, port);
+}
+
+static xm_ctx_h connect_as(const char *tenant, const char *transport)
+{
+    setenv("XMEM_TRANSPORT", transport, 1);
+    return xt_connect(&app, tenant);
+}
+
+/* Bytes of this process's mappings of region memfds ("memfd:xmem-region"). */
+static size_t mapped_regions(void)
+{
+    FILE *f = fopen("/proc/self/maps", "r");
+    char line[512];
+    size_t bytes = 0;
+    while (f != NULL && fgets(line, sizeof(line), f) != NULL) {
+        unsigned long lo, hi;
+        if (strstr(line, "memfd:xmem-region") != NULL && sscanf(line, "%lx-%lx", &lo, &hi) == 2)
+            bytes += hi - lo;
+    }
+    if (f != NULL) fclose(f);
+    return bytes;
+}
+
+static size_t rss_shmem(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    size_t kb = 0;
+    while (f != NULL && fgets(line, sizeof(line), f) != NULL) {
+        if (strncmp(line, "RssShmem:", 9) == 0) kb = strtoul(line + 9, NULL, 10);
+    }
+    if (f != NULL) fclose(f);
+    return kb * 1024;
+}
+
+/*
+ * An attacker's own REGION_FD: a session on the local socket with credential cred (its
+ * tenant), then the request; the descriptor that came with the reply in *fd_p (-1: none).
+ * Returns the reply's status (or the handshake's).
+ */
+static xm_status_t raw_region_fd(const char *path, const char *cred_path, uint64_t id, uint64_t key,
+                                 xm_access_t access, int *fd_p)
+{
+    *fd_p = -1;
+    rpc_cred_t cred;
+    char why[512];
+    xm_status_t s = rpc_cred_load(cred_path, &cred, why, sizeof(why));
+    cr_assert_eq(s, XM_OK, "%s", why);
+    int sock;
+    cr_assert_eq(net_local_connect(path, 2000, &sock), XM_OK, "connect %s", path);
+    rpc_conn_t c;
+    rpc_conn_init(&c, sock);
+    xm_msg_t *w;
+    s = rpc_handshake_client(&c, &cred, cred.cluster ? "@admin" : cred.tenant, 5000, &w, why,
+                             sizeof(why));
+    if (s != XM_OK) {
+        rpc_conn_close(&c);
+        return s;
+    }
+    proto_msg_free(w);
+    Xmem__RegionRef ref = XMEM__REGION_REF__INIT;
+    ref.id = id;
+    ref.name = "";
+    ref.key = key;
+    ref.access = (Xmem__Access)access;
+    xm_msg_t req = XMEM__MSG__INIT;
+    req.body_case = XMEM__MSG__BODY_REGION_FD;
+    req.region_fd = &ref;
+    req.seq = ++c.seq;
+    cr_assert_eq(rpc_send(&c, &req, rpc_deadline_after(5000)), XM_OK);
+    /* the descriptor rides on the reply's first byte: take it with the header */
+    uint8_t hdr[XM_FRAME_HEADER];
+    size_t got = 0;
+    while (got < sizeof(hdr)) {
+        int f;
+        rpc_spin_readable(sock, 1000000);
+        struct pollfd p = {.fd = sock, .events = POLLIN};
+        poll(&p, 1, 5000);
+        ssize_t n = net_local_recv_fd(sock, hdr + got, sizeof(hdr) - got, &f);
+        if (f >= 0) *fd_p = f;
+        cr_assert(n > 0 || (n < 0 && errno == EAGAIN), "reply header: %zd %s", n, strerror(errno));
+        if (n > 0) got += (size_t)n;
+    }
+    size_t len;
+    cr_assert_eq(proto_frame_len(hdr, rpc_frame_max(XM_FRAME_MAX_REPLY), &len), XM_OK);
+    uint8_t *body = malloc(len);
+    cr_assert_eq(rpc_sock_xfer(sock, body, len, false, rpc_deadline_after(5000)), XM_OK);
+    xm_msg_t *rep;
+    const char *w2;
+    cr_assert_eq(rpc_open(&c, body, len, XM_FRAME_MAX_REPLY, &rep, &w2), XM_OK);
+    free(body);
+    s = rpc_reply_status(rep, why, sizeof(why));
+    proto_msg_free(rep);
+    rpc_conn_close(&c);
+    return s;
+}
+
+static const char *cred_of(const char *tenant, char *buf, size_t len)
+{
+    return xt_cred(app.secret, tenant, buf, len);
+}
+
+Test(local, regions_are_mapped_and_bytes_cross_transports, .fini = teardown, .timeout = 120)
+{
+    xt_start(&app, &(xt_opts_t){.provider = "local", .pool = "256M"});
+    xm_ctx_h tcp = connect_as(NULL, "tcp");
+    xm_ctx_h loc = connect_as(NULL, "local");
+    const uint64_t size = (8u << 20) + 12345;
+    xm_region_h rt, rl;
+    cr_assert_eq(xm_region_create(tcp, size, "x", &rt), XM_OK, "%s", xm_last_error(tcp));
+    cr_assert_eq(mapped_regions(), 0, "a tcp client mapped a region");
+    cr_assert_eq(xm_region_open(loc, xm_region_id(rt), NULL, XM_ACCESS_READ_WRITE, &rl), XM_OK,
+                 "%s", xm_last_error(loc));
+    cr_assert_geq(mapped_regions(), size, "the local client did not map the region");
+    uint8_t *a = malloc(size), *b = malloc(size);
+    /* written locally, read over tcp: every byte */
+    xt_fill(a, size, 1);
+    cr_assert_eq(xm_write(rl, 0, a, size), XM_OK, "%s", xm_last_error(loc));
+    memset(b, 0, size);
+    cr_assert_eq(xm_read(rt, 0, b, size), XM_OK, "%s", xm_last_error(tcp));
+    cr_assert(memcmp(a, b, size) == 0, "bytes written locally differ over tcp");
+    /* written over tcp at odd offsets, read locally */
+    xt_fill(a, size, 2);
+    cr_assert_eq(xm_write(rt, 3, a, size - 3), XM_OK);
+    cr_assert_eq(xm_read(rl, 3, b, size - 3), XM_OK);
+    cr_assert(memcmp(a, b, size - 3) == 0, "bytes written over tcp differ locally");
+    /* bounds are checked before any access */
+    cr_assert_eq(xm_read(rl, size - 10, b, 11), XM_ERR_RANGE);
+    xm_region_close(rl);
+    cr_assert_eq(mapped_regions(), 0, "closing the handle left the region mapped");
+    free(a);
+    free(b);
+    xm_region_close(rt);
+    xm_disconnect(loc);
+    xm_disconnect(tcp);
+}
+
+Test(local, mixed_local_and_tcp_fetch_add_count_every_increment, .fini = teardown, .timeout = 120)
+{
+    xt_start(&app, &(xt_opts_t){.provider = "local"});
+    xm_ctx_h tcp = connect_as(NULL, "tcp");
+    xm_region_h r;
+    cr_assert_eq(xm_region_create(tcp, 4096, "ctr", &r), XM_OK);
+    const int n = 3000;
+    pid_t pid = fork();
+    if (pid == 0) {
+        xm_ctx_h loc = connect_as(NULL, "local");
+        xm_region_h rl;
+        if (xm_region_open(loc, xm_region_id(r), NULL, XM_ACCESS_READ_WRITE, &rl) != XM_OK ||
+            mapped_regions() == 0)
+            _exit(2);
+        for (int i = 0; i < n; i++) {
+            uint64_t old;
+            if (xm_fetch_add(rl, 64, 1, &old) != XM_OK) _exit(3);
+            uint64_t exp = 0;
+            if (xm_compare_swap(rl, 128, exp, exp, &old) != XM_OK) _exit(4);
+        }
+        _exit(0);
+    }
+    for (int i = 0; i < n; i++) {
+        uint64_t old;
+        cr_assert_eq(xm_fetch_add(r, 64, 1, &old), XM_OK, "%s", xm_last_error(tcp));
+    }
+    int st;
+    waitpid(pid, &st, 0);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the local adder failed (%d)", st);
+    uint64_t v;
+    cr_assert_eq(xm_read(r, 64, &v, 8), XM_OK);
+    cr_assert_eq(v, (uint64_t)2 * n, "counter %llu: increments were lost between local and tcp",
+                 (unsigned long long)v);
+    xm_region_close(r);
+    xm_disconnect(tcp);
+}
+
+Test(local, socket_gives_nothing_without_a_credential, .fini = teardown, .timeout = 60)
+{
+    xt_start(&app, &(xt_opts_t){.provider = "local"});
+    xm_ctx_h ctx = connect_as(NULL, "tcp");
+    xm_region_h r;
+    cr_assert_eq(xm_region_create(ctx, 1u << 20, "secret-data", &r), XM_OK);
+    char path[PATH_MAX + 64];
+    sock_path(&app, path, sizeof(path));
+    /* a request sent without a session: no descriptor, the connection is dropped */
+    int sock;
+    cr_assert_eq(net_local_connect(path, 2000, &sock), XM_OK, "no local socket at %s", path);
+    Xmem__RegionRef ref = XMEM__REGION_REF__INIT;
+    ref.id = xm_region_id(r);
+    ref.name = "";
+    ref.access = XMEM__ACCESS__ACCESS_READ_WRITE;
+    xm_msg_t req = XMEM__MSG__INIT;
+    req.body_case = XMEM__MSG__BODY_REGION_FD;
+    req.region_fd = &ref;
+    uint8_t *buf;
+    size_t len;
+    cr_assert_eq(proto_encode(&req, &buf, &len), XM_OK);
+    cr_assert_eq(write(sock, buf, len), (ssize_t)len);
+    free(buf);
+    uint8_t junk[256];
+    int fd = -1;
+    ssize_t n;
+    uint64_t until = xt_now_ms() + 5000;
+    do {
+        struct pollfd p = {.fd = sock, .events = POLLIN};
+        poll(&p, 1, 500);
+        n = net_local_recv_fd(sock, junk, sizeof(junk), &fd);
+        cr_assert_lt(fd, 0, "a descriptor came without a credential");
+    } while ((n > 0 || (n < 0 && errno == EAGAIN)) && xt_now_ms() < until);
+    cr_assert_eq(n, 0, "the connection was not closed");
+    close(sock);
+    /* a credential of another cluster: the handshake fails, nothing is handed out */
+    char other[PATH_MAX];
+    snprintf(other, sizeof(other), "%s/other-secret", app.dir);
+    xt_make_secret(other);
+    char ocred[PATH_MAX + 80];
+    xt_cred(other, "alice", ocred, sizeof(ocred));
+    cr_assert_eq(raw_region_fd(path, ocred, xm_region_id(r), 0, XM_ACCESS_READ, &fd), XM_ERR_AUTH);
+    cr_assert_lt(fd, 0);
+    /* and over TCP a region descriptor is refused (it cannot carry one) */
+    xm_region_close(r);
+    xm_disconnect(ctx);
+}
+
+Test(local, tenants_get_only_their_grants_and_cannot_unseal, .fini = teardown, .timeout = 60)
+{
+    xt_start(&app, &(xt_opts_t){.provider = "local"});
+    xm_ctx_h alice = connect_as("alice", "tcp");
+    xm_region_h r;
+    cr_assert_eq(xm_region_create(alice, 1u << 20, "shared", &r), XM_OK);
+    uint64_t id = xm_region_id(r);
+    char path[PATH_MAX + 64], bob[PATH_MAX + 80], al[PATH_MAX + 80];
+    sock_path(&app, path, sizeof(path));
+    cred_of("bob", bob, sizeof(bob));
+    cred_of("alice", al, sizeof(al));
+    int fd;
+    /* not granted: nothing */
+    cr_assert_eq(raw_region_fd(path, bob, id, 0, XM_ACCESS_READ, &fd), XM_ERR_PERM);
+    cr_assert_lt(fd, 0);
+    /* a made-up key names no registration */
+    cr_assert_eq(raw_region_fd(path, bob, id, 0x1234567890abcdefull, XM_ACCESS_READ, &fd), XM_ERR_PERM);
+    cr_assert_lt(fd, 0);
+    /* a read grant: a read-only descriptor, which cannot be mapped writable */
+    cr_assert_eq(xm_region_grant(alice, id, NULL, "bob", XM_ACCESS_READ), XM_OK);
+    cr_assert_eq(raw_region_fd(path, bob, id, 0, XM_ACCESS_READ_WRITE, &fd), XM_ERR_PERM);
+    cr_assert_lt(fd, 0);
+    cr_assert_eq(raw_region_fd(path, bob, id, 0, XM_ACCESS_READ, &fd), XM_OK);
+    cr_assert_geq(fd, 0);
+    cr_assert_eq(fcntl(fd, F_GETFL) & O_ACCMODE, O_RDONLY, "read grant gave a writable descriptor");
+    cr_assert_eq(mmap(NULL, 1u << 20, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), MAP_FAILED,
+                 "a read-only grant was mapped writable");
+    void *ro = mmap(NULL, 1u << 20, PROT_READ, MAP_SHARED, fd, 0);
+    cr_assert_neq(ro, MAP_FAILED);
+    cr_assert_neq(mprotect(ro, 1u << 20, PROT_READ | PROT_WRITE), 0, "mprotect made it writable");
+    munmap(ro, 1u << 20);
+    close(fd);
+    /* the owner's read-write descriptor: sealed, so a client cannot truncate it (xmemd's own
+     * accesses would fault) nor seal it against writes */
+    cr_assert_eq(raw_region_fd(path, al, id, 0, XM_ACCESS_READ_WRITE, &fd), XM_OK);
+    cr_assert_neq(ftruncate(fd, 0), 0, "a client truncated a region's memfd");
+    cr_assert_neq(fcntl(fd, F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_FUTURE_WRITE), 0,
+                  "a client sealed a region's memfd");
+    close(fd);
+    /* xmemd serves on, the bytes intact */
+    uint8_t buf[64] = {0}, got[64];
+    xt_fill(buf, sizeof(buf), 7);
+    cr_assert_eq(xm_write(r, (1u << 20) - 64, buf, 64), XM_OK, "%s", xm_last_error(alice));
+    cr_assert_eq(xm_read(r, (1u << 20) - 64, got, 64), XM_OK);
+    cr_assert(memcmp(buf, got, 64) == 0);
+    xm_region_close(r);
+    xm_disconnect(alice);
+}
+
+Test(local, destroyed_region_memory_is_freed_while_mapped, .fini = teardown, .timeout = 60)
+{
+    xt_start(&app, &(xt_opts_t){.provider = "local", .pool = "256M"});
+    xm_ctx_h ctx = connect_as(NULL, "local");
+    const size_t size = 64u << 20;
+    xm_region_h r;
+    cr_assert_eq(xm_region_create(ctx, size, "big", &r), XM_OK, "%s", xm_last_error(ctx));
+    cr_assert_geq(mapped_regions(), size);
+    uint8_t *buf = malloc(size);
+    xt_fill(buf, size, 3);
+    size_t before = rss_shmem();
+    cr_assert_eq(xm_write(r, 0, buf, size), XM_OK);
+    cr_assert_geq(rss_shmem(), before + size - (4u << 20), "the writes did not reach the mapping");
+    xm_appliance_info_t info;
+    cr_assert_eq(xm_appliance_stat(ctx, &info), XM_OK);
+    cr_assert_geq(info.pool_used, size);
+    cr_assert_eq(xm_region_destroy(ctx, xm_region_id(r), NULL), XM_OK);
+    /* the handle still maps it: its pages are gone all the same */
+    cr_assert_lt(rss_shmem(), before + (4u << 20), "a destroyed region's memory stayed resident "
+                 "(%zu bytes) while a client mapped it", rss_shmem());
+    cr_assert_eq(xm_appliance_stat(ctx, &info), XM_OK);
+    cr_assert_eq(info.pool_used, 0);
+    /* the client gets a clear error, not SIGBUS or stale bytes */
+    cr_assert_eq(xm_read(r, 0, buf, 4096), XM_ERR_NOT_FOUND, "read of a destroyed region: %s",
+                 xm_last_error(ctx));
+    xm_region_close(r);
+    /* the appliance keeps serving */
+    cr_assert_eq(xm_region_create(ctx, size, "big", &r), XM_OK);
+    cr_assert_eq(xm_write(r, 0, buf, size), XM_OK);
+    cr_assert_eq(xm_read(r, size - 4096, buf, 4096), XM_OK);
+    xm_region_close(r);
+    free(buf);
+    xm_disconnect(ctx);
+}
+
+Test(local, revoked_tenant_mapping_stops_seeing_writes, .fini = teardown, .timeout = 60)
+{
+    xt_start(&app, &(xt_opts_t){.provider = "local"});
+    xm_ctx_h alice = connect_as("alice", "local");
+    xm_ctx_h atcp = connect_as("alice", "tcp");
+    xm_region_h r, rt;
+    cr_assert_eq(xm_region_create(alice, 1u << 20, "rev", &r), XM_OK, "%s", xm_last_error(alice));
+    cr_assert_eq(xm_region_open(atcp, xm_region_id(r), NULL, XM_ACCESS_READ_WRITE, &rt), XM_OK);
+    cr_assert_eq(xm_region_grant(alice, xm_region_id(r), NULL, "bob", XM_ACCESS_READ_WRITE), XM_OK);
+    char path[PATH_MAX + 64], bob[PATH_MAX + 80];
+    sock_path(&app, path, sizeof(path));
+    cred_of("bob", bob, sizeof(bob));
+    int fd;
+    cr_assert_eq(raw_region_fd(path, bob, xm_region_id(r), 0, XM_ACCESS_READ_WRITE, &fd), XM_OK);
+    volatile uint8_t *m = mmap(NULL, 1u << 20, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    cr_assert_neq((void *)m, MAP_FAILED);
+    close(fd);
+    cr_assert_eq(xm_write(r, 0, "before", 6), XM_OK);
+    cr_assert(memcmp((const void *)m, "before", 6) == 0, "bob's mapping is not the region");
+    char why[512];
+    cr_assert_eq(xm_tenant_rm(app.secret, NULL, "bob", why, sizeof(why)), XM_OK, "%s", why);
+    /* the appliance moves the region when it notices (inotify): wait for the log line */
+    uint64_t until = xt_now_ms() + 5000;
+    bool moved = false;
+    while (!moved && xt_now_ms() < until) {
+        char cmd[PATH_MAX + 64];
+        snprintf(cmd, sizeof(cmd), "grep -q 'moved to a fresh memfd' '%s'", app.log);
+        moved = system(cmd) == 0;
+        if (!moved) usleep(20000);
+    }
+    cr_assert(moved, "the region was not moved away from the revoked tenant");
+    /* new writes, local and over tcp, never reach bob's mapping */
+    cr_assert_eq(xm_write(r, 0, "after!", 6), XM_OK, "%s", xm_last_error(alice));
+    cr_assert_eq(xm_write(rt, 100, "tcp-write", 9), XM_OK);
+    cr_assert(memcmp((const void *)m, "after!", 6) != 0, "the revoked tenant saw a new write");
+    cr_assert(memcmp((const void *)m + 100, "tcp-write", 9) != 0, "the revoked tenant saw a tcp write");
+    /* bob writing into what he maps changes nothing of the region */
+    memcpy((void *)m, "bobbob", 6);
+    char got[16] = {0};
+    cr_assert_eq(xm_read(rt, 0, got, 6), XM_OK);
+    cr_assert(memcmp(got, "after!", 6) == 0, "the region holds '%s'", got);
+    cr_assert_eq(xm_read(r, 100, got, 9), XM_OK, "%s", xm_last_error(alice));
+    cr_assert(memcmp(got, "tcp-write", 9) == 0, "alice's local handle did not follow the move");
+    munmap((void *)m, 1u << 20);
+    xm_region_close(r);
+    xm_region_close(rt);
+    xm_disconnect(alice);
+    xm_disconnect(atcp);
+}
+
+Test(local, another_user_maps_with_a_credential_it_can_read, .fini = teardown, .timeout = 60)
+{
+    struct passwd *pw = getpwnam("nobody");
+    if (geteuid() != 0 || pw == NULL) cr_skip_test("needs root and the user nobody to switch to");
+    xt_start(&app, &(xt_opts_t){.provider = "local"});
+    /* nobody must reach the socket's directory and own its credential */
+    cr_assert_eq(chmod(app.dir, 0711), 0);
+    char cred[PATH_MAX + 80], path[PATH_MAX + 64];
+    xt_cred(app.secret, "carol", cred, sizeof(cred));
+    cr_assert_eq(chown(cred, pw->pw_uid, pw->pw_gid), 0);
+    sock_path(&app, path, sizeof(path));
+    xm_ctx_h alice = connect_as("alice", "tcp");
+    xm_region_h shared;
+    cr_assert_eq(xm_region_create(alice, 1u << 20, "for-carol", &shared), XM_OK);
+    cr_assert_eq(xm_write(shared, 0, "from alice", 10), XM_OK);
+    cr_assert_eq(xm_region_grant(alice, xm_region_id(shared), NULL, "carol", XM_ACCESS_READ), XM_OK);
+    pid_t pid = fork();
+    if (pid == 0) {
+        if (setgid(pw->pw_gid) != 0 || setuid(pw->pw_uid) != 0) _exit(10);
+        setenv("XMEM_TRANSPORT", "local", 1);
+        xm_ctx_h ctx;
+        if (xt_try_connect(&app, "carol", cred, 5000, &ctx) != XM_OK) _exit(11);
+        xm_region_h r;
+        if (xm_region_create(ctx, 1u << 20, "mine", &r) != XM_OK) _exit(12);
+        if (mapped_regions() < (1u << 20)) _exit(13);
+        if (xm_write(r, 5, "hello", 5) != XM_OK) _exit(14);
+        char got[16] = {0};
+        if (xm_read(r, 5, got, 5) != XM_OK || memcmp(got, "hello", 5) != 0) _exit(15);
+        /* alice's read grant: readable, and the descriptor cannot be reopened writable */
+        xm_region_h s;
+        if (xm_region_open(ctx, xm_region_id(shared), NULL, XM_ACCESS_READ, &s) != XM_OK) _exit(16);
+        if (xm_read(s, 0, got, 10) != XM_OK || memcmp(got, "from alice", 10) != 0) _exit(17);
+        int fd;
+        if (raw_region_fd(path, cred, xm_region_id(shared), 0, XM_ACCESS_READ, &fd) != XM_OK) _exit(18);
+        char self[64];
+        snprintf(self, sizeof(self), "/proc/self/fd/%d", fd);
+        if (open(self, O_RDWR) >= 0) _exit(19); /* the reopen attack */
+        _exit(0);
+    }
+    int st;
+    waitpid(pid, &st, 0);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the client of another user failed at step %d",
+              WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+    xm_region_close(shared);
+    xm_disconnect(alice);
+}
+
+Test(local, works_from_another_network_namespace, .fini = teardown, .timeout = 60)
+{
+    if (geteuid() != 0) cr_skip_test("needs root to make a network namespace");
+    xt_start(&app, &(xt_opts_t){.provider = "local"});
+    xm_ctx_h tcp = connect_as(NULL, "tcp");
+    pid_t pid = fork();
+    if (pid == 0) {
+        xm_ctx_h ctx = connect_as(NULL, "local");
+        /* the control connection stays where it was made; everything after is from a network
+         * namespace of its own, where the appliance's abstract or TCP names would not resolve */
+        if (unshare(CLONE_NEWNET) != 0) _exit(20);
+        xm_region_h r;
+        if (xm_region_create(ctx, 1u << 20, "ns", &r) != XM_OK) _exit(21);
+        if (mapped_regions() < (1u << 20)) _exit(22);
+        if (xm_write(r, 0, "from-netns", 10) != XM_OK) _exit(23);
+        xm_region_close(r);
+        _exit(0);
+    }
+    int st;
+    waitpid(pid, &st, 0);
+    if (WIFEXITED(st) && WEXITSTATUS(st) == 20) cr_skip_test("unshare(CLONE_NEWNET) refused here");
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "netns client failed at step %d",
+              WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+    xm_region_h r;
+    cr_assert_eq(xm_region_open(tcp, 0, "ns", XM_ACCESS_READ, &r), XM_OK, "%s", xm_last_error(tcp));
+    char got[16] = {0};
+    cr_assert_eq(xm_read(r, 0, got, 10), XM_OK);
+    cr_assert(memcmp(got, "from-netns", 10) == 0);
+    xm_region_close(r);
+    xm_disconnect(tcp);
+}
