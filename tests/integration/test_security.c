@@ -61,14 +61,14 @@ static void expect_intact(xm_region_h r, const uint8_t *pattern, size_t len)
     free(now);
 }
 
-/* tcp refuses with an error; shm (offset mode) never completes a refused
- * operation, so the client's timeout turns it into an error. */
+/* tcp refuses with an error; the local transport refuses what its mapping does not allow
+ * (rights, range) and a region that is gone, before touching memory. */
 static void expect_refused(const char *provider, xm_status_t s)
 {
     if (strcmp(provider, "tcp") == 0) {
         cr_assert_eq(s, XM_ERR_ACCESS, "tcp: expected the transport to refuse, got %s", xm_status_str(s));
     } else {
-        cr_assert(s == XM_ERR_ACCESS || s == XM_ERR_TIMEOUT, "shm: expected refusal, got %s",
+        cr_assert(s == XM_ERR_ACCESS || s == XM_ERR_NOT_FOUND, "local: expected refusal, got %s",
                   xm_status_str(s));
     }
 }
@@ -140,11 +140,14 @@ XT_TEST_PROVIDERS(security, wrong_key_out_of_range_and_stale_key_refused, .fini 
     uint8_t junk[4096];
     memset(junk, 0x66, sizeof(junk));
 
-    /* wrong key */
+    /* wrong key (locally the mapping is the capability and no key is used: the attacks on
+     * it are in test_local.c) */
     uint64_t key = a->key;
     a->key = key ^ 0x5a5a5a5a5a5a5a5aull;
-    expect_refused(provider, xm_write(a, 0, junk, sizeof(junk)));
-    expect_refused(provider, xm_read(a, 0, junk, sizeof(junk)));
+    if (strcmp(provider, "tcp") == 0) {
+        expect_refused(provider, xm_write(a, 0, junk, sizeof(junk)));
+        expect_refused(provider, xm_read(a, 0, junk, sizeof(junk)));
+    }
     a->key = key;
 
     /* past the end of the registration: the rest of the extent and beyond */
