@@ -8,8 +8,20 @@
  * the data path.
  *
  * Every function returns an ::xm_status_t; outputs are set only on success.
- * A context is not thread-safe: use one context per thread, or lock around
- * it.
+ *
+ * @par Threads
+ * A context is safe to use from many threads at once for I/O: ::xm_read,
+ * ::xm_write, ::xm_fetch_add, ::xm_compare_swap, ::xm_post, ::xm_wait,
+ * ::xm_submit and ::xm_progress on its regions and allocations, also while
+ * its mappings serve faults. They share one data path (one endpoint per
+ * context): each thread posts its own operations, and any thread that waits
+ * or calls ::xm_progress completes everyone's. An ::xm_op_t may be posted by
+ * one thread and waited for by another, but never waited for by two threads
+ * at once. Control calls (regions, allocations, grants, stats) may also come
+ * from any thread; they take turns on the context's control connection.
+ * ::xm_disconnect and ::xm_region_close must not race calls that use the
+ * context or handle. ::xm_last_error is per thread: it describes the calling
+ * thread's last failed call.
  *
  * @par ABI rules (libxmem.so.0, symbol version XMEM_0.1)
  * The structs of this header follow one of three rules, so that a program
@@ -151,7 +163,9 @@ XM_API xm_status_t xm_connect(const xm_connect_opts_t *opts, xm_ctx_h *ctx_p);
 XM_API void xm_disconnect(xm_ctx_h ctx);
 
 /**
- * What the context's last failed call ran into, as one line, or "".
+ * What the calling thread's last failed call on a context ran into, as one
+ * line, or "" (thread-local: a failure in another thread never shows here;
+ * valid until the thread's next call).
  * With NULL: why the calling thread's last ::xm_connect failed.
  */
 XM_API const char *xm_last_error(xm_ctx_h ctx);
@@ -527,9 +541,11 @@ typedef struct xm_map_stats {
  * Map @p length bytes of a region or allocation at @p offset into the address
  * space. Pages are fetched from the appliances on first touch into a local
  * cache bounded by the budgets; written pages go back on eviction and on
- * ::xm_sync. Any thread may use the mapping. The mapping has its own data path
- * (a clone of @p ctx's connection), so @p ctx and @p region may be used or
- * closed independently afterwards. After fork() the child has no mapping at
+ * ::xm_sync. Any thread may use the mapping. Faults are served through
+ * @p ctx's data path, shared with the context's own I/O (faults never use
+ * the control connection); the mapping keeps that data path and its own copy
+ * of @p region, so @p ctx and @p region may be used or closed independently
+ * afterwards. After fork() the child has no mapping at
  * that address (MADV_DONTFORK): touching it there is SIGSEGV.
  * If the appliance cannot be reached during a fault (after retries) the
  * access gets SIGBUS and a log line names the region and offset.

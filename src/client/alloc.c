@@ -14,31 +14,12 @@ static bool ref_args_ok(xm_ctx_h ctx, uint64_t id, const char *name)
     return xm__name_valid(name);
 }
 
-/* Index of the peer with this data address, added (and inserted when the endpoint is open). */
+/* Index of the peer with this data address in the context's data path, added when new. */
 static xm_status_t peer_get(xm_ctx_h ctx, const ProtobufCBinaryData *addr, uint32_t *idx_p)
 {
-    for (uint32_t i = 0; i < ctx->npeers; i++) {
-        if (ctx->peers[i].addr_len == addr->len &&
-            memcmp(ctx->peers[i].addr, addr->data, addr->len) == 0) {
-            *idx_p = i;
-            return XM_OK;
-        }
-    }
-    xm__peer_t *p = realloc(ctx->peers, (ctx->npeers + 1) * sizeof(*p));
-    if (p == NULL) return XM_ERR_NO_MEMORY;
-    ctx->peers = p;
-    p = &ctx->peers[ctx->npeers];
-    memset(p, 0, sizeof(*p));
-    memcpy(p->addr, addr->data, addr->len);
-    p->addr_len = addr->len;
-    if (ctx->fab_open) {
-        xm_status_t status = net_peer_insert(&ctx->fab, p->addr, p->addr_len, NULL, &p->fi);
-        if (status != XM_OK) {
-            return xm__ctx_error(ctx, status, "cannot resolve an appliance's data address");
-        }
-        p->inserted = true;
-    }
-    *idx_p = ctx->npeers++;
+    xm_status_t status = xm__dp_set_provider(ctx->dp, ctx->provider);
+    if (status == XM_OK) status = xm__dp_peer_add(ctx->dp, addr->data, addr->len, idx_p);
+    if (status != XM_OK) return xm__ctx_error(ctx, status, "cannot add an appliance's data address");
     return XM_OK;
 }
 
@@ -101,7 +82,14 @@ static xm_status_t alloc_from_desc(xm_ctx_h ctx, xm_msg_t *rep, xm_alloc_h *allo
     a->parts = parts;
     a->nparts = (uint32_t)d->n_parts;
     a->layout = layout;
+    /* local transport (helper B): map the parts on appliances of this host */
+    status = xm__local_alloc(ctx, a, d);
     proto_msg_free(rep);
+    if (status != XM_OK) {
+        free(a->parts);
+        free(a);
+        return status;
+    }
     *alloc_p = a;
     return XM_OK;
 }

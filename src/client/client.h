@@ -2,15 +2,26 @@
 #ifndef XM_CLIENT_H
 #define XM_CLIENT_H
 
+#include <pthread.h>
 #include <sys/socket.h>
 
 #include <xmem/xmem.h>
 
 #include "../xfer/xfer.h"
+#include "dp.h"
+#include "local.h" /* the local transport (helper B) */
 
 /*
- * A connection to one appliance. Not thread-safe: one thread at a time.
- * The control socket carries RPCs; fab carries one-sided data.
+ * A context: a control channel to one appliance or manager, and the data path
+ * its regions and allocations use.
+ *
+ * Threads: I/O (xm_read/xm_write/atomics/xm_post/xm_wait/xm_progress) may
+ * come from any number of threads at once; it goes through dp (dp.h), which
+ * has its own locks. Control calls serialise on ctl_lock, which guards conn,
+ * call_deadline_ns, ctrl_peer and extent_size; they may run while other
+ * threads do I/O. The rest is set by xm_connect and read-only afterwards,
+ * except provider (a manager context learns it from its first allocation;
+ * ctl_lock). Lock order: ctl_lock, then dp's locks.
  */
 struct xm_ctx {
     char host[256];
@@ -20,45 +31,29 @@ struct xm_ctx {
     char want_provider[16];  /* what the caller asked for, "" for any */
     rpc_cred_t cred;         /* a tenant credential or the cluster secret */
     uint32_t timeout_ms;
-    uint64_t call_deadline_ns; /* the control call in progress must end by then */
     uint64_t rpc_spin_ns;    /* poll this long for a control reply before sleeping */
+    bool manager;            /* the control peer is xmem-manager: no data endpoint of its own */
+    pthread_mutex_t ctl_lock;
+    /* ctl_lock */
+    uint64_t call_deadline_ns; /* the control call in progress must end by then */
     rpc_conn_t conn;         /* control session; conn.fd -1 when closed */
     struct sockaddr_storage ctrl_peer;
     uint64_t extent_size;
-    uint8_t peer_addr[XM_FABRIC_ADDR_MAX];
-    size_t peer_addr_len;
-    net_fabric_t fab;
-    bool fab_open;
-    bool fab_broken;         /* reopen once nothing is in flight */
-    bool peer_doubt;         /* the last operation failed or timed out: check the peer soon (io.c) */
-    fi_addr_t peer;
-    xm_op_t *inflight;       /* operations posted and not complete, oldest first */
-    xm_op_t *inflight_tail;
-    uint32_t chunks;         /* libfabric operations outstanding */
-    char last_error[256];
-    /* manager-connected contexts (alloc.c): the appliances allocations live on */
-    bool manager;            /* the control peer is xmem-manager: no data endpoint of its own */
-    struct xm__peer *peers;
-    uint32_t npeers;
-    /* mappings (map.c): the engine this context's mappings share, or NULL */
+    /* the data path, shared with this context's mappings (which keep it after xm_disconnect) */
+    struct xm__dp *dp;
+    /* mappings (map.c): the engine this context's mappings share, or NULL (map.c's g_lock) */
     struct xm__engine *map_engine;
+    struct xm__local *local_state; /* the local transport's sessions (helper B, local.c) */
 };
-
-/* An appliance's data endpoint as an allocation descriptor names it. */
-typedef struct xm__peer {
-    uint8_t addr[XM_FABRIC_ADDR_MAX];
-    size_t addr_len;
-    fi_addr_t fi;            /* valid while inserted */
-    bool inserted;           /* in the open endpoint's address vector */
-} xm__peer_t;
 
 /* One region of an allocation. */
 typedef struct xm__part {
-    uint32_t peer;           /* index into ctx->peers */
+    uint32_t peer;           /* index into the data path's peers (dp.h) */
     uint64_t key;
     uint64_t size;
     uint8_t *local;          /* the part mapped into this process by the local transport (an
                               * appliance on this host handed us its fd), or NULL: over the fabric */
+    struct xm__lmap *lmap;   /* local.c's mapping behind local (a reference) */
 } xm__part_t;
 
 /*
@@ -75,22 +70,22 @@ struct xm_region {
     uint32_t nparts;
     xm__layout_t layout;     /* how offsets map to parts; unset for a plain region */
     uint8_t *local;          /* plain region mapped into this process by the local transport, or NULL */
+    struct xm__lmap *lmap;   /* local.c's mapping behind local (a reference) */
 };
 
-/* Where the byte at off of r lives: peer, offset in its registration, key, and how many
- * bytes from there on are contiguous in it. */
-void xm__route(xm_region_h r, uint64_t off, fi_addr_t *peer_p, uint64_t *raddr_p, uint64_t *key_p,
-               uint64_t *contig_p);
-
-/* Record what failed for xm_last_error; returns status. */
+/* Record what failed for xm_last_error (the calling thread's); returns status. */
 xm_status_t xm__ctx_error(xm_ctx_h ctx, xm_status_t status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 /* One request/reply on the control channel; reconnects first when the channel is down. */
 xm_status_t xm__rpc(xm_ctx_h ctx, xm_msg_t *req, xm_msg_t **rep_p);
-/* Open the data endpoint if needed (or reopen a broken one). */
-xm_status_t xm__fab_ready(xm_ctx_h ctx);
-/* Close the data endpoint, failing everything in flight with status. */
-void xm__fab_reset(xm_ctx_h ctx, xm_status_t status);
+/* Copy a region or allocation handle for the mapping engine: bound to no context, routed
+ * through the same data path (the caller holds a reference to it). Freed with xm__region_free. */
+xm_status_t xm__region_copy(xm_region_h r, xm_region_h *copy_p);
+void xm__region_free(xm_region_h r);
+/* An appliance context whose appliance was found gone (its process exited): reconnect the
+ * control channel, which learns a restarted appliance's data address. Not for the mapping
+ * engine (it never reaches the control channel). */
+xm_status_t xm__ctx_refresh(xm_ctx_h ctx);
 /* map.c: the context is going away; its mappings keep their engine. */
 void xm__map_ctx_gone(xm_ctx_h ctx);
 

@@ -16,9 +16,11 @@
 
 xm_status_t xm__ctx_error(xm_ctx_h ctx, xm_status_t status, const char *fmt, ...)
 {
+    (void)ctx; /* the message is the calling thread's (a context serves many threads) */
+    char *buf = xm__tls_error();
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(ctx->last_error, sizeof(ctx->last_error), fmt, ap);
+    vsnprintf(buf, 256, fmt, ap);
     va_end(ap);
     return status;
 }
@@ -28,7 +30,7 @@ static __thread char connect_error[256];
 
 XM_EXPORT const char *xm_last_error(xm_ctx_h ctx)
 {
-    return ctx != NULL ? ctx->last_error : connect_error;
+    return ctx != NULL ? xm__tls_error() : connect_error;
 }
 
 static void ctl_close(xm_ctx_h ctx)
@@ -117,16 +119,21 @@ static xm_status_t ctl_connect(xm_ctx_h ctx)
         proto_msg_free(rep);
         goto err;
     }
-    /* a restarted appliance has a new data address: reopen the data endpoint */
-    if (w->fabric_addr.len != ctx->peer_addr_len ||
-        memcmp(w->fabric_addr.data, ctx->peer_addr, ctx->peer_addr_len) != 0 ||
-        strcmp(ctx->provider, w->provider) != 0) {
-        memcpy(ctx->peer_addr, w->fabric_addr.data, w->fabric_addr.len);
-        ctx->peer_addr_len = w->fabric_addr.len;
-        snprintf(ctx->provider, sizeof(ctx->provider), "%s", w->provider);
-        ctx->fab_broken = true;
+    /* a restarted appliance has a new data address: the data path starts afresh */
+    snprintf(ctx->provider, sizeof(ctx->provider), "%s", w->provider);
+    status = xm__dp_set_provider(ctx->dp, w->provider);
+    if (status == XM_OK && w->fabric_addr.len > XM_FABRIC_ADDR_MAX) status = XM_ERR_PROTOCOL;
+    if (status == XM_OK) {
+        status = xm__dp_set_peer0(ctx->dp, w->fabric_addr.data, w->fabric_addr.len, &ctx->ctrl_peer);
+    }
+    if (status != XM_OK) {
+        xm__ctx_error(ctx, status, "appliance %s:%s: data endpoint %s unusable", ctx->host, ctx->port,
+                      w->provider);
+        proto_msg_free(rep);
+        goto err;
     }
     ctx->extent_size = w->extent_size;
+    xm__local_welcome(ctx, w); /* local transport (helper B) */
     proto_msg_free(rep);
     return XM_OK;
 
@@ -151,7 +158,37 @@ static bool manager_request(const xm_msg_t *req)
     }
 }
 
+/* A readable or hung-up control socket is one the peer closed (nothing arrives unasked on
+ * it: its idle timeout, a restart): close it so that the next call starts a fresh session.
+ * ctl_lock held. */
+static void ctl_check(xm_ctx_h ctx)
+{
+    if (ctx->conn.fd < 0) return;
+    struct pollfd p = {.fd = ctx->conn.fd, .events = POLLIN | POLLRDHUP};
+    if (poll(&p, 1, 0) > 0 && p.revents != 0) ctl_close(ctx);
+}
+
+xm_status_t xm__ctx_refresh(xm_ctx_h ctx)
+{
+    pthread_mutex_lock(&ctx->ctl_lock);
+    ctx->call_deadline_ns = xm__now_ns() + (uint64_t)ctx->timeout_ms * 1000000ull;
+    ctl_check(ctx);
+    xm_status_t status = ctx->conn.fd < 0 ? ctl_connect(ctx) : XM_OK;
+    pthread_mutex_unlock(&ctx->ctl_lock);
+    return status;
+}
+
+static xm_status_t rpc_locked(xm_ctx_h ctx, xm_msg_t *req, xm_msg_t **rep_p);
+
 xm_status_t xm__rpc(xm_ctx_h ctx, xm_msg_t *req, xm_msg_t **rep_p)
+{
+    pthread_mutex_lock(&ctx->ctl_lock);
+    xm_status_t status = rpc_locked(ctx, req, rep_p);
+    pthread_mutex_unlock(&ctx->ctl_lock);
+    return status;
+}
+
+static xm_status_t rpc_locked(xm_ctx_h ctx, xm_msg_t *req, xm_msg_t **rep_p)
 {
     /* one budget for the whole call: reconnect, handshake, request, reply */
     ctx->call_deadline_ns = xm__now_ns() + (uint64_t)ctx->timeout_ms * 1000000ull;
@@ -161,13 +198,7 @@ xm_status_t xm__rpc(xm_ctx_h ctx, xm_msg_t *req, xm_msg_t **rep_p)
                                  : "connected to an appliance: allocations need a manager "
                                    "(xm_connect_opts_t.manager or XMEM_MANAGER)");
     }
-    if (ctx->conn.fd >= 0) {
-        /* nothing arrives unasked on the control channel: a readable or hung-up socket is one
-         * the peer closed (its idle timeout, a restart), so start a fresh session rather than
-         * fail this call */
-        struct pollfd p = {.fd = ctx->conn.fd, .events = POLLIN | POLLRDHUP};
-        if (poll(&p, 1, 0) > 0 && p.revents != 0) ctl_close(ctx);
-    }
+    ctl_check(ctx); /* a session the peer closed: start afresh rather than fail this call */
     if (ctx->conn.fd < 0) {
         xm_status_t status = ctl_connect(ctx);
         if (status != XM_OK) {
@@ -198,7 +229,8 @@ XM_EXPORT xm_status_t xm_connect(const xm_connect_opts_t *opts, xm_ctx_h *ctx_p)
     xm_ctx_h ctx = calloc(1, sizeof(*ctx));
     if (ctx == NULL) return XM_ERR_NO_MEMORY;
     rpc_conn_init(&ctx->conn, -1);
-    ctx->fab.wait_fd = -1;
+    pthread_mutex_init(&ctx->ctl_lock, NULL);
+    xm__tls_error()[0] = '\0'; /* what this call runs into, nothing older */
     const char *spin = getenv("XMEM_RPC_SPIN_US");
     ctx->rpc_spin_ns = (spin != NULL ? strtoull(spin, NULL, 10) : 0) * 1000ull;
     xm_status_t status = XM_ERR_INVALID;
@@ -224,7 +256,7 @@ XM_EXPORT xm_status_t xm_connect(const xm_connect_opts_t *opts, xm_ctx_h *ctx_p)
     }
     snprintf(ctx->want_provider, sizeof(ctx->want_provider), "%s", prov);
     status = rpc_cred_load(pick(opts->secret_file, "XMEM_SECRET_FILE", NULL), &ctx->cred,
-                           ctx->last_error, sizeof(ctx->last_error));
+                           xm__tls_error(), 256);
     if (status != XM_OK) {
         goto err;
     }
@@ -258,6 +290,10 @@ XM_EXPORT xm_status_t xm_connect(const xm_connect_opts_t *opts, xm_ctx_h *ctx_p)
         ctx->timeout_ms = t != NULL ? (uint32_t)strtoul(t, NULL, 10) : 0;
         if (ctx->timeout_ms == 0) ctx->timeout_ms = 5000;
     }
+    char what[300];
+    snprintf(what, sizeof(what), "%s %s:%s", KIND(ctx), ctx->host, ctx->port);
+    status = xm__dp_create(ctx->timeout_ms, what, &ctx->dp);
+    if (status != XM_OK) goto err;
     ctx->call_deadline_ns = xm__now_ns() + (uint64_t)ctx->timeout_ms * 1000000ull;
     status = ctl_connect(ctx);
     if (status != XM_OK) {
@@ -269,8 +305,10 @@ XM_EXPORT xm_status_t xm_connect(const xm_connect_opts_t *opts, xm_ctx_h *ctx_p)
 
 err:
     snprintf(connect_error, sizeof(connect_error), "%s",
-             ctx->last_error[0] != '\0' ? ctx->last_error : xm_status_str(status));
+             xm__tls_error()[0] != '\0' ? xm__tls_error() : xm_status_str(status));
     sodium_memzero(&ctx->cred, sizeof(ctx->cred));
+    xm__dp_put(ctx->dp);
+    pthread_mutex_destroy(&ctx->ctl_lock);
     free(ctx);
     return status;
 }
@@ -279,74 +317,10 @@ XM_EXPORT void xm_disconnect(xm_ctx_h ctx)
 {
     if (ctx == NULL) return;
     xm__map_ctx_gone(ctx);
-    if (ctx->fab_open) {
-        xm__fab_reset(ctx, XM_ERR_DISCONNECTED);
-    }
+    xm__dp_put(ctx->dp); /* its mappings may keep it */
+    xm__local_ctx_gone(ctx); /* local transport (helper B) */
     ctl_close(ctx);
-    free(ctx->peers);
+    pthread_mutex_destroy(&ctx->ctl_lock);
     sodium_memzero(&ctx->cred, sizeof(ctx->cred));
     free(ctx);
-}
-
-xm_status_t xm__fab_ready(xm_ctx_h ctx)
-{
-    if (ctx->fab_open && !ctx->fab_broken) {
-        return XM_OK;
-    }
-    if (ctx->fab_open) {
-        /* what is still in flight on a broken endpoint is lost with it */
-        xm__fab_reset(ctx, XM_ERR_DISCONNECTED);
-    }
-    if (ctx->manager && ctx->provider[0] == '\0') {
-        return xm__ctx_error(ctx, XM_ERR_INVALID, "no allocation to reach yet");
-    }
-    xm_status_t status = net_fabric_open(ctx->provider, NET_ROLE_INITIATOR, NULL, NULL, &ctx->fab);
-    if (status != XM_OK) {
-        return xm__ctx_error(ctx, status, "cannot open a %s endpoint", ctx->provider);
-    }
-    if (ctx->manager) {
-        /* one endpoint, one address per appliance the allocations use */
-        for (uint32_t i = 0; i < ctx->npeers; i++) {
-            status = net_peer_insert(&ctx->fab, ctx->peers[i].addr, ctx->peers[i].addr_len, NULL,
-                                     &ctx->peers[i].fi);
-            if (status != XM_OK) {
-                for (uint32_t j = 0; j < i; j++) ctx->peers[j].inserted = false;
-                net_fabric_close(&ctx->fab);
-                return xm__ctx_error(ctx, status, "cannot resolve an appliance's data address");
-            }
-            ctx->peers[i].inserted = true;
-        }
-        ctx->fab_open = true;
-        ctx->fab_broken = false;
-        return XM_OK;
-    }
-    status = net_peer_insert(&ctx->fab, ctx->peer_addr, ctx->peer_addr_len,
-                             (const struct sockaddr *)&ctx->ctrl_peer, &ctx->peer);
-    if (status != XM_OK) {
-        net_fabric_close(&ctx->fab);
-        return xm__ctx_error(ctx, status, "cannot resolve the appliance's data address");
-    }
-    ctx->fab_open = true;
-    ctx->fab_broken = false;
-    return XM_OK;
-}
-
-void xm__fab_reset(xm_ctx_h ctx, xm_status_t status)
-{
-    /* closing the endpoint cancels every transfer: no buffer is touched afterwards */
-    if (ctx->fab_open) {
-        net_fabric_close(&ctx->fab);
-        ctx->fab_open = false;
-    }
-    for (uint32_t i = 0; i < ctx->npeers; i++) ctx->peers[i].inserted = false;
-    ctx->fab_broken = false;
-    for (xm_op_t *op = ctx->inflight; op != NULL;) {
-        xm_op_t *next = op->next_;
-        op->status = op->error_ != XM_OK ? (xm_status_t)op->error_ : status;
-        op->pending_ = 0;
-        op->next_ = op->prev_ = NULL;
-        op = next;
-    }
-    ctx->inflight = ctx->inflight_tail = NULL;
-    ctx->chunks = 0;
 }

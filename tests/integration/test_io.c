@@ -1,5 +1,6 @@
 /* Data path against a real xmemd: round trips, atomics, batches, bounds. */
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -183,6 +184,103 @@ XT_TEST_PROVIDERS(io, batched_async_io, .fini = teardown, .timeout = 120)
     free(ops);
     free(src);
     free(dst);
+    xm_region_close(r);
+    xm_disconnect(ctx);
+}
+
+/* One context, many threads (issue 11): 8 threads write and read their own
+ * slices (every byte checked), post and wait for batches of their own, and
+ * fetch-add / compare-and-swap shared counters, all on one context at once. */
+enum { SHARE_THREADS = 8, SHARE_SLICE = 256 * 1024, SHARE_ROUNDS = 40, SHARE_ADDS = 200 };
+
+typedef struct sharer {
+    xm_ctx_h ctx;
+    xm_region_h r;
+    int t;
+    uint64_t sum_of_olds;
+    char why[256];
+} sharer_t;
+
+static void *share_loop(void *arg)
+{
+    sharer_t *s = arg;
+    uint64_t base = 4096 + (uint64_t)s->t * SHARE_SLICE;
+    uint8_t *w = malloc(SHARE_SLICE), *rd = malloc(SHARE_SLICE);
+    xm_op_t ops[8];
+    for (int round = 0; round < SHARE_ROUNDS && s->why[0] == '\0'; round++) {
+        size_t len = 1 + (size_t)((round * 7919 + s->t * 104729) % SHARE_SLICE);
+        uint64_t off = base + (SHARE_SLICE - len) / 2;
+        xt_fill(w, len, (uint64_t)(s->t * 1000 + round));
+        memset(rd, 0xee, len);
+        if (xm_write(s->r, off, w, len) != XM_OK || xm_read(s->r, off, rd, len) != XM_OK) {
+            snprintf(s->why, sizeof(s->why), "thread %d: I/O failed: %s", s->t, xm_last_error(s->ctx));
+        } else if (memcmp(w, rd, len) != 0) {
+            snprintf(s->why, sizeof(s->why), "thread %d: %zu bytes at %llu read back differ", s->t, len,
+                     (unsigned long long)off);
+        }
+        /* a batch of its own ops, waited for in reverse (anyone's poll completes them) */
+        xt_fill(w, SHARE_SLICE, (uint64_t)(s->t * 7 + round));
+        size_t piece = SHARE_SLICE / 8;
+        xm_op_t *ptr[8];
+        for (int i = 0; i < 8; i++) {
+            ops[i] = (xm_op_t){.opcode = XM_OP_WRITE, .region = s->r, .offset = base + (uint64_t)i * piece,
+                               .buf = w + (size_t)i * piece, .length = piece};
+            ptr[7 - i] = &ops[i];
+            if (xm_post(s->ctx, &ops[i]) != XM_OK) snprintf(s->why, sizeof(s->why), "post: %s", xm_last_error(s->ctx));
+        }
+        if (xm_wait(s->ctx, ptr, 8) != XM_OK) snprintf(s->why, sizeof(s->why), "wait: %s", xm_last_error(s->ctx));
+        memset(rd, 0, SHARE_SLICE);
+        if (xm_read(s->r, base, rd, SHARE_SLICE) != XM_OK || memcmp(w, rd, SHARE_SLICE) != 0) {
+            snprintf(s->why, sizeof(s->why), "thread %d: a batch read back differs", s->t);
+        }
+        for (int i = 0; i < SHARE_ADDS / SHARE_ROUNDS; i++) {
+            uint64_t old;
+            if (xm_fetch_add(s->r, 0, 1, &old) != XM_OK) {
+                snprintf(s->why, sizeof(s->why), "fetch-add: %s", xm_last_error(s->ctx));
+                break;
+            }
+            s->sum_of_olds += old;
+            uint64_t cur = 0;
+            for (int tries = 0; tries < 10000; tries++) { /* a compare-and-swap increment */
+                if (xm_compare_swap(s->r, 8, cur, cur + 1, &old) != XM_OK) break;
+                if (old == cur) break;
+                cur = old;
+            }
+        }
+    }
+    free(w);
+    free(rd);
+    return NULL;
+}
+
+XT_TEST_PROVIDERS(io, threads_share_one_context, .fini = teardown, .timeout = 180)
+{
+    xt_start(&app, &(xt_opts_t){.provider = provider, .pool = "64M"});
+    xm_ctx_h ctx = xt_connect(&app, NULL);
+    xm_region_h r;
+    cr_assert_eq(xm_region_create(ctx, 4096 + (uint64_t)SHARE_THREADS * SHARE_SLICE, NULL, &r), XM_OK);
+    sharer_t s[SHARE_THREADS];
+    pthread_t t[SHARE_THREADS];
+    for (int i = 0; i < SHARE_THREADS; i++) {
+        s[i] = (sharer_t){.ctx = ctx, .r = r, .t = i};
+        pthread_create(&t[i], NULL, share_loop, &s[i]);
+    }
+    uint64_t olds = 0;
+    for (int i = 0; i < SHARE_THREADS; i++) {
+        pthread_join(t[i], NULL);
+        cr_assert_eq(s[i].why[0], '\0', "%s", s[i].why);
+        olds += s[i].sum_of_olds;
+    }
+    const uint64_t n = (uint64_t)SHARE_THREADS * SHARE_ADDS;
+    uint64_t v[2];
+    cr_assert_eq(xm_read(r, 0, v, 16), XM_OK);
+    cr_assert_eq(v[0], n, "fetch-add counter %llu, expected %llu", (unsigned long long)v[0], (unsigned long long)n);
+    cr_assert_eq(olds, n * (n - 1) / 2, "fetch-add returned duplicate old values");
+    cr_assert_eq(v[1], n, "compare-and-swap counter %llu, expected %llu", (unsigned long long)v[1], (unsigned long long)n);
+    /* the error text is the calling thread's: another thread's failure does not show here */
+    uint8_t b;
+    cr_assert_eq(xm_read(r, 1u << 30, &b, 1), XM_ERR_RANGE);
+    cr_assert(strstr(xm_last_error(ctx), "do not fit") != NULL, "%s", xm_last_error(ctx));
     xm_region_close(r);
     xm_disconnect(ctx);
 }

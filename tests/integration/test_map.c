@@ -1102,3 +1102,73 @@ Test(map, swapped_out_pages_are_not_forgotten, .fini = swap_teardown, .timeout =
     xm_region_close(r);
     xm_disconnect(ctx);
 }
+
+/* One context for the application's own I/O and for a mapping (issue 11: one
+ * data path, no cloned contexts): the application reads and writes another
+ * region with xm_read/xm_write while the handler threads serve the mapping's
+ * faults on the same context; every byte of both checked. The mapping keeps
+ * working after xm_disconnect (it holds the data path). */
+typedef struct scanner {
+    const uint64_t *p;
+    uint64_t words;
+    atomic_bool stop;
+    uint64_t scans;
+    uint64_t bad; /* 1 + word index of a wrong word, 0: none */
+} scanner_t;
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void *scan_loop(void *arg)
+{
+    scanner_t *s = arg;
+    while (!atomic_load(&s->stop) && s->bad == 0) {
+        for (uint64_t i = 0; i < s->words && s->bad == 0; i += 32) {
+            if (s->p[i] != i * 8 * 3 + 9) s->bad = i + 1;
+        }
+        s->scans++;
+    }
+    return NULL;
+}
+
+Test(map, application_io_while_faults_are_served, .fini = teardown, .timeout = 180)
+{
+    start("tcp", "256M");
+    xm_ctx_h ctx = xt_connect(&app, NULL);
+    const uint64_t size = 8u << 20;
+    xm_region_h mr = filled_region(ctx, size, 9), io;
+    cr_assert_eq(xm_region_create(ctx, 1u << 20, NULL, &io), XM_OK);
+    xm_map_opts_t mo = XM_MAP_OPTS_INIT;
+    mo.cache_bytes = 1u << 20;
+    mo.fetch_size = 65536;
+    uint64_t *p;
+    cr_assert_eq(xm_map(ctx, mr, 0, size, &mo, (void **)&p), XM_OK, "%s", xm_last_error(ctx));
+    xm_region_close(mr); /* the mapping has its own copy of the handle */
+    scanner_t s = {.p = p, .words = size / 8};
+    pthread_t th;
+    pthread_create(&th, NULL, scan_loop, &s);
+    uint8_t *w = malloc(65536), *rd = malloc(65536);
+    uint64_t t0 = now_ns(), rounds = 0;
+    while (rounds < 50 || (now_ns() - t0 < 2000000000ull && s.scans < 3)) {
+        size_t len = 1 + (size_t)(rounds * 7919 % 65536);
+        uint64_t off = rounds * 4099 % ((1u << 20) - len);
+        xt_fill(w, len, rounds);
+        cr_assert_eq(xm_write(io, off, w, len), XM_OK, "%s", xm_last_error(ctx));
+        cr_assert_eq(xm_read(io, off, rd, len), XM_OK, "%s", xm_last_error(ctx));
+        cr_assert(memcmp(w, rd, len) == 0, "round %llu: read back differs", (unsigned long long)rounds);
+        rounds++;
+    }
+    atomic_store(&s.stop, true);
+    pthread_join(th, NULL);
+    cr_assert_eq(s.bad, 0, "mapping word %llu wrong", (unsigned long long)(s.bad - 1));
+    cr_assert_gt(s.scans, 0);
+    cr_assert_gt(stat_of(p).evictions, 0, "the cache never had to evict: faults were not served throughout");
+    xm_region_close(io);
+    xm_disconnect(ctx);
+    for (uint64_t i = 0; i < size / 8; i += 512) cr_assert_eq(p[i], i * 8 * 3 + 9, "after xm_disconnect: word %llu", (unsigned long long)i);
+    cr_assert_eq(xm_unmap(p), XM_OK);
+}

@@ -244,7 +244,7 @@ static bool keep_spare(xm__engine_t *eng, const xm__map_t *m, uint32_t k, uint64
 }
 
 /* Write the runs of changed pages of a staged block (or frame; its first page
- * is p0 of m) back through lane k, all in flight at once (the endpoint's
+ * is p0 of m) back, all in flight at once (the endpoint's
  * depth bounds them) instead of one after another; every write is settled
  * before returning, since they read the staging area. Staged pages cannot
  * change, so a page's hash is what was written: acknowledged runs get theirs
@@ -255,7 +255,7 @@ static xm_status_t write_runs(xm__map_t *m, uint32_t k, uint64_t p0, const uint8
 {
     xm_op_t ops[XM__FETCH_MAX / XM__PAGE / 2 + 1]; /* alternating pages: the most runs a block has */
     uint64_t first[XM__FETCH_MAX / XM__PAGE / 2 + 1];
-    xm_ctx_h lc = m->regions[k]->ctx;
+    xm__dp_t *dp = m->eng->dp;
     uint32_t nops = 0;
     xm_status_t status = XM_OK;
     for (uint64_t p = 0; p < np && status == XM_OK;) {
@@ -267,23 +267,23 @@ static xm_status_t write_runs(xm__map_t *m, uint32_t k, uint64_t p0, const uint8
         while (q < np && changed[q]) q++;
         uint64_t off = (p0 + p) * XM__PAGE;
         first[nops] = p;
-        ops[nops] = (xm_op_t){.opcode = XM_OP_WRITE, .region = m->regions[k], .offset = m->off + off,
+        ops[nops] = (xm_op_t){.opcode = XM_OP_WRITE, .region = m->region, .offset = m->off + off,
                               .buf = (void *)(st + p * XM__PAGE),
                               .length = (size_t)XM_MIN((q - p) * XM__PAGE, m->len - off)};
-        status = xm_post(lc, &ops[nops++]);
+        status = xm__dp_post(dp, &ops[nops++], 0);
         p = q;
     }
     bool logged = false;
     for (uint32_t i = 0; i < nops; i++) {
         xm_op_t *op = &ops[i];
-        xm_status_t s = op->status == XM_IN_PROGRESS ? xm_wait(lc, &op, 1) : op->status;
+        xm_status_t s = xm__dp_wait(dp, &op, 1);
         if (s != XM_OK) {
             if (!logged) {
                 logged = true;
                 xm_log_warn("map: region %llu offset %llu: write-back of %llu bytes failed (%s): "
                             "kept resident and dirty",
                             (unsigned long long)m->region_id, (unsigned long long)op->offset,
-                            (unsigned long long)op->length, xm_last_error(lc));
+                            (unsigned long long)op->length, xm__tls_error());
             }
             if (status == XM_OK) status = s;
             continue;

@@ -41,7 +41,7 @@ XM_NO_TSAN void xm__page_copy_racy(void *dst, const void *src)
 /*
  * Write-back in flight: the written pages of a pass are copied into a ring
  * and posted as writes (a run of adjacent pages is one write of up to
- * WB_MAX_PAGES), up to WB_WINDOW of them in flight on the lane's endpoint,
+ * WB_MAX_PAGES), up to WB_WINDOW of them in flight on the data path,
  * instead of one blocking write per run (32k scattered pages took 14-27 s
  * over tcp that way). A page's hash is recorded only when its write is
  * acknowledged (delivery-complete: in the appliance's memory); a failed
@@ -61,10 +61,11 @@ typedef struct wb_slot {
     uint32_t span; /* ring pages this write holds (n, plus the tail it skipped when it wrapped) */
 } wb_slot_t;
 
-/* One pass's writes; owned by the thread holding the lane. */
+/* One pass's writes; owned by the thread making the pass. */
 typedef struct xm__wb {
     xm__map_t *m;
-    xm_region_h region;      /* the lane's handle to the mapped region */
+    xm_region_h region;      /* the mapping's handle (m->region) */
+    xm__dp_t *dp;
     uint8_t *ring;           /* WB_RING_PAGES pages */
     uint64_t *rhash;         /* hash of each ring page's copy */
     wb_slot_t slot[WB_WINDOW];
@@ -98,11 +99,12 @@ static void wb_destroy(xm__wb_t *wb)
     free(wb);
 }
 
-/* Start a pass over m through region (a lane's handle); nothing in flight. */
-static void wb_begin(xm__wb_t *wb, xm__map_t *m, xm_region_h region)
+/* Start a pass over m; nothing in flight. */
+static void wb_begin(xm__wb_t *wb, xm__map_t *m)
 {
     wb->m = m;
-    wb->region = region;
+    wb->region = m->region;
+    wb->dp = m->eng->dp;
     wb->head = wb->count = 0;
     wb->ring_head = wb->ring_used = 0;
     wb->status = XM_OK;
@@ -115,7 +117,7 @@ static void wb_retire(xm__wb_t *wb)
 {
     wb_slot_t *s = &wb->slot[wb->head];
     xm_op_t *op = &s->op;
-    xm_status_t status = op->status == XM_IN_PROGRESS ? xm_wait(wb->region->ctx, &op, 1) : op->status;
+    xm_status_t status = xm__dp_wait(wb->dp, &op, 1);
     if (status == XM_OK) {
         for (uint64_t i = 0; i < s->n; i++) xm__hash_set(wb->m, s->p + i, wb->rhash[s->at + i]);
         wb->written += s->n;
@@ -124,7 +126,7 @@ static void wb_retire(xm__wb_t *wb)
             xm_log_warn("map: region %llu offset %llu: write-back of %llu bytes failed (%s): "
                         "kept resident and dirty", (unsigned long long)wb->m->region_id,
                         (unsigned long long)(op->offset), (unsigned long long)op->length,
-                        xm_last_error(wb->region->ctx));
+                        xm__tls_error());
             wb->status = status;
         }
         wb->failed_page = XM_MIN(wb->failed_page, s->p);
@@ -191,7 +193,7 @@ static xm_status_t wb_write(xm__wb_t *wb, uint64_t p, uint64_t q)
         s->op = (xm_op_t){.opcode = XM_OP_WRITE, .region = wb->region, .offset = m->off + off, .buf = buf,
                           .length = (size_t)XM_MIN((uint64_t)n * XM__PAGE, m->len - off)};
         wb->count++;
-        xm_post(wb->region->ctx, &s->op); /* a failure to post is the op's status: settled as one */
+        xm__dp_post(wb->dp, &s->op, 0); /* a failure to post is the op's status: settled as one */
         p += n;
     }
     return wb->status;
@@ -302,9 +304,7 @@ static xm_status_t sync_pass(xm__map_t *m, uint32_t b0, uint32_t b1, bool only_f
     }
     pthread_mutex_unlock(&eng->lock);
 
-    xm__lane_t *lane = &eng->lanes[XM__SYNC_LANE(eng)];
-    pthread_mutex_lock(&lane->lock);
-    wb_begin(wb, m, m->regions[XM__SYNC_LANE(eng)]);
+    wb_begin(wb, m);
     xm_status_t status = XM_OK;
     uint32_t failed_from = b1;
     for (uint32_t b = b0; b < b1 && status == XM_OK;) {
@@ -323,7 +323,6 @@ static xm_status_t sync_pass(xm__map_t *m, uint32_t b0, uint32_t b1, bool only_f
     if (status == XM_OK) status = settled;
     failed_from = failed_block(wb, failed_from);
     uint64_t written = wb->written;
-    pthread_mutex_unlock(&lane->lock);
 
     pthread_mutex_lock(&eng->lock);
     for (uint32_t b = b0; b < b1; b++) {
@@ -402,9 +401,7 @@ static uint64_t clean_range(cleaner_t *c, xm__map_t *m, uint32_t b0, uint32_t b1
     if (n == 0) return 0;
     m->users++;
     pthread_mutex_unlock(&eng->lock);
-    xm__lane_t *lane = &eng->lanes[XM__CLEAN_LANE(eng)];
-    pthread_mutex_lock(&lane->lock);
-    wb_begin(c->wb, m, m->regions[XM__CLEAN_LANE(eng)]);
+    wb_begin(c->wb, m);
     xm_status_t status = XM_OK;
     uint32_t failed_from = b1;
     for (uint32_t b = b0; b < b1 && status == XM_OK;) {
@@ -422,7 +419,6 @@ static uint64_t clean_range(cleaner_t *c, xm__map_t *m, uint32_t b0, uint32_t b1
     if (status == XM_OK) status = settled;
     failed_from = failed_block(c->wb, failed_from);
     uint64_t written = c->wb->written;
-    pthread_mutex_unlock(&lane->lock);
     pthread_mutex_lock(&eng->lock);
     for (uint32_t b = b0; b < b1; b++) {
         if (!c->sel[b - b0]) continue;

@@ -27,19 +27,17 @@
 /* A fetch's attempts share one operation timeout, counted from its first
  * post, so a fault on an appliance that does not answer becomes SIGBUS
  * within it (each retry used to get a timeout of its own: 10-15 s with the
- * default 5 s); a retry's operation gets only the time left. The lane's
- * context is this handler's alone (lane lock held). */
+ * default 5 s); a retry's operation gets only the time left (its deadline). */
 typedef struct retry {
-    xm_ctx_h lc;
     uint64_t t0;
-    uint32_t timeout_ms; /* the lane's own */
+    uint64_t deadline;   /* of every attempt: t0 + the data path's timeout */
     int attempts;        /* made so far */
 } retry_t;
 
-static retry_t retry_start(xm__map_t *m, uint32_t k)
+static retry_t retry_start(xm__map_t *m)
 {
-    xm_ctx_h lc = m->regions[k]->ctx;
-    return (retry_t){.lc = lc, .t0 = xm__now_ns(), .timeout_ms = lc->timeout_ms, .attempts = 1};
+    uint64_t t0 = xm__now_ns();
+    return (retry_t){.t0 = t0, .deadline = t0 + (uint64_t)m->eng->dp->timeout_ms * 1000000ull, .attempts = 1};
 }
 
 /* After an attempt failed with status: true (having paused) when another may be
@@ -47,20 +45,13 @@ static retry_t retry_start(xm__map_t *m, uint32_t k)
 static bool retry_again(retry_t *r, xm_status_t status)
 {
     if (r->attempts >= FETCH_ATTEMPTS || status == XM_ERR_CONNECT) return false;
-    uint64_t limit = (uint64_t)r->timeout_ms * 1000000ull;
+    uint64_t limit = r->deadline - r->t0;
     uint64_t pause = (uint64_t)RETRY_PAUSE_US * (uint64_t)r->attempts * 1000ull;
     /* and a tenth of the timeout at least for the attempt itself */
     if (xm__now_ns() - r->t0 + pause + limit / 10 >= limit) return false;
     usleep((useconds_t)(pause / 1000));
-    uint64_t left = limit - XM_MIN(limit, xm__now_ns() - r->t0);
-    r->lc->timeout_ms = (uint32_t)XM_MAX(1ull, left / 1000000ull);
     r->attempts++;
     return true;
-}
-
-static void retry_end(retry_t *r)
-{
-    r->lc->timeout_ms = r->timeout_ms;
 }
 
 /* XXH3 (libxxhash): 40-55 GB/s on a cache-hot page with the library's
@@ -113,19 +104,11 @@ static void install(xm__engine_t *eng, xm__map_t *m, uint8_t *dst, const uint8_t
     }
 }
 
-xm_status_t xm__fetch_range(xm__map_t *m, uint32_t k, uint64_t off, void *buf, uint64_t len)
+xm_status_t xm__fetch_range(xm__map_t *m, uint64_t off, void *buf, uint64_t len, uint64_t deadline_ns)
 {
     uint64_t n = XM_MIN(len, m->len - off);
     if (n < len) memset((uint8_t *)buf + n, 0, len - n);
-    return xm_read(m->regions[k], m->off + off, buf, n);
-}
-
-xm_status_t xm__fetch(xm__map_t *m, uint32_t k, uint32_t b, void *buf, uint64_t len)
-{
-    uint64_t off = (uint64_t)b * m->fetch;
-    uint64_t n = XM_MIN(len, m->len - off);
-    if (n < len) memset((uint8_t *)buf + n, 0, len - n);
-    return xm_read(m->regions[k], m->off + off, buf, n);
+    return xm__dp_rw(m->eng->dp, m->region, XM_OP_READ, m->off + off, buf, (size_t)n, deadline_ns);
 }
 
 static void hash_block(xm__map_t *m, uint32_t b, const uint8_t *buf, uint64_t bytes)
@@ -218,7 +201,7 @@ static void refill_page(xm__engine_t *eng, xm__map_t *m, uint32_t k, uintptr_t p
     uint8_t *buf = eng->bufs[k];
     uint64_t n = XM_MIN((uint64_t)XM__PAGE, m->len - off);
     memset(buf, 0, XM__PAGE);
-    if (xm_read(m->regions[k], m->off + off, buf, n) == XM_OK) {
+    if (xm__dp_rw(eng->dp, m->region, XM_OP_READ, m->off + off, buf, (size_t)n, 0) == XM_OK) {
         xm__hash_set(m, off / XM__PAGE, xm__page_hash(buf));
         install(eng, m, (uint8_t *)page, buf, XM__PAGE);
     }
@@ -259,10 +242,9 @@ static void extend(xm__engine_t *eng, xm__map_t *m, uint32_t k, uint32_t b, uint
 {
     uint8_t *buf = eng->bufs[k];
     uint64_t off = q0 * XM__PAGE, len = (q1 - q0) * XM__PAGE;
-    retry_t rt = retry_start(m, k);
-    xm_status_t status = xm__fetch_range(m, k, off, buf, len);
-    while (status != XM_OK && retry_again(&rt, status)) status = xm__fetch_range(m, k, off, buf, len);
-    retry_end(&rt);
+    retry_t rt = retry_start(m);
+    xm_status_t status = xm__fetch_range(m, off, buf, len, rt.deadline);
+    while (status != XM_OK && retry_again(&rt, status)) status = xm__fetch_range(m, off, buf, len, rt.deadline);
     pthread_mutex_lock(&eng->lock);
     uint64_t fresh = 0;
     for (uint64_t p = q0; p < q1; p++) {
@@ -270,7 +252,7 @@ static void extend(xm__engine_t *eng, xm__map_t *m, uint32_t k, uint32_t b, uint
     }
     pthread_mutex_unlock(&eng->lock);
     if (status != XM_OK) {
-        const char *why = xm_last_error(m->regions[k]->ctx);
+        const char *why = xm__tls_error();
         xm_log_error("map: region %llu offset %llu (%llu bytes): %s (%s) after %d attempt(s); "
                      "accesses to it get SIGBUS",
                      (unsigned long long)m->region_id, (unsigned long long)(m->off + off),
@@ -346,25 +328,23 @@ static void frame_fetch(xm__engine_t *eng, xm__map_t *m, uint32_t k, uint32_t f0
         buf = eng->spare[slot];
     }
     /* the read is posted before room is made: an eviction overlaps it */
-    xm_ctx_h lc = m->regions[k]->ctx;
     /* the region's bytes past the mapping's length are not the mapping's: zeros there */
     uint64_t n = XM_MIN((uint64_t)XM__HUGE, m->len - off);
     if (n < XM__HUGE) memset(buf + n, 0, XM__HUGE - n);
-    xm_op_t op = {.opcode = XM_OP_READ, .region = m->regions[k], .offset = m->off + off, .buf = buf,
+    xm_op_t op = {.opcode = XM_OP_READ, .region = m->region, .offset = m->off + off, .buf = buf,
                   .length = (size_t)n};
-    retry_t rt = retry_start(m, k);
-    xm_status_t status = xm_post(lc, &op);
+    retry_t rt = retry_start(m);
+    xm_status_t status = xm__dp_post(eng->dp, &op, rt.deadline);
     pthread_mutex_lock(&eng->lock);
     bool reserved = xm__reserve(eng, m, XM__HUGE, k, demand);
     pthread_mutex_unlock(&eng->lock);
     if (status == XM_OK) {
         xm_op_t *p = &op;
-        status = xm_wait(lc, &p, 1); /* buf is the library's until then */
+        status = xm__dp_wait(eng->dp, &p, 1); /* buf is the library's until then */
     }
     while (reserved && demand && status != XM_OK && retry_again(&rt, status)) {
-        status = xm__fetch_range(m, k, off, buf, XM__HUGE);
+        status = xm__fetch_range(m, off, buf, XM__HUGE, rt.deadline);
     }
-    retry_end(&rt);
     if (!reserved || status != XM_OK) {
         if (slot != UINT32_MAX) eng->spare_state[slot] = XM__SPARE_FULL; /* every page still there */
         if (reserved) {
@@ -377,7 +357,7 @@ static void frame_fetch(xm__engine_t *eng, xm__map_t *m, uint32_t k, uint32_t f0
             poison(eng, m, demand_b, xm__block_bytes(m, demand_b), false, XM_ERR_NO_SPACE,
                    "no room in the local cache: write-backs keep failing", rt.attempts);
         } else if (demand) {
-            const char *why = xm_last_error(m->regions[k]->ctx);
+            const char *why = xm__tls_error();
             poison(eng, m, demand_b, xm__block_bytes(m, demand_b), false, status, why[0] ? why : "cannot fetch",
                    rt.attempts);
         }
@@ -529,20 +509,20 @@ static void handle_fault(xm__engine_t *eng, uint32_t k, uintptr_t addr)
     uint8_t *buf = eng->bufs[k];
     xm_op_t ops[1 + XM__RA_MAX_BYTES / XM__PAGE];
     memset(ops, 0, sizeof(ops));
-    xm_ctx_h lc = m->regions[k]->ctx;
+    xm__dp_t *dp = eng->dp;
     uint64_t n = XM_MIN(bytes, m->len - off);
     if (n < bytes) memset(buf + n, 0, bytes - n);
-    ops[0] = (xm_op_t){.opcode = XM_OP_READ, .region = m->regions[k], .offset = m->off + off,
+    ops[0] = (xm_op_t){.opcode = XM_OP_READ, .region = m->region, .offset = m->off + off,
                        .buf = buf, .length = (size_t)n};
-    retry_t rt = retry_start(m, k);
-    xm_status_t status = xm_post(lc, &ops[0]);
+    retry_t rt = retry_start(m);
+    xm_status_t status = xm__dp_post(dp, &ops[0], rt.deadline);
     pthread_mutex_lock(&eng->lock);
     bool reserved = xm__reserve(eng, m, bytes, k, true);
     pthread_mutex_unlock(&eng->lock);
     if (!reserved) {
         if (status == XM_OK) {
             xm_op_t *p = &ops[0];
-            xm_wait(lc, &p, 1); /* buf is the library's until then */
+            xm__dp_wait(dp, &p, 1); /* buf is the library's until then */
         }
         poison(eng, m, b, xm__block_bytes(m, b), false, XM_ERR_NO_SPACE,
                "no room in the local cache: write-backs keep failing", rt.attempts);
@@ -551,12 +531,13 @@ static void handle_fault(xm__engine_t *eng, uint32_t k, uintptr_t addr)
     if (single) {
         if (status == XM_OK) {
             xm_op_t *p = &ops[0];
-            status = xm_wait(lc, &p, 1);
+            status = xm__dp_wait(dp, &p, 1);
         }
-        while (status != XM_OK && retry_again(&rt, status)) status = xm__fetch_range(m, k, off, buf, XM__PAGE);
-        retry_end(&rt);
+        while (status != XM_OK && retry_again(&rt, status)) {
+            status = xm__fetch_range(m, off, buf, XM__PAGE, rt.deadline);
+        }
         if (status != XM_OK) {
-            const char *why = xm_last_error(lc);
+            const char *why = xm__tls_error();
             poison(eng, m, b, xm__block_bytes(m, b), false, status, why[0] ? why : "cannot fetch", rt.attempts);
             pthread_mutex_lock(&eng->lock);
             xm__unreserve(eng, m, XM__PAGE);
@@ -595,19 +576,21 @@ static void handle_fault(xm__engine_t *eng, uint32_t k, uintptr_t addr)
         uint64_t nn = XM_MIN(bl, m->len - o);
         uint8_t *dst = buf + (uint64_t)j * m->fetch;
         if (nn < bl) memset(dst + nn, 0, bl - nn);
-        ops[j] = (xm_op_t){.opcode = XM_OP_READ, .region = m->regions[k], .offset = m->off + o,
+        ops[j] = (xm_op_t){.opcode = XM_OP_READ, .region = m->region, .offset = m->off + o,
                            .buf = dst, .length = (size_t)nn};
-        if (xm_post(lc, &ops[j]) != XM_OK) ops[j].status = XM_ERR_TRANSPORT;
+        /* a failure to post is the op's status (the read-ahead block is given up) */
+        xm__dp_post(dp, &ops[j], rt.deadline);
     }
 
     if (status == XM_OK) {
         xm_op_t *p = &ops[0];
-        status = xm_wait(lc, &p, 1);
+        status = xm__dp_wait(dp, &p, 1);
     }
-    while (status != XM_OK && retry_again(&rt, status)) status = xm__fetch(m, k, b, buf, bytes);
-    retry_end(&rt);
+    while (status != XM_OK && retry_again(&rt, status)) {
+        status = xm__fetch_range(m, (uint64_t)b * m->fetch, buf, bytes, rt.deadline);
+    }
     if (status != XM_OK) {
-        const char *why = xm_last_error(lc);
+        const char *why = xm__tls_error();
         poison(eng, m, b, bytes, true, status, why[0] ? why : "cannot fetch", rt.attempts);
     } else {
         hash_block(m, b, buf, bytes);
@@ -630,7 +613,7 @@ static void handle_fault(xm__engine_t *eng, uint32_t k, uintptr_t addr)
             pthread_mutex_unlock(&eng->lock);
         }
         xm_op_t *p = &ops[j];
-        xm_status_t s = p->status == XM_IN_PROGRESS ? xm_wait(lc, &p, 1) : p->status; /* the buffer is the library's until then */
+        xm_status_t s = xm__dp_wait(dp, &p, 1); /* the buffer is the library's until then */
         if (!room || s != XM_OK) {
             drop_claim(eng, m, bb, room ? bl : 0);
             if (dropped == 0) dropped = bb;
@@ -686,7 +669,6 @@ void *xm__fault_thread(void *arg)
      * handlers lost to unpinned ones (p50 37 vs 17 us), so pinning is opt-in */
     if (getenv("XMEM_MAP_PIN") != NULL) pin(k);
     pthread_setname_np(pthread_self(), "xm-fault");
-    xm__lane_t *lane = &eng->lanes[k];
     struct pollfd fds[2] = {{.fd = eng->uffd, .events = POLLIN}, {.fd = eng->stop_fd, .events = POLLIN}};
     for (;;) {
         if (poll(fds, 2, -1) < 0) {
@@ -699,13 +681,11 @@ void *xm__fault_thread(void *arg)
         struct uffd_msg msgs[1];
         ssize_t got = read(eng->uffd, msgs, sizeof(msgs));
         if (got <= 0) continue; /* another handler took it */
-        pthread_mutex_lock(&lane->lock);
         for (ssize_t i = 0; i < got / (ssize_t)sizeof(msgs[0]); i++) {
             if (msgs[i].event == UFFD_EVENT_PAGEFAULT) {
                 handle_fault(eng, k, (uintptr_t)msgs[i].arg.pagefault.address);
             }
         }
-        pthread_mutex_unlock(&lane->lock);
     }
     return NULL;
 }

@@ -1,5 +1,5 @@
 /* libxmem mappings: xm_map / xm_sync / xm_unmap and the per-context engine
- * (userfaultfd, handler threads, data lanes, shared budget). */
+ * (userfaultfd, handler threads, shared budget, the context's data path). */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -98,12 +98,7 @@ static void engine_destroy(xm__engine_t *eng)
             if (eng->spare[k * XM__SPARES + i] != NULL) munmap(eng->spare[k * XM__SPARES + i], XM__HUGE);
         }
     }
-    if (eng->lanes != NULL) {
-        for (uint32_t k = 0; k < XM__NLANES(eng); k++) {
-            if (eng->lanes[k].ctx != NULL) xm__ctx_clone_destroy(eng->lanes[k].ctx);
-            pthread_mutex_destroy(&eng->lanes[k].lock);
-        }
-    }
+    xm__dp_put(eng->dp);
     if (eng->uffd >= 0) close(eng->uffd);
     if (eng->stop_fd >= 0) close(eng->stop_fd);
     if (eng->pagemap_fd >= 0) close(eng->pagemap_fd);
@@ -116,7 +111,6 @@ static void engine_destroy(xm__engine_t *eng)
     free(eng->spare);
     free(eng->spare_state);
     free(eng->bufs);
-    free(eng->lanes);
     free(eng);
 }
 
@@ -135,6 +129,8 @@ static xm_status_t engine_create(xm_ctx_h ctx, xm__engine_t **eng_p)
     pthread_cond_init(&eng->clean_cond, NULL);
     eng->uffd = eng->stop_fd = eng->pagemap_fd = -1;
     eng->budget = UINT64_MAX;
+    eng->dp = ctx->dp; /* shared with the context, kept after xm_disconnect */
+    xm__dp_get(eng->dp);
     xm_status_t status = XM_ERR_IO;
     eng->uffd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
     if (eng->uffd < 0) {
@@ -159,23 +155,16 @@ static xm_status_t engine_create(xm_ctx_h ctx, xm__engine_t **eng_p)
     const char *env = getenv("XMEM_MAP_THREADS");
     if (env != NULL && atoi(env) > 0) ncpu = atoi(env);
     eng->nthreads = (uint32_t)XM_MAX(1, XM_MIN(ncpu, MAX_HANDLERS));
-    eng->lanes = calloc(XM__NLANES(eng), sizeof(*eng->lanes));
     eng->staging = calloc(eng->nthreads, sizeof(*eng->staging));
     eng->bufs = calloc(eng->nthreads, sizeof(*eng->bufs));
     eng->hbufs = calloc(eng->nthreads, sizeof(*eng->hbufs));
     eng->spare = calloc((size_t)eng->nthreads * XM__SPARES, sizeof(*eng->spare));
     eng->spare_state = calloc((size_t)eng->nthreads * XM__SPARES, sizeof(*eng->spare_state));
     eng->threads = calloc(eng->nthreads, sizeof(*eng->threads));
-    if (eng->lanes == NULL || eng->staging == NULL || eng->bufs == NULL || eng->hbufs == NULL ||
+    if (eng->staging == NULL || eng->bufs == NULL || eng->hbufs == NULL ||
         eng->spare == NULL || eng->spare_state == NULL || eng->threads == NULL) {
         status = XM_ERR_NO_MEMORY;
         goto err;
-    }
-    for (uint32_t k = 0; k < XM__NLANES(eng); k++) pthread_mutex_init(&eng->lanes[k].lock, NULL);
-    for (uint32_t k = 0; k < XM__NLANES(eng); k++) {
-        status = xm__ctx_clone(ctx, &eng->lanes[k].ctx);
-        if (status != XM_OK) goto err;
-        eng->lanes[k].ctx->map_engine = NULL;
     }
     status = XM_ERR_IO;
     for (uint32_t k = 0; k < eng->nthreads; k++) {
@@ -240,8 +229,6 @@ err:
 
 void xm__map_ctx_gone(xm_ctx_h ctx)
 {
-    /* the context is single-threaded: only its own xm_map sets this */
-    if (ctx->map_engine == NULL) return;
     pthread_mutex_lock(&g_lock);
     xm__engine_t *eng = ctx->map_engine;
     if (eng != NULL) {
@@ -254,12 +241,7 @@ void xm__map_ctx_gone(xm_ctx_h ctx)
 
 static void map_free(xm__map_t *m)
 {
-    if (m->regions != NULL) {
-        for (uint32_t k = 0; k < XM__NLANES(m->eng); k++) {
-            if (m->regions[k] != NULL) xm_region_close(m->regions[k]);
-        }
-    }
-    free(m->regions);
+    xm__region_free(m->region);
     free(m->blocks);
     free(m->hash);
     free(m->present);
@@ -348,14 +330,12 @@ XM_EXPORT xm_status_t xm_map(xm_ctx_h ctx, xm_region_h region, uint64_t offset, 
     /* fetch-size adaptation (random faults fetch one page); XMEM_MAP_ADAPT=0: whole blocks */
     const char *adapt = getenv("XMEM_MAP_ADAPT");
     m->adapt = adapt == NULL || atoi(adapt) != 0;
-    m->regions = calloc(XM__NLANES(eng), sizeof(*m->regions));
-    if (m->blocks == NULL || m->hash == NULL || m->present == NULL || m->regions == NULL) goto err_free;
-    for (uint32_t k = 0; k < XM__NLANES(eng); k++) {
-        xm__lane_t *lane = &eng->lanes[k];
-        pthread_mutex_lock(&lane->lock);
-        status = xm__ctx_clone_refresh(lane->ctx, ctx);
-        if (status == XM_OK) status = xm__region_clone(region, lane->ctx, &m->regions[k]);
-        pthread_mutex_unlock(&lane->lock);
+    if (m->blocks == NULL || m->hash == NULL || m->present == NULL) goto err_free;
+    status = xm__region_copy(region, &m->region);
+    if (status != XM_OK) goto err_free;
+    /* the endpoint opened before the first fault, not by it (only local parts: none needed) */
+    if (region->local == NULL) {
+        status = xm__dp_ready(eng->dp);
         if (status != XM_OK) goto err_free;
     }
     /* frames (opt-in, XMEM_MAP_HUGE=1): a sequential stream fetches whole

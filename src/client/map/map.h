@@ -2,9 +2,10 @@
  * cache.c, dirty.c and clone.c.
  *
  * A context's mappings share one engine: one userfaultfd, one handler thread
- * per CPU (all reading the uffd; pinned only with XMEM_MAP_PIN), one data
- * lane (a clone of the context) per handler thread plus one for
- * xm_sync/xm_unmap and one for the opt-in cleaner, and one cache budget.
+ * per CPU (all reading the uffd; pinned only with XMEM_MAP_PIN), one cache
+ * budget, and the context's data path (src/client/dp.h), which handler
+ * threads, xm_sync callers, the cleaner and the application's own I/O share.
+ * The engine never reaches the control channel.
  *
  * The cache unit is a block of fetch_size bytes. A block is absent (EMPTY,
  * POISONED) or RESIDENT; a resident block holds the pages marked in the
@@ -75,14 +76,6 @@ static inline void xm__bit_clear(uint64_t *bm, uint64_t i)
     __atomic_fetch_and(&bm[i >> 6], ~(1ull << (i & 63)), __ATOMIC_RELAXED);
 }
 
-/* A data path of its own: a clone of the application's context. The lock is
- * held for each use (handler lanes are uncontended; the sync lane is shared by
- * application threads calling xm_sync / xm_unmap). */
-typedef struct xm__lane {
-    pthread_mutex_t lock;
-    xm_ctx_h ctx;
-} xm__lane_t;
-
 struct xm__engine;
 
 /* One mapping. Fields below "engine lock" are guarded by eng->lock. */
@@ -93,7 +86,7 @@ typedef struct xm__map {
     uint64_t vlen;         /* len rounded up to pages */
     uint64_t off;          /* offset in the region */
     uint64_t region_id;
-    xm_region_h *regions;  /* one clone per lane (lane i uses regions[i]) */
+    xm_region_h region;    /* a copy of the handle mapped, bound to no context (xm__region_copy) */
     uint32_t fetch;        /* block size */
     uint32_t nblocks;
     bool readahead;
@@ -121,9 +114,8 @@ typedef struct xm__map {
 } xm__map_t;
 
 /*
- * Per context. Lock order: eng->lock, then a lane's lock is never taken
- * under eng->lock (I/O runs with eng->lock dropped); g_maps_lock (map.c) is
- * taken before eng->lock.
+ * Per context. Lock order: g_lock (map.c), then eng->lock; the data path's
+ * locks are never taken under eng->lock (I/O runs with eng->lock dropped).
  */
 typedef struct xm__engine {
     pthread_mutex_t lock;
@@ -133,7 +125,7 @@ typedef struct xm__engine {
     int pagemap_fd;        /* /proc/self/pagemap for PAGEMAP_SCAN */
     uint32_t nthreads;
     pthread_t *threads;
-    xm__lane_t *lanes;     /* nthreads handler lanes, the sync lane, the cleaner's lane */
+    xm__dp_t *dp;          /* the context's data path (a reference) */
     uint8_t **staging;     /* per handler thread: uffd-registered, eviction moves blocks here */
     uint8_t **bufs;        /* per handler thread: fetch buffers */
     uint8_t **hbufs;       /* per handler thread: a frame's fetch buffer (a THP, moved in whole) */
@@ -156,18 +148,6 @@ typedef struct xm__engine {
     bool owned;            /* the context still points to it */
 } xm__engine_t;
 
-#define XM__SYNC_LANE(eng) ((eng)->nthreads)
-#define XM__CLEAN_LANE(eng) ((eng)->nthreads + 1)
-#define XM__NLANES(eng) ((eng)->nthreads + 2)
-
-/* clone.c: a context with its own data endpoint, same peers and settings. */
-xm_status_t xm__ctx_clone(xm_ctx_h ctx, xm_ctx_h *clone_p);
-/* Copy the peers ctx has and clone lacks (allocations attached since). Lane lock held. */
-xm_status_t xm__ctx_clone_refresh(xm_ctx_h clone, xm_ctx_h ctx);
-void xm__ctx_clone_destroy(xm_ctx_h clone);
-/* A handle to the same region or allocation, bound to ctx. */
-xm_status_t xm__region_clone(xm_region_h r, xm_ctx_h ctx, xm_region_h *clone_p);
-
 /* fault.c */
 typedef struct xm__fault_arg {
     xm__engine_t *eng;
@@ -175,10 +155,8 @@ typedef struct xm__fault_arg {
 } xm__fault_arg_t;
 void *xm__fault_thread(void *arg);
 uint64_t xm__page_hash(const void *page);
-/* Read len bytes at offset off of m into buf through lane k (zeros past the end). */
-xm_status_t xm__fetch_range(xm__map_t *m, uint32_t k, uint64_t off, void *buf, uint64_t len);
-/* Fetch [first block, +n) of m into buf through lane k with retries. */
-xm_status_t xm__fetch(xm__map_t *m, uint32_t k, uint32_t b, void *buf, uint64_t len);
+/* Read len bytes at offset off of m into buf by deadline (zeros past the mapping's end). */
+xm_status_t xm__fetch_range(xm__map_t *m, uint64_t off, void *buf, uint64_t len, uint64_t deadline_ns);
 
 /* cache.c (engine lock held unless said) */
 uint64_t xm__block_bytes(const xm__map_t *m, uint32_t b);
@@ -198,7 +176,7 @@ bool xm__evict(xm__map_t *m, uint32_t k, uint32_t b, uint32_t n);
 /* Move [src, src+len) to dst by UFFDIO_MOVE; present[i]: page i moved. 0 or an errno. */
 int xm__move_range(xm__engine_t *eng, uint8_t *dst, uint8_t *src, uint64_t len, bool *present, bool wake);
 
-/* dirty.c: write back written pages of blocks [b0, b1) of m through the sync lane. */
+/* dirty.c: write back written pages of blocks [b0, b1) of m (any thread). */
 xm_status_t xm__sync_blocks(xm__map_t *m, uint32_t b0, uint32_t b1);
 /* The cleaner thread: writes back written pages of the blocks eviction will
  * reach next (ahead of the CLOCK hand, behind a long sequential run), so a
