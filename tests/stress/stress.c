@@ -12,6 +12,7 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdbool.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
@@ -229,8 +230,12 @@ void xs_appliance_start(const char *pool)
     snprintf(g_secret, sizeof(g_secret), "%s/secret", g_dir);
     snprintf(g_log, sizeof(g_log), "%s/xmemd.log", g_dir);
     make_secret(g_secret);
+    /* "local" (and "shm", its old name): xmemd serves tcp and the local transport, which
+     * this process's clients then use (XMEM_TRANSPORT, set before any thread starts) */
+    bool tcp = strcmp(xs_provider, "tcp") == 0;
+    setenv("XMEM_TRANSPORT", tcp ? "tcp" : "local", 1);
     const char *argv[] = {XMEM_BIN_DIR "/xmemd", "--listen", "127.0.0.1:0", "--pool", pool,
-                          "--backing", "memfd", "--provider", xs_provider, "--secret-file", g_secret,
+                          "--backing", "memfd", "--provider", "tcp", "--secret-file", g_secret,
                           "--log-level", "info", NULL};
     int out[2];
     if (pipe2(out, O_CLOEXEC) != 0) xs_setup_error("pipe: %m");
