@@ -1,21 +1,14 @@
-/* libfabric endpoints: setup, per-region registrations, one-sided ops, progress. */
-#include <arpa/inet.h>
-#include <dirent.h>
-#include <signal.h>
-#include <sys/mman.h>
+/* What every libfabric provider shares: endpoint setup, per-region registrations,
+ * one-sided ops, completions, the target's drain receives and progress loop, and the
+ * providers' table. Provider-specific code is in ofi_<provider>.c (see ofi.h). */
 #include <errno.h>
-#include <netinet/in.h>
-#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <fcntl.h>
-#include <linux/futex.h>
 #include <sys/prctl.h>
-#include <sys/stat.h>
-#include <sys/syscall.h>
-#include <time.h>
 #include <unistd.h>
+
+#include <pthread.h>
 
 #include <rdma/fi_atomic.h>
 #include <rdma/fi_cm.h>
@@ -24,10 +17,9 @@
 #include <rdma/fi_errno.h>
 #include <rdma/fi_rma.h>
 #include <rdma/fi_tagged.h>
-#include <pthread.h>
 
 #include "../common/common.h"
-#include "xfer.h"
+#include "ofi.h"
 
 #define NET_FI_VERSION FI_VERSION(1, 17)
 #define NET_CQ_DEPTH 1024
@@ -42,44 +34,11 @@
  * (docs/performance.md, "Idle appliances and a bounded data endpoint").
  */
 
-/*
- * Doorbell of a target over shm. shm's completion queue has no wait object, so an idle
- * target sleeps on a futex in a page of its own in /dev/shm (named after its endpoint, so
- * a client finds it from the address it was given) and a client that posts while it
- * sleeps rings it. Dekker-style: the target sets sleeping, fences, polls once more, then
- * waits on seq; a client posts (the command is in the target's queue when fi_* returns),
- * fences, and rings when it sees sleeping. Either the target's last poll sees the command
- * or the client sees sleeping. Anything not rung (a transfer's later segments) is still
- * served within the wait's timeout.
- */
-#define NET_BELL_MAGIC 0x786d656d62656c6cull /* "xmembell" */
-#define NET_BELL_SUFFIX ".bell"
-#define NET_BELL_PEERS 1024 /* initiator: peers (fi_addr_t from 0) that can ring */
-
-struct net_bell {
-    _Atomic uint32_t seq;      /* futex word: bumped by every ring */
-    _Atomic uint32_t sleeping; /* the target is (about to be) asleep on seq */
-    uint64_t magic;
-    _Atomic uint64_t rings;    /* statistics: rings seen */
-};
-
-struct net_bells {
-    _Atomic(struct net_bell *) peer[NET_BELL_PEERS]; /* written once by net_peer_insert */
-    pthread_mutex_t lock;                             /* serialises inserts only */
-};
-
 /* Target: receives posted so that messages sent to the data endpoint (the appliance never
  * needs one) are taken in and dropped at once instead of queued as unexpected without
  * bound by the provider (rxm keeps every unexpected message: +164 MB in a 6 s flood;
  * shm's unexpected queue holds ~1,000 and then stalls its command queue for every client).
- * rxm hands one message to a receive at a time and we post again after each completion:
- * a few large ones (larger than its 16 KiB eager messages, so none is cut into a protocol
- * error). shm matches up to its whole command queue (1,024) in one progress call: as many small
- * receives (a longer message is truncated and dropped all the same). */
-#define NET_DRAIN_RXM_BUFS 4
-#define NET_DRAIN_RXM_BUF 65536
-#define NET_DRAIN_SHM_BUFS 512 /* of each kind: shm has 1,024 receive entries in all */
-#define NET_DRAIN_SHM_BUF 256
+ * How many and how large is the provider's (xfer_ops_t.drain_*). */
 
 typedef struct net_drain_slot {
     bool tagged;
@@ -97,107 +56,10 @@ struct net_drain {
     uint64_t dropped;       /* messages taken in and dropped */
 };
 
-static long futex(_Atomic uint32_t *word, int op, uint32_t val, const struct timespec *ts)
-{
-    return syscall(SYS_futex, (uint32_t *)word, op, val, ts, NULL, 0);
-}
-
-static xm_status_t fi_fail(const char *what, int rc)
+xm_status_t ofi_fail(const char *what, int rc)
 {
     xm_log_error("libfabric %s failed: %s (%d)", what, fi_strerror(-rc), rc);
     return XM_ERR_TRANSPORT;
-}
-
-/* The doorbell's name for an shm endpoint address we named (SHM_NAME_PREFIX...); false
- * for any other address. */
-static bool bell_name(const uint8_t *addr, size_t len, char *out, size_t outlen)
-{
-    size_t n = strnlen((const char *)addr, len);
-    if (n < 6 || n + sizeof(NET_BELL_SUFFIX) + 1 > outlen || memcmp(addr, "xmem-", 5) != 0) return false;
-    for (size_t i = 0; i < n; i++) {
-        char c = (char)addr[i];
-        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || c == '.' || c == '-')) return false;
-    }
-    snprintf(out, outlen, "/%.*s" NET_BELL_SUFFIX, (int)n, (const char *)addr);
-    return true;
-}
-
-static void bell_unlink(const net_fabric_t *fab)
-{
-    char name[XM_FABRIC_ADDR_MAX + 16];
-    if (bell_name(fab->addr, fab->addr_len, name, sizeof(name))) shm_unlink(name);
-}
-
-/* Target: create, size and map our doorbell (0600: our user's processes only). */
-static xm_status_t bell_create(net_fabric_t *fab)
-{
-    char name[XM_FABRIC_ADDR_MAX + 16];
-    if (!bell_name(fab->addr, fab->addr_len, name, sizeof(name))) {
-        xm_log_error("shm endpoint name is not ours; no doorbell");
-        return XM_ERR_TRANSPORT;
-    }
-    int fd = shm_open(name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
-    if (fd < 0) {
-        xm_log_error("cannot create the doorbell %s: %m", name);
-        return XM_ERR_IO;
-    }
-    void *p = MAP_FAILED;
-    if (ftruncate(fd, (off_t)sizeof(struct net_bell)) == 0) {
-        p = mmap(NULL, sizeof(struct net_bell), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    }
-    close(fd);
-    if (p == MAP_FAILED) {
-        xm_log_error("cannot map the doorbell %s: %m", name);
-        shm_unlink(name);
-        return XM_ERR_IO;
-    }
-    fab->bell = p;
-    fab->bell->magic = NET_BELL_MAGIC;
-    return XM_OK;
-}
-
-/* Initiator: map peer's doorbell, if it has one (an appliance of an older build has none:
- * it naps instead and needs no ring). */
-static void bell_attach(net_fabric_t *fab, const uint8_t *addr, size_t len, fi_addr_t peer)
-{
-    char name[XM_FABRIC_ADDR_MAX + 16];
-    if (fab->bells == NULL || peer >= NET_BELL_PEERS || !bell_name(addr, len, name, sizeof(name))) {
-        xm_log_debug("shm peer %llu: no doorbell to look for", (unsigned long long)peer);
-        return;
-    }
-    pthread_mutex_lock(&fab->bells->lock);
-    if (atomic_load(&fab->bells->peer[peer]) != NULL) goto out;
-    int fd = shm_open(name, O_RDWR | O_CLOEXEC | O_NOFOLLOW, 0);
-    if (fd < 0) goto out;
-    struct stat st;
-    void *p = MAP_FAILED;
-    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_uid == geteuid() &&
-        (size_t)st.st_size >= sizeof(struct net_bell)) {
-        p = mmap(NULL, sizeof(struct net_bell), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    }
-    close(fd);
-    if (p == MAP_FAILED) goto out;
-    if (((struct net_bell *)p)->magic != NET_BELL_MAGIC) {
-        munmap(p, sizeof(struct net_bell));
-        goto out;
-    }
-    atomic_store(&fab->bells->peer[peer], (struct net_bell *)p);
-    xm_log_debug("shm peer %llu: doorbell %s", (unsigned long long)peer, name);
-out:
-    pthread_mutex_unlock(&fab->bells->lock);
-}
-
-/* Initiator: after a post to peer, wake it if it sleeps. */
-static inline void bell_ring(net_fabric_t *fab, fi_addr_t peer)
-{
-    if (fab->bells == NULL || peer >= NET_BELL_PEERS) return;
-    struct net_bell *b = atomic_load_explicit(&fab->bells->peer[peer], memory_order_acquire);
-    if (b == NULL) return;
-    atomic_thread_fence(memory_order_seq_cst); /* our command is in its queue before we look */
-    if (atomic_load_explicit(&b->sleeping, memory_order_relaxed) == 0) return;
-    atomic_fetch_add_explicit(&b->seq, 1, memory_order_relaxed);
-    atomic_fetch_add_explicit(&b->rings, 1, memory_order_relaxed);
-    futex(&b->seq, FUTEX_WAKE, 1, NULL);
 }
 
 /* Target: post one drain receive. */
@@ -212,12 +74,11 @@ static int drain_post(net_fabric_t *fab, net_drain_slot_t *slot)
 
 static xm_status_t drain_start(net_fabric_t *fab)
 {
-    bool shm = strcmp(fab->provider, "shm") == 0;
     struct net_drain *d = calloc(1, sizeof(*d));
     if (d == NULL) return XM_ERR_NO_MEMORY;
     fab->drain = d;
-    d->nslots = 2 * (shm ? NET_DRAIN_SHM_BUFS : NET_DRAIN_RXM_BUFS);
-    d->buf_size = shm ? NET_DRAIN_SHM_BUF : NET_DRAIN_RXM_BUF;
+    d->nslots = 2 * fab->ops->drain_bufs;
+    d->buf_size = fab->ops->drain_buf_size;
     d->slot = calloc(d->nslots, sizeof(*d->slot));
     d->bufs = malloc(d->nslots * d->buf_size);
     if (d->slot == NULL || d->bufs == NULL) return XM_ERR_NO_MEMORY;
@@ -227,7 +88,7 @@ static xm_status_t drain_start(net_fabric_t *fab)
         slot->buf = d->bufs + i * d->buf_size;
         if ((fab->info->caps & FI_TAGGED) == 0 && slot->tagged) continue;
         int rc = drain_post(fab, slot);
-        if (rc != 0) return fi_fail(slot->tagged ? "fi_trecv" : "fi_recv", rc);
+        if (rc != 0) return ofi_fail(slot->tagged ? "fi_trecv" : "fi_recv", rc);
     }
     return XM_OK;
 }
@@ -276,18 +137,7 @@ void net_fabric_close(net_fabric_t *fab)
         free(fab->drain->bufs);
         free(fab->drain);
     }
-    if (fab->bell != NULL) {
-        bell_unlink(fab);
-        munmap(fab->bell, sizeof(*fab->bell));
-    }
-    if (fab->bells != NULL) {
-        for (size_t i = 0; i < NET_BELL_PEERS; i++) {
-            struct net_bell *b = atomic_load(&fab->bells->peer[i]);
-            if (b != NULL) munmap(b, sizeof(*b));
-        }
-        pthread_mutex_destroy(&fab->bells->lock);
-        free(fab->bells);
-    }
+    if (fab->ops != NULL && fab->ops->close != NULL) fab->ops->close(fab);
     if (fab->rma_cntr != NULL) fi_close(&fab->rma_cntr->fid);
     if (fab->av != NULL) fi_close(&fab->av->fid);
     if (fab->cq != NULL) fi_close(&fab->cq->fid);
@@ -298,35 +148,61 @@ void net_fabric_close(net_fabric_t *fab)
     fab->wait_fd = -1;
 }
 
-/* The shm endpoints' names: SHM_NAME_PREFIX PID "." NONCE, a file each in /dev/shm. */
-#define SHM_NAME_PREFIX "xmem-"
+/* ---- providers ------------------------------------------------------------ */
 
-/* Remove the /dev/shm files of our endpoints whose process is gone (killed before it
- * could close them). Only names we give, and only when the pid is not running. */
-static void shm_reap_stale(void)
+/* Every provider this build knows; a new one is one line here (and its file). */
+static const xfer_ops_t *const providers[] = {&ofi_tcp_ops, &ofi_shm_ops};
+static char provider_names[128];
+static pthread_once_t provider_names_once = PTHREAD_ONCE_INIT;
+
+static void provider_names_init(void)
 {
-    DIR *d = opendir("/dev/shm");
-    if (d == NULL) return;
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL) {
-        if (strncmp(e->d_name, SHM_NAME_PREFIX, strlen(SHM_NAME_PREFIX)) != 0) continue;
-        char *end;
-        long pid = strtol(e->d_name + strlen(SHM_NAME_PREFIX), &end, 10);
-        if (pid > 0 && *end == '.' && kill((pid_t)pid, 0) != 0 && errno == ESRCH) shm_unlink(e->d_name);
+    size_t off = 0;
+    for (size_t i = 0; i < XM_ARRAY_LEN(providers) && off < sizeof(provider_names); i++) {
+        int n = snprintf(provider_names + off, sizeof(provider_names) - off, "%s%s",
+                         i > 0 ? ", " : "", providers[i]->name);
+        if (n < 0) break;
+        off += (size_t)n;
     }
-    closedir(d);
 }
+
+const xfer_ops_t *xfer_ops_find(const char *name)
+{
+    for (size_t i = 0; name != NULL && i < XM_ARRAY_LEN(providers); i++) {
+        if (strcmp(providers[i]->name, name) == 0) return providers[i];
+    }
+    return NULL;
+}
+
+bool net_provider_caps(const char *name, uint32_t *caps_p)
+{
+    const xfer_ops_t *ops = xfer_ops_find(name);
+    if (ops == NULL) return false;
+    if (caps_p != NULL) *caps_p = ops->caps;
+    return true;
+}
+
+const char *net_provider_names(void)
+{
+    pthread_once(&provider_names_once, provider_names_init);
+    return provider_names;
+}
+
+/* ---- endpoints -------------------------------------------------------------- */
 
 xm_status_t net_fabric_open(const char *provider, net_role_t role, const char *host,
                             const char *service, net_fabric_t *fab)
 {
     memset(fab, 0, sizeof(*fab));
     fab->wait_fd = -1;
-    bool is_tcp = strcmp(provider, "tcp") == 0;
-    if (!is_tcp && strcmp(provider, "shm") != 0) {
-        xm_log_error("unknown provider '%s' (use tcp or shm)", provider);
+    const xfer_ops_t *ops = xfer_ops_find(provider);
+    if (ops == NULL) {
+        xm_log_error("unknown provider '%s' (known: %s)", provider != NULL ? provider : "",
+                     net_provider_names());
         return XM_ERR_INVALID;
     }
+    fab->ops = ops;
+    fab->caps = ops->caps;
     snprintf(fab->provider, sizeof(fab->provider), "%s", provider);
     bool target = role == NET_ROLE_TARGET;
 
@@ -339,24 +215,16 @@ xm_status_t net_fabric_open(const char *provider, net_role_t role, const char *h
     if (target) {
         hints->caps |= FI_MSG | FI_TAGGED; /* only to take in and drop what peers send */
     }
-    if (target && !is_tcp) {
-        hints->caps |= FI_RMA_EVENT; /* lets the progress loop see remote accesses */
-    }
     hints->mode = 0;
     /* no FI_MR_VIRT_ADDR (offsets, checked by shm too), no FI_MR_PROV_KEY (we pick keys) */
     hints->domain_attr->mr_mode = 0;
     hints->domain_attr->threading = FI_THREAD_SAFE;
-    hints->fabric_attr->prov_name = strdup(provider);
-    if (is_tcp) {
-        hints->addr_format = FI_SOCKADDR_IN;
-    }
-    const char *node = target && is_tcp ? host : NULL;
-    const char *svc = target && is_tcp && service != NULL && strcmp(service, "0") != 0 ? service : NULL;
-    int rc = fi_getinfo(NET_FI_VERSION, node, svc, node != NULL ? FI_SOURCE : 0, hints, &fab->info);
+    hints->fabric_attr->prov_name = strdup(ops->name);
+    int rc = ops->getinfo(hints, role, host, service, &fab->info);
     fi_freeinfo(hints);
     xm_status_t status;
     if (rc != 0) {
-        status = fi_fail("fi_getinfo", rc);
+        status = ofi_fail("fi_getinfo", rc);
         goto err;
     }
     fab->max_msg = fab->info->ep_attr->max_msg_size;
@@ -366,36 +234,36 @@ xm_status_t net_fabric_open(const char *provider, net_role_t role, const char *h
     }
     rc = fi_fabric(fab->info->fabric_attr, &fab->fabric, NULL);
     if (rc != 0) {
-        status = fi_fail("fi_fabric", rc);
+        status = ofi_fail("fi_fabric", rc);
         goto err;
     }
     rc = fi_domain(fab->fabric, fab->info, &fab->domain, NULL);
     if (rc != 0) {
-        status = fi_fail("fi_domain", rc);
+        status = ofi_fail("fi_domain", rc);
         goto err;
     }
     struct fi_cq_attr cq_attr = {.size = NET_CQ_DEPTH, .format = FI_CQ_FORMAT_CONTEXT,
-                                 .wait_obj = target && is_tcp ? FI_WAIT_FD : FI_WAIT_NONE};
+                                 .wait_obj = target ? ops->target_cq_wait : FI_WAIT_NONE};
     rc = fi_cq_open(fab->domain, &cq_attr, &fab->cq, NULL);
     if (rc != 0) {
-        status = fi_fail("fi_cq_open", rc);
+        status = ofi_fail("fi_cq_open", rc);
         goto err;
     }
     struct fi_av_attr av_attr = {.type = FI_AV_TABLE};
     rc = fi_av_open(fab->domain, &av_attr, &fab->av, NULL);
     if (rc != 0) {
-        status = fi_fail("fi_av_open", rc);
+        status = ofi_fail("fi_av_open", rc);
         goto err;
     }
     rc = fi_endpoint(fab->domain, fab->info, &fab->ep, NULL);
     if (rc != 0) {
-        status = fi_fail("fi_endpoint", rc);
+        status = ofi_fail("fi_endpoint", rc);
         goto err;
     }
     rc = fi_ep_bind(fab->ep, &fab->cq->fid, FI_TRANSMIT | FI_RECV);
     if (rc == 0) rc = fi_ep_bind(fab->ep, &fab->av->fid, 0);
     if (rc != 0) {
-        status = fi_fail("fi_ep_bind", rc);
+        status = ofi_fail("fi_ep_bind", rc);
         goto err;
     }
     if (target && (fab->info->caps & FI_RMA_EVENT)) {
@@ -406,54 +274,28 @@ xm_status_t net_fabric_open(const char *provider, net_role_t role, const char *h
             fab->rma_cntr = NULL;
         }
     }
-    if (!is_tcp) {
-        /* shm names its region in /dev/shm "PID:EP:DOMAIN" by default: a process killed with
-         * -9 leaves its file, and a later process given the same pid cannot enable an
-         * endpoint (EBUSY). Our own unique name, and the files of our dead processes go. */
-        shm_reap_stale();
-        char name[64];
-        uint64_t nonce;
-        rpc_random(&nonce, sizeof(nonce));
-        snprintf(name, sizeof(name), SHM_NAME_PREFIX "%d.%016llx", (int)getpid(),
-                 (unsigned long long)nonce);
-        rc = fi_setname(&fab->ep->fid, name, strlen(name) + 1);
-        if (rc != 0) {
-            status = fi_fail("fi_setname", rc);
-            goto err;
-        }
+    if (ops->before_enable != NULL) {
+        status = ops->before_enable(fab, role);
+        if (status != XM_OK) goto err;
     }
     rc = fi_enable(fab->ep);
     if (rc != 0) {
-        status = fi_fail("fi_enable", rc);
+        status = ofi_fail("fi_enable", rc);
         goto err;
     }
     fab->addr_len = sizeof(fab->addr);
     rc = fi_getname(&fab->ep->fid, fab->addr, &fab->addr_len);
     if (rc != 0) {
-        status = fi_fail("fi_getname", rc);
+        status = ofi_fail("fi_getname", rc);
         goto err;
     }
-    if (target && is_tcp) {
-        rc = fi_control(&fab->cq->fid, FI_GETWAIT, &fab->wait_fd);
-        if (rc != 0) {
-            fab->wait_fd = -1;
-        }
+    if (ops->after_enable != NULL) {
+        status = ops->after_enable(fab, role);
+        if (status != XM_OK) goto err;
     }
     if (target) {
         status = drain_start(fab);
         if (status != XM_OK) goto err;
-    }
-    if (target && !is_tcp) {
-        status = bell_create(fab);
-        if (status != XM_OK) goto err;
-    }
-    if (!target && !is_tcp) {
-        fab->bells = calloc(1, sizeof(*fab->bells));
-        if (fab->bells == NULL) {
-            status = XM_ERR_NO_MEMORY;
-            goto err;
-        }
-        pthread_mutex_init(&fab->bells->lock, NULL);
     }
     xm_log_debug("fabric open: provider %s, max message %zu, tx depth %zu",
                  fab->info->fabric_attr->prov_name, fab->max_msg, fab->tx_depth);
@@ -480,7 +322,7 @@ xm_status_t net_mr_reg(net_fabric_t *fab, void *addr, size_t len, xm_access_t ac
             continue; /* duplicate key: draw again */
         }
         if (rc != 0) {
-            return fi_fail("fi_mr_reg", rc);
+            return ofi_fail("fi_mr_reg", rc);
         }
         *mr_p = mr;
         *key_p = key;
@@ -505,19 +347,9 @@ xm_status_t net_peer_insert(net_fabric_t *fab, const uint8_t *addr, size_t len,
         return XM_ERR_PROTOCOL;
     }
     memcpy(name, addr, len);
-    if (fab->info->addr_format == FI_SOCKADDR_IN) {
-        if (len != sizeof(struct sockaddr_in)) {
-            return XM_ERR_PROTOCOL;
-        }
-        struct sockaddr_in *sin = (struct sockaddr_in *)name;
-        if (sin->sin_family != AF_INET) {
-            return XM_ERR_PROTOCOL;
-        }
-        /* an appliance bound to 0.0.0.0 is reached where its control socket was */
-        if (sin->sin_addr.s_addr == htonl(INADDR_ANY) && ctrl_peer != NULL &&
-            ctrl_peer->sa_family == AF_INET) {
-            sin->sin_addr = ((const struct sockaddr_in *)ctrl_peer)->sin_addr;
-        }
+    if (fab->ops->peer_addr != NULL) {
+        xm_status_t status = fab->ops->peer_addr(fab, name, len, ctrl_peer);
+        if (status != XM_OK) return status;
     }
     fi_addr_t peer;
     int rc = fi_av_insert(fab->av, name, 1, &peer, 0, NULL);
@@ -525,7 +357,7 @@ xm_status_t net_peer_insert(net_fabric_t *fab, const uint8_t *addr, size_t len,
         xm_log_error("cannot resolve the appliance's data address (fi_av_insert: %d)", rc);
         return XM_ERR_PROTOCOL;
     }
-    bell_attach(fab, name, len, peer);
+    if (fab->ops->peer_inserted != NULL) fab->ops->peer_inserted(fab, name, len, peer);
     *peer_p = peer;
     return XM_OK;
 }
@@ -542,11 +374,11 @@ static xm_status_t post_status(const char *what, ssize_t rc)
     return rc == -FI_ENOTCONN || rc == -FI_ECONNRESET ? XM_ERR_DISCONNECTED : XM_ERR_TRANSPORT;
 }
 
-/* A post's status; a post to a sleeping shm peer wakes it, and so does one its full queue
- * refused (it has work). */
+/* A post's status; the provider hears of a post (or of one the peer's full queue refused: it
+ * has work) to wake a sleeping peer. */
 static xm_status_t posted(net_fabric_t *fab, fi_addr_t peer, const char *what, ssize_t rc)
 {
-    if (rc == 0 || rc == -FI_EAGAIN) bell_ring(fab, peer);
+    if ((rc == 0 || rc == -FI_EAGAIN) && fab->ops->posted != NULL) fab->ops->posted(fab, peer);
     return post_status(what, rc);
 }
 
@@ -651,16 +483,9 @@ int net_poll(net_fabric_t *fab, net_completion_t *out, int max)
     return got;
 }
 
-/* shm: after the spin, naps this long before sleeping on the doorbell (a large transfer's
- * later segments are not rung; the naps keep them moving between a client's polls) */
-#define NET_NAP_PHASE_NS 20000000ull
-#define NET_NAP_NS 20000L
-/* shm: an asleep target still polls this often (what nothing rang: see net_bell) */
-#define NET_BELL_WAIT_NS 100000000L
+/* ---- the target's progress loop ------------------------------------------------ */
 
-/* Target: one round of progress; true when it showed activity (a completion, a remote
- * access counted). Drain receives are posted again here. */
-static bool progress_round(net_fabric_t *fab, uint64_t *last_cntr)
+bool ofi_progress_round(net_fabric_t *fab, ofi_progress_t *p)
 {
     net_completion_t c[16];
     int n = net_poll(fab, c, 16); /* drives progress; errors are logged by the provider */
@@ -673,89 +498,34 @@ static bool progress_round(net_fabric_t *fab, uint64_t *last_cntr)
     bool active = n > 0;
     if (fab->rma_cntr != NULL) {
         uint64_t v = fi_cntr_read(fab->rma_cntr);
-        if (v != *last_cntr) {
-            *last_cntr = v;
+        if (v != p->last_cntr) {
+            p->last_cntr = v;
             active = true;
         }
     }
     return active;
 }
 
-/* shm target: sleep on the doorbell until rung or NET_BELL_WAIT_NS; true when rung or
- * when the last look before sleeping found work. */
-static bool bell_sleep(net_fabric_t *fab, uint64_t *last_cntr)
-{
-    struct net_bell *b = fab->bell;
-    uint32_t seq = atomic_load_explicit(&b->seq, memory_order_relaxed);
-    atomic_store_explicit(&b->sleeping, 1, memory_order_relaxed);
-    atomic_thread_fence(memory_order_seq_cst); /* sleeping is visible before our last look */
-    bool woke = progress_round(fab, last_cntr);
-    if (!woke) {
-        struct timespec ts = {0, NET_BELL_WAIT_NS};
-        futex(&b->seq, FUTEX_WAIT, seq, &ts); /* not FUTEX_PRIVATE: clients are other processes */
-        woke = atomic_load_explicit(&b->seq, memory_order_relaxed) != seq;
-    }
-    atomic_store_explicit(&b->sleeping, 0, memory_order_relaxed);
-    return woke;
-}
-
 void net_progress_run(net_fabric_t *fab, const net_progress_opts_t *opts, atomic_int *stop,
                       int stop_fd)
 {
-    const uint64_t spin_ns = (uint64_t)opts->spin_us * 1000ull;
-    uint64_t last_active = xm__now_ns();
-    uint64_t last_cntr = fab->rma_cntr != NULL ? fi_cntr_read(fab->rma_cntr) : 0;
+    ofi_progress_t p = {.spin_ns = (uint64_t)opts->spin_us * 1000ull, .last_active = xm__now_ns(),
+                        .last_cntr = fab->rma_cntr != NULL ? fi_cntr_read(fab->rma_cntr) : 0,
+                        .stop_fd = stop_fd};
+    const xfer_ops_t *ops = fab->ops;
     prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0); /* 1 µs: idle naps stay short */
-    unsigned iter = 0;
-    bool prev_long = false;
     while (!atomic_load_explicit(stop, memory_order_relaxed)) {
         uint64_t before = xm__now_ns();
-        bool active = progress_round(fab, &last_cntr);
+        bool active = ofi_progress_round(fab, &p);
         uint64_t now = xm__now_ns();
-        if (active) {
-            last_active = now;
+        p.iter++;
+        bool moving = ops->moving != NULL && ops->moving(fab, &p, now - before);
+        if (active || moving) {
+            p.last_active = now;
         }
-        /* a large transfer in progress shows neither in the counter nor as a completion:
-         * with a wait fd (tcp), its sockets have data (the fd is readable); without (shm),
-         * progress calls that took a while moved data. Two in a row: about one idle call
-         * in 4,500 is long by itself (an interrupt, a preemption), and counting those kept
-         * an idle shm appliance from ever sleeping. (Not the long call with a wait fd: on a
-         * loaded CPU a call is long because the thread was preempted.) */
-        if (fab->wait_fd >= 0) {
-            if ((++iter & 15) == 0) {
-                struct pollfd p = {.fd = fab->wait_fd, .events = POLLIN};
-                if (poll(&p, 1, 0) > 0) {
-                    last_active = now;
-                }
-            }
-        } else {
-            bool is_long = now - before > 2000;
-            if (is_long && prev_long) {
-                last_active = now;
-            }
-            prev_long = is_long;
-        }
-        if (now - last_active < spin_ns) {
+        if (now - p.last_active < p.spin_ns) {
             continue; /* busy: keep polling, a wake-up across CPUs costs ~20 µs here */
         }
-        if (fab->wait_fd >= 0) {
-            struct fid *fids[1] = {&fab->cq->fid};
-            if (fi_trywait(fab->fabric, fids, 1) != FI_SUCCESS) {
-                continue;
-            }
-            struct pollfd p[2] = {{.fd = fab->wait_fd, .events = POLLIN},
-                                  {.fd = stop_fd, .events = POLLIN}};
-            if (poll(p, stop_fd >= 0 ? 2 : 1, 1000) > 0) {
-                last_active = xm__now_ns(); /* woken by traffic: spin again */
-            }
-        } else if (fab->bell != NULL && now - last_active >= spin_ns + NET_NAP_PHASE_NS) {
-            if (bell_sleep(fab, &last_cntr)) {
-                last_active = xm__now_ns();
-            }
-            prev_long = false;
-        } else {
-            struct timespec nap = {0, NET_NAP_NS};
-            nanosleep(&nap, NULL);
-        }
+        ops->idle(fab, &p);
     }
 }

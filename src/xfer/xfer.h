@@ -1,5 +1,10 @@
-/* xfer: the data transport (libfabric; net_* functions). libfabric data endpoints with per-region registrations
- * and one-sided ops. The control channel is src/rpc. */
+/* xfer: the data transport (net_* functions): libfabric data endpoints with per-region
+ * registrations and one-sided ops, and the appliance's progress engine. The control channel
+ * is src/rpc.
+ *
+ * Providers sit behind one ops table (ofi.h: xfer_ops_t): ofi.c holds what every libfabric
+ * provider shares, ofi_tcp.c and ofi_shm.c what only one of them does. Nothing above xfer/
+ * names a provider to decide behaviour: it asks net_provider_caps() / net_fabric_caps(). */
 #ifndef XM_XFER_H
 #define XM_XFER_H
 
@@ -16,7 +21,22 @@
 #include "../proto/proto.h"
 #include "../rpc/rpc.h"
 
-/* ---- data endpoints (fabric.c) ------------------------------------------ */
+/* ---- providers ------------------------------------------------------------ */
+
+/* What a provider's endpoints are like, for code above xfer/ (instead of comparing names). */
+#define NET_CAP_IP_ADDR    (1u << 0) /* data addresses are IPv4 socket addresses: a wildcard one
+                                      * is reached where the control connection came from, and a
+                                      * peer can be probed with a TCP connect to it */
+#define NET_CAP_CHECK_PEER (1u << 1) /* a post to a peer that died can hang inside the provider:
+                                      * check the peer's control connection before posting */
+#define NET_CAP_SAME_HOST  (1u << 2) /* reaches peers on this host only */
+
+/* The capabilities of a provider by name; false when no provider has that name. */
+bool net_provider_caps(const char *name, uint32_t *caps_p);
+/* The known providers' names, ", "-separated (for messages: "use tcp or shm"). */
+const char *net_provider_names(void);
+
+/* ---- data endpoints (ofi.c) ---------------------------------------------- */
 
 typedef enum net_role {
     NET_ROLE_TARGET,    /* appliance: registrations, progress, no initiated ops */
@@ -37,9 +57,10 @@ typedef struct net_fabric {
     struct fid_av *av;
     struct fid_cntr *rma_cntr; /* target: counts remote accesses where the provider can */
     int wait_fd;               /* target: CQ wait fd, -1 when the provider has none */
-    struct net_bell *bell;     /* target over shm: the doorbell its clients ring (fabric.c) */
-    struct net_bells *bells;   /* initiator over shm: its peers' doorbells, by fi_addr_t */
     struct net_drain *drain;   /* target: receives that take in and drop peers' messages */
+    const struct xfer_ops *ops; /* the provider's table (ofi.h) */
+    void *prov;                /* the provider's own state (its file's), NULL when none */
+    uint32_t caps;             /* NET_CAP_* of the provider */
     char provider[64];         /* "tcp" or "shm" as configured; info has the full name */
     uint8_t addr[XM_FABRIC_ADDR_MAX];
     size_t addr_len;
@@ -48,12 +69,19 @@ typedef struct net_fabric {
 } net_fabric_t;
 
 /*
- * Open an endpoint over provider "tcp" or "shm". A target binds to host (for
- * tcp; port from service, NULL for any) and publishes its name in addr.
+ * Open an endpoint over a provider net_provider_names() lists (an unknown one is refused
+ * with XM_ERR_INVALID and a message naming the known ones). A target binds to host (where
+ * the provider has addresses; port from service, NULL or "0" for any) and publishes its
+ * name in addr.
  */
 xm_status_t net_fabric_open(const char *provider, net_role_t role, const char *host,
                             const char *service, net_fabric_t *fab);
 void net_fabric_close(net_fabric_t *fab);
+
+static inline uint32_t net_fabric_caps(const net_fabric_t *fab)
+{
+    return fab->caps;
+}
 
 /* Register [addr, addr+len) with exactly the given rights under a fresh random key. */
 xm_status_t net_mr_reg(net_fabric_t *fab, void *addr, size_t len, xm_access_t access,
