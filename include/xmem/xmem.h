@@ -315,17 +315,33 @@ XM_API xm_status_t xm_submit(xm_ctx_h ctx, xm_op_t *ops, size_t n);
  */
 typedef struct xm_region *xm_alloc_h;
 
-/** What ::xm_alloc_list reports of an allocation. */
+/**
+ * What ::xm_alloc_list (and ::xm_alloc_create) report of an allocation.
+ *
+ * @p state: "ok" — every part reachable; "degraded" — some parts are on down
+ * appliances or gone, but no more than @p redundancy of them (single and stripe:
+ * an appliance is down, nothing is gone); "lost" — more than @p redundancy
+ * parts are unavailable (single and stripe: a region is gone), so some bytes
+ * cannot be read until appliances come back with their regions.
+ */
 typedef struct xm_alloc_info {
     uint64_t id;                    /**< manager-unique id */
     uint64_t size;                  /**< bytes */
     char name[XM_NAME_MAX + 1];     /**< "" when unnamed */
     char owner[XM_NAME_MAX + 1];    /**< tenant that allocated it */
-    char policy[XM_NAME_MAX + 1];   /**< "single", "stripe:4:1024K" */
-    char state[16];                 /**< "ok", "degraded" (an appliance is down), "lost" */
+    char policy[XM_NAME_MAX + 1];   /**< "single", "stripe:4:1024K", "replicate:2", "ec:4+2:64K" */
+    char state[16];                 /**< "ok", "degraded" or "lost" (above) */
     uint32_t parts;                 /**< regions (appliances) it spans */
+    uint32_t domains;               /**< distinct failure domains its parts are in */
+    uint32_t redundancy;            /**< appliances it can lose without losing data: M of
+                                         ec:K+M, R-1 of replicate:R, 0 for single and stripe */
+    uint32_t domain_max;            /**< most parts in one failure domain: above @p redundancy,
+                                         the loss of that whole domain loses the allocation (the
+                                         manager places parts in distinct domains where there
+                                         are enough, and anyway where there are not) */
+    uint32_t unavailable;           /**< parts now on down appliances or gone */
     uint32_t reserved32_;           /**< zero; room for a new field */
-    uint64_t reserved_[8];          /**< zero; room for new fields (the struct never grows) */
+    uint64_t reserved_[6];          /**< zero; room for new fields (the struct never grows) */
 } xm_alloc_info_t;
 
 /** What ::xm_appliance_list reports of an appliance registered with the manager. */
@@ -347,17 +363,38 @@ typedef struct xm_appliance_entry {
  * Allocate memory through the manager.
  * @param [in]  ctx      a context connected to a manager
  * @param [in]  size     bytes, > 0
- * @param [in]  policy   "single" (or NULL), "stripe:N" or "stripe:N:CHUNK"
- *                       (N parts on N appliances, CHUNK a power of two >= 4K)
+ * @param [in]  policy   "single" (or NULL); "stripe:N" or "stripe:N:CHUNK"
+ *                       (N parts on N appliances, N 1..1024, CHUNK a power of
+ *                       two >= 4K, default the manager's); "replicate:R" (every
+ *                       byte on R appliances, R 2..8); "ec:K+M" or
+ *                       "ec:K+M:CHUNK" (Reed-Solomon: stripes of K data and M
+ *                       parity pieces of CHUNK bytes on K+M appliances, any M
+ *                       of which may be lost; K 1..16, M 1..4, K+M <= 20,
+ *                       CHUNK a power of two 4K..4M, default 64K). Parts go to
+ *                       distinct failure domains where there are enough
+ *                       (::xm_alloc_info_t.domains says where they went).
  * @param [in]  name     unique name, or NULL
  * @param [out] alloc_p  handle, opened read-write
  * @return XM_OK, XM_ERR_NO_SPACE (no room or quota exceeded; nothing is left
  *         allocated), XM_ERR_EXISTS, XM_ERR_INVALID, XM_ERR_CONNECT, ...
  *         A retry after a timeout is sent with the same request id, so it
- *         never allocates twice.
+ *         never allocates twice. This release cannot yet read or write
+ *         replicate and ec allocations: xm_alloc and ::xm_attach refuse them
+ *         with XM_ERR_INVALID (xm_alloc frees what it made); create them with
+ *         ::xm_alloc_create.
  */
 XM_API xm_status_t xm_alloc(xm_ctx_h ctx, uint64_t size, const char *policy, const char *name,
                             xm_alloc_h *alloc_p);
+
+/**
+ * Allocate like ::xm_alloc without opening the allocation: for tools that
+ * make allocations for others to attach (grant it with ::xm_alloc_grant).
+ * @param [out] info_p  what ::xm_alloc_list would report of it (state "ok",
+ *                      the policy as the manager spells it, where its parts went)
+ * @return as ::xm_alloc
+ */
+XM_API xm_status_t xm_alloc_create(xm_ctx_h ctx, uint64_t size, const char *policy,
+                                   const char *name, xm_alloc_info_t *info_p);
 
 /** Free an allocation (owner only), by id or (id 0) name; every key to it dies. */
 XM_API xm_status_t xm_free(xm_ctx_h ctx, uint64_t id, const char *name);

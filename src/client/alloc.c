@@ -40,6 +40,15 @@ static xm_status_t alloc_from_desc(xm_ctx_h ctx, xm_msg_t *rep, xm_alloc_h *allo
         proto_msg_free(rep);
         return status;
     }
+    if (layout.redundancy > 0) {
+        /* its writes must reach every copy or keep parity right (docs/resilience.md): routed
+         * as a stripe they would not, so such a descriptor is never turned into a handle */
+        status = xm__ctx_error(ctx, XM_ERR_INVALID, "allocation %llu is %s: this libxmem cannot "
+                               "read or write replicated or erasure-coded allocations yet",
+                               (unsigned long long)d->id, d->policy);
+        proto_msg_free(rep);
+        return status;
+    }
     /* one endpoint serves every appliance: they must share a provider */
     const char *prov = d->parts[0]->provider;
     for (size_t i = 0; i < d->n_parts; i++) {
@@ -94,10 +103,10 @@ static xm_status_t alloc_from_desc(xm_ctx_h ctx, xm_msg_t *rep, xm_alloc_h *allo
     return XM_OK;
 }
 
-XM_EXPORT xm_status_t xm_alloc(xm_ctx_h ctx, uint64_t size, const char *policy, const char *name,
-                               xm_alloc_h *alloc_p)
+/* Ask the manager for an allocation; its reply (an AllocDesc) in *rep_p. */
+static xm_status_t alloc_request(xm_ctx_h ctx, uint64_t size, const char *policy, const char *name,
+                                 xm_msg_t **rep_p)
 {
-    if (ctx == NULL || alloc_p == NULL) return XM_ERR_INVALID;
     if (size == 0) return xm__ctx_error(ctx, XM_ERR_INVALID, "allocation size must be > 0");
     if (name != NULL && name[0] != '\0' && !xm__name_valid(name)) {
         return xm__ctx_error(ctx, XM_ERR_INVALID, "allocation name must be 1..%d printable characters",
@@ -119,7 +128,67 @@ XM_EXPORT xm_status_t xm_alloc(xm_ctx_h ctx, uint64_t size, const char *policy, 
     if (status == XM_ERR_TIMEOUT || status == XM_ERR_DISCONNECTED) {
         status = xm__rpc(ctx, &req, &rep);
     }
-    return status != XM_OK ? status : alloc_from_desc(ctx, rep, alloc_p);
+    if (status != XM_OK) return status;
+    if (rep->body_case != XMEM__MSG__BODY_ALLOC_DESC) {
+        proto_msg_free(rep);
+        return xm__ctx_error(ctx, XM_ERR_PROTOCOL, "manager sent no allocation descriptor");
+    }
+    *rep_p = rep;
+    return XM_OK;
+}
+
+XM_EXPORT xm_status_t xm_alloc(xm_ctx_h ctx, uint64_t size, const char *policy, const char *name,
+                               xm_alloc_h *alloc_p)
+{
+    if (ctx == NULL || alloc_p == NULL) return XM_ERR_INVALID;
+    xm_msg_t *rep;
+    xm_status_t status = alloc_request(ctx, size, policy, name, &rep);
+    if (status != XM_OK) return status;
+    uint64_t id = rep->alloc_desc->id;
+    status = alloc_from_desc(ctx, rep, alloc_p);
+    if (status == XM_ERR_INVALID) {
+        /* made but not usable here (a resilient one, or another provider): nothing stays
+         * allocated, and the reason stays the one given */
+        char why[256];
+        snprintf(why, sizeof(why), "%s", xm_last_error(ctx));
+        if (xm_free(ctx, id, NULL) == XM_OK) {
+            xm__ctx_error(ctx, status, "%s (freed again)", why);
+        } else {
+            xm__ctx_error(ctx, status, "%s (and freeing it failed: free allocation %llu)", why,
+                          (unsigned long long)id);
+        }
+    }
+    return status;
+}
+
+XM_EXPORT xm_status_t xm_alloc_create(xm_ctx_h ctx, uint64_t size, const char *policy,
+                                      const char *name, xm_alloc_info_t *info_p)
+{
+    if (ctx == NULL || info_p == NULL) return XM_ERR_INVALID;
+    xm_msg_t *rep;
+    xm_status_t status = alloc_request(ctx, size, policy, name, &rep);
+    if (status != XM_OK) return status;
+    const Xmem__AllocDesc *d = rep->alloc_desc;
+    xm__layout_t layout;
+    const char *why;
+    if (proto_desc_layout(d, &layout, &why) != XM_OK) {
+        status = xm__ctx_error(ctx, XM_ERR_PROTOCOL, "allocation descriptor: %s", why);
+        proto_msg_free(rep);
+        return status;
+    }
+    memset(info_p, 0, sizeof(*info_p));
+    info_p->id = d->id;
+    info_p->size = d->size;
+    snprintf(info_p->name, sizeof(info_p->name), "%s", d->name);
+    snprintf(info_p->owner, sizeof(info_p->owner), "%s", d->owner);
+    snprintf(info_p->policy, sizeof(info_p->policy), "%s", d->policy);
+    snprintf(info_p->state, sizeof(info_p->state), "ok");
+    info_p->parts = (uint32_t)d->n_parts;
+    info_p->redundancy = layout.redundancy;
+    info_p->domains = d->domains;
+    info_p->domain_max = d->domain_max;
+    proto_msg_free(rep);
+    return XM_OK;
 }
 
 static void aref_fill(Xmem__AllocRef *ref, uint64_t id, const char *name, xm_access_t access)
@@ -213,6 +282,10 @@ XM_EXPORT xm_status_t xm_alloc_list(xm_ctx_h ctx, xm_alloc_info_t **infos_p, siz
         snprintf(infos[i].policy, sizeof(infos[i].policy), "%s", in->policy);
         snprintf(infos[i].state, sizeof(infos[i].state), "%s", in->state);
         infos[i].parts = (uint32_t)in->n_appliances;
+        infos[i].redundancy = in->redundancy;
+        infos[i].domains = in->domains;
+        infos[i].domain_max = in->domain_max;
+        infos[i].unavailable = in->unavailable;
     }
     proto_msg_free(rep);
     *infos_p = infos;

@@ -13,40 +13,43 @@
 xm_status_t mgr_policy_parse(const char *text, uint64_t default_chunk, mgr_policy_t *p,
                              const char **why_p)
 {
-    memset(p, 0, sizeof(*p));
-    if (text == NULL || text[0] == '\0' || strcmp(text, "single") == 0) {
-        p->layout = MGR_LAYOUT_SINGLE;
-        p->width = 1;
-        return XM_OK;
-    }
-    if (strncmp(text, "stripe:", 7) == 0) {
-        const char *s = text + 7;
-        char *end;
-        errno = 0;
-        unsigned long n = strtoul(s, &end, 10);
-        if (s[0] < '0' || s[0] > '9' || errno != 0 || n == 0 || n > XM_ALLOC_PARTS_MAX ||
-            (*end != '\0' && *end != ':')) {
-            *why_p = "stripe width must be 1..1024 (stripe:N[:CHUNK])";
-            return XM_ERR_INVALID;
-        }
-        p->layout = MGR_LAYOUT_STRIPE;
-        p->width = (uint32_t)n;
-        p->chunk = default_chunk;
-        if (*end == ':') {
-            if (xm__parse_size(end + 1, &p->chunk) != XM_OK || p->chunk < 4096 ||
-                (p->chunk & (p->chunk - 1)) != 0 || p->chunk > XM_STRIPE_CHUNK_MAX) {
-                *why_p = "stripe chunk must be a power of two from 4K (stripe:N:CHUNK)";
-                return XM_ERR_INVALID;
-            }
-        }
-        return XM_OK;
-    }
-    if (strncmp(text, "replicate:", 10) == 0 || strncmp(text, "ec:", 3) == 0) {
-        *why_p = "replicate and ec policies are not available yet";
+    xm__layout_policy_t lp;
+    xm_status_t status = xm__layout_policy_parse(text, default_chunk, &lp, why_p);
+    if (status != XM_OK) return status;
+    *p = (mgr_policy_t){.layout = (mgr_layout_t)lp.kind, .width = lp.width + lp.redundancy,
+                        .redundancy = lp.redundancy, .chunk = lp.chunk};
+    return XM_OK;
+}
+
+xm_status_t mgr_policy_layout(const mgr_policy_t *p, uint64_t size, xm__layout_t *l_p,
+                              const char **why_p)
+{
+    if (p->redundancy >= p->width) {
+        *why_p = "policy without data parts";
         return XM_ERR_INVALID;
     }
-    *why_p = "unknown policy (use single or stripe:N[:CHUNK])";
-    return XM_ERR_INVALID;
+    return xm__layout_init_full(l_p, (xm__layout_kind_t)p->layout, size, p->width - p->redundancy,
+                                p->redundancy, p->chunk, why_p);
+}
+
+void mgr_alloc_domains(const mgr_t *m, const mgr_alloc_t *a, uint32_t *domains_p,
+                       uint32_t *max_p)
+{
+    uint32_t domains = 0, max = 0;
+    for (uint32_t i = 0; i < a->policy.width; i++) {
+        const char *d = m->apps[a->parts[i].appl]->domain;
+        bool first = true;
+        uint32_t same = 0;
+        for (uint32_t j = 0; j < a->policy.width; j++) {
+            if (strcmp(m->apps[a->parts[j].appl]->domain, d) != 0) continue;
+            if (j < i) first = false;
+            same++;
+        }
+        domains += first;
+        max = same > max ? same : max;
+    }
+    *domains_p = domains;
+    *max_p = max;
 }
 
 mgr_alloc_t *mgr_alloc_new(uint32_t nparts)
@@ -193,14 +196,31 @@ void mgr_alloc_unreserve(mgr_t *m, const mgr_alloc_t *a)
     }
 }
 
+/* Parts on down appliances or gone from theirs (*missing_p: gone). Lock held. */
+static uint32_t alloc_unavailable(const mgr_t *m, const mgr_alloc_t *a, uint32_t *missing_p)
+{
+    uint32_t n = 0, missing = 0;
+    for (uint32_t i = 0; i < a->policy.width; i++) {
+        missing += a->parts[i].missing;
+        n += a->parts[i].missing || !m->apps[a->parts[i].appl]->up;
+    }
+    *missing_p = missing;
+    return n;
+}
+
+/*
+ * ok: every part reachable. A resilient allocation (docs/resilience.md) is degraded
+ * while at most `redundancy` parts are unavailable (every stripe can still be read and
+ * written) and lost beyond (some stripe has fewer than k pieces; it may come back if the
+ * appliances do with their regions). Single and stripe have no redundancy: degraded
+ * while an appliance is down, lost once a region is gone. Lock held.
+ */
 static const char *alloc_state(const mgr_t *m, const mgr_alloc_t *a)
 {
-    const char *state = "ok";
-    for (uint32_t i = 0; i < a->policy.width; i++) {
-        if (a->parts[i].missing) return "lost";
-        if (!m->apps[a->parts[i].appl]->up) state = "degraded";
-    }
-    return state;
+    uint32_t missing, n = alloc_unavailable(m, a, &missing);
+    if (n == 0) return "ok";
+    if (a->policy.redundancy == 0) return missing > 0 ? "lost" : "degraded";
+    return n <= a->policy.redundancy ? "degraded" : "lost";
 }
 
 /* Build an AllocDesc reply (manager lock held); keys[i] overrides the owner's key. */
@@ -228,10 +248,12 @@ static xm_status_t desc_build(mgr_t *m, const mgr_alloc_t *a, xm_access_t access
     d->name = strcpy(own, a->name);
     d->owner = strcpy(own + XM_NAME_MAX + 1, a->owner);
     d->policy = strcpy(own + 2 * (XM_NAME_MAX + 1), a->policy_text);
-    d->layout = a->policy.layout == MGR_LAYOUT_STRIPE ? XMEM__LAYOUT__LAYOUT_STRIPE
-                                                      : XMEM__LAYOUT__LAYOUT_SINGLE;
+    /* mgr_layout_t and the wire's Layout share their numbers */
+    d->layout = (Xmem__Layout)a->policy.layout;
     d->width = n;
+    d->redundancy = a->policy.redundancy;
     d->chunk = a->policy.chunk;
+    mgr_alloc_domains(m, a, &d->domains, &d->domain_max);
     d->access = (Xmem__Access)access;
     d->generation = a->generation;
     d->n_parts = n;
@@ -403,8 +425,7 @@ xm_status_t mgr_alloc_create(mgr_t *m, const char *tenant, const Xmem__AllocRequ
         return status;
     }
     xm__layout_t lay;
-    status = xm__layout_init(&lay, pol.layout == MGR_LAYOUT_STRIPE ? XM_LAYOUT_STRIPE : XM_LAYOUT_SINGLE,
-                             req->size, pol.width, pol.chunk, &w);
+    status = mgr_policy_layout(&pol, req->size, &lay, &w);
     if (status != XM_OK) {
         WHY("%s", w);
         return status;
@@ -431,13 +452,8 @@ xm_status_t mgr_alloc_create(mgr_t *m, const char *tenant, const Xmem__AllocRequ
     a->policy = pol;
     snprintf(a->owner, sizeof(a->owner), "%s", tenant);
     snprintf(a->name, sizeof(a->name), "%s", req->name != NULL ? req->name : "");
-    if (pol.layout == MGR_LAYOUT_STRIPE) {
-        char c[32];
-        snprintf(c, sizeof(c), "%lluK", (unsigned long long)(pol.chunk >> 10));
-        snprintf(a->policy_text, sizeof(a->policy_text), "stripe:%u:%s", pol.width, c);
-    } else {
-        snprintf(a->policy_text, sizeof(a->policy_text), "single");
-    }
+    xm__layout_policy_t lp = xm__layout_policy_of(&lay);
+    xm__layout_policy_str(&lp, a->policy_text, sizeof(a->policy_text));
 
     pthread_mutex_lock(&m->lock);
     for (;;) {
@@ -564,6 +580,17 @@ xm_status_t mgr_alloc_create(mgr_t *m, const char *tenant, const Xmem__AllocRequ
         goto err_mem;
     }
     pthread_mutex_lock(&m->lock);
+    if (pol.redundancy > 0) {
+        uint32_t domains, dmax;
+        mgr_alloc_domains(m, a, &domains, &dmax);
+        /* placed anyway (a one-domain test cluster must work), and said: the reply carries
+         * the counts, `xmem alloc` prints them */
+        if (dmax > pol.redundancy)
+            xm_log_warn("allocation %llu (%s): its %u parts are in %u failure domain%s, up to %u "
+                        "in one: the loss of such a domain loses it (it tolerates %u)",
+                        (unsigned long long)a->id, a->policy_text, pol.width, domains,
+                        domains == 1 ? "" : "s", dmax, pol.redundancy);
+    }
     if (b != NULL) {
         /* usable once the batch is committed (mgr_batch_finish) */
         b->ops[b->nops++] = (mgr_batch_op_t){.kind = MGR_BATCH_CREATED, .alloc = a, .slot = slot};
@@ -879,6 +906,10 @@ xm_status_t mgr_alloc_list(mgr_t *m, const char *tenant, xm_msg_t *rep)
         in->owner = strcpy(s + XM_NAME_MAX + 1, a->owner);
         in->policy = strcpy(s + 2 * (XM_NAME_MAX + 1), a->policy_text);
         in->state = strcpy(s + 3 * (XM_NAME_MAX + 1), alloc_state(m, a));
+        uint32_t missing;
+        in->redundancy = a->policy.redundancy;
+        in->unavailable = alloc_unavailable(m, a, &missing);
+        mgr_alloc_domains(m, a, &in->domains, &in->domain_max);
         char *tail = (char *)(apps + a->policy.width);
         for (uint32_t i = 0; i < a->policy.width; i++) {
             apps[i] = strcpy(tail + (size_t)i * (XM_NAME_MAX + 1), m->apps[a->parts[i].appl]->addr);

@@ -107,17 +107,19 @@ typedef struct mgr_grant {
     xm_access_t access;
 } mgr_grant_t;
 
+/* The same numbers as xm__layout_kind_t (src/common/layout.h) and the table's layout column. */
 typedef enum mgr_layout {
     MGR_LAYOUT_SINGLE = 1,
     MGR_LAYOUT_STRIPE = 2,
-    /* MGR_LAYOUT_REPLICATE, MGR_LAYOUT_EC: parts carry copies / parity; the
-     * descriptor grows a role per part, placement already spreads parts. */
+    MGR_LAYOUT_REPLICATE = 3,        /* every part a copy; part 0 the primary */
+    MGR_LAYOUT_EC = 4,               /* Reed-Solomon stripes, each piece of a stripe on its own part */
 } mgr_layout_t;
 
 typedef struct mgr_policy {
     mgr_layout_t layout;
-    uint32_t width;                  /* parts */
-    uint64_t chunk;                  /* stripe unit */
+    uint32_t width;                  /* parts, all of them (data + redundancy) */
+    uint32_t redundancy;             /* parity (ec) or extra copies (replicate) among them */
+    uint64_t chunk;                  /* stripe unit (stripe, ec); 0 otherwise */
 } mgr_policy_t;
 
 /* The key a retried request is recognised by: its tenant and request id (zero-padded). */
@@ -159,9 +161,17 @@ typedef struct mgr_tenant {
 /* Requests one round of the server's event loop serves together (one commit). */
 #define MGR_BATCH_MAX 64
 
-/* "single", "stripe:N", "stripe:N:CHUNK" */
+/* "single", "stripe:N[:CHUNK]", "replicate:R", "ec:K+M[:CHUNK]" (xm__layout_policy_parse;
+ * default_chunk is the stripe's) */
 xm_status_t mgr_policy_parse(const char *text, uint64_t default_chunk, mgr_policy_t *p,
                              const char **why_p);
+/* The layout of an allocation of size bytes under p (checked). */
+xm_status_t mgr_policy_layout(const mgr_policy_t *p, uint64_t size, xm__layout_t *l_p,
+                              const char **why_p);
+/* How an allocation's parts sit in failure domains: distinct domains, the most parts in
+ * one. Lock held. */
+void mgr_alloc_domains(const mgr_t *m, const mgr_alloc_t *a, uint32_t *domains_p,
+                       uint32_t *max_p);
 mgr_alloc_t *mgr_alloc_new(uint32_t nparts);
 void mgr_alloc_free_mem(mgr_alloc_t *a);
 /* Free every allocation in the table and its indexes (at exit). */

@@ -62,7 +62,7 @@ static const char schema[] =
     "CREATE TABLE IF NOT EXISTS allocs(id INTEGER PRIMARY KEY, request_id INTEGER NOT NULL,"
     "  owner TEXT NOT NULL, name TEXT NOT NULL, size INTEGER NOT NULL, policy TEXT NOT NULL,"
     "  layout INTEGER NOT NULL, width INTEGER NOT NULL, chunk INTEGER NOT NULL,"
-    "  generation INTEGER NOT NULL);"
+    "  generation INTEGER NOT NULL, redundancy INTEGER NOT NULL DEFAULT 0);"
     /* WITHOUT ROWID: the key is the table, so a write touches one b-tree, not two
      * (tables created by earlier versions keep their rowid and work the same) */
     "CREATE TABLE IF NOT EXISTS parts(alloc_id INTEGER NOT NULL, idx INTEGER NOT NULL,"
@@ -166,7 +166,7 @@ static xm_status_t sq_open(const char *path, mgr_store_t **st_p, char *why, size
     sqlite3_busy_timeout(st->db, 5000);
     char *err = NULL;
     /* user_version 1: keys are sealed. A table written before that with parts in it holds
-     * them in clear until load re-seals them. */
+     * them in clear until load re-seals them. 2: allocs has the redundancy column. */
     sqlite3_stmt *uv;
     int version = 0, nparts = 0;
     if (sqlite3_prepare_v2(st->db, "PRAGMA user_version", -1, &uv, NULL) == SQLITE_OK) {
@@ -180,13 +180,19 @@ static xm_status_t sq_open(const char *path, mgr_store_t **st_p, char *why, size
     st->legacy_clear = version == 0 && nparts > 0;
     /* tables from before appliance identities get the column (an error: it is there) */
     sqlite3_exec(st->db, "ALTER TABLE appliances ADD COLUMN identity BLOB", NULL, NULL, NULL);
+    /* user_version 2: allocations record their redundancy (replicate, ec); a table from
+     * before holds only single and stripe allocations, which have none */
+    if (version < 2)
+        sqlite3_exec(st->db, "ALTER TABLE allocs ADD COLUMN redundancy INTEGER NOT NULL DEFAULT 0",
+                     NULL, NULL, NULL);
     if (sqlite3_exec(st->db, schema, NULL, NULL, &err) != SQLITE_OK) {
         snprintf(why, whylen, "%s: %s", path, err != NULL ? err : "schema failed");
         sqlite3_free(err);
         goto err;
     }
     struct { sqlite3_stmt **s; const char *sql; } stmts[] = {
-        {&st->put_alloc, "INSERT OR REPLACE INTO allocs VALUES(?,?,?,?,?,?,?,?,?,?)"},
+        {&st->put_alloc, "INSERT OR REPLACE INTO allocs(id,request_id,owner,name,size,policy,"
+                         "layout,width,chunk,generation,redundancy) VALUES(?,?,?,?,?,?,?,?,?,?,?)"},
         {&st->put_part, "INSERT INTO parts VALUES(?,?,?,?,?,?)"},
         {&st->put_grant, "INSERT INTO grants VALUES(?,?,?)"},
         {&st->del_alloc, "DELETE FROM allocs WHERE id=?"},
@@ -373,6 +379,7 @@ static xm_status_t sq_alloc_put(mgr_store_t *st, const mgr_alloc_t *a, const cha
         sqlite3_bind_int(s, 8, (int)a->policy.width);
         sqlite3_bind_int64(s, 9, (sqlite3_int64)a->policy.chunk);
         sqlite3_bind_int64(s, 10, (sqlite3_int64)a->generation);
+        sqlite3_bind_int(s, 11, (int)a->policy.redundancy);
         ok = step_done(st, s) && delete_rows(st, a->id, false);
     }
     for (uint32_t i = 0; ok && i < a->policy.width; i++) {
@@ -475,7 +482,7 @@ static xm_status_t sq_load(mgr_store_t *st, mgr_t *m)
     sqlite3_finalize(s);
     s = NULL;
     if (sqlite3_prepare_v2(st->db, "SELECT id,request_id,owner,name,size,policy,layout,width,chunk,"
-                           "generation FROM allocs ORDER BY id", -1, &s, NULL) != SQLITE_OK) {
+                           "generation,redundancy FROM allocs ORDER BY id", -1, &s, NULL) != SQLITE_OK) {
         status = XM_ERR_IO;
         goto out;
     }
@@ -483,9 +490,17 @@ static xm_status_t sq_load(mgr_store_t *st, mgr_t *m)
     while (sqlite3_step(s) == SQLITE_ROW) {
         uint32_t width = (uint32_t)sqlite3_column_int(s, 7);
         int layout = sqlite3_column_int(s, 6);
+        mgr_policy_t pol = {.layout = (mgr_layout_t)layout, .width = width,
+                            .redundancy = (uint32_t)sqlite3_column_int(s, 10),
+                            .chunk = (uint64_t)sqlite3_column_int64(s, 8)};
+        xm__layout_t lay;
+        const char *why = "bad width";
+        /* a record this manager cannot route (a newer manager's layout, a damaged file) stops
+         * the load: serving it as something else would hand out wrong descriptors */
         if (width == 0 || width > XM_ALLOC_PARTS_MAX ||
-            (layout != MGR_LAYOUT_SINGLE && layout != MGR_LAYOUT_STRIPE)) {
-            xm_log_error("allocation table: bad allocation record %lld", sqlite3_column_int64(s, 0));
+            mgr_policy_layout(&pol, (uint64_t)sqlite3_column_int64(s, 4), &lay, &why) != XM_OK) {
+            xm_log_error("allocation table: bad allocation record %lld: %s",
+                         sqlite3_column_int64(s, 0), why);
             goto out;
         }
         mgr_alloc_t *a = mgr_alloc_new(width);
@@ -499,9 +514,7 @@ static xm_status_t sq_load(mgr_store_t *st, mgr_t *m)
         snprintf(a->name, sizeof(a->name), "%s", col_text(s, 3));
         a->size = (uint64_t)sqlite3_column_int64(s, 4);
         snprintf(a->policy_text, sizeof(a->policy_text), "%s", col_text(s, 5));
-        a->policy.layout = (mgr_layout_t)layout;
-        a->policy.width = width;
-        a->policy.chunk = (uint64_t)sqlite3_column_int64(s, 8);
+        a->policy = pol;
         a->generation = (uint64_t)sqlite3_column_int64(s, 9);
         uint32_t got = 0;
         sqlite3_bind_int64(p, 1, (sqlite3_int64)a->id);
@@ -554,7 +567,7 @@ static xm_status_t sq_load(mgr_store_t *st, mgr_t *m)
             }
         }
         sqlite3_finalize(u);
-        ok = ok && exec(st, "PRAGMA user_version=1") && exec(st, "COMMIT");
+        ok = ok && exec(st, "PRAGMA user_version=2") && exec(st, "COMMIT");
         if (!ok) {
             exec(st, "ROLLBACK");
             xm_log_error("allocation table: cannot seal the region keys: %s", sqlite3_errmsg(st->db));
@@ -562,7 +575,7 @@ static xm_status_t sq_load(mgr_store_t *st, mgr_t *m)
         }
         xm_log_info("allocation table: region keys sealed");
         st->legacy_clear = false;
-    } else if (!exec(st, "PRAGMA user_version=1")) {
+    } else if (!exec(st, "PRAGMA user_version=2")) {
         goto out;
     }
     status = XM_OK;

@@ -76,8 +76,9 @@ static xm_status_t alloc_desc_ok(const Xmem__AllocDesc *d, const char **why_p)
         FAIL(single ? "single layout does not cover the size" : "layout width does not match the parts");
     for (uint32_t i = 0; i < d->n_parts; i++) {
         if (d->parts[i]->size < xm__layout_part_size(&l, i))
-            FAIL(single ? "single layout does not cover the size" : "stripe part smaller than its share");
+            FAIL(single ? "single layout does not cover the size" : "part smaller than its share");
     }
+    if (d->domains > d->n_parts || d->domain_max > d->n_parts) FAIL("bad failure domain counts");
     return XM_OK;
 }
 
@@ -91,10 +92,19 @@ xm_status_t proto_desc_layout(const Xmem__AllocDesc *d, xm__layout_t *layout_p, 
     case XMEM__LAYOUT__LAYOUT_STRIPE:
         kind = XM_LAYOUT_STRIPE;
         break;
+    case XMEM__LAYOUT__LAYOUT_REPLICATE:
+        kind = XM_LAYOUT_REPLICATE;
+        break;
+    case XMEM__LAYOUT__LAYOUT_EC:
+        kind = XM_LAYOUT_EC;
+        break;
     default:
         FAIL("unknown layout");
     }
-    if (xm__layout_init(layout_p, kind, d->size, d->width, d->chunk, why_p) != XM_OK)
+    /* on the wire width counts every part; the layout's width only the data pieces */
+    if (d->redundancy >= d->width) FAIL("layout redundancy leaves no data part");
+    if (xm__layout_init_full(layout_p, kind, d->size, d->width - d->redundancy, d->redundancy,
+                             d->chunk, why_p) != XM_OK)
         return XM_ERR_PROTOCOL;
     return XM_OK;
 }
@@ -275,6 +285,9 @@ xm_status_t proto_validate(const xm_msg_t *m, const char **why_p)
             if (!opt_name_ok(a->name) || !opt_name_ok(a->owner) || !opt_name_ok(a->policy) ||
                 !opt_name_ok(a->state))
                 FAIL("bad name in allocation info");
+            if (a->domains > a->n_appliances || a->domain_max > a->n_appliances ||
+                a->unavailable > a->n_appliances || a->redundancy >= XM_ALLOC_PARTS_MAX)
+                FAIL("bad counts in allocation info");
             for (size_t j = 0; j < a->n_appliances; j++) {
                 if (!xm__name_valid(a->appliances[j])) FAIL("bad appliance address");
             }

@@ -9,7 +9,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
+
+#include <sqlite3.h>
 
 #include "harness.h"
 /* xm__rpc: send a request exactly as built here (a chosen request id) */
@@ -715,4 +719,372 @@ Test(manager, names_retries_and_quota_follow_the_table, .fini = teardown, .timeo
     cr_assert_eq(xm_free(ctx, 0, "n5"), XM_OK);
     xm_alloc_close(a);
     xm_disconnect(ctx);
+}
+
+/* ---- resilient policies (issue 12): placement, state, the table ------------------- */
+
+/* Start appliance i of the cluster in failure domain dom (xt_cluster_start_appliance names
+ * them d0, d1, ...). */
+static void start_in_domain(xt_cluster_t *c, int i, const char *dom)
+{
+    char sub[300];
+    snprintf(sub, sizeof(sub), "%s/a%d", c->dir, i);
+    mkdir(sub, 0755);
+    xt_opts_t o = {.provider = c->provider, .pool = c->pool, .secret = c->secret, .dir = sub,
+                   .extra = {"--manager", c->mgr.addr, "--domain", dom, "--heartbeat-ms", "100"}};
+    xt_start(&c->app[i], &o);
+}
+
+/* A cluster of n appliances in the domains given. */
+static void cluster_in_domains(xt_cluster_t *c, int n, const char *const *doms)
+{
+    xt_cluster_start(c, 0, "256M", "tcp", NULL);
+    c->n = n;
+    for (int i = 0; i < n; i++) start_in_domain(c, i, doms[i]);
+    cr_assert(xt_cluster_wait_up(c, n, 10000), "%d appliances did not come up", n);
+}
+
+/* Ask for an allocation as the wire carries it; the descriptor is the caller's to free. */
+static Xmem__AllocDesc *raw_create(xm_ctx_h ctx, uint64_t request_id, uint64_t size,
+                                   const char *policy, const char *name, xm_msg_t **rep_p)
+{
+    Xmem__AllocRequest ar = XMEM__ALLOC_REQUEST__INIT;
+    ar.request_id = request_id;
+    ar.size = size;
+    ar.policy = (char *)policy;
+    ar.name = (char *)name;
+    xm_msg_t req = XMEM__MSG__INIT;
+    req.body_case = XMEM__MSG__BODY_ALLOC_CREATE;
+    req.alloc_create = &ar;
+    cr_assert_eq(xm__rpc(ctx, &req, rep_p), XM_OK, "%s: %s", policy, xm_last_error(ctx));
+    cr_assert_eq((*rep_p)->body_case, XMEM__MSG__BODY_ALLOC_DESC);
+    return (*rep_p)->alloc_desc;
+}
+
+static Xmem__AllocDesc *raw_attach(xm_ctx_h ctx, const char *name, xm_msg_t **rep_p)
+{
+    Xmem__AllocRef ref = XMEM__ALLOC_REF__INIT;
+    ref.name = (char *)name;
+    ref.access = XMEM__ACCESS__ACCESS_READ_WRITE;
+    xm_msg_t req = XMEM__MSG__INIT;
+    req.body_case = XMEM__MSG__BODY_ALLOC_ATTACH;
+    req.alloc_attach = &ref;
+    cr_assert_eq(xm__rpc(ctx, &req, rep_p), XM_OK, "attach %s: %s", name, xm_last_error(ctx));
+    cr_assert_eq((*rep_p)->body_case, XMEM__MSG__BODY_ALLOC_DESC);
+    return (*rep_p)->alloc_desc;
+}
+
+/* The manager's view of allocation id: its info (asserts it is listed). */
+static xm_alloc_info_t alloc_info(xm_ctx_h ctx, uint64_t id)
+{
+    xm_alloc_info_t *infos = NULL, found;
+    size_t n = 0;
+    bool seen = false;
+    cr_assert_eq(xm_alloc_list(ctx, &infos, &n), XM_OK, "%s", xm_last_error(ctx));
+    for (size_t i = 0; i < n; i++) {
+        if (infos[i].id == id) {
+            found = infos[i];
+            seen = true;
+        }
+    }
+    free(infos);
+    cr_assert(seen, "allocation %llu is not listed", (unsigned long long)id);
+    return found;
+}
+
+/* Wait until allocation id is in state want; its last state otherwise. */
+static xm_alloc_info_t wait_state(xm_ctx_h ctx, uint64_t id, const char *want)
+{
+    uint64_t deadline = xt_now_ms() + 10000;
+    xm_alloc_info_t in;
+    do {
+        in = alloc_info(ctx, id);
+        if (strcmp(in.state, want) == 0) break;
+        usleep(50000);
+    } while (xt_now_ms() < deadline);
+    return in;
+}
+
+/* The cluster index of the appliance at addr. */
+static int app_at(const char *addr)
+{
+    for (int i = 0; i < cl.n; i++) {
+        if (strcmp(cl.app[i].addr, addr) == 0) return i;
+    }
+    cr_assert_fail("no appliance at %s", addr);
+    return -1;
+}
+
+Test(manager, ec_pieces_spread_over_domains_and_losses_show, .fini = teardown, .timeout = 120)
+{
+    static const char *const doms[] = {"rackA", "rackA", "rackB", "rackB", "rackC", "rackC"};
+    cluster_in_domains(&cl, 6, doms);
+    xm_ctx_h ctx = xt_manager_connect(&cl.mgr, NULL);
+    /* 1 MiB + 1 as ec:4+2:64K: 5 stripes of 256 KiB, every part 5 x 64 KiB (padded) */
+    xm_msg_t *rep;
+    Xmem__AllocDesc *d = raw_create(ctx, 0xec42, (1u << 20) + 1, "ec:4+2:64K", "coded", &rep);
+    cr_assert_eq(d->layout, XMEM__LAYOUT__LAYOUT_EC);
+    cr_assert_str_eq(d->policy, "ec:4+2:64K");
+    cr_assert_eq(d->n_parts, 6);
+    cr_assert_eq(d->width, 6);
+    cr_assert_eq(d->redundancy, 2);
+    cr_assert_eq(d->chunk, 65536);
+    /* every piece of a stripe on its own appliance, two per domain (no domain holds more
+     * pieces of a stripe than the code tolerates losing) */
+    int per_dom[3] = {0};
+    bool used[6] = {false};
+    for (size_t i = 0; i < 6; i++) {
+        int a = app_at(d->parts[i]->appliance);
+        cr_assert(!used[a], "two parts on appliance %s", d->parts[i]->appliance);
+        used[a] = true;
+        per_dom[a / 2]++;
+        cr_assert_eq(d->parts[i]->size, 5u * 65536, "part %zu holds %llu bytes", i,
+                     (unsigned long long)d->parts[i]->size);
+    }
+    for (int k = 0; k < 3; k++) cr_assert_eq(per_dom[k], 2, "domain %d holds %d parts", k, per_dom[k]);
+    cr_assert_eq(d->domains, 3);
+    cr_assert_eq(d->domain_max, 2);
+    uint64_t id = d->id;
+    char part_addr[6][64];
+    for (int i = 0; i < 6; i++) snprintf(part_addr[i], sizeof(part_addr[i]), "%s", d->parts[i]->appliance);
+    proto_msg_free(rep);
+    /* and a 2-copy replica set */
+    d = raw_create(ctx, 0x2e91, 3u << 20, "replicate:2", "copies", &rep);
+    cr_assert_eq(d->layout, XMEM__LAYOUT__LAYOUT_REPLICATE);
+    cr_assert_str_eq(d->policy, "replicate:2");
+    cr_assert(d->n_parts == 2 && d->redundancy == 1 && d->parts[0]->size == 3u << 20 &&
+              d->parts[1]->size == 3u << 20);
+    cr_assert_eq(d->domains, 2, "the copies share a domain");
+    int rep0 = app_at(d->parts[0]->appliance), rep1 = app_at(d->parts[1]->appliance);
+    uint64_t rid = d->id;
+    proto_msg_free(rep);
+
+    xm_alloc_info_t in = alloc_info(ctx, id);
+    cr_assert_str_eq(in.state, "ok");
+    cr_assert(in.parts == 6 && in.redundancy == 2 && in.domains == 3 && in.domain_max == 2 &&
+              in.unavailable == 0);
+    cr_assert_str_eq(in.policy, "ec:4+2:64K");
+
+    /* one appliance of the ec set down: degraded; a second: still degraded; a third: lost */
+    const char *want[] = {"degraded", "degraded", "lost"};
+    for (int k = 0; k < 3; k++) {
+        xt_kill9(&cl.app[app_at(part_addr[k])]);
+        in = wait_state(ctx, id, want[k]);
+        cr_assert_str_eq(in.state, want[k], "%d of 6 appliances killed: state %s", k + 1, in.state);
+        cr_assert_eq(in.unavailable, (uint32_t)k + 1);
+    }
+    /* the replica set: R-1 copies down is degraded, all of them lost */
+    const char *rstate = cl.app[rep0].pid <= 0 && cl.app[rep1].pid <= 0 ? "lost"
+                         : cl.app[rep0].pid <= 0 || cl.app[rep1].pid <= 0 ? "degraded" : "ok";
+    cr_assert_str_eq(alloc_info(ctx, rid).state, rstate);
+    if (cl.app[rep0].pid > 0) xt_kill9(&cl.app[rep0]);
+    in = wait_state(ctx, rid, cl.app[rep1].pid > 0 ? "degraded" : "lost");
+    cr_assert_str_eq(in.state, cl.app[rep1].pid > 0 ? "degraded" : "lost");
+    if (cl.app[rep1].pid > 0) xt_kill9(&cl.app[rep1]);
+    in = wait_state(ctx, rid, "lost");
+    cr_assert_str_eq(in.state, "lost", "both copies gone: %s", in.state);
+    xm_disconnect(ctx);
+}
+
+/* Until the client can do resilient I/O it refuses such allocations (never routes them as a
+ * stripe), xm_alloc leaves nothing behind, and xm_alloc_create makes them. */
+Test(manager, client_refuses_resilient_descriptors, .fini = teardown, .timeout = 120)
+{
+    xt_cluster_start(&cl, 3, "256M", "tcp", NULL);
+    xm_ctx_h ctx = xt_manager_connect(&cl.mgr, NULL);
+    xm_alloc_h a = NULL;
+    cr_assert_eq(xm_alloc(ctx, 1u << 20, "replicate:2", "r", &a), XM_ERR_INVALID);
+    cr_assert_null(a);
+    cr_assert(strstr(xm_last_error(ctx), "replicate:2") != NULL &&
+              strstr(xm_last_error(ctx), "cannot read or write") != NULL &&
+              strstr(xm_last_error(ctx), "freed again") != NULL, "%s", xm_last_error(ctx));
+    xm_alloc_info_t *infos;
+    size_t n;
+    cr_assert_eq(xm_alloc_list(ctx, &infos, &n), XM_OK);
+    free(infos);
+    cr_assert_eq(n, 0, "the refused allocation stayed");
+    xm_alloc_info_t in;
+    cr_assert_eq(xm_alloc_create(ctx, 1u << 20, "ec:2+1:4K", "e", &in), XM_OK, "%s", xm_last_error(ctx));
+    cr_assert_str_eq(in.policy, "ec:2+1:4K");
+    cr_assert(in.parts == 3 && in.redundancy == 1 && in.domains == 3 && in.domain_max == 1);
+    cr_assert_str_eq(in.state, "ok");
+    cr_assert_eq(xm_attach(ctx, 0, "e", XM_ACCESS_READ, &a), XM_ERR_INVALID);
+    cr_assert(strstr(xm_last_error(ctx), "ec:2+1:4K") != NULL, "%s", xm_last_error(ctx));
+    /* bad policies get the layout module's reasons */
+    cr_assert_eq(xm_alloc_create(ctx, 1u << 20, "ec:4+5", NULL, &in), XM_ERR_INVALID);
+    cr_assert(strstr(xm_last_error(ctx), "parity pieces M must be 1..4") != NULL, "%s",
+              xm_last_error(ctx));
+    cr_assert_eq(xm_alloc_create(ctx, 1u << 20, "replicate:9", NULL, &in), XM_ERR_INVALID);
+    cr_assert(strstr(xm_last_error(ctx), "replicas must be 2..8") != NULL, "%s", xm_last_error(ctx));
+    /* more parts than appliances */
+    cr_assert_eq(xm_alloc_create(ctx, 1u << 20, "ec:4+2", NULL, &in), XM_ERR_NO_SPACE);
+    cr_assert_eq(xm_free(ctx, 0, "e"), XM_OK);
+    xm_disconnect(ctx);
+}
+
+/* One failure domain: placed anyway, and said so in the reply and by `xmem alloc`. */
+Test(manager, one_domain_cluster_places_anyway_and_says_so, .fini = teardown, .timeout = 120)
+{
+    static const char *const doms[] = {"lab", "lab", "lab", "lab", "lab", "lab"};
+    cluster_in_domains(&cl, 6, doms);
+    char cred[PATH_MAX + 80], cmd[3 * PATH_MAX];
+    xt_cred(cl.secret, "alice", cred, sizeof(cred));
+    snprintf(cmd, sizeof(cmd), "XMEM_MANAGER=%s XMEM_SECRET_FILE=%s XMEM_TENANT=alice %s/xmem alloc "
+             "--size 1M --policy ec:4+2 --name onedom 2>%s/alloc.err", cl.mgr.addr, cred,
+             XMEM_BIN_DIR, cl.dir);
+    FILE *p = popen(cmd, "r");
+    cr_assert(p != NULL);
+    char out[128] = "";
+    cr_assert(fgets(out, sizeof(out), p) != NULL, "xmem alloc printed nothing");
+    cr_assert_eq(pclose(p), 0, "xmem alloc failed");
+    uint64_t id = strtoull(out, NULL, 10);
+    cr_assert_gt(id, 0, "stdout is the id: '%s'", out);
+    char errpath[PATH_MAX], err[1024] = "";
+    snprintf(errpath, sizeof(errpath), "%s/alloc.err", cl.dir);
+    FILE *e = fopen(errpath, "r");
+    cr_assert(e != NULL);
+    size_t got = fread(err, 1, sizeof(err) - 1, e);
+    err[got] = '\0';
+    fclose(e);
+    cr_assert(strstr(err, "warning") != NULL && strstr(err, "6 parts are in 1 failure domain") != NULL &&
+              strstr(err, "not of a whole domain") != NULL, "stderr: %s", err);
+    xm_ctx_h ctx = xt_manager_connect(&cl.mgr, NULL);
+    xm_alloc_info_t in = alloc_info(ctx, id);
+    cr_assert(in.domains == 1 && in.domain_max == 6 && in.parts == 6, "domains %u max %u", in.domains,
+              in.domain_max);
+    cr_assert_str_eq(in.state, "ok");
+    cr_assert_eq(xm_free(ctx, id, NULL), XM_OK);
+    xm_disconnect(ctx);
+}
+
+/* The policy is in the table: a restarted manager hands out the same resilient descriptor. */
+Test(manager, resilient_policy_survives_a_manager_restart, .fini = teardown, .timeout = 120)
+{
+    xt_cluster_start(&cl, 6, "256M", "tcp", NULL);
+    xm_ctx_h ctx = xt_manager_connect(&cl.mgr, NULL);
+    xm_msg_t *rep;
+    Xmem__AllocDesc *d = raw_create(ctx, 0x1e2, 8u << 20, "ec:4+2:1M", "ecr", &rep);
+    uint64_t regions[6];
+    for (int i = 0; i < 6; i++) regions[i] = d->parts[i]->region_id;
+    uint64_t id = d->id;
+    proto_msg_free(rep);
+    d = raw_create(ctx, 0x1e3, 1u << 20, "replicate:3", "rr", &rep);
+    uint64_t rid = d->id;
+    proto_msg_free(rep);
+    char addr[64];
+    snprintf(addr, sizeof(addr), "%s", cl.mgr.addr);
+    xt_manager_kill9(&cl.mgr);
+    xm_disconnect(ctx);
+    xt_manager_start(&cl.mgr, cl.dir, cl.secret, addr, NULL);
+    cr_assert(xt_cluster_wait_up(&cl, 6, 10000), "appliances did not come back");
+    ctx = xt_manager_connect(&cl.mgr, NULL);
+    d = raw_attach(ctx, "ecr", &rep);
+    cr_assert_eq(d->id, id);
+    cr_assert_eq(d->layout, XMEM__LAYOUT__LAYOUT_EC);
+    cr_assert_str_eq(d->policy, "ec:4+2:1024K");
+    cr_assert(d->width == 6 && d->redundancy == 2 && d->chunk == 1u << 20 && d->n_parts == 6);
+    for (int i = 0; i < 6; i++) cr_assert_eq(d->parts[i]->region_id, regions[i], "part %d moved", i);
+    proto_msg_free(rep);
+    d = raw_attach(ctx, "rr", &rep);
+    cr_assert(d->id == rid && d->layout == XMEM__LAYOUT__LAYOUT_REPLICATE && d->redundancy == 2 &&
+              d->n_parts == 3);
+    proto_msg_free(rep);
+    xm_alloc_info_t in = alloc_info(ctx, id);
+    cr_assert_str_eq(in.state, "ok");
+    cr_assert_eq(in.redundancy, 2);
+    cr_assert_eq(xm_free(ctx, id, NULL), XM_OK);
+    cr_assert_eq(xm_free(ctx, rid, NULL), XM_OK);
+    xm_disconnect(ctx);
+}
+
+/* Run sql on the manager's table (the manager is stopped). */
+static void table_sql(const char *db, const char *sql)
+{
+    sqlite3 *h;
+    cr_assert_eq(sqlite3_open(db, &h), SQLITE_OK);
+    char *err = NULL;
+    cr_assert_eq(sqlite3_exec(h, sql, NULL, NULL, &err), SQLITE_OK, "%s: %s", sql, err ? err : "");
+    sqlite3_close(h);
+}
+
+static int table_int(const char *db, const char *sql)
+{
+    sqlite3 *h;
+    sqlite3_stmt *s;
+    cr_assert_eq(sqlite3_open(db, &h), SQLITE_OK);
+    cr_assert_eq(sqlite3_prepare_v2(h, sql, -1, &s, NULL), SQLITE_OK, "%s", sqlite3_errmsg(h));
+    int v = sqlite3_step(s) == SQLITE_ROW ? sqlite3_column_int(s, 0) : -1;
+    sqlite3_finalize(s);
+    sqlite3_close(h);
+    return v;
+}
+
+/* A table written before resilient policies (user_version 1, no redundancy column) is
+ * upgraded in place: its allocations load as they were, new ones record their policy. */
+Test(manager, table_from_before_resilience_is_upgraded, .fini = teardown, .timeout = 120)
+{
+    xt_cluster_start(&cl, 3, "256M", "tcp", NULL);
+    xm_ctx_h ctx = xt_manager_connect(&cl.mgr, NULL);
+    xm_alloc_h a;
+    cr_assert_eq(xm_alloc(ctx, 4u << 20, "stripe:3:64K", "old", &a), XM_OK, "%s", xm_last_error(ctx));
+    uint8_t *w = malloc(4u << 20), *r = malloc(4u << 20);
+    xt_fill(w, 4u << 20, 77);
+    cr_assert_eq(xm_write(a, 0, w, 4u << 20), XM_OK, "%s", xm_last_error(ctx));
+    uint64_t old_id = xm_region_id(a);
+    xm_alloc_close(a);
+    char addr[64];
+    snprintf(addr, sizeof(addr), "%s", cl.mgr.addr);
+    cr_assert_eq(xt_manager_stop(&cl.mgr), 0);
+    xm_disconnect(ctx);
+    cr_assert_eq(table_int(cl.mgr.db, "PRAGMA user_version"), 2);
+    /* back to the schema of user_version 1 */
+    table_sql(cl.mgr.db, "ALTER TABLE allocs DROP COLUMN redundancy; PRAGMA user_version=1;");
+    cr_assert_eq(table_int(cl.mgr.db, "SELECT count(*) FROM pragma_table_info('allocs') "
+                                      "WHERE name='redundancy'"), 0);
+    xt_manager_start(&cl.mgr, cl.dir, cl.secret, addr, NULL);
+    cr_assert(xt_cluster_wait_up(&cl, 3, 10000), "appliances did not come back");
+    ctx = xt_manager_connect(&cl.mgr, NULL);
+    xm_alloc_info_t in = alloc_info(ctx, old_id);
+    cr_assert_str_eq(in.policy, "stripe:3:64K");
+    cr_assert_eq(in.redundancy, 0);
+    cr_assert_str_eq(in.state, "ok");
+    cr_assert_eq(xm_attach(ctx, 0, "old", XM_ACCESS_READ_WRITE, &a), XM_OK, "%s", xm_last_error(ctx));
+    cr_assert_eq(xm_read(a, 0, r, 4u << 20), XM_OK, "%s", xm_last_error(ctx));
+    cr_assert(memcmp(w, r, 4u << 20) == 0, "the old allocation's bytes changed");
+    xm_alloc_close(a);
+    /* the upgraded table records a resilient allocation, and keeps it across a restart */
+    cr_assert_eq(xm_alloc_create(ctx, 1u << 20, "ec:2+1", "new", &in), XM_OK, "%s", xm_last_error(ctx));
+    uint64_t new_id = in.id;
+    cr_assert_eq(xt_manager_stop(&cl.mgr), 0);
+    xm_disconnect(ctx);
+    cr_assert_eq(table_int(cl.mgr.db, "PRAGMA user_version"), 2);
+    /* (names are kept scoped by tenant) */
+    cr_assert_eq(table_int(cl.mgr.db, "SELECT redundancy FROM allocs WHERE name='alice/new'"), 1);
+    cr_assert_eq(table_int(cl.mgr.db, "SELECT layout FROM allocs WHERE name='alice/new'"), 4);
+    xt_manager_start(&cl.mgr, cl.dir, cl.secret, addr, NULL);
+    cr_assert(xt_cluster_wait_up(&cl, 3, 10000), "appliances did not come back");
+    ctx = xt_manager_connect(&cl.mgr, NULL);
+    in = alloc_info(ctx, new_id);
+    cr_assert_str_eq(in.policy, "ec:2+1:64K");
+    cr_assert_eq(in.redundancy, 1);
+    /* a record no layout allows (ec with 9 parity pieces) stops the load with a reason */
+    cr_assert_eq(xt_manager_stop(&cl.mgr), 0);
+    xm_disconnect(ctx);
+    table_sql(cl.mgr.db, "UPDATE allocs SET redundancy=9, width=12 WHERE name='alice/new'");
+    char cmd[4 * PATH_MAX], log[PATH_MAX + 16];
+    snprintf(log, sizeof(log), "%s/bad.log", cl.dir);
+    snprintf(cmd, sizeof(cmd), "timeout 20 %s/xmem-manager --listen 127.0.0.1:0 --db %s "
+             "--secret-file %s 2>%s >/dev/null", XMEM_BIN_DIR, cl.mgr.db, cl.secret, log);
+    int rc = system(cmd);
+    cr_assert(WIFEXITED(rc) && WEXITSTATUS(rc) != 0 && WEXITSTATUS(rc) != 124,
+              "the manager served a table it cannot read (status %d)", rc);
+    FILE *f = fopen(log, "r");
+    char text[4096] = "";
+    cr_assert(f != NULL);
+    text[fread(text, 1, sizeof(text) - 1, f)] = '\0';
+    fclose(f);
+    cr_assert(strstr(text, "bad allocation record") != NULL && strstr(text, "ec layout") != NULL,
+              "log: %s", text);
+    free(w);
+    free(r);
 }

@@ -299,6 +299,8 @@ Test(proto_manager, alloc_desc_bad_fields_refused)
     desc_init(&f, 1u << 20, 2, 65536); f.d.chunk = XM_STRIPE_CHUNK_MAX * 2; expect_refused(&f.m, "chunk");
     desc_init(&f, 1u << 20, 2, 65536); f.d.layout = XMEM__LAYOUT__LAYOUT_NONE; expect_refused(&f.m, "layout");
     desc_init(&f, 1u << 20, 2, 65536); f.d.layout = (Xmem__Layout)9; expect_refused(&f.m, "layout");
+    /* a stripe claiming parity */
+    desc_init(&f, 1u << 20, 2, 65536); f.d.redundancy = 1;   expect_refused(&f.m, "no parity");
     desc_init(&f, 1u << 20, 2, 65536); f.parts[1].region_id = 0; expect_refused(&f.m, "part without");
     desc_init(&f, 65536, 2, 65536);    f.parts[1].size = 0;      expect_refused(&f.m, "part without");
     desc_init(&f, 1u << 20, 2, 65536); f.parts[0].provider = ""; expect_refused(&f.m, "name in part");
@@ -372,4 +374,143 @@ Test(proto_manager, alloc_list_and_appliance_table)
     e.addr = "10.0.0.1:7400";
     e.domain = "d 0";
     expect_refused(&m, "name in appliance entry");
+}
+
+/* ---- resilient descriptors (replicate, ec) -------------------------------- */
+
+typedef struct rdesc_fixture {
+    Xmem__AllocPart parts[8];
+    Xmem__AllocPart *pp[8];
+    Xmem__AllocDesc d;
+    xm_msg_t m;
+} rdesc_fixture_t;
+
+/* nparts parts, redundancy of them parity/copies, each exactly as big as the layout says. */
+static void rdesc_init(rdesc_fixture_t *f, Xmem__Layout layout, uint64_t size, uint32_t nparts,
+                       uint32_t redundancy, uint64_t chunk)
+{
+    memset(f, 0, sizeof(*f));
+    xmem__alloc_desc__init(&f->d);
+    xm__layout_t l;
+    cr_assert_eq(xm__layout_init_full(&l, (xm__layout_kind_t)layout, size, nparts - redundancy,
+                                      redundancy, chunk, NULL), XM_OK);
+    for (uint32_t i = 0; i < nparts; i++) {
+        xmem__alloc_part__init(&f->parts[i]);
+        f->parts[i].appliance = "127.0.0.1:7400";
+        f->parts[i].provider = "tcp";
+        f->parts[i].fabric_addr = (ProtobufCBinaryData){16, addr + i};
+        f->parts[i].region_id = 10 + i;
+        f->parts[i].key = 0xabcdef00ull + i;
+        f->parts[i].size = xm__layout_part_size(&l, i);
+        f->pp[i] = &f->parts[i];
+    }
+    f->d.id = 99;
+    f->d.size = size;
+    f->d.owner = "alice";
+    f->d.policy = layout == XMEM__LAYOUT__LAYOUT_EC ? "ec:4+2:64K" : "replicate:3";
+    f->d.layout = layout;
+    f->d.width = nparts;
+    f->d.redundancy = redundancy;
+    f->d.chunk = chunk;
+    f->d.access = XMEM__ACCESS__ACCESS_READ_WRITE;
+    f->d.generation = 1;
+    f->d.n_parts = nparts;
+    f->d.parts = f->pp;
+    f->d.domains = nparts;
+    f->d.domain_max = 1;
+    f->m = (xm_msg_t)XMEM__MSG__INIT;
+    f->m.seq = 7;
+    f->m.body_case = XMEM__MSG__BODY_ALLOC_DESC;
+    f->m.alloc_desc = &f->d;
+}
+
+Test(proto_manager, resilient_descs_round_trip_and_name_their_layout)
+{
+    rdesc_fixture_t f;
+    /* ec:4+2:64K of 1 MiB + 1: 5 stripes, every part 5 x 64 KiB */
+    rdesc_init(&f, XMEM__LAYOUT__LAYOUT_EC, (1u << 20) + 1, 6, 2, 65536);
+    cr_assert_eq(f.parts[5].size, 5u * 65536);
+    xm_msg_t *out = round_trip(&f.m);
+    xm__layout_t l;
+    const char *why = NULL;
+    cr_assert_eq(proto_desc_layout(out->alloc_desc, &l, &why), XM_OK, "%s", why);
+    cr_assert(l.kind == XM_LAYOUT_EC && l.width == 4 && l.redundancy == 2 && l.chunk == 65536);
+    cr_assert(out->alloc_desc->domains == 6 && out->alloc_desc->domain_max == 1);
+    proto_msg_free(out);
+    rdesc_init(&f, XMEM__LAYOUT__LAYOUT_REPLICATE, 12345, 3, 2, 0);
+    out = round_trip(&f.m);
+    cr_assert_eq(proto_desc_layout(out->alloc_desc, &l, &why), XM_OK, "%s", why);
+    cr_assert(l.kind == XM_LAYOUT_REPLICATE && l.width == 1 && l.redundancy == 2);
+    proto_msg_free(out);
+}
+
+Test(proto_manager, resilient_descs_with_wrong_shapes_refused)
+{
+    rdesc_fixture_t f;
+    /* an ec part one byte short of its padded piece column */
+    for (uint32_t p = 0; p < 6; p++) {
+        rdesc_init(&f, XMEM__LAYOUT__LAYOUT_EC, 1u << 20, 6, 2, 65536);
+        f.parts[p].size -= 1;
+        expect_refused(&f.m, "smaller than its share");
+    }
+    /* a copy shorter than the allocation */
+    rdesc_init(&f, XMEM__LAYOUT__LAYOUT_REPLICATE, 12345, 3, 2, 0);
+    f.parts[2].size = 12344;
+    expect_refused(&f.m, "smaller than its share");
+    /* redundancy that leaves no data, or beyond the code's bounds */
+    rdesc_init(&f, XMEM__LAYOUT__LAYOUT_EC, 1u << 20, 6, 2, 65536);
+    f.d.redundancy = 6;
+    expect_refused(&f.m, "no data part");
+    rdesc_init(&f, XMEM__LAYOUT__LAYOUT_EC, 1u << 20, 6, 2, 65536);
+    f.d.redundancy = 5;
+    expect_refused(&f.m, "parity");
+    /* ec without its redundancy, a stripe with one, a bad ec chunk */
+    rdesc_init(&f, XMEM__LAYOUT__LAYOUT_EC, 1u << 20, 6, 2, 65536);
+    f.d.redundancy = 0;
+    expect_refused(&f.m, "parity");
+    rdesc_init(&f, XMEM__LAYOUT__LAYOUT_EC, 1u << 20, 6, 2, 65536);
+    f.d.layout = XMEM__LAYOUT__LAYOUT_STRIPE;
+    expect_refused(&f.m, "stripe layout has no parity");
+    rdesc_init(&f, XMEM__LAYOUT__LAYOUT_EC, 1u << 20, 6, 2, 65536);
+    f.d.chunk = 65536 + 8;
+    expect_refused(&f.m, "ec chunk");
+    /* failure domain counts beyond the parts */
+    rdesc_init(&f, XMEM__LAYOUT__LAYOUT_EC, 1u << 20, 6, 2, 65536);
+    f.d.domains = 7;
+    expect_refused(&f.m, "failure domain");
+    rdesc_init(&f, XMEM__LAYOUT__LAYOUT_REPLICATE, 12345, 3, 2, 0);
+    f.d.domain_max = 4;
+    expect_refused(&f.m, "failure domain");
+}
+
+Test(proto_manager, alloc_info_counts_checked)
+{
+    char *apps[] = {"10.0.0.1:7400", "10.0.0.2:7400"};
+    Xmem__AllocInfo a = XMEM__ALLOC_INFO__INIT;
+    a.id = 1;
+    a.size = 4096;
+    a.owner = "alice";
+    a.policy = "replicate:2";
+    a.state = "degraded";
+    a.n_appliances = 2;
+    a.appliances = apps;
+    a.redundancy = 1;
+    a.domains = 2;
+    a.domain_max = 1;
+    a.unavailable = 1;
+    Xmem__AllocInfo *ap[] = {&a};
+    Xmem__AllocList l = XMEM__ALLOC_LIST__INIT;
+    l.n_allocs = 1;
+    l.allocs = ap;
+    xm_msg_t m = XMEM__MSG__INIT;
+    m.body_case = XMEM__MSG__BODY_ALLOCS;
+    m.allocs = &l;
+    xm_msg_t *out = round_trip(&m);
+    cr_assert(out->allocs->allocs[0]->redundancy == 1 && out->allocs->allocs[0]->unavailable == 1);
+    proto_msg_free(out);
+    a.unavailable = 3;
+    expect_refused(&m, "bad counts");
+    a.unavailable = 1;
+    a.domains = 3;
+    expect_refused(&m, "bad counts");
 }

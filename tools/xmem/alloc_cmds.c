@@ -74,17 +74,31 @@ int cmd_alloc(cli_t *cli)
     const char *name = cli_take(cli, "--name");
     uint64_t size;
     if (size_text == NULL || xm_parse_size(size_text, &size) != XM_OK || size == 0) {
-        fprintf(stderr, "usage: xmem alloc --size SIZE [--policy single|stripe:N[:CHUNK]] [--name N]\n");
+        fprintf(stderr, "usage: xmem alloc --size SIZE [--policy POLICY] [--name N]\n"
+                        "  POLICY: single | stripe:N[:CHUNK] | replicate:R | ec:K+M[:CHUNK]\n"
+                        "  (N 1..1024; R 2..8; K 1..16, M 1..4, K+M <= 20; CHUNK a power of two,\n"
+                        "   ec 4K..4M, default 64K)\n");
         return 2;
     }
     if (cli_no_more(cli, 0) != 0) return 2;
     xm_ctx_h ctx;
     if (connect_manager(cli, &ctx) != 0) return 1;
-    xm_alloc_h a;
-    xm_status_t s = xm_alloc(ctx, size, policy, name, &a);
+    /* made, not opened: the CLI reads and writes nothing */
+    xm_alloc_info_t in;
+    xm_status_t s = xm_alloc_create(ctx, size, policy, name, &in);
     if (s != XM_OK) return fail(ctx, "alloc", s);
-    printf("%llu\n", (unsigned long long)xm_region_id(a));
-    xm_alloc_close(a);
+    printf("%llu\n", (unsigned long long)in.id);
+    /* the manager places parts in distinct failure domains where there are enough and
+     * anyway where there are not: say which it was (stdout keeps only the id) */
+    if (in.redundancy > 0 && in.domains < in.parts) {
+        bool survives = in.domain_max <= in.redundancy;
+        fprintf(stderr, "xmem alloc: %s: allocation %llu (%s): its %u parts are in %u failure "
+                "domain%s, up to %u in one; it survives the loss of any %u appliance%s, %s\n",
+                survives ? "note" : "warning", (unsigned long long)in.id, in.policy, in.parts,
+                in.domains, in.domains == 1 ? "" : "s", in.domain_max, in.redundancy,
+                in.redundancy == 1 ? "" : "s",
+                survives ? "and of any one domain" : "not of a whole domain");
+    }
     xm_disconnect(ctx);
     return 0;
 }
@@ -104,9 +118,11 @@ int cmd_ls(cli_t *cli)
     for (size_t i = 0; i < n; i++) {
         if (cli->json) {
             printf("%s{\"id\":%llu,\"size\":%llu,\"policy\":\"%s\",\"name\":\"%s\",\"owner\":\"%s\","
-                   "\"parts\":%u,\"state\":\"%s\"}", i == 0 ? "[" : ",", (unsigned long long)in[i].id,
-                   (unsigned long long)in[i].size, in[i].policy, in[i].name, in[i].owner,
-                   in[i].parts, in[i].state);
+                   "\"parts\":%u,\"state\":\"%s\",\"redundancy\":%u,\"unavailable\":%u,"
+                   "\"domains\":%u,\"domain_max\":%u}", i == 0 ? "[" : ",",
+                   (unsigned long long)in[i].id, (unsigned long long)in[i].size, in[i].policy,
+                   in[i].name, in[i].owner, in[i].parts, in[i].state, in[i].redundancy,
+                   in[i].unavailable, in[i].domains, in[i].domain_max);
         } else {
             printf("%-6llu %-12s %-16s %-20s %-10s %-6u %s\n", (unsigned long long)in[i].id,
                    cli_size(in[i].size, a, sizeof(a)), in[i].policy, in[i].name[0] ? in[i].name : "-",
