@@ -119,6 +119,7 @@ typedef struct appl_regions {
     uint32_t graves_count;        /* how many (each is a mapping) */
     uint64_t tenant_quota;        /* bytes of regions a tenant may create directly; 0: no limit */
     rpc_keyring_t *keyring;       /* who may hold keys (appl_regions_revoke) */
+    struct net_local_live *live;  /* local clients' liveness page (src/xfer/local.h), or NULL */
 } appl_regions_t;
 
 /* A region as a client sees it: the registration to use. */

@@ -442,6 +442,8 @@ xm_status_t appl_regions_init(appl_regions_t *t, appl_pool_t *pool, net_fabric_t
     t->pool = pool;
     t->fab = fab;
     t->next_id = 1;
+    /* regions with memfds of their own are handed to local clients, who watch this page */
+    if (appl_pool_own_fd(pool) && net_local_live_start(&t->live) != XM_OK) t->live = NULL;
     if (pool->backing == APPL_BACKING_FILE) {
         snprintf(t->meta_path, sizeof(t->meta_path), "%s.meta", pool->path);
         xm_status_t status = meta_load(t);
@@ -455,6 +457,9 @@ xm_status_t appl_regions_init(appl_regions_t *t, appl_pool_t *pool, net_fabric_t
 
 void appl_regions_cleanup(appl_regions_t *t)
 {
+    /* local clients see the appliance gone before its regions go */
+    net_local_live_stop(t->live);
+    t->live = NULL;
     pthread_mutex_lock(&t->lock);
     HASH_CLEAR(hh_id, t->by_id);
     HASH_CLEAR(hh_name, t->by_name);
@@ -660,6 +665,27 @@ xm_status_t appl_region_fd(appl_regions_t *t, const char *tenant, uint64_t id, c
     xm_status_t status;
     uint64_t gkey = 0;
     xm_access_t got = XM_ACCESS_READ;
+    if (id == NET_LOCAL_LIVE_ID && key == 0) {
+        /* no region: the liveness page, read-only (any session on the local socket) */
+        status = XM_ERR_NOT_FOUND;
+        if (t->live == NULL) {
+            WHY("this appliance has no liveness page");
+            goto out;
+        }
+        int fd = net_local_reopen_ro(net_local_live_fd(t->live));
+        if (fd < 0) {
+            WHY("cannot make a descriptor of the liveness page");
+            status = XM_ERR_IO;
+            goto out;
+        }
+        memset(desc, 0, sizeof(*desc));
+        desc->id = NET_LOCAL_LIVE_ID;
+        desc->size = (uint64_t)sysconf(_SC_PAGESIZE);
+        desc->access = XM_ACCESS_READ;
+        *fd_p = fd;
+        status = XM_OK;
+        goto out;
+    }
     if (key != 0) {
         /* the key is the capability (allocation parts): the tenant must still be valid */
         r = region_find(t, id, name);

@@ -19,8 +19,17 @@
  * same addresses (MAP_FIXED: the base never changes, so other threads never see a dangling
  * pointer), and the operation is redone: reads and writes are idempotent; an atomic whose
  * effect cannot be known fails with XM_ERR_IO. A region that is gone fails with the
- * appliance's reason. The session is polled for a hang-up at most every LIVE_CHECK_NS, so
- * a dead appliance is noticed within a millisecond of operations.
+ * appliance's reason.
+ *
+ * A dead appliance: its memfds live on in our mappings, but the region is gone for everyone
+ * else (tcp clients fail, nothing will ever read what we write), so I/O on them must fail
+ * too. Each session maps the appliance's liveness page (net_local_live_ok: a word the kernel
+ * marks when xmemd ends, SIGKILL included), and every operation checks it before and after
+ * touching the memory: once xmemd's death can be seen (waitpid), every operation fails with
+ * XM_ERR_DISCONNECTED, and one that overlapped the death fails too (its write may be in the
+ * dead copy only). An appliance without the page (an older xmemd) is checked by polling the
+ * session for a hang-up, at most every LIVE_CHECK_NS (a death is then noticed within a
+ * millisecond of operations, and remembered).
  */
 #include <errno.h>
 #include <poll.h>
@@ -40,6 +49,15 @@
 
 typedef enum lmode { LMODE_AUTO, LMODE_TCP, LMODE_LOCAL } lmode_t;
 
+/* An appliance's liveness page, mapped read-only; refs atomic (its session, its lmaps). */
+typedef struct xm__llive {
+    int refs;
+    const uint32_t *word;
+    size_t len;
+    dev_t dev;                       /* which appliance process's page (a restart: another) */
+    ino_t ino;
+} xm__llive_t;
+
 /* One AF_UNIX session to an appliance. lock guards conn and dead; refs is atomic. */
 typedef struct xm__lsess {
     int refs;
@@ -48,6 +66,7 @@ typedef struct xm__lsess {
     char path[NET_LOCAL_PATH_MAX];   /* "" : the appliance is not local */
     rpc_conn_t conn;
     bool dead;
+    xm__llive_t *live;               /* the liveness page of the appliance it last reached */
     uint64_t last_check_ns;          /* atomic */
     const rpc_cred_t *cred;          /* the context's (sessions die with it, see put) */
     char tenant[XM_NAME_MAX + 1];
@@ -62,6 +81,9 @@ struct xm__lmap {
     size_t len;                      /* mapped bytes of data (the region's, page-rounded) */
     const uint64_t *trailer;         /* the retirement word */
     size_t trailer_len;
+    xm__llive_t *live;               /* its appliance's liveness page (set at the first fetch,
+                                      * never changed), NULL: an appliance without one */
+    bool gone;                       /* atomic: found dead (without a liveness page) */
     uint64_t gen;                    /* atomic: +1 before and after a remap */
     pthread_mutex_t lock;            /* one refresh at a time */
     xm__lsess_t *sess;
@@ -122,9 +144,23 @@ void xm__local_welcome(xm_ctx_h ctx, const Xmem__Welcome *w)
     pthread_mutex_unlock(&l->lock);
 }
 
+static void live_put(xm__llive_t *v)
+{
+    if (v == NULL || __atomic_sub_fetch(&v->refs, 1, __ATOMIC_ACQ_REL) != 0) return;
+    munmap((void *)v->word, v->len);
+    free(v);
+}
+
+static xm__llive_t *live_get(xm__llive_t *v)
+{
+    if (v != NULL) __atomic_add_fetch(&v->refs, 1, __ATOMIC_RELAXED);
+    return v;
+}
+
 static void sess_put(xm__lsess_t *s)
 {
     if (s == NULL || __atomic_sub_fetch(&s->refs, 1, __ATOMIC_ACQ_REL) != 0) return;
+    live_put(s->live);
     rpc_conn_close(&s->conn);
     pthread_mutex_destroy(&s->lock);
     free(s);
@@ -148,8 +184,12 @@ void xm__local_ctx_gone(xm_ctx_h ctx)
     ctx->local_state = NULL;
 }
 
-/* (Re)open s's session. s->lock held. */
-static xm_status_t sess_open(xm__lsess_t *s, char *why, size_t whylen)
+static xm_status_t sess_call_raw(xm__lsess_t *s, xm_msg_t *req, xm_msg_t **rep_p, int *fd_p,
+                                 char *why, size_t whylen);
+static void sess_live(xm__lsess_t *s);
+
+/* Connect and authenticate s's session. s->lock held. */
+static xm_status_t sess_connect(xm__lsess_t *s, char *why, size_t whylen)
 {
     rpc_conn_close(&s->conn);
     if (s->cred == NULL) {
@@ -173,6 +213,16 @@ static xm_status_t sess_open(xm__lsess_t *s, char *why, size_t whylen)
     s->dead = false;
     __atomic_store_n(&s->last_check_ns, xm__now_ns(), __ATOMIC_RELAXED);
     return XM_OK;
+}
+
+/* (Re)open s's session, and map its appliance's liveness page. s->lock held. */
+static xm_status_t sess_open(xm__lsess_t *s, char *why, size_t whylen)
+{
+    xm_status_t status = sess_connect(s, why, whylen);
+    if (status != XM_OK) return status;
+    sess_live(s);
+    /* an appliance that dropped the session over the request: once more, without the page */
+    return s->conn.fd >= 0 ? XM_OK : sess_connect(s, why, whylen);
 }
 
 /* The session to the appliance at addr whose Welcome said boot_id / path; NULL with *status_p
@@ -227,6 +277,14 @@ static xm_status_t sess_call_fd(xm__lsess_t *s, xm_msg_t *req, xm_msg_t **rep_p,
         xm_status_t st = sess_open(s, why, whylen);
         if (st != XM_OK) return st;
     }
+    return sess_call_raw(s, req, rep_p, fd_p, why, whylen);
+}
+
+/* The same on an open session. */
+static xm_status_t sess_call_raw(xm__lsess_t *s, xm_msg_t *req, xm_msg_t **rep_p, int *fd_p,
+                                 char *why, size_t whylen)
+{
+    *fd_p = -1;
     uint64_t deadline = xm__now_ns() + (uint64_t)s->timeout_ms * 1000000ull;
     req->seq = ++s->conn.seq;
     xm_status_t status = rpc_send(&s->conn, req, deadline);
@@ -286,6 +344,48 @@ static xm_status_t sess_call_fd(xm__lsess_t *s, xm_msg_t *req, xm_msg_t **rep_p,
     return XM_OK;
 }
 
+/* A freshly opened session: map its appliance's liveness page , which
+ * replaces the one of an appliance it reached before (REGION_FD of NET_LOCAL_LIVE_ID). An appliance without one: s->live NULL
+ * (liveness by polling the session). s->lock held. */
+static void sess_live(xm__lsess_t *s)
+{
+    Xmem__RegionRef ref = XMEM__REGION_REF__INIT;
+    ref.id = NET_LOCAL_LIVE_ID;
+    ref.name = "";
+    ref.access = XMEM__ACCESS__ACCESS_READ;
+    xm_msg_t req = XMEM__MSG__INIT, *rep;
+    req.body_case = XMEM__MSG__BODY_REGION_FD;
+    req.region_fd = &ref;
+    int fd;
+    char why[160];
+    xm__llive_t *v = NULL;
+    if (sess_call_raw(s, &req, &rep, &fd, why, sizeof(why)) == XM_OK) {
+        bool ok = rep->body_case == XMEM__MSG__BODY_REGION_DESC &&
+                  rep->region_desc->id == NET_LOCAL_LIVE_ID;
+        proto_msg_free(rep);
+        struct stat st;
+        v = calloc(1, sizeof(*v));
+        void *p = MAP_FAILED;
+        if (ok && v != NULL && fd >= 0 && fstat(fd, &st) == 0 && st.st_size >= (off_t)sizeof(uint32_t) &&
+            st.st_size <= (1 << 20)) {
+            p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+        }
+        if (p != MAP_FAILED) {
+            *v = (xm__llive_t){.refs = 1, .word = p, .len = (size_t)st.st_size, .dev = st.st_dev,
+                               .ino = st.st_ino};
+        } else {
+            xm_log_debug("local transport: the appliance's liveness page is unusable");
+            free(v);
+            v = NULL;
+        }
+        if (fd >= 0) close(fd);
+    } else {
+        xm_log_debug("local transport: no liveness page (%s): polling the session instead", why);
+    }
+    live_put(s->live);
+    s->live = v;
+}
+
 /* Ask for the region's descriptor and map it at m->base (NULL: anywhere, setting base).
  * m->lock held (or m not yet shared). */
 static xm_status_t lmap_fetch(xm__lmap_t *m)
@@ -303,8 +403,23 @@ static xm_status_t lmap_fetch(xm__lmap_t *m)
     int fd;
     pthread_mutex_lock(&s->lock);
     xm_status_t status = sess_call_fd(s, &req, &rep, &fd, m->why, sizeof(m->why));
+    xm__llive_t *live = status == XM_OK ? live_get(s->live) : NULL;
     pthread_mutex_unlock(&s->lock);
     if (status != XM_OK) return status;
+    /* a mapping belongs to one appliance process: fetched again from another (a restart, whose
+     * region of the same id is another region), it is gone */
+    bool first = m->base == NULL;
+    bool same = first || (live == NULL ? m->live == NULL
+                                       : m->live != NULL && live->dev == m->live->dev &&
+                                             live->ino == m->live->ino);
+    if (first) m->live = live;
+    else live_put(live);
+    if (!same) {
+        proto_msg_free(rep);
+        if (fd >= 0) close(fd);
+        snprintf(m->why, sizeof(m->why), "the appliance restarted: the region is gone with it");
+        return XM_ERR_DISCONNECTED;
+    }
     bool ok = rep->body_case == XMEM__MSG__BODY_REGION_DESC && fd >= 0 &&
               rep->region_desc->id == m->id && rep->region_desc->size >= size;
     proto_msg_free(rep);
@@ -348,6 +463,7 @@ static void lmap_put(xm__lmap_t *m)
     if (m == NULL || __atomic_sub_fetch(&m->refs, 1, __ATOMIC_ACQ_REL) != 0) return;
     munmap(m->base, m->len);
     munmap((void *)m->trailer, m->trailer_len);
+    live_put(m->live);
     sess_put(m->sess);
     pthread_mutex_destroy(&m->lock);
     free(m);
@@ -394,6 +510,7 @@ static xm_status_t local_map(xm_ctx_h ctx, const char *addr, const char *boot_id
         xm__ctx_error(ctx, status, "local transport, region %llu: %s", (unsigned long long)id,
                       m->why);
         xm_log_debug("local transport, region %llu: %s", (unsigned long long)id, m->why);
+        live_put(m->live);
         sess_put(s);
         pthread_mutex_destroy(&m->lock);
         free(m);
@@ -485,9 +602,19 @@ void xm__local_close(xm_region_h r)
     }
 }
 
-/* Is the appliance behind m still there? Checked at most every LIVE_CHECK_NS. */
+/* Has the appliance behind m been seen dead? No system call. */
+static bool lmap_dead(xm__lmap_t *m)
+{
+    if (m->live != NULL) return !net_local_live_ok(m->live->word);
+    return __atomic_load_n(&m->gone, __ATOMIC_RELAXED);
+}
+
+/* Is the appliance behind m still there? Its liveness page; without one, the session is
+ * polled at most every LIVE_CHECK_NS, and a death is remembered. */
 static xm_status_t lmap_alive(xm__lmap_t *m)
 {
+    if (lmap_dead(m)) return XM_ERR_DISCONNECTED;
+    if (m->live != NULL) return XM_OK;
     xm__lsess_t *s = m->sess;
     uint64_t now = xm__now_ns();
     if (now - __atomic_load_n(&s->last_check_ns, __ATOMIC_RELAXED) < LIVE_CHECK_NS) return XM_OK;
@@ -502,6 +629,7 @@ static xm_status_t lmap_alive(xm__lmap_t *m)
         if (status != XM_OK) {
             s->dead = true;
             status = XM_ERR_DISCONNECTED;
+            __atomic_store_n(&m->gone, true, __ATOMIC_RELAXED);
         }
     }
     pthread_mutex_unlock(&s->lock);
@@ -567,7 +695,7 @@ bool xm__local_op(xm_op_t *op)
             xm__lmap_t *m = r->parts != NULL ? r->parts[i].lmap : r->lmap;
             status = lmap_alive(m);
             if (status != XM_OK) {
-                why = "the appliance is gone (its local session closed)";
+                why = "the appliance is gone (xmemd ended)";
                 goto done;
             }
             gens[i] = __atomic_load_n(&m->gen, __ATOMIC_ACQUIRE);
@@ -603,6 +731,12 @@ bool xm__local_op(xm_op_t *op)
         bool moved = false;
         for (uint32_t i = 0; i < n; i++) {
             xm__lmap_t *m = r->parts != NULL ? r->parts[i].lmap : r->lmap;
+            if (lmap_dead(m)) {
+                /* acknowledged only if the appliance outlived the access */
+                status = XM_ERR_DISCONNECTED;
+                why = "the appliance died during the operation";
+                goto done;
+            }
             moved |= __atomic_load_n(m->trailer, __ATOMIC_ACQUIRE) != 0 ||
                      __atomic_load_n(&m->gen, __ATOMIC_ACQUIRE) != gens[i];
         }

@@ -2,12 +2,17 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/falloc.h>
+#include <linux/futex.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -52,6 +57,112 @@ void net_local_release(int fd, size_t len)
     if (fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, (off_t)len) != 0) {
         xm_log_warn("cannot return a region's memory to the OS: %m");
     }
+}
+
+/* ---- the liveness page ---------------------------------------------------------------- */
+
+/* The robust list of the liveness thread: one entry, in xmemd's private memory, whose futex
+ * word is the page's (futex_offset reaches it), so no xmemd address is in the shared page. */
+struct net_local_live {
+    int fd;                         /* the page's memfd */
+    uint32_t *word;                 /* xmemd's mapping of it */
+    size_t len;
+    int stop_fd;                    /* eventfd: the thread ends when it is written */
+    pthread_t thread;
+    struct robust_list_head head;
+    struct robust_list entry;
+    int err;                        /* set_robust_list's errno, 0: registered */
+    pthread_mutex_t lock;           /* start-up hand-shake (err, started) */
+    pthread_cond_t cond;
+    bool started;
+};
+
+static void *live_main(void *arg)
+{
+    net_local_live_t *l = arg;
+    l->entry.next = &l->head.list;
+    l->head.list.next = &l->entry;
+    l->head.futex_offset = (long)((char *)l->word - (char *)&l->entry);
+    l->head.list_op_pending = NULL;
+    /* the word holds our thread id: the kernel marks it only if it still does at our end */
+    __atomic_store_n(l->word, (uint32_t)syscall(SYS_gettid) & FUTEX_TID_MASK, __ATOMIC_SEQ_CST);
+    int err = syscall(SYS_set_robust_list, &l->head, sizeof(l->head)) == 0 ? 0 : errno;
+    pthread_mutex_lock(&l->lock);
+    l->err = err;
+    l->started = true;
+    pthread_cond_signal(&l->cond);
+    pthread_mutex_unlock(&l->lock);
+    if (err != 0) return NULL;
+    uint64_t v;
+    while (read(l->stop_fd, &v, sizeof(v)) < 0 && errno == EINTR) {
+    }
+    return NULL;
+}
+
+xm_status_t net_local_live_start(net_local_live_t **l_p)
+{
+    net_local_live_t *l = calloc(1, sizeof(*l));
+    if (l == NULL) return XM_ERR_NO_MEMORY;
+    l->fd = l->stop_fd = -1;
+    l->len = (size_t)sysconf(_SC_PAGESIZE);
+    l->word = MAP_FAILED;
+    pthread_mutex_init(&l->lock, NULL);
+    pthread_cond_init(&l->cond, NULL);
+    l->fd = memfd_create("xmem-live", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (l->fd < 0 || ftruncate(l->fd, (off_t)l->len) != 0 || fchmod(l->fd, 0600) != 0 ||
+        fcntl(l->fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) {
+        goto err;
+    }
+    l->word = mmap(NULL, l->len, PROT_READ | PROT_WRITE, MAP_SHARED, l->fd, 0);
+    l->stop_fd = eventfd(0, EFD_CLOEXEC);
+    if (l->word == MAP_FAILED || l->stop_fd < 0) goto err;
+    int e = pthread_create(&l->thread, NULL, live_main, l);
+    if (e != 0) {
+        errno = e;
+        goto err;
+    }
+    pthread_mutex_lock(&l->lock);
+    while (!l->started) pthread_cond_wait(&l->cond, &l->lock);
+    pthread_mutex_unlock(&l->lock);
+    if (l->err != 0) {
+        pthread_join(l->thread, NULL);
+        errno = l->err;
+        goto err;
+    }
+    *l_p = l;
+    return XM_OK;
+err:
+    xm_log_warn("no liveness page for local clients (%m): they poll their session instead");
+    if (l->word != MAP_FAILED) munmap(l->word, l->len);
+    if (l->fd >= 0) close(l->fd);
+    if (l->stop_fd >= 0) close(l->stop_fd);
+    pthread_mutex_destroy(&l->lock);
+    pthread_cond_destroy(&l->cond);
+    free(l);
+    return XM_ERR_IO;
+}
+
+int net_local_live_fd(const net_local_live_t *l)
+{
+    return l->fd;
+}
+
+void net_local_live_stop(net_local_live_t *l)
+{
+    if (l == NULL) return;
+    uint64_t one = 1;
+    if (write(l->stop_fd, &one, sizeof(one)) != sizeof(one)) {
+        xm_log_warn("cannot stop the liveness thread: %m");
+    }
+    pthread_join(l->thread, NULL);
+    /* the kernel marked it at the thread's end; say it in any case (a clean shutdown) */
+    __atomic_store_n(l->word, (uint32_t)FUTEX_OWNER_DIED, __ATOMIC_SEQ_CST);
+    munmap(l->word, l->len);
+    close(l->fd);
+    close(l->stop_fd);
+    pthread_mutex_destroy(&l->lock);
+    pthread_cond_destroy(&l->cond);
+    free(l);
 }
 
 int net_local_reopen_ro(int fd)

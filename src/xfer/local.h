@@ -41,6 +41,31 @@ void net_local_release(int fd, size_t len);
  * holder cannot map it writable; -1 with errno on failure. */
 int net_local_reopen_ro(int fd);
 
+/*
+ * The appliance's liveness page: one page of a sealed memfd (local clients get it read-only)
+ * whose first 32-bit word holds the id of an xmemd thread that does nothing but wait. That
+ * thread registers the word as its robust futex (set_robust_list(2)), so whenever it ends --
+ * xmemd killed with SIGKILL included -- the kernel sets FUTEX_OWNER_DIED in the word (and
+ * clears the id) before xmemd can be seen gone (waitpid). A client that maps regions of
+ * xmemd checks it with one load around each operation: a dead appliance's memfds, which
+ * live on in the clients' mappings, are never read or written as if it were there.
+ * Asked for with REGION_FD of the reserved id NET_LOCAL_LIVE_ID (no region has it: ids count
+ * up from 1; an older xmemd answers "no such region" and keeps the session) on a local session.
+ */
+#define NET_LOCAL_LIVE_ID UINT64_MAX
+typedef struct net_local_live net_local_live_t;
+xm_status_t net_local_live_start(net_local_live_t **l_p);
+/* The page's memfd (read-write; hand out net_local_reopen_ro of it). */
+int net_local_live_fd(const net_local_live_t *l);
+/* Mark the appliance gone and end the thread (shutdown). NULL: nothing. */
+void net_local_live_stop(net_local_live_t *l);
+/* Is the appliance whose liveness word this is alive? Any thread, no system call. */
+static inline bool net_local_live_ok(const uint32_t *word)
+{
+    uint32_t w = __atomic_load_n(word, __ATOMIC_ACQUIRE);
+    return (w & 0x3fffffffu) != 0 && (w & 0x40000000u) == 0; /* FUTEX_TID_MASK, OWNER_DIED */
+}
+
 /* Listen on AF_UNIX path (a stale socket there is replaced; anything else is refused),
  * mode 0666: who may do anything is decided by the handshake, as on TCP. */
 xm_status_t net_local_listen(const char *path, int *fd_p);
