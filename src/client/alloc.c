@@ -40,15 +40,6 @@ static xm_status_t alloc_from_desc(xm_ctx_h ctx, xm_msg_t *rep, xm_alloc_h *allo
         proto_msg_free(rep);
         return status;
     }
-    if (layout.redundancy > 0) {
-        /* its writes must reach every copy or keep parity right (docs/resilience.md): routed
-         * as a stripe they would not, so such a descriptor is never turned into a handle */
-        status = xm__ctx_error(ctx, XM_ERR_INVALID, "allocation %llu is %s: this libxmem cannot "
-                               "read or write replicated or erasure-coded allocations yet",
-                               (unsigned long long)d->id, d->policy);
-        proto_msg_free(rep);
-        return status;
-    }
     /* one endpoint serves every appliance: they must share a provider */
     const char *prov = d->parts[0]->provider;
     for (size_t i = 0; i < d->n_parts; i++) {
@@ -94,6 +85,11 @@ static xm_status_t alloc_from_desc(xm_ctx_h ctx, xm_msg_t *rep, xm_alloc_h *allo
     /* local transport (helper B): map the parts on appliances of this host */
     status = xm__local_alloc(ctx, a, d);
     proto_msg_free(rep);
+    /* replicate / ec: reads and writes go through resil.c (docs/resilience.md) */
+    if (status == XM_OK && layout.redundancy > 0) {
+        status = xm__resil_attach(a);
+        if (status != XM_OK) xm__local_close(a);
+    }
     if (status != XM_OK) {
         free(a->parts);
         free(a);

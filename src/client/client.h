@@ -71,7 +71,19 @@ struct xm_region {
     xm__layout_t layout;     /* how offsets map to parts; unset for a plain region */
     uint8_t *local;          /* plain region mapped into this process by the local transport, or NULL */
     struct xm__lmap *lmap;   /* local.c's mapping behind local (a reference) */
+    struct xm__resil *resil; /* replicate / ec allocations: resil.c's state (a reference), else NULL */
 };
+
+/* resil.c: resilient I/O (replicate:R, ec:K+M; docs/resilience.md). */
+typedef struct xm__resil xm__resil_t;
+/* Set a->resil for an allocation with redundancy (its layout and parts set). */
+xm_status_t xm__resil_attach(xm_region_h a);
+void xm__resil_get(xm__resil_t *rs);
+void xm__resil_put(xm__resil_t *rs);
+/* Does r route through resil.c? */
+bool xm__resil_is(xm_region_h r);
+/* Carry out op (checked by io.c) on a resilient allocation now: op->status set on return. */
+void xm__resil_op(xm_op_t *op);
 
 /* Record what failed for xm_last_error (the calling thread's); returns status. */
 xm_status_t xm__ctx_error(xm_ctx_h ctx, xm_status_t status, const char *fmt, ...)

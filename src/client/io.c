@@ -63,6 +63,11 @@ XM_EXPORT xm_status_t xm_post(xm_ctx_h ctx, xm_op_t *op)
         op->status = status;
         return status;
     }
+    /* replicate / ec: resil.c does the whole operation (many pieces in flight) now */
+    if (xm__resil_is(op->region)) {
+        xm__resil_op(op);
+        return op->status;
+    }
     return xm__dp_post(ctx->dp, op, 0);
 }
 
@@ -93,7 +98,7 @@ static xm_status_t run_one(xm_region_h region, xm_op_t *op)
     if (region == NULL) return XM_ERR_INVALID;
     op->region = region;
     xm_status_t status = xm_post(region->ctx, op);
-    if (status != XM_OK) return status;
+    if (status != XM_OK || xm__resil_is(region)) return status; /* resil.c's op is done */
     return xm__dp_wait(region->ctx->dp, &op, 1);
 }
 
@@ -147,6 +152,7 @@ xm_status_t xm__region_copy(xm_region_h r, xm_region_h *copy_p)
     }
     /* the local transport's mappings stay while the copy uses them */
     if (c->lmap != NULL) xm__lmap_get(c->lmap);
+    xm__resil_get(c->resil);
     *copy_p = c;
     return XM_OK;
 }
@@ -155,6 +161,7 @@ void xm__region_free(xm_region_h r)
 {
     if (r == NULL) return;
     if (r->lmap != NULL) xm__lmap_put(r->lmap);
+    xm__resil_put(r->resil);
     for (uint32_t i = 0; r->parts != NULL && i < r->nparts; i++) {
         if (r->parts[i].lmap != NULL) xm__lmap_put(r->parts[i].lmap);
     }

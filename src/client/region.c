@@ -88,6 +88,7 @@ XM_EXPORT void xm_region_close(xm_region_h region)
 {
     if (region == NULL) return;
     xm__local_close(region); /* local transport (helper B) */
+    xm__resil_put(region->resil); /* resilient I/O state (resil.c) */
     free(region->parts);
     free(region);
 }

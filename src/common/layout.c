@@ -282,10 +282,11 @@ uint64_t xm__layout_part_size(const xm__layout_t *l, uint32_t part)
 {
     if (part >= xm__layout_nparts(l)) return 0;
     uint64_t u = unit(l), n = nchunks(l);
-    if (l->kind == XM_LAYOUT_REPLICATE) return l->size;
-    /* every ec part holds one whole piece of every row (padded): nrows * chunk fits, as
-     * xm__layout_check made sure */
-    if (l->kind == XM_LAYOUT_EC) return xm__layout_nrows(l) * u;
+    /* replicate and ec: the data, then the metadata column (32 bytes per row or 64 KiB
+     * unit: at most size / 2048 more, no overflow) */
+    if (l->kind == XM_LAYOUT_REPLICATE || l->kind == XM_LAYOUT_EC) {
+        return xm__layout_meta_base(l) + xm__layout_meta_count(l) * XM_LAYOUT_META_REC;
+    }
     uint64_t count = n / l->width + (part < n % l->width);
     if (count == 0) return 0;
     /* count * u <= n * u < size + u <= 2^63 + 2^40: no overflow */
@@ -293,6 +294,34 @@ uint64_t xm__layout_part_size(const xm__layout_t *l, uint32_t part)
     /* the allocation's last chunk may be partial; it lives in part (n - 1) % width */
     if ((n - 1) % l->width == part && l->size % u != 0) bytes -= u - l->size % u;
     return bytes;
+}
+
+uint64_t xm__layout_meta_count(const xm__layout_t *l)
+{
+    if (l->kind == XM_LAYOUT_EC) return xm__layout_nrows(l);
+    if (l->kind == XM_LAYOUT_REPLICATE) {
+        return l->size / XM_LAYOUT_REPL_UNIT + (l->size % XM_LAYOUT_REPL_UNIT != 0);
+    }
+    return 0;
+}
+
+uint64_t xm__layout_meta_base(const xm__layout_t *l)
+{
+    /* every ec part holds one whole piece of every row (padded): nrows * chunk fits, as
+     * xm__layout_check made sure; chunks are multiples of 8 */
+    if (l->kind == XM_LAYOUT_EC) return xm__layout_nrows(l) * l->chunk;
+    return (l->size + 7) & ~7ull;
+}
+
+uint64_t xm__layout_meta_off(const xm__layout_t *l, uint64_t index)
+{
+    return xm__layout_meta_base(l) + index * XM_LAYOUT_META_REC;
+}
+
+uint64_t xm__layout_meta_unit(const xm__layout_t *l, uint64_t off)
+{
+    (void)l;
+    return off / XM_LAYOUT_REPL_UNIT;
 }
 
 bool xm__layout_has_empty_part(const xm__layout_t *l)

@@ -187,6 +187,29 @@ uint32_t xm__layout_nparts(const xm__layout_t *l);
 /* Bytes part holds (its region must be at least this big); 0 for a part out of range or
  * one the allocation is too small to reach. */
 uint64_t xm__layout_part_size(const xm__layout_t *l, uint32_t part);
+/*
+ * The metadata column (docs/resilience.md, consistency model): replicate and ec parts end
+ * with one 32-byte record per ec stripe (row) or per 64 KiB replicate lock unit, four
+ * 8-byte words changed only by one-sided atomics and delivery-complete writes:
+ * lock (0 free, else the holder's token), beat (lease heartbeat), ver (bumped when a
+ * writer takes the lock), range (ec: the piece offsets a writer is changing, len << 24 |
+ * off; 0 none). Every part of the allocation has the column at the same offset (only
+ * the records of a row's parity parts, or of the replicate lock home, are used), so the
+ * part sizes stay equal; xm__layout_part_size counts it. None for single and stripe.
+ */
+#define XM_LAYOUT_META_REC 32u
+#define XM_LAYOUT_REPL_UNIT (64ull << 10)
+enum { XM_LAYOUT_META_LOCK = 0, XM_LAYOUT_META_BEAT = 8, XM_LAYOUT_META_VER = 16,
+       XM_LAYOUT_META_RANGE = 24 };
+/* Records per part: nrows (ec), lock units of XM_LAYOUT_REPL_UNIT (replicate), 0 others. */
+uint64_t xm__layout_meta_count(const xm__layout_t *l);
+/* Part offset of the column (8-aligned, after every data byte of the part). */
+uint64_t xm__layout_meta_base(const xm__layout_t *l);
+/* Part offset of record index (< meta_count). */
+uint64_t xm__layout_meta_off(const xm__layout_t *l, uint64_t index);
+/* The replicate lock unit of logical byte off. */
+uint64_t xm__layout_meta_unit(const xm__layout_t *l, uint64_t off);
+
 /* True when some part holds no byte (fewer chunks than data parts). */
 bool xm__layout_has_empty_part(const xm__layout_t *l);
 

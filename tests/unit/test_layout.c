@@ -512,7 +512,10 @@ Test(layout, replicate_every_part_holds_every_byte)
     xm__layout_t l;
     cr_assert_eq(xm__layout_init_full(&l, XM_LAYOUT_REPLICATE, 100003, 1, 2, 0, NULL), XM_OK);
     cr_expect_eq(xm__layout_nparts(&l), 3);
-    for (uint32_t p = 0; p < 3; p++) cr_expect_eq(xm__layout_part_size(&l, p), 100003);
+    for (uint32_t p = 0; p < 3; p++) {
+        /* the bytes, 8-aligned, then one 32-byte lock record per 64 KiB unit */
+        cr_expect_eq(xm__layout_part_size(&l, p), 100008 + 2 * XM_LAYOUT_META_REC);
+    }
     cr_expect_eq(xm__layout_part_size(&l, 3), 0);
     cr_expect(!xm__layout_has_empty_part(&l));
     cr_expect_eq(xm__layout_nrows(&l), 1);
@@ -550,7 +553,8 @@ Test(layout, ec_matches_a_byte_by_byte_model, .timeout = 120)
         cr_assert_eq(xm__layout_nparts(&l), n);
         cr_assert_eq(xm__layout_nrows(&l), rows);
         cr_assert(!xm__layout_has_empty_part(&l));
-        for (uint32_t p = 0; p < n; p++) cr_assert_eq(xm__layout_part_size(&l, p), rows * c, "padded parts");
+        for (uint32_t p = 0; p < n; p++) cr_assert_eq(xm__layout_part_size(&l, p), rows * (c + XM_LAYOUT_META_REC),
+                                                     "padded parts and a record per row");
         for (uint64_t r = 0; r < rows + n; r++) {
             /* pieces of a row are a permutation of the parts; part_piece inverts piece_part */
             bool seen[32] = {false};

@@ -1,0 +1,983 @@
+/* libxmem resilient I/O: replicate:R and ec:K+M allocations (docs/resilience.md).
+ *
+ * Every operation here is split into sub-operations on single parts, posted together on
+ * the context's data path (dp.h) and waited for together. A part whose sub-operations
+ * keep failing is marked down in the handle for good (sticky): writes skip it from then
+ * on, so its bytes may be stale and it is never read again through this handle.
+ *
+ * Replicate: writes lock their 64 KiB units at the lock home (the first part not down:
+ * the primary while it lives), write every reachable copy in parallel, unlock. Reads go
+ * to the first reachable copy. Atomics: lock the unit, read the word at the home,
+ * compute, write it to every copy, unlock.
+ *
+ * EC: healthy reads read data pieces; a stripe with a needed piece down is read under
+ * the seqlock of its parity parts' records and decoded from any k pieces. Writes lock
+ * the stripe on its reachable parity parts (CAS, parity order), bump ver, note the piece
+ * range they change, write data and parity (a full stripe encodes; a partial one applies
+ * the delta to the old parity, or re-encodes the range when a touched data piece is
+ * down), unlock. A stale lock (its beat unchanged for a lease) is taken over and the
+ * noted range re-encoded from the data pieces first.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+
+#include "../common/common.h"
+#include "../common/ec.h"
+#include "client.h"
+
+#define SUB_MAX_BYTES (1u << 20) /* a sub-operation's bytes at most */
+#define RETRIES 2                /* a failed sub-operation is posted again this often */
+
+struct xm__resil {
+    int refs;
+    uint64_t token;           /* this handle's lock token */
+    uint64_t lease_ns;        /* a lock whose beat stands still this long is stale */
+    bool has_ec;
+    xm__ec_t ec;
+    uint8_t down[XM_LAYOUT_PARTS_MAX]; /* atomic: part found unreachable (sticky) */
+    char what[96];            /* "allocation 7 (ec:4+2:64K)" */
+};
+
+typedef struct sub {
+    xm_op_t op;
+    struct xm_region reg;
+    uint32_t part;
+} sub_t;
+
+typedef struct batch {
+    xm_region_h a;
+    sub_t *s;
+    size_t n, cap;
+} batch_t;
+
+/* ---- the handle's state ----------------------------------------------------------- */
+
+xm_status_t xm__resil_attach(xm_region_h a)
+{
+    xm__resil_t *rs = calloc(1, sizeof(*rs));
+    if (rs == NULL) return XM_ERR_NO_MEMORY;
+    rs->refs = 1;
+    while (rs->token == 0) {
+        if (getrandom(&rs->token, sizeof(rs->token), 0) != sizeof(rs->token)) rs->token = 0;
+        if (rs->token == 0) rs->token = (uint64_t)xm__now_ns() * 0x9e3779b97f4a7c15ull;
+    }
+    uint64_t lease_ms = 2000;
+    const char *env = getenv("XMEM_EC_LEASE_MS");
+    if (env != NULL && atoll(env) > 0) lease_ms = (uint64_t)atoll(env);
+    /* a holder may wait for one timed-out operation: the lease must outlast it, or a
+     * waiter would take over a lock whose holder still writes */
+    uint64_t tmo = a->ctx != NULL ? a->ctx->dp->timeout_ms : 5000;
+    if (lease_ms < 2 * tmo + 500) lease_ms = 2 * tmo + 500;
+    rs->lease_ns = lease_ms * 1000000ull;
+    if (a->layout.kind == XM_LAYOUT_EC) {
+        const char *why = "";
+        if (xm__ec_init(&rs->ec, a->layout.width, a->layout.redundancy, &why) != XM_OK) {
+            free(rs);
+            return xm__ctx_error(a->ctx, XM_ERR_INVALID, "allocation %llu: %s",
+                                 (unsigned long long)a->id, why);
+        }
+        rs->has_ec = true;
+    }
+    char pol[XM_LAYOUT_POLICY_TEXT_MAX];
+    xm__layout_policy_t p = xm__layout_policy_of(&a->layout);
+    xm__layout_policy_str(&p, pol, sizeof(pol));
+    snprintf(rs->what, sizeof(rs->what), "allocation %llu (%s)", (unsigned long long)a->id, pol);
+    a->resil = rs;
+    return XM_OK;
+}
+
+void xm__resil_get(xm__resil_t *rs)
+{
+    if (rs != NULL) __atomic_fetch_add(&rs->refs, 1, __ATOMIC_RELAXED);
+}
+
+void xm__resil_put(xm__resil_t *rs)
+{
+    if (rs != NULL && __atomic_sub_fetch(&rs->refs, 1, __ATOMIC_ACQ_REL) == 0) free(rs);
+}
+
+static bool is_down(const xm_region_h a, uint32_t part)
+{
+    return __atomic_load_n(&a->resil->down[part], __ATOMIC_RELAXED) != 0;
+}
+
+static void mark_down(xm_region_h a, uint32_t part, xm_status_t why)
+{
+    if (__atomic_exchange_n(&a->resil->down[part], 1, __ATOMIC_RELAXED) == 0) {
+        xm_log_warn("%s: part %u unreachable (%s): read around and not written from now on",
+                    a->resil->what, part, xm_status_str(why));
+    }
+}
+
+/* ---- batches of single-part sub-operations ---------------------------------------- */
+
+static sub_t *batch_add(batch_t *b, uint32_t part, xm_opcode_t opcode, uint64_t part_off,
+                        void *buf, size_t len)
+{
+    if (b->n == b->cap) {
+        size_t cap = b->cap ? 2 * b->cap : 16;
+        sub_t *s = realloc(b->s, cap * sizeof(*s));
+        if (s == NULL) return NULL;
+        b->s = s;
+        b->cap = cap;
+    }
+    sub_t *s = &b->s[b->n++];
+    memset(s, 0, sizeof(*s));
+    s->part = part;
+    s->op.opcode = opcode;
+    s->op.offset = part_off;
+    s->op.buf = buf;
+    s->op.length = len;
+    return s;
+}
+
+/* Reads or writes of [part_off, + len) of part, cut into sub-operations. */
+static bool batch_rw(batch_t *b, uint32_t part, xm_opcode_t opcode, uint64_t part_off, void *buf,
+                     size_t len)
+{
+    for (size_t done = 0; done < len;) {
+        size_t n = XM_MIN(len - done, (size_t)SUB_MAX_BYTES);
+        if (batch_add(b, part, opcode, part_off + done, (uint8_t *)buf + done, n) == NULL) return false;
+        done += n;
+    }
+    return true;
+}
+
+static void batch_free(batch_t *b)
+{
+    free(b->s);
+    b->s = NULL;
+    b->n = b->cap = 0;
+}
+
+/* Post s[i] (its region: part s->part of the allocation, alone). */
+static void sub_post(xm_region_h a, sub_t *s)
+{
+    const xm__part_t *p = &a->parts[s->part];
+    s->reg = (struct xm_region){
+        .ctx = a->ctx, .id = a->id, .size = p->size, .key = p->key, .access = a->access,
+        .parts = (xm__part_t *)p, .nparts = 1, .layout = xm__layout_single(p->size),
+    };
+    s->op.region = &s->reg;
+    s->op.status = XM_IN_PROGRESS;
+    if (is_down(a, s->part)) {
+        s->op.status = XM_ERR_DISCONNECTED;
+        return;
+    }
+    xm_status_t st = xm__dp_post(a->ctx->dp, &s->op, 0);
+    if (st != XM_OK) s->op.status = st;
+}
+
+/* Run every sub-operation; those that fail are posted again (RETRIES times) and their
+ * parts marked down if they still fail. Returns how many failed in the end (their
+ * op.status says why). */
+static size_t batch_run(batch_t *b)
+{
+    xm_region_h a = b->a;
+    size_t nfail = 0;
+    xm_op_t **ops = malloc((b->n ? b->n : 1) * sizeof(*ops));
+    if (ops == NULL) {
+        for (size_t i = 0; i < b->n; i++) b->s[i].op.status = XM_ERR_NO_MEMORY;
+        return b->n;
+    }
+    for (int round = 0; round <= RETRIES; round++) {
+        size_t n = 0;
+        for (size_t i = 0; i < b->n; i++) {
+            sub_t *s = &b->s[i];
+            if (round > 0 && (s->op.status == XM_OK || is_down(a, s->part))) continue;
+            sub_post(a, s);
+            ops[n++] = &s->op;
+        }
+        if (n == 0) break;
+        xm__dp_wait(a->ctx->dp, ops, n);
+        nfail = 0;
+        for (size_t i = 0; i < b->n; i++) nfail += b->s[i].op.status != XM_OK;
+        if (nfail == 0) break;
+        /* gone (refused connections) or silent past the timeout: down at once */
+        for (size_t i = 0; i < b->n; i++) {
+            xm_status_t st = b->s[i].op.status;
+            if (st == XM_ERR_CONNECT || st == XM_ERR_TIMEOUT) mark_down(a, b->s[i].part, st);
+        }
+    }
+    for (size_t i = 0; i < b->n; i++) {
+        if (b->s[i].op.status != XM_OK && b->s[i].op.status != XM_ERR_NO_MEMORY) {
+            mark_down(a, b->s[i].part, b->s[i].op.status);
+        }
+    }
+    free(ops);
+    return nfail;
+}
+
+/* ---- records: lock, beat, ver, range ---------------------------------------------- */
+
+typedef struct lockset {
+    uint32_t n;
+    uint32_t part[XM_LAYOUT_EC_M_MAX + 1];
+    uint64_t rec[XM_LAYOUT_EC_M_MAX + 1];    /* record index in that part */
+} lockset_t;
+
+static uint64_t rec_off(xm_region_h a, uint64_t rec, uint32_t word)
+{
+    return xm__layout_meta_off(&a->layout, rec) + word;
+}
+
+static void nap(unsigned *spins)
+{
+    unsigned us = *spins < 10 ? 20 : *spins < 100 ? 200 : 1000;
+    (*spins)++;
+    struct timespec ts = {0, (long)us * 1000};
+    nanosleep(&ts, NULL);
+}
+
+typedef xm_status_t (*repair_fn)(xm_region_h a, uint64_t unit, const uint64_t *range);
+
+/*
+ * Take the lock of every record in ls (records of parts not down), all at once: a
+ * conflict releases what was taken and waits (no hold-and-wait: no deadlock). A lock
+ * whose holder's token and beat stay the same for a lease is stale: taken over (CAS
+ * old -> mine), then repair(unit, noted range) runs before the caller goes on. Then
+ * ver is bumped on every record (readers' seqlock) and *range_word noted (0: none).
+ */
+static xm_status_t lock_take(xm_region_h a, lockset_t *ls, uint64_t unit, repair_fn repair,
+                             uint64_t range_word)
+{
+    xm__resil_t *rs = a->resil;
+    uint64_t start = xm__now_ns();
+    uint64_t seen_tok = 0, seen_beat = 0, seen_at = 0;
+    unsigned spins = 0;
+    for (;;) {
+        batch_t b = {.a = a};
+        uint64_t zero[XM_LAYOUT_EC_M_MAX + 1] = {0};
+        uint32_t live = 0;
+        for (uint32_t i = 0; i < ls->n; i++) {
+            if (is_down(a, ls->part[i])) continue;
+            sub_t *s = batch_add(&b, ls->part[i], XM_OP_COMPARE_SWAP, rec_off(a, ls->rec[i], XM_LAYOUT_META_LOCK), NULL, 0);
+            if (s == NULL) {
+                batch_free(&b);
+                return XM_ERR_NO_MEMORY;
+            }
+            s->op.compare = zero[i];
+            s->op.operand = rs->token;
+            live++;
+        }
+        if (live == 0) {
+            batch_free(&b);
+            return xm__ctx_error(a->ctx, XM_ERR_IO, "%s: no part holding the lock of unit %llu is reachable",
+                                 rs->what, (unsigned long long)unit);
+        }
+        batch_run(&b);
+        /* taken: result 0 (or mine: a retried CAS whose first try landed) */
+        bool all = true, failed = false;
+        uint64_t other = 0;
+        for (size_t i = 0; i < b.n; i++) {
+            sub_t *s = &b.s[i];
+            if (s->op.status != XM_OK) failed = true;
+            else if (s->op.result != 0 && s->op.result != rs->token) {
+                all = false;
+                other = s->op.result;
+            }
+        }
+        if (failed) {
+            /* parts went down meanwhile: release and start again without them */
+            all = false;
+        }
+        if (all) {
+            batch_free(&b);
+            break;
+        }
+        /* release what I took */
+        batch_t r = {.a = a};
+        for (size_t i = 0; i < b.n; i++) {
+            sub_t *s = &b.s[i];
+            if (s->op.status == XM_OK && (s->op.result == 0 || s->op.result == rs->token)) {
+                sub_t *u = batch_add(&r, s->part, XM_OP_COMPARE_SWAP, s->op.offset, NULL, 0);
+                if (u != NULL) {
+                    u->op.compare = rs->token;
+                    u->op.operand = 0;
+                }
+            }
+        }
+        batch_run(&r);
+        batch_free(&r);
+        if (other == 0) {
+            batch_free(&b);
+            continue; /* a part went down: try again without it */
+        }
+        /* held by another: its beat (from the first part that showed it) */
+        uint32_t where = 0;
+        for (size_t i = 0; i < b.n; i++) {
+            if (b.s[i].op.status == XM_OK && b.s[i].op.result == other) where = b.s[i].part;
+        }
+        uint64_t recidx = 0;
+        for (uint32_t i = 0; i < ls->n; i++) if (ls->part[i] == where) recidx = ls->rec[i];
+        batch_free(&b);
+        uint64_t beat = 0;
+        batch_t rb = {.a = a};
+        batch_add(&rb, where, XM_OP_READ, rec_off(a, recidx, XM_LAYOUT_META_BEAT), &beat, 8);
+        batch_run(&rb);
+        batch_free(&rb);
+        uint64_t now = xm__now_ns();
+        if (other != seen_tok || beat != seen_beat || seen_at == 0) {
+            seen_tok = other;
+            seen_beat = beat;
+            seen_at = now;
+        } else if (now - seen_at > rs->lease_ns) {
+            /* stale: take it over everywhere it is held by that token or free */
+            batch_t t = {.a = a};
+            for (uint32_t i = 0; i < ls->n; i++) {
+                if (is_down(a, ls->part[i])) continue;
+                sub_t *s = batch_add(&t, ls->part[i], XM_OP_COMPARE_SWAP, rec_off(a, ls->rec[i], XM_LAYOUT_META_LOCK), NULL, 0);
+                if (s != NULL) {
+                    s->op.compare = other;
+                    s->op.operand = rs->token;
+                }
+            }
+            batch_run(&t);
+            bool took = true;
+            for (size_t i = 0; i < t.n; i++) {
+                uint64_t res = t.s[i].op.result;
+                if (t.s[i].op.status != XM_OK) continue;
+                if (res == 0) {
+                    /* free there: take it plainly */
+                    t.s[i].op.compare = 0;
+                    t.s[i].op.operand = rs->token;
+                    batch_t one = {.a = a, .s = &t.s[i], .n = 1, .cap = 1};
+                    batch_run(&one);
+                    if (t.s[i].op.status == XM_OK && t.s[i].op.result != 0 && t.s[i].op.result != rs->token) took = false;
+                } else if (res != other && res != rs->token) {
+                    took = false;
+                }
+            }
+            batch_free(&t);
+            if (took) {
+                xm_log_warn("%s: lock of unit %llu held by a writer that stopped (token %016llx): taken over and repaired",
+                            rs->what, (unsigned long long)unit, (unsigned long long)other);
+                /* the dead writer's noted range, from the first reachable record */
+                uint64_t range = 0;
+                batch_t q = {.a = a};
+                for (uint32_t i = 0; i < ls->n && q.n == 0; i++) {
+                    if (!is_down(a, ls->part[i])) {
+                        batch_add(&q, ls->part[i], XM_OP_READ, rec_off(a, ls->rec[i], XM_LAYOUT_META_RANGE), &range, 8);
+                    }
+                }
+                size_t bad = batch_run(&q);
+                batch_free(&q);
+                xm_status_t st = bad ? XM_ERR_IO : repair(a, unit, &range);
+                if (st != XM_OK) {
+                    /* keep nothing locked that we cannot vouch for: leave it held (stale
+                     * again after a lease) and say why */
+                    return st;
+                }
+                break;
+            }
+            seen_at = 0;
+        }
+        if (now - start > rs->lease_ns + (uint64_t)a->ctx->dp->timeout_ms * 1000000ull * 2) {
+            return xm__ctx_error(a->ctx, XM_ERR_TIMEOUT, "%s: unit %llu stayed locked by another writer (token %016llx)",
+                                 rs->what, (unsigned long long)unit, (unsigned long long)other);
+        }
+        nap(&spins);
+    }
+    /* mine: bump ver and beat, note the range */
+    batch_t v = {.a = a};
+    static uint64_t one = 1;
+    uint64_t rw = range_word;
+    for (uint32_t i = 0; i < ls->n; i++) {
+        if (is_down(a, ls->part[i])) continue;
+        sub_t *s = batch_add(&v, ls->part[i], XM_OP_FETCH_ADD, rec_off(a, ls->rec[i], XM_LAYOUT_META_VER), NULL, 0);
+        if (s != NULL) s->op.operand = one;
+        s = batch_add(&v, ls->part[i], XM_OP_FETCH_ADD, rec_off(a, ls->rec[i], XM_LAYOUT_META_BEAT), NULL, 0);
+        if (s != NULL) s->op.operand = one;
+        if (a->layout.kind == XM_LAYOUT_EC) {
+            batch_add(&v, ls->part[i], XM_OP_WRITE, rec_off(a, ls->rec[i], XM_LAYOUT_META_RANGE), &rw, 8);
+        }
+    }
+    batch_run(&v);
+    batch_free(&v);
+    return XM_OK;
+}
+
+/* Clear the range and release the locks (reverse order needs no care: all at once). */
+static void lock_drop(xm_region_h a, const lockset_t *ls)
+{
+    batch_t b = {.a = a};
+    uint64_t zero = 0;
+    for (uint32_t i = 0; i < ls->n; i++) {
+        if (is_down(a, ls->part[i])) continue;
+        if (a->layout.kind == XM_LAYOUT_EC) {
+            batch_add(&b, ls->part[i], XM_OP_WRITE, rec_off(a, ls->rec[i], XM_LAYOUT_META_RANGE), &zero, 8);
+        }
+    }
+    batch_run(&b);
+    batch_free(&b);
+    for (uint32_t i = 0; i < ls->n; i++) {
+        if (is_down(a, ls->part[i])) continue;
+        sub_t *s = batch_add(&b, ls->part[i], XM_OP_COMPARE_SWAP, rec_off(a, ls->rec[i], XM_LAYOUT_META_LOCK), NULL, 0);
+        if (s != NULL) {
+            s->op.compare = a->resil->token;
+            s->op.operand = 0;
+        }
+    }
+    batch_run(&b);
+    batch_free(&b);
+}
+
+/* ---- replicate -------------------------------------------------------------------- */
+
+static int repl_home(xm_region_h a)
+{
+    for (uint32_t p = 0; p < a->nparts; p++) if (!is_down(a, p)) return (int)p;
+    return -1;
+}
+
+static xm_status_t repl_lost(xm_region_h a)
+{
+    return xm__ctx_error(a->ctx, XM_ERR_IO, "%s: every copy is unreachable (%u of %u parts down)",
+                         a->resil->what, a->nparts, a->nparts);
+}
+
+/* A stale unit lock: make every reachable copy of the unit equal to the home's. */
+static xm_status_t repl_repair(xm_region_h a, uint64_t unit, const uint64_t *range)
+{
+    (void)range;
+    uint64_t off = unit * XM_LAYOUT_REPL_UNIT;
+    size_t len = (size_t)XM_MIN(XM_LAYOUT_REPL_UNIT, a->layout.size - off);
+    uint8_t *buf = malloc(len);
+    if (buf == NULL) return XM_ERR_NO_MEMORY;
+    xm_status_t st = XM_ERR_IO;
+    for (int tries = 0; tries < (int)a->nparts; tries++) {
+        int home = repl_home(a);
+        if (home < 0) break;
+        batch_t b = {.a = a};
+        batch_rw(&b, (uint32_t)home, XM_OP_READ, off, buf, len);
+        size_t bad = batch_run(&b);
+        batch_free(&b);
+        if (bad) continue;
+        for (uint32_t p = (uint32_t)home + 1; p < a->nparts; p++) {
+            if (!is_down(a, p)) batch_rw(&b, p, XM_OP_WRITE, off, buf, len);
+        }
+        batch_run(&b);
+        batch_free(&b);
+        st = XM_OK;
+        break;
+    }
+    free(buf);
+    return st;
+}
+
+/* Lock units [u0, u1] at the home (all at once, one lockset per unit would serialise:
+ * they are taken unit by unit in ascending order, which is one global order). */
+static xm_status_t repl_lock(xm_region_h a, uint64_t u0, uint64_t u1, int *home_p)
+{
+    for (;;) {
+        int home = repl_home(a);
+        if (home < 0) return repl_lost(a);
+        uint64_t u;
+        xm_status_t st = XM_OK;
+        for (u = u0; u <= u1; u++) {
+            lockset_t ls = {.n = 1, .part = {(uint32_t)home}, .rec = {u}};
+            st = lock_take(a, &ls, u, repl_repair, 0);
+            if (st != XM_OK || is_down(a, (uint32_t)home)) break;
+        }
+        if (st == XM_OK && u > u1) {
+            *home_p = home;
+            return XM_OK;
+        }
+        /* release what was taken; a home that went down: again at the next one */
+        for (uint64_t v = u0; v < u; v++) {
+            lockset_t ls = {.n = 1, .part = {(uint32_t)home}, .rec = {v}};
+            lock_drop(a, &ls);
+        }
+        if (!is_down(a, (uint32_t)home)) return st;
+    }
+}
+
+static void repl_unlock(xm_region_h a, int home, uint64_t u0, uint64_t u1)
+{
+    batch_t b = {.a = a};
+    for (uint64_t u = u0; u <= u1; u++) {
+        sub_t *s = batch_add(&b, (uint32_t)home, XM_OP_COMPARE_SWAP, rec_off(a, u, XM_LAYOUT_META_LOCK), NULL, 0);
+        if (s != NULL) {
+            s->op.compare = a->resil->token;
+            s->op.operand = 0;
+        }
+    }
+    batch_run(&b);
+    batch_free(&b);
+}
+
+static xm_status_t repl_read(xm_region_h a, uint64_t off, void *buf, size_t len)
+{
+    for (;;) {
+        int home = repl_home(a);
+        if (home < 0) return repl_lost(a);
+        batch_t b = {.a = a};
+        if (!batch_rw(&b, (uint32_t)home, XM_OP_READ, off, buf, len)) {
+            batch_free(&b);
+            return XM_ERR_NO_MEMORY;
+        }
+        size_t bad = batch_run(&b);
+        batch_free(&b);
+        if (bad == 0) return XM_OK;
+    }
+}
+
+static xm_status_t repl_write(xm_region_h a, uint64_t off, const void *buf, size_t len)
+{
+    uint64_t u0 = xm__layout_meta_unit(&a->layout, off), u1 = xm__layout_meta_unit(&a->layout, off + len - 1);
+    int home;
+    xm_status_t st = repl_lock(a, u0, u1, &home);
+    if (st != XM_OK) return st;
+    batch_t b = {.a = a};
+    for (uint32_t p = 0; p < a->nparts; p++) {
+        if (!is_down(a, p)) batch_rw(&b, p, XM_OP_WRITE, off, (void *)buf, len);
+    }
+    batch_run(&b);
+    bool any = false;
+    for (uint32_t p = 0; p < a->nparts; p++) any |= !is_down(a, p);
+    batch_free(&b);
+    if (!is_down(a, (uint32_t)home)) repl_unlock(a, home, u0, u1);
+    return any ? XM_OK : repl_lost(a);
+}
+
+static xm_status_t repl_atomic(xm_region_h a, xm_op_t *op)
+{
+    uint64_t u = xm__layout_meta_unit(&a->layout, op->offset);
+    int home;
+    xm_status_t st = repl_lock(a, u, u, &home);
+    if (st != XM_OK) return st;
+    uint64_t old = 0, nw;
+    st = repl_read(a, op->offset, &old, 8);
+    if (st == XM_OK) {
+        if (op->opcode == XM_OP_FETCH_ADD) nw = old + op->operand;
+        else nw = old == op->compare ? op->operand : old;
+        if (nw != old) {
+            batch_t b = {.a = a};
+            for (uint32_t p = 0; p < a->nparts; p++) {
+                if (!is_down(a, p)) batch_rw(&b, p, XM_OP_WRITE, op->offset, &nw, 8);
+            }
+            batch_run(&b);
+            batch_free(&b);
+            if (repl_home(a) < 0) st = repl_lost(a);
+        }
+        op->result = old;
+    }
+    if (!is_down(a, (uint32_t)home)) repl_unlock(a, home, u, u);
+    return st;
+}
+
+/* ---- ec ----------------------------------------------------------------------------- */
+
+static uint32_t ec_n(xm_region_h a)
+{
+    return a->layout.width + a->layout.redundancy;
+}
+
+static xm_status_t ec_short(xm_region_h a, uint64_t row)
+{
+    uint32_t n = ec_n(a), down = 0;
+    for (uint32_t p = 0; p < n; p++) down += is_down(a, p);
+    return xm__ctx_error(a->ctx, XM_ERR_IO,
+                         "%s: stripe %llu has %u of %u pieces reachable, %u needed (%u appliances down)",
+                         a->resil->what, (unsigned long long)row, n - down, n, a->layout.width, down);
+}
+
+/*
+ * Pieces want (bit mask over pieces 0..n-1) of row, bytes [wlo, wlo + wlen) of each,
+ * into out[piece] (wlen bytes each, for wanted pieces): read directly where reachable,
+ * else decoded from k reachable pieces. exclude_range: when a stale writer's noted range
+ * overlaps (a data piece in it lost), those bytes are not reconstructible.
+ */
+static xm_status_t ec_fetch(xm_region_h a, uint64_t row, uint32_t want, uint64_t wlo, uint64_t wlen,
+                            uint8_t **out)
+{
+    const xm__layout_t *l = &a->layout;
+    uint32_t k = l->width, n = ec_n(a);
+    uint64_t base = row * l->chunk + wlo;
+    for (;;) {
+        uint32_t missing = 0, avail = 0;
+        for (uint32_t p = 0; p < n; p++) {
+            bool dn = is_down(a, xm__layout_piece_part(l, row, p));
+            if (dn && (want >> p & 1)) missing |= 1u << p;
+            if (!dn) avail |= 1u << p;
+        }
+        if ((uint32_t)__builtin_popcount(avail) < k && missing) return ec_short(a, row);
+        uint8_t *tmp = NULL;
+        uint32_t have[XM_EC_K_MAX], nhave = 0;
+        batch_t b = {.a = a};
+        if (missing == 0) {
+            for (uint32_t p = 0; p < n; p++) {
+                if (want >> p & 1) batch_rw(&b, xm__layout_piece_part(l, row, p), XM_OP_READ, base, out[p], wlen);
+            }
+        } else {
+            /* k sources: wanted reachable pieces first, then data, then parity */
+            for (int pass = 0; pass < 2 && nhave < k; pass++) {
+                for (uint32_t p = 0; p < n && nhave < k; p++) {
+                    if (!(avail >> p & 1)) continue;
+                    bool w = want >> p & 1;
+                    if ((pass == 0) != w) continue;
+                    have[nhave++] = p;
+                }
+            }
+            tmp = malloc((size_t)k * wlen);
+            if (tmp == NULL) return XM_ERR_NO_MEMORY;
+            for (uint32_t i = 0; i < nhave; i++) {
+                batch_rw(&b, xm__layout_piece_part(l, row, have[i]), XM_OP_READ, base, tmp + i * wlen, wlen);
+            }
+        }
+        size_t bad = batch_run(&b);
+        batch_free(&b);
+        if (bad) {
+            free(tmp);
+            continue; /* parts went down: choose again */
+        }
+        if (missing == 0) return XM_OK;
+        /* sort have ascending (the decoder takes any order, our tmp follows have) */
+        uint8_t *src[XM_EC_K_MAX];
+        for (uint32_t i = 0; i < nhave; i++) src[i] = tmp + i * wlen;
+        uint32_t wl[XM_EC_N_MAX], nw = 0;
+        uint8_t *o[XM_EC_N_MAX];
+        for (uint32_t p = 0; p < n; p++) {
+            if (want >> p & 1) {
+                bool direct = false;
+                for (uint32_t i = 0; i < nhave; i++) {
+                    if (have[i] == p) {
+                        memcpy(out[p], src[i], wlen);
+                        direct = true;
+                    }
+                }
+                if (!direct) {
+                    wl[nw] = p;
+                    o[nw++] = out[p];
+                }
+            }
+        }
+        const char *why = "";
+        xm_status_t st = xm__ec_decode(&a->resil->ec, wlen, have, src, nw, wl, o, &why);
+        free(tmp);
+        if (st != XM_OK) return xm__ctx_error(a->ctx, st, "%s: decode of stripe %llu: %s", a->resil->what, (unsigned long long)row, why);
+        return XM_OK;
+    }
+}
+
+static void ec_lockset(xm_region_h a, uint64_t row, lockset_t *ls)
+{
+    ls->n = a->layout.redundancy;
+    for (uint32_t i = 0; i < ls->n; i++) {
+        ls->part[i] = xm__layout_row_parity_part(&a->layout, row, i);
+        ls->rec[i] = row;
+    }
+}
+
+/* Re-encode parity over piece bytes [lo, lo + len) of row from its data pieces and write
+ * it to the reachable parity parts. */
+static xm_status_t ec_reencode(xm_region_h a, uint64_t row, uint64_t lo, uint64_t len)
+{
+    const xm__layout_t *l = &a->layout;
+    uint32_t k = l->width, m = l->redundancy;
+    uint8_t *buf = malloc((size_t)(k + m) * len);
+    if (buf == NULL) return XM_ERR_NO_MEMORY;
+    uint8_t *p[XM_EC_N_MAX];
+    for (uint32_t i = 0; i < k + m; i++) p[i] = buf + i * len;
+    xm_status_t st = ec_fetch(a, row, (1u << k) - 1, lo, len, p);
+    if (st == XM_OK) st = xm__ec_encode(&a->resil->ec, len, p, p + k, NULL);
+    if (st == XM_OK) {
+        batch_t b = {.a = a};
+        for (uint32_t i = 0; i < m; i++) {
+            uint32_t part = xm__layout_row_parity_part(l, row, i);
+            if (!is_down(a, part)) batch_rw(&b, part, XM_OP_WRITE, row * l->chunk + lo, p[k + i], len);
+        }
+        batch_run(&b);
+        batch_free(&b);
+    }
+    free(buf);
+    return st;
+}
+
+/* A stale stripe lock: the dead writer's noted range is re-encoded from the data as it
+ * now is (each byte old or new). A data piece down makes that range unrecoverable. */
+static xm_status_t ec_repair(xm_region_h a, uint64_t row, const uint64_t *range)
+{
+    uint64_t len = *range >> 24, lo = *range & 0xffffff;
+    if (len == 0) return XM_OK; /* it had changed nothing yet */
+    for (uint32_t j = 0; j < a->layout.width; j++) {
+        if (is_down(a, xm__layout_row_data_part(&a->layout, row, j))) {
+            return xm__ctx_error(a->ctx, XM_ERR_IO,
+                                 "%s: stripe %llu, piece bytes %llu..%llu were being written by a client that "
+                                 "died, then a data part was lost: not reconstructible until written again",
+                                 a->resil->what, (unsigned long long)row, (unsigned long long)lo,
+                                 (unsigned long long)(lo + len));
+        }
+    }
+    return ec_reencode(a, row, lo, len);
+}
+
+static xm_status_t ec_repair_cb(xm_region_h a, uint64_t unit, const uint64_t *range)
+{
+    return ec_repair(a, unit, range);
+}
+
+/* The piece window a span touches: [*lo, *lo + *len). */
+static void span_window(const xm__layout_t *l, const xm__layout_span_t *s, uint64_t *lo, uint64_t *len)
+{
+    uint64_t o[2], n[2];
+    uint32_t c = xm__layout_span_parity(l, s, o, n);
+    if (c == 1) {
+        *lo = o[0];
+        *len = n[0];
+    } else {
+        *lo = 0;
+        *len = l->chunk;
+    }
+}
+
+/* A degraded read of one span: seqlock on the parity parts' records, decode. */
+static xm_status_t ec_read_degraded(xm_region_h a, const xm__layout_span_t *s, uint8_t *dst)
+{
+    const xm__layout_t *l = &a->layout;
+    uint32_t k = l->width, m = l->redundancy;
+    uint64_t wlo, wlen;
+    span_window(l, s, &wlo, &wlen);
+    uint32_t want = 0;
+    for (uint32_t j = s->first; j <= s->last; j++) want |= 1u << j;
+    uint8_t *buf = malloc((size_t)k * wlen);
+    if (buf == NULL) return XM_ERR_NO_MEMORY;
+    uint8_t *out[XM_EC_N_MAX] = {0};
+    for (uint32_t j = 0; j < k; j++) out[j] = buf + j * wlen;
+    uint64_t start = xm__now_ns();
+    unsigned spins = 0;
+    xm_status_t st;
+    for (;;) {
+        uint64_t r1[XM_LAYOUT_EC_M_MAX][4], r2[XM_LAYOUT_EC_M_MAX][4];
+        batch_t b = {.a = a};
+        for (uint32_t i = 0; i < m; i++) {
+            uint32_t part = xm__layout_row_parity_part(l, s->row, i);
+            if (!is_down(a, part)) batch_rw(&b, part, XM_OP_READ, rec_off(a, s->row, 0), r1[i], 32);
+        }
+        batch_run(&b);
+        bool busy = false;
+        for (size_t i = 0; i < b.n; i++) {
+            if (b.s[i].op.status == XM_OK && ((uint64_t *)b.s[i].op.buf)[0] != 0) busy = true;
+        }
+        batch_free(&b);
+        if (!busy) {
+            st = ec_fetch(a, s->row, want, wlo, wlen, out);
+            if (st != XM_OK) break;
+            for (uint32_t i = 0; i < m; i++) {
+                uint32_t part = xm__layout_row_parity_part(l, s->row, i);
+                if (!is_down(a, part)) batch_rw(&b, part, XM_OP_READ, rec_off(a, s->row, 0), r2[i], 32);
+            }
+            batch_run(&b);
+            bool same = true;
+            for (size_t i = 0; i < b.n; i++) {
+                uint64_t *w2 = b.s[i].op.buf;
+                uint64_t *w1 = (uint64_t *)((uint8_t *)r1 + ((uint8_t *)w2 - (uint8_t *)r2));
+                if (b.s[i].op.status != XM_OK || w2[0] != 0 || w2[2] != w1[2]) same = false;
+            }
+            batch_free(&b);
+            if (same) break;
+        } else if (a->access == XM_ACCESS_READ_WRITE) {
+            /* take the lock (a stale one is repaired), then read under it */
+            lockset_t ls;
+            ec_lockset(a, s->row, &ls);
+            st = lock_take(a, &ls, s->row, ec_repair_cb, 0);
+            if (st != XM_OK) break;
+            st = ec_fetch(a, s->row, want, wlo, wlen, out);
+            lock_drop(a, &ls);
+            break;
+        }
+        if (xm__now_ns() - start > a->resil->lease_ns + (uint64_t)a->ctx->dp->timeout_ms * 2000000ull) {
+            st = xm__ctx_error(a->ctx, XM_ERR_TIMEOUT, "%s: stripe %llu stayed locked by a writer",
+                               a->resil->what, (unsigned long long)s->row);
+            break;
+        }
+        nap(&spins);
+    }
+    if (st == XM_OK) {
+        for (uint32_t j = s->first; j <= s->last; j++) {
+            uint64_t po, pl;
+            xm__layout_span_piece(l, s, j, &po, &pl);
+            uint64_t at = (uint64_t)(j - s->first) * l->chunk + po - s->lo; /* offset in span */
+            memcpy(dst + at, out[j] + (po - wlo), pl);
+        }
+    }
+    free(buf);
+    return st;
+}
+
+static xm_status_t ec_read(xm_region_h a, uint64_t off, uint8_t *buf, size_t len)
+{
+    const xm__layout_t *l = &a->layout;
+    /* healthy: every segment on a part not down, all at once */
+    batch_t b = {.a = a};
+    xm__layout_iter_t it;
+    xm__layout_seg_t seg;
+    xm__layout_iter_init(&it, l, off, len, SUB_MAX_BYTES);
+    while (xm__layout_iter_next(&it, &seg)) {
+        if (!is_down(a, seg.part)) batch_add(&b, seg.part, XM_OP_READ, seg.part_off, buf + seg.buf_off, seg.len);
+    }
+    batch_run(&b);
+    batch_free(&b);
+    /* stripes with a piece not read: degraded */
+    xm__layout_span_iter_t si;
+    xm__layout_span_t s;
+    xm__layout_span_iter_init(&si, l, off, len);
+    while (xm__layout_span_iter_next(&si, &s)) {
+        bool need = false;
+        for (uint32_t j = s.first; j <= s.last; j++) need |= is_down(a, xm__layout_row_data_part(l, s.row, j));
+        if (!need) continue;
+        xm_status_t st = ec_read_degraded(a, &s, buf + s.buf_off);
+        if (st != XM_OK) return st;
+    }
+    return XM_OK;
+}
+
+/* One stripe's write, under its lock. */
+static xm_status_t ec_write_span(xm_region_h a, const xm__layout_span_t *s, const uint8_t *src)
+{
+    const xm__layout_t *l = &a->layout;
+    uint32_t k = l->width, m = l->redundancy, n = k + m;
+    uint64_t c = l->chunk, pbase = s->row * c;
+    uint32_t up = 0;
+    for (uint32_t p = 0; p < n; p++) up += !is_down(a, p);
+    if (up < k) return ec_short(a, s->row);
+    uint64_t wlo, wlen;
+    span_window(l, s, &wlo, &wlen);
+    lockset_t ls;
+    ec_lockset(a, s->row, &ls);
+    xm_status_t st = lock_take(a, &ls, s->row, ec_repair_cb, (wlen << 24) | wlo);
+    if (st != XM_OK) return st;
+    /* new data over the window for every data piece, and parity */
+    uint8_t *buf = calloc((size_t)n, wlen);
+    uint8_t *old = calloc((size_t)n, wlen);
+    uint8_t *p[XM_EC_N_MAX], *q[XM_EC_N_MAX];
+    if (buf == NULL || old == NULL) {
+        st = XM_ERR_NO_MEMORY;
+        goto out;
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        p[i] = buf + i * wlen;
+        q[i] = old + i * wlen;
+    }
+    bool touched_down = false;
+    for (uint32_t j = s->first; j <= s->last; j++) touched_down |= is_down(a, xm__layout_row_data_part(l, s->row, j));
+    if (s->full) {
+        /* parity from the new data alone (the bytes past the allocation's end are zero) */
+        for (uint32_t j = s->first; j <= s->last; j++) {
+            uint64_t po, pl;
+            xm__layout_span_piece(l, s, j, &po, &pl);
+            memcpy(p[j] + po - wlo, src + (uint64_t)j * c + po - s->lo, pl);
+        }
+        st = xm__ec_encode(&a->resil->ec, wlen, p, p + k, NULL);
+    } else if (!touched_down) {
+        /* delta: old touched data and old parity over the window */
+        uint32_t want = 0;
+        for (uint32_t j = s->first; j <= s->last; j++) want |= 1u << j;
+        for (uint32_t i = 0; i < m; i++) want |= 1u << (k + i);
+        /* parity parts down: fetched by decode only if needed; we just skip them */
+        uint32_t wantp = want;
+        for (uint32_t i = 0; i < m; i++) {
+            if (is_down(a, xm__layout_row_parity_part(l, s->row, i))) wantp &= ~(1u << (k + i));
+        }
+        st = ec_fetch(a, s->row, wantp, wlo, wlen, q);
+        if (st == XM_OK) {
+            for (uint32_t i = 0; i < m; i++) memcpy(p[k + i], q[k + i], wlen);
+            for (uint32_t j = s->first; j <= s->last && st == XM_OK; j++) {
+                uint64_t po, pl;
+                xm__layout_span_piece(l, s, j, &po, &pl);
+                memcpy(p[j], q[j], wlen);
+                memcpy(p[j] + po - wlo, src + (uint64_t)(j - s->first) * c + po - s->lo, pl);
+                uint8_t *d = q[j]; /* the delta over the window (zero where unchanged) */
+                xm__ec_xor(d, q[j], p[j], wlen);
+                st = xm__ec_update(&a->resil->ec, wlen, j, d, p + k, NULL);
+            }
+        }
+    } else {
+        /* a touched data piece is down: every data piece over the window (decoded), the
+         * new bytes on top, parity re-encoded */
+        st = ec_fetch(a, s->row, (1u << k) - 1, wlo, wlen, p);
+        for (uint32_t j = s->first; j <= s->last && st == XM_OK; j++) {
+            uint64_t po, pl;
+            xm__layout_span_piece(l, s, j, &po, &pl);
+            memcpy(p[j] + po - wlo, src + (uint64_t)(j - s->first) * c + po - s->lo, pl);
+        }
+        if (st == XM_OK) st = xm__ec_encode(&a->resil->ec, wlen, p, p + k, NULL);
+    }
+    if (st != XM_OK) goto out;
+    {
+        batch_t b = {.a = a};
+        for (uint32_t j = s->first; j <= s->last; j++) {
+            uint32_t part = xm__layout_row_data_part(l, s->row, j);
+            uint64_t po, pl;
+            xm__layout_span_piece(l, s, j, &po, &pl);
+            if (!is_down(a, part)) {
+                batch_rw(&b, part, XM_OP_WRITE, pbase + po,
+                         (void *)(src + (uint64_t)(j - s->first) * c + po - s->lo), pl);
+            }
+        }
+        for (uint32_t i = 0; i < m; i++) {
+            uint32_t part = xm__layout_row_parity_part(l, s->row, i);
+            if (!is_down(a, part)) batch_rw(&b, part, XM_OP_WRITE, pbase + wlo, p[k + i], wlen);
+        }
+        batch_run(&b);
+        batch_free(&b);
+        up = 0;
+        for (uint32_t q2 = 0; q2 < n; q2++) up += !is_down(a, xm__layout_piece_part(l, s->row, q2));
+        if (up < k) st = ec_short(a, s->row);
+    }
+out:
+    free(buf);
+    free(old);
+    lock_drop(a, &ls);
+    return st;
+}
+
+static xm_status_t ec_write(xm_region_h a, uint64_t off, const uint8_t *buf, size_t len)
+{
+    xm__layout_span_iter_t si;
+    xm__layout_span_t s;
+    xm__layout_span_iter_init(&si, &a->layout, off, len);
+    while (xm__layout_span_iter_next(&si, &s)) {
+        xm_status_t st = ec_write_span(a, &s, buf + s.buf_off);
+        if (st != XM_OK) return st;
+    }
+    return XM_OK;
+}
+
+/* ---- entry -------------------------------------------------------------------------- */
+
+bool xm__resil_is(xm_region_h r)
+{
+    return r->parts != NULL && r->resil != NULL;
+}
+
+void xm__resil_op(xm_op_t *op)
+{
+    xm_region_h a = op->region;
+    xm_status_t st;
+    switch (op->opcode) {
+    case XM_OP_READ:
+        st = a->layout.kind == XM_LAYOUT_EC ? ec_read(a, op->offset, op->buf, op->length)
+                                            : repl_read(a, op->offset, op->buf, op->length);
+        break;
+    case XM_OP_WRITE:
+        st = a->layout.kind == XM_LAYOUT_EC ? ec_write(a, op->offset, op->buf, op->length)
+                                            : repl_write(a, op->offset, op->buf, op->length);
+        break;
+    default:
+        if (a->layout.kind == XM_LAYOUT_EC) {
+            st = xm__ctx_error(a->ctx, XM_ERR_INVALID,
+                               "%s: atomics are not available on ec allocations (a word's parity cannot be "
+                               "updated atomically with it); use replicate or stripe for words updated atomically",
+                               a->resil->what);
+        } else {
+            st = repl_atomic(a, op);
+        }
+        break;
+    }
+    op->pending_ = 0;
+    __atomic_store_n(&op->status, st, __ATOMIC_RELEASE);
+}

@@ -1,0 +1,208 @@
+/* Resilient allocations (issue 12, docs/resilience.md): replicate:R and ec:K+M through
+ * libxmem's read/write path, with appliances killed under it. Every byte is checked
+ * against a model kept by the test. */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <criterion/criterion.h>
+
+#include "harness.h"
+
+static xt_cluster_t cl;
+
+static void teardown(void)
+{
+    xt_cluster_stop(&cl);
+}
+
+/* A manager context with a short operation timeout (a dead appliance is noticed fast). */
+static xm_ctx_h connect_short(void)
+{
+    char cred[PATH_MAX + 80];
+    xm_connect_opts_t o = {.size = sizeof(xm_connect_opts_t), .manager = cl.mgr.addr,
+                           .secret_file = xt_cred(cl.mgr.secret, "alice", cred, sizeof(cred)),
+                           .tenant = "alice", .timeout_ms = 3000};
+    xm_ctx_h ctx = NULL;
+    xm_status_t s = xm_connect(&o, &ctx);
+    cr_assert_eq(s, XM_OK, "connect: %s", xm_last_error(NULL));
+    return ctx;
+}
+
+static uint64_t rnd(uint64_t *s)
+{
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    return *s;
+}
+
+/* Write len bytes of a fresh pattern at off, into the allocation and the model. */
+static void model_write(xm_ctx_h ctx, xm_alloc_h a, uint8_t *model, uint64_t off, size_t len,
+                        uint64_t seed)
+{
+    uint8_t *w = malloc(len);
+    xt_fill(w, len, seed);
+    xm_status_t s = xm_write(a, off, w, len);
+    cr_assert_eq(s, XM_OK, "write %zu at %llu: %s", len, (unsigned long long)off, xm_last_error(ctx));
+    memcpy(model + off, w, len);
+    free(w);
+}
+
+/* Every byte of a, read in pieces of varying size, equals the model. */
+static void check_all(xm_ctx_h ctx, xm_alloc_h a, const uint8_t *model, uint64_t size,
+                      const char *when)
+{
+    uint8_t *r = malloc(size);
+    memset(r, 0xee, size);
+    /* once whole, once in odd pieces */
+    cr_assert_eq(xm_read(a, 0, r, size), XM_OK, "%s: read all: %s", when, xm_last_error(ctx));
+    for (uint64_t i = 0; i < size; i++) {
+        cr_assert_eq(r[i], model[i], "%s: byte %llu is %02x, model %02x", when,
+                     (unsigned long long)i, r[i], model[i]);
+    }
+    memset(r, 0xee, size);
+    uint64_t seed = 77;
+    for (uint64_t off = 0; off < size;) {
+        uint64_t len = 1 + rnd(&seed) % 20000;
+        if (len > size - off) len = size - off;
+        cr_assert_eq(xm_read(a, off, r + off, len), XM_OK, "%s: read %llu at %llu: %s", when,
+                     (unsigned long long)len, (unsigned long long)off, xm_last_error(ctx));
+        off += len;
+    }
+    cr_assert(memcmp(r, model, size) == 0, "%s: pieced read differs", when);
+    free(r);
+}
+
+/* Writes of every shape: the whole, unaligned small ones, ones crossing units/stripes. */
+static void write_shapes(xm_ctx_h ctx, xm_alloc_h a, uint8_t *model, uint64_t size, uint64_t seed)
+{
+    model_write(ctx, a, model, 0, size, seed);
+    uint64_t s = seed | 1;
+    for (int i = 0; i < 40; i++) {
+        uint64_t len = 1 + rnd(&s) % (i % 4 == 0 ? 70000 : 5000);
+        uint64_t off = rnd(&s) % (size - len + 1);
+        model_write(ctx, a, model, off, len, seed * 100 + (uint64_t)i);
+    }
+}
+
+Test(resilience, replicate2_survives_one_appliance, .fini = teardown, .timeout = 120)
+{
+    xt_cluster_start(&cl, 2, "64M", "tcp", NULL);
+    xm_ctx_h ctx = connect_short();
+    const uint64_t size = (1u << 20) + 12345;
+    xm_alloc_h a;
+    cr_assert_eq(xm_alloc(ctx, size, "replicate:2", "rep", &a), XM_OK, "%s", xm_last_error(ctx));
+    uint8_t *model = calloc(1, size);
+    write_shapes(ctx, a, model, size, 1);
+    check_all(ctx, a, model, size, "healthy");
+    /* atomics: at the primary under the unit lock, the word copied to the other */
+    uint64_t old = 1;
+    cr_assert_eq(xm_fetch_add(a, 4096, 5, &old), XM_OK, "%s", xm_last_error(ctx));
+    uint64_t w;
+    memcpy(&w, model + 4096, 8);
+    cr_assert_eq(old, w);
+    w += 5;
+    memcpy(model + 4096, &w, 8);
+    cr_assert_eq(xm_compare_swap(a, 4096, w, 99, &old), XM_OK, "%s", xm_last_error(ctx));
+    cr_assert_eq(old, w);
+    w = 99;
+    memcpy(model + 4096, &w, 8);
+
+    /* kill one appliance (whichever holds the primary or the copy: each run kills app 0) */
+    xt_kill9(&cl.app[0]);
+    check_all(ctx, a, model, size, "one copy killed");
+    write_shapes(ctx, a, model, size, 2);
+    check_all(ctx, a, model, size, "written with one copy");
+    cr_assert_eq(xm_fetch_add(a, 8192, 1, &old), XM_OK, "%s", xm_last_error(ctx));
+    memcpy(&w, model + 8192, 8);
+    cr_assert_eq(old, w);
+    w += 1;
+    memcpy(model + 8192, &w, 8);
+    /* a second client, attached after the loss, finds out for itself */
+    xm_ctx_h ctx2 = connect_short();
+    xm_alloc_h b;
+    cr_assert_eq(xm_attach(ctx2, 0, "rep", XM_ACCESS_READ_WRITE, &b), XM_OK, "%s", xm_last_error(ctx2));
+    check_all(ctx2, b, model, size, "second client, one copy killed");
+    model_write(ctx2, b, model, 100, 3000, 9);
+    check_all(ctx, a, model, size, "first client sees the second's write");
+
+    /* both gone: a clear error naming the allocation, never data */
+    xt_kill9(&cl.app[1]);
+    uint8_t buf[64];
+    cr_assert_neq(xm_read(a, 0, buf, sizeof(buf)), XM_OK);
+    char want[64];
+    snprintf(want, sizeof(want), "allocation %llu (replicate:2)", (unsigned long long)xm_region_id(a));
+    cr_assert(strstr(xm_last_error(ctx), want) != NULL, "%s", xm_last_error(ctx));
+    cr_assert_neq(xm_write(a, 0, buf, sizeof(buf)), XM_OK);
+    cr_assert(strstr(xm_last_error(ctx), want) != NULL, "%s", xm_last_error(ctx));
+    xm_alloc_close(b);
+    xm_alloc_close(a);
+    xm_disconnect(ctx2);
+    xm_disconnect(ctx);
+    free(model);
+}
+
+Test(resilience, ec42_survives_two_appliances, .fini = teardown, .timeout = 180)
+{
+    xt_cluster_start(&cl, 6, "64M", "tcp", NULL);
+    xm_ctx_h ctx = connect_short();
+    /* 4K chunks: 16 KiB stripes, a short last stripe */
+    const uint64_t size = (400u << 10) + 777;
+    xm_alloc_h a;
+    cr_assert_eq(xm_alloc(ctx, size, "ec:4+2:4K", "coded", &a), XM_OK, "%s", xm_last_error(ctx));
+    uint8_t *model = calloc(1, size);
+    write_shapes(ctx, a, model, size, 1);
+    check_all(ctx, a, model, size, "healthy");
+    /* atomics are refused, with the reason */
+    uint64_t old;
+    cr_assert_eq(xm_fetch_add(a, 0, 1, &old), XM_ERR_INVALID);
+    cr_assert(strstr(xm_last_error(ctx), "atomics are not available on ec allocations") != NULL, "%s",
+              xm_last_error(ctx));
+    cr_assert_eq(xm_compare_swap(a, 0, 1, 2, &old), XM_ERR_INVALID);
+
+    /* a second, read-only client (the manager refuses attaches while parts are down: its
+     * attach asks every part's appliance) */
+    xm_ctx_h ctx2 = connect_short();
+    xm_alloc_h b;
+    cr_assert_eq(xm_attach(ctx2, 0, "coded", XM_ACCESS_READ, &b), XM_OK, "%s", xm_last_error(ctx2));
+    xt_kill9(&cl.app[1]);
+    check_all(ctx, a, model, size, "one appliance killed");
+    xt_kill9(&cl.app[4]);
+    check_all(ctx, a, model, size, "two appliances killed");
+    /* writes go on: full and partial stripes, also into pieces that are down */
+    write_shapes(ctx, a, model, size, 2);
+    check_all(ctx, a, model, size, "written with two down");
+    check_all(ctx2, b, model, size, "read-only client, attached before the losses");
+
+    /* a third loss: errors naming the allocation, never wrong bytes */
+    xt_kill9(&cl.app[2]);
+    char want[64];
+    snprintf(want, sizeof(want), "allocation %llu (ec:4+2:4K)", (unsigned long long)xm_region_id(a));
+    uint8_t *r = malloc(size);
+    int errors = 0;
+    for (uint64_t off = 0; off < size; off += 3000) {
+        uint64_t len = size - off < 3000 ? size - off : 3000;
+        xm_status_t s = xm_read(a, off, r, len);
+        if (s == XM_OK) {
+            cr_assert(memcmp(r, model + off, len) == 0, "wrong bytes at %llu with 3 down",
+                      (unsigned long long)off);
+        } else {
+            errors++;
+            cr_assert_eq(s, XM_ERR_IO, "%s", xm_status_str(s));
+            cr_assert(strstr(xm_last_error(ctx), want) != NULL, "%s", xm_last_error(ctx));
+        }
+    }
+    cr_assert_gt(errors, 0, "three of six down and every read worked");
+    cr_assert_neq(xm_write(a, 0, r, 100), XM_OK);
+    cr_assert(strstr(xm_last_error(ctx), want) != NULL, "%s", xm_last_error(ctx));
+    free(r);
+    xm_alloc_close(b);
+    xm_alloc_close(a);
+    xm_disconnect(ctx2);
+    xm_disconnect(ctx);
+    free(model);
+}
