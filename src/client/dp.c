@@ -570,6 +570,12 @@ xm_status_t xm__dp_post(xm__dp_t *dp, xm_op_t *op, uint64_t deadline_ns)
     xm__layout_iter_t it;
     xm__layout_seg_t seg;
 
+    /* replicate / ec (resil.c): done now, many single-part pieces in flight; also for the
+     * mapping engine's copies of such a handle */
+    if (r->resil != NULL) {
+        xm__resil_op(op);
+        return op_status(op);
+    }
     /* the local transport (helper B, local.c): a region or allocation mapped whole, with
      * its retirement and liveness checks; no lock, no provider */
     if (xm__local_op(op)) return op_status(op);

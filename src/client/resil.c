@@ -33,6 +33,8 @@
 
 struct xm__resil {
     int refs;
+    xm__dp_t *dp;             /* the data path (kept alive by whoever holds the handle:
+                               * its context, or the mapping engine for a copy) */
     uint64_t token;           /* this handle's lock token */
     uint64_t lease_ns;        /* a lock whose beat stands still this long is stale */
     bool has_ec;
@@ -69,7 +71,8 @@ xm_status_t xm__resil_attach(xm_region_h a)
     if (env != NULL && atoll(env) > 0) lease_ms = (uint64_t)atoll(env);
     /* a holder may wait for one timed-out operation: the lease must outlast it, or a
      * waiter would take over a lock whose holder still writes */
-    uint64_t tmo = a->ctx != NULL ? a->ctx->dp->timeout_ms : 5000;
+    rs->dp = a->ctx->dp;
+    uint64_t tmo = rs->dp->timeout_ms;
     if (lease_ms < 2 * tmo + 500) lease_ms = 2 * tmo + 500;
     rs->lease_ns = lease_ms * 1000000ull;
     if (a->layout.kind == XM_LAYOUT_EC) {
@@ -167,7 +170,7 @@ static void sub_post(xm_region_h a, sub_t *s)
         s->op.status = XM_ERR_DISCONNECTED;
         return;
     }
-    xm_status_t st = xm__dp_post(a->ctx->dp, &s->op, 0);
+    xm_status_t st = xm__dp_post(a->resil->dp, &s->op, 0);
     if (st != XM_OK) s->op.status = st;
 }
 
@@ -192,7 +195,7 @@ static size_t batch_run(batch_t *b)
             ops[n++] = &s->op;
         }
         if (n == 0) break;
-        xm__dp_wait(a->ctx->dp, ops, n);
+        xm__dp_wait(a->resil->dp, ops, n);
         nfail = 0;
         for (size_t i = 0; i < b->n; i++) nfail += b->s[i].op.status != XM_OK;
         if (nfail == 0) break;
@@ -375,7 +378,7 @@ static xm_status_t lock_take(xm_region_h a, lockset_t *ls, uint64_t unit, repair
             }
             seen_at = 0;
         }
-        if (now - start > rs->lease_ns + (uint64_t)a->ctx->dp->timeout_ms * 1000000ull * 2) {
+        if (now - start > rs->lease_ns + (uint64_t)a->resil->dp->timeout_ms * 1000000ull * 2) {
             return xm__ctx_error(a->ctx, XM_ERR_TIMEOUT, "%s: unit %llu stayed locked by another writer (token %016llx)",
                                  rs->what, (unsigned long long)unit, (unsigned long long)other);
         }
@@ -789,7 +792,7 @@ static xm_status_t ec_read_degraded(xm_region_h a, const xm__layout_span_t *s, u
             lock_drop(a, &ls);
             break;
         }
-        if (xm__now_ns() - start > a->resil->lease_ns + (uint64_t)a->ctx->dp->timeout_ms * 2000000ull) {
+        if (xm__now_ns() - start > a->resil->lease_ns + (uint64_t)a->resil->dp->timeout_ms * 2000000ull) {
             st = xm__ctx_error(a->ctx, XM_ERR_TIMEOUT, "%s: stripe %llu stayed locked by a writer",
                                a->resil->what, (unsigned long long)s->row);
             break;
