@@ -368,10 +368,22 @@ static xm_status_t lock_take(xm_region_h a, lockset_t *ls, uint64_t unit, repair
                 }
                 size_t bad = batch_run(&q);
                 batch_free(&q);
-                xm_status_t st = bad ? XM_ERR_IO : repair(a, unit, &range);
+                xm_status_t st = bad ? XM_ERR_IO : repair != NULL ? repair(a, unit, &range) : XM_OK;
                 if (st != XM_OK) {
-                    /* keep nothing locked that we cannot vouch for: leave it held (stale
-                     * again after a lease) and say why */
+                    /* not repaired: the dead writer's token goes back, so whoever comes
+                     * next (this handle too) finds the stripe unrepaired, not taken */
+                    batch_t g = {.a = a};
+                    for (uint32_t i = 0; i < ls->n; i++) {
+                        if (is_down(a, ls->part[i])) continue;
+                        sub_t *s = batch_add(&g, ls->part[i], XM_OP_COMPARE_SWAP,
+                                             rec_off(a, ls->rec[i], XM_LAYOUT_META_LOCK), NULL, 0);
+                        if (s != NULL) {
+                            s->op.compare = rs->token;
+                            s->op.operand = other;
+                        }
+                    }
+                    batch_run(&g);
+                    batch_free(&g);
                     return st;
                 }
                 break;
@@ -851,7 +863,9 @@ static xm_status_t ec_write_span(xm_region_h a, const xm__layout_span_t *s, cons
     span_window(l, s, &wlo, &wlen);
     lockset_t ls;
     ec_lockset(a, s->row, &ls);
-    xm_status_t st = lock_take(a, &ls, s->row, ec_repair_cb, (wlen << 24) | wlo);
+    /* a full stripe re-encodes all its parity from the new data: a dead writer's stripe
+     * needs no repair first (and is how a stripe that cannot be repaired is healed) */
+    xm_status_t st = lock_take(a, &ls, s->row, s->full ? NULL : ec_repair_cb, (wlen << 24) | wlo);
     if (st != XM_OK) return st;
     /* new data over the window for every data piece, and parity */
     uint8_t *buf = calloc((size_t)n, wlen);
