@@ -244,8 +244,7 @@ typedef xm_status_t (*repair_fn)(xm_region_h a, uint64_t unit, const uint64_t *r
  * old -> mine), then repair(unit, noted range) runs before the caller goes on. Then
  * ver is bumped on every record (readers' seqlock) and *range_word noted (0: none).
  */
-static xm_status_t lock_take(xm_region_h a, lockset_t *ls, uint64_t unit, repair_fn repair,
-                             uint64_t range_word)
+static xm_status_t lock_take(xm_region_h a, lockset_t *ls, uint64_t unit, repair_fn repair)
 {
     xm__resil_t *rs = a->resil;
     uint64_t start = xm__now_ns();
@@ -396,38 +395,34 @@ static xm_status_t lock_take(xm_region_h a, lockset_t *ls, uint64_t unit, repair
         }
         nap(&spins);
     }
-    /* mine: bump ver and beat, note the range */
-    batch_t v = {.a = a};
-    static uint64_t one = 1;
-    uint64_t rw = range_word;
-    for (uint32_t i = 0; i < ls->n; i++) {
-        if (is_down(a, ls->part[i])) continue;
-        sub_t *s = batch_add(&v, ls->part[i], XM_OP_FETCH_ADD, rec_off(a, ls->rec[i], XM_LAYOUT_META_VER), NULL, 0);
-        if (s != NULL) s->op.operand = one;
-        s = batch_add(&v, ls->part[i], XM_OP_FETCH_ADD, rec_off(a, ls->rec[i], XM_LAYOUT_META_BEAT), NULL, 0);
-        if (s != NULL) s->op.operand = one;
-        if (a->layout.kind == XM_LAYOUT_EC) {
-            batch_add(&v, ls->part[i], XM_OP_WRITE, rec_off(a, ls->rec[i], XM_LAYOUT_META_RANGE), &rw, 8);
-        }
-    }
-    batch_run(&v);
-    batch_free(&v);
     return XM_OK;
 }
 
-/* Clear the range and release the locks (reverse order needs no care: all at once). */
+/* Add to b, for locks just taken: bump ver (readers' seqlock) and beat (waiters see a
+ * new hold, not a stuck one) on every record, and note *range (ec; NULL: none). Run
+ * before (or, where order does not matter, with) the first operation under the lock;
+ * the data writes come in a later batch, after it completed. */
+static void lock_marks(xm_region_h a, const lockset_t *ls, const uint64_t *range, batch_t *b)
+{
+    for (uint32_t i = 0; i < ls->n; i++) {
+        if (is_down(a, ls->part[i])) continue;
+        sub_t *s = batch_add(b, ls->part[i], XM_OP_FETCH_ADD, rec_off(a, ls->rec[i], XM_LAYOUT_META_VER), NULL, 0);
+        if (s != NULL) s->op.operand = 1;
+        s = batch_add(b, ls->part[i], XM_OP_FETCH_ADD, rec_off(a, ls->rec[i], XM_LAYOUT_META_BEAT), NULL, 0);
+        if (s != NULL) s->op.operand = 1;
+        if (range != NULL) {
+            batch_add(b, ls->part[i], XM_OP_WRITE, rec_off(a, ls->rec[i], XM_LAYOUT_META_RANGE), (void *)range, 8);
+        }
+    }
+}
+
+/* Release the locks, all at once. The range stays: the next holder writes its own
+ * before changing anything, and a stale holder's range (or, if it died before noting
+ * one, its predecessor's finished one) is only ever re-encoded from the data, which is
+ * right for any range while the lock is held. */
 static void lock_drop(xm_region_h a, const lockset_t *ls)
 {
     batch_t b = {.a = a};
-    uint64_t zero = 0;
-    for (uint32_t i = 0; i < ls->n; i++) {
-        if (is_down(a, ls->part[i])) continue;
-        if (a->layout.kind == XM_LAYOUT_EC) {
-            batch_add(&b, ls->part[i], XM_OP_WRITE, rec_off(a, ls->rec[i], XM_LAYOUT_META_RANGE), &zero, 8);
-        }
-    }
-    batch_run(&b);
-    batch_free(&b);
     for (uint32_t i = 0; i < ls->n; i++) {
         if (is_down(a, ls->part[i])) continue;
         sub_t *s = batch_add(&b, ls->part[i], XM_OP_COMPARE_SWAP, rec_off(a, ls->rec[i], XM_LAYOUT_META_LOCK), NULL, 0);
@@ -494,7 +489,7 @@ static xm_status_t repl_lock(xm_region_h a, uint64_t u0, uint64_t u1, int *home_
         xm_status_t st = XM_OK;
         for (u = u0; u <= u1; u++) {
             lockset_t ls = {.n = 1, .part = {(uint32_t)home}, .rec = {u}};
-            st = lock_take(a, &ls, u, repl_repair, 0);
+            st = lock_take(a, &ls, u, repl_repair);
             if (st != XM_OK || is_down(a, (uint32_t)home)) break;
         }
         if (st == XM_OK && u > u1) {
@@ -547,6 +542,10 @@ static xm_status_t repl_write(xm_region_h a, uint64_t off, const void *buf, size
     xm_status_t st = repl_lock(a, u0, u1, &home);
     if (st != XM_OK) return st;
     batch_t b = {.a = a};
+    for (uint64_t u = u0; u <= u1; u++) {
+        lockset_t ls = {.n = 1, .part = {(uint32_t)home}, .rec = {u}};
+        lock_marks(a, &ls, NULL, &b);
+    }
     for (uint32_t p = 0; p < a->nparts; p++) {
         if (!is_down(a, p)) batch_rw(&b, p, XM_OP_WRITE, off, (void *)buf, len);
     }
@@ -571,6 +570,8 @@ static xm_status_t repl_atomic(xm_region_h a, xm_op_t *op)
         else nw = old == op->compare ? op->operand : old;
         if (nw != old) {
             batch_t b = {.a = a};
+            lockset_t ls = {.n = 1, .part = {(uint32_t)home}, .rec = {u}};
+            lock_marks(a, &ls, NULL, &b);
             for (uint32_t p = 0; p < a->nparts; p++) {
                 if (!is_down(a, p)) batch_rw(&b, p, XM_OP_WRITE, op->offset, &nw, 8);
             }
@@ -607,8 +608,9 @@ static xm_status_t ec_short(xm_region_h a, uint64_t row)
  * overlaps (a data piece in it lost), those bytes are not reconstructible.
  */
 static xm_status_t ec_fetch(xm_region_h a, uint64_t row, uint32_t want, uint64_t wlo, uint64_t wlen,
-                            uint8_t **out)
+                            uint8_t **out, const lockset_t *mark, const uint64_t *range)
 {
+    bool marked = mark == NULL;
     const xm__layout_t *l = &a->layout;
     uint32_t k = l->width, n = ec_n(a);
     uint64_t base = row * l->chunk + wlo;
@@ -623,6 +625,11 @@ static xm_status_t ec_fetch(xm_region_h a, uint64_t row, uint32_t want, uint64_t
         uint8_t *tmp = NULL;
         uint32_t have[XM_EC_K_MAX], nhave = 0;
         batch_t b = {.a = a};
+        if (!marked) {
+            /* a writer's lock marks ride with its first reads */
+            lock_marks(a, mark, range, &b);
+            marked = true;
+        }
         if (missing == 0) {
             for (uint32_t p = 0; p < n; p++) {
                 if (want >> p & 1) batch_rw(&b, xm__layout_piece_part(l, row, p), XM_OP_READ, base, out[p], wlen);
@@ -697,7 +704,7 @@ static xm_status_t ec_reencode(xm_region_h a, uint64_t row, uint64_t lo, uint64_
     if (buf == NULL) return XM_ERR_NO_MEMORY;
     uint8_t *p[XM_EC_N_MAX];
     for (uint32_t i = 0; i < k + m; i++) p[i] = buf + i * len;
-    xm_status_t st = ec_fetch(a, row, (1u << k) - 1, lo, len, p);
+    xm_status_t st = ec_fetch(a, row, (1u << k) - 1, lo, len, p, NULL, NULL);
     if (st == XM_OK) st = xm__ec_encode(&a->resil->ec, len, p, p + k, NULL);
     if (st == XM_OK) {
         batch_t b = {.a = a};
@@ -779,7 +786,7 @@ static xm_status_t ec_read_degraded(xm_region_h a, const xm__layout_span_t *s, u
         }
         batch_free(&b);
         if (!busy) {
-            st = ec_fetch(a, s->row, want, wlo, wlen, out);
+            st = ec_fetch(a, s->row, want, wlo, wlen, out, NULL, NULL);
             if (st != XM_OK) break;
             for (uint32_t i = 0; i < m; i++) {
                 uint32_t part = xm__layout_row_parity_part(l, s->row, i);
@@ -798,9 +805,9 @@ static xm_status_t ec_read_degraded(xm_region_h a, const xm__layout_span_t *s, u
             /* take the lock (a stale one is repaired), then read under it */
             lockset_t ls;
             ec_lockset(a, s->row, &ls);
-            st = lock_take(a, &ls, s->row, ec_repair_cb, 0);
+            st = lock_take(a, &ls, s->row, ec_repair_cb);
             if (st != XM_OK) break;
-            st = ec_fetch(a, s->row, want, wlo, wlen, out);
+            st = ec_fetch(a, s->row, want, wlo, wlen, out, NULL, NULL);
             lock_drop(a, &ls);
             break;
         }
@@ -865,7 +872,8 @@ static xm_status_t ec_write_span(xm_region_h a, const xm__layout_span_t *s, cons
     ec_lockset(a, s->row, &ls);
     /* a full stripe re-encodes all its parity from the new data: a dead writer's stripe
      * needs no repair first (and is how a stripe that cannot be repaired is healed) */
-    xm_status_t st = lock_take(a, &ls, s->row, s->full ? NULL : ec_repair_cb, (wlen << 24) | wlo);
+    xm_status_t st = lock_take(a, &ls, s->row, s->full ? NULL : ec_repair_cb);
+    uint64_t range = (wlen << 24) | wlo;
     if (st != XM_OK) return st;
     /* new data over the window for every data piece, and parity */
     uint8_t *buf = calloc((size_t)n, wlen);
@@ -889,6 +897,11 @@ static xm_status_t ec_write_span(xm_region_h a, const xm__layout_span_t *s, cons
             memcpy(p[j] + po - wlo, src + (uint64_t)j * c + po - s->lo, pl);
         }
         st = xm__ec_encode(&a->resil->ec, wlen, p, p + k, NULL);
+        /* the marks (range noted) complete before any data changes */
+        batch_t mb = {.a = a};
+        lock_marks(a, &ls, &range, &mb);
+        batch_run(&mb);
+        batch_free(&mb);
     } else if (!touched_down) {
         /* delta: old touched data and old parity over the window */
         uint32_t want = 0;
@@ -899,7 +912,7 @@ static xm_status_t ec_write_span(xm_region_h a, const xm__layout_span_t *s, cons
         for (uint32_t i = 0; i < m; i++) {
             if (is_down(a, xm__layout_row_parity_part(l, s->row, i))) wantp &= ~(1u << (k + i));
         }
-        st = ec_fetch(a, s->row, wantp, wlo, wlen, q);
+        st = ec_fetch(a, s->row, wantp, wlo, wlen, q, &ls, &range);
         if (st == XM_OK) {
             for (uint32_t i = 0; i < m; i++) memcpy(p[k + i], q[k + i], wlen);
             for (uint32_t j = s->first; j <= s->last && st == XM_OK; j++) {
@@ -915,7 +928,7 @@ static xm_status_t ec_write_span(xm_region_h a, const xm__layout_span_t *s, cons
     } else {
         /* a touched data piece is down: every data piece over the window (decoded), the
          * new bytes on top, parity re-encoded */
-        st = ec_fetch(a, s->row, (1u << k) - 1, wlo, wlen, p);
+        st = ec_fetch(a, s->row, (1u << k) - 1, wlo, wlen, p, &ls, &range);
         for (uint32_t j = s->first; j <= s->last && st == XM_OK; j++) {
             uint64_t po, pl;
             xm__layout_span_piece(l, s, j, &po, &pl);
