@@ -55,6 +55,50 @@ typedef struct batch {
     size_t n, cap;
 } batch_t;
 
+/* ---- per-thread scratch ---------------------------------------------------------- */
+
+/* Coding buffers are reused per thread: a fresh malloc of hundreds of KiB per operation
+ * went to mmap/brk and back each time, and page faults on the new memory took most of an
+ * ec write's time (perf: 64 KiB ec writes, local transport). Slots by role, so nested
+ * users (a write that fetches, a repair inside a lock) never share one. */
+enum { SCR_WRITE, SCR_FETCH, SCR_DEGRADED, SCR_REENCODE, SCR_N };
+typedef struct scratch { uint8_t *p[SCR_N]; size_t len[SCR_N]; } scratch_t;
+static pthread_key_t scr_key;
+static pthread_once_t scr_once = PTHREAD_ONCE_INIT;
+
+static void scr_free(void *v)
+{
+    scratch_t *sc = v;
+    for (int i = 0; i < SCR_N; i++) free(sc->p[i]);
+    free(sc);
+}
+
+static void scr_init(void)
+{
+    pthread_key_create(&scr_key, scr_free);
+}
+
+/* len bytes of slot's buffer (contents undefined); NULL when out of memory. */
+static uint8_t *scratch(int slot, size_t len)
+{
+    pthread_once(&scr_once, scr_init);
+    scratch_t *sc = pthread_getspecific(scr_key);
+    if (sc == NULL) {
+        sc = calloc(1, sizeof(*sc));
+        if (sc == NULL || pthread_setspecific(scr_key, sc) != 0) {
+            free(sc);
+            return NULL;
+        }
+    }
+    if (sc->len[slot] < len) {
+        uint8_t *p = realloc(sc->p[slot], len);
+        if (p == NULL) return NULL;
+        sc->p[slot] = p;
+        sc->len[slot] = len;
+    }
+    return sc->p[slot];
+}
+
 /* ---- the handle's state ----------------------------------------------------------- */
 
 xm_status_t xm__resil_attach(xm_region_h a)
@@ -644,7 +688,7 @@ static xm_status_t ec_fetch(xm_region_h a, uint64_t row, uint32_t want, uint64_t
                     have[nhave++] = p;
                 }
             }
-            tmp = malloc((size_t)k * wlen);
+            tmp = scratch(SCR_FETCH, (size_t)k * wlen);
             if (tmp == NULL) return XM_ERR_NO_MEMORY;
             for (uint32_t i = 0; i < nhave; i++) {
                 batch_rw(&b, xm__layout_piece_part(l, row, have[i]), XM_OP_READ, base, tmp + i * wlen, wlen);
@@ -653,7 +697,6 @@ static xm_status_t ec_fetch(xm_region_h a, uint64_t row, uint32_t want, uint64_t
         size_t bad = batch_run(&b);
         batch_free(&b);
         if (bad) {
-            free(tmp);
             continue; /* parts went down: choose again */
         }
         if (missing == 0) return XM_OK;
@@ -679,7 +722,6 @@ static xm_status_t ec_fetch(xm_region_h a, uint64_t row, uint32_t want, uint64_t
         }
         const char *why = "";
         xm_status_t st = xm__ec_decode(&a->resil->ec, wlen, have, src, nw, wl, o, &why);
-        free(tmp);
         if (st != XM_OK) return xm__ctx_error(a->ctx, st, "%s: decode of stripe %llu: %s", a->resil->what, (unsigned long long)row, why);
         return XM_OK;
     }
@@ -700,7 +742,7 @@ static xm_status_t ec_reencode(xm_region_h a, uint64_t row, uint64_t lo, uint64_
 {
     const xm__layout_t *l = &a->layout;
     uint32_t k = l->width, m = l->redundancy;
-    uint8_t *buf = malloc((size_t)(k + m) * len);
+    uint8_t *buf = scratch(SCR_REENCODE, (size_t)(k + m) * len);
     if (buf == NULL) return XM_ERR_NO_MEMORY;
     uint8_t *p[XM_EC_N_MAX];
     for (uint32_t i = 0; i < k + m; i++) p[i] = buf + i * len;
@@ -715,7 +757,6 @@ static xm_status_t ec_reencode(xm_region_h a, uint64_t row, uint64_t lo, uint64_
         batch_run(&b);
         batch_free(&b);
     }
-    free(buf);
     return st;
 }
 
@@ -765,7 +806,7 @@ static xm_status_t ec_read_degraded(xm_region_h a, const xm__layout_span_t *s, u
     span_window(l, s, &wlo, &wlen);
     uint32_t want = 0;
     for (uint32_t j = s->first; j <= s->last; j++) want |= 1u << j;
-    uint8_t *buf = malloc((size_t)k * wlen);
+    uint8_t *buf = scratch(SCR_DEGRADED, (size_t)k * wlen);
     if (buf == NULL) return XM_ERR_NO_MEMORY;
     uint8_t *out[XM_EC_N_MAX] = {0};
     for (uint32_t j = 0; j < k; j++) out[j] = buf + j * wlen;
@@ -826,7 +867,6 @@ static xm_status_t ec_read_degraded(xm_region_h a, const xm__layout_span_t *s, u
             memcpy(dst + at, out[j] + (po - wlo), pl);
         }
     }
-    free(buf);
     return st;
 }
 
@@ -876,8 +916,8 @@ static xm_status_t ec_write_span(xm_region_h a, const xm__layout_span_t *s, cons
     uint64_t range = (wlen << 24) | wlo;
     if (st != XM_OK) return st;
     /* new data over the window for every data piece, and parity */
-    uint8_t *buf = calloc((size_t)n, wlen);
-    uint8_t *old = calloc((size_t)n, wlen);
+    uint8_t *buf = scratch(SCR_WRITE, 2 * (size_t)n * wlen);
+    uint8_t *old = buf != NULL ? buf + (size_t)n * wlen : NULL;
     uint8_t *p[XM_EC_N_MAX], *q[XM_EC_N_MAX];
     if (buf == NULL || old == NULL) {
         st = XM_ERR_NO_MEMORY;
@@ -891,6 +931,7 @@ static xm_status_t ec_write_span(xm_region_h a, const xm__layout_span_t *s, cons
     for (uint32_t j = s->first; j <= s->last; j++) touched_down |= is_down(a, xm__layout_row_data_part(l, s->row, j));
     if (s->full) {
         /* parity from the new data alone (the bytes past the allocation's end are zero) */
+        memset(buf, 0, (size_t)n * wlen);
         for (uint32_t j = s->first; j <= s->last; j++) {
             uint64_t po, pl;
             xm__layout_span_piece(l, s, j, &po, &pl);
@@ -959,8 +1000,6 @@ static xm_status_t ec_write_span(xm_region_h a, const xm__layout_span_t *s, cons
         if (up < k) st = ec_short(a, s->row);
     }
 out:
-    free(buf);
-    free(old);
     lock_drop(a, &ls);
     return st;
 }
