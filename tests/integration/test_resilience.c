@@ -286,3 +286,48 @@ Test(resilience, ec_writer_killed_mid_stripe, .fini = teardown, .timeout = 180)
     xm_alloc_close(a);
     xm_disconnect(ctx);
 }
+
+/* A mapping over ec:4+2 goes through the resilient path (faults and write-back): what it
+ * writes is coded (reads decoding around two killed appliances see it), and it keeps
+ * running after the losses. A SIGSTOPped appliance is read around after the timeout. */
+Test(resilience, ec_mapping_and_stopped_appliance, .fini = teardown, .timeout = 180)
+{
+    xt_cluster_start(&cl, 6, "64M", "tcp", NULL);
+    xm_ctx_h ctx = connect_short();
+    const uint64_t size = 1u << 20;
+    xm_alloc_h a;
+    cr_assert_eq(xm_alloc(ctx, size, "ec:4+2:4K", "mapped", &a), XM_OK, "%s", xm_last_error(ctx));
+    uint8_t *model = malloc(size), *r = malloc(size);
+    xt_fill(model, size, 11);
+    uint8_t *p;
+    xm_status_t ms = xm_map(ctx, a, 0, size, NULL, (void **)&p);
+    if (ms == XM_ERR_IO) cr_skip_test("no mapping here: %s", xm_last_error(ctx));
+    cr_assert_eq(ms, XM_OK, "%s", xm_last_error(ctx));
+    memcpy(p, model, size);
+    cr_assert_eq(xm_sync(p, size), XM_OK, "%s", xm_last_error(ctx));
+    cr_assert_eq(xm_read(a, 0, r, size), XM_OK, "%s", xm_last_error(ctx));
+    cr_assert(memcmp(r, model, size) == 0, "the mapping's write-back differs");
+    /* a stopped appliance: reads wait out the timeout once, then decode around it */
+    kill(cl.app[2].pid, SIGSTOP);
+    memset(r, 0xee, size);
+    cr_assert_eq(xm_read(a, 0, r, size), XM_OK, "%s", xm_last_error(ctx));
+    cr_assert(memcmp(r, model, size) == 0, "read around a stopped appliance differs");
+    kill(cl.app[2].pid, SIGCONT);
+    xt_kill9(&cl.app[2]);
+    xt_kill9(&cl.app[5]);
+    /* through the mapping: resident pages, then dropped ones fetched again by decoding */
+    cr_assert(memcmp(p, model, size) == 0, "mapping differs after the losses");
+    for (uint64_t i = 0; i < size; i += 4096) p[i] ^= 0x5a;
+    for (uint64_t i = 0; i < size; i += 4096) model[i] ^= 0x5a;
+    cr_assert_eq(xm_unmap(p), XM_OK, "%s", xm_last_error(ctx));
+    memset(r, 0xee, size);
+    cr_assert_eq(xm_read(a, 0, r, size), XM_OK, "%s", xm_last_error(ctx));
+    cr_assert(memcmp(r, model, size) == 0, "written back with two down, read back differs");
+    cr_assert_eq(xm_map(ctx, a, 0, size, NULL, (void **)&p), XM_OK, "%s", xm_last_error(ctx));
+    cr_assert(memcmp(p, model, size) == 0, "a new mapping faults in other bytes");
+    xm_unmap_discard(p);
+    free(r);
+    free(model);
+    xm_alloc_close(a);
+    xm_disconnect(ctx);
+}
