@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "../../common/common.h"
@@ -60,6 +61,25 @@ static bool drop_behind(xm__map_t *m, uint32_t *victim_p)
     if (m->stream_len < XM_MAX((uint64_t)2 * lag, budget_blocks / 8)) return false;
     if (m->stream_at <= lag) return false;
     return xm__behind_pick(m->blocks, m->stream_at - lag, 4 * lag, victim_p);
+}
+
+/* Drop-behind's victim and the evictable blocks just below it, up to a
+ * staging area's worth (2 MiB), go together: one move, one TLB flush and one
+ * page-table release for the run instead of one per block (each a cross-CPU
+ * flush on these VMs: 2 MiB at once cost 30 us per 256 KiB block against 95
+ * one by one, docs/performance.md, sixth round). Frame blocks go by
+ * frame_victim. Returns the number of blocks from *victim_p (moved down). */
+static uint32_t behind_run(const xm__map_t *m, uint32_t *victim_p)
+{
+    uint32_t v = *victim_p, lo = v, max = XM__FETCH_MAX / m->fetch;
+    if (m->blocks[v].frame) return 1;
+    while (lo > 0 && v - lo + 1 < max) {
+        const xm__block_t *blk = &m->blocks[lo - 1];
+        if (blk->state != XM__BLK_RESIDENT || blk->pins != 0 || blk->cleaning || blk->frame) break;
+        lo--;
+    }
+    *victim_p = lo;
+    return v - lo + 1;
 }
 
 /* A victim anywhere in the engine, mappings taken in turn. */
@@ -126,19 +146,25 @@ bool xm__reserve(xm__engine_t *eng, xm__map_t *m, uint64_t bytes, uint32_t k, bo
             eng->clean_wanted = true;
             pthread_cond_signal(&eng->clean_cond);
         }
+        uint32_t n = 1;
+        bool frame = false;
         if (drop_behind(m, &v)) {
             vm = m;
+            n = behind_run(m, &v);
         } else if (over_map) {
             if (xm__clock_pick(m->blocks, m->nblocks, &m->hand, &v)) vm = m;
         } else {
             pick_global(eng, &vm, &v);
         }
         if (vm != NULL) {
-            uint32_t n = frame_victim(vm, &v);
+            if (n == 1) {
+                n = frame_victim(vm, &v);
+                frame = n > 1;
+            }
             for (uint32_t i = 0; i < n; i++) vm->blocks[v + i].state = XM__BLK_EVICTING;
             vm->users++;
             pthread_mutex_unlock(&eng->lock);
-            bool ok = xm__evict(vm, k, v, n);
+            bool ok = xm__evict(vm, k, v, n, frame);
             pthread_mutex_lock(&eng->lock);
             vm->users--;
             pthread_cond_broadcast(&eng->cond);
@@ -295,7 +321,45 @@ static xm_status_t write_runs(xm__map_t *m, uint32_t k, uint64_t p0, const uint8
     return status;
 }
 
-bool xm__evict(xm__map_t *m, uint32_t k, uint32_t b, uint32_t n)
+/* Hash the staged pages (present[p]) into hashes[p], reading them through
+ * copies the kernel makes into buf (ebuf_bytes) with process_vm_readv on this
+ * process: on a shadow-paged VM (this project's machines, PVM) the first user
+ * access to each 4 KiB page a UFFDIO_MOVE has just mapped costs 5-13 us, the
+ * kernel's copy through its own mapping ~1 us (docs/performance.md, sixth
+ * round). Returns where the pages can be written back from: buf when they all
+ * fit in it, else st; st, read directly, when a copy falls short. */
+static const uint8_t *stage_hash(uint8_t *buf, uint64_t ebuf_bytes, const uint8_t *st, uint64_t bytes,
+                                 const bool *present, uint64_t *hashes)
+{
+    uint64_t np = bytes / XM__PAGE, per = ebuf_bytes / XM__PAGE;
+    bool direct = false;
+    for (uint64_t c0 = 0; c0 < np; c0 += per) {
+        uint64_t c1 = XM_MIN(np, c0 + per);
+        struct iovec loc[XM__EBUF / XM__PAGE / 2 + 1], rem[XM__EBUF / XM__PAGE / 2 + 1];
+        unsigned long nv = 0;
+        size_t total = 0;
+        for (uint64_t p = c0; p < c1 && !direct;) {
+            if (!present[p]) {
+                p++;
+                continue;
+            }
+            uint64_t q = p;
+            while (q < c1 && present[q]) q++;
+            loc[nv] = (struct iovec){.iov_base = buf + (p - c0) * XM__PAGE, .iov_len = (size_t)(q - p) * XM__PAGE};
+            rem[nv] = (struct iovec){.iov_base = (void *)(st + p * XM__PAGE), .iov_len = loc[nv].iov_len};
+            total += loc[nv++].iov_len;
+            p = q;
+        }
+        if (!direct && nv > 0 && process_vm_readv(getpid(), loc, nv, rem, nv, 0) != (ssize_t)total) direct = true;
+        for (uint64_t p = c0; p < c1; p++) {
+            const uint8_t *src = direct ? st + p * XM__PAGE : buf + (p - c0) * XM__PAGE;
+            hashes[p] = present[p] ? xm__page_hash(src) : 0;
+        }
+    }
+    return !direct && np <= per ? buf : st;
+}
+
+bool xm__evict(xm__map_t *m, uint32_t k, uint32_t b, uint32_t n, bool frame)
 {
     xm__engine_t *eng = m->eng;
     uint8_t *a = m->addr + (uint64_t)b * m->fetch;
@@ -334,24 +398,34 @@ bool xm__evict(xm__map_t *m, uint32_t k, uint32_t b, uint32_t n)
             unstage(eng, a, st, bytes, present);
             status = XM_ERR_IO;
         }
-        /* write back runs of pages whose content differs from what the appliance holds */
+        /* write back runs of pages whose content differs from what the appliance holds;
+         * a block's pages are read from a copy the kernel makes (a frame's huge page is
+         * cheap to touch where it is) */
         uint64_t p0 = (uint64_t)b * m->fetch / XM__PAGE, np = bytes / XM__PAGE;
+        const uint8_t *data = st;
         bool changed[XM__FETCH_MAX / XM__PAGE];
         uint64_t hashes[XM__FETCH_MAX / XM__PAGE];
+        if (status == XM_OK && !frame) {
+            data = stage_hash(eng->ebufs[k], XM__EBUF, st, bytes, present, hashes);
+        } else {
+            for (uint64_t p = 0; p < np && status == XM_OK; p++) {
+                hashes[p] = present[p] ? xm__page_hash(st + p * XM__PAGE) : 0;
+            }
+        }
         for (uint64_t p = 0; p < np && status == XM_OK; p++) {
-            hashes[p] = present[p] ? xm__page_hash(st + p * XM__PAGE) : 0;
             changed[p] = present[p] && hashes[p] != xm__hash_get(m, p0 + p);
         }
-        if (status == XM_OK) status = write_runs(m, k, p0, st, changed, hashes, np, &dirty);
+        if (status == XM_OK) status = write_runs(m, k, p0, data, changed, hashes, np, &dirty);
         if (status != XM_OK && err == 0) {
             unstage(eng, a, st, bytes, present);
-        } else if (status == XM_OK && !keep_spare(eng, m, k, bytes, present)) {
+        } else if (status == XM_OK && !(frame && keep_spare(eng, m, k, bytes, present))) {
             madvise(st, bytes, MADV_DONTNEED);
         }
     }
     /* a frame's pages left one by one (it was split) leave an empty page
      * table behind, and a later frame could not move in as a huge page:
-     * MADV_DONTNEED of the empty range frees it (CONFIG_PT_RECLAIM) */
+     * MADV_DONTNEED of the empty range frees it (CONFIG_PT_RECLAIM); so for
+     * a run of blocks dropped behind a scan */
     if (n > 1 && status == XM_OK && !m->ro) madvise(a, bytes, MADV_DONTNEED);
     pthread_mutex_lock(&eng->lock);
     for (uint32_t i = 0; i < n; i++) {

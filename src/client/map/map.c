@@ -94,6 +94,7 @@ static void engine_destroy(xm__engine_t *eng)
         if (eng->staging != NULL && eng->staging[k] != NULL) munmap(eng->staging[k], STAGING_BYTES);
         if (eng->bufs != NULL && eng->bufs[k] != NULL) munmap(eng->bufs[k], BUF_BYTES);
         if (eng->hbufs != NULL && eng->hbufs[k] != NULL) munmap(eng->hbufs[k], XM__HUGE);
+        if (eng->ebufs != NULL && eng->ebufs[k] != NULL) munmap(eng->ebufs[k], XM__EBUF);
         for (uint32_t i = 0; eng->spare != NULL && i < XM__SPARES; i++) {
             if (eng->spare[k * XM__SPARES + i] != NULL) munmap(eng->spare[k * XM__SPARES + i], XM__HUGE);
         }
@@ -108,6 +109,7 @@ static void engine_destroy(xm__engine_t *eng)
     free(eng->threads);
     free(eng->staging);
     free(eng->hbufs);
+    free(eng->ebufs);
     free(eng->spare);
     free(eng->spare_state);
     free(eng->bufs);
@@ -158,10 +160,11 @@ static xm_status_t engine_create(xm_ctx_h ctx, xm__engine_t **eng_p)
     eng->staging = calloc(eng->nthreads, sizeof(*eng->staging));
     eng->bufs = calloc(eng->nthreads, sizeof(*eng->bufs));
     eng->hbufs = calloc(eng->nthreads, sizeof(*eng->hbufs));
+    eng->ebufs = calloc(eng->nthreads, sizeof(*eng->ebufs));
     eng->spare = calloc((size_t)eng->nthreads * XM__SPARES, sizeof(*eng->spare));
     eng->spare_state = calloc((size_t)eng->nthreads * XM__SPARES, sizeof(*eng->spare_state));
     eng->threads = calloc(eng->nthreads, sizeof(*eng->threads));
-    if (eng->staging == NULL || eng->bufs == NULL || eng->hbufs == NULL ||
+    if (eng->staging == NULL || eng->bufs == NULL || eng->hbufs == NULL || eng->ebufs == NULL ||
         eng->spare == NULL || eng->spare_state == NULL || eng->threads == NULL) {
         status = XM_ERR_NO_MEMORY;
         goto err;
@@ -171,14 +174,18 @@ static xm_status_t engine_create(xm_ctx_h ctx, xm__engine_t **eng_p)
         uint8_t *bf = mmap(NULL, BUF_BYTES, PROT_READ | PROT_WRITE,
                            MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
         uint8_t *hb = map_aligned(XM__HUGE, PROT_READ | PROT_WRITE);
+        uint8_t *eb = mmap(NULL, XM__EBUF, PROT_READ | PROT_WRITE,
+                           MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
         eng->bufs[k] = bf == MAP_FAILED ? NULL : bf;
         eng->hbufs[k] = hb == MAP_FAILED ? NULL : hb;
-        if (bf == MAP_FAILED || hb == MAP_FAILED) {
+        eng->ebufs[k] = eb == MAP_FAILED ? NULL : eb;
+        if (bf == MAP_FAILED || hb == MAP_FAILED || eb == MAP_FAILED) {
             xm__ctx_error(ctx, XM_ERR_NO_MEMORY, "mmap: %s", strerror(errno));
             status = XM_ERR_NO_MEMORY;
             goto err;
         }
         madvise(bf, BUF_BYTES, MADV_DONTFORK);
+        madvise(eb, XM__EBUF, MADV_DONTFORK);
         /* a frame's data lands in a huge page (faulted in fresh after each move-in) */
         madvise(hb, XM__HUGE, MADV_DONTFORK);
         madvise(hb, XM__HUGE, MADV_HUGEPAGE);

@@ -34,6 +34,7 @@
 #define XM__PAGE 4096u
 #define XM__FETCH_MAX (2u << 20)
 #define XM__RA_MAX_BYTES (2u << 20) /* read-ahead window cap */
+#define XM__EBUF (256u << 10)  /* eviction's copy buffer per handler (eng->ebufs) */
 #define XM__HUGE (2u << 20)    /* a frame: one transparent huge page (x86-64 PMD) */
 #define XM__SPARES 2u
 enum { XM__SPARE_EMPTY = 0, XM__SPARE_FULL, XM__SPARE_BUSY };
@@ -129,6 +130,8 @@ typedef struct xm__engine {
     uint8_t **staging;     /* per handler thread: uffd-registered, eviction moves blocks here */
     uint8_t **bufs;        /* per handler thread: fetch buffers */
     uint8_t **hbufs;       /* per handler thread: a frame's fetch buffer (a THP, moved in whole) */
+    uint8_t **ebufs;       /* per handler thread: an evicted block's pages, copied out of the
+                            * staging area by the kernel (hashed and written back from here) */
     /* per handler thread, XM__SPARES uffd-registered frame areas each: an
      * evicted frame's huge page is kept in one (swapped with the staging
      * area) and receives a later frame's data, so the kernel need not zero
@@ -170,9 +173,9 @@ bool xm__behind_pick(const xm__block_t *blocks, uint32_t from, uint32_t span, ui
  * needed. Returns false when nothing can be evicted now and !wait. */
 bool xm__reserve(xm__engine_t *eng, xm__map_t *m, uint64_t bytes, uint32_t k, bool wait);
 void xm__unreserve(xm__engine_t *eng, xm__map_t *m, uint64_t bytes);
-/* Evict blocks [b, b+n) of m (state EVICTING, lock NOT held; n > 1 only for
- * a whole frame). True when dropped. */
-bool xm__evict(xm__map_t *m, uint32_t k, uint32_t b, uint32_t n);
+/* Evict blocks [b, b+n) of m (state EVICTING, lock NOT held): a whole frame
+ * (frame), or a run of blocks dropped behind a scan. True when dropped. */
+bool xm__evict(xm__map_t *m, uint32_t k, uint32_t b, uint32_t n, bool frame);
 /* Move [src, src+len) to dst by UFFDIO_MOVE; present[i]: page i moved. 0 or an errno. */
 int xm__move_range(xm__engine_t *eng, uint8_t *dst, uint8_t *src, uint64_t len, bool *present, bool wake);
 
