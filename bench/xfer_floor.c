@@ -270,7 +270,7 @@ int main(int argc, char **argv)
         if (v > max) max = (size_t)v;
     }
     free(copy);
-    uint8_t *bufs = calloc(depth, max);
+    uint8_t *bufs = calloc(depth, max > (1u << 20) ? max : (1u << 20)); /* the stream sends 1 MiB */
     uint64_t *ns = calloc(iters, sizeof(*ns));
     for (unsigned i = 0; i < 100; i++) op_sync(&in, false, bufs, 64, 0); /* connect, warm up */
 
