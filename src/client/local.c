@@ -652,15 +652,30 @@ static xm_status_t lmap_refresh(xm__lmap_t *m, uint64_t g)
     return status;
 }
 
-/* One segment of op at p. */
+/* One segment of op at p. An aligned 8-byte read or write is one relaxed atomic load or
+ * store: a word other threads or processes change with atomics (a counter, a lock) is then
+ * never read or written with a plain access racing theirs (a data race, and memcpy may
+ * tear it); larger ones are memcpy, as over the fabric (no atomicity promised). */
 static void seg_do(xm_op_t *op, uint8_t *p, uint64_t buf_off, uint64_t len)
 {
+    uint8_t *b = (uint8_t *)op->buf + buf_off;
+    uint64_t w;
     switch (op->opcode) {
     case XM_OP_READ:
-        memcpy((uint8_t *)op->buf + buf_off, p, len);
+        if (len == 8 && ((uintptr_t)p & 7) == 0) {
+            w = __atomic_load_n((const uint64_t *)p, __ATOMIC_RELAXED);
+            memcpy(b, &w, 8);
+        } else {
+            memcpy(b, p, len);
+        }
         break;
     case XM_OP_WRITE:
-        memcpy(p, (const uint8_t *)op->buf + buf_off, len);
+        if (len == 8 && ((uintptr_t)p & 7) == 0) {
+            memcpy(&w, b, 8);
+            __atomic_store_n((uint64_t *)p, w, __ATOMIC_RELAXED);
+        } else {
+            memcpy(p, b, len);
+        }
         break;
     case XM_OP_FETCH_ADD:
         op->result = __atomic_fetch_add((uint64_t *)p, op->operand, __ATOMIC_SEQ_CST);
