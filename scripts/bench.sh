@@ -18,7 +18,7 @@ REGIONS=${REGIONS:-20}
 BENCH_ARGS=()
 if [[ -n "${BENCH_ITERS:-}" ]]; then BENCH_ARGS=(--iters "$BENCH_ITERS"); fi
 
-for b in xmemd xmem kv_compare region_create; do
+for b in xmemd xmem kv_compare region_create xfer_floor; do
   if [[ ! -x "$BIN_DIR/$b" ]]; then
     echo "bench.sh: $BIN_DIR/$b missing: run 'make bench' (or set BIN_DIR)" >&2
     exit 1
@@ -118,31 +118,31 @@ echo "xmem benchmarks, $(date -u '+%Y-%m-%d %H:%M:%S UTC'), $(nproc) CPUs, $(una
 echo "commit $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?'), binaries $BIN_DIR"
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "appliances: xmemd defaults (--spin-us 2000: its progress thread busy-polls 2 ms after"
-echo "activity, then sleeps on the CQ fd (tcp) or naps 20 us (shm))"
+echo "activity, then sleeps on the CQ fd); clients on this host: XMEM_TRANSPORT=tcp unless a"
+echo "section says local (the local transport maps the region: no appliance CPU at all)"
 
 section "xmem bench, provider tcp (xmemd --pool 64G --provider tcp)"
 start_xmemd tcp --pool 64G --provider tcp
 TCP_ADDR=$ADDR
 CPU0=$(cpu_sample)
-"$BIN_DIR/xmem" --appliance "$TCP_ADDR" --secret-file "$CRED" bench "${BENCH_ARGS[@]}"
+XMEM_TRANSPORT=tcp "$BIN_DIR/xmem" --appliance "$TCP_ADDR" --secret-file "$CRED" bench "${BENCH_ARGS[@]}"
+cpu_report "$CPU0"
+
+section "xfer_floor: the transport alone (src/xfer over tcp;ofi_rxm, no xmem client or appliance)"
+CPU0=$(cpu_sample)
+"$BIN_DIR/xfer_floor" --sizes 4K,1M --iters 5000 --idle-pauses 5 --pause-ms 1000
 cpu_report "$CPU0"
 
 section "region_create: 64 GiB regions on the tcp appliance"
 "$BIN_DIR/region_create" --appliance "$TCP_ADDR" --secret-file "$CRED" --size 64G --count "$REGIONS"
 
-section "xmem bench, provider shm (xmemd --pool 1G --provider shm)"
-start_xmemd shm --pool 1G --provider shm
-SHM_ADDR=$ADDR
-SHM_PID=$XMEMD_PID
+section "xmem bench, local transport (the tcp appliance, XMEM_TRANSPORT=local)"
 CPU0=$(cpu_sample)
-"$BIN_DIR/xmem" --appliance "$SHM_ADDR" --secret-file "$CRED" bench "${BENCH_ARGS[@]}"
+XMEM_TRANSPORT=local "$BIN_DIR/xmem" --appliance "$TCP_ADDR" --secret-file "$CRED" bench "${BENCH_ARGS[@]}"
 cpu_report "$CPU0"
 
-section "kv_compare: 4 KiB xm_read over the shm appliance"
-"$BIN_DIR/kv_compare" --appliance "$SHM_ADDR" --secret-file "$CRED" --iters "$ITERS"
-# its progress thread naps 20 us forever, which keeps a CPU from idling and
-# would flatter the wake-ups memcached and redis pay: stop it first
-stop_pid "$SHM_PID"
+section "kv_compare: 4 KiB xm_read over the local transport"
+XMEM_TRANSPORT=local "$BIN_DIR/kv_compare" --appliance "$TCP_ADDR" --secret-file "$CRED" --iters "$ITERS"
 
 section "kv_compare: 4 KiB GET, memcached / redis / xmem (tcp appliance)"
 MC_PORT=$(free_port)
@@ -158,7 +158,7 @@ wait_port "$MC_PORT" "$TMP/memcached.log"
 wait_port "$RD_PORT" "$TMP/redis.log"
 echo "memcached $(memcached -V | cut -d' ' -f2) -t 1 on :$MC_PORT; redis $(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p') on :$RD_PORT"
 CPU0=$(cpu_sample)
-"$BIN_DIR/kv_compare" --memcached "127.0.0.1:$MC_PORT" --redis "127.0.0.1:$RD_PORT" \
+XMEM_TRANSPORT=tcp "$BIN_DIR/kv_compare" --memcached "127.0.0.1:$MC_PORT" --redis "127.0.0.1:$RD_PORT" \
   --appliance "$TCP_ADDR" --secret-file "$CRED" --iters "$ITERS"
 # a busy machine never idles its CPUs, which makes the wake-ups of blocking
 # servers (memcached, redis) far cheaper than on an idle one: say which it was
