@@ -90,9 +90,9 @@ static void write_shapes(xm_ctx_h ctx, xm_alloc_h a, uint8_t *model, uint64_t si
     }
 }
 
-Test(resilience, replicate2_survives_one_appliance, .fini = teardown, .timeout = 120)
+XT_TEST_PROVIDERS(resilience, replicate2_survives_one_appliance, .fini = teardown, .timeout = 120)
 {
-    xt_cluster_start(&cl, 2, "64M", "tcp", NULL);
+    xt_cluster_start(&cl, 2, "64M", provider, NULL);
     xm_ctx_h ctx = connect_short();
     const uint64_t size = (1u << 20) + 12345;
     xm_alloc_h a;
@@ -147,9 +147,9 @@ Test(resilience, replicate2_survives_one_appliance, .fini = teardown, .timeout =
     free(model);
 }
 
-Test(resilience, ec42_survives_two_appliances, .fini = teardown, .timeout = 180)
+XT_TEST_PROVIDERS(resilience, ec42_survives_two_appliances, .fini = teardown, .timeout = 180)
 {
-    xt_cluster_start(&cl, 6, "64M", "tcp", NULL);
+    xt_cluster_start(&cl, 6, "64M", provider, NULL);
     xm_ctx_h ctx = connect_short();
     /* 4K chunks: 16 KiB stripes, a short last stripe */
     const uint64_t size = (400u << 10) + 777;
