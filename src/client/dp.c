@@ -576,19 +576,39 @@ xm_status_t xm__dp_post(xm__dp_t *dp, xm_op_t *op, uint64_t deadline_ns)
         xm__resil_op(op);
         return op_status(op);
     }
-    /* the local transport (helper B, local.c): a region or allocation mapped whole, with
-     * its retirement and liveness checks; no lock, no provider */
+    /* the local transport (local.c): every part op touches mapped here, with the retirement
+     * and liveness checks; no lock, no provider */
     if (xm__local_op(op)) return op_status(op);
-    /* otherwise every piece goes over the fabric (also those of a part mapped locally: an
-     * allocation with parts on other hosts) */
-    uint32_t pieces = (uint32_t)xm__layout_count(&l, op->offset, total, IO_CHUNK);
+    /* an allocation with parts here and parts on other hosts: the local pieces now, the
+     * others over the fabric (the op completes when they have) */
+    bool mixed = r->parts != NULL && xm__local_any(r);
+    uint32_t pieces, first_remote = 0;
+    if (mixed) {
+        xm_status_t status = xm__local_some(op);
+        if (status != XM_OK) {
+            op_finish(op, status);
+            return status;
+        }
+        pieces = 0;
+        xm__layout_iter_init(&it, &l, op->offset, total, IO_CHUNK);
+        while (xm__layout_iter_next(&it, &seg)) {
+            if (xm__local_part(r, seg.part)) continue;
+            if (pieces++ == 0) first_remote = seg.part;
+        }
+        if (pieces == 0) { /* (xm__local_op takes those) */
+            op_finish(op, XM_OK);
+            return XM_OK;
+        }
+    } else {
+        pieces = (uint32_t)xm__layout_count(&l, op->offset, total, IO_CHUNK);
+    }
     op->deadline_ns_ = deadline_ns != 0 ? deadline_ns : xm__now_ns() + (uint64_t)dp->timeout_ms * 1000000ull;
     __atomic_store_n(&op->status, XM_IN_PROGRESS, __ATOMIC_RELAXED);
 
     pthread_mutex_lock(&dp->lock);
     xm_status_t status = XM_OK;
     {
-        uint32_t first = r->parts != NULL ? r->parts[0].peer : 0;
+        uint32_t first = r->parts != NULL ? r->parts[first_remote].peer : 0;
         if (peer_left(dp, first)) {
             xm__set_error("%s is gone (its data address refuses connections)", dp->what);
             status = XM_ERR_CONNECT;
@@ -610,7 +630,9 @@ xm_status_t xm__dp_post(xm__dp_t *dp, xm_op_t *op, uint64_t deadline_ns)
     }
     uint32_t posted = 0;
     xm__layout_iter_init(&it, &l, op->offset, total, IO_CHUNK);
-    for (uint32_t i = 0; i < pieces && xm__layout_iter_next(&it, &seg); i++) {
+    for (uint32_t i = 0; i < pieces && xm__layout_iter_next(&it, &seg);) {
+        if (mixed && xm__local_part(r, seg.part)) continue; /* done above */
+        i++;
         uint32_t idx = r->parts != NULL ? r->parts[seg.part].peer : 0;
         uint64_t key = r->parts != NULL ? r->parts[seg.part].key : r->key;
         status = post_one(dp, op, &seg, idx, key);

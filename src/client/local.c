@@ -690,87 +690,143 @@ static void seg_do(xm_op_t *op, uint8_t *p, uint64_t buf_off, uint64_t len)
     }
 }
 
-bool xm__local_op(xm_op_t *op)
+/* The mapping of part (or of the plain region) behind op's segment, NULL: over the fabric. */
+static xm__lmap_t *seg_map(xm_region_h r, uint32_t part)
+{
+    return r->parts != NULL ? r->parts[part].lmap : r->lmap;
+}
+
+bool xm__local_part(xm_region_h r, uint32_t part)
+{
+    return seg_map(r, part) != NULL;
+}
+
+bool xm__local_any(xm_region_h r)
+{
+    if (r->parts == NULL) return r->lmap != NULL;
+    for (uint32_t i = 0; i < r->nparts; i++) {
+        if (r->parts[i].lmap != NULL) return true;
+    }
+    return false;
+}
+
+#define PART_WORDS ((XM_ALLOC_PARTS_MAX + 63) / 64)
+
+/*
+ * Do the segments of op that lie in locally mapped parts, with the retirement and liveness
+ * checks of the parts they touch (and no other: a dead appliance holding a part op does not
+ * touch is no concern of op's).
+ * A read or write that may have hit a retired memfd is redone; an atomic fails.
+ */
+static xm_status_t local_run(xm_op_t *op, const char **why_p)
 {
     xm_region_h r = op->region;
-    if (r->parts == NULL ? r->lmap == NULL : r->nparts == 0) return false;
-    for (uint32_t i = 0; r->parts != NULL && i < r->nparts; i++) {
-        if (r->parts[i].lmap == NULL) return false; /* mixed: all over the fabric */
-    }
     bool bulk = op->opcode == XM_OP_READ || op->opcode == XM_OP_WRITE;
     uint64_t total = bulk ? op->length : 8;
     xm__layout_t l = r->parts != NULL ? r->layout : xm__layout_single(r->size);
-    xm_status_t status = XM_OK;
-    const char *why = "";
+    xm__layout_iter_t it;
+    xm__layout_seg_t seg;
+    /* which local parts op touches, checked against what the mapping allows, whatever the
+     * handle says: a handle's fields are the caller's memory, and a store past the mapping
+     * or into a read-only one would fault */
+    uint64_t touched[PART_WORDS] = {0};
+    xm__layout_iter_init(&it, &l, op->offset, total, UINT64_MAX);
+    while (xm__layout_iter_next(&it, &seg)) {
+        xm__lmap_t *m = seg_map(r, seg.part);
+        if (m == NULL) continue;
+        if (seg.part_off > m->size || seg.len > m->size - seg.part_off ||
+            (op->opcode != XM_OP_READ && m->access != XM_ACCESS_READ_WRITE)) {
+            *why_p = "outside what the local mapping allows (range or rights)";
+            return XM_ERR_ACCESS;
+        }
+        touched[seg.part / 64] |= 1ull << (seg.part % 64);
+    }
+    uint64_t gens[XM_ALLOC_PARTS_MAX];
     for (int attempt = 0; attempt < 8; attempt++) {
-        /* the generations first, then the memory, then the retirement words */
-        uint64_t gens[XM_ALLOC_PARTS_MAX];
-        uint32_t n = r->parts != NULL ? r->nparts : 1;
-        for (uint32_t i = 0; i < n; i++) {
-            xm__lmap_t *m = r->parts != NULL ? r->parts[i].lmap : r->lmap;
-            status = lmap_alive(m);
-            if (status != XM_OK) {
-                why = "the appliance is gone (xmemd ended)";
-                goto done;
-            }
-            gens[i] = __atomic_load_n(&m->gen, __ATOMIC_ACQUIRE);
-            if ((gens[i] & 1) != 0 || __atomic_load_n(m->trailer, __ATOMIC_ACQUIRE) != 0) {
-                status = lmap_refresh(m, gens[i]);
-                if (status != XM_OK) {
-                    why = m->why;
-                    goto done;
+        /* the generations first, then the memory, then the retirement and liveness words */
+        for (uint32_t w = 0; w < PART_WORDS; w++) {
+            for (uint64_t bits = touched[w]; bits != 0; bits &= bits - 1) {
+                uint32_t i = w * 64 + (uint32_t)__builtin_ctzll(bits);
+                xm__lmap_t *m = seg_map(r, i);
+                if (lmap_alive(m) != XM_OK) {
+                    *why_p = "the appliance is gone (xmemd ended)";
+                    return XM_ERR_DISCONNECTED;
                 }
                 gens[i] = __atomic_load_n(&m->gen, __ATOMIC_ACQUIRE);
-            }
-        }
-        xm__layout_iter_t it;
-        xm__layout_seg_t seg;
-        /* what the mapping allows, whatever the handle says: a handle's fields are the
-         * caller's memory, and a store past the mapping or into a read-only one would fault */
-        xm__layout_iter_init(&it, &l, op->offset, total, UINT64_MAX);
-        while (xm__layout_iter_next(&it, &seg)) {
-            xm__lmap_t *m = r->parts != NULL ? r->parts[seg.part].lmap : r->lmap;
-            if (seg.part_off > m->size || seg.len > m->size - seg.part_off ||
-                (op->opcode != XM_OP_READ && m->access != XM_ACCESS_READ_WRITE)) {
-                status = XM_ERR_ACCESS;
-                why = "outside what the local mapping allows (range or rights)";
-                goto done;
+                if ((gens[i] & 1) != 0 || __atomic_load_n(m->trailer, __ATOMIC_ACQUIRE) != 0) {
+                    xm_status_t status = lmap_refresh(m, gens[i]);
+                    if (status != XM_OK) {
+                        *why_p = m->why;
+                        return status;
+                    }
+                    gens[i] = __atomic_load_n(&m->gen, __ATOMIC_ACQUIRE);
+                }
             }
         }
         xm__layout_iter_init(&it, &l, op->offset, total, UINT64_MAX);
         while (xm__layout_iter_next(&it, &seg)) {
-            xm__lmap_t *m = r->parts != NULL ? r->parts[seg.part].lmap : r->lmap;
-            seg_do(op, m->base + seg.part_off, seg.buf_off, seg.len);
+            xm__lmap_t *m = seg_map(r, seg.part);
+            if (m != NULL) seg_do(op, m->base + seg.part_off, seg.buf_off, seg.len);
         }
         __atomic_thread_fence(__ATOMIC_SEQ_CST);
         bool moved = false;
-        for (uint32_t i = 0; i < n; i++) {
-            xm__lmap_t *m = r->parts != NULL ? r->parts[i].lmap : r->lmap;
-            if (lmap_dead(m)) {
-                /* acknowledged only if the appliance outlived the access */
-                status = XM_ERR_DISCONNECTED;
-                why = "the appliance died during the operation";
-                goto done;
+        for (uint32_t w = 0; w < PART_WORDS; w++) {
+            for (uint64_t bits = touched[w]; bits != 0; bits &= bits - 1) {
+                uint32_t i = w * 64 + (uint32_t)__builtin_ctzll(bits);
+                xm__lmap_t *m = seg_map(r, i);
+                if (lmap_dead(m)) {
+                    /* acknowledged only if the appliance outlived the access */
+                    *why_p = "the appliance died during the operation";
+                    return XM_ERR_DISCONNECTED;
+                }
+                moved |= __atomic_load_n(m->trailer, __ATOMIC_ACQUIRE) != 0 ||
+                         __atomic_load_n(&m->gen, __ATOMIC_ACQUIRE) != gens[i];
             }
-            moved |= __atomic_load_n(m->trailer, __ATOMIC_ACQUIRE) != 0 ||
-                     __atomic_load_n(&m->gen, __ATOMIC_ACQUIRE) != gens[i];
         }
-        if (!moved) goto done;
+        if (!moved) return XM_OK;
         if (!bulk) {
-            status = XM_ERR_IO;
-            why = "the region moved while the atomic ran (a revocation or destroy): its effect "
-                  "is unknown";
-            goto done;
+            *why_p = "the region moved while the atomic ran (a revocation or destroy): its effect "
+                     "is unknown";
+            return XM_ERR_IO;
         }
         /* a read or write that may have hit a retired memfd: fetch again and redo */
     }
-    status = XM_ERR_IO;
-    why = "the region kept moving";
-done:
+    *why_p = "the region kept moving";
+    return XM_ERR_IO;
+}
+
+bool xm__local_op(xm_op_t *op)
+{
+    xm_region_h r = op->region;
+    if (r->parts == NULL) {
+        if (r->lmap == NULL) return false;
+    } else {
+        /* every part op touches must be mapped: otherwise the caller splits it */
+        if (!xm__local_any(r)) return false;
+        bool bulk = op->opcode == XM_OP_READ || op->opcode == XM_OP_WRITE;
+        xm__layout_iter_t it;
+        xm__layout_seg_t seg;
+        xm__layout_iter_init(&it, &r->layout, op->offset, bulk ? op->length : 8, UINT64_MAX);
+        while (xm__layout_iter_next(&it, &seg)) {
+            if (r->parts[seg.part].lmap == NULL) return false;
+        }
+    }
+    const char *why = "";
+    xm_status_t status = local_run(op, &why);
     op->pending_ = 0;
     if (status != XM_OK) {
         xm__set_error("region %llu (local): %s", (unsigned long long)r->id, why);
     }
     __atomic_store_n(&op->status, status, __ATOMIC_RELEASE);
     return true;
+}
+
+xm_status_t xm__local_some(xm_op_t *op)
+{
+    const char *why = "";
+    xm_status_t status = local_run(op, &why);
+    if (status != XM_OK) {
+        xm__set_error("region %llu (local part): %s", (unsigned long long)op->region->id, why);
+    }
+    return status;
 }

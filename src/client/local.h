@@ -31,5 +31,12 @@ void xm__lmap_put(xm__lmap_t *m);
  * true; false: op goes over the fabric. Any thread.
  */
 bool xm__local_op(xm_op_t *op);
+/* An allocation with parts on this host and parts elsewhere: is part mapped here? Does r have
+ * any part mapped here? */
+bool xm__local_part(xm_region_h r, uint32_t part);
+bool xm__local_any(xm_region_h r);
+/* Do the pieces of op that lie in mapped parts, now, with the same checks as xm__local_op (the
+ * caller posts the others over the fabric); the status, xm_last_error set on failure. */
+xm_status_t xm__local_some(xm_op_t *op);
 
 #endif

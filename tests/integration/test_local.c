@@ -1,5 +1,6 @@
 /* The local transport (src/xfer/local.h, src/client/local.c) against a real xmemd: regions
  * mapped by clients on the appliance's host, and every attack on it we know of. */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -17,6 +18,7 @@
 
 #include <xmem/tenant.h>
 
+#include "../../src/client/client.h"
 #include "../../src/rpc/rpc.h"
 #include "../../src/xfer/local.h"
 #include "harness.h"
@@ -543,4 +545,160 @@ Test(local, works_from_another_network_namespace, .fini = teardown, .timeout = 6
     cr_assert(memcmp(got, "from-netns", 10) == 0);
     xm_region_close(r);
     xm_disconnect(tcp);
+}
+
+/* ---- an allocation with parts on this host and parts elsewhere ------------------------- */
+
+static xt_cluster_t cl;
+
+static void cl_teardown(void)
+{
+    xt_cluster_stop(&cl);
+}
+
+/* SIGSTOP takes effect asynchronously: wait until every thread of pid is stopped. */
+static void stop_all(pid_t pid)
+{
+    kill(pid, SIGSTOP);
+    for (int tries = 0; tries < 500; tries++) {
+        char path[64], line[512];
+        snprintf(path, sizeof(path), "/proc/%d/task", (int)pid);
+        DIR *d = opendir(path);
+        cr_assert_not_null(d);
+        bool all = true;
+        for (struct dirent *e; all && (e = readdir(d)) != NULL;) {
+            if (e->d_name[0] == '.') continue;
+            snprintf(line, sizeof(line), "/proc/%d/task/%s/stat", (int)pid, e->d_name);
+            FILE *f = fopen(line, "r");
+            if (f == NULL) continue;
+            char *st = fgets(line, sizeof(line), f) != NULL ? strrchr(line, ')') : NULL;
+            all = st != NULL && st[2] == 'T';
+            fclose(f);
+        }
+        closedir(d);
+        if (all) return;
+        usleep(2000);
+    }
+    cr_assert_fail("xmemd did not stop");
+}
+
+/*
+ * A 2-way stripe over two appliances of which this client reaches one locally (the other
+ * has no local socket, as if on another host): the local part's pieces are loads and stores,
+ * the other's go over tcp, in one operation. Every byte is checked against a shadow copy,
+ * through this context and through a tcp-only one (so what was stored locally is in the
+ * appliance's memory). Then the local appliance is stopped: operations on the local part, and
+ * ones spanning both parts, still complete (its pieces need no xmemd CPU; over the fabric they
+ * would time out, which is what happened when a mixed allocation went all over the fabric).
+ */
+Test(local, striped_allocation_part_local_part_tcp_every_byte, .fini = cl_teardown, .timeout = 240)
+{
+    xt_cluster_start(&cl, 1, "256M", "local", NULL);
+    char sub[300];
+    snprintf(sub, sizeof(sub), "%s/a1", cl.dir);
+    mkdir(sub, 0755);
+    xt_start(&cl.app[1], &(xt_opts_t){.provider = "local", .pool = "256M", .secret = cl.secret,
+                                      .dir = sub,
+                                      .extra = {"--manager", cl.mgr.addr, "--domain", "d1",
+                                                "--heartbeat-ms", "100", "--local-socket",
+                                                "none"}});
+    cl.n = 2;
+    cr_assert(xt_cluster_wait_up(&cl, 2, 10000), "the second appliance did not come up");
+    xm_ctx_h ctx = xt_manager_connect(&cl.mgr, NULL);
+    const uint64_t size = (6u << 20) + 4321, chunk = 64u << 10;
+    xm_alloc_h a;
+    cr_assert_eq(xm_alloc(ctx, size, "stripe:2:64K", "mixed", &a), XM_OK, "%s", xm_last_error(ctx));
+    cr_assert_eq(a->nparts, 2);
+    int local_part = a->parts[0].lmap != NULL ? 0 : 1;
+    cr_assert((a->parts[0].lmap != NULL) != (a->parts[1].lmap != NULL),
+              "want exactly one part mapped here (parts mapped: %d, %d)", a->parts[0].lmap != NULL,
+              a->parts[1].lmap != NULL);
+
+    uint8_t *shadow = calloc(1, size), *w = malloc(size), *r = malloc(size);
+    static const uint64_t lens[] = {1, 7, 8, 4096, 65535, 65536, 65537, 200000, (1u << 20) + 3};
+    uint64_t seed = 1;
+    for (int i = 0; i < 300; i++) {
+        seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+        uint64_t len = lens[(seed >> 33) % (sizeof(lens) / sizeof(lens[0]))];
+        uint64_t off = (seed >> 7) % (size - len + 1);
+        if (i % 3 == 0) off = off / chunk * chunk + chunk - 3; /* across a chunk boundary */
+        if (off + len > size) off = size - len;
+        xt_fill(w, len, seed);
+        cr_assert_eq(xm_write(a, off, w, len), XM_OK, "write %llu@%llu: %s",
+                     (unsigned long long)len, (unsigned long long)off, xm_last_error(ctx));
+        memcpy(shadow + off, w, len);
+        cr_assert_eq(xm_read(a, off, r, len), XM_OK, "%s", xm_last_error(ctx));
+        cr_assert(memcmp(r, shadow + off, len) == 0, "%llu bytes at %llu differ",
+                  (unsigned long long)len, (unsigned long long)off);
+    }
+    /* operations in flight together: writes over both parts, then reads of them */
+    xm_op_t ops[8], *ptrs[8];
+    for (int i = 0; i < 8; i++) {
+        uint64_t off = (uint64_t)i * (size / 8), len = size / 8 - 5;
+        xt_fill(w + off, len, 1000 + i);
+        memcpy(shadow + off, w + off, len);
+        ops[i] = (xm_op_t){.opcode = XM_OP_WRITE, .region = a, .offset = off, .buf = w + off,
+                           .length = len};
+        ptrs[i] = &ops[i];
+    }
+    cr_assert_eq(xm_submit(ctx, ops, 8), XM_OK, "%s", xm_last_error(ctx));
+    cr_assert_eq(xm_wait(ctx, ptrs, 8), XM_OK, "%s", xm_last_error(ctx));
+    /* an atomic on each part: chunk 0 is part 0, chunk 1 part 1 */
+    for (uint64_t c = 0; c < 2; c++) {
+        uint64_t off = c * chunk + 64, old, v = 0;
+        memcpy(&v, shadow + off, 8);
+        cr_assert_eq(xm_fetch_add(a, off, 5, &old), XM_OK, "%s", xm_last_error(ctx));
+        cr_assert_eq(old, v);
+        v += 5;
+        memcpy(shadow + off, &v, 8);
+    }
+    memset(r, 0xee, size);
+    cr_assert_eq(xm_read(a, 0, r, size), XM_OK, "%s", xm_last_error(ctx));
+    cr_assert(memcmp(r, shadow, size) == 0, "the allocation differs from what was written");
+    /* what was stored locally is in the appliance's memory: a tcp-only reader sees it all */
+    setenv("XMEM_TRANSPORT", "tcp", 1);
+    xm_ctx_h tcp = xt_manager_connect(&cl.mgr, NULL);
+    xm_alloc_h b;
+    cr_assert_eq(xm_attach(tcp, 0, "mixed", XM_ACCESS_READ, &b), XM_OK, "%s", xm_last_error(tcp));
+    setenv("XMEM_TRANSPORT", "local", 1);
+    cr_assert(b->parts[0].lmap == NULL && b->parts[1].lmap == NULL, "the tcp reader mapped a part");
+    memset(r, 0xee, size);
+    cr_assert_eq(xm_read(b, 0, r, size), XM_OK, "%s", xm_last_error(tcp));
+    cr_assert(memcmp(r, shadow, size) == 0, "over tcp the allocation differs");
+
+    /* the local part needs no xmemd CPU: stop its appliance (appliance 0 has the socket) */
+    stop_all(cl.app[0].pid);
+    uint64_t off_local = (uint64_t)local_part * chunk + 100;
+    xt_fill(w, 4096, 77);
+    xm_status_t s1 = xm_write(a, off_local, w, 4096);
+    xm_status_t s2 = xm_read(a, off_local, r, 4096);
+    bool same1 = memcmp(w, r, 4096) == 0;
+    /* spanning both parts: the local pieces now, the other part's over tcp */
+    xt_fill(w, 4 * chunk, 78);
+    xm_status_t s3 = xm_write(a, chunk / 2, w, 4 * chunk);
+    memset(r, 0, 4 * chunk);
+    xm_status_t s4 = xm_read(a, chunk / 2, r, 4 * chunk);
+    bool same2 = memcmp(w, r, 4 * chunk) == 0;
+    kill(cl.app[0].pid, SIGCONT);
+    cr_assert_eq(s1, XM_OK, "local-part write with its appliance stopped: %s", xm_status_str(s1));
+    cr_assert_eq(s2, XM_OK, "local-part read with its appliance stopped: %s", xm_status_str(s2));
+    cr_assert(same1);
+    cr_assert_eq(s3, XM_OK, "spanning write with the local appliance stopped: %s", xm_status_str(s3));
+    cr_assert_eq(s4, XM_OK, "spanning read with the local appliance stopped: %s", xm_status_str(s4));
+    cr_assert(same2);
+    memcpy(shadow + chunk / 2, w, 4 * chunk);
+    xt_fill(w, 4096, 77);
+    memcpy(shadow + off_local, w, 4096);
+    memset(r, 0xee, size);
+    cr_assert_eq(xm_read(b, 0, r, size), XM_OK, "%s", xm_last_error(tcp));
+    cr_assert(memcmp(r, shadow, size) == 0, "over tcp the allocation differs after the stop");
+
+    free(shadow);
+    free(w);
+    free(r);
+    xm_alloc_close(b);
+    xm_disconnect(tcp);
+    xm_alloc_close(a);
+    cr_assert_eq(xm_free(ctx, 0, "mixed"), XM_OK, "%s", xm_last_error(ctx));
+    xm_disconnect(ctx);
 }
