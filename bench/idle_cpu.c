@@ -8,7 +8,7 @@
  * 4 KiB reads (back to back, after a warm-up) and the first 4 KiB read after
  * each of N idle pauses, and prints the ratio first-after-pause / busy p50.
  *
- *   idle_cpu [--xmemd PATH] [--providers tcp,shm] [--idle-s 10] [--pause-ms 1000]
+ *   idle_cpu [--xmemd PATH] [--providers tcp,local] [--idle-s 10] [--pause-ms 1000]
  *            [--pauses 10] [--iters 5000] [--pin-appliance CPU] [--pin-client CPU]
  *
  * Targets (issue 11): idle < 1 % of a CPU over 10 s; first op after an idle
@@ -26,6 +26,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <xmem/tenant.h>
 #include <xmem/xmem.h>
 
 #include "bench_util.h"
@@ -70,7 +71,8 @@ static int start_appliance(const char *xmemd, const char *provider, const char *
             CPU_SET(pin, &set);
             sched_setaffinity(0, sizeof(set), &set);
         }
-        execl(xmemd, xmemd, "--listen", "127.0.0.1:0", "--pool", "256M", "--provider", provider,
+        (void)provider; /* xmemd serves tcp and, to clients on its host, the local transport */
+        execl(xmemd, xmemd, "--listen", "127.0.0.1:0", "--pool", "256M", "--provider", "tcp",
               "--secret-file", secret, "--log-level", "warn", (char *)NULL);
         _exit(127);
     }
@@ -131,7 +133,7 @@ int main(int argc, char **argv)
     }
     char xmemd[4200];
     snprintf(xmemd, sizeof(xmemd), "%s/xmemd", self_dir);
-    const char *providers = "tcp,shm";
+    const char *providers = "tcp,local";
     unsigned idle_s = 10, pause_ms = 1000, pauses = 10, iters = 5000;
     int pin_appl = -1, pin_client = -1;
     for (int i = 1; i < argc; i++) {
@@ -167,8 +169,17 @@ int main(int argc, char **argv)
     }
     close(rfd);
     close(sfd);
+    /* regions belong to tenants: the bench works as tenant "bench" with its own credential */
+    char cred[sizeof(secret) + 16];
+    snprintf(cred, sizeof(cred), "%s.cred", secret);
+    char why[256];
+    if (xm_tenant_add(secret, NULL, "bench", cred, why, sizeof(why)) != XM_OK) {
+        fprintf(stderr, "idle_cpu: cannot issue a tenant credential: %s\n", why);
+        unlink(secret);
+        return 1;
+    }
     /* the bench's own main, before any thread: libxmem reads these at xm_connect */
-    setenv("XMEM_SECRET_FILE", secret, 1);
+    setenv("XMEM_SECRET_FILE", cred, 1);
 
     printf("idle_cpu: xmemd %s; idle %u s; %u pauses of %u ms; busy p50 over %u 4 KiB reads; "
            "appliance CPU %d, client CPU %d (-1: not pinned)\n",
@@ -189,7 +200,7 @@ int main(int argc, char **argv)
         double idle = cpu_percent(a.pid, idle_s);
 
         setenv("XMEM_APPLIANCE", a.addr, 1);
-        setenv("XMEM_PROVIDER", prov, 1);
+        setenv("XMEM_TRANSPORT", prov, 1); /* tcp, or local: the appliance maps regions to us */
         xm_ctx_h ctx = NULL;
         xm_region_h reg = NULL;
         if (xm_connect(NULL, &ctx) != XM_OK ||
@@ -238,6 +249,12 @@ int main(int argc, char **argv)
         xm_disconnect(ctx);
         stop_appliance(&a);
     }
+    unlink(cred);
+    char tenants[sizeof(secret) + 16];
+    snprintf(tenants, sizeof(tenants), "%s.tenants", secret);
+    unlink(tenants);
+    snprintf(tenants, sizeof(tenants), "%s.tenants.lock", secret);
+    unlink(tenants);
     unlink(secret);
     return rc;
 
