@@ -250,8 +250,8 @@ XM_EXPORT xm_status_t xm_connect(const xm_connect_opts_t *opts, xm_ctx_h *ctx_p)
         goto err;
     }
     const char *prov = pick(opts->provider, "XMEM_PROVIDER", "");
-    if (strcmp(prov, "") != 0 && strcmp(prov, "tcp") != 0 && strcmp(prov, "shm") != 0) {
-        xm__ctx_error(ctx, status, "provider '%s' is neither tcp nor shm", prov);
+    if (prov[0] != '\0' && !net_provider_caps(prov, NULL)) {
+        xm__ctx_error(ctx, status, "unknown provider '%s' (known: %s)", prov, net_provider_names());
         goto err;
     }
     snprintf(ctx->want_provider, sizeof(ctx->want_provider), "%s", prov);
