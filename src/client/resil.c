@@ -376,12 +376,15 @@ static xm_status_t lock_take(xm_region_h a, lockset_t *ls, uint64_t unit, repair
         } else if (now - seen_at > rs->lease_ns) {
             /* stale: take it over everywhere it is held by that token or free */
             batch_t t = {.a = a};
+            uint32_t idx[LOCKSET_MAX];
+            bool from_dead[LOCKSET_MAX] = {false};
             for (uint32_t i = 0; i < ls->n; i++) {
                 if (is_down(a, ls->part[i])) continue;
                 sub_t *s = batch_add(&t, ls->part[i], XM_OP_COMPARE_SWAP, rec_off(a, ls->rec[i], XM_LAYOUT_META_LOCK), NULL, 0);
                 if (s != NULL) {
                     s->op.compare = other;
                     s->op.operand = rs->token;
+                    idx[t.n - 1] = i;
                 }
             }
             batch_run(&t);
@@ -389,6 +392,7 @@ static xm_status_t lock_take(xm_region_h a, lockset_t *ls, uint64_t unit, repair
             for (size_t i = 0; i < t.n; i++) {
                 uint64_t res = t.s[i].op.result;
                 if (t.s[i].op.status != XM_OK) continue;
+                if (res == other) from_dead[idx[i]] = true;
                 if (res == 0) {
                     /* free there: take it plainly */
                     t.s[i].op.compare = 0;
@@ -404,17 +408,19 @@ static xm_status_t lock_take(xm_region_h a, lockset_t *ls, uint64_t unit, repair
             if (took) {
                 xm_log_warn("%s: lock of unit %llu held by a writer that stopped (token %016llx): taken over and repaired",
                             rs->what, (unsigned long long)unit, (unsigned long long)other);
-                /* the dead writer's noted range, from the first reachable record */
-                uint64_t range = 0;
-                batch_t q = {.a = a};
-                for (uint32_t i = 0; i < ls->n && q.n == 0; i++) {
-                    if (!is_down(a, ls->part[i])) {
-                        batch_add(&q, ls->part[i], XM_OP_READ, rec_off(a, ls->rec[i], XM_LAYOUT_META_RANGE), &range, 8);
-                    }
+                /* every unit (stripe) the dead writer held: its noted range, then repair */
+                xm_status_t st = XM_OK;
+                for (uint32_t i = 0; i < ls->n && st == XM_OK && repair != NULL; i++) {
+                    bool first = from_dead[i];
+                    for (uint32_t j = 0; j < i && first; j++) first = !(from_dead[j] && ls->rec[j] == ls->rec[i]);
+                    if (!first) continue;
+                    uint64_t range = 0;
+                    batch_t q = {.a = a};
+                    batch_add(&q, ls->part[i], XM_OP_READ, rec_off(a, ls->rec[i], XM_LAYOUT_META_RANGE), &range, 8);
+                    size_t bad = batch_run(&q);
+                    batch_free(&q);
+                    st = bad ? XM_ERR_IO : repair(a, ls->rec[i], &range);
                 }
-                size_t bad = batch_run(&q);
-                batch_free(&q);
-                xm_status_t st = bad ? XM_ERR_IO : repair != NULL ? repair(a, unit, &range) : XM_OK;
                 if (st != XM_OK) {
                     /* not repaired: the dead writer's token goes back, so whoever comes
                      * next (this handle too) finds the stripe unrepaired, not taken */
@@ -527,27 +533,24 @@ static xm_status_t repl_repair(xm_region_h a, uint64_t unit, const uint64_t *ran
 
 /* Lock units [u0, u1] at the home (all at once, one lockset per unit would serialise:
  * they are taken unit by unit in ascending order, which is one global order). */
+/* Lock units [u0, u1] (at most LOCKSET_MAX) at the home, all at once. */
 static xm_status_t repl_lock(xm_region_h a, uint64_t u0, uint64_t u1, int *home_p)
 {
     for (;;) {
         int home = repl_home(a);
         if (home < 0) return repl_lost(a);
-        uint64_t u;
-        xm_status_t st = XM_OK;
-        for (u = u0; u <= u1; u++) {
-            lockset_t ls = {.n = 1, .part = {(uint32_t)home}, .rec = {u}};
-            st = lock_take(a, &ls, u, repl_repair);
-            if (st != XM_OK || is_down(a, (uint32_t)home)) break;
+        lockset_t ls = {.n = 0};
+        for (uint64_t u = u0; u <= u1; u++) {
+            ls.part[ls.n] = (uint32_t)home;
+            ls.rec[ls.n++] = u;
         }
-        if (st == XM_OK && u > u1) {
+        xm_status_t st = lock_take(a, &ls, u0, repl_repair);
+        if (st == XM_OK && !is_down(a, (uint32_t)home)) {
             *home_p = home;
             return XM_OK;
         }
-        /* release what was taken; a home that went down: again at the next one */
-        for (uint64_t v = u0; v < u; v++) {
-            lockset_t ls = {.n = 1, .part = {(uint32_t)home}, .rec = {v}};
-            lock_drop(a, &ls);
-        }
+        if (st == XM_OK) lock_drop(a, &ls);
+        /* a home that went down: again at the next one */
         if (!is_down(a, (uint32_t)home)) return st;
     }
 }
@@ -582,7 +585,24 @@ static xm_status_t repl_read(xm_region_h a, uint64_t off, void *buf, size_t len)
     }
 }
 
+static xm_status_t repl_write_locked(xm_region_h a, uint64_t off, const void *buf, size_t len);
+
+/* Writes of more than LOCKSET_MAX units go in pieces of that many (each locked alone). */
 static xm_status_t repl_write(xm_region_h a, uint64_t off, const void *buf, size_t len)
+{
+    const uint64_t step = (uint64_t)LOCKSET_MAX * XM_LAYOUT_REPL_UNIT;
+    while (len > 0) {
+        uint64_t end = XM_MIN(off + len, (off / step + 1) * step);
+        xm_status_t st = repl_write_locked(a, off, buf, (size_t)(end - off));
+        if (st != XM_OK) return st;
+        buf = (const uint8_t *)buf + (end - off);
+        len -= (size_t)(end - off);
+        off = end;
+    }
+    return XM_OK;
+}
+
+static xm_status_t repl_write_locked(xm_region_h a, uint64_t off, const void *buf, size_t len)
 {
     uint64_t u0 = xm__layout_meta_unit(&a->layout, off), u1 = xm__layout_meta_unit(&a->layout, off + len - 1);
     int home;
