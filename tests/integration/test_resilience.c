@@ -221,9 +221,24 @@ static bool in_target(uint64_t i)
  * its target range reads as old or new, every other byte as before; the next writer of
  * the stripe takes over its stale lock (after the lease) and repairs the parity, so reads
  * that decode around two killed appliances give exactly the same bytes. */
+static void writer_killed_body(const char *policy, int napp, int kill_a, int kill_b);
+
 Test(resilience, ec_writer_killed_mid_stripe, .fini = teardown, .timeout = 180)
 {
-    xt_cluster_start(&cl, 6, "64M", "tcp", NULL);
+    writer_killed_body("ec:4+2:4K", 6, 0, 3);
+}
+
+/* The same for replicate:2: the next writer of the unit waits out the lease and makes the
+ * copy equal to the primary; with the primary's appliance then killed, the copy reads
+ * exactly what the primary read. */
+Test(resilience, replicate_writer_killed_mid_write, .fini = teardown, .timeout = 180)
+{
+    writer_killed_body("replicate:2", 2, 0, -1);
+}
+
+static void writer_killed_body(const char *policy, int napp, int kill_a, int kill_b)
+{
+    xt_cluster_start(&cl, napp, "64M", "tcp", NULL);
     int go[2], ready[2];
     cr_assert(pipe(go) == 0 && pipe(ready) == 0);
     pid_t child = fork();
@@ -244,7 +259,7 @@ Test(resilience, ec_writer_killed_mid_stripe, .fini = teardown, .timeout = 180)
     xm_ctx_h ctx = connect_short();
     const uint64_t size = 64u << 10;
     xm_alloc_h a;
-    cr_assert_eq(xm_alloc(ctx, size, "ec:4+2:4K", "mid", &a), XM_OK, "%s", xm_last_error(ctx));
+    cr_assert_eq(xm_alloc(ctx, size, policy, "mid", &a), XM_OK, "%s", xm_last_error(ctx));
     uint8_t *model = calloc(1, size);
     model_write(ctx, a, model, 0, size, 5);
     cr_assert(write(go[1], "g", 1) == 1);
@@ -273,8 +288,8 @@ Test(resilience, ec_writer_killed_mid_stripe, .fini = teardown, .timeout = 180)
     model_write(ctx, a, cur, 2000, 100, 6);
     cr_log_info("write into the dead writer's stripe took %llu ms", (unsigned long long)(xt_now_ms() - t));
     /* decode around two appliances: the same bytes (parity matches the data) */
-    xt_kill9(&cl.app[0]);
-    xt_kill9(&cl.app[3]);
+    xt_kill9(&cl.app[kill_a]);
+    if (kill_b >= 0) xt_kill9(&cl.app[kill_b]);
     memset(r, 0xee, size);
     cr_assert_eq(xm_read(a, 0, r, size), XM_OK, "%s", xm_last_error(ctx));
     for (uint64_t i = 0; i < size; i++) {
