@@ -50,8 +50,12 @@ static bool holder_has(const appl_region_t *r, const char *tenant)
  * memfd is marked retired first: holders that check after each operation (libxmem does)
  * fetch the new one, which this thread hands out only after the move, and redo what they
  * did. O(resident bytes): only the old memfd's data ranges are copied (SEEK_DATA), so a
- * sparse region commits no memory. A one-sided write over the fabric that lands while the
- * bytes are copied can be lost (docs/security.md): revocations are rare.
+ * sparse region commits no memory. The fabric's progress loop is parked from before the copy
+ * until the window maps the new memfd: data progress is manual, so no one-sided transfer
+ * moves a byte meanwhile - what landed before is copied, what lands after goes to the new
+ * memfd (a transfer accepted before the pause continues after it, into the new one), and
+ * registrations and keys stay as they are. Over tcp the region's clients see a delay of
+ * the copy's length, no error. Revocations are rare.
  */
 static void region_move(appl_regions_t *t, appl_region_t *r)
 {
@@ -67,6 +71,8 @@ static void region_move(appl_regions_t *t, appl_region_t *r)
         close(nfd);
         goto err;
     }
+    /* from here until the window maps nfd no fabric transfer moves data */
+    net_progress_pause(t->fab);
     /* mark the old memfd retired (its trailer word), without freeing it yet */
     size_t tl = appl_pool_memfd_len(t->pool, r->nextents) - len;
     uint64_t *tr = mmap(NULL, tl, PROT_READ | PROT_WRITE, MAP_SHARED, r->memfd, (off_t)len);
@@ -85,9 +91,11 @@ static void region_move(appl_regions_t *t, appl_region_t *r)
     }
     munmap(tmp, len);
     if (appl_pool_remap_own(t->pool, r->nextents, r->window, nfd) != XM_OK) {
+        net_progress_resume(t->fab);
         close(nfd);
         goto err;
     }
+    net_progress_resume(t->fab);
     net_local_release(r->memfd, len);
     close(r->memfd);
     r->memfd = nfd;

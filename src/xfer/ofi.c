@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <pthread.h>
@@ -506,6 +507,38 @@ bool ofi_progress_round(net_fabric_t *fab, ofi_progress_t *p)
     return active;
 }
 
+static void nap_us(long us)
+{
+    struct timespec t = {0, us * 1000L};
+    nanosleep(&t, NULL);
+}
+
+void net_progress_pause(net_fabric_t *fab)
+{
+    __atomic_add_fetch(&fab->pause_want, 1, __ATOMIC_SEQ_CST);
+    if (fab->cq != NULL) fi_cq_signal(fab->cq); /* an idle loop sleeps on the CQ's fd */
+    for (unsigned i = 1; __atomic_load_n(&fab->loop_running, __ATOMIC_SEQ_CST) &&
+                         !__atomic_load_n(&fab->paused, __ATOMIC_SEQ_CST);
+         i++) {
+        nap_us(20);
+        /* a signal that fell between the loop's fi_trywait and its poll was consumed */
+        if (i % 64 == 0 && fab->cq != NULL) fi_cq_signal(fab->cq);
+    }
+}
+
+void net_progress_resume(net_fabric_t *fab)
+{
+    __atomic_sub_fetch(&fab->pause_want, 1, __ATOMIC_SEQ_CST);
+}
+
+/* A pauser wants the loop still: stay out of the provider until it is done. */
+static void progress_park(net_fabric_t *fab)
+{
+    __atomic_store_n(&fab->paused, 1, __ATOMIC_SEQ_CST);
+    while (__atomic_load_n(&fab->pause_want, __ATOMIC_SEQ_CST) > 0) nap_us(50);
+    __atomic_store_n(&fab->paused, 0, __ATOMIC_SEQ_CST);
+}
+
 void net_progress_run(net_fabric_t *fab, const net_progress_opts_t *opts, atomic_int *stop,
                       int stop_fd)
 {
@@ -514,7 +547,9 @@ void net_progress_run(net_fabric_t *fab, const net_progress_opts_t *opts, atomic
                         .stop_fd = stop_fd};
     const xfer_ops_t *ops = fab->ops;
     prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0); /* 1 µs: idle naps stay short */
+    __atomic_store_n(&fab->loop_running, 1, __ATOMIC_SEQ_CST);
     while (!atomic_load_explicit(stop, memory_order_relaxed)) {
+        if (__atomic_load_n(&fab->pause_want, __ATOMIC_RELAXED) > 0) progress_park(fab);
         uint64_t before = xm__now_ns();
         bool active = ofi_progress_round(fab, &p);
         uint64_t now = xm__now_ns();
@@ -528,4 +563,5 @@ void net_progress_run(net_fabric_t *fab, const net_progress_opts_t *opts, atomic
         }
         ops->idle(fab, &p);
     }
+    __atomic_store_n(&fab->loop_running, 0, __ATOMIC_SEQ_CST);
 }

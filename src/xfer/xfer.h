@@ -66,6 +66,10 @@ typedef struct net_fabric {
     size_t addr_len;
     size_t max_msg;
     size_t tx_depth;
+    /* target: net_progress_pause (atomics: set by pausers, the progress loop) */
+    int pause_want;            /* pausers waiting or holding the loop */
+    int paused;                /* the loop is parked */
+    int loop_running;          /* net_progress_run is running */
 } net_fabric_t;
 
 /*
@@ -119,5 +123,15 @@ typedef struct net_progress_opts {
 } net_progress_opts_t;
 void net_progress_run(net_fabric_t *fab, const net_progress_opts_t *opts, atomic_int *stop,
                       int stop_fd);
+/*
+ * Target: park the progress loop, returning once it is parked (at once when no loop runs),
+ * until net_progress_resume. Data progress is manual on every provider we open (tcp;ofi_rxm:
+ * FI_PROGRESS_MANUAL), so meanwhile no one-sided transfer moves a byte into or out of
+ * registered memory (one accepted before goes on after the resume). For moving a region's
+ * memory under its registrations (appliance region.c). Rare and short: the loop parks by
+ * napping, the pauser waits by napping.
+ */
+void net_progress_pause(net_fabric_t *fab);
+void net_progress_resume(net_fabric_t *fab);
 
 #endif
