@@ -312,6 +312,13 @@ static xm_status_t lock_take(xm_region_h a, lockset_t *ls, uint64_t unit, repair
             s->op.operand = rs->token;
             live++;
         }
+        if (live == 0 && a->layout.kind == XM_LAYOUT_EC) {
+            /* every parity part of the stripe is down: no parity to keep in step with
+             * the data, so nothing to lock (writers' bytes land old-or-new, as in a
+             * stripe); with a data piece down too, more than M are and the write fails */
+            batch_free(&b);
+            return XM_OK;
+        }
         if (live == 0) {
             batch_free(&b);
             return xm__ctx_error(a->ctx, XM_ERR_IO, "%s: no part holding the lock of unit %llu is reachable",
