@@ -259,7 +259,7 @@ int main(int argc, char **argv)
     return rc;
 
 usage:
-    fprintf(stderr, "usage: idle_cpu [--xmemd PATH] [--providers tcp,shm] [--idle-s N] "
+    fprintf(stderr, "usage: idle_cpu [--xmemd PATH] [--providers tcp,local] [--idle-s N] "
                     "[--pause-ms MS] [--pauses N] [--iters N] [--pin-appliance CPU] [--pin-client CPU]\n");
     return 2;
 }

@@ -8,7 +8,7 @@
  * 4096 bytes are compared with what was stored; a mismatch exits 1.
  *
  *   kv_compare [--memcached HOST:PORT] [--redis HOST:PORT]
- *              [--appliance HOST:PORT] [--secret-file PATH] [--provider tcp|shm]
+ *              [--appliance HOST:PORT] [--secret-file PATH] [--provider tcp]
  *              [--iters N] [--json]
  */
 #include <errno.h>
@@ -358,7 +358,7 @@ static void usage(FILE *out)
 {
     fprintf(out,
             "usage: kv_compare [--memcached HOST:PORT] [--redis HOST:PORT]\n"
-            "                  [--appliance HOST:PORT] [--secret-file PATH] [--provider tcp|shm]\n"
+            "                  [--appliance HOST:PORT] [--secret-file PATH] [--provider tcp]\n"
             "                  [--iters N] [--json]\n"
             "4 KiB value GETs, one client, blocking sockets for memcached/redis, xm_read for xmem.\n"
             "Without --appliance, xmem uses $XMEM_APPLIANCE (skipped when that is unset too).\n");

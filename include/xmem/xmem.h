@@ -109,7 +109,9 @@ typedef struct xm_connect_opts {
     const char *appliance;
     /** Path of the cluster secret; NULL: $XMEM_SECRET_FILE. */
     const char *secret_file;
-    /** libfabric provider: "tcp" or "shm"; NULL: $XMEM_PROVIDER, else "tcp". */
+    /** libfabric provider: "tcp" ("shm", the old same-host provider, is taken as
+     *  "tcp": clients on an appliance's host use the local transport whatever the
+     *  provider, see $XMEM_TRANSPORT); NULL: $XMEM_PROVIDER, else "tcp". */
     const char *provider;
     /** Tenant name; NULL: $XMEM_TENANT, else the user name. */
     const char *tenant;

@@ -150,7 +150,9 @@ int main(int argc, char **argv)
     if (appl_pool_init(&pool, backing, path, pool_size, extent_size) != XM_OK) {
         goto out;
     }
-    /* local transport (helper B): it replaced the shm provider for clients on this host */
+    /* libfabric's shm provider is gone (any local process could read and write xmemd's memory
+     * through it): --provider shm still starts, as tcp, so that existing setups keep working
+     * and their clients on this host get the local transport */
     const char *provider = xm__config_get(&cfg, "provider");
     if (strcmp(provider, "shm") == 0) {
         xm_log_warn("--provider shm: the local transport replaced it (clients on this host map "

@@ -250,6 +250,14 @@ XM_EXPORT xm_status_t xm_connect(const xm_connect_opts_t *opts, xm_ctx_h *ctx_p)
         goto err;
     }
     const char *prov = pick(opts->provider, "XMEM_PROVIDER", "");
+    if (strcmp(prov, "shm") == 0) {
+        /* libfabric's shm is gone (it could not isolate tenants, docs/security.md): its old
+         * users meant "fast on this host", which the local transport now is, whatever the
+         * provider (XMEM_TRANSPORT) */
+        xm_log_warn("provider shm: replaced by the local transport for appliances on this "
+                    "host; using tcp (drop the setting)");
+        prov = "tcp";
+    }
     if (prov[0] != '\0' && !net_provider_caps(prov, NULL)) {
         xm__ctx_error(ctx, status, "unknown provider '%s' (known: %s)", prov, net_provider_names());
         goto err;

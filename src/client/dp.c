@@ -98,9 +98,9 @@ static xm__dp_peer_t *peer_at(xm__dp_t *dp, uint32_t i)
 }
 
 /*
- * Same-host providers (NET_CAP_CHECK_PEER): a post to an appliance killed
- * while it held its shared-memory queue lock spins forever inside the
- * provider (libfabric 1.17 shm), so a post first checks that the appliance's
+ * Same-host providers (NET_CAP_CHECK_PEER; none is built now: libfabric 1.17's
+ * shm, removed, was one): a post to an appliance killed while it held its
+ * shared-memory queue lock spun forever inside the provider, so a post first checks that the appliance's
  * process still runs — through a pidfd, not the control channel (which a
  * mapping's fault must never reach, and which the appliance closes when idle).
  * The pid is in the endpoint name xmem-PID.NONCE the appliance gave itself

@@ -37,8 +37,7 @@
 
 /* Target: receives posted so that messages sent to the data endpoint (the appliance never
  * needs one) are taken in and dropped at once instead of queued as unexpected without
- * bound by the provider (rxm keeps every unexpected message: +164 MB in a 6 s flood;
- * shm's unexpected queue holds ~1,000 and then stalls its command queue for every client).
+ * bound by the provider (rxm keeps every unexpected message: +164 MB in a 6 s flood).
  * How many and how large is the provider's (xfer_ops_t.drain_*). */
 
 typedef struct net_drain_slot {
@@ -151,8 +150,10 @@ void net_fabric_close(net_fabric_t *fab)
 
 /* ---- providers ------------------------------------------------------------ */
 
-/* Every provider this build knows; a new one is one line here (and its file). */
-static const xfer_ops_t *const providers[] = {&ofi_tcp_ops, &ofi_shm_ops};
+/* Every provider this build knows; a new one is one line here (and its file). libfabric's
+ * shm is not one: it let any process on the host read and write the appliance's memory
+ * (docs/security.md); clients on an appliance's host use the local transport (local.h). */
+static const xfer_ops_t *const providers[] = {&ofi_tcp_ops};
 static char provider_names[128];
 static pthread_once_t provider_names_once = PTHREAD_ONCE_INIT;
 
@@ -217,7 +218,7 @@ xm_status_t net_fabric_open(const char *provider, net_role_t role, const char *h
         hints->caps |= FI_MSG | FI_TAGGED; /* only to take in and drop what peers send */
     }
     hints->mode = 0;
-    /* no FI_MR_VIRT_ADDR (offsets, checked by shm too), no FI_MR_PROV_KEY (we pick keys) */
+    /* no FI_MR_VIRT_ADDR (offsets into registrations), no FI_MR_PROV_KEY (we pick keys) */
     hints->domain_attr->mr_mode = 0;
     hints->domain_attr->threading = FI_THREAD_SAFE;
     hints->fabric_attr->prov_name = strdup(ops->name);

@@ -37,7 +37,6 @@ typedef struct ofi_progress {
     uint64_t last_active; /* when progress last showed activity (ns, xm__now_ns) */
     uint64_t last_cntr;   /* the RMA counter when last read */
     unsigned iter;        /* progress calls made */
-    bool prev_long;       /* the call before this one was long (see ofi_shm.c) */
     int stop_fd;          /* readable when the loop must end; -1: none */
 } ofi_progress_t;
 
@@ -61,7 +60,6 @@ typedef struct xfer_ops {
 } xfer_ops_t;
 
 extern const xfer_ops_t ofi_tcp_ops;
-extern const xfer_ops_t ofi_shm_ops;
 
 /* The provider named name; NULL when none is. */
 const xfer_ops_t *xfer_ops_find(const char *name);

@@ -3,7 +3,7 @@
  * is src/rpc.
  *
  * Providers sit behind one ops table (ofi.h: xfer_ops_t): ofi.c holds what every libfabric
- * provider shares, ofi_tcp.c and ofi_shm.c what only one of them does. Nothing above xfer/
+ * provider shares, ofi_tcp.c what only tcp does. Nothing above xfer/
  * names a provider to decide behaviour: it asks net_provider_caps() / net_fabric_caps(). */
 #ifndef XM_XFER_H
 #define XM_XFER_H
@@ -33,7 +33,7 @@
 
 /* The capabilities of a provider by name; false when no provider has that name. */
 bool net_provider_caps(const char *name, uint32_t *caps_p);
-/* The known providers' names, ", "-separated (for messages: "use tcp or shm"). */
+/* The known providers' names, ", "-separated (for messages). */
 const char *net_provider_names(void);
 
 /* ---- data endpoints (ofi.c) ---------------------------------------------- */
@@ -61,7 +61,7 @@ typedef struct net_fabric {
     const struct xfer_ops *ops; /* the provider's table (ofi.h) */
     void *prov;                /* the provider's own state (its file's), NULL when none */
     uint32_t caps;             /* NET_CAP_* of the provider */
-    char provider[64];         /* "tcp" or "shm" as configured; info has the full name */
+    char provider[64];         /* "tcp" as configured; info has the full name */
     uint8_t addr[XM_FABRIC_ADDR_MAX];
     size_t addr_len;
     size_t max_msg;

@@ -22,7 +22,7 @@ typedef struct xt_appliance {
 typedef struct xt_opts {
     const char *provider;   /* "tcp" (default): clients use tcp; "local": xmemd serves tcp and
                              * the local transport, clients on this host use the latter
-                             * (XMEM_TRANSPORT is set for the test process); "shm": as local */
+                             * (XMEM_TRANSPORT is set for the test process) */
     const char *pool;       /* default "256M" */
     const char *backing;    /* default "memfd" */
     const char *secret;     /* existing secret file, or NULL to make one */
@@ -107,7 +107,7 @@ uint64_t xt_used_on_appliances(xm_ctx_h ctx, uint32_t *regions_p);
 void xt_alloc_state(xm_ctx_h ctx, uint64_t id, char *state, size_t len);
 
 /* Define one body run as two tests: over tcp, and over the local transport (clients on the
- * appliance's host map their regions; it replaced libfabric's shm provider). */
+ * appliance's host map their regions; it replaced libfabric's shm provider, removed). */
 #define XT_TEST_PROVIDERS(suite, name, ...)                                                  \
     static void suite##_##name##_body(const char *provider);                                 \
     Test(suite, name##_tcp, __VA_ARGS__) { suite##_##name##_body("tcp"); }                   \

@@ -539,9 +539,9 @@ static bool uses_dev_shm(pid_t pid, char *what, size_t wlen)
 }
 
 /* libfabric's shm provider let any local process read and write xmemd's memory (issue 11):
- * xmemd never opens it. --provider shm still starts (an alias of tcp, with a warning: clients
- * on this host get the local transport whatever the provider), and neither xmemd nor a local
- * client has anything in /dev/shm. */
+ * it is gone. --provider shm still starts (an alias of tcp, with a warning: clients on this
+ * host get the local transport whatever the provider), a client configured for shm connects
+ * as tcp, and neither xmemd nor a local client has anything in /dev/shm. */
 Test(failures, provider_shm_is_tcp_and_opens_no_shared_memory_queue, .fini = teardown,
      .timeout = 60)
 {
@@ -556,6 +556,18 @@ Test(failures, provider_shm_is_tcp_and_opens_no_shared_memory_queue, .fini = tea
     char got[6];
     cr_assert_eq(xm_read(r, 0, got, 6), XM_OK);
     cr_assert(memcmp(got, "no shm", 6) == 0);
+    /* a client still configured for shm is taken as tcp (and the local transport here) */
+    cr_assert_eq(setenv("XMEM_PROVIDER", "shm", 1), 0);
+    xm_ctx_h old = xt_connect(&app, NULL);
+    unsetenv("XMEM_PROVIDER");
+    xm_region_h ro;
+    cr_assert_eq(xm_region_open(old, xm_region_id(r), NULL, XM_ACCESS_READ, &ro), XM_OK, "%s",
+                 xm_last_error(old));
+    memset(got, 0, sizeof(got));
+    cr_assert_eq(xm_read(ro, 0, got, 6), XM_OK, "%s", xm_last_error(old));
+    cr_assert(memcmp(got, "no shm", 6) == 0);
+    xm_region_close(ro);
+    xm_disconnect(old);
     char what[512];
     cr_assert_not(uses_dev_shm(app.pid, what, sizeof(what)), "xmemd uses /dev/shm: %s", what);
     cr_assert_not(uses_dev_shm(getpid(), what, sizeof(what)), "the client uses /dev/shm: %s", what);

@@ -165,9 +165,9 @@ Test(group, races_three_clients_no_overlap_tcp, .fini = teardown, .timeout = 120
     race_body("tcp");
 }
 
-Test(group, races_three_clients_no_overlap_shm, .fini = teardown, .timeout = 120)
+Test(group, races_three_clients_no_overlap_local, .fini = teardown, .timeout = 120)
 {
-    race_body("shm");
+    race_body("local");
 }
 
 /* Child: join, take pieces, report how many bytes, then wait to be killed. */

@@ -2,7 +2,7 @@
  * the public I/O calls from N threads at once, while the mapping engine
  * serves faults of a mapping on the same context.
  *
- *   io_stress [--provider tcp|shm|local] [--seconds S] [--threads N] [--timeout S]
+ *   io_stress [--provider tcp|local] [--seconds S] [--threads N] [--timeout S]
  *
  * A plain C program (Criterion cannot start under ThreadSanitizer here), run
  * by CTest under ASan and, with the label "stress", under TSan.

@@ -8,7 +8,7 @@
  * TSan as well as ASan. It starts its own xmemd on loopback and stops it at
  * the end, also on failure (and the appliance dies with us: PDEATHSIG).
  *
- *   map_stress [--provider tcp|shm] [--seconds S] [--threads N] [--timeout S] [--config I]
+ *   map_stress [--provider tcp|local] [--seconds S] [--threads N] [--timeout S] [--config I]
  *
  * Exit status: 0 passed, 1 a check failed (lost write, torn page, wrong
  * status), 2 setup error, 3 watchdog (deadlock or far too slow), 77 skipped
@@ -854,7 +854,7 @@ int main(int argc, char **argv)
         case 'w': xs_timeout = atoi(optarg); break;
         case 'c': g_only = atoi(optarg); break;
         default:
-            fprintf(stderr, "usage: %s [--provider tcp|shm] [--seconds S] [--threads N] [--timeout S] [--config 0|1|2]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--provider tcp|local] [--seconds S] [--threads N] [--timeout S] [--config 0|1|2]\n", argv[0]);
             return EXIT_SETUP;
         }
     }

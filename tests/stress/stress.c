@@ -230,9 +230,10 @@ void xs_appliance_start(const char *pool)
     snprintf(g_secret, sizeof(g_secret), "%s/secret", g_dir);
     snprintf(g_log, sizeof(g_log), "%s/xmemd.log", g_dir);
     make_secret(g_secret);
-    /* "local" (and "shm", its old name): xmemd serves tcp and the local transport, which
-     * this process's clients then use (XMEM_TRANSPORT, set before any thread starts) */
+    /* "local": xmemd serves tcp and the local transport, which this process's clients then
+     * use (XMEM_TRANSPORT, set before any thread starts) */
     bool tcp = strcmp(xs_provider, "tcp") == 0;
+    if (!tcp && strcmp(xs_provider, "local") != 0) xs_setup_error("--provider tcp or local");
     setenv("XMEM_TRANSPORT", tcp ? "tcp" : "local", 1);
     const char *argv[] = {XMEM_BIN_DIR "/xmemd", "--listen", "127.0.0.1:0", "--pool", pool,
                           "--backing", "memfd", "--provider", "tcp", "--secret-file", g_secret,

@@ -13,7 +13,7 @@
 #define EXIT_WATCHDOG 3
 #define EXIT_SKIP 77
 
-extern const char *xs_provider; /* "tcp" (default) or "shm" */
+extern const char *xs_provider; /* "tcp" (default) or "local" */
 extern int xs_timeout;          /* watchdog: seconds for the whole run */
 extern char xs_addr[64];        /* the appliance: "127.0.0.1:PORT" */
 

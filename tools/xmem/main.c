@@ -53,7 +53,7 @@ static const char usage_text[] =
     "  --tenants PATH          or XMEM_TENANTS_FILE: the tenant registry (tenant commands;\n"
     "                          default SECRET.tenants)\n"
     "  --tenant NAME           or XMEM_TENANT: check the credential is NAME's\n"
-    "  --provider tcp|shm      or XMEM_PROVIDER (default: what the appliance serves)\n"
+    "  --provider tcp          or XMEM_PROVIDER (default: what the appliance serves)\n"
     "  --timeout-ms N          or XMEM_TIMEOUT_MS (default 5000)\n"
     "  --json                  machine-readable output for tables\n"
     "Sizes take K, M, G, T suffixes (powers of 1024). Every command takes --help.\n";
@@ -228,7 +228,7 @@ static int cmd_config(cli_t *cli)
         {"appliance", "XMEM_APPLIANCE", "127.0.0.1:7400", "appliance control address"},
         {"secret-file", "XMEM_SECRET_FILE", "(none)", "cluster secret file"},
         {"tenant", "XMEM_TENANT", "(user name)", "who you are to the appliance"},
-        {"provider", "XMEM_PROVIDER", "(appliance's)", "libfabric provider: tcp or shm"},
+        {"provider", "XMEM_PROVIDER", "(appliance's)", "libfabric provider: tcp (on an appliance's host the local transport, XMEM_TRANSPORT)"},
         {"timeout-ms", "XMEM_TIMEOUT_MS", "5000", "bound on every call"},
         {"log-level", "XMEM_LOG_LEVEL", "warn", "error, warn, info or debug"},
     };
