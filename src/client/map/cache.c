@@ -64,12 +64,14 @@ static bool drop_behind(xm__map_t *m, uint32_t *victim_p)
 }
 
 /* Drop-behind's victim and the evictable blocks just below it, up to a
- * staging area's worth (2 MiB), go together: one move, one TLB flush and one
- * page-table release for the run instead of one per block (each a cross-CPU
- * flush on these VMs: 2 MiB at once cost 30 us per 256 KiB block against 95
- * one by one, docs/performance.md, sixth round). Frame blocks go by
+ * staging area's worth (2 MiB), go together when none of them was written
+ * (a scan): one move, one TLB flush and one page-table release for the run
+ * instead of one per block (each a cross-CPU flush on these VMs: 2 MiB at
+ * once cost 30 us per 256 KiB block against 95 one by one, docs/performance.md,
+ * sixth round). Written blocks go one at a time, as before (a 2 MiB
+ * write-back on a fault's path made a radix sort wait). Frame blocks go by
  * frame_victim. Returns the number of blocks from *victim_p (moved down). */
-static uint32_t behind_run(const xm__map_t *m, uint32_t *victim_p)
+static uint32_t behind_run(xm__map_t *m, uint32_t *victim_p)
 {
     uint32_t v = *victim_p, lo = v, max = XM__FETCH_MAX / m->fetch;
     if (m->blocks[v].frame) return 1;
@@ -78,6 +80,7 @@ static uint32_t behind_run(const xm__map_t *m, uint32_t *victim_p)
         if (blk->state != XM__BLK_RESIDENT || blk->pins != 0 || blk->cleaning || blk->frame) break;
         lo--;
     }
+    if (lo == v || xm__span_written(m, lo, v + 1)) return 1;
     *victim_p = lo;
     return v - lo + 1;
 }

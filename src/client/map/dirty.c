@@ -436,9 +436,7 @@ static uint64_t clean_range(cleaner_t *c, xm__map_t *m, uint32_t b0, uint32_t b1
     return written;
 }
 
-/* Any page of blocks [b0, b1) written since its last write-back? A hint
- * (nothing is re-protected), so clean spans cost one ioctl and no marking. */
-static bool span_written(xm__map_t *m, uint32_t b0, uint32_t b1)
+bool xm__span_written(xm__map_t *m, uint32_t b0, uint32_t b1)
 {
     struct page_region vec[1];
     struct pm_scan_arg arg = {
@@ -460,7 +458,7 @@ static bool span_written(xm__map_t *m, uint32_t b0, uint32_t b1)
 static uint64_t clean_span(cleaner_t *c, xm__map_t *m, uint32_t b0, uint32_t b1, bool cold_only)
 {
     uint64_t written = 0;
-    if (b0 >= b1 || !span_written(m, b0, b1)) return 0;
+    if (b0 >= b1 || !xm__span_written(m, b0, b1)) return 0;
     for (uint32_t b = b0; b < b1 && !m->dying && !c->eng->stopping; b += CLEAN_BATCH) {
         written += clean_range(c, m, b, XM_MIN(b1, b + CLEAN_BATCH), cold_only);
     }

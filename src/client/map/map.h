@@ -181,6 +181,10 @@ int xm__move_range(xm__engine_t *eng, uint8_t *dst, uint8_t *src, uint64_t len, 
 
 /* dirty.c: write back written pages of blocks [b0, b1) of m (any thread). */
 xm_status_t xm__sync_blocks(xm__map_t *m, uint32_t b0, uint32_t b1);
+/* dirty.c: any page of blocks [b0, b1) written since its last write-back? A
+ * hint (PAGEMAP_SCAN, nothing re-protected; pages of a suspect block may be
+ * missed): one ioctl, any thread. */
+bool xm__span_written(xm__map_t *m, uint32_t b0, uint32_t b1);
 /* The cleaner thread: writes back written pages of the blocks eviction will
  * reach next (ahead of the CLOCK hand, behind a long sequential run), so a
  * fault that needs room normally finds a clean victim. */
