@@ -34,7 +34,7 @@ test: deps
 # "Could not initialize inheritable arena"), so they run under ASan (make test).
 tsan: deps
 	@cmake --preset tsan >/dev/null
-	@cmake --build build/tsan -j$(JOBS) --target stress_map_stress
+	@cmake --build build/tsan -j$(JOBS) --target stress_map_stress stress_io_stress
 	@cd build/tsan && TSAN_OPTIONS=halt_on_error=0:second_deadlock_stack=1 \
 	  ctest -L stress --output-on-failure --timeout 300
 
