@@ -144,7 +144,7 @@ int main(int argc, char **argv)
     appl_server_t *server = NULL;
     appl_member_t *member = NULL;
     int listen_fd = -1;
-    int local_fd = -1; /* the local transport's listener (helper B) */
+    int local_fd = -1; /* the local transport's listener */
     char local_path[PATH_MAX + 64] = "", boot_id[NET_LOCAL_BOOT_ID_LEN + 1] = "";
     uint16_t bound_port = 0;
     if (appl_pool_init(&pool, backing, path, pool_size, extent_size) != XM_OK) {
@@ -190,7 +190,7 @@ int main(int argc, char **argv)
     }
 
 
-    /* local transport (helper B): an AF_UNIX listener beside the identity file */
+    /* local transport: an AF_UNIX listener beside the identity file */
     const char *lopt = xm__config_get(&cfg, "local-socket");
     if (lopt == NULL || strcmp(lopt, "none") != 0) {
         size_t il = strlen(id_path);

@@ -82,7 +82,7 @@ static xm_status_t alloc_from_desc(xm_ctx_h ctx, xm_msg_t *rep, xm_alloc_h *allo
     a->parts = parts;
     a->nparts = (uint32_t)d->n_parts;
     a->layout = layout;
-    /* local transport (helper B): map the parts on appliances of this host */
+    /* local transport: map the parts on appliances of this host */
     status = xm__local_alloc(ctx, a, d);
     proto_msg_free(rep);
     /* replicate / ec: reads and writes go through resil.c (docs/resilience.md) */

@@ -9,7 +9,7 @@
 
 #include "../xfer/xfer.h"
 #include "dp.h"
-#include "local.h" /* the local transport (helper B) */
+#include "local.h" /* the local transport */
 
 /*
  * A context: a control channel to one appliance or manager, and the data path
@@ -43,7 +43,7 @@ struct xm_ctx {
     struct xm__dp *dp;
     /* mappings (map.c): the engine this context's mappings share, or NULL (map.c's g_lock) */
     struct xm__engine *map_engine;
-    struct xm__local *local_state; /* the local transport's sessions (helper B, local.c) */
+    struct xm__local *local_state; /* the local transport's sessions (local.c) */
 };
 
 /* One region of an allocation. */

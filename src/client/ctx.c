@@ -133,7 +133,7 @@ static xm_status_t ctl_connect(xm_ctx_h ctx)
         goto err;
     }
     ctx->extent_size = w->extent_size;
-    xm__local_welcome(ctx, w); /* local transport (helper B) */
+    xm__local_welcome(ctx, w); /* local transport */
     proto_msg_free(rep);
     return XM_OK;
 
@@ -326,7 +326,7 @@ XM_EXPORT void xm_disconnect(xm_ctx_h ctx)
     if (ctx == NULL) return;
     xm__map_ctx_gone(ctx);
     xm__dp_put(ctx->dp); /* its mappings may keep it */
-    xm__local_ctx_gone(ctx); /* local transport (helper B) */
+    xm__local_ctx_gone(ctx); /* local transport */
     ctl_close(ctx);
     pthread_mutex_destroy(&ctx->ctl_lock);
     sodium_memzero(&ctx->cred, sizeof(ctx->cred));

@@ -39,7 +39,7 @@ static xm_status_t region_from_desc(xm_ctx_h ctx, xm_msg_t *rep, xm_region_h *re
     r->access = rep->region_desc->access == XMEM__ACCESS__ACCESS_READ ? XM_ACCESS_READ
                                                                       : XM_ACCESS_READ_WRITE;
     proto_msg_free(rep);
-    /* local transport (helper B): map it when the appliance is on this host */
+    /* local transport: map it when the appliance is on this host */
     xm_status_t status = xm__local_region(ctx, r);
     if (status != XM_OK) {
         free(r);
@@ -87,7 +87,7 @@ XM_EXPORT xm_status_t xm_region_open(xm_ctx_h ctx, uint64_t id, const char *name
 XM_EXPORT void xm_region_close(xm_region_h region)
 {
     if (region == NULL) return;
-    xm__local_close(region); /* local transport (helper B) */
+    xm__local_close(region); /* local transport */
     xm__resil_put(region->resil); /* resilient I/O state (resil.c) */
     free(region->parts);
     free(region);

@@ -188,7 +188,7 @@ xm_status_t proto_validate(const xm_msg_t *m, const char **why_p)
         if (m->welcome->fabric_addr.len == 0 || m->welcome->fabric_addr.len > XM_FABRIC_ADDR_MAX)
             FAIL("bad fabric address length");
         if (m->welcome->extent_size == 0) FAIL("welcome without extent size");
-        /* local transport (helper B): a boot id and a socket path fit their limits */
+        /* local transport: a boot id and a socket path fit their limits */
         if (m->welcome->boot_id != NULL && strlen(m->welcome->boot_id) > 64) FAIL("bad boot id");
         if (m->welcome->local_path != NULL && strlen(m->welcome->local_path) >= 108)
             FAIL("local socket path too long");
@@ -203,7 +203,7 @@ xm_status_t proto_validate(const xm_msg_t *m, const char **why_p)
         if (m->region_open->access == XMEM__ACCESS__ACCESS_NONE)
             FAIL("region open without access rights");
         return XM_OK;
-    case XMEM__MSG__BODY_REGION_FD: /* local transport (helper B) */
+    case XMEM__MSG__BODY_REGION_FD: /* local transport */
         if (ref_ok(m->region_fd, why_p) != XM_OK) return XM_ERR_PROTOCOL;
         if (m->region_fd->access == XMEM__ACCESS__ACCESS_NONE)
             FAIL("region fd request without access rights");

@@ -292,7 +292,7 @@ typedef struct rpc_srv_conn {
     char peer[64];                   /* HOST:PORT, for log lines */
     void *data;                      /* the owner's (release it in conn_closed) */
     bool keep;                       /* never closed for being idle */
-    /* local transport (helper B): the connection came in on opts.local_fd; serve may set
+    /* local transport: the connection came in on opts.local_fd; serve may set
      * pass_fd to a descriptor sent with its reply (SCM_RIGHTS) and closed by the server */
     bool local;
     int pass_fd;
