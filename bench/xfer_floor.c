@@ -32,105 +32,9 @@
 #include "../src/common/common.h"
 #include "../src/xfer/xfer.h"
 #include "bench_util.h"
+#include "tcp_ref.h"
 
 #define REGION (64u << 20)
-
-/* ---- raw TCP reference (as tools/xmem/bench.c) ---------------------------------------- */
-
-static int xfer_all(int fd, void *buf, size_t len, bool out)
-{
-    uint8_t *p = buf;
-    while (len > 0) {
-        ssize_t n = out ? send(fd, p, len, MSG_DONTWAIT | MSG_NOSIGNAL) : recv(fd, p, len, MSG_DONTWAIT);
-        if (n > 0) { p += n; len -= (size_t)n; continue; }
-        if (n == 0) return -1;
-        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) return -1;
-    }
-    return 0;
-}
-
-/* The server's wait for a request: busy-polls for 10 ms after the last one (the round trips
- * measure a busy-polling server), then sleeps in poll(2), so that between its phases it does
- * not take a CPU from what is measured then. */
-static int wait_request(int fd, uint64_t *last_ns)
-{
-    while (bench_now_ns() - *last_ns < 10000000ull) {
-        char c;
-        ssize_t n = recv(fd, &c, 1, MSG_DONTWAIT | MSG_PEEK);
-        if (n > 0) return 0;
-        if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) return -1;
-    }
-    struct pollfd p = {.fd = fd, .events = POLLIN};
-    while (poll(&p, 1, -1) < 0 && errno == EINTR) {
-    }
-    return 0;
-}
-
-static void *tcp_server(void *arg)
-{
-    int lfd = (int)(intptr_t)arg;
-    int fd = accept(lfd, NULL, NULL);
-    if (fd < 0) return NULL;
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    size_t cap = 4u << 20;
-    uint8_t *buf = calloc(1, cap);
-    uint64_t last = bench_now_ns();
-    for (;;) {
-        uint64_t req;
-        if (wait_request(fd, &last) != 0 || xfer_all(fd, &req, sizeof(req), false) != 0) break;
-        last = bench_now_ns();
-        if (req == 0) {
-            while (recv(fd, buf, cap, 0) > 0) {}
-            break;
-        }
-        if (req > cap || xfer_all(fd, buf, (size_t)req, true) != 0) break;
-    }
-    free(buf);
-    close(fd);
-    return NULL;
-}
-
-static int tcp_ref_start(pthread_t *th, int *lfd_p)
-{
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t sl = sizeof(sa);
-    int lfd = socket(AF_INET, SOCK_STREAM, 0);
-    if (lfd < 0 || bind(lfd, (struct sockaddr *)&sa, sizeof(sa)) != 0 || listen(lfd, 1) != 0 ||
-        getsockname(lfd, (struct sockaddr *)&sa, &sl) != 0) {
-        return -1;
-    }
-    pthread_create(th, NULL, tcp_server, (void *)(intptr_t)lfd);
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) return -1;
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    *lfd_p = lfd;
-    return fd;
-}
-
-static void tcp_rtt(int fd, size_t size, size_t iters, uint8_t *buf, uint64_t *ns)
-{
-    uint64_t req = size;
-    for (size_t i = 0; i < iters + iters / 10; i++) {
-        uint64_t t0 = bench_now_ns();
-        xfer_all(fd, &req, sizeof(req), true);
-        xfer_all(fd, buf, size, false);
-        if (i >= iters / 10) ns[i - iters / 10] = bench_now_ns() - t0;
-    }
-}
-
-static double tcp_stream(int fd, uint8_t *buf, size_t chunk, uint64_t total)
-{
-    uint64_t req = 0;
-    xfer_all(fd, &req, sizeof(req), true);
-    uint64_t t0 = bench_now_ns();
-    for (uint64_t done = 0; done < total; done += chunk) {
-        if (xfer_all(fd, buf, chunk, true) != 0) return 0;
-    }
-    shutdown(fd, SHUT_WR);
-    return (double)total / (double)(bench_now_ns() - t0);
-}
 
 /* ---- the transport -------------------------------------------------------------------- */
 
@@ -254,10 +158,9 @@ int main(int argc, char **argv)
         fprintf(stderr, "xfer_floor: cannot open the initiator\n");
         return 1;
     }
-    pthread_t tcp_th;
-    int tcp_lfd = -1;
-    int tfd = tcp_ref_start(&tcp_th, &tcp_lfd);
-    if (tfd < 0) return 1;
+    tcp_ref_t ref;
+    int tfd = -1;
+    if (tcp_ref_start(&ref, &tfd) != 0) return 1;
 
     size_t max = 8;
     size_t sizes[16];
@@ -284,7 +187,7 @@ int main(int argc, char **argv)
         size_t it = iters;
         if ((uint64_t)size * it > (256ull << 20)) it = (size_t)((256ull << 20) / size);
         if (it < 20) it = 20;
-        tcp_rtt(tfd, size, it, bufs, ns);
+        tcp_ref_rtt(tfd, size, it, bufs, ns);
         double tcp50 = (double)bench_quantile(ns, it, 0.5, 0) / 1e3;
         for (int w = 0; w < 2; w++) {
             size_t warm = it / 10;
@@ -330,13 +233,11 @@ int main(int argc, char **argv)
                "ratio %.2fx\n", pause_ms, pauses, f50, (double)first[pauses - 1] / 1e3, b50, f50 / b50);
         free(first);
     }
-    double stream = tcp_stream(tfd, bufs, 1u << 20, 2ull << 30);
+    double stream = tcp_ref_stream(tfd, bufs, 1u << 20, 2ull << 30);
     printf("raw TCP stream (loopback, 1 MiB writes): %.3f GB/s", stream);
     if (big[0] > 0) printf("; 1 MiB read %.0f %%, write %.0f %% of it", 100 * big[0] / stream, 100 * big[1] / stream);
     printf("\n");
-    close(tfd);
-    pthread_join(tcp_th, NULL);
-    close(tcp_lfd);
+    tcp_ref_stop(&ref, tfd);
     atomic_store(&t.stop, 1);
     uint64_t one = 1;
     if (write(t.stop_fd, &one, sizeof(one)) < 0) {}

@@ -12,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../../bench/tcp_ref.h"
 #include "cli.h"
 
 static uint64_t now_ns(void)
@@ -36,120 +37,16 @@ static lat_t percentiles(uint64_t *ns, size_t n)
     return l;
 }
 
-/* ---- raw TCP reference: a busy-polling server thread on loopback ---------- */
-
-typedef struct tcp_ref {
-    int listen_fd;
-    uint16_t port;
-    pthread_t thread;
-} tcp_ref_t;
-
-static int xfer(int fd, void *buf, size_t len, bool out)
-{
-    uint8_t *p = buf;
-    while (len > 0) {
-        ssize_t n = out ? send(fd, p, len, MSG_DONTWAIT | MSG_NOSIGNAL) : recv(fd, p, len, MSG_DONTWAIT);
-        if (n > 0) { p += n; len -= (size_t)n; continue; }
-        if (n == 0) return -1;
-        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) return -1;
-    }
-    return 0;
-}
-
-/* The server's wait for a request: busy-polls for 10 ms after the last one (the round trips
- * measure a busy-polling server), then sleeps in poll(2): spinning on through the xmem
- * measurements took one of the machine's CPUs from them (on 2 vCPUs: 1 MiB reads 45 % -> 96 %
- * of the raw stream in bench/xfer_floor). */
-static int wait_request(int fd, uint64_t *last_ns)
-{
-    while (now_ns() - *last_ns < 10000000ull) {
-        char c;
-        ssize_t n = recv(fd, &c, 1, MSG_DONTWAIT | MSG_PEEK);
-        if (n > 0) return 0;
-        if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) return -1;
-    }
-    struct pollfd p = {.fd = fd, .events = POLLIN};
-    while (poll(&p, 1, -1) < 0 && errno == EINTR) {
-    }
-    return 0;
-}
-
-static void *tcp_server(void *arg)
-{
-    tcp_ref_t *t = arg;
-    int fd = accept(t->listen_fd, NULL, NULL);
-    if (fd < 0) return NULL;
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    size_t cap = 4u << 20;
-    uint8_t *buf = calloc(1, cap);
-    uint64_t last = now_ns();
-    for (;;) {
-        uint64_t req;
-        if (wait_request(fd, &last) != 0 || xfer(fd, &req, sizeof(req), false) != 0) break;
-        last = now_ns();
-        if (req == 0) { /* stream: drain until the peer closes */
-            while (recv(fd, buf, cap, 0) > 0) {}
-            break;
-        }
-        if (req > cap || xfer(fd, buf, (size_t)req, true) != 0) break;
-    }
-    free(buf);
-    close(fd);
-    return NULL;
-}
-
-static int tcp_ref_start(tcp_ref_t *t, int *client_fd)
-{
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t sl = sizeof(sa);
-    t->listen_fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (t->listen_fd < 0 || bind(t->listen_fd, (struct sockaddr *)&sa, sizeof(sa)) != 0 ||
-        listen(t->listen_fd, 1) != 0 || getsockname(t->listen_fd, (struct sockaddr *)&sa, &sl) != 0) {
-        return -1;
-    }
-    pthread_create(&t->thread, NULL, tcp_server, t);
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) return -1;
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    *client_fd = fd;
-    return 0;
-}
-
-static void tcp_ref_stop(tcp_ref_t *t, int client_fd)
-{
-    close(client_fd);
-    pthread_join(t->thread, NULL);
-    close(t->listen_fd);
-}
+/* ---- raw TCP reference (bench/tcp_ref.h) ---------------------------------- */
 
 /* Round trip: an 8-byte request, a size-byte answer (the shape of a read). */
 static lat_t tcp_rtt(int fd, size_t size, size_t iters, uint8_t *buf)
 {
     uint64_t *ns = malloc(iters * sizeof(*ns));
-    uint64_t req = size;
-    for (size_t i = 0; i < iters + iters / 10; i++) {
-        uint64_t t0 = now_ns();
-        xfer(fd, &req, sizeof(req), true);
-        xfer(fd, buf, size, false);
-        if (i >= iters / 10) ns[i - iters / 10] = now_ns() - t0;
-    }
+    tcp_ref_rtt(fd, size, iters, buf, ns);
     lat_t l = percentiles(ns, iters);
     free(ns);
     return l;
-}
-
-static double tcp_stream(int fd, uint8_t *buf, size_t chunk, uint64_t total)
-{
-    uint64_t req = 0;
-    xfer(fd, &req, sizeof(req), true);
-    uint64_t t0 = now_ns();
-    for (uint64_t done = 0; done < total; done += chunk) {
-        if (xfer(fd, buf, chunk, true) != 0) return 0;
-    }
-    shutdown(fd, SHUT_WR);
-    return (double)total / (double)(now_ns() - t0); /* GB/s */
 }
 
 /* ---- xmem measurements ---------------------------------------------------- */
@@ -319,7 +216,7 @@ int cmd_bench(cli_t *cli)
         }
     }
     if (!err) {
-        tcp_gbs = tcp_stream(tfd, bufs, max < 65536 ? 65536 : max, 2ull << 30);
+        tcp_gbs = tcp_ref_stream(tfd, bufs, max < 65536 ? 65536 : max, 2ull << 30);
     }
     tcp_ref_stop(&ref, tfd);
     if (cli->json) {
