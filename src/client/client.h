@@ -94,10 +94,6 @@ xm_status_t xm__rpc(xm_ctx_h ctx, xm_msg_t *req, xm_msg_t **rep_p);
  * through the same data path (the caller holds a reference to it). Freed with xm__region_free. */
 xm_status_t xm__region_copy(xm_region_h r, xm_region_h *copy_p);
 void xm__region_free(xm_region_h r);
-/* An appliance context whose appliance was found gone (its process exited): reconnect the
- * control channel, which learns a restarted appliance's data address. Not for the mapping
- * engine (it never reaches the control channel). */
-xm_status_t xm__ctx_refresh(xm_ctx_h ctx);
 /* map.c: the context is going away; its mappings keep their engine. */
 void xm__map_ctx_gone(xm_ctx_h ctx);
 

@@ -168,16 +168,6 @@ static void ctl_check(xm_ctx_h ctx)
     if (poll(&p, 1, 0) > 0 && p.revents != 0) ctl_close(ctx);
 }
 
-xm_status_t xm__ctx_refresh(xm_ctx_h ctx)
-{
-    pthread_mutex_lock(&ctx->ctl_lock);
-    ctx->call_deadline_ns = xm__now_ns() + (uint64_t)ctx->timeout_ms * 1000000ull;
-    ctl_check(ctx);
-    xm_status_t status = ctx->conn.fd < 0 ? ctl_connect(ctx) : XM_OK;
-    pthread_mutex_unlock(&ctx->ctl_lock);
-    return status;
-}
-
 static xm_status_t rpc_locked(xm_ctx_h ctx, xm_msg_t *req, xm_msg_t **rep_p);
 
 xm_status_t xm__rpc(xm_ctx_h ctx, xm_msg_t *req, xm_msg_t **rep_p)

@@ -79,9 +79,6 @@ void xm__dp_put(xm__dp_t *dp)
     for (uint32_t c = 0; c < XM__DP_PEER_CHUNKS; c++) {
         xm__dp_peer_t *chunk = dp->peer_chunk[c];
         if (chunk == NULL) continue;
-        for (uint32_t i = 0; i < XM__DP_PEER_CHUNK; i++) {
-            if (chunk[i].pidfd >= 0) close(chunk[i].pidfd);
-        }
         free(chunk);
     }
     pthread_mutex_destroy(&dp->lock);
@@ -97,45 +94,10 @@ static xm__dp_peer_t *peer_at(xm__dp_t *dp, uint32_t i)
     return &chunk[i % XM__DP_PEER_CHUNK];
 }
 
-/*
- * Same-host providers (NET_CAP_CHECK_PEER; none is built now: libfabric 1.17's
- * shm, removed, was one): a post to an appliance killed while it held its
- * shared-memory queue lock spun forever inside the provider, so a post first checks that the appliance's
- * process still runs — through a pidfd, not the control channel (which a
- * mapping's fault must never reach, and which the appliance closes when idle).
- * The pid is in the endpoint name xmem-PID.NONCE the appliance gave itself
- * (src/xfer); another name, or a pid of another namespace, is not checked.
- */
-static int peer_pidfd(const xm__dp_t *dp, const uint8_t *addr, size_t len)
-{
-    if ((dp->caps & NET_CAP_CHECK_PEER) == 0) return -1;
-    char name[64];
-    size_t n = strnlen((const char *)addr, XM_MIN(len, sizeof(name) - 1));
-    memcpy(name, addr, n);
-    name[n] = '\0';
-    int pid = 0, used = 0;
-    if (sscanf(name, "xmem-%d.%n", &pid, &used) != 1 || used == 0 || pid <= 0) return -1;
-    return (int)syscall(SYS_pidfd_open, (pid_t)pid, 0);
-}
-
-/* Lock held: is peer p's process known to be gone? (gone is also read without the lock) */
-static bool peer_dead(xm__dp_peer_t *p)
-{
-    if (__atomic_load_n(&p->gone, __ATOMIC_RELAXED)) return true;
-    if (p->pidfd < 0) return false;
-    struct pollfd pf = {.fd = p->pidfd, .events = POLLIN};
-    if (poll(&pf, 1, 0) > 0 && (pf.revents & POLLIN) != 0) {
-        __atomic_store_n(&p->gone, true, __ATOMIC_RELAXED);
-        return true;
-    }
-    return false;
-}
-
 /* Both locks held (or the entry not yet published). */
 static void peer_fill(xm__dp_t *dp, xm__dp_peer_t *p, const uint8_t *addr, size_t len,
                       const struct sockaddr_storage *ctrl_peer)
 {
-    if (p->pidfd >= 0) close(p->pidfd);
     memset(p->addr, 0, sizeof(p->addr));
     memcpy(p->addr, addr, len);
     p->addr_len = len;
@@ -143,8 +105,6 @@ static void peer_fill(xm__dp_t *dp, xm__dp_peer_t *p, const uint8_t *addr, size_
     if (ctrl_peer != NULL) p->ctrl_peer = *ctrl_peer;
     p->fi = 0;
     p->gen = 0;
-    p->pidfd = peer_pidfd(dp, addr, len);
-    __atomic_store_n(&p->gone, false, __ATOMIC_RELAXED);
 }
 
 /* A new entry at the end of the table; peers_lock held. */
@@ -158,7 +118,6 @@ static xm_status_t peer_new(xm__dp_t *dp, xm__dp_peer_t **p_p, uint32_t *idx_p)
     if (dp->peer_chunk[n / XM__DP_PEER_CHUNK] == NULL) {
         xm__dp_peer_t *chunk = calloc(XM__DP_PEER_CHUNK, sizeof(*chunk));
         if (chunk == NULL) return XM_ERR_NO_MEMORY;
-        for (uint32_t i = 0; i < XM__DP_PEER_CHUNK; i++) chunk[i].pidfd = -1;
         __atomic_store_n(&dp->peer_chunk[n / XM__DP_PEER_CHUNK], chunk, __ATOMIC_RELEASE);
     }
     *p_p = peer_at(dp, n);
@@ -199,7 +158,7 @@ xm_status_t xm__dp_set_peer0(xm__dp_t *dp, const uint8_t *addr, size_t len,
         }
     } else {
         p = peer_at(dp, 0);
-        if (p->addr_len != len || memcmp(p->addr, addr, len) != 0 || p->gone) {
+        if (p->addr_len != len || memcmp(p->addr, addr, len) != 0) {
             /* a restarted appliance: a new address, and the endpoint starts afresh */
             peer_fill(dp, p, addr, len, ctrl_peer);
             dp->fab_broken = dp->fab_open;
@@ -234,12 +193,6 @@ xm_status_t xm__dp_peer_add(xm__dp_t *dp, const uint8_t *addr, size_t len, uint3
     }
     pthread_mutex_unlock(&dp->peers_lock);
     return status;
-}
-
-bool xm__dp_peer0_gone(xm__dp_t *dp)
-{
-    if (__atomic_load_n(&dp->npeers, __ATOMIC_ACQUIRE) == 0) return false;
-    return __atomic_load_n(&peer_at(dp, 0)->gone, __ATOMIC_RELAXED);
 }
 
 /* ---- the endpoint (lock held) -------------------------------------------------- */
@@ -530,11 +483,6 @@ static xm_status_t post_piece(xm__dp_t *dp, xm_op_t *op, const xm__layout_seg_t 
 static xm_status_t post_one(xm__dp_t *dp, xm_op_t *op, const xm__layout_seg_t *seg, uint32_t idx,
                             uint64_t key)
 {
-    xm__dp_peer_t *p = peer_at(dp, idx);
-    if (peer_dead(p)) {
-        xm__set_error("%s is gone (its process exited)", dp->what);
-        return XM_ERR_CONNECT;
-    }
     fi_addr_t fi;
     xm_status_t status = peer_resolve(dp, idx, &fi);
     if (status != XM_OK) return status;
@@ -653,8 +601,7 @@ xm_status_t xm__dp_post(xm__dp_t *dp, xm_op_t *op, uint64_t deadline_ns)
             } else {
                 op_unlink(dp, op);
                 op_finish(op, status);
-                /* a dead peer's process says nothing about the endpoint */
-                if (!__atomic_load_n(&peer_at(dp, idx)->gone, __ATOMIC_RELAXED)) dp->fab_broken = dp->fab_open;
+                dp->fab_broken = dp->fab_open;
             }
             pthread_mutex_unlock(&dp->lock);
             return status;

@@ -27,8 +27,6 @@ typedef struct xm__dp_peer {
                                         * fixes up a wildcard data address */
     fi_addr_t fi;        /* its address in the endpoint of generation gen */
     uint32_t gen;        /* 0: not inserted into the open endpoint */
-    int pidfd;           /* same-host providers: the appliance process, -1 when unknown */
-    bool gone;           /* its process is gone (pidfd readable): fail posts at once */
 } xm__dp_peer_t;
 
 /*
@@ -90,9 +88,6 @@ xm_status_t xm__dp_rw(xm__dp_t *dp, xm_region_h r, xm_opcode_t opcode, uint64_t 
 xm_status_t xm__dp_ready(xm__dp_t *dp);
 /* Fail everything in flight with status and close the endpoint (xm_disconnect). */
 void xm__dp_reset(xm__dp_t *dp, xm_status_t status);
-/* Has peer 0 been found gone (its address refuses connections, or its process exited)?
- * An appliance context then refreshes it over the control channel before posting. */
-bool xm__dp_peer0_gone(xm__dp_t *dp);
 
 /* The calling thread's error message (xm_last_error). */
 char *xm__tls_error(void);

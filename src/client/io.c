@@ -53,11 +53,6 @@ XM_EXPORT xm_status_t xm_post(xm_ctx_h ctx, xm_op_t *op)
 {
     if (ctx == NULL || op == NULL) return XM_ERR_INVALID;
     xm_status_t status = op_check(ctx, op);
-    /* an appliance that was found gone may have been restarted elsewhere: ask the control
-     * channel (the mapping engine posts through xm__dp_post and never gets here) */
-    if (status == XM_OK && !ctx->manager && op->region->local == NULL && xm__dp_peer0_gone(ctx->dp)) {
-        status = xm__ctx_refresh(ctx);
-    }
     if (status != XM_OK) {
         op->pending_ = 0;
         op->status = status;

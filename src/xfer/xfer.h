@@ -27,8 +27,6 @@
 #define NET_CAP_IP_ADDR    (1u << 0) /* data addresses are IPv4 socket addresses: a wildcard one
                                       * is reached where the control connection came from, and a
                                       * peer can be probed with a TCP connect to it */
-#define NET_CAP_CHECK_PEER (1u << 1) /* a post to a peer that died can hang inside the provider:
-                                      * check the peer's control connection before posting */
 #define NET_CAP_SAME_HOST  (1u << 2) /* reaches peers on this host only */
 
 /* The capabilities of a provider by name; false when no provider has that name. */
