@@ -46,13 +46,18 @@ static xm_status_t tcp_peer_addr(net_fabric_t *fab, uint8_t *addr, size_t len,
 
 /* A large transfer in progress shows neither in the counter nor as a completion, but its
  * sockets have data: the wait fd is readable. Looked at every 16th call (a poll(2) each).
- * Not a long progress call: on a loaded CPU a call is long because the thread was preempted. */
+ * Not a long progress call: on a loaded CPU a call is long because the thread was preempted.
+ * A readable fd is asked again through fi_trywait: the fd is also readable while the wait
+ * set's signal is set (a completion, or net_progress_pause's fi_cq_signal), and only a
+ * trywait clears that; taken for traffic, a stale signal kept the loop spinning for good. */
 static bool tcp_moving(net_fabric_t *fab, ofi_progress_t *p, uint64_t call_ns)
 {
     (void)call_ns;
     if (fab->wait_fd < 0 || (p->iter & 15) != 0) return false;
     struct pollfd pfd = {.fd = fab->wait_fd, .events = POLLIN};
-    return poll(&pfd, 1, 0) > 0;
+    if (poll(&pfd, 1, 0) <= 0) return false;
+    struct fid *fids[1] = {&fab->cq->fid};
+    return fi_trywait(fab->fabric, fids, 1) != FI_SUCCESS;
 }
 
 /* Target, idle past the spin: sleep on the CQ's wait fd (and stop_fd) for up to a second. */
