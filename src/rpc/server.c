@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/signalfd.h>
@@ -48,6 +49,7 @@ typedef struct conn {
     pthread_t hs_thread;
     bool hs_ok;
     bool admitted;                   /* counted in the server's admission */
+    uint8_t source[17];              /* who connected, for the pending-handshake caps */
     bool dead;                       /* a worker could not seal its reply: close on return */
     bool recheck;                    /* the keyring changed while another thread owned it */
     uint64_t last_active_ns;         /* last request; the idle timeout counts from here */
@@ -101,6 +103,7 @@ struct rpc_server {
     conn_t *ready;                   /* READY connections that may have a request buffered */
     rpc_admission_t admission;       /* sessions per tenant */
     uint64_t accept_paused_until;    /* out of descriptors: the listener is not watched */
+    uint64_t refused_log_ns;         /* last "connection refused" line (a flood logs once a second) */
     uint64_t next_check_ns;          /* earliest frame/reply/idle deadline; NEVER: none */
     rpc_server_stats_t stats;
 };
@@ -332,6 +335,47 @@ static void conn_close(rpc_server_t *s, conn_t *c)
     free(c);
 }
 
+/*
+ * Unauthenticated connections are capped twice, so that peers without a credential cannot
+ * keep authenticated clients out by holding handshakes open until they time out: at most
+ * half of max_conns in all, and at most an eighth of max_conns (no more than
+ * PENDING_PER_SOURCE) from one source (an IP address; on the local socket, a uid) - so that
+ * one flooding host leaves handshakes for others, and filling them takes several.
+ */
+#define PENDING_PER_SOURCE 32
+
+/* The source of a connection: family, then the address (or uid) without the port. */
+static void source_of(const struct sockaddr_storage *ss, int fd, bool local, uint8_t out[17])
+{
+    memset(out, 0, 17);
+    if (local) {
+        struct ucred uc;
+        socklen_t ul = sizeof(uc);
+        out[0] = AF_UNIX;
+        if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &uc, &ul) == 0) memcpy(out + 1, &uc.uid, sizeof(uc.uid));
+    } else if (ss->ss_family == AF_INET) {
+        out[0] = AF_INET;
+        memcpy(out + 1, &((const struct sockaddr_in *)ss)->sin_addr, 4);
+    } else if (ss->ss_family == AF_INET6) {
+        out[0] = AF_INET6;
+        memcpy(out + 1, &((const struct sockaddr_in6 *)ss)->sin6_addr, 16);
+    }
+}
+
+/* Would one more handshake from source go over a cap? Loop thread, under s->lock. */
+static const char *pending_over(rpc_server_t *s, const uint8_t source[17])
+{
+    uint32_t all = 0, same = 0;
+    for (conn_t *c = s->conns; c != NULL; c = c->next) {
+        if (c->state != CONN_HANDSHAKE) continue;
+        all++;
+        if (memcmp(c->source, source, 17) == 0) same++;
+    }
+    if (same >= XM_MAX(XM_MIN(s->o.max_conns / 8, (uint32_t)PENDING_PER_SOURCE), 1u)) return "too many unauthenticated connections from this source";
+    if (all >= XM_MAX(s->o.max_conns / 2, 1u)) return "too many unauthenticated connections";
+    return NULL;
+}
+
 static void conn_accept(rpc_server_t *s, int *lfd)
 {
     for (;;) {
@@ -346,11 +390,21 @@ static void conn_accept(rpc_server_t *s, int *lfd)
             }
             return;
         }
+        uint8_t source[17];
+        source_of(&ss, fd, lfd == &s->o.local_fd, source);
         pthread_mutex_lock(&s->lock);
         bool full = s->nconns >= s->o.max_conns;
+        const char *over = full ? NULL : pending_over(s, source);
         pthread_mutex_unlock(&s->lock);
-        if (full) {
-            xm_log_warn("connection refused: %u connections open", s->o.max_conns);
+        if (full || over != NULL) {
+            char peer[128];
+            rpc_peer_name(&ss, peer, sizeof(peer));
+            uint64_t now = xm__now_ns();
+            if (now - s->refused_log_ns > 1000000000ull) { /* a flood logs once a second */
+                s->refused_log_ns = now;
+                if (full) xm_log_warn("connection from %s refused: %u connections open", peer, s->o.max_conns);
+                else xm_log_warn("connection from %s refused: %s", peer, over);
+            }
             close(fd);
             continue;
         }
@@ -363,6 +417,7 @@ static void conn_accept(rpc_server_t *s, int *lfd)
         rpc_conn_init(&c->pub.rc, fd);
         c->pub.peer_ss = ss;
         c->state = CONN_HANDSHAKE;
+        memcpy(c->source, source, sizeof(c->source));
         c->out_fd = c->pub.pass_fd = -1;
         c->pub.local = lfd == &s->o.local_fd;
         rpc_peer_name(&ss, c->pub.peer, sizeof(c->pub.peer));

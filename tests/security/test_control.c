@@ -653,3 +653,51 @@ Test(control, exposed_pool_and_planted_run_directory_refused, .fini = teardown, 
     kill(victim, SIGKILL);
     waitpid(victim, &wst, 0);
 }
+
+/* Connections from 127.0.0.2 that never start their handshake; alice (from 127.0.0.1)
+ * must still get in and be served, three times. */
+static void flood_then_connect(int flood)
+{
+    const char *colon = strrchr(app.addr, ':');
+    cr_assert_not_null(colon);
+    struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(colon + 1))};
+    inet_pton(AF_INET, "127.0.0.1", &to.sin_addr);
+    int *fds = calloc((size_t)flood, sizeof(int));
+    for (int i = 0; i < flood; i++) {
+        fds[i] = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in from = {.sin_family = AF_INET};
+        inet_pton(AF_INET, "127.0.0.2", &from.sin_addr);
+        cr_assert_eq(bind(fds[i], (struct sockaddr *)&from, sizeof(from)), 0, "bind 127.0.0.2: %s",
+                     strerror(errno));
+        cr_assert_eq(connect(fds[i], (struct sockaddr *)&to, sizeof(to)), 0);
+    }
+    usleep(300000); /* the appliance has accepted (or refused) them all */
+    for (int i = 0; i < 3; i++) {
+        xm_ctx_h alice = NULL;
+        xm_status_t st = xt_try_connect(&app, "alice", NULL, 3000, &alice);
+        if (st != XM_OK) xt_dump_log(&app);
+        cr_assert_eq(st, XM_OK,
+                     "a tenant could not connect while %d unauthenticated connections were open",
+                     flood);
+        xm_appliance_info_t info;
+        cr_assert_eq(xm_appliance_stat(alice, &info), XM_OK);
+        xm_disconnect(alice);
+    }
+    for (int i = 0; i < flood; i++) close(fds[i]);
+    free(fds);
+}
+
+/* Peers without a credential cannot keep tenants out: connections that never finish their
+ * handshake are capped below --max-conns in all... */
+Test(control, unauthenticated_floods_leave_room_for_tenants, .fini = teardown, .timeout = 60)
+{
+    xt_start(&app, &(xt_opts_t){.extra = {"--max-conns", "24"}});
+    flood_then_connect(40);
+}
+
+/* ...and per source address, so one flooding host does not fill the handshakes' share */
+Test(control, one_source_cannot_take_every_handshake, .fini = teardown, .timeout = 60)
+{
+    xt_start(&app, &(xt_opts_t){.extra = {"--max-conns", "80"}});
+    flood_then_connect(90);
+}
