@@ -128,6 +128,19 @@ xm_status_t mgr_registry_heartbeat(mgr_t *m, const Xmem__ApplianceRegister *reg,
             *why_p = "this address is taken in the registry";
             return XM_ERR_PERM;
         }
+        /* a move is the same appliance, restarted or re-registered elsewhere: while the
+         * process at the old address still heartbeats, a second process with its identity (a
+         * copied identity file, or a stolen key) is refused rather than let the entry flap */
+        if (a->up && a->boot_id != reg->boot_id) {
+            char held[XM_NAME_MAX + 1];
+            snprintf(held, sizeof(held), "%s", a->addr);
+            pthread_mutex_unlock(&m->lock);
+            xm_log_warn("appliance registration from %s refused: identity %s is in use by the "
+                        "running appliance at %s (two processes share one identity file?)",
+                        addr, idn, held);
+            *why_p = "this appliance identity is in use by another running appliance";
+            return XM_ERR_PERM;
+        }
         xm_log_info("appliance %s moved from %s to %s", idn, a->addr, addr);
         snprintf(old_addr, sizeof(old_addr), "%s", a->addr);
         snprintf(a->addr, sizeof(a->addr), "%s", addr);

@@ -355,23 +355,12 @@ Test(control, manager_table_is_private, .fini = teardown, .timeout = 120)
 
 /* Attack 3: a secret holder registering under a real appliance's address is refused,
  * and the allocations there keep being served by the real one. */
-Test(control, impostor_appliance_refused, .fini = teardown, .timeout = 120)
+/* Register with the manager as an appliance at control_addr, signed by idn; the status. */
+static xm_status_t register_as(const rpc_identity_t *idn, const char *control_addr, uint64_t boot_id)
 {
-    xt_cluster_start(&cl, 1, "128M", "tcp", NULL);
-    cluster_up = true;
-    xm_ctx_h ctx = xt_manager_connect(&cl.mgr, "alice");
-    xm_alloc_h a;
-    cr_assert_eq(xm_alloc(ctx, 1u << 20, "single", "x", &a), XM_OK, "%s", xm_last_error(ctx));
-    cr_assert_eq(xm_write(a, 0, "genuine", 7), XM_OK);
-
-    /* the impostor: the cluster secret, its own identity, the victim's address */
     rpc_cred_t cred;
     char why[256];
     cr_assert_eq(rpc_cred_load(cl.secret, &cred, why, sizeof(why)), XM_OK, "%s", why);
-    rpc_identity_t idn;
-    char idpath[PATH_MAX + 16];
-    snprintf(idpath, sizeof(idpath), "%s/impostor.identity", cl.dir);
-    cr_assert_eq(rpc_identity_load(idpath, &idn, why, sizeof(why)), XM_OK, "%s", why);
     char host[64], port[16];
     cr_assert_eq(xm__parse_hostport(cl.mgr.addr, host, sizeof(host), port, sizeof(port)), XM_OK);
     int fd;
@@ -385,9 +374,9 @@ Test(control, impostor_appliance_refused, .fini = teardown, .timeout = 120)
     uint8_t sig[RPC_ID_SIG_LEN], msg[14 + 32];
     memcpy(msg, "xmem-register", 14);
     memcpy(msg + 14, rc.transcript, 32);
-    crypto_sign_detached(sig, NULL, msg, sizeof(msg), idn.sk);
+    crypto_sign_detached(sig, NULL, msg, sizeof(msg), idn->sk);
     Xmem__ApplianceRegister reg = XMEM__APPLIANCE_REGISTER__INIT;
-    reg.control_addr = cl.app[0].addr;
+    reg.control_addr = (char *)control_addr;
     reg.domain = "d0";
     reg.provider = "tcp";
     struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons(1)};
@@ -395,23 +384,73 @@ Test(control, impostor_appliance_refused, .fini = teardown, .timeout = 120)
     reg.fabric_addr = (ProtobufCBinaryData){sizeof(sin), (uint8_t *)&sin};
     reg.pool_size = 128u << 20;
     reg.extent_size = 2u << 20;
-    reg.boot_id = 1;
-    reg.identity_pk = (ProtobufCBinaryData){RPC_ID_PK_LEN, idn.pk};
+    reg.boot_id = boot_id;
+    reg.identity_pk = (ProtobufCBinaryData){RPC_ID_PK_LEN, (uint8_t *)idn->pk};
     reg.identity_sig = (ProtobufCBinaryData){RPC_ID_SIG_LEN, sig};
     xm_msg_t req = XMEM__MSG__INIT, *rep = NULL;
     req.body_case = XMEM__MSG__BODY_APPLIANCE_REGISTER;
     req.appliance_register = &reg;
-    cr_assert_eq(rpc_call(&rc, &req, 5000, &rep, why, sizeof(why)), XM_ERR_PERM,
-                 "the impostor's registration was accepted");
+    xm_status_t status = rpc_call(&rc, &req, 5000, &rep, why, sizeof(why));
+    if (rep != NULL) proto_msg_free(rep);
     rpc_conn_close(&rc);
+    return status;
+}
 
-    /* the allocation is still the real appliance's */
-    xm_alloc_close(a);
+/* The allocation x is still served by the real appliance. */
+static void still_genuine(xm_ctx_h ctx)
+{
+    xm_alloc_h a;
     cr_assert_eq(xm_attach(ctx, 0, "x", XM_ACCESS_READ_WRITE, &a), XM_OK, "%s", xm_last_error(ctx));
     char got[7];
     cr_assert_eq(xm_read(a, 0, got, 7), XM_OK, "%s", xm_last_error(ctx));
     cr_assert(memcmp(got, "genuine", 7) == 0, "reads are served by someone else");
     xm_alloc_close(a);
+}
+
+Test(control, impostor_appliance_refused, .fini = teardown, .timeout = 120)
+{
+    xt_cluster_start(&cl, 1, "128M", "tcp", NULL);
+    cluster_up = true;
+    xm_ctx_h ctx = xt_manager_connect(&cl.mgr, "alice");
+    xm_alloc_h a;
+    cr_assert_eq(xm_alloc(ctx, 1u << 20, "single", "x", &a), XM_OK, "%s", xm_last_error(ctx));
+    cr_assert_eq(xm_write(a, 0, "genuine", 7), XM_OK);
+
+    /* the impostor: the cluster secret, its own identity, the victim's address */
+    rpc_identity_t idn;
+    char why[256], idpath[PATH_MAX + 16];
+    snprintf(idpath, sizeof(idpath), "%s/impostor.identity", cl.dir);
+    cr_assert_eq(rpc_identity_load(idpath, &idn, why, sizeof(why)), XM_OK, "%s", why);
+    cr_assert_eq(register_as(&idn, cl.app[0].addr, 1), XM_ERR_PERM,
+                 "the impostor's registration was accepted");
+    xm_alloc_close(a);
+    still_genuine(ctx);
+    xm_disconnect(ctx);
+}
+
+/* Two processes with one identity (a copied identity file): the second, at another address,
+ * is refused while the first runs, instead of the entry flapping between them (which moved
+ * the first one's allocations to the second's address on every heartbeat). */
+Test(control, a_running_appliances_identity_cannot_register_elsewhere, .fini = teardown,
+     .timeout = 120)
+{
+    xt_cluster_start(&cl, 1, "128M", "tcp", NULL);
+    cluster_up = true;
+    xm_ctx_h ctx = xt_manager_connect(&cl.mgr, "alice");
+    xm_alloc_h a;
+    cr_assert_eq(xm_alloc(ctx, 1u << 20, "single", "x", &a), XM_OK, "%s", xm_last_error(ctx));
+    cr_assert_eq(xm_write(a, 0, "genuine", 7), XM_OK);
+    xm_alloc_close(a);
+    /* the real appliance's identity file, beside the secret */
+    char idpath[PATH_MAX + 96], hostport[64], why[256];
+    snprintf(hostport, sizeof(hostport), "%s", cl.app[0].addr);
+    *strrchr(hostport, ':') = '_';
+    snprintf(idpath, sizeof(idpath), "%s.%s.identity", cl.app[0].secret, hostport);
+    rpc_identity_t idn;
+    cr_assert_eq(rpc_identity_load(idpath, &idn, why, sizeof(why)), XM_OK, "%s: %s", idpath, why);
+    cr_assert_eq(register_as(&idn, "127.0.0.1:9", 424242), XM_ERR_PERM,
+                 "a second process with a running appliance's identity was registered elsewhere");
+    still_genuine(ctx);
     xm_disconnect(ctx);
 }
 
