@@ -223,6 +223,63 @@ XM_API xm_status_t xm_region_list(xm_ctx_h ctx, xm_region_info_t **infos_p, size
 /** Describe the appliance's pool. */
 XM_API xm_status_t xm_appliance_stat(xm_ctx_h ctx, xm_appliance_info_t *info_p);
 
+/* ---- region copy, appliance to appliance (docs/region-copy.md) ----------- */
+
+/** Progress of ::xm_region_copy: @p done bytes from the start acknowledged by the target
+ *  (increasing), of @p total. */
+typedef void (*xm_copy_progress_cb)(uint64_t done, uint64_t total, void *arg);
+
+/**
+ * Options of ::xm_region_copy, a sized struct (see the ABI rules above):
+ * `xm_copy_opts_t o = XM_COPY_OPTS_INIT;`.
+ */
+typedef struct xm_copy_opts {
+    /** sizeof(xm_copy_opts_t) as the caller's header declares it. */
+    size_t size;
+    /** Resume from this byte of the source (what an interrupted copy returned in done_p);
+     *  the bytes below it are taken as copied. */
+    uint64_t offset;
+    /** Bytes per write of the source appliance, 64K..16M; 0: its default (4 MiB). */
+    uint64_t chunk;
+    /** Called with increasing byte counts while the copy runs (and once at its end), or NULL. */
+    xm_copy_progress_cb progress;
+    void *arg;               /**< passed to progress */
+    /** How often the source appliance is asked for progress, in ms; 0: 20. */
+    uint32_t poll_ms;
+} xm_copy_opts_t;
+
+/** Initializer of ::xm_copy_opts_t: its size, every option at its default. */
+#define XM_COPY_OPTS_INIT { .size = sizeof(xm_copy_opts_t) }
+
+/**
+ * Copy region @p source into region @p target on another appliance: the source's
+ * appliance writes the bytes straight into the target's (nothing goes through this
+ * process); the call waits until the copy ends. The caller needs read access to the
+ * source (checked by its appliance for the source context's tenant) and @p target must
+ * be opened read-write (its key is what lets the source appliance write there: the
+ * target's appliance checks it on every write). Holes of the source (never written) are
+ * skipped, so the target must read zeros there: a freshly created target region does.
+ * Not a snapshot: bytes written to the source while the copy runs may or may not be in
+ * the copy; copy a snapshot for a point-in-time copy. If the copy fails, @p done_p says
+ * how many bytes from the start the target acknowledged: call again with that offset to
+ * resume, or destroy the target region to discard it. An appliance runs at most 4 copies,
+ * at most 2 per tenant (XM_ERR_AGAIN beyond).
+ * @param [in]  source  region handle on the source appliance's context
+ * @param [in]  target  region handle (read-write) on the target appliance's context, at
+ *                      least as large as @p source
+ * @param [in]  opts    options, or NULL for defaults
+ * @param [out] done_p  bytes acknowledged by the target, set on success and on failure,
+ *                      or NULL
+ * @return XM_OK, XM_ERR_PERM (no read access to the source, target opened read-only),
+ *         XM_ERR_RANGE (target too small, offset past the end), XM_ERR_NOT_FOUND (source
+ *         destroyed during the copy), XM_ERR_ACCESS (the target refused the writes: wrong
+ *         key, region destroyed), XM_ERR_DISCONNECTED / XM_ERR_CONNECT (the target
+ *         appliance is gone), XM_ERR_AGAIN (too many copies running), XM_ERR_INVALID, ...;
+ *         xm_last_error(source's context) says what failed and where
+ */
+XM_API xm_status_t xm_region_copy(xm_region_h source, xm_region_h target,
+                                  const xm_copy_opts_t *opts, uint64_t *done_p);
+
 /**
  * Read @p length bytes at @p offset of a region into @p buf (one-sided).
  * @return XM_OK, XM_ERR_RANGE (outside the region, or length 0),

@@ -189,6 +189,49 @@ void appl_server_run(appl_server_t *server, int stop_fd, int hup_fd);
 /* End every session and stop the server's threads. */
 void appl_server_destroy(appl_server_t *server);
 
+/* ---- copy.c: region copy, appliance to appliance (docs/region-copy.md) ----- */
+
+#define APPL_COPY_MAX_RUNNING 4     /* copies running on one appliance */
+#define APPL_COPY_MAX_PER_TENANT 2  /* ... for one tenant */
+
+enum { APPL_COPY_RUNNING = 1, APPL_COPY_DONE = 2, APPL_COPY_FAILED = 3 };
+
+/* The copies of one appliance. Its lock guards the copy list and each copy's state; it is
+ * never held together with the region table's lock. */
+typedef struct appl_copies appl_copies_t;
+
+typedef struct appl_copy_req {
+    uint64_t id;                /* source region by id, or by (scoped) name when 0 */
+    const char *name;
+    const uint8_t *addr;        /* the target's data address (fi_getname of its endpoint) */
+    size_t addr_len;
+    const char *target_control; /* its control HOST:PORT (fixes up a wildcard data address) */
+    uint64_t target_region;     /* for messages */
+    uint64_t key;               /* a read-write key of the target region */
+    uint64_t offset;            /* resume from here */
+    uint64_t chunk;             /* bytes per write, 0: default (4 MiB, $XMEM_COPY_CHUNK) */
+} appl_copy_req_t;
+
+typedef struct appl_copy_state {
+    uint64_t id, done, total, copied;
+    int state;                  /* APPL_COPY_* */
+    xm_status_t error;
+    char why[256];
+} appl_copy_state_t;
+
+/* provider: the one the appliance serves (the copies' initiator endpoints use it too). */
+xm_status_t appl_copies_create(appl_regions_t *t, const char *provider, appl_copies_t **c_p);
+/* Cancel every running copy and wait for its thread (before the region table goes). */
+void appl_copies_destroy(appl_copies_t *c);
+/* Start copying for tenant (it must be able to open the source for reading): XM_ERR_AGAIN
+ * past the per-tenant or per-appliance bound, XM_ERR_INVALID / XM_ERR_CONNECT for a target
+ * address that is not a listening unicast IPv4 data address. *st: the running copy. */
+xm_status_t appl_copy_start(appl_copies_t *c, const char *tenant, const appl_copy_req_t *req,
+                            appl_copy_state_t *st, const char **why_p);
+/* The state of tenant's copy id (XM_ERR_NOT_FOUND for another tenant's); cancel stops it. */
+xm_status_t appl_copy_status(appl_copies_t *c, const char *tenant, uint64_t id, bool cancel,
+                             appl_copy_state_t *st, const char **why_p);
+
 /* ---- member.c: registration with the allocation manager ------------------ */
 
 typedef struct appl_member appl_member_t;

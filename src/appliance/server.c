@@ -15,6 +15,7 @@ struct appl_server {
     appl_server_opts_t opts;
     Xmem__Welcome welcome;
     rpc_server_t *srv;
+    appl_copies_t *copies;   /* region copies (copy.c) */
 };
 
 /* Reply bodies live on the heap until the reply is sealed (reply_cleanup frees them);
@@ -33,6 +34,30 @@ typedef struct appl_rep {
     Xmem__ApplianceInfo ai;
     xm_appliance_info_t info;
 } appl_rep_t;
+
+typedef struct copy_rep {
+    Xmem__CopyState cs;
+    appl_copy_state_t st;
+} copy_rep_t;
+
+/* A copy's state as a reply body (region copy, copy.c). */
+static xm_status_t copy_reply(const appl_copy_state_t *st, xm_msg_t *rep)
+{
+    copy_rep_t *r = malloc(sizeof(*r));
+    if (r == NULL) return XM_ERR_NO_MEMORY;
+    r->st = *st;
+    xmem__copy_state__init(&r->cs);
+    r->cs.id = r->st.id;
+    r->cs.done = r->st.done;
+    r->cs.total = r->st.total;
+    r->cs.copied = r->st.copied;
+    r->cs.state = (uint32_t)r->st.state;
+    r->cs.error = r->st.error;
+    r->cs.why = r->st.why;
+    rep->body_case = XMEM__MSG__BODY_COPY_STATE;
+    rep->copy_state = &r->cs;
+    return XM_OK;
+}
 
 typedef struct list_rep {
     Xmem__RegionList list;
@@ -213,6 +238,26 @@ static xm_status_t serve(void *arg, rpc_srv_conn_t *c, xm_msg_t *m, bool loop, s
         status = XM_OK;
         break;
     }
+    case XMEM__MSG__BODY_REGION_COPY: {
+        /* region copy (copy.c): started here, run by a worker thread */
+        const Xmem__RegionCopy *q = m->region_copy;
+        const char *who = manager && q->source->tenant != NULL && q->source->tenant[0]
+                              ? q->source->tenant : me;
+        status = rpc_scoped_name(who, q->source->name, false, name, sizeof(name), &why);
+        if (status != XM_OK) break;
+        appl_copy_req_t cr = {.id = q->source->id, .name = name, .addr = q->target_fabric_addr.data,
+                              .addr_len = q->target_fabric_addr.len,
+                              .target_control = q->target_control, .target_region = q->target_region,
+                              .key = q->target_key, .offset = q->offset, .chunk = q->chunk};
+        appl_copy_state_t st;
+        status = appl_copy_start(s->copies, who, &cr, &st, &why);
+        if (status == XM_OK) status = copy_reply(&st, rep);
+        break;
+    }
+    case XMEM__MSG__BODY_COPY_STATUS: {        status = appl_copy_status(s->copies, me, m->copy_status->id, m->copy_status->cancel, &st, &why);
+        if (status == XM_OK) status = copy_reply(&st, rep);
+        break;
+    }
     default:
         xm_log_warn("connection from %s: unexpected request %d", c->peer, (int)m->body_case);
         why = "unexpected request";
@@ -256,6 +301,9 @@ static void reply_cleanup(void *arg, xm_msg_t *rep)
     case XMEM__MSG__BODY_APPLIANCE_INFO:
         free(rep->appliance_info); /* the appl_rep_t it begins */
         break;
+    case XMEM__MSG__BODY_COPY_STATE:
+        free(rep->copy_state); /* the copy_rep_t it begins */
+        break;
     default:
         break;
     }
@@ -283,8 +331,14 @@ xm_status_t appl_server_create(const appl_server_opts_t *opts, appl_server_t **s
                            .max_conns_per_tenant = opts->max_conns_per_tenant,
                            .timeout_ms = opts->timeout_ms, .idle_ms = opts->idle_ms,
                            .log_sessions = true};
-    xm_status_t status = rpc_server_create(&o, &s->srv);
+    xm_status_t status = appl_copies_create(opts->regions, opts->fab->provider, &s->copies);
     if (status != XM_OK) {
+        free(s);
+        return status;
+    }
+    status = rpc_server_create(&o, &s->srv);
+    if (status != XM_OK) {
+        appl_copies_destroy(s->copies);
         free(s);
         return status;
     }
@@ -301,5 +355,6 @@ void appl_server_destroy(appl_server_t *s)
 {
     if (s == NULL) return;
     rpc_server_destroy(s->srv);
+    appl_copies_destroy(s->copies); /* copies stop before the region table goes */
     free(s);
 }

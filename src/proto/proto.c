@@ -301,6 +301,24 @@ xm_status_t proto_validate(const xm_msg_t *m, const char **why_p)
                 FAIL("bad name in appliance entry");
         }
         return XM_OK;
+    /* region copy (src/appliance/copy.c) */
+    case XMEM__MSG__BODY_REGION_COPY: {
+        const Xmem__RegionCopy *c = m->region_copy;
+        if (ref_ok(c->source, why_p) != XM_OK) return XM_ERR_PROTOCOL;
+        if (c->target_fabric_addr.len == 0 || c->target_fabric_addr.len > XM_FABRIC_ADDR_MAX)
+            FAIL("bad target data address length");
+        if (!opt_name_ok(c->target_control)) FAIL("bad target control address");
+        return XM_OK;
+    }
+    case XMEM__MSG__BODY_COPY_STATUS:
+        if (m->copy_status->id == 0) FAIL("copy reference without id");
+        return XM_OK;
+    case XMEM__MSG__BODY_COPY_STATE:
+        if (m->copy_state->state < 1 || m->copy_state->state > 3) FAIL("bad copy state");
+        if (m->copy_state->done > m->copy_state->total) FAIL("copy done past its total");
+        if (m->copy_state->why != NULL && strlen(m->copy_state->why) > XM_ERROR_TEXT_MAX)
+            FAIL("copy error text too long");
+        return XM_OK;
     default:
         FAIL("unknown message body");
     }

@@ -1,0 +1,329 @@
+/* Region copy, appliance to appliance (xm_region_copy, src/appliance/copy.c): two xmemd on
+ * loopback; the source appliance writes into the target's region, every byte checked there
+ * by a client. */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "harness.h"
+/* the attacks below forge what a hostile client can put in a request: a region id it was not
+ * given, a made-up key */
+#include "../../src/client/client.h"
+
+#define MIN(a, b) ((a) < (b) ? (a) : (b))
+
+static xt_appliance_t src_app, dst_app;
+
+static void teardown(void)
+{
+    if (src_app.pid > 0) cr_expect_eq(xt_stop(&src_app), 0, "source xmemd did not shut down cleanly");
+    if (dst_app.pid > 0) cr_expect_eq(xt_stop(&dst_app), 0, "target xmemd did not shut down cleanly");
+    xt_cleanup(&src_app);
+    xt_cleanup(&dst_app);
+}
+
+/* Two appliances of one cluster (one secret). */
+static void start_two(const char *pool)
+{
+    xt_start(&src_app, &(xt_opts_t){.pool = pool});
+    xt_start(&dst_app, &(xt_opts_t){.pool = pool, .secret = src_app.secret});
+}
+
+typedef struct prog {
+    uint64_t last, total;
+    int calls;
+    bool decreased;
+    /* an action once done passes at */
+    uint64_t at;
+    void (*action)(struct prog *p);
+    bool acted;
+    xm_ctx_h ctx;
+    uint64_t id;
+} prog_t;
+
+static void on_progress(uint64_t done, uint64_t total, void *arg)
+{
+    prog_t *p = arg;
+    if (p->calls > 0 && done < p->last) p->decreased = true;
+    p->last = done;
+    p->total = total;
+    p->calls++;
+    if (p->action != NULL && !p->acted && done >= p->at && done < total) {
+        p->acted = true;
+        p->action(p);
+    }
+}
+
+static void write_pattern(xm_region_h r, uint64_t off, uint64_t len, uint64_t seed)
+{
+    static uint8_t buf[4u << 20];
+    for (uint64_t o = 0; o < len; o += sizeof(buf)) {
+        size_t n = (size_t)MIN(sizeof(buf), len - o);
+        xt_fill(buf, n, seed + (off + o) / sizeof(buf));
+        cr_assert_eq(xm_write(r, off + o, buf, n), XM_OK);
+    }
+}
+
+/* Every byte of [off, off+len) of r: the pattern (seed) or zeros (seed 0). */
+static void check_range(xm_region_h r, uint64_t off, uint64_t len, uint64_t seed)
+{
+    static uint8_t want[4u << 20], got[4u << 20];
+    for (uint64_t o = 0; o < len; o += sizeof(got)) {
+        size_t n = (size_t)MIN(sizeof(got), len - o);
+        if (seed != 0) xt_fill(want, n, seed + (off + o) / sizeof(want));
+        else memset(want, 0, n);
+        cr_assert_eq(xm_read(r, off + o, got, n), XM_OK);
+        cr_assert(memcmp(want, got, n) == 0, "target differs in [%llu, %llu)",
+                  (unsigned long long)(off + o), (unsigned long long)(off + o + n));
+    }
+}
+
+Test(copy, copies_64m_every_byte_with_progress, .fini = teardown, .timeout = 120)
+{
+    start_two("256M");
+    xm_ctx_h a = xt_connect(&src_app, NULL), b = xt_connect(&dst_app, NULL);
+    const uint64_t size = 64ull << 20;
+    xm_region_h s, t;
+    cr_assert_eq(xm_region_create(a, size, "src", &s), XM_OK);
+    cr_assert_eq(xm_region_create(b, size, "dst", &t), XM_OK);
+    write_pattern(s, 0, size, 1001);
+    prog_t p = {0};
+    xm_copy_opts_t o = XM_COPY_OPTS_INIT;
+    o.progress = on_progress;
+    o.arg = &p;
+    o.chunk = 1u << 20; /* 64 writes: progress seen on the way */
+    o.poll_ms = 2;
+    uint64_t done = 0;
+    cr_assert_eq(xm_region_copy(s, t, &o, &done), XM_OK, "%s", xm_last_error(a));
+    cr_assert_eq(done, size);
+    cr_assert_geq(p.calls, 2, "progress callback called %d times", p.calls);
+    cr_assert(!p.decreased, "progress went backwards");
+    cr_assert_eq(p.last, size);
+    cr_assert_eq(p.total, size);
+    check_range(t, 0, size, 1001);
+    xm_region_close(s);
+    xm_region_close(t);
+    xm_disconnect(a);
+    xm_disconnect(b);
+}
+
+Test(copy, sparse_region_copies_only_data_rest_reads_zeros, .fini = teardown, .timeout = 120)
+{
+    start_two("8G");
+    xm_ctx_h a = xt_connect(&src_app, NULL), b = xt_connect(&dst_app, NULL);
+    const uint64_t size = 4ull << 30;
+    xm_region_h s, t;
+    cr_assert_eq(xm_region_create(a, size, "sparse", &s), XM_OK);
+    cr_assert_eq(xm_region_create(b, size, "dst", &t), XM_OK);
+    /* a few MiB here and there, one run across 2 MiB extents */
+    const uint64_t at[3] = {0, 1ull << 30, size - (3ull << 20)};
+    for (int i = 0; i < 3; i++) write_pattern(s, at[i], 1ull << 20, 2000 + (uint64_t)i);
+    write_pattern(s, (2ull << 30) - (1ull << 20), 2ull << 20, 2100);
+    cr_assert_eq(xm_region_copy(s, t, NULL, NULL), XM_OK, "%s", xm_last_error(a));
+    for (int i = 0; i < 3; i++) check_range(t, at[i], 1ull << 20, 2000 + (uint64_t)i);
+    check_range(t, (2ull << 30) - (1ull << 20), 2ull << 20, 2100);
+    /* the holes read zeros, and the target holds only what was written */
+    check_range(t, 1ull << 20, 8ull << 20, 0);
+    check_range(t, (3ull << 30), 4ull << 20, 0);
+    xm_region_info_t info;
+    cr_assert_eq(xm_region_stat(b, xm_region_id(t), NULL, &info), XM_OK);
+    cr_assert_leq(info.resident, 32ull << 20, "the target holds %llu bytes: holes were written",
+                  (unsigned long long)info.resident);
+    xm_region_close(s);
+    xm_region_close(t);
+    xm_disconnect(a);
+    xm_disconnect(b);
+}
+
+Test(copy, caller_without_read_access_is_refused, .fini = teardown, .timeout = 60)
+{
+    start_two("256M");
+    xm_ctx_h a = xt_connect(&src_app, NULL);
+    xm_ctx_h mallory = xt_connect(&src_app, "mallory"), mb = xt_connect(&dst_app, "mallory");
+    xm_region_h secret, mine, t;
+    cr_assert_eq(xm_region_create(a, 4u << 20, "secret", &secret), XM_OK);
+    write_pattern(secret, 0, 4u << 20, 3001);
+    cr_assert_eq(xm_region_create(mallory, 4u << 20, "mine", &mine), XM_OK);
+    cr_assert_eq(xm_region_create(mb, 4u << 20, "dst", &t), XM_OK);
+    /* mallory names alice's region in the request (a handle she was never given) */
+    mine->id = xm_region_id(secret);
+    uint64_t done = 1;
+    xm_status_t st = xm_region_copy(mine, t, NULL, &done);
+    cr_assert_eq(st, XM_ERR_PERM, "copy of another tenant's region: %s (%s)", xm_status_str(st),
+                 xm_last_error(mallory));
+    cr_assert_eq(done, 0);
+    check_range(t, 0, 4u << 20, 0);
+    xm_region_close(mine);
+    xm_region_close(t);
+    xm_region_close(secret);
+    xm_disconnect(mallory);
+    xm_disconnect(mb);
+    xm_disconnect(a);
+}
+
+Test(copy, wrong_target_key_fails_target_untouched, .fini = teardown, .timeout = 60)
+{
+    start_two("256M");
+    xm_ctx_h a = xt_connect(&src_app, NULL), b = xt_connect(&dst_app, NULL);
+    xm_region_h s, t;
+    cr_assert_eq(xm_region_create(a, 8u << 20, "src", &s), XM_OK);
+    cr_assert_eq(xm_region_create(b, 8u << 20, "dst", &t), XM_OK);
+    write_pattern(s, 0, 8u << 20, 4001);
+    uint64_t key = t->key;
+    t->key = key ^ 0x5a5a5a5a5a5a5a5aull; /* a key the caller does not hold */
+    xm_status_t st = xm_region_copy(s, t, NULL, NULL);
+    t->key = key;
+    cr_assert_eq(st, XM_ERR_ACCESS, "wrong key: %s (%s)", xm_status_str(st), xm_last_error(a));
+    cr_assert(strstr(xm_last_error(a), "refused") != NULL, "message: %s", xm_last_error(a));
+    check_range(t, 0, 8u << 20, 0);
+    /* both appliances serve on, and a right key then copies */
+    cr_assert_eq(xm_region_copy(s, t, NULL, NULL), XM_OK, "%s", xm_last_error(a));
+    check_range(t, 0, 8u << 20, 4001);
+    xm_region_close(s);
+    xm_region_close(t);
+    xm_disconnect(a);
+    xm_disconnect(b);
+}
+
+static void kill_target(prog_t *p)
+{
+    (void)p;
+    xt_kill9(&dst_app);
+}
+
+Test(copy, target_killed_mid_copy_errors_source_serves_on, .fini = teardown, .timeout = 120)
+{
+    start_two("512M");
+    xm_ctx_h a = xt_connect(&src_app, NULL), b = xt_connect(&dst_app, NULL);
+    const uint64_t size = 256ull << 20;
+    xm_region_h s, t;
+    cr_assert_eq(xm_region_create(a, size, "src", &s), XM_OK);
+    cr_assert_eq(xm_region_create(b, size, "dst", &t), XM_OK);
+    write_pattern(s, 0, size, 5001);
+    prog_t p = {.at = 1, .action = kill_target};
+    xm_copy_opts_t o = XM_COPY_OPTS_INIT;
+    o.progress = on_progress;
+    o.arg = &p;
+    o.chunk = 64u << 10; /* slow enough to be caught in the middle */
+    o.poll_ms = 1;
+    uint64_t done = 0;
+    uint64_t t0 = xt_now_ms();
+    xm_status_t st = xm_region_copy(s, t, &o, &done);
+    cr_assert(p.acted, "the copy ended before the target could be killed");
+    cr_assert_neq(st, XM_OK);
+    cr_assert(st == XM_ERR_DISCONNECTED || st == XM_ERR_CONNECT || st == XM_ERR_TIMEOUT,
+              "%s: %s", xm_status_str(st), xm_last_error(a));
+    cr_assert(strstr(xm_last_error(a), "target appliance") != NULL, "message: %s", xm_last_error(a));
+    cr_assert_lt(done, size);
+    cr_assert_lt(xt_now_ms() - t0, 60000);
+    /* the source appliance serves on */
+    uint8_t buf[4096];
+    cr_assert_eq(xm_read(s, 0, buf, sizeof(buf)), XM_OK);
+    xm_region_h more;
+    cr_assert_eq(xm_region_create(a, 1u << 20, NULL, &more), XM_OK, "%s", xm_last_error(a));
+    xm_region_close(more);
+    xm_region_close(s);
+    xm_region_close(t);
+    xm_disconnect(a);
+    xm_disconnect(b);
+}
+
+static char resume_dir[256];
+
+static void kill_file_target(prog_t *p)
+{
+    (void)p;
+    xt_kill9(&dst_app);
+}
+
+Test(copy, interrupted_copy_resumes_from_offset, .fini = teardown, .timeout = 180)
+{
+    /* the target keeps its regions across a kill -9 (a file pool), so the copy is resumed
+     * into the same region */
+    xt_start(&src_app, &(xt_opts_t){.pool = "512M"});
+    xt_start(&dst_app, &(xt_opts_t){.pool = "512M", .secret = src_app.secret});
+    snprintf(resume_dir, sizeof(resume_dir), "%s", dst_app.dir);
+    cr_assert_eq(xt_stop(&dst_app), 0);
+    char backing[300];
+    snprintf(backing, sizeof(backing), "file:%s/pool", resume_dir);
+    xt_start(&dst_app, &(xt_opts_t){.pool = "512M", .backing = backing, .dir = resume_dir,
+                                    .secret = src_app.secret});
+    xm_ctx_h a = xt_connect(&src_app, NULL), b = xt_connect(&dst_app, NULL);
+    const uint64_t size = 128ull << 20;
+    xm_region_h s, t;
+    cr_assert_eq(xm_region_create(a, size, "src", &s), XM_OK);
+    cr_assert_eq(xm_region_create(b, size, "dst", &t), XM_OK);
+    write_pattern(s, 0, size, 6001);
+    prog_t p = {.at = size / 4, .action = kill_file_target};
+    xm_copy_opts_t o = XM_COPY_OPTS_INIT;
+    o.progress = on_progress;
+    o.arg = &p;
+    o.chunk = 64u << 10;
+    o.poll_ms = 1;
+    uint64_t done = 0;
+    xm_status_t st = xm_region_copy(s, t, &o, &done);
+    cr_assert(p.acted, "the copy ended before the target could be killed");
+    cr_assert_neq(st, XM_OK);
+    cr_assert_gt(done, 0);
+    cr_assert_lt(done, size);
+    xm_region_close(t);
+    xm_disconnect(b);
+
+    xt_start(&dst_app, &(xt_opts_t){.pool = "512M", .backing = backing, .dir = resume_dir,
+                                    .secret = src_app.secret});
+    b = xt_connect(&dst_app, NULL);
+    cr_assert_eq(xm_region_open(b, 0, "dst", XM_ACCESS_READ_WRITE, &t), XM_OK, "%s", xm_last_error(b));
+    /* what was acknowledged is there; the rest comes with the resumed copy */
+    check_range(t, 0, done, 6001);
+    xm_copy_opts_t r = XM_COPY_OPTS_INIT;
+    r.offset = done;
+    uint64_t done2 = 0;
+    cr_assert_eq(xm_region_copy(s, t, &r, &done2), XM_OK, "%s", xm_last_error(a));
+    cr_assert_eq(done2, size);
+    check_range(t, 0, size, 6001);
+    xm_region_close(s);
+    xm_region_close(t);
+    xm_disconnect(a);
+    xm_disconnect(b);
+}
+
+static void destroy_source(prog_t *p)
+{
+    cr_assert_eq(xm_region_destroy(p->ctx, p->id, NULL), XM_OK, "%s", xm_last_error(p->ctx));
+}
+
+Test(copy, source_destroyed_mid_copy_clear_error, .fini = teardown, .timeout = 120)
+{
+    start_two("512M");
+    xm_ctx_h a = xt_connect(&src_app, NULL), b = xt_connect(&dst_app, NULL);
+    const uint64_t size = 256ull << 20;
+    xm_region_h s, t;
+    cr_assert_eq(xm_region_create(a, size, "src", &s), XM_OK);
+    cr_assert_eq(xm_region_create(b, size, "dst", &t), XM_OK);
+    write_pattern(s, 0, size, 7001);
+    prog_t p = {.at = 1, .action = destroy_source, .ctx = a, .id = xm_region_id(s)};
+    xm_copy_opts_t o = XM_COPY_OPTS_INIT;
+    o.progress = on_progress;
+    o.arg = &p;
+    o.chunk = 64u << 10;
+    o.poll_ms = 1;
+    uint64_t done = 0;
+    xm_status_t st = xm_region_copy(s, t, &o, &done);
+    cr_assert(p.acted, "the copy ended before the source could be destroyed");
+    cr_assert_eq(st, XM_ERR_NOT_FOUND, "%s: %s", xm_status_str(st), xm_last_error(a));
+    cr_assert(strstr(xm_last_error(a), "destroyed during the copy") != NULL, "message: %s",
+              xm_last_error(a));
+    cr_assert_lt(done, size);
+    /* what was acknowledged is the source's bytes, never zeros from after the destroy */
+    check_range(t, 0, done, 7001);
+    /* the source appliance serves on */
+    xm_region_h more;
+    cr_assert_eq(xm_region_create(a, 1u << 20, NULL, &more), XM_OK, "%s", xm_last_error(a));
+    xm_region_close(more);
+    xm_region_close(s);
+    xm_region_close(t);
+    xm_disconnect(a);
+    xm_disconnect(b);
+}
