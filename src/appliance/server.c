@@ -254,7 +254,9 @@ static xm_status_t serve(void *arg, rpc_srv_conn_t *c, xm_msg_t *m, bool loop, s
         if (status == XM_OK) status = copy_reply(&st, rep);
         break;
     }
-    case XMEM__MSG__BODY_COPY_STATUS: {        status = appl_copy_status(s->copies, me, m->copy_status->id, m->copy_status->cancel, &st, &why);
+    case XMEM__MSG__BODY_COPY_STATUS: {
+        appl_copy_state_t st;
+        status = appl_copy_status(s->copies, me, m->copy_status->id, m->copy_status->cancel, &st, &why);
         if (status == XM_OK) status = copy_reply(&st, rep);
         break;
     }
