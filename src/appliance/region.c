@@ -33,6 +33,11 @@
 
 static size_t window_len(const appl_regions_t *t, const appl_region_t *r)
 {
+    if (r->file_fd >= 0) {
+        /* a file region maps the file's pages, not extents */
+        size_t page = (size_t)sysconf(_SC_PAGESIZE);
+        return (size_t)((r->size + page - 1) / page * page);
+    }
     return (size_t)r->nextents * t->pool->extent_size;
 }
 
@@ -206,6 +211,7 @@ static void region_release(appl_regions_t *t, appl_region_t *r, bool give_back)
                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
         /* its own memfd: marked retired and freed now, also while clients map it */
         if (r->memfd >= 0) appl_pool_retire_own(t->pool, r->nextents, r->memfd);
+        /* a file region's extents are none: its file is closed below, never truncated */
         appl_grave_t *g = malloc(sizeof(*g));
         if (p == MAP_FAILED || g == NULL) {
             free(g);
@@ -218,7 +224,7 @@ static void region_release(appl_regions_t *t, appl_region_t *r, bool give_back)
         }
         appl_pool_free(t->pool, r->extents, r->nextents);
     } else {
-        if (t->pool->backing == APPL_BACKING_FILE) {
+        if (t->pool->backing == APPL_BACKING_FILE || r->file_fd >= 0) {
             msync(r->window, len, MS_SYNC);
         }
         /* shutting down: a memfd region ends with xmemd; local holders see it retired */
@@ -226,10 +232,16 @@ static void region_release(appl_regions_t *t, appl_region_t *r, bool give_back)
         munmap(r->window, len);
     }
     if (r->memfd >= 0) close(r->memfd);
+    if (r->file_fd >= 0) appl__file_release(t, r); /* the window no longer maps the file */
     free(r->holders);
     free(r->extents);
     free(r->grants);
     free(r);
+}
+
+void appl__region_release(appl_regions_t *t, appl_region_t *r, bool give_back)
+{
+    region_release(t, r, give_back);
 }
 
 static appl_region_t *region_find(appl_regions_t *t, uint64_t id, const char *name);
@@ -281,7 +293,8 @@ static xm_status_t meta_save(appl_regions_t *t)
         goto out;
     }
     size_t i = 0, gi = 0;
-    for (appl_region_t *r = t->head; r != NULL; r = r->next, i++) {
+    for (appl_region_t *r = t->head; r != NULL; r = r->next) {
+        if (r->file_fd >= 0) continue; /* file regions are kept in their own table */
         xmem__pool_region__init(&recs[i]);
         recs[i].id = r->id;
         recs[i].size = r->size;
@@ -298,8 +311,10 @@ static xm_status_t meta_save(appl_regions_t *t)
             recs[i].n_grants++;
         }
         ptrs[i] = &recs[i];
+        i++;
     }
     meta.regions = ptrs;
+    meta.n_regions = i;
     size_t len = xmem__pool_meta__get_packed_size(&meta);
     uint8_t *buf = malloc(len + 1);
     if (buf == NULL) {
@@ -333,7 +348,7 @@ static appl_region_t *region_new(uint64_t id, uint64_t size, const char *name, c
 {
     appl_region_t *r = calloc(1, sizeof(*r));
     if (r == NULL) return NULL;
-    r->extents = calloc(nextents, sizeof(uint32_t));
+    r->extents = calloc(nextents > 0 ? nextents : 1, sizeof(uint32_t)); /* file regions: none */
     r->grants = calloc(1, sizeof(appl_grant_t));
     if (r->extents == NULL || r->grants == NULL) {
         free(r->extents);
@@ -345,6 +360,8 @@ static appl_region_t *region_new(uint64_t id, uint64_t size, const char *name, c
     r->size = size;
     r->nextents = nextents;
     r->memfd = -1;
+    r->file_fd = -1;
+    r->bus_slot = -1;
     snprintf(r->name, sizeof(r->name), "%s", name != NULL ? name : "");
     snprintf(r->grants[0].tenant, sizeof(r->grants[0].tenant), "%s", owner);
     r->grants[0].access = XM_ACCESS_READ_WRITE;
@@ -479,6 +496,7 @@ void appl_regions_cleanup(appl_regions_t *t)
     t->count = 0;
     graves_reap(t, true);
     pthread_mutex_unlock(&t->lock);
+    appl__files_cleanup(t); /* file regions' table stays on disk: they come back at start */
     pthread_mutex_destroy(&t->lock);
 }
 
@@ -649,6 +667,11 @@ xm_status_t appl_region_open(appl_regions_t *t, const char *tenant, uint64_t id,
             status = net_mr_reg(t->fab, r->window, r->size, XM_ACCESS_READ_WRITE, &g->mr_rw,
                                 &g->key_rw);
             if (status != XM_OK) goto out;
+    if (access == XM_ACCESS_READ_WRITE && r->read_only) {
+        WHY("the region is a read-only file region: open it for reading");
+        status = XM_ERR_PERM;
+        goto out;
+    }
         }
         desc_fill(r, g->key_rw, XM_ACCESS_READ_WRITE, desc);
     } else {
@@ -744,6 +767,13 @@ xm_status_t appl_region_fd(appl_regions_t *t, const char *tenant, uint64_t id, c
         status = XM_ERR_NO_MEMORY;
         if (h == NULL) goto out;
         r->holders = h;
+    if (r->file_fd >= 0) {
+        /* its memory is a file's page cache: no memfd to hand out, and a descriptor of the
+         * file could be truncated or kept past a revocation (docs/file-regions.md) */
+        WHY("a file region is reached over the fabric, not mapped");
+        status = XM_ERR_INVALID;
+        goto out;
+    }
         snprintf(h[r->nholders++], XM_NAME_MAX + 1, "%s", tenant);
     }
     /* read-only: a reopen of the memfd for reading, which cannot be mapped writable */
@@ -779,7 +809,7 @@ xm_status_t appl_region_destroy(appl_regions_t *t, const char *tenant, uint64_t 
     if (status == XM_OK) {
         table_del(t, r);
         /* the table on disk must forget the region before its memory goes */
-        status = meta_save(t);
+        status = r->file_fd >= 0 ? appl__files_save(t) : meta_save(t);
         if (status != XM_OK) {
             WHY("cannot persist the pool metadata");
             table_add(t, r);
@@ -818,7 +848,7 @@ xm_status_t appl_region_grant(appl_regions_t *t, const char *tenant, uint64_t id
         status = XM_ERR_NO_MEMORY;
         goto out;
     }
-    status = meta_save(t);
+    status = r->file_fd >= 0 ? appl__files_save(t) : meta_save(t);
     if (status != XM_OK) {
         WHY("cannot persist the pool metadata");
         if (old != NULL) {
@@ -827,6 +857,11 @@ xm_status_t appl_region_grant(appl_regions_t *t, const char *tenant, uint64_t id
             r->ngrants--; /* the grant just added is the last */
         }
     } else if (old != NULL) {
+    if (r->read_only && access == XM_ACCESS_READ_WRITE) {
+        WHY("the region is a read-only file region: only read access can be granted");
+        status = XM_ERR_PERM;
+        goto out;
+    }
         /* a changed grant revokes the keys handed out under the old one */
         grant_close(grant_find(r, grantee));
         /* and a descriptor of the memfd given under it (local transport) */
@@ -912,4 +947,39 @@ void appl_pool_info(appl_regions_t *t, xm_appliance_info_t *info)
     snprintf(info->backing, sizeof(info->backing), "%s", appl_backing_name(t->pool->backing));
     snprintf(info->provider, sizeof(info->provider), "%s", t->fab->provider);
     pthread_mutex_unlock(&t->lock);
+}
+
+/* ---- region.c's table, for file_region.c (lock held) -------------------------------- */
+
+appl_region_t *appl__region_new(appl_regions_t *t, uint64_t size, const char *name,
+                                const char *owner)
+{
+    return region_new(t->next_id, size, name, owner, 0);
+}
+
+void appl__region_free(appl_region_t *r)
+{
+    free(r->holders);
+    free(r->extents);
+    free(r->grants);
+    free(r);
+}
+
+void appl__table_add(appl_regions_t *t, appl_region_t *r) { table_add(t, r); }
+void appl__table_del(appl_regions_t *t, appl_region_t *r) { table_del(t, r); }
+
+appl_region_t *appl__region_find(appl_regions_t *t, uint64_t id, const char *name)
+{
+    return region_find(t, id, name);
+}
+
+appl_grant_t *appl__grant_add(appl_region_t *r, const char *tenant, xm_access_t access)
+{
+    return grant_add(r, tenant, access);
+}
+
+xm_status_t appl__visible(appl_regions_t *t, const char *tenant, uint64_t id, const char *name,
+                          appl_region_t **r_p, appl_grant_t **g_p, const char **why_p)
+{
+    return visible(t, tenant, id, name, r_p, g_p, why_p);
 }

@@ -327,3 +327,31 @@ Test(copy, source_destroyed_mid_copy_clear_error, .fini = teardown, .timeout = 1
     xm_disconnect(a);
     xm_disconnect(b);
 }
+
+Test(copy, cli_region_copy_creates_the_target_and_copies, .fini = teardown, .timeout = 90)
+{
+    start_two("256M");
+    xm_ctx_h a = xt_connect(&src_app, NULL), b = xt_connect(&dst_app, NULL);
+    const uint64_t size = 16ull << 20;
+    xm_region_h s, t;
+    cr_assert_eq(xm_region_create(a, size, "cli-src", &s), XM_OK);
+    write_pattern(s, 0, size, 8001);
+    char to[128], *out = NULL, *err = NULL;
+    snprintf(to, sizeof(to), "%s:cli-dst", dst_app.addr);
+    int rc = xt_cli(&src_app, NULL, 0, &out, NULL, &err, "region", "copy", "cli-src", "--to", to, NULL);
+    cr_assert_eq(rc, 0, "xmem region copy: exit %d: %s", rc, err != NULL ? err : "");
+    cr_assert_eq(xm_region_open(b, 0, "cli-dst", XM_ACCESS_READ, &t), XM_OK, "%s", xm_last_error(b));
+    cr_assert_eq(strtoull(out, NULL, 10), xm_region_id(t), "printed: %s", out);
+    cr_assert_eq(xm_region_size(t), size);
+    check_range(t, 0, size, 8001);
+    free(out);
+    free(err);
+    /* a bad --to is a usage error */
+    rc = xt_cli(&src_app, NULL, 0, NULL, NULL, &err, "region", "copy", "cli-src", "--to", "nowhere", NULL);
+    cr_assert_eq(rc, 2);
+    free(err);
+    xm_region_close(s);
+    xm_region_close(t);
+    xm_disconnect(a);
+    xm_disconnect(b);
+}

@@ -46,6 +46,86 @@ static void print_info(const xm_region_info_t *in, bool json, bool header)
            in->name[0] ? in->name : "-", in->owner, in->extents);
 }
 
+/* xmem region copy (docs/region-copy.md): progress on stderr when it is a terminal. */
+static void copy_progress(uint64_t done, uint64_t total, void *arg)
+{
+    (void)arg;
+    fprintf(stderr, "\rcopy: %llu / %llu MiB (%.0f %%)  ", (unsigned long long)(done >> 20),
+            (unsigned long long)(total >> 20), total > 0 ? 100.0 * (double)done / (double)total : 100.0);
+}
+
+/* xmem region copy SRC --to HOST:PORT[:TARGET-NAME] [--offset N] [--chunk SIZE]: the source
+ * appliance writes the region into a region on the target appliance: TARGET-NAME when it
+ * exists there, else a new one (named so) of the source's size. Prints the target's id. */
+static int region_copy_cmd(cli_t *cli)
+{
+    const char *to = cli_take(cli, "--to");
+    const char *off_text = cli_take(cli, "--offset");
+    const char *chunk_text = cli_take(cli, "--chunk");
+    uint64_t offset = 0, chunk = 0, id;
+    const char *name;
+    if (to == NULL || cli->argc < 1 || cli->argv[0][0] == '-' ||
+        (off_text != NULL && xm_parse_size(off_text, &offset) != XM_OK) ||
+        (chunk_text != NULL && xm_parse_size(chunk_text, &chunk) != XM_OK)) {
+        fprintf(stderr, "usage: xmem region copy ID|NAME --to HOST:PORT[:TARGET-NAME] "
+                        "[--offset N] [--chunk SIZE]\n");
+        return 2;
+    }
+    cli_ref(cli->argv[0], &id, &name);
+    if (cli_no_more(cli, 1) != 0) return 2;
+    char addr[300];
+    const char *tname = NULL;
+    const char *c1 = strchr(to, ':');
+    const char *c2 = c1 != NULL ? strchr(c1 + 1, ':') : NULL;
+    size_t alen = c2 != NULL ? (size_t)(c2 - to) : strlen(to);
+    if (c1 == NULL || alen >= sizeof(addr)) {
+        fprintf(stderr, "xmem: region copy: --to takes HOST:PORT[:TARGET-NAME]\n");
+        return 2;
+    }
+    memcpy(addr, to, alen);
+    addr[alen] = '\0';
+    if (c2 != NULL && c2[1] != '\0') tname = c2 + 1;
+    xm_ctx_h ctx, tctx;
+    if (cli_connect(cli, &ctx) != 0) return 1;
+    xm_region_h src, dst;
+    xm_status_t s = xm_region_open(ctx, id, name, XM_ACCESS_READ, &src);
+    if (s != XM_OK) return fail_ctx(ctx, "region copy: source", s);
+    xm_connect_opts_t o = cli->conn;
+    o.appliance = addr;
+    o.manager = NULL;
+    s = xm_connect(&o, &tctx);
+    if (s != XM_OK) return cli_fail("region copy: target", "%s", xm_last_error(NULL));
+    uint64_t tid = 0;
+    const char *tn = NULL;
+    if (tname != NULL) cli_ref(tname, &tid, &tn);
+    s = tname != NULL ? xm_region_open(tctx, tid, tn, XM_ACCESS_READ_WRITE, &dst) : XM_ERR_NOT_FOUND;
+    if (s == XM_ERR_NOT_FOUND && offset == 0 && tid == 0)
+        s = xm_region_create(tctx, xm_region_size(src), tn, &dst);
+    if (s != XM_OK) return fail_ctx(tctx, "region copy: target region", s);
+    xm_copy_opts_t co = XM_COPY_OPTS_INIT;
+    co.offset = offset;
+    co.chunk = chunk;
+    bool tty = isatty(2);
+    if (tty) co.progress = copy_progress;
+    uint64_t done = 0;
+    s = xm_region_copy(src, dst, &co, &done);
+    if (tty) fputc('\n', stderr);
+    if (s != XM_OK) {
+        int rc = fail_ctx(ctx, "region copy", s);
+        fprintf(stderr, "xmem: region copy: target region %llu holds the first %llu bytes: resume "
+                "with --to %s:%llu --offset %llu, or remove it\n", (unsigned long long)xm_region_id(dst),
+                (unsigned long long)done, addr, (unsigned long long)xm_region_id(dst),
+                (unsigned long long)done);
+        return rc;
+    }
+    printf("%llu\n", (unsigned long long)xm_region_id(dst));
+    xm_region_close(dst);
+    xm_region_close(src);
+    xm_disconnect(tctx);
+    xm_disconnect(ctx);
+    return 0;
+}
+
 int cmd_region(cli_t *cli)
 {
     if (cli->argc < 1) {
@@ -99,6 +179,7 @@ int cmd_region(cli_t *cli)
         xm_disconnect(ctx);
         return 0;
     }
+    if (strcmp(sub, "copy") == 0) return region_copy_cmd(cli);
     if (strcmp(sub, "stat") != 0 && strcmp(sub, "rm") != 0 && strcmp(sub, "grant") != 0) {
         fprintf(stderr, "xmem: unknown region command '%s' (see xmem --help)\n", sub);
         return 2;
