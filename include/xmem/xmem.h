@@ -201,6 +201,45 @@ XM_API void xm_region_close(xm_region_h region);
 XM_API xm_status_t xm_region_destroy(xm_ctx_h ctx, uint64_t id, const char *name);
 
 /** Grant @p tenant @p access to a region the caller owns (XM_ACCESS_READ for read-only). */
+/** ::xm_region_create_file flag: map and register the file read-only; no grant gives write. */
+#define XM_REGION_FILE_READ_ONLY 0x1u
+
+/**
+ * Expose an existing file on the appliance's host as a region (docs/file-regions.md): the
+ * appliance maps it shared, so reads and writes go to the file's page cache, and keeps it
+ * exposed across its restarts. The region's size is the file's size now. The file must be a
+ * regular file (not a symbolic link) under a directory the appliance allows (xmemd
+ * --file-dir), owned by the appliance's user with mode 0600 (or 0400), not empty, within
+ * xmemd --max-file-region, and not locked by another process (the appliance holds a lock on
+ * it - exclusive, shared when read-only - while the region exists). Destroying the region
+ * leaves the file as it is. A file region is reached over the fabric, also from the
+ * appliance's host.
+ * @param [in]  ctx       context
+ * @param [in]  path      absolute path on the appliance's host
+ * @param [in]  flags     0 or ::XM_REGION_FILE_READ_ONLY
+ * @param [in]  name      unique name, or NULL
+ * @param [out] region_p  opened handle (read-write, or read-only)
+ * @return XM_OK, XM_ERR_NOT_FOUND (no such file), XM_ERR_INVALID (not absolute, not a regular
+ *         file, a symbolic link, empty), XM_ERR_PERM (file regions off, outside the allowed
+ *         directories, wrong owner or mode), XM_ERR_EXISTS (name taken, or the file is locked
+ *         by another process), XM_ERR_NO_SPACE (larger than the appliance allows), ...
+ */
+XM_API xm_status_t xm_region_create_file(xm_ctx_h ctx, const char *path, uint32_t flags,
+                                         const char *name, xm_region_h *region_p);
+
+/**
+ * Make the bytes written to [offset, offset + length) of a region durable: on return they are
+ * on the appliance's disk (msync MS_SYNC of the range on the appliance), and survive a crash
+ * of the appliance or its host. For file regions and regions of a file pool; a region in
+ * memory (memfd, hugetlb pool) has no file: XM_ERR_INVALID.
+ * @param [in] region  an open region (not an allocation of the manager)
+ * @param [in] offset  first byte
+ * @param [in] length  bytes, or 0 for all from @p offset to the end
+ * @return XM_OK, XM_ERR_RANGE, XM_ERR_INVALID, XM_ERR_IO (the disk failed, or the file shrank
+ *         while exposed), XM_ERR_NOT_FOUND, ...
+ */
+XM_API xm_status_t xm_region_sync(xm_region_h region, uint64_t offset, uint64_t length);
+
 XM_API xm_status_t xm_region_grant(xm_ctx_h ctx, uint64_t id, const char *name,
                                    const char *tenant, xm_access_t access);
 

@@ -88,6 +88,11 @@ typedef struct appl_region {
     void *window;
     appl_grant_t *grants;   /* grants[0] is the owner */
     uint32_t ngrants;
+    /* file regions (file_region.c): no extents; the window maps the file itself */
+    int file_fd;            /* the file, open and flocked while the region exists; -1: none */
+    bool read_only;         /* mapped and registered read-only: no grant gives write */
+    char *file_path;        /* as resolved at create */
+    int bus_slot;           /* its entry in the SIGBUS table (a file that shrinks), -1: none */
     struct appl_region *prev, *next;  /* the table's list */
     UT_hash_handle hh_id, hh_name;    /* and its indexes */
 } appl_region_t;
@@ -120,6 +125,7 @@ typedef struct appl_regions {
     uint64_t tenant_quota;        /* bytes of regions a tenant may create directly; 0: no limit */
     rpc_keyring_t *keyring;       /* who may hold keys (appl_regions_revoke) */
     struct net_local_live *live;  /* local clients' liveness page (src/xfer/local.h), or NULL */
+    struct appl_files *files;     /* file regions' settings and table (file_region.c), or NULL */
 } appl_regions_t;
 
 /* A region as a client sees it: the registration to use. */
@@ -163,6 +169,41 @@ void appl_pool_info(appl_regions_t *t, xm_appliance_info_t *info);
 void appl_regions_revoke(appl_regions_t *t, rpc_keyring_t *kr);
 /* Bytes of the regions tenants created directly (not named '@...' by the manager). */
 uint64_t appl_regions_direct_bytes(appl_regions_t *t);
+
+/* ---- file_region.c: existing files exposed as regions (docs/file-regions.md) ---- */
+
+/* Allow file regions under dirs (colon-separated, each resolved with realpath; NULL or "":
+ * file regions stay off), of at most max_size bytes (0: no limit); never a file in the
+ * directory of one of protect (NULL-terminated: xmemd's pool, secret, identity...); keep their
+ * table at table_path ("" : not kept) and restore the regions it lists (a file that can no
+ * longer be exposed is logged and dropped). Call once, after appl_regions_init. */
+xm_status_t appl_files_init(appl_regions_t *t, const char *dirs, uint64_t max_size,
+                            const char *table_path, const char *const *protect);
+/* A file never to be exposed, wherever it is (the pool, its metadata, the secret...). */
+void appl_files_protect(appl_regions_t *t, const char *path);
+xm_status_t appl_region_create_file(appl_regions_t *t, const char *owner, const char *path,
+                                    bool read_only, const char *name, appl_desc_t *desc,
+                                    const char **why_p);
+/* Make [offset, offset + length) of a file region (or a file pool's region) durable: msync
+ * MS_SYNC. length 0: to the end. */
+xm_status_t appl_region_sync(appl_regions_t *t, const char *tenant, uint64_t id, const char *name,
+                             uint64_t offset, uint64_t length, const char **why_p);
+
+/* region.c's table, for file_region.c (lock held by the caller) */
+appl_region_t *appl__region_new(appl_regions_t *t, uint64_t size, const char *name,
+                                const char *owner);
+void appl__region_free(appl_region_t *r);
+void appl__table_add(appl_regions_t *t, appl_region_t *r);
+void appl__table_del(appl_regions_t *t, appl_region_t *r);
+appl_region_t *appl__region_find(appl_regions_t *t, uint64_t id, const char *name);
+appl_grant_t *appl__grant_add(appl_region_t *r, const char *tenant, xm_access_t access);
+xm_status_t appl__visible(appl_regions_t *t, const char *tenant, uint64_t id, const char *name,
+                          appl_region_t **r_p, appl_grant_t **g_p, const char **why_p);
+void appl__region_release(appl_regions_t *t, appl_region_t *r, bool give_back);
+/* file_region.c's side: persist the file regions; release a region's file (window gone) */
+xm_status_t appl__files_save(appl_regions_t *t);
+void appl__file_release(appl_regions_t *t, appl_region_t *r);
+void appl__files_cleanup(appl_regions_t *t);
 
 /* ---- server.c: control connections (the rpc event-loop server) ----------- */
 

@@ -40,6 +40,9 @@ static xm_config_entry_t entries[] = {
     {"manager", "", "HOST:PORT of xmem-manager to register with (empty: serve alone)", 0, 0},
     {"domain", "default", "failure domain reported to the manager", 0, 0},
     {"heartbeat-ms", "500", "interval of heartbeats to the manager", 0, 0},
+    {"file-dir", "", "directories (colon-separated) under which tenants may expose files as "
+                     "regions (xmem region create --file); empty: file regions are off", 0, 0},
+    {"max-file-region", "0", "largest file a file region may expose (K/M/G/T; 0: no limit)", 0, 0},
 };
 
 static const char synopsis[] =
@@ -187,6 +190,26 @@ int main(int argc, char **argv)
     if (rpc_identity_load(id_path, &identity, why, sizeof(why)) != XM_OK) {
         xm_log_error("%s", why);
         goto err_listen;
+    }
+    /* file regions: their table lives beside the identity (IDENTITY-STEM.files) */
+    {
+        uint64_t max_file;
+        if (xm__parse_size(xm__config_get(&cfg, "max-file-region"), &max_file) != XM_OK) {
+            xm_log_error("--max-file-region: expected a size such as 64G, or 0 for no limit");
+            goto err_listen;
+        }
+        char files_path[PATH_MAX + 64];
+        size_t il = strlen(id_path);
+        if (il > 9 && strcmp(id_path + il - 9, ".identity") == 0)
+            snprintf(files_path, sizeof(files_path), "%.*s.files", (int)(il - 9), id_path);
+        else snprintf(files_path, sizeof(files_path), "%s.files", id_path);
+        const char *protect[] = {cred.path, keyring.tenants_path, id_path,
+                                 backing == APPL_BACKING_FILE ? path : NULL, NULL};
+        if (appl_files_init(&regions, xm__config_get(&cfg, "file-dir"), max_file, files_path,
+                            protect) != XM_OK) {
+            xm_log_error("cannot set up file regions (--file-dir, %s)", files_path);
+            goto err_listen;
+        }
     }
 
 

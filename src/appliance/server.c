@@ -152,6 +152,12 @@ static xm_status_t serve(void *arg, rpc_srv_conn_t *c, xm_msg_t *m, bool loop, s
         if (status != XM_OK) break;
         status = appl_region_create(t, owner, m->region_create->size, name, &d, &why);
         if (status == XM_OK) xm_log_info("tenant %s created region %llu (%llu bytes)", owner,
+        if (m->region_create->file != NULL && m->region_create->file[0] != '\0') {
+            /* a file on this host exposed as a region (file_region.c) */
+            status = appl_region_create_file(t, owner, m->region_create->file,
+                                             m->region_create->read_only, name, &d, &why);
+            goto desc;
+        }
                                          (unsigned long long)d.id, (unsigned long long)d.size);
         goto desc;
     }
@@ -240,6 +246,15 @@ static xm_status_t serve(void *arg, rpc_srv_conn_t *c, xm_msg_t *m, bool loop, s
     }
     case XMEM__MSG__BODY_REGION_COPY: {
         /* region copy (copy.c): started here, run by a worker thread */
+    case XMEM__MSG__BODY_REGION_SYNC: { /* file regions: make a range durable */
+        const Xmem__RegionSync *y = m->region_sync;
+        status = rpc_scoped_name(me, y->region->name, false, name, sizeof(name), &why);
+        if (status == XM_OK)
+            status = appl_region_sync(t, me, y->region->id, name, y->offset, y->length, &why);
+        rep->body_case = XMEM__MSG__BODY_OK;
+        rep->ok = &empty;
+        break;
+    }
         const Xmem__RegionCopy *q = m->region_copy;
         const char *who = manager && q->source->tenant != NULL && q->source->tenant[0]
                               ? q->source->tenant : me;

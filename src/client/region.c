@@ -75,6 +75,52 @@ XM_EXPORT xm_status_t xm_region_open(xm_ctx_h ctx, uint64_t id, const char *name
         (access != XM_ACCESS_READ && access != XM_ACCESS_READ_WRITE)) {
         return XM_ERR_INVALID;
     }
+static xm_status_t simple_call(xm_ctx_h ctx, xm_msg_t *req);
+
+XM_EXPORT xm_status_t xm_region_create_file(xm_ctx_h ctx, const char *path, uint32_t flags,
+                                            const char *name, xm_region_h *region_p)
+{
+    if (ctx == NULL || region_p == NULL) return XM_ERR_INVALID;
+    if (path == NULL || path[0] != '/' || strlen(path) >= 4096)
+        return xm__ctx_error(ctx, XM_ERR_INVALID, "give the file's absolute path on the "
+                                                  "appliance's host");
+    if ((flags & ~XM_REGION_FILE_READ_ONLY) != 0)
+        return xm__ctx_error(ctx, XM_ERR_INVALID, "unknown flags 0x%x", (unsigned)flags);
+    if (name != NULL && name[0] != '\0' && !xm__name_valid(name)) {
+        return xm__ctx_error(ctx, XM_ERR_INVALID, "region name must be 1..%d printable characters",
+                             XM_NAME_MAX);
+    }
+    Xmem__RegionCreate rc = XMEM__REGION_CREATE__INIT;
+    rc.name = (char *)(name != NULL ? name : "");
+    rc.file = (char *)path;
+    rc.read_only = (flags & XM_REGION_FILE_READ_ONLY) != 0;
+    xm_msg_t req = XMEM__MSG__INIT, *rep;
+    req.body_case = XMEM__MSG__BODY_REGION_CREATE;
+    req.region_create = &rc;
+    xm_status_t status = xm__rpc(ctx, &req, &rep);
+    return status != XM_OK ? status : region_from_desc(ctx, rep, region_p);
+}
+
+XM_EXPORT xm_status_t xm_region_sync(xm_region_h region, uint64_t offset, uint64_t length)
+{
+    if (region == NULL) return XM_ERR_INVALID;
+    if (region->parts != NULL)
+        return xm__ctx_error(region->ctx, XM_ERR_INVALID, "sync works on a region of one "
+                                                          "appliance, not an allocation");
+    if (offset > region->size || (length != 0 && length > region->size - offset))
+        return xm__ctx_error(region->ctx, XM_ERR_RANGE, "sync range outside the region");
+    Xmem__RegionRef ref;
+    ref_fill(&ref, region->id, NULL, 0);
+    Xmem__RegionSync y = XMEM__REGION_SYNC__INIT;
+    y.region = &ref;
+    y.offset = offset;
+    y.length = length;
+    xm_msg_t req = XMEM__MSG__INIT;
+    req.body_case = XMEM__MSG__BODY_REGION_SYNC;
+    req.region_sync = &y;
+    return simple_call(region->ctx, &req);
+}
+
     Xmem__RegionRef ref;
     ref_fill(&ref, id, name, access);
     xm_msg_t req = XMEM__MSG__INIT, *rep;

@@ -194,7 +194,12 @@ xm_status_t proto_validate(const xm_msg_t *m, const char **why_p)
             FAIL("local socket path too long");
         return XM_OK;
     case XMEM__MSG__BODY_REGION_CREATE:
-        if (m->region_create->size == 0) FAIL("region size 0");
+        /* a file region's size is its file's */
+        if (m->region_create->file != NULL && m->region_create->file[0] != '\0') {
+            if (strlen(m->region_create->file) >= 4096) FAIL("file path too long");
+        } else if (m->region_create->size == 0) {
+            FAIL("region size 0");
+        }
         if (!opt_name_ok(m->region_create->name)) FAIL("bad region name");
         if (!opt_name_ok(m->region_create->owner)) FAIL("bad owner name");
         return XM_OK;
@@ -318,6 +323,15 @@ xm_status_t proto_validate(const xm_msg_t *m, const char **why_p)
         if (m->copy_state->done > m->copy_state->total) FAIL("copy done past its total");
         if (m->copy_state->why != NULL && strlen(m->copy_state->why) > XM_ERROR_TEXT_MAX)
             FAIL("copy error text too long");
+        return XM_OK;
+    case XMEM__MSG__BODY_REGION_SYNC: /* file regions */
+        if (m->region_sync->region == NULL) FAIL("sync without a region");
+        if (ref_ok(m->region_sync->region, why_p) != XM_OK) return XM_ERR_PROTOCOL;
+        return XM_OK;
+    case XMEM__MSG__BODY_REGION_VCOPY: /* virtual copy (src/appliance/cow.c) */
+        if (m->region_vcopy->source == NULL) FAIL("virtual copy without a source");
+        if (ref_ok(m->region_vcopy->source, why_p) != XM_OK) return XM_ERR_PROTOCOL;
+        if (!opt_name_ok(m->region_vcopy->name)) FAIL("bad copy name");
         return XM_OK;
     default:
         FAIL("unknown message body");

@@ -21,6 +21,8 @@ static const char usage_text[] =
     "                                        needs the cluster secret (--secret-file)\n"
     "  tenant ls | tenant rm NAME            list tenants / revoke NAME's credentials\n"
     "  region create --size SIZE [--name N]  create a region, print its id\n"
+    "  region create --file PATH [--read-only] [NAME]  expose a file on the appliance's host\n"
+    "  region sync ID|NAME [--offset N] [--length N]   make written data durable (file regions)\n"
     "  region ls                             list regions you own or were granted\n"
     "  region stat ID|NAME                   describe a region\n"
     "  region rm ID|NAME                     destroy a region (owner only)\n"

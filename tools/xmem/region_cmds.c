@@ -8,6 +8,16 @@
 
 #define COPY_CHUNK (1u << 20)
 
+static int take_u64(cli_t *cli, const char *flag, uint64_t *out, bool *given);
+
+static bool has_arg(const cli_t *cli, const char *flag)
+{
+    for (int i = 0; i < cli->argc; i++) {
+        if (strcmp(cli->argv[i], flag) == 0) return true;
+    }
+    return false;
+}
+
 static int fail_ctx(xm_ctx_h ctx, const char *what, xm_status_t s)
 {
     const char *detail = xm_last_error(ctx);
@@ -139,6 +149,41 @@ int cmd_region(cli_t *cli)
     xm_status_t s;
     uint64_t id;
     const char *name;
+    if (strcmp(sub, "create") == 0 && has_arg(cli, "--file")) {
+        /* a file on the appliance's host exposed as a region (docs/file-regions.md) */
+        const char *file = cli_take(cli, "--file");
+        const char *rname = cli_take(cli, "--name");
+        bool ro = cli_take_flag(cli, "--read-only");
+        if (file == NULL) {
+            fprintf(stderr, "usage: xmem region create --file PATH [--read-only] [NAME]\n");
+            return 2;
+        }
+        if (rname == NULL && cli->argc > 0 && cli->argv[0][0] != '-') {
+            rname = cli->argv[0];
+            if (cli_no_more(cli, 1) != 0) return 2;
+        } else if (cli_no_more(cli, 0) != 0) {
+            return 2;
+        }
+        /* the appliance resolves absolute paths only: a relative one is taken from here */
+        char abs[4096];
+        if (file[0] != '/') {
+            char cwd[3000];
+            if (getcwd(cwd, sizeof(cwd)) == NULL) {
+                fprintf(stderr, "xmem: region create: give an absolute --file path\n");
+                return 2;
+            }
+            snprintf(abs, sizeof(abs), "%s/%s", cwd, file);
+            file = abs;
+        }
+        if (cli_connect(cli, &ctx) != 0) return 1;
+        xm_region_h r;
+        s = xm_region_create_file(ctx, file, ro ? XM_REGION_FILE_READ_ONLY : 0, rname, &r);
+        if (s != XM_OK) return fail_ctx(ctx, "region create", s);
+        printf("%llu\n", (unsigned long long)xm_region_id(r));
+        xm_region_close(r);
+        xm_disconnect(ctx);
+        return 0;
+    }
     if (strcmp(sub, "create") == 0) {
         const char *size_text = cli_take(cli, "--size");
         const char *rname = cli_take(cli, "--name");
@@ -176,6 +221,29 @@ int cmd_region(cli_t *cli)
         if (cli->json) printf("]\n");
         else if (n == 0) printf("no regions\n");
         free(infos);
+        xm_disconnect(ctx);
+        return 0;
+    }
+    if (strcmp(sub, "sync") == 0) {
+        /* make what was written durable (file regions, file pools) */
+        uint64_t offset = 0, length = 0;
+        bool given;
+        if (take_u64(cli, "--offset", &offset, &given) != 0 ||
+            take_u64(cli, "--length", &length, &given) != 0)
+            return 2;
+        if (cli->argc < 1 || cli->argv[0][0] == '-') {
+            fprintf(stderr, "usage: xmem region sync ID|NAME [--offset N] [--length N]\n");
+            return 2;
+        }
+        cli_ref(cli->argv[0], &id, &name);
+        if (cli_no_more(cli, 1) != 0) return 2;
+        if (cli_connect(cli, &ctx) != 0) return 1;
+        xm_region_h r;
+        s = xm_region_open(ctx, id, name, XM_ACCESS_READ, &r);
+        if (s != XM_OK) return fail_ctx(ctx, "region sync", s);
+        s = xm_region_sync(r, offset, length);
+        xm_region_close(r);
+        if (s != XM_OK) return fail_ctx(ctx, "region sync", s);
         xm_disconnect(ctx);
         return 0;
     }
