@@ -88,6 +88,10 @@ typedef struct appl_region {
     void *window;
     appl_grant_t *grants;   /* grants[0] is the owner */
     uint32_t ngrants;
+    struct appl_cow *cow;   /* virtual copy (cow.c): set while it has copies or is an
+                             * unmaterialized copy; then REGION_FD does not hand it out */
+    uint64_t copy_of;       /* virtual copy: the region it was copied from (0: none) */
+    uint32_t copy_kind;     /* 0, XM_COPY_SNAPSHOT or XM_COPY_CLONE */
     /* file regions (file_region.c): no extents; the window maps the file itself */
     int file_fd;            /* the file, open and flocked while the region exists; -1: none */
     bool read_only;         /* mapped and registered read-only: no grant gives write */
@@ -125,6 +129,7 @@ typedef struct appl_regions {
     uint64_t tenant_quota;        /* bytes of regions a tenant may create directly; 0: no limit */
     rpc_keyring_t *keyring;       /* who may hold keys (appl_regions_revoke) */
     struct net_local_live *live;  /* local clients' liveness page (src/xfer/local.h), or NULL */
+    struct appl_cow_eng *cow;     /* virtual copy's userfaultfd handler (cow.c), made on first use */
     struct appl_files *files;     /* file regions' settings and table (file_region.c), or NULL */
 } appl_regions_t;
 
@@ -204,6 +209,33 @@ void appl__region_release(appl_regions_t *t, appl_region_t *r, bool give_back);
 xm_status_t appl__files_save(appl_regions_t *t);
 void appl__file_release(appl_regions_t *t, appl_region_t *r);
 void appl__files_cleanup(appl_regions_t *t);
+
+/* ---- cow.c: virtual copy (snapshot, clone), copy-on-write by userfaultfd ---- */
+
+#define XM_COPY_SNAPSHOT 1u
+#define XM_COPY_CLONE 2u
+
+/* region.c for cow.c (lock held): appl_region_create under the lock, *r_p the new region;
+ * the region a tenant may see; a region whose memfd local clients hold moved to a fresh one */
+xm_status_t appl__region_create_locked(appl_regions_t *t, const char *owner, uint64_t size,
+                                       const char *name, appl_desc_t *desc, appl_region_t **r_p,
+                                       const char **why_p);
+xm_status_t appl__cow_visible(appl_regions_t *t, const char *tenant, uint64_t id,
+                              const char *name, appl_region_t **r_p, appl_grant_t **g_p,
+                              const char **why_p);
+void appl__region_fence(appl_regions_t *t, appl_region_t *r);
+
+/* A copy of region (id, name) named new_name, owned by tenant: read-only (a snapshot) or
+ * writable (a clone). Costs a write-protect of the source's window; bytes are copied as
+ * the source or the copy is written (docs/virtual-copy.md). */
+xm_status_t appl_cow_copy(appl_regions_t *t, const char *tenant, uint64_t id, const char *name,
+                          const char *new_name, bool writable, appl_desc_t *desc,
+                          const char **why_p);
+/* A region leaves the table (lock held): its copies are materialized first, and it stops
+ * being one. Call before its window goes. */
+void appl_cow_release(appl_regions_t *t, appl_region_t *r);
+/* Stop the handler and free every copy state (shutting down; before the regions go). */
+void appl_cow_cleanup(appl_regions_t *t);
 
 /* ---- server.c: control connections (the rpc event-loop server) ----------- */
 

@@ -485,6 +485,7 @@ void appl_regions_cleanup(appl_regions_t *t)
     /* local clients see the appliance gone before its regions go */
     net_local_live_stop(t->live);
     t->live = NULL;
+    appl_cow_cleanup(t);
     pthread_mutex_lock(&t->lock);
     HASH_CLEAR(hh_id, t->by_id);
     HASH_CLEAR(hh_name, t->by_name);
@@ -495,8 +496,8 @@ void appl_regions_cleanup(appl_regions_t *t)
     }
     t->count = 0;
     graves_reap(t, true);
-    pthread_mutex_unlock(&t->lock);
     appl__files_cleanup(t); /* file regions' table stays on disk: they come back at start */
+    pthread_mutex_unlock(&t->lock);
     pthread_mutex_destroy(&t->lock);
 }
 
@@ -533,11 +534,21 @@ static void desc_fill(const appl_region_t *r, uint64_t key, xm_access_t access, 
 xm_status_t appl_region_create(appl_regions_t *t, const char *owner, uint64_t size,
                                const char *name, appl_desc_t *desc, const char **why_p)
 {
+    appl_region_t *r;
+    pthread_mutex_lock(&t->lock);
+    xm_status_t status = appl__region_create_locked(t, owner, size, name, desc, &r, why_p);
+    pthread_mutex_unlock(&t->lock);
+    return status;
+}
+
+xm_status_t appl__region_create_locked(appl_regions_t *t, const char *owner, uint64_t size,
+                                       const char *name, appl_desc_t *desc, appl_region_t **r_p,
+                                       const char **why_p)
+{
     if (size == 0) {
         WHY("region size 0");
         return XM_ERR_INVALID;
     }
-    pthread_mutex_lock(&t->lock);
     graves_reap(t, false);
     xm_status_t status;
     uint64_t want = (size + t->pool->extent_size - 1) / t->pool->extent_size;
@@ -605,7 +616,7 @@ xm_status_t appl_region_create(appl_regions_t *t, const char *owner, uint64_t si
         goto out;
     }
     desc_fill(r, r->grants[0].key_rw, XM_ACCESS_READ_WRITE, desc);
-    pthread_mutex_unlock(&t->lock);
+    *r_p = r;
     return XM_OK;
 
 err_unmap:
@@ -619,7 +630,6 @@ err_free:
     free(r->grants);
     free(r);
 out:
-    pthread_mutex_unlock(&t->lock);
     return status;
 }
 
@@ -657,6 +667,11 @@ xm_status_t appl_region_open(appl_regions_t *t, const char *tenant, uint64_t id,
     appl_grant_t *g;
     xm_status_t status = visible(t, tenant, id, name, &r, &g, why_p);
     if (status != XM_OK) goto out;
+    if (access == XM_ACCESS_READ_WRITE && r->read_only) {
+        WHY("the region is a read-only file region: open it for reading");
+        status = XM_ERR_PERM;
+        goto out;
+    }
     if (access == XM_ACCESS_READ_WRITE && g->access != XM_ACCESS_READ_WRITE) {
         WHY("only read access was granted");
         status = XM_ERR_PERM;
@@ -667,11 +682,6 @@ xm_status_t appl_region_open(appl_regions_t *t, const char *tenant, uint64_t id,
             status = net_mr_reg(t->fab, r->window, r->size, XM_ACCESS_READ_WRITE, &g->mr_rw,
                                 &g->key_rw);
             if (status != XM_OK) goto out;
-    if (access == XM_ACCESS_READ_WRITE && r->read_only) {
-        WHY("the region is a read-only file region: open it for reading");
-        status = XM_ERR_PERM;
-        goto out;
-    }
         }
         desc_fill(r, g->key_rw, XM_ACCESS_READ_WRITE, desc);
     } else {
@@ -757,8 +767,21 @@ xm_status_t appl_region_fd(appl_regions_t *t, const char *tenant, uint64_t id, c
         status = XM_ERR_PERM;
         goto out;
     }
+    if (r->file_fd >= 0) {
+        /* its memory is a file's page cache: no memfd to hand out, and a descriptor of the
+         * file could be truncated or kept past a revocation (docs/file-regions.md) */
+        WHY("a file region is reached over the fabric, not mapped");
+        status = XM_ERR_INVALID;
+        goto out;
+    }
     if (r->memfd < 0) {
         WHY("the region lives on a pool file: reach it over the fabric");
+        status = XM_ERR_INVALID;
+        goto out;
+    }
+    if (r->cow != NULL) {
+        /* a local mapping would bypass copy-on-write (docs/virtual-copy.md) */
+        WHY("the region has virtual copies or is one: reach it over the fabric (reopen it)");
         status = XM_ERR_INVALID;
         goto out;
     }
@@ -767,13 +790,6 @@ xm_status_t appl_region_fd(appl_regions_t *t, const char *tenant, uint64_t id, c
         status = XM_ERR_NO_MEMORY;
         if (h == NULL) goto out;
         r->holders = h;
-    if (r->file_fd >= 0) {
-        /* its memory is a file's page cache: no memfd to hand out, and a descriptor of the
-         * file could be truncated or kept past a revocation (docs/file-regions.md) */
-        WHY("a file region is reached over the fabric, not mapped");
-        status = XM_ERR_INVALID;
-        goto out;
-    }
         snprintf(h[r->nholders++], XM_NAME_MAX + 1, "%s", tenant);
     }
     /* read-only: a reopen of the memfd for reading, which cannot be mapped writable */
@@ -814,6 +830,7 @@ xm_status_t appl_region_destroy(appl_regions_t *t, const char *tenant, uint64_t 
             WHY("cannot persist the pool metadata");
             table_add(t, r);
         } else {
+            appl_cow_release(t, r); /* its copies stay intact */
             region_release(t, r, true);
         }
     }
@@ -840,6 +857,11 @@ xm_status_t appl_region_grant(appl_regions_t *t, const char *tenant, uint64_t id
         status = XM_ERR_INVALID;
         goto out;
     }
+    if (r->read_only && access == XM_ACCESS_READ_WRITE) {
+        WHY("the region is a read-only file region: only read access can be granted");
+        status = XM_ERR_PERM;
+        goto out;
+    }
     appl_grant_t *old = grant_find(r, grantee);
     xm_access_t was = old != NULL ? old->access : XM_ACCESS_READ;
     if (old != NULL) {
@@ -857,11 +879,6 @@ xm_status_t appl_region_grant(appl_regions_t *t, const char *tenant, uint64_t id
             r->ngrants--; /* the grant just added is the last */
         }
     } else if (old != NULL) {
-    if (r->read_only && access == XM_ACCESS_READ_WRITE) {
-        WHY("the region is a read-only file region: only read access can be granted");
-        status = XM_ERR_PERM;
-        goto out;
-    }
         /* a changed grant revokes the keys handed out under the old one */
         grant_close(grant_find(r, grantee));
         /* and a descriptor of the memfd given under it (local transport) */
@@ -899,6 +916,8 @@ static void info_fill(const appl_regions_t *t, const appl_region_t *r, xm_region
     info->extents = r->nextents;
     info->grants = r->ngrants - 1;
     info->resident = resident_bytes(t, r);
+    info->copy_of = r->copy_of;
+    info->copy_kind = r->copy_kind;
 }
 
 xm_status_t appl_region_stat(appl_regions_t *t, const char *tenant, uint64_t id,
@@ -982,4 +1001,18 @@ xm_status_t appl__visible(appl_regions_t *t, const char *tenant, uint64_t id, co
                           appl_region_t **r_p, appl_grant_t **g_p, const char **why_p)
 {
     return visible(t, tenant, id, name, r_p, g_p, why_p);
+}
+
+/* ---- region.c for cow.c (lock held) ------------------------------------------------ */
+
+xm_status_t appl__cow_visible(appl_regions_t *t, const char *tenant, uint64_t id,
+                              const char *name, appl_region_t **r_p, appl_grant_t **g_p,
+                              const char **why_p)
+{
+    return visible(t, tenant, id, name, r_p, g_p, why_p);
+}
+
+void appl__region_fence(appl_regions_t *t, appl_region_t *r)
+{
+    if (r->memfd >= 0 && r->nholders > 0) region_move(t, r);
 }

@@ -75,6 +75,8 @@ static void info_to_msg(const xm_region_info_t *in, Xmem__RegionInfo *out)
     out->extents = in->extents;
     out->grants = in->grants;
     out->resident = in->resident;
+    out->copy_of = in->copy_of;
+    out->copy_kind = in->copy_kind;
 }
 
 /* A region's registration as a reply body; NULL when out of memory. */
@@ -150,14 +152,14 @@ static xm_status_t serve(void *arg, rpc_srv_conn_t *c, xm_msg_t *m, bool loop, s
         }
         status = rpc_scoped_name(me, m->region_create->name, true, name, sizeof(name), &why);
         if (status != XM_OK) break;
-        status = appl_region_create(t, owner, m->region_create->size, name, &d, &why);
-        if (status == XM_OK) xm_log_info("tenant %s created region %llu (%llu bytes)", owner,
         if (m->region_create->file != NULL && m->region_create->file[0] != '\0') {
             /* a file on this host exposed as a region (file_region.c) */
             status = appl_region_create_file(t, owner, m->region_create->file,
                                              m->region_create->read_only, name, &d, &why);
             goto desc;
         }
+        status = appl_region_create(t, owner, m->region_create->size, name, &d, &why);
+        if (status == XM_OK) xm_log_info("tenant %s created region %llu (%llu bytes)", owner,
                                          (unsigned long long)d.id, (unsigned long long)d.size);
         goto desc;
     }
@@ -190,6 +192,25 @@ static xm_status_t serve(void *arg, rpc_srv_conn_t *c, xm_msg_t *m, bool loop, s
             xm_log_debug("tenant %s (%s) mapped region %llu %s", me, c->peer,
                          (unsigned long long)d.id, a == XM_ACCESS_READ ? "read-only" : "read-write");
         }
+        goto desc;
+    }
+    case XMEM__MSG__BODY_REGION_VCOPY: {
+        /* virtual copy (cow.c): named in the caller's namespace, owned by the caller */
+        const Xmem__RegionVcopy *v = m->region_vcopy;
+        char copy[XM_NAME_MAX + 1];
+        if (v->source == NULL) {
+            why = "no source region";
+            status = XM_ERR_INVALID;
+            break;
+        }
+        status = rpc_scoped_name(me, v->source->name, false, name, sizeof(name), &why);
+        if (status == XM_OK) status = rpc_scoped_name(me, v->name, true, copy, sizeof(copy), &why);
+        if (status != XM_OK) break;
+        status = appl_cow_copy(t, me, v->source->id, name, copy, v->writable, &d, &why);
+        if (status == XM_OK) xm_log_info("tenant %s made %s %llu of region %s", me,
+                                         v->writable ? "clone" : "snapshot",
+                                         (unsigned long long)d.id,
+                                         name[0] != '\0' ? name : "(by id)");
         goto desc;
     }
     case XMEM__MSG__BODY_REGION_DESTROY:
@@ -225,6 +246,15 @@ static xm_status_t serve(void *arg, rpc_srv_conn_t *c, xm_msg_t *m, bool loop, s
     case XMEM__MSG__BODY_REGION_LIST:
         status = list_reply(t, me, rep);
         break;
+    case XMEM__MSG__BODY_REGION_SYNC: { /* file regions: make a range durable */
+        const Xmem__RegionSync *y = m->region_sync;
+        status = rpc_scoped_name(me, y->region->name, false, name, sizeof(name), &why);
+        if (status == XM_OK)
+            status = appl_region_sync(t, me, y->region->id, name, y->offset, y->length, &why);
+        rep->body_case = XMEM__MSG__BODY_OK;
+        rep->ok = &empty;
+        break;
+    }
     case XMEM__MSG__BODY_APPLIANCE_STAT: {
         appl_rep_t *r = malloc(sizeof(*r));
         if (r == NULL) {
@@ -246,15 +276,6 @@ static xm_status_t serve(void *arg, rpc_srv_conn_t *c, xm_msg_t *m, bool loop, s
     }
     case XMEM__MSG__BODY_REGION_COPY: {
         /* region copy (copy.c): started here, run by a worker thread */
-    case XMEM__MSG__BODY_REGION_SYNC: { /* file regions: make a range durable */
-        const Xmem__RegionSync *y = m->region_sync;
-        status = rpc_scoped_name(me, y->region->name, false, name, sizeof(name), &why);
-        if (status == XM_OK)
-            status = appl_region_sync(t, me, y->region->id, name, y->offset, y->length, &why);
-        rep->body_case = XMEM__MSG__BODY_OK;
-        rep->ok = &empty;
-        break;
-    }
         const Xmem__RegionCopy *q = m->region_copy;
         const char *who = manager && q->source->tenant != NULL && q->source->tenant[0]
                               ? q->source->tenant : me;

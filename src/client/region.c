@@ -49,6 +49,13 @@ static xm_status_t region_from_desc(xm_ctx_h ctx, xm_msg_t *rep, xm_region_h *re
     return XM_OK;
 }
 
+/* for cow.c: a RegionDesc reply as an opened handle (rep is consumed) */
+xm_status_t xm__region_from_desc(xm_ctx_h ctx, xm_msg_t *rep, xm_region_h *region_p);
+xm_status_t xm__region_from_desc(xm_ctx_h ctx, xm_msg_t *rep, xm_region_h *region_p)
+{
+    return region_from_desc(ctx, rep, region_p);
+}
+
 XM_EXPORT xm_status_t xm_region_create(xm_ctx_h ctx, uint64_t size, const char *name,
                                        xm_region_h *region_p)
 {
@@ -68,13 +75,6 @@ XM_EXPORT xm_status_t xm_region_create(xm_ctx_h ctx, uint64_t size, const char *
     return status != XM_OK ? status : region_from_desc(ctx, rep, region_p);
 }
 
-XM_EXPORT xm_status_t xm_region_open(xm_ctx_h ctx, uint64_t id, const char *name,
-                                     xm_access_t access, xm_region_h *region_p)
-{
-    if (!ref_args_ok(ctx, id, name) || region_p == NULL ||
-        (access != XM_ACCESS_READ && access != XM_ACCESS_READ_WRITE)) {
-        return XM_ERR_INVALID;
-    }
 static xm_status_t simple_call(xm_ctx_h ctx, xm_msg_t *req);
 
 XM_EXPORT xm_status_t xm_region_create_file(xm_ctx_h ctx, const char *path, uint32_t flags,
@@ -121,6 +121,13 @@ XM_EXPORT xm_status_t xm_region_sync(xm_region_h region, uint64_t offset, uint64
     return simple_call(region->ctx, &req);
 }
 
+XM_EXPORT xm_status_t xm_region_open(xm_ctx_h ctx, uint64_t id, const char *name,
+                                     xm_access_t access, xm_region_h *region_p)
+{
+    if (!ref_args_ok(ctx, id, name) || region_p == NULL ||
+        (access != XM_ACCESS_READ && access != XM_ACCESS_READ_WRITE)) {
+        return XM_ERR_INVALID;
+    }
     Xmem__RegionRef ref;
     ref_fill(&ref, id, name, access);
     xm_msg_t req = XMEM__MSG__INIT, *rep;
@@ -191,6 +198,8 @@ static void info_from_msg(const Xmem__RegionInfo *in, xm_region_info_t *out)
     out->extents = in->extents;
     out->grants = in->grants;
     out->resident = in->resident;
+    out->copy_of = in->copy_of;
+    out->copy_kind = in->copy_kind;
 }
 
 XM_EXPORT xm_status_t xm_region_stat(xm_ctx_h ctx, uint64_t id, const char *name,

@@ -328,6 +328,11 @@ xm_status_t proto_validate(const xm_msg_t *m, const char **why_p)
         if (m->region_sync->region == NULL) FAIL("sync without a region");
         if (ref_ok(m->region_sync->region, why_p) != XM_OK) return XM_ERR_PROTOCOL;
         return XM_OK;
+    case XMEM__MSG__BODY_REGION_VCOPY: /* virtual copy (src/appliance/cow.c) */
+        if (m->region_vcopy->source == NULL) FAIL("virtual copy without a source");
+        if (ref_ok(m->region_vcopy->source, why_p) != XM_OK) return XM_ERR_PROTOCOL;
+        if (!opt_name_ok(m->region_vcopy->name)) FAIL("bad copy name");
+        return XM_OK;
     default:
         FAIL("unknown message body");
     }
