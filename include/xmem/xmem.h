@@ -545,6 +545,34 @@ XM_API xm_status_t xm_attach(xm_ctx_h ctx, uint64_t id, const char *name, xm_acc
 /** Release an allocation handle (the allocation itself stays). */
 XM_API void xm_alloc_close(xm_alloc_h alloc);
 
+/** What ::xm_alloc_scrub found. */
+typedef struct xm_scrub_report {
+    uint64_t units;                 /**< stripes (ec) or 64 KiB units (replicate) looked at */
+    uint64_t repaired;              /**< found inconsistent and rewritten from the data */
+    uint64_t skipped;               /**< not checked: a piece or copy was unreachable */
+    uint64_t reserved_[5];          /**< zero */
+} xm_scrub_report_t;
+
+/**
+ * Check a resilient allocation (replicate or ec) whole and repair what disagrees
+ * (docs/resilience.md): each 64 KiB unit of a replicate allocation is compared across its
+ * reachable copies and rewritten from the first; each ec stripe's parity is re-encoded from
+ * its data and rewritten where it differs (a writer that died between data and parity, a
+ * torn write). Every unit or stripe is locked as a writer locks it, so scrubbing runs beside
+ * the allocation's readers and writers. Stripes with an unreachable piece are counted as
+ * skipped, not repaired. Needs read-write access.
+ * @param [in]  alloc     an attached allocation
+ * @param [in]  progress  called with (done, total) units about every 100 ms and at the end;
+ *                        NULL: none
+ * @param [in]  arg       passed to progress
+ * @param [out] report_p  what was found (filled also on error, with what was done)
+ * @return XM_OK; XM_ERR_INVALID (single or stripe: no redundancy to check), XM_ERR_PERM
+ *         (read-only handle), XM_ERR_IO, ...
+ */
+XM_API xm_status_t xm_alloc_scrub(xm_alloc_h alloc,
+                                  void (*progress)(uint64_t done, uint64_t total, void *arg),
+                                  void *arg, xm_scrub_report_t *report_p);
+
 /** Let @p tenant attach to an allocation the caller owns (XM_ACCESS_READ: read-only). */
 XM_API xm_status_t xm_alloc_grant(xm_ctx_h ctx, uint64_t id, const char *name,
                                   const char *tenant, xm_access_t access);

@@ -229,6 +229,23 @@ XM_EXPORT void xm_alloc_close(xm_alloc_h alloc)
     xm_region_close(alloc);
 }
 
+XM_EXPORT xm_status_t xm_alloc_scrub(xm_alloc_h alloc,
+                                     void (*progress)(uint64_t done, uint64_t total, void *arg),
+                                     void *arg, xm_scrub_report_t *report_p)
+{
+    if (alloc == NULL || report_p == NULL) return XM_ERR_INVALID;
+    memset(report_p, 0, sizeof(*report_p));
+    if (!xm__resil_is(alloc)) {
+        return xm__ctx_error(alloc->ctx, XM_ERR_INVALID, "allocation %llu keeps no redundancy to "
+                             "check (policy single or stripe)", (unsigned long long)alloc->id);
+    }
+    if (alloc->access != XM_ACCESS_READ_WRITE) {
+        return xm__ctx_error(alloc->ctx, XM_ERR_PERM, "scrubbing allocation %llu rewrites what "
+                             "disagrees: attach it read-write", (unsigned long long)alloc->id);
+    }
+    return xm__resil_scrub(alloc, report_p, progress, arg);
+}
+
 XM_EXPORT xm_status_t xm_alloc_grant(xm_ctx_h ctx, uint64_t id, const char *name,
                                      const char *tenant, xm_access_t access)
 {

@@ -84,6 +84,9 @@ void xm__resil_put(xm__resil_t *rs);
 bool xm__resil_is(xm_region_h r);
 /* Carry out op (checked by io.c) on a resilient allocation now: op->status set on return. */
 void xm__resil_op(xm_op_t *op);
+/* Scrub a resilient allocation whole (xm_alloc_scrub); adds to *rep. */
+xm_status_t xm__resil_scrub(xm_region_h a, xm_scrub_report_t *rep,
+                            void (*progress)(uint64_t done, uint64_t total, void *arg), void *arg);
 
 /* Record what failed for xm_last_error (the calling thread's); returns status. */
 xm_status_t xm__ctx_error(xm_ctx_h ctx, xm_status_t status, const char *fmt, ...)

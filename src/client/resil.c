@@ -1124,6 +1124,122 @@ static xm_status_t ec_write(xm_region_h a, uint64_t off, const uint8_t *buf, siz
     return st;
 }
 
+/* ---- scrub -------------------------------------------------------------------------- */
+
+/* One replicate unit: under its lock, every reachable copy compared with the home's and
+ * rewritten from it where it differs. *repaired_p: a copy was rewritten. */
+static xm_status_t repl_scrub_unit(xm_region_h a, uint64_t u, uint8_t *buf, bool *repaired_p,
+                                   bool *skipped_p)
+{
+    uint64_t off = u * XM_LAYOUT_REPL_UNIT;
+    size_t len = (size_t)XM_MIN(XM_LAYOUT_REPL_UNIT, a->layout.size - off);
+    int home;
+    xm_status_t st = repl_lock(a, u, u, &home);
+    if (st != XM_OK) return st;
+    batch_t b = {.a = a};
+    uint32_t live = 0;
+    for (uint32_t p = 0; p < a->nparts; p++) {
+        if (!is_down(a, p)) {
+            batch_rw(&b, p, XM_OP_READ, off, buf + (size_t)p * XM_LAYOUT_REPL_UNIT, len);
+            live++;
+        }
+    }
+    batch_run(&b);
+    batch_free(&b);
+    if (live < 2 || is_down(a, (uint32_t)home)) {
+        *skipped_p = true; /* one copy (or none) left: nothing to compare it with */
+    } else {
+        const uint8_t *ref = buf + (size_t)home * XM_LAYOUT_REPL_UNIT;
+        for (uint32_t p = 0; p < a->nparts; p++) {
+            if (p == (uint32_t)home || is_down(a, p)) continue;
+            if (memcmp(buf + (size_t)p * XM_LAYOUT_REPL_UNIT, ref, len) != 0) {
+                batch_rw(&b, p, XM_OP_WRITE, off, (void *)ref, len);
+                *repaired_p = true;
+            }
+        }
+        if (batch_run(&b) != 0) st = xm__ctx_error(a->ctx, XM_ERR_IO, "%s: unit %llu: a copy could not be rewritten",
+                                                   a->resil->what, (unsigned long long)u);
+        batch_free(&b);
+    }
+    repl_unlock(a, home, u, u);
+    return st;
+}
+
+/* One ec stripe: under its lock, parity re-encoded from the data and compared with what
+ * the parity pieces hold; rewritten where it differs (range noted and ver bumped first,
+ * as a writer does). A stripe with a piece down is skipped: it cannot be checked whole. */
+static xm_status_t ec_scrub_row(xm_region_h a, uint64_t row, bool *repaired_p, bool *skipped_p)
+{
+    const xm__layout_t *l = &a->layout;
+    uint32_t k = l->width, m = l->redundancy, n = k + m;
+    for (uint32_t p = 0; p < n; p++) {
+        if (is_down(a, xm__layout_piece_part(l, row, p))) {
+            *skipped_p = true;
+            return XM_OK;
+        }
+    }
+    lockset_t ls;
+    ec_lockset(a, row, &ls);
+    xm_status_t st = lock_take(a, &ls, row, ec_repair_cb);
+    if (st != XM_OK) return st;
+    uint64_t c = l->chunk;
+    uint8_t *buf = scratch(SCR_REENCODE, (size_t)(n + m) * c);
+    if (buf == NULL) {
+        st = XM_ERR_NO_MEMORY;
+        goto out;
+    }
+    uint8_t *p[XM_EC_N_MAX + XM_EC_N_MAX];
+    for (uint32_t i = 0; i < n + m; i++) p[i] = buf + (size_t)i * c;
+    st = ec_fetch(a, row, (1u << n) - 1, 0, c, p, NULL, NULL);
+    if (st == XM_OK) st = xm__ec_encode(&a->resil->ec, c, p, p + n, NULL); /* fresh parity after the pieces */
+    if (st != XM_OK) goto out;
+    bool differ = false;
+    for (uint32_t i = 0; i < m; i++) differ |= memcmp(p[k + i], p[n + i], c) != 0;
+    if (differ) {
+        uint64_t range = (c << 24) | 0;
+        batch_t b = {.a = a};
+        lock_marks(a, &ls, &range, &b);
+        batch_run(&b);
+        batch_free(&b);
+        for (uint32_t i = 0; i < m; i++) {
+            batch_rw(&b, xm__layout_row_parity_part(l, row, i), XM_OP_WRITE, row * c, p[n + i], c);
+        }
+        if (batch_run(&b) != 0) st = xm__ctx_error(a->ctx, XM_ERR_IO, "%s: stripe %llu: parity could not be rewritten",
+                                                   a->resil->what, (unsigned long long)row);
+        batch_free(&b);
+        *repaired_p = true;
+    }
+out:
+    lock_drop(a, &ls);
+    return st;
+}
+
+xm_status_t xm__resil_scrub(xm_region_h a, xm_scrub_report_t *rep,
+                            void (*progress)(uint64_t done, uint64_t total, void *arg), void *arg)
+{
+    bool ec = a->layout.kind == XM_LAYOUT_EC;
+    uint64_t total = ec ? xm__layout_nrows(&a->layout)
+                        : (a->layout.size + XM_LAYOUT_REPL_UNIT - 1) / XM_LAYOUT_REPL_UNIT;
+    uint8_t *buf = ec ? NULL : malloc((size_t)a->nparts * XM_LAYOUT_REPL_UNIT);
+    if (!ec && buf == NULL) return XM_ERR_NO_MEMORY;
+    xm_status_t st = XM_OK;
+    uint64_t last_ns = 0;
+    for (uint64_t u = 0; u < total && st == XM_OK; u++) {
+        bool repaired = false, skipped = false;
+        st = ec ? ec_scrub_row(a, u, &repaired, &skipped) : repl_scrub_unit(a, u, buf, &repaired, &skipped);
+        rep->units++;
+        rep->repaired += repaired;
+        rep->skipped += skipped;
+        uint64_t now = xm__now_ns();
+        if (progress != NULL && (now - last_ns > 100000000ull || u + 1 == total)) {
+            last_ns = now;
+            progress(u + 1, total, arg);
+        }
+    }
+    free(buf);
+    return st;
+}
+
 /* ---- entry -------------------------------------------------------------------------- */
 
 bool xm__resil_is(xm_region_h r)

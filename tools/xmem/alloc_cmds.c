@@ -153,6 +153,47 @@ int cmd_free(cli_t *cli)
     return 0;
 }
 
+static void scrub_progress(uint64_t done, uint64_t total, void *arg)
+{
+    (void)arg;
+    fprintf(stderr, "\rxmem scrub: %llu of %llu (%.0f %%)", (unsigned long long)done,
+            (unsigned long long)total, total ? 100.0 * (double)done / (double)total : 100.0);
+    if (done == total) fputc('\n', stderr);
+}
+
+int cmd_scrub(cli_t *cli)
+{
+    if (cli->argc < 1 || cli->argv[0][0] == '-') {
+        fprintf(stderr, "usage: xmem scrub ID|NAME\n"
+                        "  check a replicate or ec allocation whole and repair what disagrees\n");
+        return 2;
+    }
+    uint64_t id;
+    const char *name;
+    cli_ref(cli->argv[0], &id, &name);
+    if (cli_no_more(cli, 1) != 0) return 2;
+    xm_ctx_h ctx;
+    if (connect_manager(cli, &ctx) != 0) return 1;
+    xm_alloc_h a;
+    xm_status_t s = xm_attach(ctx, id, name, XM_ACCESS_READ_WRITE, &a);
+    if (s != XM_OK) return fail(ctx, "scrub", s);
+    xm_scrub_report_t rep;
+    s = xm_alloc_scrub(a, isatty(STDERR_FILENO) ? scrub_progress : NULL, NULL, &rep);
+    if (cli->json) {
+        printf("{\"units\":%llu,\"repaired\":%llu,\"skipped\":%llu,\"ok\":%s}\n",
+               (unsigned long long)rep.units, (unsigned long long)rep.repaired,
+               (unsigned long long)rep.skipped, s == XM_OK ? "true" : "false");
+    } else {
+        printf("checked %llu units: %llu repaired, %llu skipped (a piece unreachable)\n",
+               (unsigned long long)rep.units, (unsigned long long)rep.repaired,
+               (unsigned long long)rep.skipped);
+    }
+    xm_alloc_close(a);
+    if (s != XM_OK) return fail(ctx, "scrub", s);
+    xm_disconnect(ctx);
+    return 0;
+}
+
 /* ---- xmem up / down: a manager and N appliances in the background ---------- */
 
 static void run_dir(cli_t *cli, char *dir, size_t len)

@@ -39,6 +39,7 @@ int cmd_appliances(cli_t *cli);
 int cmd_alloc(cli_t *cli);
 int cmd_ls(cli_t *cli);
 int cmd_free(cli_t *cli);
+int cmd_scrub(cli_t *cli);
 int cmd_up(cli_t *cli);
 int cmd_down(cli_t *cli);
 

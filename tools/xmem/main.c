@@ -42,6 +42,7 @@ static const char usage_text[] =
     "                                        allocate (P: single, stripe:N[:CHUNK]); print the id\n"
     "  ls                                    allocations you own or were granted, with state\n"
     "  free ID|NAME                          free an allocation (owner only)\n"
+    "  scrub ID|NAME                         check a replicate/ec allocation whole, repair what disagrees\n"
     "  put / get ID|NAME ...                 as above, on an allocation\n"
     "  up [--appliances N] [--pool SIZE]     start a local manager and N appliances in the\n"
     "                                        background (state in $XMEM_RUN_DIR or /tmp/xmem-run-UID)\n"
@@ -299,6 +300,7 @@ int main(int argc, char **argv)
         {"secret", cmd_secret}, {"tenant", cmd_tenant}, {"region", cmd_region}, {"put", cmd_put},   {"get", cmd_get},
         {"stat", cmd_stat},     {"bench", cmd_bench},   {"config", cmd_config},
         {"appliances", cmd_appliances}, {"alloc", cmd_alloc}, {"ls", cmd_ls}, {"free", cmd_free},
+        {"scrub", cmd_scrub},
         {"up", cmd_up},         {"down", cmd_down},
         {"bench map", cmd_bench_map},
     };
