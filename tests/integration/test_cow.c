@@ -212,8 +212,12 @@ static void wr(xm_region_h *rp, uint8_t *model, uint64_t off, size_t len, uint64
 {
     xt_fill(model + off, len, seed);
     xm_status_t st = xm_write(*rp, off, model + off, len);
-    if (st != XM_OK && reopen(rp) == XM_OK) st = xm_write(*rp, off, model + off, len);
-    cr_assert_eq(st, XM_OK, "write %zu at %llu: %s", len, (unsigned long long)off,
+    if (st != XM_OK) {
+        xm_status_t ro = reopen(rp);
+        cr_assert_eq(ro, XM_OK, "reopen after %d: %s", st, xm_last_error(g_ctx));
+        st = xm_write(*rp, off, model + off, len);
+    }
+    cr_assert_eq(st, XM_OK, "write %zu at %llu: %d %s", len, (unsigned long long)off, st,
                  xm_last_error(g_ctx));
 }
 
