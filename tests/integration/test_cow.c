@@ -418,3 +418,38 @@ Test(cow, hugetlb_pool, .fini = teardown, .timeout = 120)
     free(mn);
     xm_disconnect(ctx);
 }
+
+Test(cow, cli_snapshot_clone_and_ls_shows_the_source, .fini = teardown, .timeout = 60)
+{
+    xt_start(&app, &(xt_opts_t){.pool = "64M"});
+    xm_ctx_h ctx = g_ctx = xt_connect(&app, NULL);
+    xm_region_h src;
+    cr_assert_eq(xm_region_create(ctx, 1u << 20, "src", &src), XM_OK);
+    char *out = NULL, *err = NULL;
+    size_t n;
+    cr_assert_eq(xt_cli(&app, NULL, 0, &out, &n, &err, "region", "snapshot", "src", "s1", NULL), 0,
+                 "%s", err);
+    cr_assert_eq(strtoull(out, NULL, 10), 2, "snapshot id: %s", out);
+    free(out);
+    free(err);
+    cr_assert_eq(xt_cli(&app, NULL, 0, &out, &n, &err, "region", "clone", "s1", "c1", NULL), 0,
+                 "%s", err);
+    free(out);
+    free(err);
+    cr_assert_eq(xt_cli(&app, NULL, 0, &out, &n, &err, "region", "ls", NULL), 0, "%s", err);
+    cr_assert(strstr(out, "snapshot of 1") != NULL, "region ls: %s", out);
+    cr_assert(strstr(out, "clone of 2") != NULL, "region ls: %s", out);
+    free(out);
+    free(err);
+    /* a clear error for a missing source, a taken name */
+    cr_assert_neq(xt_cli(&app, NULL, 0, &out, &n, &err, "region", "clone", "nosuch", NULL), 0);
+    cr_assert(strstr(err, "no such region") != NULL, "%s", err);
+    free(out);
+    free(err);
+    cr_assert_neq(xt_cli(&app, NULL, 0, &out, &n, &err, "region", "snapshot", "src", "c1", NULL), 0);
+    cr_assert(strstr(err, "exists") != NULL, "%s", err);
+    free(out);
+    free(err);
+    xm_region_close(src);
+    xm_disconnect(ctx);
+}

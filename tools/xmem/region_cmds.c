@@ -46,14 +46,23 @@ static void print_info(const xm_region_info_t *in, bool json, bool header)
         json_str(in->name);
         printf(",\"owner\":");
         json_str(in->owner);
-        printf(",\"extents\":%u,\"grants\":%u,\"resident\":%llu}", in->extents, in->grants,
+        printf(",\"extents\":%u,\"grants\":%u,\"resident\":%llu", in->extents, in->grants,
                (unsigned long long)in->resident);
+        /* a virtual copy: its source and kind */
+        if (in->copy_of != 0)
+            printf(",\"copy_of\":%llu,\"copy\":\"%s\"", (unsigned long long)in->copy_of,
+                   in->copy_kind == 1 ? "snapshot" : "clone");
+        putchar('}');
         return;
     }
-    if (header) printf("%-6s %-12s %-12s %-20s %-12s %s\n", "ID", "SIZE", "RESIDENT", "NAME", "OWNER", "EXTENTS");
-    printf("%-6llu %-12s %-12s %-20s %-12s %u\n", (unsigned long long)in->id,
+    if (header) printf("%-6s %-12s %-12s %-20s %-12s %-8s %s\n", "ID", "SIZE", "RESIDENT", "NAME", "OWNER", "EXTENTS", "SOURCE");
+    char src[48] = "-";
+    if (in->copy_of != 0)
+        snprintf(src, sizeof(src), "%s of %llu", in->copy_kind == 1 ? "snapshot" : "clone",
+                 (unsigned long long)in->copy_of);
+    printf("%-6llu %-12s %-12s %-20s %-12s %-8u %s\n", (unsigned long long)in->id,
            cli_size(in->size, a, sizeof(a)), cli_size(in->resident, b, sizeof(b)),
-           in->name[0] ? in->name : "-", in->owner, in->extents);
+           in->name[0] ? in->name : "-", in->owner, in->extents, src);
 }
 
 /* xmem region copy (docs/region-copy.md): progress on stderr when it is a terminal. */
@@ -149,6 +158,24 @@ int cmd_region(cli_t *cli)
     xm_status_t s;
     uint64_t id;
     const char *name;
+    if (strcmp(sub, "snapshot") == 0 || strcmp(sub, "clone") == 0) {
+        /* virtual copy (docs/virtual-copy.md): xmem region snapshot|clone SRC [NAME] */
+        bool snap = sub[0] == 's';
+        if (cli->argc < 1 || cli->argc > 2 || cli->argv[0][0] == '-') {
+            fprintf(stderr, "usage: xmem region %s ID|NAME [NEW-NAME]\n", sub);
+            return 2;
+        }
+        cli_ref(cli->argv[0], &id, &name);
+        const char *nn = cli->argc > 1 ? cli->argv[1] : NULL;
+        if (cli_connect(cli, &ctx) != 0) return 1;
+        xm_region_h r;
+        s = snap ? xm_region_snapshot(ctx, id, name, nn, &r) : xm_region_clone(ctx, id, name, nn, &r);
+        if (s != XM_OK) return fail_ctx(ctx, snap ? "region snapshot" : "region clone", s);
+        printf("%llu\n", (unsigned long long)xm_region_id(r));
+        xm_region_close(r);
+        xm_disconnect(ctx);
+        return 0;
+    }
     if (strcmp(sub, "create") == 0 && has_arg(cli, "--file")) {
         /* a file on the appliance's host exposed as a region (docs/file-regions.md) */
         const char *file = cli_take(cli, "--file");
