@@ -772,6 +772,9 @@ xm_status_t mgr_alloc_attach(mgr_t *m, const char *tenant, const Xmem__AllocRef 
     pthread_mutex_unlock(&m->lock);
     uint64_t *keys = calloc(n, sizeof(uint64_t));
     if (keys == NULL) status = XM_ERR_NO_MEMORY;
+    /* a resilient allocation is attached with up to `redundancy` parts unreachable: those get
+     * key 0 (the client finds them down and reads around them) */
+    uint32_t unreachable = 0;
     for (uint32_t i = 0; i < n && status == XM_OK; i++) {
         Xmem__RegionRef rr = XMEM__REGION_REF__INIT;
         rr.id = a->parts[i].region_id;
@@ -786,11 +789,18 @@ xm_status_t mgr_alloc_attach(mgr_t *m, const char *tenant, const Xmem__AllocRef 
             if (r->body_case == XMEM__MSG__BODY_REGION_DESC) keys[i] = r->region_desc->key;
             else status = XM_ERR_PROTOCOL;
             proto_msg_free(r);
+        } else if ((status == XM_ERR_CONNECT || status == XM_ERR_TIMEOUT ||
+                    status == XM_ERR_DISCONNECTED) && unreachable < a->policy.redundancy) {
+            xm_log_info("allocation %llu attached by %s without part %u: %s", (unsigned long long)id,
+                        tenant, i, why);
+            unreachable++;
+            keys[i] = 0;
+            status = XM_OK;
         }
     }
     bool record = false;
     pthread_mutex_lock(&m->lock);
-    if (status == XM_OK && owner_rw) {
+    if (status == XM_OK && owner_rw && unreachable == 0) {
         /* the owner's keys were refreshed: they are the allocation's keys from now on */
         for (uint32_t i = 0; i < n; i++) a->parts[i].key = keys[i];
         a->keys_stale = false;

@@ -535,3 +535,43 @@ Test(resilience, scrub_repairs_a_drifted_replica, .fini = teardown, .timeout = 1
     xm_alloc_close(a);
     xm_disconnect(ctx);
 }
+
+/* A resilient allocation is attached while an appliance of it is down: a grantee (and a
+ * read-only owner), whose keys the manager must ask each appliance for, gets the
+ * allocation and reads it whole, decoded around the lost part. (The manager refused such
+ * attaches with "cannot connect to appliance".) */
+Test(resilience, attach_while_an_appliance_is_down, .fini = teardown, .timeout = 180)
+{
+    xt_cluster_start(&cl, 3, "64M", "tcp", NULL);
+    xm_ctx_h ctx = connect_short();
+    const uint64_t size = 256u << 10;
+    xm_alloc_h a;
+    cr_assert_eq(xm_alloc(ctx, size, "ec:2+1:4K", "shared", &a), XM_OK, "%s", xm_last_error(ctx));
+    uint8_t *model = calloc(1, size);
+    write_shapes(ctx, a, model, size, 13);
+    cr_assert_eq(xm_alloc_grant(ctx, a->id, NULL, "bob", XM_ACCESS_READ), XM_OK, "%s", xm_last_error(ctx));
+    xm_alloc_close(a);
+    xt_kill9(&cl.app[1]);
+    char cred[PATH_MAX + 80];
+    xm_connect_opts_t o = {.size = sizeof(xm_connect_opts_t), .manager = cl.mgr.addr,
+                           .secret_file = xt_cred(cl.mgr.secret, "bob", cred, sizeof(cred)),
+                           .tenant = "bob", .timeout_ms = 3000};
+    xm_ctx_h bob = NULL;
+    cr_assert_eq(xm_connect(&o, &bob), XM_OK, "connect: %s", xm_last_error(NULL));
+    xm_alloc_h b;
+    cr_assert_eq(xm_attach(bob, 0, "alice/shared", XM_ACCESS_READ, &b), XM_OK,
+                 "a grantee could not attach with one of three appliances down: %s", xm_last_error(bob));
+    check_all(bob, b, model, size, "grantee, one appliance down");
+    xm_alloc_close(b);
+    xm_alloc_h ro;
+    cr_assert_eq(xm_attach(ctx, 0, "shared", XM_ACCESS_READ, &ro), XM_OK,
+                 "the owner could not attach read-only: %s", xm_last_error(ctx));
+    check_all(ctx, ro, model, size, "owner read-only, one appliance down");
+    xm_alloc_close(ro);
+    /* two down is more than ec:2+1 survives: a clear error, not a descriptor */
+    xt_kill9(&cl.app[2]);
+    cr_assert_neq(xm_attach(bob, 0, "alice/shared", XM_ACCESS_READ, &b), XM_OK);
+    xm_disconnect(bob);
+    xm_disconnect(ctx);
+    free(model);
+}
