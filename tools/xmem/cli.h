@@ -42,5 +42,7 @@ int cmd_free(cli_t *cli);
 int cmd_scrub(cli_t *cli);
 int cmd_up(cli_t *cli);
 int cmd_down(cli_t *cli);
+/* run_cmd.c: xmem run -- CMD (issue 14) */
+int cmd_run(cli_t *cli);
 
 #endif

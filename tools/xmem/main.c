@@ -37,6 +37,9 @@ static const char usage_text[] =
     "  bench [--sizes LIST] [--iters N]      latency and bandwidth vs raw TCP\n"
     "  bench map [--size 256M] [--fetch SIZE] mapped memory: fault latency, workloads vs local\n"
     "  config                                the client settings in force\n"
+    "  run [--heap SIZE] [--local SIZE] [--policy P] [--stats] -- CMD ARGS...\n"
+    "                                        run an unmodified program with its heap on\n"
+    "                                        external memory, at most --local of it local\n"
     "\n"
     "With a manager (--manager or XMEM_MANAGER):\n"
     "  appliances                            appliances: state, domain, capacity, use\n"
@@ -285,6 +288,9 @@ int main(int argc, char **argv)
             }
             if (slot != NULL) *slot = argv[++i];
             else cli.conn.timeout_ms = (uint32_t)strtoul(argv[++i], NULL, 10);
+        } else if (strcmp(a, "--") == 0) {
+            /* what follows is a program's command line (xmem run): no global options in it */
+            while (i < argc) rest[nrest++] = argv[i++];
         } else if (strcmp(a, "--json") == 0) {
             cli.json = true;
         } else if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
@@ -305,6 +311,7 @@ int main(int argc, char **argv)
         {"scrub", cmd_scrub},
         {"up", cmd_up},         {"down", cmd_down},
         {"bench map", cmd_bench_map},
+        {"run", cmd_run},
     };
     const char *cmd = rest[0];
     cli.argc = nrest - 1;

@@ -1,0 +1,468 @@
+/* libxmem-run.so: the LD_PRELOAD library behind `xmem run` (issue 14, first slice).
+ *
+ * It interposes the malloc family and lays the program's heap on an external
+ * mapping (xm_map of a region or allocation that `xmem run` made), with
+ * mimalloc managing that range as its only arena (mi_manage_os_memory_ex +
+ * mi_option_limit_os_alloc). Allocations are routed:
+ *
+ *   - program threads, heap ready           -> mimalloc, inside the mapping
+ *   - before the heap is ready              -> a static bootstrap arena
+ *   - the library's own threads (libxmem's fault handlers, libfabric's
+ *     progress threads: every thread created while a thread of ours runs
+ *     library code) and the constructor  -> glibc (never the mapping: a fault
+ *     handler that faulted on its own heap would wait for itself)
+ *   - heap full, or the child of a fork()  -> glibc
+ *
+ * free() and friends route by address: inside the mapping -> mimalloc, inside
+ * the bootstrap arena -> nothing, anything else -> glibc.
+ *
+ * The region belongs to `xmem run`, which frees it when the program has
+ * exited (killed or not); the library never tears the mapping down, because
+ * exit() still flushes stdio buffers that live in the heap after every
+ * destructor ran.
+ */
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <mimalloc.h>
+#include <xmem/xmem.h>
+
+#define RUN_API __attribute__((visibility("default")))
+#define TLS_IE __attribute__((tls_model("initial-exec")))
+#define LIKELY(x) __builtin_expect(!!(x), 1)
+
+/* mimalloc 2.0's segments are 32 MiB and found by masking a pointer: the arena
+ * must start on that alignment (xmem run maps this much more than --heap) */
+#define SEG_ALIGN (32ull << 20)
+
+enum { ST_BOOT, ST_HEAP, ST_LOCAL, ST_CHILD };
+
+/* g_state moves BOOT -> HEAP|LOCAL once (constructor), HEAP -> CHILD in a fork's
+ * child; g_lo/g_len are written before g_state is published (release) */
+static _Atomic int g_state = ST_BOOT;
+static uintptr_t g_lo, g_len;          /* the whole mapping */
+static __thread int t_internal TLS_IE;         /* this thread runs library code: glibc only */
+static pid_t g_owner;                  /* the process that mapped the heap */
+static _Atomic uint64_t g_refused;     /* requests the full heap refused (ENOMEM) */
+static bool g_stats;
+static uint64_t g_heap_bytes, g_local_bytes, g_region_id;
+static void *g_map;
+static int g_err_fd = -1;              /* stderr as it was at start (coreutils close fd 2 at exit) */
+
+/* glibc's own functions, taken from libc.so.6 itself (libmimalloc.so also
+ * exports malloc and __libc_malloc) */
+static void *(*lc_malloc)(size_t);
+static void (*lc_free)(void *);
+static void *(*lc_calloc)(size_t, size_t);
+static void *(*lc_realloc)(void *, size_t);
+static void *(*lc_memalign)(size_t, size_t);
+static size_t (*lc_usable)(void *);
+static int (*real_pthread_create)(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *);
+
+/* ---- bootstrap arena: serves until glibc's functions are known ---------- */
+
+#define BOOT_BYTES (8u << 20)
+static _Alignas(64) unsigned char boot_mem[BOOT_BYTES];
+static _Atomic size_t boot_top;
+
+static bool in_boot(const void *p)
+{
+    return (const unsigned char *)p >= boot_mem && (const unsigned char *)p < boot_mem + BOOT_BYTES;
+}
+
+/* bump allocation with the size in the 16 bytes before the block; never freed */
+static void *boot_alloc(size_t n, size_t align)
+{
+    if (align < 16) align = 16;
+    size_t top = atomic_load(&boot_top), start, end;
+    do {
+        start = ((top + 16 + align - 1) & ~(align - 1));
+        end = start + n;
+        if (end < start || end > BOOT_BYTES) {
+            errno = ENOMEM;
+            return NULL;
+        }
+    } while (!atomic_compare_exchange_weak(&boot_top, &top, end));
+    *(size_t *)(boot_mem + start - 16) = n;
+    return boot_mem + start;
+}
+
+static size_t boot_size(const void *p) { return *(const size_t *)((const unsigned char *)p - 16); }
+
+static bool resolving;
+
+/* glibc's malloc family; while dlopen/dlsym allocate, the bootstrap arena serves */
+static bool resolve_libc(void)
+{
+    if (lc_malloc != NULL) return true;
+    if (resolving) return false;
+    resolving = true;
+    void *h = dlopen("libc.so.6", RTLD_NOLOAD | RTLD_LAZY);
+    if (h != NULL) {
+        lc_free = (void (*)(void *))dlsym(h, "free");
+        lc_calloc = (void *(*)(size_t, size_t))dlsym(h, "calloc");
+        lc_realloc = (void *(*)(void *, size_t))dlsym(h, "realloc");
+        lc_memalign = (void *(*)(size_t, size_t))dlsym(h, "memalign");
+        lc_usable = (size_t(*)(void *))dlsym(h, "malloc_usable_size");
+        real_pthread_create = (int (*)(pthread_t *, const pthread_attr_t *, void *(*)(void *),
+                                       void *))dlsym(h, "pthread_create");
+        void *m = dlsym(h, "malloc");
+        if (m && lc_free && lc_calloc && lc_realloc && lc_memalign && lc_usable && real_pthread_create)
+            __atomic_store_n(&lc_malloc, (void *(*)(size_t))m, __ATOMIC_RELEASE);
+    }
+    resolving = false;
+    return lc_malloc != NULL;
+}
+
+static bool in_heap(const void *p) { return (uintptr_t)p - g_lo < g_len; }
+
+static bool use_heap(void) { return LIKELY(atomic_load_explicit(&g_state, memory_order_acquire) == ST_HEAP) && !t_internal; }
+
+/* The heap is full: the request fails (ENOMEM), as malloc does when memory runs
+ * out; a program that asks for a large buffer and halves it on failure (sort)
+ * then fits. Falling back to local memory would break the --local bound. */
+static void *heap_full(void)
+{
+    atomic_fetch_add_explicit(&g_refused, 1, memory_order_relaxed);
+    errno = ENOMEM;
+    return NULL;
+}
+
+/* every request that is not the heap's */
+static void *local_alloc(size_t n, size_t align, bool zero)
+{
+    if (!resolve_libc()) {
+        void *p = boot_alloc(n, align);
+        if (p != NULL && zero) memset(p, 0, n);  /* reused? never: the arena only grows */
+        return p;
+    }
+    if (align > 16) return lc_memalign(align, n);
+    return zero ? lc_calloc(1, n) : lc_malloc(n);
+}
+
+/* ---- the malloc family -------------------------------------------------- */
+
+RUN_API void *malloc(size_t n)
+{
+    if (use_heap()) {
+        void *p = mi_malloc(n);
+        return LIKELY(p != NULL) ? p : heap_full();
+    }
+    return local_alloc(n, 0, false);
+}
+
+RUN_API void free(void *p)
+{
+    if (in_heap(p)) {
+        /* a fork's child has no heap (the mapping is not inherited): its objects are gone */
+        if (atomic_load_explicit(&g_state, memory_order_relaxed) != ST_CHILD) mi_free(p);
+        return;
+    }
+    if (p == NULL || in_boot(p)) return;
+    if (resolve_libc()) lc_free(p);
+}
+
+RUN_API void *calloc(size_t n, size_t size)
+{
+    size_t bytes;
+    if (__builtin_mul_overflow(n, size, &bytes)) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    if (use_heap()) {
+        void *p = mi_calloc(n, size);
+        return LIKELY(p != NULL) ? p : heap_full();
+    }
+    return local_alloc(bytes, 0, true);
+}
+
+RUN_API size_t malloc_usable_size(void *p)
+{
+    if (p == NULL) return 0;
+    if (in_heap(p)) return mi_usable_size(p);
+    if (in_boot(p)) return boot_size(p);
+    return resolve_libc() ? lc_usable(p) : 0;
+}
+
+RUN_API void *realloc(void *p, size_t n)
+{
+    if (p == NULL) return malloc(n);
+    if (n == 0) {
+        free(p);
+        return NULL;
+    }
+    if (in_heap(p) && use_heap()) {
+        void *q = mi_realloc(p, n);
+        return q != NULL ? q : heap_full();
+    }
+    if (!in_heap(p) && !in_boot(p) && resolve_libc()) return lc_realloc(p, n); /* stays glibc's */
+    /* a bootstrap block, or a heap block in a fork's child or in a thread of ours: move it */
+    size_t old = malloc_usable_size(p);
+    void *q = malloc(n);
+    if (q == NULL) return NULL;
+    memcpy(q, p, old < n ? old : n);
+    free(p);
+    return q;
+}
+
+static void *aligned(size_t align, size_t n)
+{
+    if (use_heap()) {
+        void *p = mi_malloc_aligned(n, align);
+        return LIKELY(p != NULL) ? p : heap_full();
+    }
+    return local_alloc(n, align, false);
+}
+
+RUN_API int posix_memalign(void **p_out, size_t align, size_t n)
+{
+    if (align < sizeof(void *) || (align & (align - 1)) != 0) return EINVAL;
+    void *p = aligned(align, n);
+    if (p == NULL) return ENOMEM;
+    *p_out = p;
+    return 0;
+}
+
+RUN_API void *aligned_alloc(size_t align, size_t n)
+{
+    if (align == 0 || (align & (align - 1)) != 0) {
+        errno = EINVAL;
+        return NULL;
+    }
+    return aligned(align, n);
+}
+
+RUN_API void *memalign(size_t align, size_t n)
+{
+    if (align == 0 || (align & (align - 1)) != 0) {
+        errno = EINVAL;
+        return NULL;
+    }
+    return aligned(align, n);
+}
+
+RUN_API void *valloc(size_t n) { return aligned((size_t)sysconf(_SC_PAGESIZE), n); }
+
+RUN_API void *pvalloc(size_t n)
+{
+    size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+    return aligned(pg, (n + pg - 1) & ~(pg - 1));
+}
+
+/* ---- threads: those created while library code runs are the library's -- */
+
+struct tramp {
+    void *(*fn)(void *);
+    void *arg;
+};
+
+static void *internal_start(void *p)
+{
+    struct tramp t = *(struct tramp *)p;
+    t_internal = 1;
+    lc_free(p);
+    return t.fn(t.arg);
+}
+
+RUN_API int pthread_create(pthread_t *th, const pthread_attr_t *attr, void *(*fn)(void *), void *arg)
+{
+    if (!resolve_libc()) return EAGAIN;
+    if (!t_internal) return real_pthread_create(th, attr, fn, arg);
+    struct tramp *t = lc_malloc(sizeof(*t));
+    if (t == NULL) return EAGAIN;
+    t->fn = fn;
+    t->arg = arg;
+    int rc = real_pthread_create(th, attr, internal_start, t);
+    if (rc != 0) lc_free(t);
+    return rc;
+}
+
+/* ---- set-up, fork, exit ------------------------------------------------- */
+
+/* The child of a fork() has no heap: xm_map's mapping is MADV_DONTFORK (a shared
+ * heap would let parent and child overwrite each other's objects). New
+ * allocations come from glibc; the parent's range is reserved inaccessible, so
+ * a touch of an object allocated before the fork is SIGSEGV at once, never a
+ * silent read of whatever a later mmap put there. fork()+exec() (and
+ * posix_spawn, vfork) work. */
+static void atfork_child(void)
+{
+    atomic_store(&g_state, ST_CHILD);
+    mmap((void *)g_lo, g_len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE,
+         -1, 0);
+}
+
+static uint64_t env_u64(const char *name)
+{
+    const char *v = getenv(name);
+    return v != NULL ? strtoull(v, NULL, 10) : 0;
+}
+
+/* Remove our entry from LD_PRELOAD and the XMEM_RUN_* variables: a program this
+ * one execs runs on plain memory (two processes must never share one heap). */
+static void scrub_env(void)
+{
+    const char *pre = getenv("LD_PRELOAD");
+    if (pre != NULL) {
+        char buf[4096] = "";
+        const char *s = pre;
+        while (*s != '\0') {
+            size_t len = strcspn(s, ": ");
+            bool ours = len >= 16 && memmem(s, len, "libxmem-run.so", 14) != NULL;
+            if (!ours && len > 0 && strlen(buf) + len + 2 < sizeof(buf)) {
+                if (buf[0] != '\0') strcat(buf, ":");
+                strncat(buf, s, len);
+            }
+            s += len;
+            while (*s == ':' || *s == ' ') s++;
+        }
+        if (buf[0] == '\0') unsetenv("LD_PRELOAD");
+        else setenv("LD_PRELOAD", buf, 1);
+    }
+    unsetenv("XMEM_RUN_REGION");
+    unsetenv("XMEM_RUN_HEAP");
+    unsetenv("XMEM_RUN_LOCAL");
+    unsetenv("XMEM_RUN_STATS");
+}
+
+static void fail(xm_ctx_h ctx, const char *what, xm_status_t st)
+{
+    fprintf(stderr, "xmem run: %s: %s%s%s; the program runs on local memory\n", what, xm_status_str(st),
+            ctx != NULL ? ": " : "", ctx != NULL ? xm_last_error(ctx) : "");
+}
+
+__attribute__((constructor)) static void run_init(void)
+{
+    t_internal = 1;
+    if (!resolve_libc()) {
+        fprintf(stderr, "xmem run: glibc's malloc not found; the program runs on bootstrap memory\n");
+        atomic_store(&g_state, ST_LOCAL);
+        return;
+    }
+    g_region_id = env_u64("XMEM_RUN_REGION");
+    g_heap_bytes = env_u64("XMEM_RUN_HEAP");
+    g_local_bytes = env_u64("XMEM_RUN_LOCAL");
+    g_stats = env_u64("XMEM_RUN_STATS") != 0;
+    if (g_stats) g_err_fd = fcntl(2, F_DUPFD_CLOEXEC, 100);
+    bool manager = getenv("XMEM_MANAGER") != NULL && getenv("XMEM_MANAGER")[0] != '\0';
+    scrub_env();
+    if (g_region_id == 0 || g_heap_bytes < SEG_ALIGN * 2) {
+        if (g_region_id == 0) fprintf(stderr, "xmem run: XMEM_RUN_REGION not set (start programs with `xmem run`); "
+                                              "the program runs on local memory\n");
+        else fprintf(stderr, "xmem run: heap too small (XMEM_RUN_HEAP)\n");
+        atomic_store(&g_state, ST_LOCAL);
+        t_internal = 0;
+        return;
+    }
+    xm_ctx_h ctx = NULL;
+    xm_region_h r = NULL;
+    xm_status_t st = xm_connect(NULL, &ctx);
+    if (st != XM_OK) {
+        fprintf(stderr, "xmem run: connect: %s: %s; the program runs on local memory\n", xm_status_str(st),
+                xm_last_error(NULL));
+        goto local;
+    }
+    st = manager ? xm_attach(ctx, g_region_id, NULL, XM_ACCESS_READ_WRITE, &r)
+                 : xm_region_open(ctx, g_region_id, NULL, XM_ACCESS_READ_WRITE, &r);
+    if (st != XM_OK) {
+        fail(ctx, "opening the heap's region", st);
+        goto local_ctx;
+    }
+    if (g_heap_bytes > xm_region_size(r)) g_heap_bytes = xm_region_size(r);
+    xm_map_opts_t mo = XM_MAP_OPTS_INIT;
+    mo.cache_bytes = g_local_bytes;
+    st = xm_map(ctx, r, 0, g_heap_bytes, &mo, &g_map);
+    if (manager) xm_alloc_close(r);
+    else xm_region_close(r);
+    if (st != XM_OK) {
+        fail(ctx, "mapping the heap", st);
+        goto local_ctx;
+    }
+    /* the mapping keeps its own data path: the context is not needed any more */
+    xm_disconnect(ctx);
+    uintptr_t lo = ((uintptr_t)g_map + SEG_ALIGN - 1) & ~(uintptr_t)(SEG_ALIGN - 1);
+    uintptr_t hi = ((uintptr_t)g_map + g_heap_bytes) & ~(uintptr_t)(SEG_ALIGN - 1);
+    /* never return memory to the "OS": decommit/reset would be madvise or mmap
+     * over a range the mapping engine owns (its cache evicts instead) */
+    mi_option_set(mi_option_limit_os_alloc, 1);
+    mi_option_set(mi_option_allow_decommit, 0);
+    mi_option_set(mi_option_page_reset, 0);
+    mi_option_set(mi_option_abandoned_page_decommit, 0);
+    mi_arena_id_t arena;
+    /* committed and "large" (pinned): mimalloc neither commits nor decommits it;
+     * not zero: a region's bytes are whatever the appliance holds */
+    if (hi <= lo || !mi_manage_os_memory_ex((void *)lo, hi - lo, true, true, false, -1, false, &arena)) {
+        fprintf(stderr, "xmem run: mimalloc refused the heap range; the program runs on local memory\n");
+        xm_unmap_discard(g_map);
+        g_map = NULL;
+        atomic_store(&g_state, ST_LOCAL);
+        t_internal = 0;
+        return;
+    }
+    g_lo = (uintptr_t)g_map;
+    g_len = g_heap_bytes;
+    g_owner = getpid();
+    pthread_atfork(NULL, NULL, atfork_child);
+    atomic_store_explicit(&g_state, ST_HEAP, memory_order_release);
+    t_internal = 0;
+    return;
+
+local_ctx:
+    xm_disconnect(ctx);
+local:
+    atomic_store(&g_state, ST_LOCAL);
+    t_internal = 0;
+}
+
+static const char *human(uint64_t b, char *buf, size_t len)
+{
+    static const char *const u[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+    double v = (double)b;
+    int i = 0;
+    while (v >= 1024 && i < 4) v /= 1024, i++;
+    snprintf(buf, len, i == 0 ? "%.0f %s" : "%.1f %s", v, u[i]);
+    return buf;
+}
+
+static uint64_t status_kib(const char *field)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    if (f == NULL) return 0;
+    char line[256];
+    uint64_t v = 0;
+    size_t fl = strlen(field);
+    while (fgets(line, sizeof(line), f) != NULL)
+        if (strncmp(line, field, fl) == 0 && line[fl] == ':') v = strtoull(line + fl + 1, NULL, 10);
+    fclose(f);
+    return v;
+}
+
+/* --stats: where the bytes went, on stderr. The mapping stays (see the top). */
+__attribute__((destructor)) static void run_fini(void)
+{
+    if (!g_stats || g_err_fd < 0 || g_map == NULL || getpid() != g_owner) return;
+    t_internal = 1;
+    xm_map_stats_t s = XM_MAP_STATS_INIT;
+    char a[32], b[32], c[32], d[32], e[32], f[32], g[32];
+    if (xm_map_stat(g_map, &s) != XM_OK) return;
+    dprintf(g_err_fd,
+            "xmem run: heap %s on region %llu, local cache %s (fetch unit %s)\n"
+            "xmem run: peak RSS %s (the process, heap cache included), heap resident at exit %s\n"
+            "xmem run: faults %llu, fetched %s, evictions %llu, written back %s (%llu failed), "
+            "requests refused with ENOMEM (heap full) %llu\n",
+            human(g_heap_bytes, a, sizeof(a)), (unsigned long long)g_region_id, human(s.budget_bytes, b, sizeof(b)),
+            human(s.fetch_size, c, sizeof(c)), human(status_kib("VmHWM") << 10, d, sizeof(d)),
+            human(s.resident_bytes, e, sizeof(e)), (unsigned long long)s.faults, human(s.fetched_bytes, f, sizeof(f)),
+            (unsigned long long)s.evictions, human(s.writeback_pages << 12, g, sizeof(g)),
+            (unsigned long long)s.writeback_errors, (unsigned long long)atomic_load(&g_refused));
+}

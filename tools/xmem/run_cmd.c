@@ -1,0 +1,167 @@
+/* xmem run [--heap SIZE] [--local SIZE] [--policy P] [--stats] -- CMD ARGS...
+ *
+ * Makes a region (or, with a manager, an allocation) for the program's heap,
+ * runs CMD with libxmem-run.so preloaded (src/run/run.c), waits for it and
+ * frees the region - also when CMD was killed. Exit status: CMD's, or 128+N
+ * when signal N ended it. */
+#include <errno.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "cli.h"
+
+#ifndef XMEM_BIN_TO_LIB
+#define XMEM_BIN_TO_LIB "../lib"
+#endif
+
+/* 32 MiB more than the heap: the allocator's arena must start on a 32 MiB boundary */
+#define RUN_SLACK (32ull << 20)
+
+static pid_t child_pid;
+
+static void forward(int sig)
+{
+    if (child_pid > 0) kill(child_pid, sig);
+}
+
+/* libxmem-run.so: $XMEM_RUN_LIB, else beside this xmem (installed: $ORIGIN/<bin-to-lib>, build tree: ../lib) */
+static int find_lib(char *out, size_t len)
+{
+    const char *env = getenv("XMEM_RUN_LIB");
+    if (env != NULL && *env != '\0') {
+        snprintf(out, len, "%s", env);
+        return access(out, R_OK) == 0 ? 0 : -1;
+    }
+    char exe[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+    if (n <= 0) return -1;
+    exe[n] = '\0';
+    char *slash = strrchr(exe, '/');
+    if (slash == NULL) return -1;
+    *slash = '\0';
+    const char *rel[] = {XMEM_BIN_TO_LIB, "../lib"};
+    for (size_t i = 0; i < 2; i++) {
+        char dir[PATH_MAX];
+        snprintf(dir, sizeof(dir), "%s/%s", exe, rel[i]);
+        char *real = realpath(dir, NULL);
+        if (real == NULL) continue;
+        snprintf(out, len, "%s/libxmem-run.so", real);
+        free(real);
+        if (access(out, R_OK) == 0) return 0;
+    }
+    return -1;
+}
+
+int cmd_run(cli_t *cli)
+{
+    /* options before "--", the program after it */
+    int dash = -1;
+    for (int i = 0; i < cli->argc && dash < 0; i++)
+        if (strcmp(cli->argv[i], "--") == 0) dash = i;
+    if (dash < 0 || dash + 1 >= cli->argc) {
+        fprintf(stderr, "xmem run: usage: xmem run [--heap SIZE] [--local SIZE] [--policy P] [--stats] -- CMD ARGS...\n");
+        return 2;
+    }
+    char **prog = &cli->argv[dash + 1];
+    int all = cli->argc;
+    cli->argc = dash;
+    const char *heap_s = cli_take(cli, "--heap"), *local_s = cli_take(cli, "--local");
+    const char *policy = cli_take(cli, "--policy");
+    bool stats = cli_take_flag(cli, "--stats");
+    if (cli->argc != 0) {
+        fprintf(stderr, "xmem run: unexpected argument '%s' before --\n", cli->argv[0]);
+        return 2;
+    }
+    (void)all;
+    uint64_t heap = 1ull << 30, local = 0;
+    if (heap_s != NULL && (xm_parse_size(heap_s, &heap) != XM_OK || heap < (64ull << 20)))
+        return cli_fail("run", "--heap %s: a size of at least 64M", heap_s);
+    if (local_s != NULL && (xm_parse_size(local_s, &local) != XM_OK || local == 0))
+        return cli_fail("run", "--local %s: a size", local_s);
+    bool manager = cli->conn.manager != NULL || (cli->conn.appliance == NULL && getenv("XMEM_MANAGER") != NULL &&
+                                                 getenv("XMEM_MANAGER")[0] != '\0');
+    if (policy != NULL && !manager)
+        return cli_fail("run", "--policy needs a manager (--manager or XMEM_MANAGER)");
+    char lib[PATH_MAX];
+    if (find_lib(lib, sizeof(lib)) != 0)
+        return cli_fail("run", "libxmem-run.so not found beside xmem (set XMEM_RUN_LIB)");
+
+    xm_ctx_h ctx;
+    if (cli_connect(cli, &ctx) != 0) return 1;
+    xm_region_h r;
+    uint64_t bytes = heap + RUN_SLACK;
+    xm_status_t st = manager ? xm_alloc(ctx, bytes, policy, NULL, &r) : xm_region_create(ctx, bytes, NULL, &r);
+    if (st != XM_OK) {
+        int rc = cli_fail("run", "allocating the %llu-byte heap: %s: %s", (unsigned long long)bytes,
+                          xm_status_str(st), xm_last_error(ctx));
+        xm_disconnect(ctx);
+        return rc;
+    }
+    uint64_t id = xm_region_id(r);
+    if (manager) xm_alloc_close(r);
+    else xm_region_close(r);
+    /* the program's connection is its own; ours would sit idle until it exits */
+    xm_disconnect(ctx);
+
+    char v[64];
+    const char *old = getenv("LD_PRELOAD");
+    char *pre = malloc(strlen(lib) + (old != NULL ? strlen(old) : 0) + 2);
+    sprintf(pre, "%s%s%s", lib, old != NULL && *old != '\0' ? ":" : "", old != NULL ? old : "");
+    setenv("LD_PRELOAD", pre, 1);
+    free(pre);
+    snprintf(v, sizeof(v), "%llu", (unsigned long long)id);
+    setenv("XMEM_RUN_REGION", v, 1);
+    snprintf(v, sizeof(v), "%llu", (unsigned long long)bytes);
+    setenv("XMEM_RUN_HEAP", v, 1);
+    snprintf(v, sizeof(v), "%llu", (unsigned long long)local);
+    setenv("XMEM_RUN_LOCAL", v, 1);
+    if (stats) setenv("XMEM_RUN_STATS", "1", 1);
+    /* what the global options chose, for the library's xm_connect */
+    if (cli->conn.appliance != NULL) setenv("XMEM_APPLIANCE", cli->conn.appliance, 1);
+    if (cli->conn.manager != NULL) setenv("XMEM_MANAGER", cli->conn.manager, 1);
+    if (cli->conn.appliance != NULL && cli->conn.manager == NULL) unsetenv("XMEM_MANAGER");
+    if (cli->conn.secret_file != NULL) setenv("XMEM_SECRET_FILE", cli->conn.secret_file, 1);
+    if (cli->conn.tenant != NULL) setenv("XMEM_TENANT", cli->conn.tenant, 1);
+    if (cli->conn.provider != NULL) setenv("XMEM_PROVIDER", cli->conn.provider, 1);
+    if (cli->conn.timeout_ms != 0) {
+        snprintf(v, sizeof(v), "%u", cli->conn.timeout_ms);
+        setenv("XMEM_TIMEOUT_MS", v, 1);
+    }
+
+    int status = 0, rc;
+    child_pid = fork();
+    if (child_pid == 0) {
+        execvp(prog[0], prog);
+        fprintf(stderr, "xmem run: %s: %s\n", prog[0], strerror(errno));
+        _exit(127);
+    }
+    if (child_pid < 0) {
+        rc = cli_fail("run", "fork: %s", strerror(errno));
+    } else {
+        /* a terminal's ^C reaches the program itself; kill/timeout reach us: pass them on */
+        struct sigaction sa = {.sa_handler = forward};
+        sigaction(SIGTERM, &sa, NULL);
+        sigaction(SIGHUP, &sa, NULL);
+        sigaction(SIGINT, &sa, NULL);
+        sigaction(SIGQUIT, &sa, NULL);
+        while (waitpid(child_pid, &status, 0) < 0 && errno == EINTR) {}
+        rc = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    }
+    /* the heap goes with the program, however it ended */
+    if (xm_connect(&cli->conn, &ctx) == XM_OK) {
+        st = manager ? xm_free(ctx, id, NULL) : xm_region_destroy(ctx, id, NULL);
+        if (st != XM_OK)
+            fprintf(stderr, "xmem run: freeing the heap (%s %llu): %s: %s\n", manager ? "allocation" : "region",
+                    (unsigned long long)id, xm_status_str(st), xm_last_error(ctx));
+        xm_disconnect(ctx);
+    } else {
+        fprintf(stderr, "xmem run: freeing the heap (%s %llu): connect: %s\n", manager ? "allocation" : "region",
+                (unsigned long long)id, xm_last_error(NULL));
+    }
+    return rc;
+}
