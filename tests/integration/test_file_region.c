@@ -471,3 +471,73 @@ Test(file, a_file_that_shrinks_does_not_crash_the_appliance, .fini = teardown, .
     cr_assert_eq(xm_region_destroy(ctx, 0, "shrink"), XM_OK);
     xm_disconnect(ctx);
 }
+
+Test(file, file_pool_restart_restores_pool_and_file_regions, .fini = teardown, .timeout = 120)
+{
+    /* a file pool keeps its regions in POOL.meta, file regions in POOL.files: both return */
+    snprintf(dir, sizeof(dir), "/tmp/xmem-test-XXXXXX");
+    cr_assert(mkdtemp(dir) != NULL);
+    snprintf(files, sizeof(files), "%s/files", dir);
+    cr_assert(mkdir(files, 0700) == 0);
+    char pool[400], path[400];
+    snprintf(pool, sizeof(pool), "file:%s/pool", dir);
+    snprintf(path, sizeof(path), "%s/f.bin", files);
+    uint8_t *data = make_file(path, 70000, 23, 0600);
+    xt_start(&app, &(xt_opts_t){.dir = dir, .pool = "64M", .backing = pool,
+                                .extra = {"--file-dir", files}});
+    xm_ctx_h ctx = xt_connect(&app, NULL);
+    xm_region_h r, f;
+    cr_assert_eq(xm_region_create(ctx, 4u << 20, "p", &r), XM_OK, "%s", xm_last_error(ctx));
+    cr_assert_eq(xm_write(r, 1000, "pool", 4), XM_OK);
+    cr_assert_eq(xm_region_sync(r, 0, 0), XM_OK, "a file pool's region syncs: %s",
+                 xm_last_error(ctx));
+    cr_assert_eq(xm_region_create_file(ctx, path, XM_REGION_FILE_READ_ONLY, "f", &f), XM_OK,
+                 "%s", xm_last_error(ctx));
+    uint64_t pid = xm_region_id(r), fid = xm_region_id(f);
+    cr_assert_neq(pid, fid);
+    xm_region_close(r);
+    xm_region_close(f);
+    xm_disconnect(ctx);
+    char addr[64], secret[PATH_MAX];
+    snprintf(addr, sizeof(addr), "%s", app.addr);
+    snprintf(secret, sizeof(secret), "%s", app.secret);
+    cr_assert_eq(xt_stop(&app), 0);
+    xt_start(&app, &(xt_opts_t){.dir = dir, .secret = secret, .listen = addr, .pool = "64M",
+                                .backing = pool, .extra = {"--file-dir", files}});
+    ctx = xt_connect(&app, NULL);
+    cr_assert_eq(xm_region_open(ctx, 0, "p", XM_ACCESS_READ, &r), XM_OK, "%s", xm_last_error(ctx));
+    cr_assert_eq(xm_region_open(ctx, 0, "f", XM_ACCESS_READ, &f), XM_OK, "%s", xm_last_error(ctx));
+    cr_assert_eq(xm_region_id(r), pid);
+    cr_assert_eq(xm_region_id(f), fid);
+    char got[4];
+    cr_assert_eq(xm_read(r, 1000, got, 4), XM_OK);
+    cr_assert(memcmp(got, "pool", 4) == 0);
+    uint8_t *fg = malloc(70000);
+    cr_assert_eq(xm_read(f, 0, fg, 70000), XM_OK);
+    cr_assert(memcmp(fg, data, 70000) == 0);
+    /* still read-only after the restart */
+    xm_region_h w;
+    cr_assert_eq(xm_region_open(ctx, 0, "f", XM_ACCESS_READ_WRITE, &w), XM_ERR_PERM);
+    /* a new region takes an id neither of them has */
+    xm_region_h n;
+    cr_assert_eq(xm_region_create(ctx, 4096, "n", &n), XM_OK, "%s", xm_last_error(ctx));
+    cr_assert(xm_region_id(n) != pid && xm_region_id(n) != fid);
+    xm_region_close(n);
+    xm_region_close(r);
+    xm_region_close(f);
+    xm_disconnect(ctx);
+    free(data);
+    free(fg);
+}
+
+Test(file, memfd_region_sync_is_refused_with_the_reason, .fini = teardown, .timeout = 60)
+{
+    start("tcp", NULL, NULL);
+    xm_ctx_h ctx = xt_connect(&app, NULL);
+    xm_region_h r;
+    cr_assert_eq(xm_region_create(ctx, 4096, "mem", &r), XM_OK);
+    cr_assert_eq(xm_region_sync(r, 0, 0), XM_ERR_INVALID);
+    cr_assert_not_null(strstr(xm_last_error(ctx), "no file"), "%s", xm_last_error(ctx));
+    xm_region_close(r);
+    xm_disconnect(ctx);
+}
