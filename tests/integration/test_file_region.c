@@ -541,3 +541,40 @@ Test(file, memfd_region_sync_is_refused_with_the_reason, .fini = teardown, .time
     xm_region_close(r);
     xm_disconnect(ctx);
 }
+
+Test(file, cli_create_file_get_sync_and_refusal, .fini = teardown, .timeout = 60)
+{
+    start("tcp", NULL, NULL);
+    char path[400], missing[400];
+    snprintf(path, sizeof(path), "%s/cli.bin", files);
+    snprintf(missing, sizeof(missing), "%s/nope.bin", files);
+    uint8_t *data = make_file(path, 5000, 29, 0600);
+    char *out = NULL, *err = NULL;
+    size_t olen = 0;
+    int rc = xt_cli(&app, NULL, 0, &out, NULL, &err, "region", "create", "--file", path,
+                    "--read-only", "clif", NULL);
+    cr_assert_eq(rc, 0, "xmem region create --file: %s", err);
+    cr_assert(out[0] >= '1' && out[0] <= '9', "no region id printed: '%s'", out);
+    free(out);
+    free(err);
+    rc = xt_cli(&app, NULL, 0, &out, &olen, &err, "get", "clif", NULL);
+    cr_assert_eq(rc, 0, "xmem get: %s", err);
+    cr_assert_eq(olen, 5000);
+    cr_assert(memcmp(out, data, 5000) == 0, "xmem get does not read the file");
+    free(out);
+    free(err);
+    rc = xt_cli(&app, "x", 1, &out, NULL, &err, "put", "clif", NULL);
+    cr_assert_neq(rc, 0, "xmem put wrote a read-only file region");
+    free(out);
+    free(err);
+    rc = xt_cli(&app, NULL, 0, &out, NULL, &err, "region", "sync", "clif", "--length", "4K", NULL);
+    cr_assert_eq(rc, 0, "xmem region sync: %s", err);
+    free(out);
+    free(err);
+    rc = xt_cli(&app, NULL, 0, &out, NULL, &err, "region", "create", "--file", missing, NULL);
+    cr_assert_eq(rc, 1, "a missing file: exit %d", rc);
+    cr_assert_not_null(strstr(err, "no such file"), "stderr: %s", err);
+    free(out);
+    free(err);
+    free(data);
+}
