@@ -208,6 +208,8 @@ void appl__region_release(appl_regions_t *t, appl_region_t *r, bool give_back);
 /* file_region.c's side: persist the file regions; release a region's file (window gone) */
 xm_status_t appl__files_save(appl_regions_t *t);
 void appl__file_release(appl_regions_t *t, appl_region_t *r);
+/* a file region whose file shrank or failed a read while mapped (SIGBUS caught) */
+bool appl__file_broken(const appl_region_t *r);
 void appl__files_cleanup(appl_regions_t *t);
 
 /* ---- cow.c: virtual copy (snapshot, clone), copy-on-write by userfaultfd ---- */

@@ -48,6 +48,7 @@ struct appl_files {
 static struct {
     _Atomic uintptr_t start;
     _Atomic size_t len;
+    atomic_int fd;          /* the file, to tell a shrunk file from a failed read */
     atomic_int hit;
 } bus[BUS_SLOTS];
 static atomic_int bus_installed;
@@ -62,12 +63,20 @@ static void bus_handler(int sig, siginfo_t *si, void *uctx)
         size_t len = atomic_load(&bus[i].len);
         if (start == 0 || addr < start || addr >= start + len) continue;
         uintptr_t page = addr & ~(bus_page - 1);
-        if (mmap((void *)page, start + len - page, PROT_READ | PROT_WRITE,
+        /* past the file's end: scratch from here to the window's end (every later page
+         * would fault too); inside it (a read error of the disk): this page only, so the
+         * file's healthy pages stay mapped. fstat is async-signal-safe. */
+        struct stat st;
+        size_t span = bus_page;
+        if (fstat(atomic_load(&bus[i].fd), &st) == 0 && (uintptr_t)st.st_size <= page - start)
+            span = start + len - page;
+        if (mmap((void *)page, span, PROT_READ | PROT_WRITE,
                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0) == MAP_FAILED)
             break;
         atomic_store(&bus[i].hit, 1);
-        static const char msg[] = "xmemd: a file region's file shrank while exposed: accesses "
-                                  "past its end go to scratch memory; destroy the region\n";
+        static const char msg[] = "xmemd: a file region's file shrank or could not be read "
+                                  "while exposed: accesses there go to scratch memory; destroy "
+                                  "the region\n";
         if (write(STDERR_FILENO, msg, sizeof(msg) - 1) < 0) { /* nothing more to do */ }
         return;
     }
@@ -76,7 +85,7 @@ static void bus_handler(int sig, siginfo_t *si, void *uctx)
     raise(sig);
 }
 
-static int bus_add(void *window, size_t len)
+static int bus_add(void *window, size_t len, int fd)
 {
     if (!atomic_exchange(&bus_installed, 1)) {
         bus_page = (uintptr_t)sysconf(_SC_PAGESIZE);
@@ -90,6 +99,7 @@ static int bus_add(void *window, size_t len)
     for (int i = 0; i < BUS_SLOTS; i++) {
         if (atomic_load(&bus[i].start) != 0) continue;
         atomic_store(&bus[i].hit, 0);
+        atomic_store(&bus[i].fd, fd);
         atomic_store(&bus[i].len, len);
         atomic_store(&bus[i].start, (uintptr_t)window);
         return i;
@@ -107,6 +117,11 @@ static void bus_del(int slot)
 static bool bus_hit(const appl_region_t *r)
 {
     return r->bus_slot >= 0 && atomic_load(&bus[r->bus_slot].hit);
+}
+
+bool appl__file_broken(const appl_region_t *r)
+{
+    return bus_hit(r);
 }
 
 /* ---- settings --------------------------------------------------------------------------- */
@@ -292,7 +307,7 @@ static xm_status_t file_attach(appl_regions_t *t, appl_region_t *r, int fd, uint
     r->window = w;
     r->file_fd = fd;
     r->read_only = read_only;
-    r->bus_slot = bus_add(w, len);
+    r->bus_slot = bus_add(w, len, fd);
     if (r->bus_slot < 0) {
         WHY("too many file regions on this appliance");
         goto err_unmap;
@@ -411,7 +426,8 @@ xm_status_t appl_region_sync(appl_regions_t *t, const char *tenant, uint64_t id,
     }
     if (length == 0) length = r->size - offset;
     if (bus_hit(r)) {
-        WHY("the file shrank while exposed: data past its new end was lost; destroy the region");
+        WHY("the file shrank (or a read of it failed) while exposed: accesses there were lost; "
+            "destroy the region");
         status = XM_ERR_IO;
         goto out;
     }
@@ -426,7 +442,8 @@ xm_status_t appl_region_sync(appl_regions_t *t, const char *tenant, uint64_t id,
         goto out;
     }
     if (bus_hit(r)) {
-        WHY("the file shrank while exposed: data past its new end was lost; destroy the region");
+        WHY("the file shrank (or a read of it failed) while exposed: accesses there were lost; "
+            "destroy the region");
         status = XM_ERR_IO;
     }
 out:

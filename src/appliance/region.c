@@ -667,6 +667,13 @@ xm_status_t appl_region_open(appl_regions_t *t, const char *tenant, uint64_t id,
     appl_grant_t *g;
     xm_status_t status = visible(t, tenant, id, name, &r, &g, why_p);
     if (status != XM_OK) goto out;
+    if (r->file_fd >= 0 && appl__file_broken(r)) {
+        /* its window has scratch pages in it: no new key reads zeros as data */
+        WHY("the region's file shrank (or a read of it failed) while exposed: destroy the "
+            "region and create it again");
+        status = XM_ERR_IO;
+        goto out;
+    }
     if (access == XM_ACCESS_READ_WRITE && r->read_only) {
         WHY("the region is a read-only file region: open it for reading");
         status = XM_ERR_PERM;

@@ -447,7 +447,7 @@ Test(file, a_file_that_shrinks_does_not_crash_the_appliance, .fini = teardown, .
     char path[400];
     snprintf(path, sizeof(path), "%s/shrink.bin", files);
     const size_t len = 1u << 20;
-    free(make_file(path, len, 19, 0600));
+    uint8_t *data = make_file(path, len, 19, 0600);
     xm_ctx_h ctx = xt_connect(&app, NULL);
     xm_region_h r;
     cr_assert_eq(xm_region_create_file(ctx, path, 0, "shrink", &r), XM_OK, "%s",
@@ -466,10 +466,17 @@ Test(file, a_file_that_shrinks_does_not_crash_the_appliance, .fini = teardown, .
     s = xm_region_sync(r, 0, 0);
     cr_assert_eq(s, XM_ERR_IO, "sync after the file shrank: %s", xm_status_str(s));
     cr_assert_not_null(strstr(xm_last_error(ctx), "shrank"), "%s", xm_last_error(ctx));
+    /* the page the file still has reads as the file */
+    cr_assert_eq(xm_read(r, 0, buf, 4096), XM_OK, "%s", xm_last_error(ctx));
+    cr_assert(memcmp(buf, data, 4096) == 0, "the file's remaining page does not read as it");
     xm_region_close(r);
+    /* no new key reads scratch as data */
+    cr_assert_eq(xm_region_open(ctx, 0, "shrink", XM_ACCESS_READ, &r), XM_ERR_IO);
+    cr_assert_not_null(strstr(xm_last_error(ctx), "destroy"), "%s", xm_last_error(ctx));
     still_serving(ctx);
     cr_assert_eq(xm_region_destroy(ctx, 0, "shrink"), XM_OK);
     xm_disconnect(ctx);
+    free(data);
 }
 
 Test(file, file_pool_restart_restores_pool_and_file_regions, .fini = teardown, .timeout = 120)
