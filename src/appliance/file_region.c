@@ -633,7 +633,11 @@ xm_status_t appl_files_init(appl_regions_t *t, const char *dirs, uint64_t max_si
         appl_files_protect(t, f->table_path);
         for (size_t i = 0; protect != NULL && protect[i] != NULL; i++)
             appl_files_protect(t, protect[i]);
-        if (f->table_path[0] != '\0') status = files_load(t);
+        /* file regions off: the table is left as it is, for a start with --file-dir */
+        if (f->ndirs == 0 && f->table_path[0] != '\0' && access(f->table_path, F_OK) == 0)
+            xm_log_warn("file regions listed in %s are not restored: file regions are off "
+                        "(start xmemd with --file-dir to get them back)", f->table_path);
+        else if (f->table_path[0] != '\0') status = files_load(t);
     }
     if (status != XM_OK) appl__files_cleanup(t);
     pthread_mutex_unlock(&t->lock);

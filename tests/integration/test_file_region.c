@@ -182,9 +182,15 @@ Test(file, sync_then_kill9_keeps_the_data_and_restart_restores_the_region, .fini
     xm_region_close(r);
     cr_assert_eq(xm_region_open(bob, 0, "alice/keep", XM_ACCESS_READ_WRITE, &r), XM_ERR_PERM);
     xm_disconnect(bob);
-    /* and a clean restart (SIGTERM) keeps it as well */
+    /* a restart without --file-dir does not restore it, and does not forget it either */
     xm_disconnect(ctx);
     cr_assert_eq(xt_stop(&app), 0);
+    xt_start(&app, &(xt_opts_t){.dir = dir, .secret = secret, .listen = addr});
+    ctx = xt_connect(&app, NULL);
+    cr_assert_eq(xm_region_stat(ctx, 0, "keep", &info), XM_ERR_NOT_FOUND);
+    xm_disconnect(ctx);
+    cr_assert_eq(xt_stop(&app), 0);
+    /* and a clean restart (SIGTERM) with it keeps the region */
     xt_start(&app, &(xt_opts_t){.dir = dir, .secret = secret, .listen = addr,
                                 .extra = {"--file-dir", files}});
     ctx = xt_connect(&app, NULL);
