@@ -240,6 +240,14 @@ static xm_status_t file_open(const struct appl_files *f, const char *path, bool 
         goto err_pfd;
     }
     snprintf(resolved, PATH_MAX, "%s", real);
+    /* a hard link inside an allowed directory may name a file that lives outside it
+     * (a key under /etc owned by root and mode 0600 passes every other check) */
+    if (st.st_nlink != 1) {
+        WHY("the file has other hard links: its other names may be outside --file-dir "
+            "(copy it instead)");
+        status = XM_ERR_PERM;
+        goto err_pfd;
+    }
     if (st.st_uid != geteuid()) {
         WHY("the file is owned by another user: it must belong to xmemd's user (chown)");
         status = XM_ERR_PERM;

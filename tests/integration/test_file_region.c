@@ -242,6 +242,10 @@ Test(file, unsafe_files_are_refused, .fini = teardown, .timeout = 120)
     /* a file outside, and one reached with .. */
     snprintf(p, sizeof(p), "%s/outside", dir);
     free(make_file(p, 4096, 1, 0600));
+    /* a hard link inside to the file outside (0600, ours: every other check passes) */
+    snprintf(q, sizeof(q), "%s/hardlink", files);
+    cr_assert(link(p, q) == 0, "link: %s", strerror(errno));
+    refused(ctx, q, 0, XM_ERR_PERM, "hard links", "hard link to a file outside");
     refused(ctx, p, 0, XM_ERR_PERM, "--file-dir", "outside --file-dir");
     snprintf(p, sizeof(p), "%s/../outside", files);
     refused(ctx, p, 0, XM_ERR_PERM, "--file-dir", "outside through ..");
