@@ -1,6 +1,9 @@
 /* Region copy, appliance to appliance (xm_region_copy, src/appliance/copy.c): two xmemd on
  * loopback; the source appliance writes into the target's region, every byte checked there
  * by a client. */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -354,4 +357,105 @@ Test(copy, cli_region_copy_creates_the_target_and_copies, .fini = teardown, .tim
     xm_region_close(t);
     xm_disconnect(a);
     xm_disconnect(b);
+}
+
+Test(copy, target_address_must_be_a_unicast_data_address, .fini = teardown, .timeout = 60)
+{
+    start_two("256M");
+    xm_ctx_h a = xt_connect(&src_app, NULL), b = xt_connect(&dst_app, NULL);
+    xm_region_h s, t;
+    cr_assert_eq(xm_region_create(a, 1u << 20, "src", &s), XM_OK);
+    cr_assert_eq(xm_region_create(b, 1u << 20, "dst", &t), XM_OK);
+    write_pattern(s, 0, 1u << 20, 9001);
+    /* a hostile client points the source appliance at hosts of its choosing */
+    xm__dp_peer_t *p = &b->dp->peer_chunk[0][0];
+    struct sockaddr_in saved;
+    cr_assert_eq(p->addr_len, sizeof(saved));
+    memcpy(&saved, p->addr, sizeof(saved));
+    const char *bad[] = {"224.0.0.1", "255.255.255.255", "0.1.2.3", "240.0.0.1"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        struct sockaddr_in sin = saved;
+        inet_pton(AF_INET, bad[i], &sin.sin_addr);
+        memcpy(p->addr, &sin, sizeof(sin));
+        xm_status_t st = xm_region_copy(s, t, NULL, NULL);
+        cr_assert_eq(st, XM_ERR_INVALID, "%s: %s (%s)", bad[i], xm_status_str(st), xm_last_error(a));
+        cr_assert(strstr(xm_last_error(a), "unicast") != NULL, "%s: %s", bad[i], xm_last_error(a));
+    }
+    struct sockaddr_in noport = saved;
+    noport.sin_port = 0;
+    memcpy(p->addr, &noport, sizeof(noport));
+    cr_assert_eq(xm_region_copy(s, t, NULL, NULL), XM_ERR_INVALID, "%s", xm_last_error(a));
+    /* a port where nothing listens: the copy fails, it does not hang */
+    struct sockaddr_in closed = saved;
+    closed.sin_port = htons(1);
+    memcpy(p->addr, &closed, sizeof(closed));
+    xm_status_t st = xm_region_copy(s, t, NULL, NULL);
+    cr_assert_eq(st, XM_ERR_CONNECT, "%s (%s)", xm_status_str(st), xm_last_error(a));
+    memcpy(p->addr, &saved, sizeof(saved));
+    cr_assert_eq(xm_region_copy(s, t, NULL, NULL), XM_OK, "%s", xm_last_error(a));
+    check_range(t, 0, 1u << 20, 9001);
+    xm_region_close(s);
+    xm_region_close(t);
+    xm_disconnect(a);
+    xm_disconnect(b);
+}
+
+typedef struct copier {
+    const xt_appliance_t *src, *dst;
+    uint64_t src_id;
+    xm_status_t status;
+    char why[512];
+    pthread_barrier_t *go;
+} copier_t;
+
+static void *copier_main(void *arg)
+{
+    copier_t *c = arg;
+    xm_ctx_h a = xt_connect(c->src, NULL), b = xt_connect(c->dst, NULL);
+    xm_region_h s, t;
+    c->status = xm_region_open(a, c->src_id, NULL, XM_ACCESS_READ, &s);
+    if (c->status == XM_OK) c->status = xm_region_create(b, 256ull << 20, NULL, &t);
+    pthread_barrier_wait(c->go);
+    if (c->status == XM_OK) {
+        xm_copy_opts_t o = XM_COPY_OPTS_INIT;
+        o.chunk = 64u << 10;
+        c->status = xm_region_copy(s, t, &o, NULL);
+        snprintf(c->why, sizeof(c->why), "%s", xm_last_error(a));
+        xm_region_close(s);
+        xm_region_close(t);
+    }
+    xm_disconnect(a);
+    xm_disconnect(b);
+    return NULL;
+}
+
+Test(copy, copies_are_bounded_per_tenant, .fini = teardown, .timeout = 180)
+{
+    start_two("1G");
+    xm_ctx_h a = xt_connect(&src_app, NULL);
+    xm_region_h s;
+    cr_assert_eq(xm_region_create(a, 256ull << 20, "src", &s), XM_OK);
+    write_pattern(s, 0, 256ull << 20, 9101);
+    pthread_barrier_t go;
+    pthread_barrier_init(&go, NULL, 3);
+    copier_t c[3];
+    pthread_t th[3];
+    for (int i = 0; i < 3; i++) {
+        c[i] = (copier_t){.src = &src_app, .dst = &dst_app, .src_id = xm_region_id(s), .go = &go};
+        pthread_create(&th[i], NULL, copier_main, &c[i]);
+    }
+    int ok = 0, again = 0;
+    for (int i = 0; i < 3; i++) {
+        pthread_join(th[i], NULL);
+        ok += c[i].status == XM_OK;
+        again += c[i].status == XM_ERR_AGAIN;
+        if (c[i].status == XM_ERR_AGAIN)
+            cr_assert(strstr(c[i].why, "too many copies") != NULL, "%s", c[i].why);
+    }
+    pthread_barrier_destroy(&go);
+    /* two at a time per tenant: the third started while two ran is refused */
+    cr_assert_eq(again, 1, "%d of 3 simultaneous copies refused (ok %d)", again, ok);
+    cr_assert_eq(ok, 2);
+    xm_region_close(s);
+    xm_disconnect(a);
 }
