@@ -595,3 +595,74 @@ Test(file, cli_create_file_get_sync_and_refusal, .fini = teardown, .timeout = 60
     free(err);
     free(data);
 }
+
+static long read_long(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    long v = -1;
+    if (f != NULL) {
+        if (fscanf(f, "%ld", &v) != 1) v = -1;
+        fclose(f);
+    }
+    return v;
+}
+
+static bool write_long(const char *path, long v)
+{
+    FILE *f = fopen(path, "w");
+    if (f == NULL) return false;
+    bool ok = fprintf(f, "%ld\n", v) > 0;
+    return fclose(f) == 0 && ok;
+}
+
+#define NR_HUGE "/proc/sys/vm/nr_hugepages"
+#define FREE_HUGE "/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages"
+static long saved_pages = -1;
+
+static void teardown_huge(void)
+{
+    teardown();
+    if (saved_pages >= 0) write_long(NR_HUGE, saved_pages);
+}
+
+Test(file, hugetlb_pool_restart_restores_file_regions, .fini = teardown_huge, .timeout = 120)
+{
+    saved_pages = read_long(NR_HUGE);
+    if (saved_pages < 0 || access(FREE_HUGE, R_OK) != 0)
+        cr_skip_test("no 2 MiB hugetlb support in this kernel");
+    if (!write_long(NR_HUGE, saved_pages + 32) || read_long(FREE_HUGE) < 32)
+        cr_skip_test("cannot reserve 32 huge pages (not root, or memory too fragmented)");
+    snprintf(dir, sizeof(dir), "/tmp/xmem-test-XXXXXX");
+    cr_assert(mkdtemp(dir) != NULL);
+    snprintf(files, sizeof(files), "%s/files", dir);
+    cr_assert(mkdir(files, 0700) == 0);
+    char path[400];
+    snprintf(path, sizeof(path), "%s/h.bin", files);
+    uint8_t *data = make_file(path, 123457, 31, 0600);
+    xt_start(&app, &(xt_opts_t){.dir = dir, .pool = "64M", .backing = "hugetlb",
+                                .extra = {"--file-dir", files}});
+    xm_ctx_h ctx = xt_connect(&app, NULL);
+    xm_region_h r;
+    cr_assert_eq(xm_region_create_file(ctx, path, 0, "h", &r), XM_OK, "%s", xm_last_error(ctx));
+    cr_assert_eq(xm_write(r, 7, "huge", 4), XM_OK);
+    memcpy(data + 7, "huge", 4);
+    xm_region_close(r);
+    xm_disconnect(ctx);
+    char addr[64], secret[PATH_MAX];
+    snprintf(addr, sizeof(addr), "%s", app.addr);
+    snprintf(secret, sizeof(secret), "%s", app.secret);
+    xt_kill9(&app);
+    xt_start(&app, &(xt_opts_t){.dir = dir, .secret = secret, .listen = addr, .pool = "64M",
+                                .backing = "hugetlb", .extra = {"--file-dir", files}});
+    ctx = xt_connect(&app, NULL);
+    cr_assert_eq(xm_region_open(ctx, 0, "h", XM_ACCESS_READ_WRITE, &r), XM_OK,
+                 "the file region did not come back on a hugetlb appliance: %s",
+                 xm_last_error(ctx));
+    uint8_t *got = malloc(123457);
+    cr_assert_eq(xm_read(r, 0, got, 123457), XM_OK, "%s", xm_last_error(ctx));
+    cr_assert(memcmp(got, data, 123457) == 0);
+    xm_region_close(r);
+    xm_disconnect(ctx);
+    free(data);
+    free(got);
+}
