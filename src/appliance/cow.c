@@ -21,6 +21,7 @@
 #include <fcntl.h>
 #include <linux/userfaultfd.h>
 #include <poll.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -189,26 +190,39 @@ static void serve_fault(appl_cow_eng_t *e, const struct uffd_msg *m)
     pthread_mutex_unlock(&e->lock);
 }
 
+/* After a fault the handler keeps polling the userfaultfd this long before it sleeps: the
+ * writes of one transfer fault page after page, and waking a sleeping thread costs
+ * 20-50 us here (LIMITS.md), as much as the copy itself. Idle, it sleeps in poll. */
+#define COW_SPIN_NS 200000ull
+
 static void *handler_main(void *arg)
 {
     appl_cow_eng_t *e = arg;
     struct pollfd pf[2] = {{.fd = e->uffd, .events = POLLIN}, {.fd = e->stopfd, .events = POLLIN}};
+    uint64_t last = 0;
     for (;;) {
-        if (poll(pf, 2, -1) < 0) {
-            if (errno == EINTR) continue;
-            break;
+        if (xm__now_ns() - last > COW_SPIN_NS) {
+            if (poll(pf, 2, -1) < 0) {
+                if (errno == EINTR) continue;
+                break;
+            }
+            if (pf[1].revents != 0) break;
         }
-        if (pf[1].revents != 0) break;
         struct uffd_msg msgs[16];
         ssize_t n = read(e->uffd, msgs, sizeof(msgs));
         if (n < 0) {
-            if (errno == EAGAIN || errno == EINTR) continue;
+            if (errno == EAGAIN) {
+                sched_yield(); /* spinning: leave the CPU to whoever needs it */
+                continue;
+            }
+            if (errno == EINTR) continue;
             xm_log_error("virtual copy: reading the userfaultfd: %m");
             break;
         }
         for (size_t i = 0; i < (size_t)n / sizeof(msgs[0]); i++) {
             if (msgs[i].event == UFFD_EVENT_PAGEFAULT) serve_fault(e, &msgs[i]);
         }
+        last = xm__now_ns();
     }
     return NULL;
 }
@@ -222,6 +236,7 @@ static xm_status_t eng_get(appl_regions_t *t, appl_cow_eng_t **e_p, const char *
     }
     appl_cow_eng_t *e = calloc(1, sizeof(*e));
     if (e == NULL) return XM_ERR_NO_MEMORY;
+    size_t blen = COW_BATCH; /* the huge page, when larger, below */
     pthread_mutex_init(&e->lock, NULL);
     e->stopfd = -1;
     /* not UFFD_USER_MODE_ONLY: the writes to trap are the kernel's (recvmsg into the window) */
@@ -247,7 +262,7 @@ static xm_status_t eng_get(appl_regions_t *t, appl_cow_eng_t **e_p, const char *
             close(fd);
         }
     }
-    size_t blen = XM_MAX((size_t)COW_BATCH, e->page);
+    blen = XM_MAX((size_t)COW_BATCH, e->page);
     e->buf = mmap(NULL, blen, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     e->stopfd = eventfd(0, EFD_CLOEXEC);
     if (e->buf == MAP_FAILED || e->stopfd < 0) {
@@ -405,6 +420,7 @@ xm_status_t appl_cow_copy(appl_regions_t *t, const char *tenant, uint64_t id, co
     }
     status = eng_get(t, &e, why_p);
     if (status != XM_OK) goto out;
+    uint64_t t0 = xm__now_ns(), t1, t2, t3;
     /* the copy: extents reserved up front, so copy-on-write never runs out of pool */
     appl_desc_t d;
     status = appl__region_create_locked(t, tenant, src->size, new_name, &d, &r, why_p);
@@ -445,7 +461,9 @@ xm_status_t appl_cow_copy(appl_regions_t *t, const char *tenant, uint64_t id, co
     }
     /* one point in time: no one-sided transfer moves a byte while the source is protected */
     pthread_mutex_unlock(&e->lock);
+    t1 = xm__now_ns();
     net_progress_pause(t->fab);
+    t2 = xm__now_ns();
     pthread_mutex_lock(&e->lock);
     if (!reg(e, x, true, false)) {
         xm_log_error("virtual copy: cannot register region %llu for write-protect: %m",
@@ -461,6 +479,12 @@ xm_status_t appl_cow_copy(appl_regions_t *t, const char *tenant, uint64_t id, co
     x->deps[x->ndeps++] = c;
     pthread_mutex_unlock(&e->lock);
     net_progress_resume(t->fab);
+    t3 = xm__now_ns();
+    xm_log_info("region %llu: %s %llu made: copy region %.2f ms, progress parked in %.2f ms, "
+                "write-protect %.2f ms (%zu MiB)", (unsigned long long)src->id,
+                writable ? "clone" : "snapshot", (unsigned long long)r->id,
+                (double)(t1 - t0) / 1e6, (double)(t2 - t1) / 1e6, (double)(t3 - t2) / 1e6,
+                x->len >> 20);
     *desc = d;
     if (!writable) {
         desc->key = r->grants[0].key_ro;
