@@ -358,6 +358,30 @@ Test(cow, rights_owner_or_read_write_grant, .fini = teardown, .timeout = 60)
     cr_assert_eq(xm_region_create(ctx, 1u << 20, "src", &src), XM_OK);
     cr_assert_eq(xm_region_clone(ctx, 0, "nosuch", "c", &c), XM_ERR_NOT_FOUND);
     cr_assert_eq(xm_region_clone(ctx, 0, "src", "src", &c), XM_ERR_EXISTS);
+    uint8_t secret[4096];
+    xt_fill(secret, sizeof(secret), 42);
+    cr_assert_eq(xm_write(src, 0, secret, sizeof(secret)), XM_OK);
+    /* another tenant: nothing without a grant, nothing with a read grant (a copy would
+     * write-protect the owner's region and fence its local clients), a copy with a
+     * read-write grant - its own, in its own namespace */
+    xm_ctx_h bob = xt_connect(&app, "bob");
+    uint64_t id = xm_region_id(src);
+    cr_assert_eq(xm_region_snapshot(bob, id, NULL, "mine", &c), XM_ERR_PERM);
+    cr_assert_eq(xm_region_grant(ctx, id, NULL, "bob", XM_ACCESS_READ), XM_OK);
+    cr_assert_eq(xm_region_clone(bob, id, NULL, "mine", &c), XM_ERR_PERM);
+    cr_assert(strstr(xm_last_error(bob), "read-write grant") != NULL, "%s", xm_last_error(bob));
+    cr_assert_eq(xm_region_grant(ctx, id, NULL, "bob", XM_ACCESS_READ_WRITE), XM_OK);
+    cr_assert_eq(xm_region_clone(bob, id, NULL, "mine", &c), XM_OK, "%s", xm_last_error(bob));
+    xm_region_info_t info;
+    cr_assert_eq(xm_region_stat(bob, 0, "mine", &info), XM_OK);
+    cr_assert_str_eq(info.owner, "bob");
+    uint8_t got[4096];
+    cr_assert_eq(xm_read(c, 0, got, sizeof(got)), XM_OK);
+    cr_assert(memcmp(got, secret, sizeof(got)) == 0, "the grantee's clone differs");
+    /* the owner cannot see the grantee's copy, nor destroy it */
+    cr_assert_neq(xm_region_destroy(ctx, xm_region_id(c), NULL), XM_OK);
+    xm_region_close(c);
+    xm_disconnect(bob);
     xm_region_close(src);
     xm_disconnect(ctx);
 }
