@@ -316,7 +316,7 @@ typedef struct xm_copy_opts {
     /** Resume from this byte of the source (what an interrupted copy returned in done_p);
      *  the bytes below it are taken as copied. */
     uint64_t offset;
-    /** Bytes per write of the source appliance, 64K..16M; 0: its default (4 MiB). */
+    /** Bytes per write of the source appliance, 64K..16M; 0: its default (1 MiB). */
     uint64_t chunk;
     /** Called with increasing byte counts while the copy runs (and once at its end), or NULL. */
     xm_copy_progress_cb progress;

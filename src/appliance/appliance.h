@@ -284,7 +284,7 @@ typedef struct appl_copy_req {
     uint64_t target_region;     /* for messages */
     uint64_t key;               /* a read-write key of the target region */
     uint64_t offset;            /* resume from here */
-    uint64_t chunk;             /* bytes per write, 0: default (4 MiB, $XMEM_COPY_CHUNK) */
+    uint64_t chunk;             /* bytes per write, 0: default (1 MiB, $XMEM_COPY_CHUNK) */
 } appl_copy_req_t;
 
 typedef struct appl_copy_state {

@@ -26,7 +26,7 @@
 #include "../common/common.h"
 #include "appliance.h"
 
-#define COPY_DEPTH 4                     /* writes in flight */
+#define COPY_DEPTH_MAX 16                /* writes in flight: at most */
 #define COPY_CHUNK_MIN (64ull << 10)
 #define COPY_CHUNK_MAX (16ull << 20)
 #define COPY_WRITE_TIMEOUT_NS (30ull * 1000000000ull) /* one write unacknowledged this long */
@@ -66,6 +66,7 @@ struct appl_copies {
     appl_regions_t *regions;
     char provider[64];
     uint64_t default_chunk;
+    int depth;                           /* writes in flight per copy */
     uint32_t max_running, max_per_tenant;
     uint64_t next_id;
     appl_copy_t *head;
@@ -78,13 +79,16 @@ xm_status_t appl_copies_create(appl_regions_t *t, const char *provider, appl_cop
     pthread_mutex_init(&c->lock, NULL);
     c->regions = t;
     snprintf(c->provider, sizeof(c->provider), "%s", provider);
-    c->default_chunk = 4ull << 20;
+    c->default_chunk = 1ull << 20; /* 1M-4M measured: 1M as fast or faster (docs/performance.md) */
     c->max_running = APPL_COPY_MAX_RUNNING;
     c->max_per_tenant = APPL_COPY_MAX_PER_TENANT;
     const char *env = getenv("XMEM_COPY_CHUNK");
     uint64_t v;
     if (env != NULL && xm_parse_size(env, &v) == XM_OK && v >= COPY_CHUNK_MIN && v <= COPY_CHUNK_MAX)
         c->default_chunk = v;
+    c->depth = 8;
+    env = getenv("XMEM_COPY_DEPTH");
+    if (env != NULL && atoi(env) >= 1 && atoi(env) <= COPY_DEPTH_MAX) c->depth = atoi(env);
     rpc_random(&c->next_id, sizeof(c->next_id));
     c->next_id = (c->next_id >> 16) | 1; /* not guessable from another tenant's ids */
     *c_p = c;
@@ -195,7 +199,7 @@ static bool cancelled(appl_copy_t *cp)
 static void publish(appl_copy_t *cp, const copy_slot_t *slots, uint64_t cursor, uint64_t copied)
 {
     uint64_t done = cursor;
-    for (int i = 0; i < COPY_DEPTH; i++) {
+    for (int i = 0; i < COPY_DEPTH_MAX; i++) {
         if (slots[i].len != 0 && slots[i].off < done) done = slots[i].off;
     }
     pthread_mutex_lock(&cp->owner->lock);
@@ -246,7 +250,7 @@ static void *copy_main(void *arg)
         net_fabric_close(&fab);
         return NULL;
     }
-    copy_slot_t slots[COPY_DEPTH];
+    copy_slot_t slots[COPY_DEPTH_MAX];
     memset(slots, 0, sizeof(slots));
     uint64_t cursor = cp->offset, copied = 0, refused_since = 0;
     int inflight = 0;
@@ -259,7 +263,7 @@ static void *copy_main(void *arg)
             break;
         }
         /* post while there is room */
-        while (inflight < COPY_DEPTH && cursor < cp->total) {
+        while (inflight < cs->depth && cursor < cp->total) {
             if (cursor >= run_end) {
                 pthread_mutex_lock(&t->lock);
                 appl_region_t *r = source_locked(cp);
@@ -302,8 +306,8 @@ static void *copy_main(void *arg)
             cursor += len;
         }
         if (failed) break;
-        net_completion_t c[COPY_DEPTH];
-        int n = net_poll(&fab, c, COPY_DEPTH);
+        net_completion_t c[COPY_DEPTH_MAX];
+        int n = net_poll(&fab, c, COPY_DEPTH_MAX);
         if (n < 0) {
             write_failed(cp, &sin, XM_ERR_TRANSPORT, 0);
             failed = true;
@@ -339,7 +343,7 @@ static void *copy_main(void *arg)
             publish(cp, slots, cursor, copied);
         }
         uint64_t now = xm__now_ns();
-        for (int i = 0; i < COPY_DEPTH; i++) {
+        for (int i = 0; i < COPY_DEPTH_MAX; i++) {
             if (slots[i].len != 0 && now - slots[i].posted_ns > COPY_WRITE_TIMEOUT_NS) {
                 write_failed(cp, &sin, XM_ERR_TIMEOUT, 0);
                 failed = true;
