@@ -121,6 +121,10 @@ int cmd_run(cli_t *cli)
     snprintf(v, sizeof(v), "%llu", (unsigned long long)local);
     setenv("XMEM_RUN_LOCAL", v, 1);
     if (stats) setenv("XMEM_RUN_STATS", "1", 1);
+    /* libfabric pulls in libinfinipath, whose constructor installs a SIGSEGV/SIGBUS
+     * handler in the program (it prints a backtrace and exits 1): the program's
+     * signals are its own */
+    setenv("IPATH_NO_BACKTRACE", "1", 0);
     /* what the global options chose, for the library's xm_connect */
     if (cli->conn.appliance != NULL) setenv("XMEM_APPLIANCE", cli->conn.appliance, 1);
     if (cli->conn.manager != NULL) setenv("XMEM_MANAGER", cli->conn.manager, 1);

@@ -1,0 +1,211 @@
+/* xmem run (issue 14): unmodified programs with their heap on external memory,
+ * --local well below their working set, checked by their results against the
+ * same command run on plain memory. */
+#include <fcntl.h>
+#include <linux/userfaultfd.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "harness.h"
+
+static xt_appliance_t app;
+static bool started;
+
+static void teardown(void)
+{
+    if (started) {
+        cr_expect_eq(xt_stop(&app), 0, "xmemd did not shut down cleanly on SIGTERM");
+        xt_cleanup(&app);
+        started = false;
+    }
+}
+
+static void need_uffd(void)
+{
+    int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC);
+    if (fd < 0) cr_skip_test("userfaultfd unavailable (%m): needs root or vm.unprivileged_userfaultfd");
+    struct uffdio_api api = {.api = UFFD_API, .features = (1 << 15) | (1 << 16) | (1 << 14)};
+    int rc = ioctl(fd, UFFDIO_API, &api);
+    close(fd);
+    if (rc != 0) cr_skip_test("userfaultfd lacks WP_ASYNC/MOVE/POISON (Linux >= 6.8 needed)");
+}
+
+static void start(void)
+{
+    need_uffd();
+    /* the local transport (an appliance on this host): over loopback tcp every fault is a
+     * round trip, and these programs take minutes at these --local sizes */
+    xt_start(&app, &(xt_opts_t){.pool = "2G", .provider = "local"});
+    started = true;
+}
+
+/* stdout of argv run on plain memory (no xmem), or NULL when it failed */
+static char *run_plain(char *const argv[], size_t *len_p)
+{
+    char path[PATH_MAX];
+    snprintf(path, sizeof(path), "%s/plain.out", app.dir);
+    pid_t pid = fork();
+    if (pid == 0) {
+        int o = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        dup2(o, 1);
+        unsetenv("LD_PRELOAD"); /* an ASan build preloads nothing, but be sure */
+        execvp(argv[0], argv);
+        _exit(127);
+    }
+    int st;
+    waitpid(pid, &st, 0);
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) return NULL;
+    FILE *f = fopen(path, "r");
+    cr_assert_not_null(f);
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    rewind(f);
+    char *buf = malloc((size_t)n + 1);
+    cr_assert_eq(fread(buf, 1, (size_t)n, f), (size_t)n);
+    buf[n] = '\0';
+    fclose(f);
+    *len_p = (size_t)n;
+    return buf;
+}
+
+/* a counter from the --stats lines ("faults 12,", "evictions 3,") */
+static unsigned long long stat_of(const char *err, const char *name)
+{
+    char key[64];
+    snprintf(key, sizeof(key), "%s ", name);
+    const char *p = strstr(err, key);
+    cr_assert_not_null(p, "no '%s' in xmem run's stats:\n%s", name, err);
+    return strtoull(p + strlen(key), NULL, 10);
+}
+
+/* the region the run made is gone after it */
+static void expect_no_regions(void)
+{
+    xm_ctx_h ctx = xt_connect(&app, NULL);
+    xm_region_info_t *infos = NULL;
+    size_t n = 0;
+    cr_assert_eq(xm_region_list(ctx, &infos, &n), XM_OK);
+    cr_expect_eq(n, 0, "xmem run left %zu region(s) behind", n);
+    free(infos);
+    xm_disconnect(ctx);
+}
+
+#define PY_PROG                                                                                     \
+    "import hashlib\n"                                                                              \
+    "d = {i: ('%d' % i) * 8 for i in range(400000)}\n"                                              \
+    "l = [(k, v[::-1]) for k, v in d.items()]\n"                                                    \
+    "print(len(d), hashlib.sha256(repr(l).encode()).hexdigest())\n"
+
+/* python3 building a ~100 MB dict and list (PYTHONMALLOC=malloc: every object
+ * through malloc, not pymalloc's mmap'd arenas) with 16 MiB local */
+Test(run, python_builds_and_hashes_a_large_dict_as_plain_python, .fini = teardown, .timeout = 120)
+{
+    start();
+    setenv("PYTHONMALLOC", "malloc", 1);
+    if (access("/usr/bin/python3", X_OK) != 0) cr_skip_test("/usr/bin/python3 is not installed");
+    char *const plain_argv[] = {"/usr/bin/python3", "-c", PY_PROG, NULL};
+    size_t plen = 0;
+    char *plain = run_plain(plain_argv, &plen);
+    cr_assert_not_null(plain, "python3 failed on plain memory");
+    char *out = NULL, *err = NULL;
+    int rc = xt_cli(&app, NULL, 0, &out, NULL, &err, "run", "--heap", "512M", "--local", "16M", "--stats", "--",
+                    "/usr/bin/python3", "-c", PY_PROG, NULL);
+    cr_assert_eq(rc, 0, "xmem run python3: exit %d\n%s", rc, err);
+    cr_expect_str_eq(out, plain, "python3 under xmem run printed something else");
+    cr_expect_gt(stat_of(err, "evictions"), 0, "the heap never left the 16 MiB cache:\n%s", err);
+    cr_expect_gt(stat_of(err, "faults"), 1000, "%s", err);
+    unsetenv("PYTHONMALLOC");
+    free(plain);
+    free(out);
+    free(err);
+    expect_no_regions();
+}
+
+/* sort of a 16 MB file with an 8 MiB sort buffer (-S: sort's heap working set is the
+ * buffer and its line table; the rest goes through temporary files) and 4 MiB local */
+Test(run, sort_of_a_file_larger_than_local_matches_plain_sort, .fini = teardown, .timeout = 120)
+{
+    start();
+    char in[PATH_MAX];
+    snprintf(in, sizeof(in), "%s/sort.in", app.dir);
+    FILE *f = fopen(in, "w");
+    cr_assert_not_null(f);
+    uint64_t s = 42;
+    size_t bytes = 0;
+    while (bytes < (16u << 20)) {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        bytes += (size_t)fprintf(f, "%016llx %llu\n", (unsigned long long)s, (unsigned long long)(s >> 40));
+    }
+    fclose(f);
+    setenv("LC_ALL", "C", 1);
+    char *const plain_argv[] = {"sort", "-S", "8M", in, NULL};
+    size_t plen = 0, olen = 0;
+    char *plain = run_plain(plain_argv, &plen);
+    cr_assert_not_null(plain, "plain sort failed");
+    char *out = NULL, *err = NULL;
+    int rc = xt_cli(&app, NULL, 0, &out, &olen, &err, "run", "--heap", "256M", "--local", "4M", "--stats", "--",
+                    "sort", "-S", "8M", in, NULL);
+    cr_assert_eq(rc, 0, "xmem run sort: exit %d\n%s", rc, err);
+    cr_expect_eq(olen, plen, "sort under xmem run wrote %zu bytes, plain sort %zu", olen, plen);
+    cr_expect(olen == plen && memcmp(out, plain, plen) == 0, "sort under xmem run sorted differently");
+    cr_expect_gt(stat_of(err, "evictions"), 0, "%s", err);
+    free(plain);
+    free(out);
+    free(err);
+    expect_no_regions();
+}
+
+/* four threads malloc/calloc/realloc/posix_memalign/aligned_alloc/free many
+ * sizes (to 1 MiB), free each other's blocks, and check every byte */
+Test(run, threads_allocate_free_and_verify_every_byte, .fini = teardown, .timeout = 120)
+{
+    start();
+    char *out = NULL, *err = NULL;
+    int rc = xt_cli(&app, NULL, 0, &out, NULL, &err, "run", "--heap", "512M", "--local", "8M", "--stats", "--",
+                    XMEM_BIN_DIR "/run_worker", "threads", "4", "20000", "500", NULL);
+    cr_assert_eq(rc, 0, "run_worker threads: exit %d\n%s%s", rc, out, err);
+    cr_expect(strstr(out, "ok threads 4") != NULL, "%s", out);
+    cr_expect_gt(stat_of(err, "evictions"), 0, "the working set fit the cache:\n%s", err);
+    cr_expect_gt(stat_of(err, "written back"), 0, "%s", err);
+    free(out);
+    free(err);
+    expect_no_regions();
+}
+
+/* fork(): the child allocates and frees on its own (local) memory; an object
+ * allocated before the fork is not there (SIGSEGV), never shared with the
+ * parent; the parent's heap is intact; system() (fork+exec) works */
+Test(run, a_forked_child_gets_its_own_memory_and_never_the_parents_heap, .fini = teardown, .timeout = 60)
+{
+    start();
+    char *out = NULL, *err = NULL;
+    int rc = xt_cli(&app, NULL, 0, &out, NULL, &err, "run", "--heap", "256M", "--local", "16M", "--",
+                    XMEM_BIN_DIR "/run_worker", "fork", NULL);
+    cr_assert_eq(rc, 0, "run_worker fork: exit %d\n%s%s", rc, out, err);
+    cr_expect(strstr(out, "child1 exit 0\n") != NULL, "the child could not allocate on its own:\n%s", out);
+    cr_expect(strstr(out, "child2 signal 11\n") != NULL,
+              "the child touched the parent's heap object without SIGSEGV:\n%s", out);
+    cr_expect(strstr(out, "system 3\n") != NULL, "system() (fork+exec) failed:\n%s", out);
+    cr_expect(strstr(out, "ok fork\n") != NULL, "the parent's heap changed:\n%s%s", out, err);
+    free(out);
+    free(err);
+    expect_no_regions();
+}
+
+/* a program killed with SIGKILL: xmem run still frees its heap's region and
+ * reports the signal in its exit status */
+Test(run, a_killed_programs_heap_is_freed, .fini = teardown, .timeout = 60)
+{
+    start();
+    char *err = NULL;
+    int rc = xt_cli(&app, NULL, 0, NULL, NULL, &err, "run", "--heap", "128M", "--", "sh", "-c", "kill -KILL $$",
+                    NULL);
+    cr_expect_eq(rc, 128 + SIGKILL, "exit %d\n%s", rc, err);
+    free(err);
+    expect_no_regions();
+}
