@@ -217,7 +217,10 @@ static void write_failed(appl_copy_t *cp, const struct sockaddr_in *sin, xm_stat
     if (!target_listens(sin, 500)) {
         copy_finish(cp, XM_ERR_DISCONNECTED, "target appliance %s is unreachable (its data endpoint "
                     "refused the connection: gone or restarted)", a);
-    } else if (st == XM_ERR_ACCESS) {
+    } else if (st == XM_ERR_ACCESS || st == XM_ERR_DISCONNECTED) {
+        /* a target that still listens but dropped the connection refused an access: over tcp
+         * it closes the connection of a peer whose write it refused, so with several writes
+         * in flight the first failure seen may be the lost connection, not the refusal */
         copy_finish(cp, XM_ERR_ACCESS, "target appliance %s refused the write (wrong key for "
                     "region %llu, no write right, the region too small or destroyed)", a,
                     (unsigned long long)cp->target_region);
