@@ -193,7 +193,9 @@ static void serve_fault(appl_cow_eng_t *e, const struct uffd_msg *m)
 /* After a fault the handler keeps polling the userfaultfd this long before it sleeps: the
  * writes of one transfer fault page after page, and waking a sleeping thread costs
  * 20-50 us here (LIMITS.md), as much as the copy itself. Idle, it sleeps in poll. */
+#ifndef COW_SPIN_NS
 #define COW_SPIN_NS 200000ull
+#endif
 
 static void *handler_main(void *arg)
 {
