@@ -188,6 +188,12 @@ static xm_status_t file_open(const struct appl_files *f, const char *path, bool 
         return XM_ERR_INVALID;
     }
     if (realpath(path, resolved) == NULL) {
+        /* a path outside the allowed directories is refused as such whether or not it
+         * exists: a tenant learns nothing of the rest of the host's files */
+        if (!path_allowed(f, path) || strstr(path, "/..") != NULL) {
+            WHY("the file is outside the directories this appliance exposes (--file-dir)");
+            return XM_ERR_PERM;
+        }
         if (errno == ENOENT || errno == ENOTDIR) {
             WHY("no such file on the appliance's host");
             return XM_ERR_NOT_FOUND;

@@ -239,6 +239,10 @@ Test(file, unsafe_files_are_refused, .fini = teardown, .timeout = 120)
     cr_assert(symlink("/etc/shadow", p) == 0);
     refused(ctx, p, 0, XM_ERR_PERM, "--file-dir", "symlink to /etc/shadow");
     refused(ctx, "/etc/shadow", 0, XM_ERR_PERM, "--file-dir", "/etc/shadow");
+    /* whether a path outside exists is not told: both are 'outside' */
+    refused(ctx, "/etc/no-such-file-here", 0, XM_ERR_PERM, "--file-dir", "missing outside");
+    snprintf(q, sizeof(q), "%s/../no-such-file-here", files);
+    refused(ctx, q, 0, XM_ERR_PERM, "--file-dir", "missing outside through ..");
     /* a file outside, and one reached with .. */
     snprintf(p, sizeof(p), "%s/outside", dir);
     free(make_file(p, 4096, 1, 0600));
