@@ -26,6 +26,8 @@ static const char usage_text[] =
     "  region ls                             list regions you own or were granted\n"
     "  region stat ID|NAME                   describe a region\n"
     "  region rm ID|NAME                     destroy a region (owner only)\n"
+    "  region copy ID|NAME --to HOST:PORT[:TARGET] [--offset N] [--chunk SIZE]\n"
+    "                                        copy appliance to appliance (docs/region-copy.md)\n"
     "  region snapshot|clone ID|NAME [NEW]  copy-on-write copy on the appliance: read-only\n"
     "                                        (snapshot) or writable (clone); prints its id\n"
     "  region grant ID|NAME --tenant T [--read-only]\n"
