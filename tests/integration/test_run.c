@@ -209,3 +209,24 @@ Test(run, a_killed_programs_heap_is_freed, .fini = teardown, .timeout = 60)
     free(err);
     expect_no_regions();
 }
+
+/* a request larger than the heap fails as malloc fails when memory runs out
+ * (ENOMEM: Python's MemoryError), and --stats counts it */
+Test(run, a_full_heap_refuses_with_enomem, .fini = teardown, .timeout = 60)
+{
+    start();
+    if (access("/usr/bin/python3", X_OK) != 0) cr_skip_test("/usr/bin/python3 is not installed");
+    char *out = NULL, *err = NULL;
+    int rc = xt_cli(&app, NULL, 0, &out, NULL, &err, "run", "--heap", "128M", "--stats", "--", "/usr/bin/python3",
+                    "-c",
+                    "try:\n    b = bytearray(300 << 20)\n    print('allocated')\n"
+                    "except MemoryError:\n    print('MemoryError')\n"
+                    "b = bytearray(16 << 20)\nprint('then', len(b))\n",
+                    NULL);
+    cr_assert_eq(rc, 0, "exit %d\n%s", rc, err);
+    cr_expect_str_eq(out, "MemoryError\nthen 16777216\n");
+    cr_expect_geq(stat_of(err, "(heap full)"), 1, "%s", err);
+    free(out);
+    free(err);
+    expect_no_regions();
+}

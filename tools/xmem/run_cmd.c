@@ -46,7 +46,7 @@ static int find_lib(char *out, size_t len)
     *slash = '\0';
     const char *rel[] = {XMEM_BIN_TO_LIB, "../lib"};
     for (size_t i = 0; i < 2; i++) {
-        char dir[PATH_MAX];
+        char dir[2 * PATH_MAX];
         snprintf(dir, sizeof(dir), "%s/%s", exe, rel[i]);
         char *real = realpath(dir, NULL);
         if (real == NULL) continue;
@@ -147,12 +147,13 @@ int cmd_run(cli_t *cli)
     if (child_pid < 0) {
         rc = cli_fail("run", "fork: %s", strerror(errno));
     } else {
-        /* a terminal's ^C reaches the program itself; kill/timeout reach us: pass them on */
-        struct sigaction sa = {.sa_handler = forward};
+        /* a terminal's ^C and ^\ reach the program itself (same process group), as
+         * with system(); kill and timeout reach only us: pass them on */
+        struct sigaction sa = {.sa_handler = forward}, ign = {.sa_handler = SIG_IGN};
         sigaction(SIGTERM, &sa, NULL);
         sigaction(SIGHUP, &sa, NULL);
-        sigaction(SIGINT, &sa, NULL);
-        sigaction(SIGQUIT, &sa, NULL);
+        sigaction(SIGINT, &ign, NULL);
+        sigaction(SIGQUIT, &ign, NULL);
         while (waitpid(child_pid, &status, 0) < 0 && errno == EINTR) {}
         rc = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
     }
