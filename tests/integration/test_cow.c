@@ -47,6 +47,21 @@ static void teardown(void)
 #define PAGE 4096u
 #define WORDS (PAGE / 8)
 
+/* Bytes of this process's mappings of region memfds (the local transport's). */
+static size_t mapped_regions(void)
+{
+    FILE *f = fopen("/proc/self/maps", "r");
+    char line[512];
+    size_t bytes = 0;
+    while (f != NULL && fgets(line, sizeof(line), f) != NULL) {
+        unsigned long lo, hi;
+        if (strstr(line, "memfd:xmem-region") != NULL && sscanf(line, "%lx-%lx", &lo, &hi) == 2)
+            bytes += hi - lo;
+    }
+    if (f != NULL) fclose(f);
+    return bytes;
+}
+
 /* ---- a writer of sequence numbers: write s fills page (s - 1) % npages with s ---- */
 
 typedef struct writer {
@@ -261,8 +276,11 @@ XT_TEST_PROVIDERS(cow, clones_and_sources_diverge_and_copies_outlive_them, .fini
     cr_assert_eq(xm_region_clone(ctx, 0, "c1", "c2", &c2), XM_OK, "%s", xm_last_error(ctx));
     m2 = malloc(size);
     memcpy(m2, m1, size);
+    size_t mapped0 = mapped_regions();
     cr_assert_eq(xm_region_snapshot(ctx, xm_region_id(src), NULL, "snap", &snap), XM_OK, "%s",
                  xm_last_error(ctx));
+    /* a local client never maps a copy that lacks pages (it would read its holes as zeros) */
+    cr_assert_eq(mapped_regions(), mapped0, "the snapshot's memfd was mapped locally");
     mn = malloc(size);
     memcpy(mn, ms, size);
     wr(&c1, m1, 0, 10000, 6);          /* parent of c2 written: not in c2 */
