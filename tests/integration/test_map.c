@@ -739,6 +739,8 @@ Test(map, dead_appliance_fault_is_sigbus, .fini = teardown, .timeout = 120)
         uint64_t v = p[(5u << 20) / 8]; /* the appliance is gone now */
         _exit(v == 0 ? 20 : 21);        /* reaching here at all is the failure */
     }
+    close(ready[1]); /* a child that exits early is an end of file here, not a hang */
+    close(go[0]);
     char x;
     cr_assert_eq(read(ready[0], &x, 1), 1, "child could not map");
     xt_kill9(&app);
@@ -832,6 +834,8 @@ Test(map, failed_eviction_keeps_written_pages, .fini = teardown, .timeout = 120)
         xm_unmap_discard(p);
         _exit(0);
     }
+    close(ready[1]); /* a child that exits early is an end of file here, not a hang */
+    close(go[0]);
     char x;
     cr_assert_eq(read(ready[0], &x, 1), 1, "child could not map");
     xt_kill9(&app);
