@@ -230,3 +230,34 @@ Test(run, a_full_heap_refuses_with_enomem, .fini = teardown, .timeout = 60)
     free(err);
     expect_no_regions();
 }
+
+#define PY_SPAWN                                                                                    \
+    "import subprocess, sys\n"                                                                      \
+    "d = {i: str(i) * 8 for i in range(200000)}\n"                                                  \
+    "c = subprocess.run(['/usr/bin/python3', '-c', 'import os; print(os.environ.get(\"XMEM_RUN_REGION\"))'],\n" \
+    "                   capture_output=True, text=True)\n"                                          \
+    "print(len(d), c.returncode, c.stdout.strip())\n"
+
+/* A wrapper that execs (env here; pyenv's shims, scripts ending in exec) hands the heap
+ * to the program it execs (same pid: the claim holds); a child python3 spawned by it
+ * finds the heap claimed, runs on plain memory and drops the variables */
+Test(run, an_execd_program_keeps_the_heap_and_a_spawned_child_runs_plain, .fini = teardown, .timeout = 60)
+{
+    start();
+    if (access("/usr/bin/python3", X_OK) != 0) cr_skip_test("/usr/bin/python3 is not installed");
+    char *out = NULL, *err = NULL;
+    int rc = xt_cli(&app, NULL, 0, &out, NULL, &err, "run", "--heap", "256M", "--stats", "--", "/usr/bin/env",
+                    "PYTHONMALLOC=malloc", "/usr/bin/python3", "-c", PY_SPAWN, NULL);
+    cr_assert_eq(rc, 0, "exit %d\n%s", rc, err);
+    cr_expect_str_eq(out, "200000 0 None\n", "the spawned child saw the heap's variables, or failed");
+    /* the dict (~40 MB through malloc) went to the heap: the exec'd python3 mapped it */
+    const char *f = strstr(err, "fetched ");
+    cr_assert_not_null(f, "%s", err);
+    double mib = 0;
+    char unit[8] = "";
+    cr_assert_eq(sscanf(f, "fetched %lf %7[A-Za-z]", &mib, unit), 2, "%s", err);
+    cr_expect(strcmp(unit, "MiB") == 0 && mib >= 16, "the exec'd program did not get the heap:\n%s", err);
+    free(out);
+    free(err);
+    expect_no_regions();
+}
