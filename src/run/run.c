@@ -230,6 +230,16 @@ static void *mi_aligned_checked(size_t n, size_t align)
     return p;
 }
 
+RUN_API void *reallocarray(void *p, size_t n, size_t size)
+{
+    size_t bytes;
+    if (__builtin_mul_overflow(n, size, &bytes)) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    return realloc(p, bytes);
+}
+
 static void *aligned(size_t align, size_t n)
 {
     if (use_heap()) {

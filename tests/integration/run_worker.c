@@ -72,7 +72,7 @@ static void *worker(void *arg)
             if (what == 0) {
                 /* realloc keeps the prefix */
                 size_t nn = pick_size(&s);
-                unsigned char *q = realloc(x->p, nn);
+                unsigned char *q = (it & 1) ? realloc(x->p, nn) : reallocarray(x->p, 1, nn);
                 if (q == NULL) { fprintf(stderr, "realloc(%zu) failed\n", nn); bad = 1; break; }
                 x->p = q;
                 blk_t old = *x;
