@@ -261,3 +261,27 @@ Test(run, an_execd_program_keeps_the_heap_and_a_spawned_child_runs_plain, .fini 
     free(err);
     expect_no_regions();
 }
+
+/* usage errors are refused before anything is allocated */
+Test(run, usage_errors_are_refused_before_any_allocation, .fini = teardown, .timeout = 30)
+{
+    start();
+    char *err = NULL;
+    int rc = xt_cli(&app, NULL, 0, NULL, NULL, &err, "run", "true", NULL);
+    cr_expect_eq(rc, 2, "no --: exit %d", rc);
+    cr_expect(strstr(err, "usage: xmem run") != NULL, "%s", err);
+    free(err);
+    rc = xt_cli(&app, NULL, 0, NULL, NULL, &err, "run", "--heap", "1M", "--", "true", NULL);
+    cr_expect_eq(rc, 1, "--heap 1M: exit %d", rc);
+    cr_expect(strstr(err, "at least 64M") != NULL, "%s", err);
+    free(err);
+    rc = xt_cli(&app, NULL, 0, NULL, NULL, &err, "run", "--policy", "stripe:2", "--", "true", NULL);
+    cr_expect_eq(rc, 1, "--policy without a manager: exit %d", rc);
+    cr_expect(strstr(err, "needs a manager") != NULL, "%s", err);
+    free(err);
+    rc = xt_cli(&app, NULL, 0, NULL, NULL, &err, "run", "--heap", "64M", "--", "/nonexistent/program", NULL);
+    cr_expect_eq(rc, 127, "a program that does not exist: exit %d", rc);
+    cr_expect(strstr(err, "/nonexistent/program") != NULL, "%s", err);
+    free(err);
+    expect_no_regions();
+}
