@@ -201,44 +201,6 @@ XM_API xm_status_t xm_region_open(xm_ctx_h ctx, uint64_t id, const char *name,
 /** Release a handle (the region itself stays). */
 XM_API void xm_region_close(xm_region_h region);
 
-/** Destroy a region (owner only); its memory goes back to the OS and every key to it dies. */
-XM_API xm_status_t xm_region_destroy(xm_ctx_h ctx, uint64_t id, const char *name);
-
-/**
- * Snapshot a region: a read-only, point-in-time copy on the same appliance, copy-on-write
- * (creating it write-protects the source's pages; a page is copied when the source first
- * writes it afterwards). Later writes to the source are never visible in the snapshot; the
- * snapshot outlives its source. It reserves as much pool space as the source (the pool can
- * never run out mid-copy) and counts against the caller's quota. Needs the source's owner
- * or a read-write grant; the snapshot belongs to the caller, and no one may write it
- * (opening it read-write fails with XM_ERR_PERM). Memory and hugetlb pools only: a file pool
- * gives XM_ERR_INVALID with the reason. See docs/virtual-copy.md.
- * @param [in]  ctx       context
- * @param [in]  id        source region id, or 0 to name it
- * @param [in]  name      source region name when @p id is 0
- * @param [in]  new_name  the snapshot's name ("" or NULL: unnamed)
- * @param [out] region_p  the snapshot, opened read-only
- * @return XM_OK; XM_ERR_NO_SPACE when the pool or quota cannot hold the copy; XM_ERR_PERM,
- *         XM_ERR_NOT_FOUND, XM_ERR_EXISTS (name taken), XM_ERR_INVALID (file pool)
- */
-XM_API xm_status_t xm_region_snapshot(xm_ctx_h ctx, uint64_t id, const char *name,
-                                      const char *new_name, xm_region_h *region_p);
-
-/**
- * Clone a region: as ::xm_region_snapshot, but the copy is writable by its owner (the
- * caller); writes to the clone are never visible in the source, nor the source's in it.
- * A clone can be cloned or snapshotted in turn.
- * @param [in]  ctx       context
- * @param [in]  id        source region id, or 0 to name it
- * @param [in]  name      source region name when @p id is 0
- * @param [in]  new_name  the clone's name ("" or NULL: unnamed)
- * @param [out] region_p  the clone, opened read-write
- * @return as ::xm_region_snapshot
- */
-XM_API xm_status_t xm_region_clone(xm_ctx_h ctx, uint64_t id, const char *name,
-                                   const char *new_name, xm_region_h *region_p);
-
-/** Grant @p tenant @p access to a region the caller owns (XM_ACCESS_READ for read-only). */
 /** ::xm_region_create_file flag: map and register the file read-only; no grant gives write. */
 #define XM_REGION_FILE_READ_ONLY 0x1u
 
@@ -278,6 +240,44 @@ XM_API xm_status_t xm_region_create_file(xm_ctx_h ctx, const char *path, uint32_
  */
 XM_API xm_status_t xm_region_sync(xm_region_h region, uint64_t offset, uint64_t length);
 
+/** Destroy a region (owner only); its memory goes back to the OS and every key to it dies. */
+XM_API xm_status_t xm_region_destroy(xm_ctx_h ctx, uint64_t id, const char *name);
+
+/**
+ * Snapshot a region: a read-only, point-in-time copy on the same appliance, copy-on-write
+ * (creating it write-protects the source's pages; a page is copied when the source first
+ * writes it afterwards). Later writes to the source are never visible in the snapshot; the
+ * snapshot outlives its source. It reserves as much pool space as the source (the pool can
+ * never run out mid-copy) and counts against the caller's quota. Needs the source's owner
+ * or a read-write grant; the snapshot belongs to the caller, and no one may write it
+ * (opening it read-write fails with XM_ERR_PERM). Memory and hugetlb pools only: a file pool
+ * gives XM_ERR_INVALID with the reason. See docs/virtual-copy.md.
+ * @param [in]  ctx       context
+ * @param [in]  id        source region id, or 0 to name it
+ * @param [in]  name      source region name when @p id is 0
+ * @param [in]  new_name  the snapshot's name ("" or NULL: unnamed)
+ * @param [out] region_p  the snapshot, opened read-only
+ * @return XM_OK; XM_ERR_NO_SPACE when the pool or quota cannot hold the copy; XM_ERR_PERM,
+ *         XM_ERR_NOT_FOUND, XM_ERR_EXISTS (name taken), XM_ERR_INVALID (file pool)
+ */
+XM_API xm_status_t xm_region_snapshot(xm_ctx_h ctx, uint64_t id, const char *name,
+                                      const char *new_name, xm_region_h *region_p);
+
+/**
+ * Clone a region: as ::xm_region_snapshot, but the copy is writable by its owner (the
+ * caller); writes to the clone are never visible in the source, nor the source's in it.
+ * A clone can be cloned or snapshotted in turn.
+ * @param [in]  ctx       context
+ * @param [in]  id        source region id, or 0 to name it
+ * @param [in]  name      source region name when @p id is 0
+ * @param [in]  new_name  the clone's name ("" or NULL: unnamed)
+ * @param [out] region_p  the clone, opened read-write
+ * @return as ::xm_region_snapshot
+ */
+XM_API xm_status_t xm_region_clone(xm_ctx_h ctx, uint64_t id, const char *name,
+                                   const char *new_name, xm_region_h *region_p);
+
+/** Grant @p tenant @p access to a region the caller owns (XM_ACCESS_READ for read-only). */
 XM_API xm_status_t xm_region_grant(xm_ctx_h ctx, uint64_t id, const char *name,
                                    const char *tenant, xm_access_t access);
 
