@@ -198,6 +198,11 @@ xm_status_t appl_region_sync(appl_regions_t *t, const char *tenant, uint64_t id,
 appl_region_t *appl__region_new(appl_regions_t *t, uint64_t size, const char *name,
                                 const char *owner);
 void appl__region_free(appl_region_t *r);
+/* r's grants besides its owner's, as stored records: into grants[] with pointers in gptrs[]
+ * (room for r->ngrants each); returns how many. */
+struct Xmem__PoolGrant;
+size_t appl__grants_encode(const appl_region_t *r, struct Xmem__PoolGrant *grants,
+                           struct Xmem__PoolGrant **gptrs);
 void appl__table_add(appl_regions_t *t, appl_region_t *r);
 void appl__table_del(appl_regions_t *t, appl_region_t *r);
 appl_region_t *appl__region_find(appl_regions_t *t, uint64_t id, const char *name);

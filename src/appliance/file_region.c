@@ -495,13 +495,8 @@ xm_status_t appl__files_save(appl_regions_t *t)
         recs[i].path = r->file_path;
         recs[i].read_only = r->read_only;
         recs[i].grants = &gptrs[gi];
-        for (uint32_t g = 1; g < r->ngrants; g++, gi++) {
-            xmem__pool_grant__init(&grants[gi]);
-            grants[gi].tenant = r->grants[g].tenant;
-            grants[gi].access = (Xmem__Access)r->grants[g].access;
-            gptrs[gi] = &grants[gi];
-            recs[i].n_grants++;
-        }
+        recs[i].n_grants = appl__grants_encode(r, &grants[gi], &gptrs[gi]);
+        gi += recs[i].n_grants;
         ptrs[i] = &recs[i];
         i++;
     }

@@ -271,6 +271,18 @@ static void table_del(appl_regions_t *t, appl_region_t *r)
 
 /* ---- persistence of a file-backed pool's table -------------------------- */
 
+size_t appl__grants_encode(const appl_region_t *r, Xmem__PoolGrant *grants, Xmem__PoolGrant **gptrs)
+{
+    size_t n = 0;
+    for (uint32_t g = 1; g < r->ngrants; g++, n++) {
+        xmem__pool_grant__init(&grants[n]);
+        grants[n].tenant = (char *)r->grants[g].tenant;
+        grants[n].access = (Xmem__Access)r->grants[g].access;
+        gptrs[n] = &grants[n];
+    }
+    return n;
+}
+
 static xm_status_t meta_save(appl_regions_t *t)
 {
     if (t->meta_path[0] == '\0') {
@@ -303,13 +315,8 @@ static xm_status_t meta_save(appl_regions_t *t)
         recs[i].n_extents = r->nextents;
         recs[i].extents = r->extents;
         recs[i].grants = &gptrs[gi];
-        for (uint32_t g = 1; g < r->ngrants; g++, gi++) {
-            xmem__pool_grant__init(&grants[gi]);
-            grants[gi].tenant = r->grants[g].tenant;
-            grants[gi].access = (Xmem__Access)r->grants[g].access;
-            gptrs[gi] = &grants[gi];
-            recs[i].n_grants++;
-        }
+        recs[i].n_grants = appl__grants_encode(r, &grants[gi], &gptrs[gi]);
+        gi += recs[i].n_grants;
         ptrs[i] = &recs[i];
         i++;
     }

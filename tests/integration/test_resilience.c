@@ -21,17 +21,23 @@ static void teardown(void)
     xt_cluster_stop(&cl);
 }
 
-/* A manager context with a short operation timeout (a dead appliance is noticed fast). */
-static xm_ctx_h connect_short(void)
+/* A manager context of tenant with a short operation timeout (a dead appliance is noticed
+ * fast). */
+static xm_ctx_h connect_tenant_short(const char *tenant)
 {
     char cred[PATH_MAX + 80];
     xm_connect_opts_t o = {.size = sizeof(xm_connect_opts_t), .manager = cl.mgr.addr,
-                           .secret_file = xt_cred(cl.mgr.secret, "alice", cred, sizeof(cred)),
-                           .tenant = "alice", .timeout_ms = 3000};
+                           .secret_file = xt_cred(cl.mgr.secret, tenant, cred, sizeof(cred)),
+                           .tenant = tenant, .timeout_ms = 3000};
     xm_ctx_h ctx = NULL;
     xm_status_t s = xm_connect(&o, &ctx);
     cr_assert_eq(s, XM_OK, "connect: %s", xm_last_error(NULL));
     return ctx;
+}
+
+static xm_ctx_h connect_short(void)
+{
+    return connect_tenant_short("alice");
 }
 
 static uint64_t rnd(uint64_t *s)
@@ -552,12 +558,7 @@ Test(resilience, attach_while_an_appliance_is_down, .fini = teardown, .timeout =
     cr_assert_eq(xm_alloc_grant(ctx, a->id, NULL, "bob", XM_ACCESS_READ), XM_OK, "%s", xm_last_error(ctx));
     xm_alloc_close(a);
     xt_kill9(&cl.app[1]);
-    char cred[PATH_MAX + 80];
-    xm_connect_opts_t o = {.size = sizeof(xm_connect_opts_t), .manager = cl.mgr.addr,
-                           .secret_file = xt_cred(cl.mgr.secret, "bob", cred, sizeof(cred)),
-                           .tenant = "bob", .timeout_ms = 3000};
-    xm_ctx_h bob = NULL;
-    cr_assert_eq(xm_connect(&o, &bob), XM_OK, "connect: %s", xm_last_error(NULL));
+    xm_ctx_h bob = connect_tenant_short("bob");
     xm_alloc_h b;
     cr_assert_eq(xm_attach(bob, 0, "alice/shared", XM_ACCESS_READ, &b), XM_OK,
                  "a grantee could not attach with one of three appliances down: %s", xm_last_error(bob));
