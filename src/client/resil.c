@@ -132,6 +132,15 @@ xm_status_t xm__resil_attach(xm_region_h a)
     xm__layout_policy_t p = xm__layout_policy_of(&a->layout);
     xm__layout_policy_str(&p, pol, sizeof(pol));
     snprintf(rs->what, sizeof(rs->what), "allocation %llu (%s)", (unsigned long long)a->id, pol);
+    /* a part without a key (0: the manager could not reach its appliance at attach) is down
+     * from the start: reads go around it at once instead of waiting out a timeout there */
+    for (uint32_t p = 0; p < a->nparts && p < XM_LAYOUT_PARTS_MAX; p++) {
+        if (a->parts[p].key == 0) {
+            rs->down[p] = 1;
+            xm_log_info("%s: part %u has no key (its appliance was unreachable at attach): "
+                        "read around and not written", rs->what, p);
+        }
+    }
     a->resil = rs;
     return XM_OK;
 }

@@ -259,6 +259,11 @@ static xm_status_t desc_build(mgr_t *m, const mgr_alloc_t *a, xm_access_t access
     d->n_parts = n;
     d->parts = pp;
     size_t stride = 2 * (XM_NAME_MAX + 1) + 16 + XM_FABRIC_ADDR_MAX;
+    /* a resilient allocation's parts on appliances known down (no more than it survives) go
+     * without their key: the client reads around them at once instead of timing out there */
+    uint32_t down = 0;
+    for (uint32_t i = 0; i < n; i++) down += !m->apps[a->parts[i].appl]->up;
+    bool hide_down = a->policy.redundancy > 0 && down <= a->policy.redundancy;
     for (uint32_t i = 0; i < n; i++) {
         const mgr_appliance_t *ap = m->apps[a->parts[i].appl];
         char *s = strings + i * stride;
@@ -269,7 +274,7 @@ static xm_status_t desc_build(mgr_t *m, const mgr_alloc_t *a, xm_access_t access
         memcpy(fa, ap->fabric_addr, ap->fabric_addr_len);
         parts[i].fabric_addr = (ProtobufCBinaryData){ap->fabric_addr_len, fa};
         parts[i].region_id = a->parts[i].region_id;
-        parts[i].key = keys != NULL ? keys[i] : a->parts[i].key;
+        parts[i].key = hide_down && !ap->up ? 0 : keys != NULL ? keys[i] : a->parts[i].key;
         parts[i].size = a->parts[i].size;
         pp[i] = &parts[i];
     }

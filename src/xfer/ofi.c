@@ -318,6 +318,7 @@ xm_status_t net_mr_reg(net_fabric_t *fab, void *addr, size_t len, xm_access_t ac
     for (int attempt = 0; attempt < 8; attempt++) {
         uint64_t key;
         rpc_random(&key, sizeof(key));
+        if (key == 0) continue; /* 0 is never a key: a descriptor's part without one */
         struct fid_mr *mr;
         int rc = fi_mr_reg(fab->domain, addr, len, rights, 0, key, 0, &mr, NULL);
         if (rc == -FI_ENOKEY) {
