@@ -75,7 +75,7 @@ int main(int argc, char **argv)
     xm__log_set_ident("xmemd");
     /* no process of our user reaches the pool through /proc/PID/{fd,mem} or process_vm_readv */
     prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
-    xm_config_t cfg = {entries, XM_ARRAY_LEN(entries)};
+    xm_config_t cfg = {entries, XM_ARRAY_LEN(entries), "/etc/xmem/xmemd.conf"};
     xm__config_init(&cfg);
     int done = xm__config_parse_args(&cfg, argc, argv, "xmemd", synopsis);
     if (done >= 0) {
@@ -93,17 +93,10 @@ int main(int argc, char **argv)
     uint64_t pool_size, extent_size, quota;
     uint32_t spin_us, max_conns, max_per_tenant, idle_ms, timeout_ms, heartbeat_ms;
     appl_backing_t backing;
-    if (xm__parse_hostport(xm__config_get(&cfg, "listen"), host, sizeof(host), port, sizeof(port)) != XM_OK) {
-        fprintf(stderr, "xmemd: --listen: expected HOST:PORT, got '%s'\n", xm__config_get(&cfg, "listen"));
-        return 2;
-    }
-    if (xm__parse_size(xm__config_get(&cfg, "quota"), &quota) != XM_OK) {
-        fprintf(stderr, "xmemd: --quota: expected a size such as 64G, or 0 for none\n");
-        return 2;
-    }
-    if (xm__parse_size(xm__config_get(&cfg, "pool"), &pool_size) != XM_OK ||
-        xm__parse_size(xm__config_get(&cfg, "extent-size"), &extent_size) != XM_OK) {
-        fprintf(stderr, "xmemd: --pool / --extent-size: expected a size such as 64G or 2M\n");
+    if (xm__config_get_hostport(&cfg, "xmemd", "listen", host, sizeof(host), port, sizeof(port)) != 0 ||
+        xm__config_get_size(&cfg, "xmemd", "quota", &quota) != 0 ||
+        xm__config_get_size(&cfg, "xmemd", "pool", &pool_size) != 0 ||
+        xm__config_get_size(&cfg, "xmemd", "extent-size", &extent_size) != 0) {
         return 2;
     }
     if (appl_backing_parse(xm__config_get(&cfg, "backing"), &backing, path, sizeof(path)) != XM_OK) {
@@ -194,8 +187,7 @@ int main(int argc, char **argv)
     /* file regions: their table lives beside the identity (IDENTITY-STEM.files) */
     {
         uint64_t max_file;
-        if (xm__parse_size(xm__config_get(&cfg, "max-file-region"), &max_file) != XM_OK) {
-            xm_log_error("--max-file-region: expected a size such as 64G, or 0 for no limit");
+        if (xm__config_get_size(&cfg, "xmemd", "max-file-region", &max_file) != 0) {
             goto err_listen;
         }
         char files_path[PATH_MAX + 64];

@@ -3,6 +3,7 @@
 #ifndef XM_CONFIG_H
 #define XM_CONFIG_H
 
+#include <limits.h>
 #include <stdint.h>
 #include <stdio.h>
 
@@ -19,6 +20,8 @@ typedef struct xm_config_entry {
 typedef struct xm_config {
     xm_config_entry_t *entries;
     size_t count;
+    const char *default_file;   /* read when present and no --config is given; NULL: none */
+    char file_path[PATH_MAX];   /* the file settings were read from ("" none), for messages */
 } xm_config_t;
 
 /* Fill values from defaults, then env. */
@@ -30,17 +33,29 @@ xm_status_t xm__config_set(xm_config_t *cfg, const char *name, const char *value
                            const char *source);
 const char *xm__config_get(const xm_config_t *cfg, const char *name);
 void xm__config_print(const xm_config_t *cfg, FILE *out);
-/* A setting as an unsigned 32-bit number; -1 with a line on stderr naming prog
+/* A setting as an unsigned 32-bit number; -1 with a line on stderr naming prog, the
+ * setting, its value and where the value came from (--flag, XMEM_ variable, config file)
  * when it is not one (empty, signed, too large or trailing junk). */
 int xm__config_get_u32(const xm_config_t *cfg, const char *prog, const char *name,
                        uint32_t *out);
+/* A size ("64K", "1.5G"), checked and reported like xm__config_get_u32. */
+int xm__config_get_size(const xm_config_t *cfg, const char *prog, const char *name,
+                        uint64_t *out);
+/* HOST:PORT, checked and reported like xm__config_get_u32. */
+int xm__config_get_hostport(const xm_config_t *cfg, const char *prog, const char *name,
+                            char *host, size_t hostlen, char *port, size_t portlen);
+/* Where a setting's value came from: "--name", "XMEM_NAME", the file's path or "the default". */
+const char *xm__config_origin(const xm_config_t *cfg, const char *name, char *buf, size_t len);
 /* The options of the table as --help shows them. */
 void xm__config_usage(const xm_config_t *cfg, FILE *out);
 /*
- * A daemon's command line: --config FILE first (so flags override it), then
- * --name value flags; --help prints synopsis and the options, --print-config
- * the table. Returns -1 to go on, or the exit code (0 after help or the
- * table, 2 on a bad argument, with a line on stderr naming prog).
+ * A daemon's command line (getopt_long: --name value, --name=value). The config
+ * file (--config FILE, which must exist, else cfg->default_file when it exists) is
+ * read before the flags are applied, so flags win wherever they stand; --help
+ * prints synopsis and the options, --version prog and the version, --print-config
+ * the table. Returns -1 to go on, or the exit code (0 after help, version or the
+ * table; 2 on a bad argument or file, with a line on stderr naming prog; an
+ * unknown option is named as such, with the nearest known one as a hint).
  */
 int xm__config_parse_args(xm_config_t *cfg, int argc, char **argv, const char *prog,
                           const char *synopsis);

@@ -73,7 +73,7 @@ int main(int argc, char **argv)
     xm__log_set_ident("xmem-manager");
     /* no process of our user reaches the table's keys through /proc/PID/{fd,mem} or process_vm_readv */
     prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
-    xm_config_t cfg = {entries, XM_ARRAY_LEN(entries)};
+    xm_config_t cfg = {entries, XM_ARRAY_LEN(entries), "/etc/xmem/manager.conf"};
     xm__config_init(&cfg);
     int done = xm__config_parse_args(&cfg, argc, argv, "xmem-manager", synopsis);
     if (done >= 0) {
@@ -89,8 +89,7 @@ int main(int argc, char **argv)
     }
     xm__log_set_level(level);
     char host[256], port[16];
-    if (xm__parse_hostport(xm__config_get(&cfg, "listen"), host, sizeof(host), port, sizeof(port)) != XM_OK) {
-        fprintf(stderr, "xmem-manager: --listen: expected HOST:PORT\n");
+    if (xm__config_get_hostport(&cfg, "xmem-manager", "listen", host, sizeof(host), port, sizeof(port)) != 0) {
         goto out;
     }
     const char *db = xm__config_get(&cfg, "db");
@@ -100,17 +99,13 @@ int main(int argc, char **argv)
     }
     mgr_opts_t o = {0};
     uint64_t chunk;
-    if (xm__parse_size(xm__config_get(&cfg, "stripe-chunk"), &chunk) != XM_OK || chunk < 4096 ||
-        (chunk & (chunk - 1)) != 0) {
+    if (xm__config_get_size(&cfg, "xmem-manager", "stripe-chunk", &chunk) != 0) goto out;
+    if (chunk < 4096 || (chunk & (chunk - 1)) != 0) {
         fprintf(stderr, "xmem-manager: --stripe-chunk: a power of two from 4K\n");
         goto out;
     }
-    if (xm__parse_size(xm__config_get(&cfg, "stock-max-size"), &o.stock_max_size) != XM_OK) {
-        fprintf(stderr, "xmem-manager: --stock-max-size: expected a size\n");
-        goto out;
-    }
-    if (xm__parse_size(xm__config_get(&cfg, "quota"), &o.default_quota) != XM_OK) {
-        fprintf(stderr, "xmem-manager: --quota: expected a size\n");
+    if (xm__config_get_size(&cfg, "xmem-manager", "stock-max-size", &o.stock_max_size) != 0 ||
+        xm__config_get_size(&cfg, "xmem-manager", "quota", &o.default_quota) != 0) {
         goto out;
     }
     if (parse_quotas(xm__config_get(&cfg, "quotas"), &quotas, &o.nquotas) != 0 ||

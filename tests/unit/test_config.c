@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <criterion/criterion.h>
+#include <xmem/version.h>
 #include <xmem/xmem.h>
 
 #include "../../src/common/common.h"
@@ -296,4 +297,190 @@ Test(config, numbers_are_checked, .init = setup, .fini = teardown)
         cr_assert_eq(xm__config_get_u32(&cfg, "prog", "xt-pool", &v), -1, "accepted '%s'", bad[i]);
         cr_assert_eq(v, 7, "output written for '%s'", bad[i]);
     }
+}
+
+/* ---- getopt_long command lines, the default file, messages naming the source ---------- */
+
+/* Run parse_args with stdout and stderr captured into *out_p / *err_p (malloc'd). */
+static int parse_captured(int argc, char **argv, char **out_p, char **err_p)
+{
+    fflush(stdout);
+    fflush(stderr);
+    FILE *o = tmpfile(), *e = tmpfile();
+    cr_assert(o != NULL && e != NULL);
+    int so = dup(1), se = dup(2);
+    dup2(fileno(o), 1);
+    dup2(fileno(e), 2);
+    int rc = xm__config_parse_args(&cfg, argc, argv, "prog", "usage: prog [OPTIONS]\n");
+    fflush(stdout);
+    fflush(stderr);
+    dup2(so, 1);
+    dup2(se, 2);
+    close(so);
+    close(se);
+    FILE *fs[2] = {o, e};
+    char **outs[2] = {out_p, err_p};
+    for (int i = 0; i < 2; i++) {
+        long n = ftell(fs[i]);
+        char *buf = calloc(1, (size_t)(n > 0 ? n : 0) + 1);
+        rewind(fs[i]);
+        if (n > 0) cr_assert_eq(fread(buf, 1, (size_t)n, fs[i]), (size_t)n);
+        fclose(fs[i]);
+        *outs[i] = buf;
+    }
+    return rc;
+}
+
+Test(config, equals_form_and_separate_value_both_work, .init = setup, .fini = teardown)
+{
+    xm__config_init(&cfg);
+    char *argv[] = {"prog", "--xt-pool=16G", "--xt-listen", "[::1]:9", "--xt-secret=/a=b", NULL};
+    char *out, *err;
+    cr_assert_eq(parse_captured(5, argv, &out, &err), -1, "stderr: %s", err);
+    cr_expect_str_eq(xm__config_get(&cfg, "xt-pool"), "16G");
+    cr_expect_str_eq(xm__config_get(&cfg, "xt-listen"), "[::1]:9");
+    cr_expect_str_eq(xm__config_get(&cfg, "xt-secret"), "/a=b", "only the first '=' splits");
+    cr_expect_str_eq(source_of("xt-pool"), "flag");
+    free(out);
+    free(err);
+}
+
+Test(config, misspelt_option_is_unknown_with_a_hint, .init = setup, .fini = teardown)
+{
+    xm__config_init(&cfg);
+    char *argv[] = {"prog", "--xt-pooll", "1G", NULL};
+    char *out, *err;
+    cr_assert_eq(parse_captured(3, argv, &out, &err), 2);
+    cr_expect_not_null(strstr(err, "unknown option '--xt-pooll'"), "stderr: %s", err);
+    cr_expect_not_null(strstr(err, "did you mean '--xt-pool'"), "stderr: %s", err);
+    cr_expect_null(strstr(err, "missing"), "reported as something else: %s", err);
+    free(out);
+    free(err);
+    /* the =value form of an unknown option names the option, not option=value */
+    char *argv2[] = {"prog", "--zzzzzzzz=3", NULL};
+    cr_assert_eq(parse_captured(2, argv2, &out, &err), 2);
+    cr_expect_not_null(strstr(err, "unknown option '--zzzzzzzz'"), "stderr: %s", err);
+    cr_expect_null(strstr(err, "did you mean"), "no hint for a name nothing is close to: %s", err);
+    free(out);
+    free(err);
+}
+
+Test(config, missing_value_and_stray_argument_are_named, .init = setup, .fini = teardown)
+{
+    xm__config_init(&cfg);
+    char *argv[] = {"prog", "--xt-pool", NULL};
+    char *out, *err;
+    cr_assert_eq(parse_captured(2, argv, &out, &err), 2);
+    cr_expect_not_null(strstr(err, "'--xt-pool' needs a value"), "stderr: %s", err);
+    free(out);
+    free(err);
+    char *argv2[] = {"prog", "stray", NULL};
+    cr_assert_eq(parse_captured(2, argv2, &out, &err), 2);
+    cr_expect_not_null(strstr(err, "unexpected argument 'stray'"), "stderr: %s", err);
+    free(out);
+    free(err);
+}
+
+Test(config, version_and_help, .init = setup, .fini = teardown)
+{
+    xm__config_init(&cfg);
+    char *argv[] = {"prog", "--version", NULL};
+    char *out, *err;
+    cr_assert_eq(parse_captured(2, argv, &out, &err), 0);
+    cr_expect_str_eq(out, "prog (xmem) " XM_VERSION_STRING "\n");
+    cr_expect_str_eq(xm_version(NULL), XM_VERSION_STRING, "the library's version is the one printed");
+    free(out);
+    free(err);
+    char *argv2[] = {"prog", "--help", NULL};
+    cr_assert_eq(parse_captured(2, argv2, &out, &err), 0);
+    cr_expect(strncmp(out, "usage: prog", 11) == 0, "synopsis first: %s", out);
+    cr_expect_not_null(strstr(out, "--xt-listen"));
+    cr_expect_not_null(strstr(out, "address to listen on"));
+    cr_expect_not_null(strstr(out, "--version"));
+    free(out);
+    free(err);
+}
+
+Test(config, default_file_read_when_present_and_skipped_when_absent, .init = setup, .fini = teardown)
+{
+    xm__config_init(&cfg);
+    cfg.default_file = write_file("xt-pool = 3G\n");
+    char *argv[] = {"prog", "--xt-level", "debug", NULL};
+    char *out, *err;
+    cr_assert_eq(parse_captured(3, argv, &out, &err), -1, "stderr: %s", err);
+    cr_expect_str_eq(xm__config_get(&cfg, "xt-pool"), "3G");
+    cr_expect_str_eq(source_of("xt-pool"), "file");
+    free(out);
+    free(err);
+    xm__config_cleanup(&cfg);
+    /* --config replaces the default file */
+    xm__config_init(&cfg);
+    char named[64];
+    snprintf(named, sizeof(named), "%s", path);
+    cfg.default_file = "/tmp/xmem-test-config-no-default-here.conf";
+    char *argv2[] = {"prog", "--config", named, NULL};
+    cr_assert_eq(parse_captured(3, argv2, &out, &err), -1, "stderr: %s", err);
+    cr_expect_str_eq(xm__config_get(&cfg, "xt-pool"), "3G");
+    free(out);
+    free(err);
+    xm__config_cleanup(&cfg);
+    /* an absent default file is fine */
+    xm__config_init(&cfg);
+    cfg.default_file = "/tmp/xmem-test-config-no-default-here.conf";
+    char *argv3[] = {"prog", NULL};
+    cr_assert_eq(parse_captured(1, argv3, &out, &err), -1, "stderr: %s", err);
+    cr_expect_str_eq(xm__config_get(&cfg, "xt-pool"), "1G");
+    free(out);
+    free(err);
+    /* a named file that is missing is an error naming it */
+    char *argv4[] = {"prog", "--config=/tmp/xmem-test-config-missing.conf", NULL};
+    cr_assert_eq(parse_captured(2, argv4, &out, &err), 2);
+    cr_expect_not_null(strstr(err, "/tmp/xmem-test-config-missing.conf"), "stderr: %s", err);
+    free(out);
+    free(err);
+    cfg.default_file = NULL;
+}
+
+Test(config, bad_numbers_name_the_entry_and_its_source, .init = setup, .fini = teardown)
+{
+    setenv("XMEM_XT_LEVEL", "banana", 1);
+    xm__config_init(&cfg);
+    const char *file = write_file("xt-listen = 12x\n");
+    char *argv[] = {"prog", "--config", (char *)file, "--xt-pool=1.5Q", NULL};
+    char *out, *err;
+    cr_assert_eq(parse_captured(4, argv, &out, &err), -1, "stderr: %s", err);
+    free(out);
+    free(err);
+    uint32_t v = 7;
+    uint64_t size = 9;
+    char *msg = NULL;
+    size_t len = 0;
+    fflush(stderr);
+    FILE *e = open_memstream(&msg, &len);
+    int se = dup(2);
+    FILE *t = tmpfile();
+    dup2(fileno(t), 2);
+    cr_expect_eq(xm__config_get_u32(&cfg, "prog", "xt-level", &v), -1);
+    cr_expect_eq(xm__config_get_u32(&cfg, "prog", "xt-listen", &v), -1);
+    cr_expect_eq(xm__config_get_size(&cfg, "prog", "xt-pool", &size), -1);
+    fflush(stderr);
+    dup2(se, 2);
+    close(se);
+    fclose(e);
+    free(msg);
+    long n = ftell(t);
+    char *text = calloc(1, (size_t)n + 1);
+    rewind(t);
+    cr_assert_eq(fread(text, 1, (size_t)n, t), (size_t)n);
+    fclose(t);
+    cr_expect_eq(v, 7);
+    cr_expect_eq(size, 9);
+    cr_expect_not_null(strstr(text, "xt-level = 'banana' (from XMEM_XT_LEVEL)"), "%s", text);
+    cr_expect_not_null(strstr(text, "xt-listen = '12x' (from /tmp/xmem-test-config-"), "%s", text);
+    cr_expect_not_null(strstr(text, "xt-pool = '1.5Q' (from --xt-pool)"), "%s", text);
+    free(text);
+    /* a good size passes */
+    cr_assert_eq(xm__config_set(&cfg, "xt-pool", "1.5G", "flag"), XM_OK);
+    cr_expect_eq(xm__config_get_size(&cfg, "prog", "xt-pool", &size), 0);
+    cr_expect_eq(size, 1536ull << 20);
 }
