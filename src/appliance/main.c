@@ -14,7 +14,9 @@
 
 #include "../common/common.h"
 #include "../common/config.h"
+#include "../ops/ops.h"
 #include "appliance.h"
+#include "metrics.h"
 
 static xm_config_entry_t entries[] = {
     {"listen", "127.0.0.1:7400", "HOST:PORT of the control listener (PORT 0: any free port)", 0, 0},
@@ -37,6 +39,7 @@ static xm_config_entry_t entries[] = {
     {"idle-timeout-ms", "600000", "an authenticated control connection idle this long is closed (0: never)", 0, 0},
     {"timeout-ms", "5000", "a started control message must arrive within this", 0, 0},
     {"log-level", "info", "error | warn | info | debug", 0, 0},
+    XM_OPS_CONFIG_ENTRIES,
     {"manager", "", "HOST:PORT of xmem-manager to register with (empty: serve alone)", 0, 0},
     {"domain", "default", "failure domain reported to the manager", 0, 0},
     {"heartbeat-ms", "500", "interval of heartbeats to the manager", 0, 0},
@@ -82,12 +85,10 @@ int main(int argc, char **argv)
         xm__config_cleanup(&cfg);
         return done;
     }
-    xm_log_level_t level;
-    if (!xm__log_parse_level(xm__config_get(&cfg, "log-level"), &level)) {
-        fprintf(stderr, "xmemd: --log-level: use error, warn, info or debug\n");
+    if (xm__ops_log_setup(&cfg, "xmemd") != 0) {
+        xm__config_cleanup(&cfg);
         return 2;
     }
-    xm__log_set_level(level);
 
     char host[256], port[16], path[PATH_MAX];
     uint64_t pool_size, extent_size, quota;
@@ -139,6 +140,7 @@ int main(int argc, char **argv)
     appl_regions_t regions;
     appl_server_t *server = NULL;
     appl_member_t *member = NULL;
+    xm_metrics_server_t *metrics = NULL;
     int listen_fd = -1;
     int local_fd = -1; /* the local transport's listener */
     char local_path[PATH_MAX + 64] = "", boot_id[NET_LOCAL_BOOT_ID_LEN + 1] = "";
@@ -236,6 +238,10 @@ int main(int argc, char **argv)
     if (appl_server_create(&so, &server) != XM_OK) {
         goto err_progress;
     }
+    if (appl_metrics_register(&regions) != XM_OK || xm__ops_metrics_start(&cfg, "xmemd", &metrics) != 0) {
+        appl_server_destroy(server);
+        goto err_progress;
+    }
     char sz[32];
     xm_log_info("serving %s %s pool on %s:%u over %s (%s)", xm__format_size(pool.size, sz, sizeof(sz)),
                 appl_backing_name(backing), host, bound_port, fab.provider,
@@ -248,6 +254,7 @@ int main(int argc, char **argv)
                                  .cred = &cred, .identity = &identity, .regions = &regions, .fab = &fab,
                                  .heartbeat_ms = heartbeat_ms, .timeout_ms = timeout_ms};
         if (appl_member_start(&mo, &member) != XM_OK) {
+            xm__metrics_server_stop(metrics);
             appl_server_destroy(server);
             goto err_progress;
         }
@@ -256,12 +263,16 @@ int main(int argc, char **argv)
     fflush(stdout);
 
     xm_log_info("identity %s (%s)", identity.id, id_path);
+    xm__ops_notify("READY=1"); /* systemd (Type=notify): the listener is up */
     appl_server_run(server, sig_fd, hup_fd);
+    xm__ops_notify("STOPPING=1");
     xm_log_info("shutting down");
     rc = 0;
+    xm__metrics_server_stop(metrics);
     appl_member_stop(member);
     appl_server_destroy(server);
 err_progress:
+    appl_metrics_unregister(&regions);
     atomic_store(&parg.stop, 1);
     if (parg.stop_fd >= 0) {
         uint64_t one = 1;

@@ -29,6 +29,25 @@ xm_log_level_t xm__log_get_level(void);
 bool xm__log_parse_level(const char *text, xm_log_level_t *level_p);
 /* Set the program name printed on each line. */
 void xm__log_set_ident(const char *ident);
+const char *xm__log_ident(void);
+
+/* Where log lines go: stderr (default) and a file get "ISO-8601-TIME IDENT[PID] LEVEL: MSG";
+ * syslog(3) (facility daemon) and a sink get the message alone. */
+typedef enum xm_log_target {
+    XM_LOG_TO_STDERR = 0,
+    XM_LOG_TO_FILE,
+    XM_LOG_TO_SYSLOG,
+    XM_LOG_TO_SINK,
+} xm_log_target_t;
+/* A daemon's own destination (journald, src/ops/service.c); called with the target lock held
+ * shared, from any thread. */
+typedef void (*xm_log_sink_fn)(xm_log_level_t level, const char *msg);
+/* Switch the destination: path for a file (opened append, created 0640; XM_ERR_IO when it
+ * cannot be, the old target kept), fn for a sink. */
+xm_status_t xm__log_set_target(xm_log_target_t to, const char *path, xm_log_sink_fn fn);
+/* Reopen the log file by its path (after logrotate moved it; SIGHUP); no-op for other
+ * targets. XM_ERR_IO (logged): the old descriptor is kept. */
+xm_status_t xm__log_reopen(void);
 void xm__log(xm_log_level_t level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 #define xm_log_error(...) xm__log(XM_LOG_ERROR, __VA_ARGS__)

@@ -11,7 +11,9 @@
 
 #include "../common/common.h"
 #include "../common/config.h"
+#include "../ops/ops.h"
 #include "manager.h"
+#include "metrics.h"
 
 static xm_config_entry_t entries[] = {
     {"listen", "127.0.0.1:7300", "HOST:PORT of the control listener (PORT 0: any free port)", 0, 0},
@@ -31,6 +33,7 @@ static xm_config_entry_t entries[] = {
     {"stock-idle-ms", "1000", "regions made ahead and not asked for this long are destroyed", 0, 0},
     {"spin-us", "0", "after serving requests, poll for more this long before sleeping", 0, 0},
     {"log-level", "info", "error | warn | info | debug", 0, 0},
+    XM_OPS_CONFIG_ENTRIES,
 };
 
 static const char synopsis[] =
@@ -82,12 +85,7 @@ int main(int argc, char **argv)
     }
     int rc = 2;
     mgr_quota_t *quotas = NULL;
-    xm_log_level_t level;
-    if (!xm__log_parse_level(xm__config_get(&cfg, "log-level"), &level)) {
-        fprintf(stderr, "xmem-manager: --log-level: use error, warn, info or debug\n");
-        goto out;
-    }
-    xm__log_set_level(level);
+    if (xm__ops_log_setup(&cfg, "xmem-manager") != 0) goto out;
     char host[256], port[16];
     if (xm__config_get_hostport(&cfg, "xmem-manager", "listen", host, sizeof(host), port, sizeof(port)) != 0) {
         goto out;
@@ -140,6 +138,8 @@ int main(int argc, char **argv)
     rpc_daemon_signals(&sig_fd, &hup_fd);
 
     rc = 1;
+    xm_metrics_server_t *metrics = NULL;
+    if (xm__ops_metrics_start(&cfg, "xmem-manager", &metrics) != 0) goto err_sig;
     mgr_t *m = NULL;
     mgr_server_t *server = NULL;
     int listen_fd = -1;
@@ -148,20 +148,25 @@ int main(int argc, char **argv)
         fprintf(stderr, "xmem-manager: %s\n", why);
         goto err_sig;
     }
+    if (mgr_metrics_register(m) != XM_OK) goto err_mgr;
     if (rpc_listen(host, port, &listen_fd, &bound) != XM_OK) goto err_mgr;
     if (mgr_server_create(m, listen_fd, &server) != XM_OK) goto err_listen;
     xm_log_info("managing allocations on %s:%u, table %s", host, bound, db);
     printf("xmem-manager listening on %s:%u\n", host, bound);
     fflush(stdout);
+    xm__ops_notify("READY=1"); /* systemd (Type=notify): the listener is up */
     mgr_server_run(server, sig_fd, hup_fd);
+    xm__ops_notify("STOPPING=1");
     xm_log_info("shutting down");
     rc = 0;
     mgr_server_destroy(server);
 err_listen:
     close(listen_fd);
 err_mgr:
+    mgr_metrics_unregister(m);
     mgr_destroy(m);
 err_sig:
+    xm__metrics_server_stop(metrics);
     if (sig_fd >= 0) close(sig_fd);
     if (hup_fd >= 0) close(hup_fd);
     rpc_keyring_cleanup(&keyring);

@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #include "../common/common.h"
+#include "../common/metrics.h"
 #include "rpc.h"
 
 #define NEVER UINT64_MAX
@@ -209,6 +210,7 @@ static void serve_blocking(rpc_server_t *s, conn_t *c, xm_msg_t *msg)
     bool close_after = false;
     xm_status_t status = s->o.ops->serve(s->o.arg, &c->pub, msg, false, 0, &rep, why,
                                          sizeof(why), &close_after);
+    xm__metrics_request((unsigned)msg->body_case, status);
     if (!reply_seal(s, c, msg->seq, status, why, &rep, close_after)) c->dead = true;
     proto_msg_free(msg);
     /* send what the socket takes now: the reply must not wait for the loop to wake up (a
@@ -264,6 +266,12 @@ static void *handshake_main(void *arg)
     const char *why = NULL;
     c->hs_ok = rpc_handshake_server(&c->pub.rc, o->keyring, o->identity, o->welcome, admit, c,
                                     o->timeout_ms, &why) == XM_OK;
+    if (c->hs_ok) {
+        atomic_fetch_add_explicit(&xm__rpc_metrics.sessions, 1, memory_order_relaxed);
+        xm__metrics_inc(&xm__rpc_metrics.sessions_total);
+    } else {
+        xm__metrics_inc(&xm__rpc_metrics.handshake_failures);
+    }
     if (!c->hs_ok) {
         xm_log_warn("connection from %s%s%s: handshake failed: %s", c->pub.peer,
                     c->pub.rc.principal[0] ? " as " : "", c->pub.rc.principal,
@@ -309,6 +317,7 @@ static void conn_close(rpc_server_t *s, conn_t *c)
 {
     if (c->state == CONN_READY) epoll_ctl(s->ep, EPOLL_CTL_DEL, c->pub.rc.fd, NULL);
     if (c->admitted) rpc_admission_put(&s->admission, c->pub.rc.principal);
+    if (c->hs_ok) atomic_fetch_sub_explicit(&xm__rpc_metrics.sessions, 1, memory_order_relaxed);
     if (c->hs_ok && s->o.ops->conn_closed != NULL) s->o.ops->conn_closed(s->o.arg, &c->pub);
     pthread_mutex_lock(&s->lock);
     for (conn_t **pp = &s->conns; *pp != NULL; pp = &(*pp)->next) {
@@ -397,6 +406,7 @@ static void conn_accept(rpc_server_t *s, int *lfd)
         const char *over = full ? NULL : pending_over(s, source);
         pthread_mutex_unlock(&s->lock);
         if (full || over != NULL) {
+            xm__metrics_inc(&xm__rpc_metrics.refused);
             char peer[128];
             rpc_peer_name(&ss, peer, sizeof(peer));
             uint64_t now = xm__now_ns();
@@ -589,6 +599,7 @@ static void round_serve(rpc_server_t *s, size_t n)
                 sl->status = fail_status != XM_OK ? fail_status : XM_ERR_IO;
                 snprintf(sl->why, sizeof(sl->why), "%s", fail_why != NULL ? fail_why : "");
             }
+            xm__metrics_request((unsigned)sl->msg->body_case, sl->status);
             bool ok = reply_seal(s, c, sl->msg->seq, sl->status, sl->why, &sl->rep, sl->close_after);
             proto_msg_free(sl->msg);
             if (!ok || !conn_flush(s, c)) {
@@ -791,7 +802,8 @@ void rpc_server_run(rpc_server_t *s, int stop_fd, int hup_fd)
                 struct signalfd_siginfo si;
                 while (read(hup_fd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
                 }
-                xm_log_info("SIGHUP: reloading the tenant registry");
+                xm__log_reopen(); /* logrotate moved the file: lines go to a new one */
+                xm_log_info("SIGHUP: log file reopened, reloading the tenant registry");
                 reload = true;
             } else if (p == &watch_fd) {
                 reload = true;
