@@ -12,7 +12,9 @@
 
 struct appl_member {
     appl_member_opts_t opts;
-    char host[256], port[16];
+    char host[256], port[16];        /* the manager tried now */
+    char *managers;                  /* --manager: HOST:PORT[,HOST:PORT...] (a group, docs/ha.md) */
+    size_t nmanagers, cur;
     uint64_t boot_id;
     pthread_t thread;
     int stop_pipe[2];   /* readable when stopping */
@@ -68,12 +70,54 @@ static void serve_connection(appl_member_t *mb, rpc_conn_t *rc)
     }
 }
 
+/* Entry i of the manager list into mb->host/port; false: not HOST:PORT. */
+static bool manager_pick(appl_member_t *mb, size_t i)
+{
+    const char *p = mb->managers;
+    for (size_t k = 0; k < i && p != NULL; k++) {
+        p = strchr(p, ',');
+        if (p != NULL) p++;
+    }
+    if (p == NULL) return false;
+    char one[300];
+    size_t n = strcspn(p, ",");
+    snprintf(one, sizeof(one), "%.*s", (int)(n < sizeof(one) ? n : sizeof(one) - 1), p);
+    return xm__parse_hostport(one, mb->host, sizeof(mb->host), mb->port, sizeof(mb->port)) == XM_OK;
+}
+
+/* Move on to the next manager of the group, or to the leader a standby named when it is
+ * one of ours; true: every manager was tried since the last success (time to pause). */
+static bool manager_next(appl_member_t *mb, const char *leader, size_t *tried)
+{
+    if (mb->nmanagers <= 1) return true;
+    for (size_t i = 0; leader != NULL && leader[0] != '\0' && i < mb->nmanagers; i++) {
+        char h[256], pt[16];
+        memcpy(h, mb->host, sizeof(h));
+        memcpy(pt, mb->port, sizeof(pt));
+        manager_pick(mb, i);
+        char addr[300];
+        snprintf(addr, sizeof(addr), "%s:%s", mb->host, mb->port);
+        if (strcmp(addr, leader) == 0 && i != mb->cur) {
+            mb->cur = i;
+            return false;
+        }
+        memcpy(mb->host, h, sizeof(h));
+        memcpy(mb->port, pt, sizeof(pt));
+    }
+    mb->cur = (mb->cur + 1) % mb->nmanagers;
+    manager_pick(mb, mb->cur);
+    return ++*tried >= mb->nmanagers;
+}
+
 static void *member_main(void *arg)
 {
     appl_member_t *mb = arg;
     const appl_member_opts_t *o = &mb->opts;
     bool warned = false;
+    size_t tried = 0;
     for (;;) {
+        char leader[XM_NAME_MAX + 1] = "";
+        bool standby = false;
         int fd;
         xm_status_t status = rpc_connect(mb->host, mb->port, o->timeout_ms, &fd);
         if (status == XM_OK) {
@@ -83,9 +127,15 @@ static void *member_main(void *arg)
             rpc_conn_init(&rc, fd);
             status = rpc_handshake_client(&rc, o->cred, RPC_ROLE_APPLIANCE, o->timeout_ms, &welcome,
                                           why, sizeof(why));
-            if (status == XM_OK) {
+            if (status == XM_OK && welcome->welcome->standby) {
+                /* a manager of a group that is not its leader: on to the leader */
+                standby = true;
+                snprintf(leader, sizeof(leader), "%s", welcome->welcome->leader_addr);
+                proto_msg_free(welcome);
+            } else if (status == XM_OK) {
                 proto_msg_free(welcome);
                 warned = false;
+                tried = 0;
                 serve_connection(mb, &rc);
             } else if (!warned) {
                 xm_log_warn("manager %s:%s: %s", mb->host, mb->port, why);
@@ -96,6 +146,10 @@ static void *member_main(void *arg)
                         xm_status_str(status));
             warned = true;
         }
+        (void)standby;
+        /* a group: the next manager at once, a pause once all were tried */
+        if (!manager_next(mb, leader, &tried)) continue;
+        tried = 0;
         struct pollfd p = {.fd = mb->stop_pipe[0], .events = POLLIN};
         if (poll(&p, 1, (int)o->heartbeat_ms) != 0) return NULL;
     }
@@ -106,19 +160,31 @@ xm_status_t appl_member_start(const appl_member_opts_t *opts, appl_member_t **mb
     appl_member_t *mb = calloc(1, sizeof(*mb));
     if (mb == NULL) return XM_ERR_NO_MEMORY;
     mb->opts = *opts;
-    if (xm__parse_hostport(opts->manager, mb->host, sizeof(mb->host), mb->port, sizeof(mb->port)) != XM_OK) {
-        xm_log_error("--manager: expected HOST:PORT, got '%s'", opts->manager);
+    mb->managers = strdup(opts->manager);
+    mb->nmanagers = 1;
+    for (const char *c = opts->manager; *c != '\0'; c++) mb->nmanagers += *c == ',';
+    for (size_t i = mb->nmanagers; mb->managers != NULL && i-- > 0;) {
+        if (!manager_pick(mb, i)) {
+            xm_log_error("--manager: expected HOST:PORT[,HOST:PORT...], got '%s'", opts->manager);
+            free(mb->managers);
+            free(mb);
+            return XM_ERR_INVALID;
+        }
+    }
+    if (mb->managers == NULL) {
         free(mb);
-        return XM_ERR_INVALID;
+        return XM_ERR_NO_MEMORY;
     }
     rpc_random(&mb->boot_id, sizeof(mb->boot_id));
     if (pipe2(mb->stop_pipe, O_CLOEXEC) != 0) {
+        free(mb->managers);
         free(mb);
         return XM_ERR_IO;
     }
     if (pthread_create(&mb->thread, NULL, member_main, mb) != 0) {
         close(mb->stop_pipe[0]);
         close(mb->stop_pipe[1]);
+        free(mb->managers);
         free(mb);
         return XM_ERR_IO;
     }
@@ -133,5 +199,6 @@ void appl_member_stop(appl_member_t *mb)
     pthread_join(mb->thread, NULL);
     close(mb->stop_pipe[0]);
     close(mb->stop_pipe[1]);
+    free(mb->managers);
     free(mb);
 }

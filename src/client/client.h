@@ -33,6 +33,11 @@ struct xm_ctx {
     uint32_t timeout_ms;
     uint64_t rpc_spin_ns;    /* poll this long for a control reply before sleeping */
     bool manager;            /* the control peer is xmem-manager: no data endpoint of its own */
+    /* a manager group (docs/ha.md): HOST:PORT,HOST:PORT... (NULL: one manager); cur_manager,
+     * leader_hint and host/port under ctl_lock */
+    char *managers;
+    uint32_t nmanagers, cur_manager;
+    char leader_hint[XM_NAME_MAX + 1]; /* where a standby said the leader is */
     pthread_mutex_t ctl_lock;
     /* ctl_lock */
     uint64_t call_deadline_ns; /* the control call in progress must end by then */

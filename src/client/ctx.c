@@ -101,6 +101,16 @@ static xm_status_t ctl_connect(xm_ctx_h ctx)
         goto err;
     }
     const Xmem__Welcome *w = rep->welcome;
+    if (ctx->manager && w->manager && w->standby) {
+        /* a manager of a group that is not its leader: the caller moves on (mgr_next) */
+        snprintf(ctx->leader_hint, sizeof(ctx->leader_hint), "%s", w->leader_addr);
+        status = xm__ctx_error(ctx, XM_ERR_CONNECT, "manager %s:%s is a standby, not the leader%s%s",
+                               ctx->host, ctx->port, w->leader_addr[0] ? "; the leader is at "
+                                                                       : " (an election is under way)",
+                               w->leader_addr);
+        proto_msg_free(rep);
+        goto err;
+    }
     if (w->manager != ctx->manager) {
         status = xm__ctx_error(ctx, XM_ERR_INVALID, "%s:%s is %s, not %s", ctx->host, ctx->port,
                                w->manager ? "a manager" : "an appliance",
@@ -169,11 +179,79 @@ static void ctl_check(xm_ctx_h ctx)
 }
 
 static xm_status_t rpc_locked(xm_ctx_h ctx, xm_msg_t *req, xm_msg_t **rep_p);
+static xm_status_t rpc_once(xm_ctx_h ctx, xm_msg_t *req, xm_msg_t **rep_p);
+
+/* Entry i of the manager group into host/port; false: not HOST:PORT. */
+static bool mgr_pick(xm_ctx_h ctx, uint32_t i)
+{
+    const char *p = ctx->managers;
+    for (uint32_t k = 0; k < i && p != NULL; k++) {
+        p = strchr(p, ',');
+        if (p != NULL) p++;
+    }
+    if (p == NULL) return false;
+    char one[300];
+    size_t n = strcspn(p, ",");
+    snprintf(one, sizeof(one), "%.*s", (int)(n < sizeof(one) ? n : sizeof(one) - 1), p);
+    return xm__parse_hostport(one, ctx->host, sizeof(ctx->host), ctx->port, sizeof(ctx->port)) == XM_OK;
+}
+
+/* On to the leader a standby named when it is in the group, else the next manager. */
+static void mgr_next(xm_ctx_h ctx)
+{
+    ctl_close(ctx);
+    for (uint32_t i = 0; ctx->leader_hint[0] != '\0' && i < ctx->nmanagers; i++) {
+        mgr_pick(ctx, i);
+        char addr[300];
+        snprintf(addr, sizeof(addr), "%s:%s", ctx->host, ctx->port);
+        if (strcmp(addr, ctx->leader_hint) == 0 && i != ctx->cur_manager) {
+            ctx->cur_manager = i;
+            ctx->leader_hint[0] = '\0';
+            return;
+        }
+    }
+    ctx->leader_hint[0] = '\0';
+    ctx->cur_manager = (ctx->cur_manager + 1) % ctx->nmanagers;
+    mgr_pick(ctx, ctx->cur_manager);
+}
+
+/* A request served by a manager group: connection failures, a standby or a leader that
+ * died under the call move on to the next manager until the leader answers, within one
+ * more timeout after the first failure. Requests are safe to repeat: an allocation's
+ * request id makes its retry the same allocation; a free repeated after the leader died
+ * finds the allocation gone, which is what was asked. */
+static xm_status_t rpc_group(xm_ctx_h ctx, xm_msg_t *req, xm_msg_t **rep_p)
+{
+    bool extended = false, sent = false;
+    uint32_t tried = 0;
+    ctx->call_deadline_ns = xm__now_ns() + (uint64_t)ctx->timeout_ms * 1000000ull;
+    for (;;) {
+        xm_status_t status = rpc_once(ctx, req, rep_p);
+        bool moved = ctx->conn.fd < 0 && (status == XM_ERR_CONNECT || status == XM_ERR_DISCONNECTED ||
+                                          status == XM_ERR_TIMEOUT);
+        if (status == XM_ERR_NOT_FOUND && sent && req->body_case == XMEM__MSG__BODY_ALLOC_FREE) {
+            static const uint8_t none[1];
+            *rep_p = xmem__msg__unpack(NULL, 0, none);
+            return *rep_p != NULL ? XM_OK : XM_ERR_NO_MEMORY;
+        }
+        if (!moved) return status;
+        /* the request may have reached a leader that died before replying */
+        if (status != XM_ERR_CONNECT) sent = true;
+        uint64_t now = xm__now_ns();
+        if (!extended) {
+            extended = true;
+            ctx->call_deadline_ns = now + (uint64_t)ctx->timeout_ms * 1000000ull;
+        }
+        if (now >= ctx->call_deadline_ns) return status;
+        mgr_next(ctx);
+        if (++tried % ctx->nmanagers == 0) usleep(50000); /* all tried: an election is under way */
+    }
+}
 
 xm_status_t xm__rpc(xm_ctx_h ctx, xm_msg_t *req, xm_msg_t **rep_p)
 {
     pthread_mutex_lock(&ctx->ctl_lock);
-    xm_status_t status = rpc_locked(ctx, req, rep_p);
+    xm_status_t status = ctx->nmanagers > 1 ? rpc_group(ctx, req, rep_p) : rpc_locked(ctx, req, rep_p);
     pthread_mutex_unlock(&ctx->ctl_lock);
     return status;
 }
@@ -182,6 +260,12 @@ static xm_status_t rpc_locked(xm_ctx_h ctx, xm_msg_t *req, xm_msg_t **rep_p)
 {
     /* one budget for the whole call: reconnect, handshake, request, reply */
     ctx->call_deadline_ns = xm__now_ns() + (uint64_t)ctx->timeout_ms * 1000000ull;
+    return rpc_once(ctx, req, rep_p);
+}
+
+/* One attempt within the call's deadline. */
+static xm_status_t rpc_once(xm_ctx_h ctx, xm_msg_t *req, xm_msg_t **rep_p)
+{
     if (manager_request(req) != ctx->manager) {
         return xm__ctx_error(ctx, XM_ERR_INVALID, ctx->manager
                                  ? "connected to a manager: use allocations (xm_alloc), not regions"
@@ -235,7 +319,22 @@ XM_EXPORT xm_status_t xm_connect(const xm_connect_opts_t *opts, xm_ctx_h *ctx_p)
     } else {
         addr = pick(opts->appliance, "XMEM_APPLIANCE", "127.0.0.1:7400");
     }
-    if (xm__parse_hostport(addr, ctx->host, sizeof(ctx->host), ctx->port, sizeof(ctx->port)) != XM_OK) {
+    if (ctx->manager && strchr(addr, ',') != NULL) {
+        /* a manager group: whichever leads serves (docs/ha.md) */
+        ctx->managers = strdup(addr);
+        if (ctx->managers == NULL) {
+            status = XM_ERR_NO_MEMORY;
+            goto err;
+        }
+        ctx->nmanagers = 1;
+        for (const char *c = addr; *c != '\0'; c++) ctx->nmanagers += *c == ',';
+        for (uint32_t i = ctx->nmanagers; i-- > 0;) {
+            if (!mgr_pick(ctx, i)) {
+                xm__ctx_error(ctx, status, "manager address '%s' is not HOST:PORT[,HOST:PORT...]", addr);
+                goto err;
+            }
+        }
+    } else if (xm__parse_hostport(addr, ctx->host, sizeof(ctx->host), ctx->port, sizeof(ctx->port)) != XM_OK) {
         xm__ctx_error(ctx, status, "%s address '%s' is not HOST:PORT", KIND(ctx), addr);
         goto err;
     }
@@ -294,6 +393,14 @@ XM_EXPORT xm_status_t xm_connect(const xm_connect_opts_t *opts, xm_ctx_h *ctx_p)
     if (status != XM_OK) goto err;
     ctx->call_deadline_ns = xm__now_ns() + (uint64_t)ctx->timeout_ms * 1000000ull;
     status = ctl_connect(ctx);
+    for (uint32_t tried = 1; status != XM_OK && ctx->nmanagers > 1 && ctx->conn.fd < 0 &&
+                             (status == XM_ERR_CONNECT || status == XM_ERR_TIMEOUT ||
+                              status == XM_ERR_DISCONNECTED) && xm__now_ns() < ctx->call_deadline_ns;
+         tried++) {
+        mgr_next(ctx);
+        if (tried % ctx->nmanagers == 0) usleep(50000); /* all tried: an election is under way */
+        status = ctl_connect(ctx);
+    }
     if (status != XM_OK) {
         goto err;
     }
@@ -307,6 +414,7 @@ err:
     sodium_memzero(&ctx->cred, sizeof(ctx->cred));
     xm__dp_put(ctx->dp);
     pthread_mutex_destroy(&ctx->ctl_lock);
+    free(ctx->managers);
     free(ctx);
     return status;
 }
@@ -320,5 +428,6 @@ XM_EXPORT void xm_disconnect(xm_ctx_h ctx)
     ctl_close(ctx);
     pthread_mutex_destroy(&ctx->ctl_lock);
     sodium_memzero(&ctx->cred, sizeof(ctx->cred));
+    free(ctx->managers);
     free(ctx);
 }

@@ -12,12 +12,18 @@
 #include "../common/common.h"
 #include "../common/config.h"
 #include "../ops/ops.h"
+#include "ha.h"
 #include "manager.h"
 #include "metrics.h"
 
 static xm_config_entry_t entries[] = {
     {"listen", "127.0.0.1:7300", "HOST:PORT of the control listener (PORT 0: any free port)", 0, 0},
     {"db", NULL, "path of the allocation table (SQLite, WAL); created when missing", 0, 0},
+    {"store", "sqlite", "where the allocation table lives: sqlite (--db, one manager) | etcd (--etcd: a group of managers electing a leader, docs/ha.md)", 0, 0},
+    {"etcd", "", "etcd endpoints of --store etcd: http://HOST:PORT[,http://HOST:PORT...]", 0, 0},
+    {"etcd-prefix", "/xmem", "key prefix of this manager group in etcd", 0, 0},
+    {"advertise", "", "HOST:PORT peers reach this manager at (--store etcd; empty: --listen's)", 0, 0},
+    {"lease-ttl", "2", "seconds a dead leader keeps the leadership (--store etcd)", 0, 0},
     {"secret-file", NULL, "file holding the cluster secret (xmem secret new PATH)", 0, 0},
     {"tenants", "", "tenant registry (xmem tenant add); empty: SECRET-FILE.tenants", 0, 0},
     {"down-after-ms", "2000", "an appliance without a heartbeat this long is down", 0, 0},
@@ -91,6 +97,17 @@ int main(int argc, char **argv)
         goto out;
     }
     const char *db = xm__config_get(&cfg, "db");
+    const char *store = xm__config_get(&cfg, "store");
+    bool ha_group = store != NULL && strcmp(store, "etcd") == 0;
+    if (!ha_group && (store == NULL || strcmp(store, "sqlite") != 0)) {
+        fprintf(stderr, "xmem-manager: --store: sqlite or etcd, not '%s'\n", store ? store : "");
+        goto out;
+    }
+    if (ha_group) db = xm__config_get(&cfg, "etcd");
+    if (ha_group && (db == NULL || db[0] == '\0')) {
+        fprintf(stderr, "xmem-manager: --store etcd needs --etcd http://HOST:PORT[,...]\n");
+        goto out;
+    }
     if (db == NULL || db[0] == '\0') {
         fprintf(stderr, "xmem-manager: --db PATH is required (the allocation table)\n");
         goto out;
@@ -144,6 +161,28 @@ int main(int argc, char **argv)
     mgr_server_t *server = NULL;
     int listen_fd = -1;
     uint16_t bound = 0;
+    if (ha_group) {
+        /* a group: stand by until elected, then lead (src/manager/leader.c) */
+        uint32_t ttl = 0;
+        if (xm__config_get_u32(&cfg, "xmem-manager", "lease-ttl", &ttl) != 0 || ttl < 2 || ttl > 60) {
+            fprintf(stderr, "xmem-manager: --lease-ttl: seconds from 2 to 60\n");
+            goto err_sig;
+        }
+        o.store_ops = &mgr_store_etcd;
+        if (rpc_listen(host, port, &listen_fd, &bound) != XM_OK) goto err_sig;
+        char adv[300];
+        const char *a = xm__config_get(&cfg, "advertise");
+        if (a == NULL || a[0] == '\0') snprintf(adv, sizeof(adv), "%s:%u", host, bound);
+        else snprintf(adv, sizeof(adv), "%s", a);
+        mgr_ha_opts_t hao = {.endpoints = db, .prefix = xm__config_get(&cfg, "etcd-prefix"),
+                             .advertise = adv, .lease_ttl_s = ttl};
+        printf("xmem-manager listening on %s:%u\n", host, bound);
+        fflush(stdout);
+        rc = mgr_ha_run(&o, &hao, listen_fd, sig_fd, hup_fd);
+        xm_log_info("shutting down");
+        close(listen_fd);
+        goto err_sig;
+    }
     if (mgr_create(&o, &m, why, sizeof(why)) != XM_OK) {
         fprintf(stderr, "xmem-manager: %s\n", why);
         goto err_sig;

@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "../common/common.h"
+#include "ha.h"
 #include "manager.h"
 
 /* Threads serving requests that wait (appliance calls, busy allocations). */
@@ -102,6 +103,8 @@ static xm_status_t dispatch(mgr_server_t *s, rpc_srv_conn_t *c, xm_msg_t *msg, m
         return status;
     }
     case XMEM__MSG__BODY_ALLOC_CREATE:
+        /* a new leader of a group places nothing before its appliances re-registered */
+        if (mgr_ha_settling(m, b != NULL)) return XM_ERR_AGAIN;
         if ((status = scope_name(tenant, &msg->alloc_create->name, true, why, whylen)) != XM_OK)
             return status;
         status = mgr_alloc_create(m, tenant, msg->alloc_create, b, slot, rep, why, whylen);
