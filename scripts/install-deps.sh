@@ -5,7 +5,7 @@
 #   scripts/install-deps.sh --bench  also the peers the benchmarks compare against
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config libfabric-dev libfabric-bin libprotobuf-c-dev
-      protobuf-c-compiler libsodium-dev libxxhash-dev libsqlite3-dev libisal-dev libmimalloc-dev uthash-dev libcriterion-dev clang libclang-rt-14-dev iproute2 procps
+      protobuf-c-compiler libsodium-dev libxxhash-dev libsqlite3-dev libisal-dev libjansson-dev libmimalloc-dev uthash-dev libcriterion-dev clang libclang-rt-14-dev iproute2 procps
       gdb) # gdb: the stress tests' watchdog prints user-space stacks of a hang
 if [[ "${1:-}" == "--bench" ]]; then
   pkgs+=(memcached redis-server)

@@ -268,9 +268,10 @@ static xm_status_t rpc_once(xm_ctx_h ctx, xm_msg_t *req, xm_msg_t **rep_p)
 {
     if (manager_request(req) != ctx->manager) {
         return xm__ctx_error(ctx, XM_ERR_INVALID, ctx->manager
-                                 ? "connected to a manager: use allocations (xm_alloc), not regions"
-                                 : "connected to an appliance: allocations need a manager "
-                                   "(xm_connect_opts_t.manager or XMEM_MANAGER)");
+                                 ? "regions live on one appliance and this context is connected to "
+                                   "a manager: use allocations, or connect to an appliance"
+                                 : "allocations are made by a manager and this context is connected "
+                                   "to an appliance: connect to a manager (XMEM_MANAGER)");
     }
     ctl_check(ctx); /* a session the peer closed: start afresh rather than fail this call */
     if (ctx->conn.fd < 0) {
@@ -309,6 +310,23 @@ XM_EXPORT xm_status_t xm_connect(const xm_connect_opts_t *opts, xm_ctx_h *ctx_p)
     ctx->rpc_spin_ns = (spin != NULL ? strtoull(spin, NULL, 10) : 0) * 1000ull;
     xm_status_t status = XM_ERR_INVALID;
     const char *addr;
+    ctx->timeout_ms = opts->timeout_ms;
+    if (ctx->timeout_ms == 0) {
+        const char *t = getenv("XMEM_TIMEOUT_MS");
+        if (t != NULL && t[0] != '\0') {
+            /* a typo must not become "no timeout" or a silent default */
+            char *end;
+            errno = 0;
+            unsigned long v = strtoul(t, &end, 10);
+            if (t[0] < '0' || t[0] > '9' || *end != '\0' || errno != 0 || v == 0 || v > 86400000ul) {
+                status = xm__ctx_error(ctx, XM_ERR_INVALID, "XMEM_TIMEOUT_MS='%s' is not a number "
+                                       "of milliseconds from 1 to 86400000: fix or unset it", t);
+                goto err;
+            }
+            ctx->timeout_ms = (uint32_t)v;
+        }
+        if (ctx->timeout_ms == 0) ctx->timeout_ms = 5000;
+    }
     if (opts->manager != NULL && opts->manager[0] != '\0') {
         ctx->manager = true;
         addr = opts->manager;
@@ -381,12 +399,6 @@ XM_EXPORT xm_status_t xm_connect(const xm_connect_opts_t *opts, xm_ctx_h *ctx_p)
         goto err;
     }
     snprintf(ctx->tenant, sizeof(ctx->tenant), "%s", tenant);
-    ctx->timeout_ms = opts->timeout_ms;
-    if (ctx->timeout_ms == 0) {
-        const char *t = getenv("XMEM_TIMEOUT_MS");
-        ctx->timeout_ms = t != NULL ? (uint32_t)strtoul(t, NULL, 10) : 0;
-        if (ctx->timeout_ms == 0) ctx->timeout_ms = 5000;
-    }
     char what[300];
     snprintf(what, sizeof(what), "%s %s:%s", KIND(ctx), ctx->host, ctx->port);
     status = xm__dp_create(ctx->timeout_ms, what, &ctx->dp);

@@ -10,6 +10,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <jansson.h>
+
 #include "harness.h"
 
 static xt_appliance_t app;
@@ -236,6 +238,30 @@ Test(cli, region_create_ls_stat_rm, .fini = teardown, .timeout = 120)
     CLI(NULL, 0, "region", "create", "--name", "nosize");
     cr_assert_eq(R.rc, 2, "create without --size: exit %d", R.rc);
 
+    /* --opt=value; a name with a quote and a backslash comes back as valid JSON */
+    CLI(NULL, 0, "region", "create", "--size=64K", "--name=q\"uote\\");
+    EXPECT_OK("region create --size=64K --name=q\"uote\\");
+    CLI(NULL, 0, "region", "ls", "--json");
+    EXPECT_OK("region ls --json with an odd name");
+    json_t *ls = json_loads(R.out, 0, NULL);
+    cr_assert(json_is_array(ls), "region ls --json is not a JSON array: '%s'", R.out);
+    bool seen = false;
+    for (size_t i = 0; i < json_array_size(ls); i++) {
+        const char *nm = json_string_value(json_object_get(json_array_get(ls, i), "name"));
+        seen |= nm != NULL && strcmp(nm, "alice/q\"uote\\") == 0;
+    }
+    json_decref(ls);
+    cr_assert(seen, "region ls --json lost the name q\"uote\\: '%s'", R.out);
+    CLI(NULL, 0, "region", "stat", "q\"uote\\", "--json");
+    EXPECT_OK("region stat --json of the odd name");
+    json_t *st = json_loads(R.out, 0, NULL);
+    cr_assert(json_is_object(st), "region stat --json is not a JSON object: '%s'", R.out);
+    cr_assert_str_eq(json_string_value(json_object_get(st, "name")), "alice/q\"uote\\");
+    cr_assert_eq(json_integer_value(json_object_get(st, "size")), 65536);
+    json_decref(st);
+    CLI(NULL, 0, "region", "rm", "q\"uote\\");
+    EXPECT_OK("region rm of the odd name");
+
     /* K, M, G suffixes are powers of 1024 */
     CLI(NULL, 0, "region", "create", "--size", "64K", "--name", "k");
     EXPECT_OK("region create 64K");
@@ -312,11 +338,14 @@ XT_TEST_PROVIDERS(cli, put_get_round_trip, .fini = teardown, .timeout = 120)
     xt_fill(data, n, 1);
     CLI(data, n, "put", "d");
     EXPECT_OK("put 3M+17");
+    /* progress only on a terminal: with stderr a file, nothing */
+    cr_assert_str_eq(R.err, "", "put wrote on stderr that is not a terminal: '%s'", R.err);
     char len[32];
     snprintf(len, sizeof(len), "%zu", n);
     CLI(NULL, 0, "get", "d", "--length", len);
     EXPECT_OK("get --length");
     cr_assert_eq(R.out_len, n, "get returned %zu bytes, expected %zu", R.out_len, n);
+    cr_assert_str_eq(R.err, "", "get wrote on stderr that is not a terminal: '%s'", R.err);
     cr_assert(memcmp(R.out, data, n) == 0, "get returned different bytes than put");
 
     /* --offset on both sides; the bytes between the two puts stay zero */
@@ -352,9 +381,9 @@ XT_TEST_PROVIDERS(cli, put_get_round_trip, .fini = teardown, .timeout = 120)
     CLI(NULL, 0, "region", "create", "--size", "4K", "--name", "small");
     EXPECT_OK("region create 4K");
     CLI(data, 4097, "put", "small");
-    EXPECT_FAIL("put of 4097 bytes into 4K", "outside");
+    EXPECT_FAIL("put of 4097 bytes into 4K", "do not fit");
     CLI(data, 10, "put", "small", "--offset", "4090");
-    EXPECT_FAIL("put across the end", "outside");
+    EXPECT_FAIL("put across the end", "do not fit");
     CLI(data, 10, "put", "nope");
     EXPECT_FAIL("put to a missing region", "no such region");
     free(data);
@@ -377,9 +406,9 @@ XT_TEST_PROVIDERS(cli, grants_decide_who_reads_and_writes, .fini = teardown, .ti
     cr_assert(R.out_len == 12 && memcmp(R.out, "shared bytes", 12) == 0, "bob read '%.*s'",
               (int)R.out_len, R.out);
     CLI("overwrite", 9, "put", "alice/x");
-    EXPECT_FAIL("put as a read-only grantee", "permission");
+    EXPECT_FAIL("put as a read-only grantee", "only read access");
     CLI(NULL, 0, "region", "rm", "alice/x");
-    EXPECT_FAIL("rm as a grantee", "permission");
+    EXPECT_FAIL("rm as a grantee", "only the owner");
     CLI(NULL, 0, "region", "ls", "--json");
     EXPECT_OK("region ls as bob");
     expect_contains(R.out, "\"name\":\"alice/x\"", "bob's region ls");
@@ -494,4 +523,174 @@ Test(cli, help_and_usage_errors, .fini = teardown, .timeout = 60)
     cli_env(env, (const char *const[]){NULL});
     cr_assert_eq(R.rc, 2, "no command: exit %d", R.rc);
     expect_contains(R.err, "usage: xmem", "no command prints the usage on stderr");
+
+    /* a command's --help is its own, with an example, not the global text */
+    static const char *const own[][3] = {
+        {"region", "create", "region create --size"}, {"alloc", NULL, "--policy"},
+        {"put", NULL, "xmem put"}, {"bench", NULL, "--iters"}, {"region", "grant", "--read-only"},
+        {"up", NULL, "eval"}, {"stat", NULL, "xmem stat"}};
+    for (size_t i = 0; i < sizeof(own) / sizeof(own[0]); i++) {
+        if (own[i][1] != NULL) cli_env(env, ARGS(own[i][0], own[i][1], "--help"));
+        else cli_env(env, ARGS(own[i][0], "--help"));
+        cr_assert_eq(R.rc, 0, "%s --help: exit %d", own[i][0], R.rc);
+        expect_contains(R.out, own[i][2], "a command's help names its options");
+        expect_contains(R.out, "example:", "a command's help has an example");
+        cr_assert(strstr(R.out, "Global options") == NULL, "xmem %s %s --help printed the global text",
+                  own[i][0], own[i][1] ? own[i][1] : "");
+    }
+    cli_env(env, ARGS("--version"));
+    cr_assert_eq(R.rc, 0, "--version: exit %d", R.rc);
+    expect_contains(R.out, xm_version(NULL), "--version prints the library's version");
+
+    /* a misspelt option is reported as that, not as a missing --size */
+    cli_env(env, ARGS("alloc", "--sise", "1G"));
+    cr_assert_eq(R.rc, 2, "alloc --sise: exit %d", R.rc);
+    expect_one_line("alloc --sise");
+    expect_contains(R.err, "unknown option --sise", "alloc --sise");
+    expect_contains(R.err, "xmem alloc --help", "alloc --sise points at the command's help");
+    cli_env(env, ARGS("region", "create", "--sise=1G"));
+    cr_assert_eq(R.rc, 2);
+    expect_contains(R.err, "unknown option --sise;", "--sise=1G is named without its value");
+    cli_env(env, ARGS("region", "create", "--size"));
+    cr_assert_eq(R.rc, 2);
+    expect_contains(R.err, "--size needs a value", "a flag without its value");
+    /* numbers are checked wherever they come from, and the source is named */
+    cli_env(env, ARGS("--timeout-ms", "banana", "stat"));
+    cr_assert_eq(R.rc, 2, "--timeout-ms banana: exit %d", R.rc);
+    expect_one_line("--timeout-ms banana");
+    expect_contains(R.err, "--timeout-ms", "--timeout-ms banana");
+    cli_env(env, ARGS("stat", "--timeout-ms=10x"));
+    cr_assert_eq(R.rc, 2, "--timeout-ms=10x after the command: exit %d", R.rc);
+    cli_env(env, ARGS("bench", "--iters", "lots"));
+    cr_assert_eq(R.rc, 2);
+    expect_contains(R.err, "--iters", "bench --iters lots");
+    cli_env(env, ARGS("up", "--appliances", "0"));
+    cr_assert_eq(R.rc, 2);
+    expect_contains(R.err, "--appliances", "up --appliances 0");
+    cli_env(ENV("XMEM_APPLIANCE=127.0.0.1:1", "XMEM_TENANT=alice", "XMEM_TIMEOUT_MS=banana"),
+            ARGS("stat"));
+    EXPECT_FAIL("stat with XMEM_TIMEOUT_MS=banana", "XMEM_TIMEOUT_MS");
+    expect_contains(R.err, "banana", "the bad value is shown");
+    cli_env(ENV("XMEM_TIMEOUT_MS=banana"), ARGS("config"));
+    EXPECT_FAIL("config with XMEM_TIMEOUT_MS=banana", "XMEM_TIMEOUT_MS");
+
+    /* config --json is JSON */
+    cli_env(ENV("XMEM_APPLIANCE=a\"b:1"), ARGS("config", "--json"));
+    EXPECT_OK("config --json");
+    json_t *cfg = json_loads(R.out, 0, NULL);
+    cr_assert(json_is_array(cfg), "config --json is not JSON: '%s'", R.out);
+    cr_assert_str_eq(json_string_value(json_object_get(json_array_get(cfg, 0), "value")), "a\"b:1");
+    json_decref(cfg);
+
+    /* a missing directory is named */
+    char missing[PATH_MAX];
+    snprintf(missing, sizeof(missing), "%s/no-such-dir/secret", app.dir);
+    cli_env(env, ARGS("secret", "new", missing));
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof(dir), "%s/no-such-dir ", app.dir);
+    EXPECT_FAIL("secret new in a missing directory", dir);
+}
+
+/* ---- with a manager: xmem up, stat, region ls, bench, JSON of allocations ---------- */
+
+static char up_dir[PATH_MAX + 16];
+
+static void up_teardown(void)
+{
+    char env_dir[PATH_MAX + 32];
+    snprintf(env_dir, sizeof(env_dir), "XMEM_RUN_DIR=%s", up_dir);
+    cli_env(ENV(env_dir), ARGS("down"));
+    cr_expect_eq(R.rc, 0, "xmem down: exit %d, stderr '%s'", R.rc, R.err);
+    res_reset();
+    xt_cleanup(&app);
+}
+
+/* The value of `export NAME='VALUE';` in the text of xmem up; asserts it is there. */
+static void export_value(const char *text, const char *name, char *out, size_t len)
+{
+    char pat[64];
+    snprintf(pat, sizeof(pat), "export %s='", name);
+    const char *at = strstr(text, pat);
+    cr_assert(at != NULL, "xmem up printed no %s line: '%s'", name, text);
+    at += strlen(pat);
+    size_t n = strcspn(at, "'");
+    cr_assert(n < len && at[n] == '\'');
+    snprintf(out, len, "%.*s", (int)n, at);
+}
+
+Test(cli, up_prints_exports_and_commands_work_through_a_manager, .fini = up_teardown, .timeout = 180)
+{
+    scratch();
+    snprintf(up_dir, sizeof(up_dir), "%s/run", app.dir);
+    char env_dir[PATH_MAX + 32], env_mgr[128], env_cred[PATH_MAX + 32];
+    snprintf(env_dir, sizeof(env_dir), "XMEM_RUN_DIR=%s", up_dir);
+    cli_env(ENV(env_dir), ARGS("up", "--appliances", "1", "--pool", "128M"));
+    EXPECT_OK("xmem up");
+    /* stdout is for eval: export lines and nothing else; the person reads stderr */
+    for (const char *l = R.out; *l != '\0'; l = strchr(l, '\n') + 1) {
+        cr_assert(strncmp(l, "export XMEM_", 12) == 0, "xmem up printed '%s' for eval", R.out);
+        cr_assert(strchr(l, '\n') != NULL);
+    }
+    cr_assert_neq(R.err[0], '\0', "xmem up said nothing on stderr");
+    char mgr[64], cred[PATH_MAX];
+    export_value(R.out, "XMEM_MANAGER", mgr, sizeof(mgr));
+    export_value(R.out, "XMEM_SECRET_FILE", cred, sizeof(cred));
+    snprintf(env_mgr, sizeof(env_mgr), "XMEM_MANAGER=%s", mgr);
+    snprintf(env_cred, sizeof(env_cred), "XMEM_SECRET_FILE=%s", cred);
+    /* the lines work in a shell, as the README says */
+    char cmd[4 * PATH_MAX];
+    snprintf(cmd, sizeof(cmd), "cd / && unset XMEM_MANAGER XMEM_SECRET_FILE && eval \"$(%s/xmem up "
+             "--dir '%s' 2>/dev/null)\" && test \"$XMEM_MANAGER\" = '%s' && test \"$XMEM_SECRET_FILE\" = '%s'",
+             XMEM_BIN_DIR, up_dir, mgr, cred);
+    cr_assert_eq(system(cmd), 0, "eval \"$(xmem up)\" did not set the variables: %s", cmd);
+
+    /* exported and answering: reused, nothing new started */
+    cli_env(ENV(env_dir, env_mgr, env_cred), ARGS("up"));
+    EXPECT_OK("xmem up again with XMEM_MANAGER exported");
+    expect_contains(R.err, "already running", "a second up says the manager runs");
+    char again[64];
+    export_value(R.out, "XMEM_MANAGER", again, sizeof(again));
+    cr_assert_str_eq(again, mgr);
+
+    /* stat: the appliances' pools through the manager's table */
+    cli_env(ENV(env_mgr, env_cred), ARGS("stat", "--json"));
+    EXPECT_OK("stat --json with a manager");
+    json_t *st = json_loads(R.out, 0, NULL);
+    cr_assert(json_is_object(st), "stat --json: '%s'", R.out);
+    cr_assert_eq(json_integer_value(json_object_get(st, "pool_size")), 128 << 20, "'%s'", R.out);
+    cr_assert_eq(json_array_size(json_object_get(st, "pools")), 1, "'%s'", R.out);
+    json_decref(st);
+    cli_env(ENV(env_mgr, env_cred), ARGS("stat"));
+    EXPECT_OK("stat with a manager");
+    expect_contains(R.out, "128.0 MiB", "stat shows the pool");
+
+    /* an allocation named so that JSON must escape it */
+    cli_env(ENV(env_mgr, env_cred), ARGS("alloc", "--size=1M", "--name", "q\"uote\\"));
+    EXPECT_OK("alloc --name q\"uote\\");
+    cli_env(ENV(env_mgr, env_cred), ARGS("ls", "--json"));
+    EXPECT_OK("ls --json");
+    json_t *ls = json_loads(R.out, 0, NULL);
+    cr_assert(json_is_array(ls) && json_array_size(ls) == 1, "ls --json: '%s'", R.out);
+    const char *nm = json_string_value(json_object_get(json_array_get(ls, 0), "name"));
+    cr_assert(nm != NULL && strlen(nm) >= 7 && strcmp(nm + strlen(nm) - 7, "q\"uote\\") == 0,
+              "ls --json name '%s'", nm ? nm : "(none)");
+    json_decref(ls);
+
+    /* region ls through a manager lists the allocations and says so */
+    cli_env(ENV(env_mgr, env_cred), ARGS("region", "ls"));
+    EXPECT_OK("region ls with a manager");
+    expect_contains(R.err, "xmem ls", "region ls points at xmem ls");
+    expect_contains(R.out, "uote", "region ls lists the allocation");
+    cli_env(ENV(env_mgr, env_cred), ARGS("region", "create", "--size", "1M"));
+    EXPECT_FAIL("region create with a manager", "xmem alloc");
+
+    /* bench on an allocation it makes and frees; no progress on a non-terminal stderr */
+    cli_env(ENV(env_mgr, env_cred), ARGS("bench", "--sizes", "8", "--iters", "20", "--depth", "2"));
+    EXPECT_OK("bench with a manager");
+    expect_contains(R.out, "read", "bench prints its table");
+    cr_assert_str_eq(R.err, "", "bench wrote on stderr that is not a terminal: '%s'", R.err);
+    cli_env(ENV(env_mgr, env_cred), ARGS("ls", "--json"));
+    ls = json_loads(R.out, 0, NULL);
+    cr_assert_eq(json_array_size(ls), 1, "bench left its allocation: '%s'", R.out);
+    json_decref(ls);
 }

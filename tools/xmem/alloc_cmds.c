@@ -16,11 +16,21 @@
 
 static int fail(xm_ctx_h ctx, const char *what, xm_status_t s)
 {
-    const char *detail = xm_last_error(ctx);
-    if (strcmp(detail, xm_status_str(s)) == 0) detail = "";
-    int rc = cli_fail(what, "%s%s%s", xm_status_str(s), detail[0] ? ": " : "", detail);
-    xm_disconnect(ctx);
-    return rc;
+    return cli_fail_ctx(ctx, what, s);
+}
+
+static int no_args(cli_t *cli, int want)
+{
+    if (cli->argc < want) {
+        fprintf(stderr, "xmem: %s: give the allocation's ID|NAME; see xmem %s --help\n", cli->cmd, cli->cmd);
+        return 2;
+    }
+    if (cli->argc > want) {
+        fprintf(stderr, "xmem: %s: unexpected argument '%s'; see xmem %s --help\n", cli->cmd,
+                cli->argv[want], cli->cmd);
+        return 2;
+    }
+    return 0;
 }
 
 /* Connect to the manager named by --manager or XMEM_MANAGER. */
@@ -29,8 +39,8 @@ static int connect_manager(cli_t *cli, xm_ctx_h *ctx_p)
     if (cli->conn.manager == NULL) {
         const char *env = getenv("XMEM_MANAGER");
         if (env == NULL || env[0] == '\0') {
-            return cli_fail("connect", "no manager: use --manager HOST:PORT or XMEM_MANAGER "
-                                       "(xmem up starts a local one)");
+            return cli_fail(cli->cmd, "no manager: give --manager HOST:PORT or export "
+                            "XMEM_MANAGER (eval \"$(xmem up)\" starts a local one)");
         }
         cli->conn.manager = env;
     }
@@ -39,7 +49,7 @@ static int connect_manager(cli_t *cli, xm_ctx_h *ctx_p)
 
 int cmd_appliances(cli_t *cli)
 {
-    if (cli_no_more(cli, 0) != 0) return 2;
+    if (cli_parse(cli, NULL) != 0 || no_args(cli, 0) != 0) return 2;
     xm_ctx_h ctx;
     if (connect_manager(cli, &ctx) != 0) return 1;
     xm_appliance_entry_t *es;
@@ -47,40 +57,39 @@ int cmd_appliances(cli_t *cli)
     xm_status_t s = xm_appliance_list(ctx, &es, &n);
     if (s != XM_OK) return fail(ctx, "appliances", s);
     char a[32], b[32];
+    json_t *all = cli->json ? json_array() : NULL;
     if (!cli->json) printf("%-22s %-8s %-10s %-10s %-10s %-8s %s\n", "ADDRESS", "STATE", "DOMAIN",
                            "CAPACITY", "USED", "REGIONS", "PROVIDER");
     for (size_t i = 0; i < n; i++) {
         if (cli->json) {
-            printf("%s{\"addr\":\"%s\",\"state\":\"%s\",\"domain\":\"%s\",\"capacity\":%llu,"
-                   "\"used\":%llu,\"regions\":%u,\"provider\":\"%s\"}", i == 0 ? "[" : ",",
-                   es[i].addr, es[i].state, es[i].domain, (unsigned long long)es[i].capacity,
-                   (unsigned long long)es[i].used, es[i].regions, es[i].provider);
+            json_array_append_new(all, json_pack("{s:s, s:s, s:s, s:I, s:I, s:i, s:s, s:I}",
+                "addr", es[i].addr, "state", es[i].state, "domain", es[i].domain,
+                "capacity", (json_int_t)es[i].capacity, "used", (json_int_t)es[i].used,
+                "regions", (int)es[i].regions, "provider", es[i].provider,
+                "other_used", (json_int_t)es[i].other_used));
         } else {
             printf("%-22s %-8s %-10s %-10s %-10s %-8u %s\n", es[i].addr, es[i].state, es[i].domain,
                    cli_size(es[i].capacity, a, sizeof(a)), cli_size(es[i].used, b, sizeof(b)),
                    es[i].regions, es[i].provider);
         }
     }
-    if (cli->json) printf(n == 0 ? "[]\n" : "]\n");
     free(es);
     xm_disconnect(ctx);
-    return 0;
+    return cli->json ? cli_json_print(all) : 0;
 }
 
 int cmd_alloc(cli_t *cli)
 {
-    const char *size_text = cli_take(cli, "--size");
-    const char *policy = cli_take(cli, "--policy");
-    const char *name = cli_take(cli, "--name");
+    const char *size_text = NULL, *policy = NULL, *name = NULL;
+    const cli_opt_t opts[] = {{"size", &size_text, NULL}, {"policy", &policy, NULL},
+                              {"name", &name, NULL}, {NULL}};
     uint64_t size;
-    if (size_text == NULL || xm_parse_size(size_text, &size) != XM_OK || size == 0) {
-        fprintf(stderr, "usage: xmem alloc --size SIZE [--policy POLICY] [--name N]\n"
-                        "  POLICY: single | stripe:N[:CHUNK] | replicate:R | ec:K+M[:CHUNK]\n"
-                        "  (N 1..1024; R 2..8; K 1..16, M 1..4, K+M <= 20; CHUNK a power of two,\n"
-                        "   ec 4K..4M, default 64K)\n");
+    if (cli_parse(cli, opts) != 0) return 2;
+    if (size_text == NULL) {
+        fprintf(stderr, "xmem: alloc: give --size SIZE (e.g. 1G); see xmem alloc --help\n");
         return 2;
     }
-    if (cli_no_more(cli, 0) != 0) return 2;
+    if (cli_sz(cli, "--size", size_text, 1, &size) != 0 || no_args(cli, 0) != 0) return 2;
     xm_ctx_h ctx;
     if (connect_manager(cli, &ctx) != 0) return 1;
     /* made, not opened: the CLI reads and writes nothing */
@@ -105,7 +114,7 @@ int cmd_alloc(cli_t *cli)
 
 int cmd_ls(cli_t *cli)
 {
-    if (cli_no_more(cli, 0) != 0) return 2;
+    if (cli_parse(cli, NULL) != 0 || no_args(cli, 0) != 0) return 2;
     xm_ctx_h ctx;
     if (connect_manager(cli, &ctx) != 0) return 1;
     xm_alloc_info_t *in;
@@ -113,38 +122,35 @@ int cmd_ls(cli_t *cli)
     xm_status_t s = xm_alloc_list(ctx, &in, &n);
     if (s != XM_OK) return fail(ctx, "ls", s);
     char a[32];
+    json_t *all = cli->json ? json_array() : NULL;
     if (!cli->json) printf("%-6s %-12s %-16s %-20s %-10s %-6s %s\n", "ID", "SIZE", "POLICY", "NAME",
                            "OWNER", "PARTS", "STATE");
     for (size_t i = 0; i < n; i++) {
         if (cli->json) {
-            printf("%s{\"id\":%llu,\"size\":%llu,\"policy\":\"%s\",\"name\":\"%s\",\"owner\":\"%s\","
-                   "\"parts\":%u,\"state\":\"%s\",\"redundancy\":%u,\"unavailable\":%u,"
-                   "\"domains\":%u,\"domain_max\":%u}", i == 0 ? "[" : ",",
-                   (unsigned long long)in[i].id, (unsigned long long)in[i].size, in[i].policy,
-                   in[i].name, in[i].owner, in[i].parts, in[i].state, in[i].redundancy,
-                   in[i].unavailable, in[i].domains, in[i].domain_max);
+            json_t *o = json_pack("{s:I, s:I, s:s, s:s, s:s, s:i, s:s, s:i, s:i, s:i, s:i}",
+                "id", (json_int_t)in[i].id, "size", (json_int_t)in[i].size, "policy", in[i].policy,
+                "name", in[i].name, "owner", in[i].owner, "parts", (int)in[i].parts,
+                "state", in[i].state, "redundancy", (int)in[i].redundancy,
+                "unavailable", (int)in[i].unavailable, "domains", (int)in[i].domains,
+                "domain_max", (int)in[i].domain_max);
+            json_array_append_new(all, o);
         } else {
             printf("%-6llu %-12s %-16s %-20s %-10s %-6u %s\n", (unsigned long long)in[i].id,
                    cli_size(in[i].size, a, sizeof(a)), in[i].policy, in[i].name[0] ? in[i].name : "-",
                    in[i].owner, in[i].parts, in[i].state);
         }
     }
-    if (cli->json) printf(n == 0 ? "[]\n" : "]\n");
     free(in);
     xm_disconnect(ctx);
-    return 0;
+    return cli->json ? cli_json_print(all) : 0;
 }
 
 int cmd_free(cli_t *cli)
 {
-    if (cli->argc < 1 || cli->argv[0][0] == '-') {
-        fprintf(stderr, "usage: xmem free ID|NAME\n");
-        return 2;
-    }
+    if (cli_parse(cli, NULL) != 0 || no_args(cli, 1) != 0) return 2;
     uint64_t id;
     const char *name;
     cli_ref(cli->argv[0], &id, &name);
-    if (cli_no_more(cli, 1) != 0) return 2;
     xm_ctx_h ctx;
     if (connect_manager(cli, &ctx) != 0) return 1;
     xm_status_t s = xm_free(ctx, id, name);
@@ -155,34 +161,28 @@ int cmd_free(cli_t *cli)
 
 static void scrub_progress(uint64_t done, uint64_t total, void *arg)
 {
-    (void)arg;
-    fprintf(stderr, "\rxmem scrub: %llu of %llu (%.0f %%)", (unsigned long long)done,
-            (unsigned long long)total, total ? 100.0 * (double)done / (double)total : 100.0);
-    if (done == total) fputc('\n', stderr);
+    cli_progress_step(arg, "scrub", "units", (unsigned)(done < total ? done : total), (unsigned)total);
 }
 
 int cmd_scrub(cli_t *cli)
 {
-    if (cli->argc < 1 || cli->argv[0][0] == '-') {
-        fprintf(stderr, "usage: xmem scrub ID|NAME\n"
-                        "  check a replicate or ec allocation whole and repair what disagrees\n");
-        return 2;
-    }
+    if (cli_parse(cli, NULL) != 0 || no_args(cli, 1) != 0) return 2;
     uint64_t id;
     const char *name;
     cli_ref(cli->argv[0], &id, &name);
-    if (cli_no_more(cli, 1) != 0) return 2;
     xm_ctx_h ctx;
     if (connect_manager(cli, &ctx) != 0) return 1;
     xm_alloc_h a;
     xm_status_t s = xm_attach(ctx, id, name, XM_ACCESS_READ_WRITE, &a);
     if (s != XM_OK) return fail(ctx, "scrub", s);
     xm_scrub_report_t rep;
-    s = xm_alloc_scrub(a, isatty(STDERR_FILENO) ? scrub_progress : NULL, NULL, &rep);
+    cli_progress_t prog = {0};
+    s = xm_alloc_scrub(a, isatty(STDERR_FILENO) ? scrub_progress : NULL, &prog, &rep);
+    cli_progress_end(&prog);
     if (cli->json) {
-        printf("{\"units\":%llu,\"repaired\":%llu,\"skipped\":%llu,\"ok\":%s}\n",
-               (unsigned long long)rep.units, (unsigned long long)rep.repaired,
-               (unsigned long long)rep.skipped, s == XM_OK ? "true" : "false");
+        cli_json_print(json_pack("{s:I, s:I, s:I, s:b}", "units", (json_int_t)rep.units,
+                                 "repaired", (json_int_t)rep.repaired,
+                                 "skipped", (json_int_t)rep.skipped, "ok", s == XM_OK));
     } else {
         printf("checked %llu units: %llu repaired, %llu skipped (a piece unreachable)\n",
                (unsigned long long)rep.units, (unsigned long long)rep.repaired,
@@ -196,9 +196,8 @@ int cmd_scrub(cli_t *cli)
 
 /* ---- xmem up / down: a manager and N appliances in the background ---------- */
 
-static void run_dir(cli_t *cli, char *dir, size_t len)
+static void run_dir(const char *d, char *dir, size_t len)
 {
-    const char *d = cli_take(cli, "--dir");
     if (d == NULL) d = getenv("XMEM_RUN_DIR");
     if (d != NULL) snprintf(dir, len, "%s", d);
     else snprintf(dir, len, "/tmp/xmem-run-%u", (unsigned)getuid());
@@ -255,22 +254,80 @@ static void sibling(const char *name, char *out, size_t len)
     snprintf(out, len, "%s/%s", self, name);
 }
 
+/* xmem up with XMEM_MANAGER exported: a manager that answers is used as it is (true: the
+ * export lines are printed again); one that does not on this host is taken for a leftover of
+ * an earlier `xmem up` (false: a new cluster starts); elsewhere, refused (cli->argc = -1). */
+static bool reuse_exported(cli_t *cli)
+{
+    const char *m = getenv("XMEM_MANAGER");
+    if (cli->conn.manager != NULL) m = cli->conn.manager;
+    if (m == NULL || m[0] == '\0') return false;
+    xm_connect_opts_t o = cli->conn;
+    o.manager = m;
+    o.timeout_ms = 2000;
+    xm_ctx_h ctx;
+    xm_status_t s = xm_connect(&o, &ctx);
+    if (s == XM_OK) {
+        xm_disconnect(ctx);
+        const char *sf = cli->conn.secret_file != NULL ? cli->conn.secret_file : getenv("XMEM_SECRET_FILE");
+        printf("export XMEM_MANAGER='%s';\n", m);
+        if (sf != NULL && sf[0] != '\0') printf("export XMEM_SECRET_FILE='%s';\n", sf);
+        fprintf(stderr, "xmem: up: the manager at %s (XMEM_MANAGER) is already running and answers: "
+                "nothing started (xmem down stops a local cluster; unset XMEM_MANAGER to start "
+                "another)\n", m);
+        return true;
+    }
+    if (s == XM_ERR_CONNECT || s == XM_ERR_TIMEOUT || s == XM_ERR_DISCONNECTED) {
+        if (strncmp(m, "127.", 4) == 0 || strncmp(m, "localhost:", 10) == 0 || strncmp(m, "[::1]", 5) == 0) {
+            fprintf(stderr, "xmem: up: XMEM_MANAGER=%s does not answer (left from an earlier "
+                    "xmem up?): starting a new local cluster\n", m);
+            return false;
+        }
+        cli_fail("up", "XMEM_MANAGER=%s is exported but does not answer (%s): unset it to start "
+                 "a local cluster", m, xm_last_error(NULL));
+    } else {
+        cli_fail("up", "XMEM_MANAGER=%s is exported and running, but refused this client (%s): fix "
+                 "XMEM_SECRET_FILE, or unset XMEM_MANAGER to start a local cluster", m,
+                 xm_last_error(NULL));
+    }
+    cli->argc = -1;
+    return false;
+}
+
 int cmd_up(cli_t *cli)
 {
     char dir[PATH_MAX], path[PATH_MAX + 64], secret[PATH_MAX + 16], bin[PATH_MAX + 32];
-    run_dir(cli, dir, sizeof(dir));
-    const char *nt = cli_take(cli, "--appliances"), *pool = cli_take(cli, "--pool");
-    const char *provider = cli_take(cli, "--data-provider");
-    int n = nt != NULL ? atoi(nt) : 3;
-    if (pool == NULL) pool = "1G";
-    if (provider == NULL) provider = "tcp";
-    if (n < 1 || n > 64 || cli_no_more(cli, 0) != 0) {
-        fprintf(stderr, "usage: xmem up [--appliances N (1..64)] [--pool SIZE] [--dir DIR]\n");
+    const char *nt = NULL, *pool = "1G", *provider = "tcp", *dopt = NULL;
+    const cli_opt_t opts[] = {{"appliances", &nt, NULL}, {"pool", &pool, NULL},
+                              {"data-provider", &provider, NULL}, {"dir", &dopt, NULL}, {NULL}};
+    uint64_t n = 3, pool_bytes;
+    if (cli_parse(cli, opts) != 0 || (nt != NULL && cli_u64(cli, "--appliances", nt, 1, 64, &n) != 0) ||
+        cli_sz(cli, "--pool", pool, 1, &pool_bytes) != 0 || no_args(cli, 0) != 0)
         return 2;
-    }
+    run_dir(dopt, dir, sizeof(dir));
+    if (reuse_exported(cli)) return 0;
+    if (cli->argc < 0) return 1; /* reuse_exported refused */
     snprintf(path, sizeof(path), "%s/manager.pid", dir);
-    if (access(path, F_OK) == 0) return cli_fail("up", "%s already holds a running cluster (xmem down)", dir);
-    if (mkdir(dir, 0700) != 0 && errno != EEXIST) return cli_fail("up", "mkdir %s: %s", dir, strerror(errno));
+    if (access(path, F_OK) == 0) {
+        /* ours, still running: print its lines again (eval is idempotent) */
+        snprintf(path, sizeof(path), "%s/env", dir);
+        FILE *ef = fopen(path, "r");
+        char line[2 * PATH_MAX];
+        if (ef != NULL) {
+            while (fgets(line, sizeof(line), ef) != NULL) fputs(line, stdout);
+            fclose(ef);
+            fprintf(stderr, "xmem: up: a local cluster from %s is already running: its settings "
+                    "again above (xmem down stops it)\n", dir);
+            return 0;
+        }
+        return cli_fail("up", "%s already holds a running cluster (xmem down stops it)", dir);
+    }
+    if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
+        if (errno == ENOENT)
+            return cli_fail("up", "cannot create the run directory %s: its parent directory does "
+                            "not exist (create it, or set --dir / XMEM_RUN_DIR)", dir);
+        return cli_fail("up", "cannot create the run directory %s: %s", dir, strerror(errno));
+    }
     /* a run directory someone else made could hold their secret or their pid files */
     struct stat dst;
     if (lstat(dir, &dst) != 0 || !S_ISDIR(dst.st_mode) || dst.st_uid != geteuid() ||
@@ -284,6 +341,10 @@ int cmd_up(cli_t *cli)
         char cmd[3 * PATH_MAX + 64];
         snprintf(cmd, sizeof(cmd), "'%s' secret new '%s' >/dev/null", bin, secret);
         if (system(cmd) != 0) return cli_fail("up", "cannot write a secret in %s", dir);
+    }
+    if (getenv("XMEM_SECRET_FILE") != NULL && getenv("XMEM_SECRET_FILE")[0] != '\0') {
+        fprintf(stderr, "xmem: up: XMEM_SECRET_FILE=%s is exported: the lines below replace it "
+                "with this cluster's credential\n", getenv("XMEM_SECRET_FILE"));
     }
     char db[PATH_MAX + 16], out[PATH_MAX + 16], log[PATH_MAX + 16], maddr[64];
     const char *log_level = getenv("XMEM_LOG_LEVEL") != NULL ? getenv("XMEM_LOG_LEVEL") : "warn";
@@ -302,7 +363,7 @@ int cmd_up(cli_t *cli)
     fprintf(pf, "%d\n", (int)mp);
     fclose(pf);
     sibling("xmemd", bin, sizeof(bin));
-    for (int i = 0; i < n; i++) {
+    for (int i = 0; i < (int)n; i++) {
         char dom[16], aout[PATH_MAX + 32], alog[PATH_MAX + 32], aaddr[64];
         snprintf(dom, sizeof(dom), "d%d", i);
         snprintf(aout, sizeof(aout), "%s/xmemd-%d.out", dir, i);
@@ -335,7 +396,7 @@ int cmd_up(cli_t *cli)
             }
             xm_disconnect(ctx);
         }
-        if (up >= n) break;
+        if (up >= (int)n) break;
         usleep(100000);
     }
     /* the user works as a tenant of this cluster, with a credential of its own */
@@ -346,13 +407,20 @@ int cmd_up(cli_t *cli)
     snprintf(cred, sizeof(cred), "%s/%s.cred", dir, tenant);
     if (access(cred, R_OK) != 0 && xm_tenant_add(secret, NULL, tenant, cred, why, sizeof(why)) != XM_OK)
         return cli_fail("up", "cannot issue a credential for tenant %s: %s", tenant, why);
+    /* stdout is for eval "$(xmem up)": shell lines only; what a person reads goes to stderr */
+    char lines[3 * PATH_MAX];
+    snprintf(lines, sizeof(lines), "export XMEM_MANAGER='%s';\nexport XMEM_SECRET_FILE='%s';\n",
+             maddr, cred);
     snprintf(path, sizeof(path), "%s/env", dir);
     pf = fopen(path, "w");
-    fprintf(pf, "export XMEM_MANAGER=%s XMEM_SECRET_FILE=%s\n", maddr, cred);
-    fclose(pf);
-    printf("export XMEM_MANAGER=%s XMEM_SECRET_FILE=%s\n", maddr, cred);
-    fprintf(stderr, "xmem: manager on %s and %d appliances of %s each; state in %s (eval the line "
-                    "above, or: . %s/env)\n", maddr, n, pool, dir, dir);
+    if (pf != NULL) {
+        fputs(lines, pf);
+        fclose(pf);
+    }
+    fputs(lines, stdout);
+    fprintf(stderr, "xmem: manager on %s and %d appliances of %s each; state in %s\n"
+                    "xmem: use it from this shell with: eval \"$(xmem up)\" (or: . %s/env)\n",
+            maddr, (int)n, pool, dir, dir);
     return 0;
 }
 
@@ -387,14 +455,16 @@ static int stop_pidfile(const char *path)
 int cmd_down(cli_t *cli)
 {
     char dir[PATH_MAX], path[PATH_MAX + 64];
-    run_dir(cli, dir, sizeof(dir));
+    const char *dopt = NULL;
+    const cli_opt_t opts[] = {{"dir", &dopt, NULL}, {NULL}};
+    if (cli_parse(cli, opts) != 0 || no_args(cli, 0) != 0) return 2;
+    run_dir(dopt, dir, sizeof(dir));
     /* the same rule as up: pid files in a directory another user controls are not ours */
     struct stat dst;
     if (lstat(dir, &dst) == 0 && (!S_ISDIR(dst.st_mode) || dst.st_uid != geteuid() ||
                                   (dst.st_mode & 077) != 0)) {
         return cli_fail("down", "%s is not a private directory of this user: nothing stopped", dir);
     }
-    if (cli_no_more(cli, 0) != 0) return 2;
     int stopped = 0;
     for (int i = 0; i < 64; i++) {
         snprintf(path, sizeof(path), "%s/xmemd-%d.pid", dir, i);

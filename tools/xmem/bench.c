@@ -134,35 +134,62 @@ static int parse_sizes(const char *text, size_t *sizes, int max)
 
 int cmd_bench(cli_t *cli)
 {
-    const char *sizes_text = cli_take(cli, "--sizes");
-    const char *iters_text = cli_take(cli, "--iters");
-    const char *depth_text = cli_take(cli, "--depth");
-    if (cli_no_more(cli, 0) != 0) return 2;
-    size_t sizes[16];
-    int nsizes = parse_sizes(sizes_text != NULL ? sizes_text : "8,4K,64K,1M", sizes, 16);
-    size_t iters = iters_text != NULL ? strtoul(iters_text, NULL, 10) : 2000;
-    size_t depth = depth_text != NULL ? strtoul(depth_text, NULL, 10) : 16;
-    if (nsizes <= 0 || iters < 10 || depth == 0 || depth > 256) {
-        fprintf(stderr, "usage: xmem bench [--sizes 8,4K,64K,1M] [--iters N>=10] [--depth 1..256]\n");
+    const char *sizes_text = "8,4K,64K,1M", *iters_text = NULL, *depth_text = NULL;
+    const cli_opt_t opts[] = {{"sizes", &sizes_text, NULL}, {"iters", &iters_text, NULL},
+                              {"depth", &depth_text, NULL}, {NULL}};
+    if (cli_parse(cli, opts) != 0) return 2;
+    if (cli->argc > 0) {
+        fprintf(stderr, "xmem: bench: unexpected argument '%s'; see xmem bench --help\n", cli->argv[0]);
         return 2;
     }
+    size_t sizes[16];
+    int nsizes = parse_sizes(sizes_text, sizes, 16);
+    uint64_t iters = 2000, depth = 16;
+    if (nsizes <= 0) {
+        fprintf(stderr, "xmem: --sizes: '%s' is not a list of 1 to 16 sizes from 8 to 64M "
+                "(e.g. 8,4K,1M); see xmem bench --help\n", sizes_text);
+        return 2;
+    }
+    if ((iters_text != NULL && cli_u64(cli, "--iters", iters_text, 10, 10000000, &iters) != 0) ||
+        (depth_text != NULL && cli_u64(cli, "--depth", depth_text, 1, 256, &depth) != 0))
+        return 2;
     size_t max = 8;
     for (int i = 0; i < nsizes; i++) if (sizes[i] > max) max = sizes[i];
     xm_ctx_h ctx;
     if (cli_connect(cli, &ctx) != 0) return 1;
-    xm_appliance_info_t ai;
-    xm_appliance_stat(ctx, &ai);
+    bool mgr = cli_has_manager(cli);
+    xm_appliance_info_t ai = {0};
     uint64_t rsize = (uint64_t)max * depth < (64u << 20) ? (64u << 20) : (uint64_t)max * depth;
     xm_region_h r;
-    xm_status_t s = xm_region_create(ctx, rsize, NULL, &r);
-    if (s != XM_OK) {
-        cli_fail("bench", "cannot create a %llu-byte region: %s: %s", (unsigned long long)rsize,
-                 xm_status_str(s), xm_last_error(ctx));
-        xm_disconnect(ctx);
-        return 1;
+    xm_status_t s;
+    uint64_t alloc_id = 0;
+    if (mgr) {
+        /* through a manager: an allocation of one part, made here and freed at the end */
+        xm_alloc_info_t in;
+        s = xm_alloc_create(ctx, rsize, "single", NULL, &in);
+        if (s == XM_OK) {
+            alloc_id = in.id;
+            s = xm_attach(ctx, in.id, NULL, XM_ACCESS_READ_WRITE, &r);
+            if (s != XM_OK) xm_free(ctx, in.id, NULL);
+        }
+        snprintf(ai.provider, sizeof(ai.provider), "allocation through the manager");
+    } else {
+        xm_appliance_stat(ctx, &ai);
+        s = xm_region_create(ctx, rsize, NULL, &r);
     }
-    uint8_t *bufs = calloc(depth, max);
-    memset(bufs, 0x5a, depth * max);
+    if (s != XM_OK) {
+        char what[96];
+        snprintf(what, sizeof(what), "bench: cannot make a %llu-byte %s", (unsigned long long)rsize,
+                 mgr ? "allocation" : "region");
+        return cli_fail_ctx(ctx, what, s);
+    }
+    cli_progress_t prog = {0};
+    unsigned steps = 0, step = 0;
+    for (int si = 0; si < nsizes; si++) steps += sizes[si] == 8 ? 4 : 2;
+    /* the raw TCP stream below writes max(max, 64 KiB) at a time from bufs too */
+    size_t blen = depth * max < 65536 ? 65536 : depth * max;
+    uint8_t *bufs = calloc(1, blen);
+    memset(bufs, 0x5a, blen);
     /* touch the region once so reads measure transfer, not first-touch faults */
     uint8_t *fill = calloc(1, 1u << 20);
     for (uint64_t off = 0; off < rsize; off += 1u << 20) {
@@ -176,15 +203,14 @@ int cmd_bench(cli_t *cli)
         return 1;
     }
     int err = 0;
+    json_t *rows = cli->json ? json_array() : NULL;
     if (!cli->json) {
-        printf("xmem bench: provider %s, %zu iterations (latency), %zu in flight (bandwidth)\n",
-               ai.provider, iters, depth);
+        printf("xmem bench: provider %s, %llu iterations (latency), %llu in flight (bandwidth)\n",
+               ai.provider, (unsigned long long)iters, (unsigned long long)depth);
         printf("%-10s %8s %10s %10s %10s %10s %10s %10s\n", "op", "size", "p50 us", "p99 us",
                "GB/s", "Mop/s", "tcp p50", "p50/tcp");
-    } else {
-        printf("{\"provider\":\"%s\",\"rows\":[", ai.provider);
+        fflush(stdout);
     }
-    bool first = true;
     double tcp_gbs = 0;
     struct { const char *name; xm_opcode_t opc; } kinds[] = {
         {"read", XM_OP_READ}, {"write", XM_OP_WRITE}, {"fetch_add", XM_OP_FETCH_ADD},
@@ -197,30 +223,37 @@ int cmd_bench(cli_t *cli)
         lat_t tl = tcp_rtt(tfd, size, it, bufs);
         for (size_t k = 0; k < 4 && !err; k++) {
             if (kinds[k].opc >= XM_OP_FETCH_ADD && size != 8) continue;
+            char sz[32], stepname[64];
+            snprintf(stepname, sizeof(stepname), "%s %s", kinds[k].name, cli_size(size, sz, sizeof(sz)));
+            cli_progress_step(&prog, "bench", stepname, step++, steps + 1);
             lat_t l = op_latency(ctx, r, kinds[k].opc, size, it, bufs, &err);
             double ops_s = 0;
             uint64_t total = (uint64_t)size * it * 4;
             if (total < (64u << 20) && size >= 4096) total = 64u << 20;
             double gbs = err ? 0 : op_bandwidth(ctx, r, kinds[k].opc, size, depth, total, bufs, &ops_s, &err);
             if (cli->json) {
-                printf("%s{\"op\":\"%s\",\"size\":%zu,\"p50_us\":%.2f,\"p99_us\":%.2f,\"gb_s\":%.3f,"
-                       "\"mops\":%.4f,\"tcp_p50_us\":%.2f,\"ratio\":%.2f}", first ? "" : ",",
-                       kinds[k].name, size, l.p50, l.p99, gbs, ops_s / 1e6, tl.p50, l.p50 / tl.p50);
-                first = false;
+                json_array_append_new(rows, json_pack("{s:s, s:I, s:f, s:f, s:f, s:f, s:f, s:f}",
+                    "op", kinds[k].name, "size", (json_int_t)size, "p50_us", l.p50, "p99_us", l.p99,
+                    "gb_s", gbs, "mops", ops_s / 1e6, "tcp_p50_us", tl.p50,
+                    "ratio", tl.p50 > 0 ? l.p50 / tl.p50 : 0.0));
             } else {
-                char sz[32];
+                cli_progress_step(&prog, "bench", "", steps + 1, steps + 1); /* clear the line */
                 printf("%-10s %8s %10.1f %10.1f %10.3f %10.3f %10.1f %9.2fx\n", kinds[k].name,
                        cli_size(size, sz, sizeof(sz)), l.p50, l.p99, gbs, ops_s / 1e6, tl.p50,
                        l.p50 / tl.p50);
+                fflush(stdout);
             }
         }
     }
     if (!err) {
+        cli_progress_step(&prog, "bench", "raw TCP stream", steps, steps + 1);
         tcp_gbs = tcp_ref_stream(tfd, bufs, max < 65536 ? 65536 : max, 2ull << 30);
     }
     tcp_ref_stop(&ref, tfd);
+    cli_progress_end(&prog);
     if (cli->json) {
-        printf("],\"tcp_stream_gb_s\":%.3f}\n", tcp_gbs);
+        cli_json_print(json_pack("{s:s, s:o, s:f}", "provider", ai.provider, "rows", rows,
+                                 "tcp_stream_gb_s", tcp_gbs));
     } else {
         printf("raw TCP stream (loopback, %zu-byte writes): %.3f GB/s; "
                "ratios above are xmem p50 / raw TCP round trip (8-byte request, size-byte reply, busy-poll)\n",
@@ -229,7 +262,8 @@ int cmd_bench(cli_t *cli)
     free(bufs);
     uint64_t id = xm_region_id(r);
     xm_region_close(r);
-    xm_region_destroy(ctx, id, NULL);
+    if (mgr) xm_free(ctx, alloc_id, NULL);
+    else xm_region_destroy(ctx, id, NULL);
     xm_disconnect(ctx);
     return err;
 }

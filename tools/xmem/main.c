@@ -90,6 +90,22 @@ int cli_connect(cli_t *cli, xm_ctx_h *ctx_p)
     return 0;
 }
 
+int cli_fail_ctx(xm_ctx_h ctx, const char *what, xm_status_t s)
+{
+    /* the library's reason is the specific one; the status word only when there is none */
+    const char *detail = xm_last_error(ctx);
+    int rc = cli_fail(what, "%s", detail != NULL && detail[0] != '\0' ? detail : xm_status_str(s));
+    if (ctx != NULL) xm_disconnect(ctx);
+    return rc;
+}
+
+bool cli_has_manager(const cli_t *cli)
+{
+    if (cli->conn.manager != NULL && cli->conn.manager[0] != '\0') return true;
+    const char *env = getenv("XMEM_MANAGER");
+    return cli->conn.appliance == NULL && env != NULL && env[0] != '\0';
+}
+
 const char *cli_take(cli_t *cli, const char *name)
 {
     for (int i = 0; i < cli->argc; i++) {
@@ -160,8 +176,9 @@ const char *cli_size(uint64_t size, char *buf, size_t len)
 
 static int cmd_secret(cli_t *cli)
 {
+    if (cli_parse(cli, NULL) != 0) return 2;
     if (cli->argc != 2 || strcmp(cli->argv[0], "new") != 0) {
-        fprintf(stderr, "usage: xmem secret new PATH\n");
+        fprintf(stderr, "usage: xmem secret new PATH (see xmem secret --help)\n");
         return 2;
     }
     const char *path = cli->argv[1];
@@ -174,7 +191,22 @@ static int cmd_secret(cli_t *cli)
     strcat(hex, "\n");
     int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (fd < 0) {
-        return cli_fail("secret", "cannot create %s: %s", path, strerror(errno));
+        int e = errno;
+        if (e == ENOENT || e == ENOTDIR) {
+            /* name the directory that is missing, not only the file */
+            char dir[4096];
+            snprintf(dir, sizeof(dir), "%s", path);
+            char *slash = strrchr(dir, '/');
+            if (slash == dir) slash[1] = '\0';
+            else if (slash != NULL) *slash = '\0';
+            else snprintf(dir, sizeof(dir), ".");
+            return cli_fail("secret", "cannot create %s: directory %s does not exist (create it "
+                            "first, mode 0700)", path, dir);
+        }
+        if (e == EEXIST)
+            return cli_fail("secret", "%s exists: not overwritten (remove it first, or pick "
+                            "another path)", path);
+        return cli_fail("secret", "cannot create %s: %s", path, strerror(e));
     }
     ssize_t n = write(fd, hex, strlen(hex));
     if (n != (ssize_t)strlen(hex) || fsync(fd) != 0) {
@@ -187,23 +219,22 @@ static int cmd_secret(cli_t *cli)
     return 0;
 }
 
-static const char *tenants_file;
-
 static int cmd_tenant(cli_t *cli)
 {
     const char *secret = cli->conn.secret_file != NULL ? cli->conn.secret_file
                                                        : getenv("XMEM_SECRET_FILE");
-    const char *reg = tenants_file != NULL ? tenants_file : getenv("XMEM_TENANTS_FILE");
+    const char *out = NULL;
+    const cli_opt_t opts[] = {{"out", &out, NULL}, {NULL}};
+    if (cli_parse(cli, opts) != 0) return 2;
+    secret = cli->conn.secret_file != NULL ? cli->conn.secret_file : getenv("XMEM_SECRET_FILE");
+    const char *reg = cli_tenants_file != NULL ? cli_tenants_file : getenv("XMEM_TENANTS_FILE");
     char why[512] = "";
     xm_status_t status;
     if (cli->argc >= 2 && strcmp(cli->argv[0], "add") == 0) {
-        const char *name = cli->argv[1], *out = NULL;
+        const char *name = cli->argv[1];
         char def[300];
-        for (int i = 2; i + 1 < cli->argc; i += 2) {
-            if (strcmp(cli->argv[i], "--out") == 0) out = cli->argv[i + 1];
-        }
-        if ((cli->argc - 2) % 2 != 0 || (cli->argc > 2 && out == NULL)) {
-            fprintf(stderr, "usage: xmem tenant add NAME [--out FILE]\n");
+        if (cli->argc != 2) {
+            fprintf(stderr, "usage: xmem tenant add NAME [--out FILE] (see xmem tenant --help)\n");
             return 2;
         }
         if (out == NULL) {
@@ -234,33 +265,42 @@ static int cmd_tenant(cli_t *cli)
 
 static int cmd_config(cli_t *cli)
 {
+    if (cli_parse(cli, NULL) != 0 || cli_no_more(cli, 0) != 0) return 2;
     struct { const char *name, *env, *def, *desc; } rows[] = {
         {"appliance", "XMEM_APPLIANCE", "127.0.0.1:7400", "appliance control address"},
+        {"manager", "XMEM_MANAGER", "(none)", "manager address: allocations instead of regions"},
         {"secret-file", "XMEM_SECRET_FILE", "(none)", "cluster secret file"},
         {"tenant", "XMEM_TENANT", "(user name)", "who you are to the appliance"},
         {"provider", "XMEM_PROVIDER", "(appliance's)", "libfabric provider: tcp (on an appliance's host the local transport, XMEM_TRANSPORT)"},
         {"timeout-ms", "XMEM_TIMEOUT_MS", "5000", "bound on every call"},
         {"log-level", "XMEM_LOG_LEVEL", "warn", "error, warn, info or debug"},
     };
-    const char *given[] = {cli->conn.appliance, cli->conn.secret_file, cli->conn.tenant,
-                           cli->conn.provider, NULL, NULL};
+    const char *given[] = {cli->conn.appliance, cli->conn.manager, cli->conn.secret_file,
+                           cli->conn.tenant, cli->conn.provider, NULL, NULL};
     char tbuf[16];
+    const char *tenv = getenv("XMEM_TIMEOUT_MS");
+    uint64_t tv;
+    if (cli->conn.timeout_ms == 0 && tenv != NULL && tenv[0] != '\0' &&
+        cli_u64(cli, "XMEM_TIMEOUT_MS", tenv, 1, 86400000, &tv) != 0)
+        return 1;
     if (cli->conn.timeout_ms != 0) {
         snprintf(tbuf, sizeof(tbuf), "%u", cli->conn.timeout_ms);
-        given[4] = tbuf;
+        given[5] = tbuf;
     }
+    json_t *all = cli->json ? json_array() : NULL;
     for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
         const char *v = given[i], *src = "flag";
         if (v == NULL) { v = getenv(rows[i].env); src = "env"; }
         if (v == NULL || *v == '\0') { v = rows[i].def; src = "default"; }
         if (cli->json) {
-            printf("%s{\"name\":\"%s\",\"value\":\"%s\",\"source\":\"%s\"}%s", i == 0 ? "[" : "",
-                   rows[i].name, v, src, i + 1 < sizeof(rows) / sizeof(rows[0]) ? "," : "]\n");
+            json_array_append_new(all, json_pack("{s:s, s:s, s:s, s:s, s:s}", "name", rows[i].name,
+                                                 "value", v, "source", src, "env", rows[i].env,
+                                                 "description", rows[i].desc));
         } else {
             printf("%-12s %-22s %-8s %s (%s)\n", rows[i].name, v, src, rows[i].desc, rows[i].env);
         }
     }
-    return 0;
+    return cli->json ? cli_json_print(all) : 0;
 }
 
 int main(int argc, char **argv)
@@ -270,37 +310,22 @@ int main(int argc, char **argv)
     setenv("FI_OFI_RXM_MSG_RX_SIZE", "16", 0);
     cli_t cli = {.conn = XM_CONNECT_OPTS_INIT};
     char **rest = calloc((size_t)argc + 1, sizeof(char *));
-    int nrest = 0;
-    bool help = false;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        const char **slot = NULL;
-        /* after "region grant", --tenant names the grantee, not who we are */
-        bool grant = nrest >= 2 && strcmp(rest[0], "region") == 0 && strcmp(rest[1], "grant") == 0;
-        if (strcmp(a, "--appliance") == 0) slot = &cli.conn.appliance;
-        else if (strcmp(a, "--secret-file") == 0) slot = &cli.conn.secret_file;
-        else if (strcmp(a, "--tenant") == 0 && !grant) slot = &cli.conn.tenant;
-        else if (strcmp(a, "--provider") == 0) slot = &cli.conn.provider;
-        else if (strcmp(a, "--manager") == 0) slot = &cli.conn.manager;
-        else if (strcmp(a, "--tenants") == 0) slot = &tenants_file;
-        if (slot != NULL || strcmp(a, "--timeout-ms") == 0) {
-            if (i + 1 >= argc) {
-                fprintf(stderr, "xmem: %s needs a value\n", a);
-                return 2;
-            }
-            if (slot != NULL) *slot = argv[++i];
-            else cli.conn.timeout_ms = (uint32_t)strtoul(argv[++i], NULL, 10);
-        } else if (strcmp(a, "--") == 0) {
-            /* what follows is a program's command line (xmem run): no global options in it */
-            while (i < argc) rest[nrest++] = argv[i++];
-        } else if (strcmp(a, "--json") == 0) {
-            cli.json = true;
-        } else if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
-            help = true;
-        } else {
-            rest[nrest++] = argv[i];
-        }
+    /* global options before the command (getopt_long; the command parses what follows it) */
+    int nrest = argc - 1;
+    for (int i = 1; i < argc; i++) rest[i - 1] = argv[i];
+    if (cli_parse_globals(&cli, &nrest, rest) != 0) {
+        free(rest);
+        return 2;
     }
+    if (cli.version) {
+        printf("xmem %s (libxmem %s)\n", XM_VERSION_STRING, xm_version(NULL));
+        free(rest);
+        return 0;
+    }
+    /* --help or -h after the command (before a "--"): that command's help */
+    bool help = cli.help;
+    for (int i = 0; i < nrest && strcmp(rest[i], "--") != 0; i++)
+        help |= strcmp(rest[i], "--help") == 0 || strcmp(rest[i], "-h") == 0;
     if (nrest == 0) {
         fputs(usage_text, help ? stdout : stderr);
         free(rest);
@@ -324,12 +349,22 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]) && !found; i++) {
         if (strcmp(cmd, cmds[i].name) != 0) continue;
         found = true;
+        /* "region create": the subcommand's help when it has one */
+        char words[64];
+        snprintf(words, sizeof(words), "%s", cmd);
+        if (cli.argc > 0 && cli.argv[0][0] != '-') {
+            char two[64];
+            snprintf(two, sizeof(two), "%s %s", cmd, cli.argv[0]);
+            if (cli_has_help(two)) snprintf(words, sizeof(words), "%s", two);
+        }
+        cli.cmd = words;
         if (help) {
-            /* every command's help is the relevant part of the usage */
-            printf("%s", usage_text);
+            cli_help(words, usage_text);
             rc = 0;
         } else {
-            rc = cmds[i].run(&cli);
+            /* commands that parse with cli_take see no global options */
+            bool own = strcmp(cmd, "run") != 0 && strcmp(cmd, "bench map") != 0 && cli_has_help(cmd);
+            rc = own || cli_take_globals(&cli, false) == 0 ? cmds[i].run(&cli) : 2;
         }
     }
     if (!found) fprintf(stderr, "xmem: unknown command '%s' (see xmem --help)\n", cmd);
