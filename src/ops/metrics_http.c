@@ -94,6 +94,17 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
         return reply(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "text/plain", bad_method,
                      sizeof(bad_method) - 1, false);
     }
+    /* the first call comes with the headers: answering only on the second (the request
+     * complete) keeps the connection open for the next scrape; an early answer closes it */
+    static int seen;
+    if (*con_cls == NULL) {
+        *con_cls = &seen;
+        return MHD_YES;
+    }
+    if (*upload_data_size != 0) {
+        *upload_data_size = 0; /* a GET with a body: ignored */
+        return MHD_YES;
+    }
     if (strcmp(url, "/metrics") != 0) {
         return reply(conn, MHD_HTTP_NOT_FOUND, "text/plain", not_found, sizeof(not_found) - 1, false);
     }
