@@ -148,9 +148,12 @@ static void *member_main(void *arg)
         }
         (void)standby;
         /* a group: the next manager at once, a pause once all were tried */
-        if (!manager_next(mb, leader, &tried)) continue;
-        tried = 0;
         struct pollfd p = {.fd = mb->stop_pipe[0], .events = POLLIN};
+        if (!manager_next(mb, leader, &tried)) {
+            if (poll(&p, 1, 0) != 0) return NULL;
+            continue;
+        }
+        tried = 0;
         if (poll(&p, 1, (int)o->heartbeat_ms) != 0) return NULL;
     }
 }

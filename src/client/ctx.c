@@ -223,12 +223,15 @@ static void mgr_next(xm_ctx_h ctx)
 static xm_status_t rpc_group(xm_ctx_h ctx, xm_msg_t *req, xm_msg_t **rep_p)
 {
     bool extended = false, sent = false;
-    uint32_t tried = 0;
+    uint32_t tried = 0, auth_failed = 0;
     ctx->call_deadline_ns = xm__now_ns() + (uint64_t)ctx->timeout_ms * 1000000ull;
     for (;;) {
         xm_status_t status = rpc_once(ctx, req, rep_p);
+        /* a handshake cut by a dying leader looks like a refused credential: once per
+         * manager at most (a wrong credential is refused by all) */
         bool moved = ctx->conn.fd < 0 && (status == XM_ERR_CONNECT || status == XM_ERR_DISCONNECTED ||
-                                          status == XM_ERR_TIMEOUT);
+                                          status == XM_ERR_TIMEOUT ||
+                                          (status == XM_ERR_AUTH && ++auth_failed < ctx->nmanagers));
         if (status == XM_ERR_NOT_FOUND && sent && req->body_case == XMEM__MSG__BODY_ALLOC_FREE) {
             static const uint8_t none[1];
             *rep_p = xmem__msg__unpack(NULL, 0, none);
@@ -405,9 +408,12 @@ XM_EXPORT xm_status_t xm_connect(const xm_connect_opts_t *opts, xm_ctx_h *ctx_p)
     if (status != XM_OK) goto err;
     ctx->call_deadline_ns = xm__now_ns() + (uint64_t)ctx->timeout_ms * 1000000ull;
     status = ctl_connect(ctx);
+    uint32_t auth_failed = 0;
     for (uint32_t tried = 1; status != XM_OK && ctx->nmanagers > 1 && ctx->conn.fd < 0 &&
                              (status == XM_ERR_CONNECT || status == XM_ERR_TIMEOUT ||
-                              status == XM_ERR_DISCONNECTED) && xm__now_ns() < ctx->call_deadline_ns;
+                              status == XM_ERR_DISCONNECTED ||
+                              (status == XM_ERR_AUTH && ++auth_failed < ctx->nmanagers)) &&
+                             xm__now_ns() < ctx->call_deadline_ns;
          tried++) {
         mgr_next(ctx);
         if (tried % ctx->nmanagers == 0) usleep(50000); /* all tried: an election is under way */
