@@ -6,7 +6,8 @@
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config libfabric-dev libfabric-bin libprotobuf-c-dev
       protobuf-c-compiler libsodium-dev libxxhash-dev libsqlite3-dev libisal-dev libjansson-dev libmimalloc-dev uthash-dev libcriterion-dev clang libclang-rt-14-dev iproute2 procps
-      gdb) # gdb: the stress tests' watchdog prints user-space stacks of a hang
+      gdb # gdb: the stress tests' watchdog prints user-space stacks of a hang
+      libcurl4-openssl-dev etcd-server etcd-client) # the manager group on etcd (docs/ha.md, test_ha)
 if [[ "${1:-}" == "--bench" ]]; then
   pkgs+=(memcached redis-server)
 fi
@@ -23,6 +24,8 @@ if [[ $(id -u) -ne 0 ]]; then SUDO=sudo; fi
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+# test_ha and bench/manager_ha start their own etcd on loopback free ports: not the packaged service
+$SUDO systemctl disable --now etcd >/dev/null 2>&1 || true
 # the benchmarks start their own memcached/redis on loopback; the packaged services are not needed
 if [[ "${1:-}" == "--bench" ]]; then
   for svc in memcached redis-server; do

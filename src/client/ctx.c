@@ -223,6 +223,74 @@ static void mgr_next(xm_ctx_h ctx)
 static xm_status_t rpc_group(xm_ctx_h ctx, xm_msg_t *req, xm_msg_t **rep_p)
 {
     bool extended = false, sent = false;
+    uint32_t tried = 0;
+    ctx->call_deadline_ns = xm__now_ns() + (uint64_t)ctx->timeout_ms * 1000000ull;
+    for (;;) {
+        xm_status_t status = rpc_once(ctx, req, rep_p);
+        bool moved = ctx->conn.fd < 0 && (status == XM_ERR_CONNECT || status == XM_ERR_DISCONNECTED ||
+                                          status == XM_ERR_TIMEOUT);
+        if (status == XM_ERR_NOT_FOUND && sent && req->body_case == XMEM__MSG__BODY_ALLOC_FREE) {
+            static const uint8_t none[1];
+            *rep_p = xmem__msg__unpack(NULL, 0, none);
+            return *rep_p != NULL ? XM_OK : XM_ERR_NO_MEMORY;
+        }
+        if (!moved) return status;
+        /* the request may have reached a leader that died before replying */
+        if (status != XM_ERR_CONNECT) sent = true;
+        uint64_t now = xm__now_ns();
+        if (!extended) {
+            extended = true;
+            ctx->call_deadline_ns = now + (uint64_t)ctx->timeout_ms * 1000000ull;
+        }
+        if (now >= ctx->call_deadline_ns) return status;
+        mgr_next(ctx);
+        if (++tried % ctx->nmanagers == 0) usleep(50000); /* all tried: an election is under way */
+    }
+}
+static xm_status_t rpc_once(xm_ctx_h ctx, xm_msg_t *req, xm_msg_t **rep_p);
+
+/* Entry i of the manager group into host/port; false: not HOST:PORT. */
+static bool mgr_pick(xm_ctx_h ctx, uint32_t i)
+{
+    const char *p = ctx->managers;
+    for (uint32_t k = 0; k < i && p != NULL; k++) {
+        p = strchr(p, ',');
+        if (p != NULL) p++;
+    }
+    if (p == NULL) return false;
+    char one[300];
+    size_t n = strcspn(p, ",");
+    snprintf(one, sizeof(one), "%.*s", (int)(n < sizeof(one) ? n : sizeof(one) - 1), p);
+    return xm__parse_hostport(one, ctx->host, sizeof(ctx->host), ctx->port, sizeof(ctx->port)) == XM_OK;
+}
+
+/* On to the leader a standby named when it is in the group, else the next manager. */
+static void mgr_next(xm_ctx_h ctx)
+{
+    ctl_close(ctx);
+    for (uint32_t i = 0; ctx->leader_hint[0] != '\0' && i < ctx->nmanagers; i++) {
+        mgr_pick(ctx, i);
+        char addr[300];
+        snprintf(addr, sizeof(addr), "%s:%s", ctx->host, ctx->port);
+        if (strcmp(addr, ctx->leader_hint) == 0 && i != ctx->cur_manager) {
+            ctx->cur_manager = i;
+            ctx->leader_hint[0] = '\0';
+            return;
+        }
+    }
+    ctx->leader_hint[0] = '\0';
+    ctx->cur_manager = (ctx->cur_manager + 1) % ctx->nmanagers;
+    mgr_pick(ctx, ctx->cur_manager);
+}
+
+/* A request served by a manager group: connection failures, a standby or a leader that
+ * died under the call move on to the next manager until the leader answers, within one
+ * more timeout after the first failure. Requests are safe to repeat: an allocation's
+ * request id makes its retry the same allocation; a free repeated after the leader died
+ * finds the allocation gone, which is what was asked. */
+static xm_status_t rpc_group(xm_ctx_h ctx, xm_msg_t *req, xm_msg_t **rep_p)
+{
+    bool extended = false, sent = false;
     uint32_t tried = 0, auth_failed = 0;
     ctx->call_deadline_ns = xm__now_ns() + (uint64_t)ctx->timeout_ms * 1000000ull;
     for (;;) {
