@@ -7,6 +7,7 @@ set -euo pipefail
 pkgs=(build-essential cmake pkg-config libfabric-dev libfabric-bin libprotobuf-c-dev
       protobuf-c-compiler libsodium-dev libxxhash-dev libsqlite3-dev libisal-dev libjansson-dev libmimalloc-dev uthash-dev libcriterion-dev clang libclang-rt-14-dev iproute2 procps
       gdb # gdb: the stress tests' watchdog prints user-space stacks of a hang
+      libmicrohttpd-dev libsystemd-dev groff-base man-db bash-completion # metrics endpoint, sd_notify/journald; test_ops renders the man pages and the completion
       libcurl4-openssl-dev etcd-server etcd-client) # the manager group on etcd (docs/ha.md, test_ha)
 if [[ "${1:-}" == "--bench" ]]; then
   pkgs+=(memcached redis-server)

@@ -326,3 +326,109 @@ Test(ops, metrics_move_with_work_and_survive_bad_http, .fini = cluster_teardown,
     free(a1);
     free(a2);
 }
+
+/* ---- service integration: cmake --install into a DESTDIR ----------------------------- */
+
+static int sh(const char *cmd, char *out, size_t outlen)
+{
+    const char *argv[] = {"/bin/sh", "-c", cmd, NULL};
+    return run_capture(argv, NULL, out, outlen);
+}
+
+Test(ops, install_puts_units_man_pages_and_completion_in_place, .timeout = 120)
+{
+    char dest[] = "/tmp/xmem-test-XXXXXX";
+    cr_assert_not_null(mkdtemp(dest));
+    char cmd[1024], out[16384];
+    snprintf(cmd, sizeof(cmd), "DESTDIR='%s' '%s' --install '%s' --prefix /usr --component service",
+             dest, XMEM_CMAKE, XMEM_BUILD_DIR);
+    cr_assert_eq(sh(cmd, out, sizeof(out)), 0, "%s\n%s", cmd, out);
+    static const char *const files[] = {
+        "usr/lib/systemd/system/xmemd@.service", "usr/lib/systemd/system/xmem-manager.service",
+        "usr/lib/sysusers.d/xmem.conf", "usr/share/man/man1/xmem.1", "usr/share/man/man3/libxmem.3",
+        "usr/share/man/man8/xmemd.8", "usr/share/man/man8/xmem-manager.8",
+        "usr/share/bash-completion/completions/xmem", "usr/share/doc/xmem/examples/xmemd-example.conf",
+        "usr/share/doc/xmem/examples/manager-example.conf",
+    };
+    char path[600];
+    for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
+        snprintf(path, sizeof(path), "%s/%s", dest, files[i]);
+        cr_expect_eq(access(path, R_OK), 0, "not installed: %s", files[i]);
+    }
+    /* the units: notify, restart, sandbox, the instance's config file */
+    snprintf(path, sizeof(path), "%s/usr/lib/systemd/system/xmemd@.service", dest);
+    char *unit = slurp(path);
+    cr_assert_not_null(unit);
+    static const char *const want[] = {"Type=notify", "Restart=on-failure", "ProtectSystem=strict",
+                                       "PrivateTmp=yes", "NoNewPrivileges=yes", "StateDirectory=xmem",
+                                       "LimitMEMLOCK=infinity", "/xmemd --config /etc/xmem/xmemd-%i.conf"};
+    for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++)
+        cr_expect_not_null(strstr(unit, want[i]), "xmemd@.service lacks %s", want[i]);
+    free(unit);
+    /* every man page renders without a warning */
+    static const char *const pages[] = {"man1/xmem.1", "man3/libxmem.3", "man8/xmemd.8", "man8/xmem-manager.8"};
+    for (size_t i = 0; i < 4; i++) {
+        snprintf(cmd, sizeof(cmd), "groff -ww -z -man '%s/usr/share/man/%s' 2>&1", dest, pages[i]);
+        cr_expect_eq(sh(cmd, out, sizeof(out)), 0, "%s", pages[i]);
+        cr_expect_str_eq(out, "", "groff warns on %s: %s", pages[i], out);
+        snprintf(cmd, sizeof(cmd), "MANWIDTH=80 man -l '%s/usr/share/man/%s' 2>&1 >/dev/null", dest, pages[i]);
+        if (access("/usr/bin/man", X_OK) == 0) {
+            cr_expect_eq(sh(cmd, out, sizeof(out)), 0, "man -l %s: %s", pages[i], out);
+            cr_expect_str_eq(out, "", "man -l %s: %s", pages[i], out);
+        }
+    }
+    /* the man pages name the real options: each flag of --help is in the daemon's page */
+    static const char *const daemons[][2] = {{"xmemd", "man8/xmemd.8"}, {"xmem-manager", "man8/xmem-manager.8"}};
+    for (int d = 0; d < 2; d++) {
+        snprintf(path, sizeof(path), "%s/usr/share/man/%s", dest, daemons[d][1]);
+        char *page = slurp(path);
+        cr_assert_not_null(page);
+        snprintf(cmd, sizeof(cmd), "'%s/%s' --help", XMEM_BIN_DIR, daemons[d][0]);
+        cr_assert_eq(sh(cmd, out, sizeof(out)), 0);
+        for (char *save = NULL, *l = strtok_r(out, "\n", &save); l != NULL; l = strtok_r(NULL, "\n", &save)) {
+            char *opt = strstr(l, "  --");
+            if (opt == NULL) continue;
+            opt += 4;
+            char name[64], roff[160];
+            snprintf(name, sizeof(name), "%.*s", (int)strcspn(opt, " ,"), opt);
+            /* in roff a dash is \-: --log-file is \-\-log\-file */
+            size_t j = 0;
+            j += (size_t)snprintf(roff, sizeof(roff), "\\-\\-");
+            for (const char *p = name; *p != '\0' && j + 3 < sizeof(roff); p++) {
+                if (*p == '-') roff[j++] = '\\';
+                roff[j++] = *p;
+            }
+            roff[j] = '\0';
+            cr_expect_not_null(strstr(page, roff), "%s(8) does not document --%s", daemons[d][0], name);
+        }
+        free(page);
+    }
+    /* the completion is valid bash and completes commands */
+    snprintf(cmd, sizeof(cmd), "bash -n '%s/usr/share/bash-completion/completions/xmem'", dest);
+    cr_expect_eq(sh(cmd, out, sizeof(out)), 0, "%s", out);
+    if (access("/usr/share/bash-completion/bash_completion", R_OK) == 0) {
+        snprintf(cmd, sizeof(cmd),
+                 "bash -c 'source /usr/share/bash-completion/bash_completion; source \"%s/usr/share/"
+                 "bash-completion/completions/xmem\"; COMP_WORDS=(xmem region \"\"); COMP_CWORD=2; "
+                 "COMP_LINE=\"xmem region \"; COMP_POINT=${#COMP_LINE}; _xmem; echo \"${COMPREPLY[*]}\"'",
+                 dest);
+        cr_expect_eq(sh(cmd, out, sizeof(out)), 0, "%s", out);
+        cr_expect_not_null(strstr(out, "create"), "completion of 'xmem region ': %s", out);
+        cr_expect_not_null(strstr(out, "snapshot"), "completion of 'xmem region ': %s", out);
+    }
+    /* systemd accepts the units (their binaries pointed at this build) */
+    if (access("/usr/bin/systemd-analyze", X_OK) == 0) {
+        snprintf(cmd, sizeof(cmd),
+                 "cd '%s' && mkdir v && sed 's|ExecStart=[^ ]*/|ExecStart=%s/|' usr/lib/systemd/system/xmemd@.service "
+                 "> v/xmemd@t.service && sed 's|ExecStart=[^ ]*/|ExecStart=%s/|' "
+                 "usr/lib/systemd/system/xmem-manager.service > v/xmem-manager.service && "
+                 "MANPATH='%s/usr/share/man' timeout 60 systemd-analyze verify v/xmemd@t.service "
+                 "v/xmem-manager.service 2>&1",
+                 dest, XMEM_BIN_DIR, XMEM_BIN_DIR, dest);
+        cr_expect_eq(sh(cmd, out, sizeof(out)), 0, "systemd-analyze verify: %s", out);
+    } else {
+        cr_log_warn("systemd-analyze not installed: the units' syntax is not checked");
+    }
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dest);
+    cr_expect_eq(system(cmd), 0);
+}
