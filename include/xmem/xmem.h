@@ -277,6 +277,34 @@ XM_API xm_status_t xm_region_snapshot(xm_ctx_h ctx, uint64_t id, const char *nam
 XM_API xm_status_t xm_region_clone(xm_ctx_h ctx, uint64_t id, const char *name,
                                    const char *new_name, xm_region_h *region_p);
 
+/** One grant of a region, as ::xm_region_grants reports it. */
+typedef struct xm_grant_info {
+    char tenant[XM_NAME_MAX + 1];   /**< the grantee */
+    uint32_t access;                /**< XM_ACCESS_READ or XM_ACCESS_READ_WRITE */
+    uint32_t reserved32_;           /**< zero */
+    uint64_t reserved_[2];          /**< zero; room for new fields (the struct never grows) */
+} xm_grant_info_t;
+
+/**
+ * The grants of a region the caller owns, besides the owner's own access.
+ * @param [out] grants_p  malloc'd array (free() it), NULL when there are none
+ * @param [out] count_p   its length
+ * @return XM_OK (a grantee asking gets no grants), XM_ERR_NOT_FOUND, XM_ERR_PERM, ...
+ */
+XM_API xm_status_t xm_region_grants(xm_ctx_h ctx, uint64_t id, const char *name,
+                                    xm_grant_info_t **grants_p, size_t *count_p);
+
+/**
+ * Revoke @p tenant's grant on a region the caller owns. The registrations made for that
+ * grant close, so the grantee's open handles fail their next operation (XM_ERR_ACCESS or
+ * the error of reopening) and it can no longer open the region; the owner's and other
+ * grantees' handles keep working.
+ * @return XM_OK, XM_ERR_NOT_FOUND (no such region, or no grant to @p tenant),
+ *         XM_ERR_PERM (not the owner), XM_ERR_INVALID (@p tenant is the owner)
+ */
+XM_API xm_status_t xm_region_revoke(xm_ctx_h ctx, uint64_t id, const char *name,
+                                    const char *tenant);
+
 /** Grant @p tenant @p access to a region the caller owns (XM_ACCESS_READ for read-only). */
 XM_API xm_status_t xm_region_grant(xm_ctx_h ctx, uint64_t id, const char *name,
                                    const char *tenant, xm_access_t access);

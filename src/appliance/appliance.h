@@ -155,6 +155,18 @@ xm_status_t appl_region_grant(appl_regions_t *t, const char *tenant, uint64_t id
                               const char **why_p);
 xm_status_t appl_region_stat(appl_regions_t *t, const char *tenant, uint64_t id,
                              const char *name, xm_region_info_t *info, const char **why_p);
+/* Remove grantee's grant (the owner only): its registrations close, so the keys handed out
+ * under it stop working at once, and a memfd it mapped stops being the region. */
+xm_status_t appl_region_revoke_grant(appl_regions_t *t, const char *tenant, uint64_t id,
+                                     const char *name, const char *grantee, const char **why_p);
+typedef struct appl_grant_entry {
+    char tenant[XM_NAME_MAX + 1];
+    xm_access_t access;
+} appl_grant_entry_t;
+/* The grants of a region besides its owner's: to its owner only (others get none);
+ * *list_p is malloc'd (NULL when *n_p is 0). */
+xm_status_t appl_region_grants(appl_regions_t *t, const char *tenant, uint64_t id,
+                               const char *name, appl_grant_entry_t **list_p, size_t *n_p);
 /*
  * Local transport: a descriptor of the region's memfd for tenant, with the rights of its
  * grant (read-write: the memfd; read-only: a read-only reopen), checked as appl_region_open

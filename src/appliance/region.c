@@ -903,6 +903,81 @@ out:
     return status;
 }
 
+xm_status_t appl_region_revoke_grant(appl_regions_t *t, const char *tenant, uint64_t id,
+                                     const char *name, const char *grantee, const char **why_p)
+{
+    pthread_mutex_lock(&t->lock);
+    appl_region_t *r;
+    appl_grant_t *g;
+    xm_status_t status = visible(t, tenant, id, name, &r, &g, why_p);
+    if (status != XM_OK) goto out;
+    if (g != &r->grants[0]) {
+        WHY("only the owner may revoke a grant");
+        status = XM_ERR_PERM;
+        goto out;
+    }
+    appl_grant_t *old = grant_find(r, grantee);
+    if (old == &r->grants[0]) {
+        WHY("the owner's own access cannot be revoked");
+        status = XM_ERR_INVALID;
+        goto out;
+    }
+    if (old == NULL) {
+        WHY("that tenant has no grant on this region");
+        status = XM_ERR_NOT_FOUND;
+        goto out;
+    }
+    appl_grant_t gone = *old;
+    size_t at = (size_t)(old - r->grants);
+    memmove(old, old + 1, (r->ngrants - at - 1) * sizeof(*old));
+    r->ngrants--;
+    status = r->file_fd >= 0 ? appl__files_save(t) : meta_save(t);
+    if (status != XM_OK) {
+        WHY("cannot persist the pool metadata");
+        memmove(&r->grants[at + 1], &r->grants[at], (r->ngrants - at) * sizeof(*old));
+        r->grants[at] = gone;
+        r->ngrants++;
+        goto out;
+    }
+    /* each grant has registrations of its own: closing them ends the grantee's keys (and no
+     * one else's); a memfd it was handed (local transport) stops being the region */
+    grant_close(&gone);
+    if (r->memfd >= 0 && holder_has(r, grantee)) region_move(t, r);
+    xm_log_info("tenant %s revoked %s's grant on region %llu", tenant, grantee,
+                (unsigned long long)r->id);
+out:
+    pthread_mutex_unlock(&t->lock);
+    return status;
+}
+
+xm_status_t appl_region_grants(appl_regions_t *t, const char *tenant, uint64_t id,
+                               const char *name, appl_grant_entry_t **list_p, size_t *n_p)
+{
+    *list_p = NULL;
+    *n_p = 0;
+    pthread_mutex_lock(&t->lock);
+    appl_region_t *r;
+    appl_grant_t *g;
+    const char *why;
+    const char **why_p = &why;
+    xm_status_t status = visible(t, tenant, id, name, &r, &g, why_p);
+    if (status == XM_OK && g == &r->grants[0] && r->ngrants > 1) {
+        appl_grant_entry_t *l = calloc(r->ngrants - 1, sizeof(*l));
+        if (l == NULL) {
+            status = XM_ERR_NO_MEMORY;
+        } else {
+            for (uint32_t i = 1; i < r->ngrants; i++) {
+                snprintf(l[i - 1].tenant, sizeof(l[i - 1].tenant), "%s", r->grants[i].tenant);
+                l[i - 1].access = r->grants[i].access;
+            }
+            *list_p = l;
+            *n_p = r->ngrants - 1;
+        }
+    }
+    pthread_mutex_unlock(&t->lock);
+    return status;
+}
+
 static uint64_t resident_bytes(const appl_regions_t *t, const appl_region_t *r)
 {
     const size_t page = (size_t)sysconf(_SC_PAGESIZE);

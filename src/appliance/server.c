@@ -28,6 +28,9 @@ typedef struct desc_rep {
 typedef struct info_rep {
     Xmem__RegionInfo ri;
     xm_region_info_t info;
+    appl_grant_entry_t *grants; /* the owner's stat: who else may open it */
+    Xmem__PoolGrant *pg;
+    Xmem__PoolGrant **pgp;
 } info_rep_t;
 
 typedef struct appl_rep {
@@ -219,6 +222,15 @@ static xm_status_t serve(void *arg, rpc_srv_conn_t *c, xm_msg_t *m, bool loop, s
         rep->body_case = XMEM__MSG__BODY_OK;
         rep->ok = &empty;
         break;
+    case XMEM__MSG__BODY_REGION_REVOKE: {
+        const Xmem__RegionGrant *g = m->region_revoke;
+        status = rpc_scoped_name(me, g->region->name, false, name, sizeof(name), &why);
+        if (status == XM_OK)
+            status = appl_region_revoke_grant(t, me, g->region->id, name, g->tenant, &why);
+        rep->body_case = XMEM__MSG__BODY_OK;
+        rep->ok = &empty;
+        break;
+    }
     case XMEM__MSG__BODY_REGION_GRANT: {
         const Xmem__RegionGrant *g = m->region_grant;
         status = rpc_scoped_name(me, g->region->name, false, name, sizeof(name), &why);
@@ -239,6 +251,22 @@ static xm_status_t serve(void *arg, rpc_srv_conn_t *c, xm_msg_t *m, bool loop, s
         if (status == XM_OK)
             status = appl_region_stat(t, me, m->region_stat->id, name, &r->info, &why);
         info_to_msg(&r->info, &r->ri);
+        size_t ng = 0;
+        if (status == XM_OK &&
+            appl_region_grants(t, me, m->region_stat->id, name, &r->grants, &ng) == XM_OK && ng > 0) {
+            r->pg = calloc(ng, sizeof(*r->pg));
+            r->pgp = calloc(ng, sizeof(*r->pgp));
+            for (size_t i = 0; r->pg != NULL && r->pgp != NULL && i < ng; i++) {
+                xmem__pool_grant__init(&r->pg[i]);
+                r->pg[i].tenant = r->grants[i].tenant;
+                r->pg[i].access = (Xmem__Access)r->grants[i].access;
+                r->pgp[i] = &r->pg[i];
+            }
+            if (r->pg != NULL && r->pgp != NULL) {
+                r->ri.grant_list = r->pgp;
+                r->ri.n_grant_list = ng;
+            }
+        }
         rep->body_case = XMEM__MSG__BODY_REGION_INFO;
         rep->region_info = &r->ri;
         break;
@@ -325,9 +353,14 @@ static void reply_cleanup(void *arg, xm_msg_t *rep)
     case XMEM__MSG__BODY_REGION_DESC:
         free(rep->region_desc); /* the desc_rep_t it begins */
         break;
-    case XMEM__MSG__BODY_REGION_INFO:
-        free(rep->region_info); /* the info_rep_t it begins */
+    case XMEM__MSG__BODY_REGION_INFO: {
+        info_rep_t *r = (info_rep_t *)rep->region_info; /* the info_rep_t it begins */
+        free(r->pgp);
+        free(r->pg);
+        free(r->grants);
+        free(r);
         break;
+    }
     case XMEM__MSG__BODY_REGIONS: {
         list_rep_t *r = (list_rep_t *)rep->regions;
         free(r->list.regions);

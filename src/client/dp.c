@@ -641,6 +641,11 @@ static void op_why(xm__dp_t *dp, const xm_op_t *op, xm_status_t status)
 {
     if (status == XM_ERR_TIMEOUT) {
         xm__set_error("%s did not complete an operation within %u ms", dp->what, dp->timeout_ms);
+    } else if (status == XM_ERR_ACCESS) {
+        /* the key no longer names a registration there */
+        xm__set_error("%s of region %llu at offset %llu: %s refused the region's key: its grant "
+                      "was revoked or the region destroyed (reopen it to find out)", op_name(op),
+                      (unsigned long long)op->region->id, (unsigned long long)op->offset, dp->what);
     } else {
         xm__set_error("%s of region %llu at offset %llu: %s (%s)", op_name(op),
                       (unsigned long long)op->region->id, (unsigned long long)op->offset,

@@ -184,6 +184,56 @@ XM_EXPORT xm_status_t xm_region_grant(xm_ctx_h ctx, uint64_t id, const char *nam
     return simple_call(ctx, &req);
 }
 
+XM_EXPORT xm_status_t xm_region_revoke(xm_ctx_h ctx, uint64_t id, const char *name,
+                                       const char *tenant)
+{
+    if (!ref_args_ok(ctx, id, name) || !xm__name_valid(tenant)) return XM_ERR_INVALID;
+    Xmem__RegionRef ref;
+    ref_fill(&ref, id, name, 0);
+    Xmem__RegionGrant g = XMEM__REGION_GRANT__INIT;
+    g.region = &ref;
+    g.tenant = (char *)tenant;
+    xm_msg_t req = XMEM__MSG__INIT;
+    req.body_case = XMEM__MSG__BODY_REGION_REVOKE;
+    req.region_revoke = &g;
+    return simple_call(ctx, &req);
+}
+
+XM_EXPORT xm_status_t xm_region_grants(xm_ctx_h ctx, uint64_t id, const char *name,
+                                       xm_grant_info_t **grants_p, size_t *count_p)
+{
+    if (!ref_args_ok(ctx, id, name) || grants_p == NULL || count_p == NULL) return XM_ERR_INVALID;
+    *grants_p = NULL;
+    *count_p = 0;
+    Xmem__RegionRef ref;
+    ref_fill(&ref, id, name, 0);
+    xm_msg_t req = XMEM__MSG__INIT, *rep;
+    req.body_case = XMEM__MSG__BODY_REGION_STAT;
+    req.region_stat = &ref;
+    xm_status_t status = xm__rpc(ctx, &req, &rep);
+    if (status != XM_OK) return status;
+    if (rep->body_case != XMEM__MSG__BODY_REGION_INFO) {
+        proto_msg_free(rep);
+        return xm__ctx_error(ctx, XM_ERR_PROTOCOL, "appliance sent no region info");
+    }
+    size_t n = rep->region_info->n_grant_list;
+    if (n > 0) {
+        xm_grant_info_t *l = calloc(n, sizeof(*l));
+        if (l == NULL) {
+            proto_msg_free(rep);
+            return XM_ERR_NO_MEMORY;
+        }
+        for (size_t i = 0; i < n; i++) {
+            snprintf(l[i].tenant, sizeof(l[i].tenant), "%s", rep->region_info->grant_list[i]->tenant);
+            l[i].access = (uint32_t)rep->region_info->grant_list[i]->access;
+        }
+        *grants_p = l;
+        *count_p = n;
+    }
+    proto_msg_free(rep);
+    return XM_OK;
+}
+
 XM_EXPORT uint64_t xm_region_id(xm_region_h region) { return region->id; }
 XM_EXPORT uint64_t xm_region_size(xm_region_h region) { return region->size; }
 XM_EXPORT xm_access_t xm_region_access(xm_region_h region) { return region->access; }

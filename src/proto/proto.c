@@ -40,6 +40,11 @@ static xm_status_t info_ok(const Xmem__RegionInfo *info, const char **why_p)
     if (info == NULL) FAIL("missing region info");
     if (info->id == 0 || info->size == 0) FAIL("region info without id or size");
     if (!opt_name_ok(info->name) || !opt_name_ok(info->owner)) FAIL("bad name in region info");
+    for (size_t i = 0; i < info->n_grant_list; i++) {
+        if (info->grant_list[i] == NULL || !xm__name_valid(info->grant_list[i]->tenant) ||
+            !access_ok(info->grant_list[i]->access, false))
+            FAIL("bad grant in region info");
+    }
     return XM_OK;
 }
 
@@ -217,6 +222,10 @@ xm_status_t proto_validate(const xm_msg_t *m, const char **why_p)
         return ref_ok(m->region_destroy, why_p);
     case XMEM__MSG__BODY_REGION_STAT:
         return ref_ok(m->region_stat, why_p);
+    case XMEM__MSG__BODY_REGION_REVOKE:
+        if (ref_ok(m->region_revoke->region, why_p) != XM_OK) return XM_ERR_PROTOCOL;
+        if (!xm__name_valid(m->region_revoke->tenant)) FAIL("bad grantee tenant");
+        return XM_OK;
     case XMEM__MSG__BODY_REGION_GRANT:
         if (ref_ok(m->region_grant->region, why_p) != XM_OK) return XM_ERR_PROTOCOL;
         if (!xm__name_valid(m->region_grant->tenant)) FAIL("bad grantee tenant");

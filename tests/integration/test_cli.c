@@ -443,6 +443,51 @@ XT_TEST_PROVIDERS(cli, grants_decide_who_reads_and_writes, .fini = teardown, .ti
     CLI(NULL, 0, "get", "x", "--length", "12");
     EXPECT_OK("get as owner");
     cr_assert(R.out_len == 12 && memcmp(R.out, "dave", 4) == 0, "dave's put is not visible");
+
+    /* the owner sees the grants, in text and JSON; a grantee does not */
+    CLI(NULL, 0, "region", "stat", "x");
+    EXPECT_OK("region stat with grants");
+    expect_contains(R.out, "bob (read)", "region stat lists bob's read-only grant");
+    expect_contains(R.out, "dave (read-write)", "region stat lists dave's grant");
+    CLI(NULL, 0, "region", "stat", "x", "--json");
+    EXPECT_OK("region stat --json with grants");
+    json_t *st = json_loads(R.out, 0, NULL);
+    json_t *gl = json_object_get(st, "grantees");
+    cr_assert(json_is_array(gl) && json_array_size(gl) == 2, "grantees in '%s'", R.out);
+    cr_assert_str_eq(json_string_value(json_object_get(json_array_get(gl, 0), "tenant")), "bob");
+    cr_assert_str_eq(json_string_value(json_object_get(json_array_get(gl, 0), "access")), "read");
+    json_decref(st);
+
+    /* revoke: a handle bob holds stops working, bob cannot open it again, the owner and
+     * dave still can */
+    xm_ctx_h bob = xt_connect(&app, "bob");
+    xm_region_h bh;
+    cr_assert_eq(xm_region_open(bob, 0, "alice/x", XM_ACCESS_READ, &bh), XM_OK, "%s", xm_last_error(bob));
+    char b4[4];
+    cr_assert_eq(xm_read(bh, 0, b4, 4), XM_OK, "bob's read before the revoke: %s", xm_last_error(bob));
+    CLI(NULL, 0, "region", "revoke", "x", "--tenant", "bob");
+    EXPECT_OK("region revoke");
+    xm_status_t rs = xm_read(bh, 0, b4, 4);
+    cr_assert_neq(rs, XM_OK, "bob's open handle still reads after the revoke");
+    cr_log_info("bob's read after the revoke: %s: %s", xm_status_str(rs), xm_last_error(bob));
+    cr_assert(xm_last_error(bob)[0] != '\0', "bob's failed read says nothing");
+    xm_region_close(bh);
+    xm_disconnect(bob);
+    setenv("XMEM_TENANT", "bob", 1);
+    CLI(NULL, 0, "get", "alice/x", "--length", "4");
+    EXPECT_FAIL("get after the revoke", "not owned by or granted");
+    cr_assert_eq(R.out_len, 0);
+    setenv("XMEM_TENANT", "dave", 1);
+    CLI(NULL, 0, "get", "alice/x", "--length", "4");
+    EXPECT_OK("dave reads after bob's revoke");
+    unsetenv("XMEM_TENANT");
+    CLI(NULL, 0, "get", "x", "--length", "4");
+    EXPECT_OK("the owner reads after the revoke");
+    cr_assert(R.out_len == 4 && memcmp(R.out, "dave", 4) == 0);
+    CLI(NULL, 0, "region", "stat", "x");
+    cr_assert(strstr(R.out, "bob") == NULL, "bob still listed after the revoke: '%s'", R.out);
+    CLI(NULL, 0, "region", "revoke", "x", "--tenant", "bob");
+    EXPECT_FAIL("revoke twice", "no grant");
 }
 
 Test(cli, wrong_secret_is_refused_and_the_appliance_survives, .fini = teardown, .timeout = 60)

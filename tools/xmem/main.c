@@ -24,7 +24,7 @@ static const char usage_text[] =
     "  region create --file PATH [--read-only] [NAME]  expose a file on the appliance's host\n"
     "  region sync ID|NAME [--offset N] [--length N]   make written data durable (file regions)\n"
     "  region ls                             list regions you own or were granted\n"
-    "  region stat ID|NAME                   describe a region\n"
+    "  region stat ID|NAME                   describe a region and its grants\n"
     "  region rm ID|NAME                     destroy a region (owner only)\n"
     "  region copy ID|NAME --to HOST:PORT[:TARGET] [--offset N] [--chunk SIZE]\n"
     "                                        copy appliance to appliance (docs/region-copy.md)\n"
@@ -33,6 +33,7 @@ static const char usage_text[] =
     "  region grant ID|NAME --tenant T [--read-only]\n"
     "                                        let tenant T open the region (a global\n"
     "                                        --tenant goes before the command)\n"
+    "  region revoke ID|NAME --tenant T      remove T's grant; T's open handles stop working\n"
     "  put ID|NAME [--offset N]              copy stdin into the region\n"
     "  get ID|NAME [--offset N] [--length N] copy the region to stdout\n"
     "  stat                                  the appliance's pool\n"
@@ -53,7 +54,8 @@ static const char usage_text[] =
     "  put / get ID|NAME ...                 as above, on an allocation\n"
     "  up [--appliances N] [--pool SIZE]     start a local manager and N appliances in the\n"
     "                                        background (state in $XMEM_RUN_DIR or /tmp/xmem-run-UID)\n"
-    "  down                                  stop them"
+    "                                        (use as: eval \"$(xmem up)\"; it prints the export lines)\n"
+    "  down                                  stop them\n"
     "\n"
     "Global options:\n"
     "  --appliance HOST:PORT   or XMEM_APPLIANCE (default 127.0.0.1:7400)\n"
@@ -66,7 +68,9 @@ static const char usage_text[] =
     "  --provider tcp          or XMEM_PROVIDER (default: what the appliance serves)\n"
     "  --timeout-ms N          or XMEM_TIMEOUT_MS (default 5000)\n"
     "  --json                  machine-readable output for tables\n"
-    "Sizes take K, M, G, T suffixes (powers of 1024). Every command takes --help.\n";
+    "  --version               the version of xmem and libxmem\n"
+    "Sizes take K, M, G, T suffixes (powers of 1024). Every command takes --help\n"
+    "(xmem region create --help); options take --opt value or --opt=value.\n";
 
 int cli_fail(const char *what, const char *fmt, ...)
 {

@@ -288,11 +288,47 @@ int cmd_region(cli_t *cli)
         xm_region_info_t info;
         s = xm_region_stat(ctx, id, name, &info);
         if (s != XM_OK) return cli_fail_ctx(ctx, "region stat", s);
+        /* who else may open it: listed to the owner only */
+        xm_grant_info_t *gl = NULL;
+        size_t ng = 0;
+        if (info.grants > 0 && xm_region_grants(ctx, info.id, NULL, &gl, &ng) != XM_OK) ng = 0;
         int rc = 0;
-        if (cli->json) rc = cli_json_print(info_json(&info));
-        else print_info(&info, true);
+        if (cli->json) {
+            json_t *o = info_json(&info), *ga = json_array();
+            for (size_t i = 0; i < ng; i++)
+                json_array_append_new(ga, json_pack("{s:s, s:s}", "tenant", gl[i].tenant, "access",
+                                                    gl[i].access == XM_ACCESS_READ ? "read" : "read-write"));
+            json_object_set_new(o, "grantees", ga);
+            rc = cli_json_print(o);
+        } else {
+            print_info(&info, true);
+            if (ng > 0) {
+                printf("granted to:");
+                for (size_t i = 0; i < ng; i++)
+                    printf("%s %s (%s)", i == 0 ? "" : ",", gl[i].tenant,
+                           gl[i].access == XM_ACCESS_READ ? "read" : "read-write");
+                putchar('\n');
+            }
+        }
+        free(gl);
         xm_disconnect(ctx);
         return rc;
+    }
+    if (strcmp(sub, "revoke") == 0) {
+        const char *tenant = NULL;
+        const cli_opt_t opts[] = {{"tenant", &tenant, NULL}, {NULL}};
+        if (cli_parse(cli, opts) != 0 || positional(cli, 1, 1, "the region's ID|NAME") != 0) return 2;
+        if (tenant == NULL) {
+            fprintf(stderr, "xmem: region revoke: give --tenant T (the grantee); see xmem region revoke --help\n");
+            return 2;
+        }
+        if (need_appliance(cli) != 0) return 1;
+        cli_ref(cli->argv[0], &id, &name);
+        if (cli_connect(cli, &ctx) != 0) return 1;
+        s = xm_region_revoke(ctx, id, name, tenant);
+        if (s != XM_OK) return cli_fail_ctx(ctx, "region revoke", s);
+        xm_disconnect(ctx);
+        return 0;
     }
     if (strcmp(sub, "grant") == 0) {
         const char *tenant = NULL;
