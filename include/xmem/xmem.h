@@ -494,7 +494,7 @@ typedef struct xm_alloc_info {
     char name[XM_NAME_MAX + 1];     /**< "" when unnamed */
     char owner[XM_NAME_MAX + 1];    /**< tenant that allocated it */
     char policy[XM_NAME_MAX + 1];   /**< "single", "stripe:4:1024K", "replicate:2", "ec:4+2:64K" */
-    char state[16];                 /**< "ok", "degraded" or "lost" (above) */
+    char state[16];                 /**< "ok", "degraded", "rebuilding N%" or "lost" */
     uint32_t parts;                 /**< regions (appliances) it spans */
     uint32_t domains;               /**< distinct failure domains its parts are in */
     uint32_t redundancy;            /**< appliances it can lose without losing data: M of
@@ -611,6 +611,25 @@ XM_API xm_status_t xm_alloc_list(xm_ctx_h ctx, xm_alloc_info_t **infos_p, size_t
 /** Appliances registered with the manager; *entries_p is released with free(). */
 XM_API xm_status_t xm_appliance_list(xm_ctx_h ctx, xm_appliance_entry_t **entries_p,
                                      size_t *count_p);
+
+/**
+ * Drain appliance @p addr (its control HOST:PORT as ::xm_appliance_list reports it) before
+ * maintenance: the manager places nothing new there and moves the parts of replicate
+ * allocations elsewhere, appliance to appliance, in the background (docs/resilience.md,
+ * "Rebuild"). Ask again to follow it: *moving_p counts replicate parts still there,
+ * *unmovable_p parts of single, stripe and ec allocations, which a drain does not move.
+ * @p stop nonzero ends draining. The cluster's administrator only (a context of the cluster
+ * secret); XM_ERR_NOT_FOUND for an unknown appliance.
+ */
+XM_API xm_status_t xm_appliance_drain(xm_ctx_h ctx, const char *addr, int stop,
+                                      uint32_t *moving_p, uint32_t *unmovable_p);
+
+/**
+ * Forget appliance @p addr: it must be down and hold no part of any allocation (refused with
+ * XM_ERR_EXISTS, naming an allocation, while parts remain; XM_ERR_INVALID while it is up).
+ * The cluster's administrator only.
+ */
+XM_API xm_status_t xm_appliance_remove(xm_ctx_h ctx, const char *addr);
 
 /* ---- client-coordinated sub-allocation (issue 3) ------------------------ */
 

@@ -74,6 +74,7 @@ static xm_status_t alloc_from_desc(xm_ctx_h ctx, xm_msg_t *rep, xm_alloc_h *allo
         }
         parts[i].key = d->parts[i]->key;
         parts[i].size = d->parts[i]->size;
+        parts[i].state = (uint8_t)d->parts[i]->state;
     }
     a->ctx = ctx;
     a->id = d->id;
@@ -82,6 +83,7 @@ static xm_status_t alloc_from_desc(xm_ctx_h ctx, xm_msg_t *rep, xm_alloc_h *allo
     a->parts = parts;
     a->nparts = (uint32_t)d->n_parts;
     a->layout = layout;
+    a->generation = d->generation;
     /* local transport: map the parts on appliances of this host */
     status = xm__local_alloc(ctx, a, d);
     proto_msg_free(rep);
@@ -294,6 +296,8 @@ XM_EXPORT xm_status_t xm_alloc_list(xm_ctx_h ctx, xm_alloc_info_t **infos_p, siz
         snprintf(infos[i].owner, sizeof(infos[i].owner), "%s", in->owner);
         snprintf(infos[i].policy, sizeof(infos[i].policy), "%s", in->policy);
         snprintf(infos[i].state, sizeof(infos[i].state), "%s", in->state);
+        /* "rebuilding:42%" on the wire (names have no spaces) */
+        if (strncmp(infos[i].state, "rebuilding:", 11) == 0) infos[i].state[10] = ' ';
         infos[i].parts = (uint32_t)in->n_appliances;
         infos[i].redundancy = in->redundancy;
         infos[i].domains = in->domains;
@@ -341,4 +345,45 @@ XM_EXPORT xm_status_t xm_appliance_list(xm_ctx_h ctx, xm_appliance_entry_t **ent
     *entries_p = es;
     *count_p = n;
     return XM_OK;
+}
+
+static xm_status_t appliance_ref(xm_ctx_h ctx, const char *addr, Xmem__ApplianceRef *ref)
+{
+    if (ctx == NULL || !xm__name_valid(addr)) return XM_ERR_INVALID;
+    xmem__appliance_ref__init(ref);
+    ref->addr = (char *)addr;
+    return XM_OK;
+}
+
+XM_EXPORT xm_status_t xm_appliance_drain(xm_ctx_h ctx, const char *addr, int stop,
+                                         uint32_t *moving_p, uint32_t *unmovable_p)
+{
+    Xmem__ApplianceRef ref;
+    if (appliance_ref(ctx, addr, &ref) != XM_OK) return XM_ERR_INVALID;
+    ref.stop = stop != 0;
+    xm_msg_t req = XMEM__MSG__INIT, *rep;
+    req.body_case = XMEM__MSG__BODY_APPLIANCE_DRAIN;
+    req.appliance_drain = &ref;
+    xm_status_t status = xm__rpc(ctx, &req, &rep);
+    if (status != XM_OK) return status;
+    if (rep->body_case != XMEM__MSG__BODY_DRAIN_STATE) {
+        proto_msg_free(rep);
+        return xm__ctx_error(ctx, XM_ERR_PROTOCOL, "manager sent no drain state");
+    }
+    if (moving_p != NULL) *moving_p = rep->drain_state->moving;
+    if (unmovable_p != NULL) *unmovable_p = rep->drain_state->unmovable;
+    proto_msg_free(rep);
+    return XM_OK;
+}
+
+XM_EXPORT xm_status_t xm_appliance_remove(xm_ctx_h ctx, const char *addr)
+{
+    Xmem__ApplianceRef ref;
+    if (appliance_ref(ctx, addr, &ref) != XM_OK) return XM_ERR_INVALID;
+    xm_msg_t req = XMEM__MSG__INIT, *rep;
+    req.body_case = XMEM__MSG__BODY_APPLIANCE_REMOVE;
+    req.appliance_remove = &ref;
+    xm_status_t status = xm__rpc(ctx, &req, &rep);
+    if (status == XM_OK) proto_msg_free(rep);
+    return status;
 }

@@ -59,6 +59,7 @@ typedef struct xm__part {
     uint8_t *local;          /* the part mapped into this process by the local transport (an
                               * appliance on this host handed us its fd), or NULL: over the fabric */
     struct xm__lmap *lmap;   /* local.c's mapping behind local (a reference) */
+    uint8_t state;           /* resilient allocations: XMEM__PART_STATE__PART_OK / _REBUILDING / _DOWN */
 } xm__part_t;
 
 /*
@@ -77,6 +78,7 @@ struct xm_region {
     uint8_t *local;          /* plain region mapped into this process by the local transport, or NULL */
     struct xm__lmap *lmap;   /* local.c's mapping behind local (a reference) */
     struct xm__resil *resil; /* replicate / ec allocations: resil.c's state (a reference), else NULL */
+    uint64_t generation;     /* allocations: the descriptor's generation */
 };
 
 /* resil.c: resilient I/O (replicate:R, ec:K+M; docs/resilience.md). */

@@ -162,6 +162,8 @@ static bool manager_request(const xm_msg_t *req)
     case XMEM__MSG__BODY_ALLOC_GRANT:
     case XMEM__MSG__BODY_ALLOC_LIST:
     case XMEM__MSG__BODY_APPLIANCE_LIST:
+    case XMEM__MSG__BODY_APPLIANCE_DRAIN:
+    case XMEM__MSG__BODY_APPLIANCE_REMOVE:
         return true;
     default:
         return false;

@@ -39,13 +39,28 @@ struct xm__resil {
     uint64_t lease_ns;        /* a lock whose beat stands still this long is stale */
     bool has_ec;
     xm__ec_t ec;
-    uint8_t down[XM_LAYOUT_PARTS_MAX]; /* atomic: part found unreachable (sticky) */
+    uint8_t down[XM_LAYOUT_PARTS_MAX]; /* atomic: part found unreachable (sticky until a
+                                        * refreshed descriptor brings it back) */
+    uint8_t rebuilding[XM_LAYOUT_PARTS_MAX]; /* atomic: written to, never read (replicate) */
+    uint64_t down_at[XM_LAYOUT_PARTS_MAX];   /* when it was marked down (ns) */
     char what[96];            /* "allocation 7 (ec:4+2:64K)" */
+    /* descriptor refresh (docs/resilience.md, "Rebuild"): the parts as the latest descriptor
+     * has them. tab is swapped whole (atomic pointer); older tables stay until the state is
+     * freed, since a sub-operation may still be reading one. refresh_lock serialises refreshes. */
+    xm__part_t *tab;
+    struct oldtab { struct oldtab *next; xm__part_t *tab; } *old;
+    uint32_t nparts;
+    uint64_t gen;             /* atomic: the generation of the descriptor in tab */
+    uint64_t expect;          /* atomic: the free lock word last seen (0 until a fence) */
+    int need_refresh;         /* atomic: a lock word showed a newer epoch */
+    uint32_t down_events;     /* atomic: parts marked down so far */
+    pthread_mutex_t refresh_lock;
 };
 
 typedef struct sub {
     xm_op_t op;
     struct xm_region reg;
+    xm__part_t pc;
     uint32_t part;
 } sub_t;
 
@@ -141,6 +156,23 @@ xm_status_t xm__resil_attach(xm_region_h a)
                         "read around and not written", rs->what, p);
         }
     }
+    rs->nparts = a->nparts;
+    rs->tab = malloc((a->nparts ? a->nparts : 1) * sizeof(*rs->tab));
+    if (rs->tab == NULL) {
+        free(rs);
+        return XM_ERR_NO_MEMORY;
+    }
+    memcpy(rs->tab, a->parts, a->nparts * sizeof(*rs->tab));
+    rs->gen = a->generation;
+    pthread_mutex_init(&rs->refresh_lock, NULL);
+    for (uint32_t p = 0; p < a->nparts && p < XM_LAYOUT_PARTS_MAX; p++) {
+        if (a->parts[p].state == XMEM__PART_STATE__PART_DOWN) rs->down[p] = 1;
+        /* rebuilding parts are written and not read: only replicate routes that way */
+        if (a->parts[p].state == XMEM__PART_STATE__PART_REBUILDING) {
+            if (a->layout.kind == XM_LAYOUT_EC) rs->down[p] = 1;
+            else rs->rebuilding[p] = 1;
+        }
+    }
     a->resil = rs;
     return XM_OK;
 }
@@ -152,7 +184,17 @@ void xm__resil_get(xm__resil_t *rs)
 
 void xm__resil_put(xm__resil_t *rs)
 {
-    if (rs != NULL && __atomic_sub_fetch(&rs->refs, 1, __ATOMIC_ACQ_REL) == 0) free(rs);
+    if (rs != NULL && __atomic_sub_fetch(&rs->refs, 1, __ATOMIC_ACQ_REL) == 0) {
+        while (rs->old != NULL) {
+            struct oldtab *o = rs->old;
+            rs->old = o->next;
+            free(o->tab);
+            free(o);
+        }
+        free(rs->tab);
+        pthread_mutex_destroy(&rs->refresh_lock);
+        free(rs);
+    }
 }
 
 static bool is_down(const xm_region_h a, uint32_t part)
@@ -160,9 +202,16 @@ static bool is_down(const xm_region_h a, uint32_t part)
     return __atomic_load_n(&a->resil->down[part], __ATOMIC_RELAXED) != 0;
 }
 
+static bool is_rebuilding(const xm_region_h a, uint32_t part)
+{
+    return __atomic_load_n(&a->resil->rebuilding[part], __ATOMIC_RELAXED) != 0;
+}
+
 static void mark_down(xm_region_h a, uint32_t part, xm_status_t why)
 {
     if (__atomic_exchange_n(&a->resil->down[part], 1, __ATOMIC_RELAXED) == 0) {
+        a->resil->down_at[part] = xm__now_ns();
+        __atomic_fetch_add(&a->resil->down_events, 1, __ATOMIC_RELAXED);
         xm_log_warn("%s: part %u unreachable (%s): read around and not written from now on",
                     a->resil->what, part, xm_status_str(why));
     }
@@ -212,10 +261,14 @@ static void batch_free(batch_t *b)
 /* Post s[i] (its region: part s->part of the allocation, alone). */
 static void sub_post(xm_region_h a, sub_t *s)
 {
-    const xm__part_t *p = &a->parts[s->part];
+    /* the part as the latest descriptor has it (a refresh may swap the table meanwhile:
+     * the sub-operation keeps its own copy) */
+    const xm__part_t *tab = __atomic_load_n(&a->resil->tab, __ATOMIC_ACQUIRE);
+    s->pc = tab[s->part];
+    const xm__part_t *p = &s->pc;
     s->reg = (struct xm_region){
         .ctx = a->ctx, .id = a->id, .size = p->size, .key = p->key, .access = a->access,
-        .parts = (xm__part_t *)p, .nparts = 1, .layout = xm__layout_single(p->size),
+        .parts = &s->pc, .nparts = 1, .layout = xm__layout_single(p->size),
     };
     s->op.region = &s->reg;
     s->op.status = XM_IN_PROGRESS;
@@ -307,9 +360,13 @@ static xm_status_t lock_take(xm_region_h a, lockset_t *ls, uint64_t unit, repair
     uint64_t start = xm__now_ns();
     uint64_t seen_tok = 0, seen_beat = 0, seen_at = 0;
     unsigned spins = 0;
+    uint64_t gen = __atomic_load_n(&rs->gen, __ATOMIC_ACQUIRE);
     for (;;) {
         batch_t b = {.a = a};
         uint32_t live = 0;
+        /* a free word is 0 or carries the epoch of the last fence (xm__layout_lock_free):
+         * expect the one last seen, so the healthy path is one CAS */
+        uint64_t expect = __atomic_load_n(&rs->expect, __ATOMIC_RELAXED);
         for (uint32_t i = 0; i < ls->n; i++) {
             if (is_down(a, ls->part[i])) continue;
             sub_t *s = batch_add(&b, ls->part[i], XM_OP_COMPARE_SWAP, rec_off(a, ls->rec[i], XM_LAYOUT_META_LOCK), NULL, 0);
@@ -317,7 +374,7 @@ static xm_status_t lock_take(xm_region_h a, lockset_t *ls, uint64_t unit, repair
                 batch_free(&b);
                 return XM_ERR_NO_MEMORY;
             }
-            s->op.compare = 0;
+            s->op.compare = expect;
             s->op.operand = rs->token;
             live++;
         }
@@ -334,13 +391,22 @@ static xm_status_t lock_take(xm_region_h a, lockset_t *ls, uint64_t unit, repair
                                  rs->what, (unsigned long long)unit);
         }
         batch_run(&b);
-        /* taken: result 0 (or mine: a retried CAS whose first try landed) */
-        bool all = true, failed = false;
+        /* taken: result the expected free word (or mine: a retried CAS whose first try landed) */
+        bool all = true, failed = false, refree = false, fenced = false;
         uint64_t other = 0;
         for (size_t i = 0; i < b.n; i++) {
             sub_t *s = &b.s[i];
+            uint64_t e;
             if (s->op.status != XM_OK) failed = true;
-            else if (s->op.result != 0 && s->op.result != rs->token) {
+            else if (s->op.result == expect || s->op.result == rs->token) continue;
+            else if (xm__layout_lock_is_free(s->op.result, &e)) {
+                all = false;
+                if (e > gen) fenced = true; /* a newer descriptor exists: refresh first */
+                else {
+                    __atomic_store_n(&rs->expect, s->op.result, __ATOMIC_RELAXED);
+                    refree = true;
+                }
+            } else {
                 all = false;
                 other = s->op.result;
             }
@@ -357,19 +423,26 @@ static xm_status_t lock_take(xm_region_h a, lockset_t *ls, uint64_t unit, repair
         batch_t r = {.a = a};
         for (size_t i = 0; i < b.n; i++) {
             sub_t *s = &b.s[i];
-            if (s->op.status == XM_OK && (s->op.result == 0 || s->op.result == rs->token)) {
+            if (s->op.status == XM_OK && (s->op.result == expect || s->op.result == rs->token)) {
                 sub_t *u = batch_add(&r, s->part, XM_OP_COMPARE_SWAP, s->op.offset, NULL, 0);
                 if (u != NULL) {
                     u->op.compare = rs->token;
-                    u->op.operand = 0;
+                    u->op.operand = expect;
                 }
             }
         }
         batch_run(&r);
         batch_free(&r);
-        if (other == 0) {
+        if (fenced) {
             batch_free(&b);
-            continue; /* a part went down: try again without it */
+            __atomic_store_n(&rs->need_refresh, 1, __ATOMIC_RELAXED);
+            return xm__ctx_error(a->ctx, XM_ERR_AGAIN, "%s: its descriptor is stale (a newer "
+                                 "generation fenced unit %llu): refresh it", rs->what,
+                                 (unsigned long long)unit);
+        }
+        if (other == 0 || refree) {
+            batch_free(&b);
+            continue; /* a part went down, or the free word is another epoch's: again */
         }
         /* held by another: its beat (from the first part that showed it) */
         uint32_t where = 0;
@@ -408,14 +481,16 @@ static xm_status_t lock_take(xm_region_h a, lockset_t *ls, uint64_t unit, repair
             for (size_t i = 0; i < t.n; i++) {
                 uint64_t res = t.s[i].op.result;
                 if (t.s[i].op.status != XM_OK) continue;
+                uint64_t e;
                 if (res == other) from_dead[idx[i]] = true;
-                if (res == 0) {
+                if (xm__layout_lock_is_free(res, &e)) {
                     /* free there: take it plainly */
-                    t.s[i].op.compare = 0;
+                    t.s[i].op.compare = res;
                     t.s[i].op.operand = rs->token;
                     batch_t one = {.a = a, .s = &t.s[i], .n = 1, .cap = 1};
                     batch_run(&one);
-                    if (t.s[i].op.status == XM_OK && t.s[i].op.result != 0 && t.s[i].op.result != rs->token) took = false;
+                    if (e > gen || (t.s[i].op.status == XM_OK && t.s[i].op.result != res &&
+                                    t.s[i].op.result != rs->token)) took = false;
                 } else if (res != other && res != rs->token) {
                     took = false;
                 }
@@ -497,7 +572,7 @@ static void lock_drop(xm_region_h a, const lockset_t *ls)
         sub_t *s = batch_add(&b, ls->part[i], XM_OP_COMPARE_SWAP, rec_off(a, ls->rec[i], XM_LAYOUT_META_LOCK), NULL, 0);
         if (s != NULL) {
             s->op.compare = a->resil->token;
-            s->op.operand = 0;
+            s->op.operand = __atomic_load_n(&a->resil->expect, __ATOMIC_RELAXED);
         }
     }
     batch_run(&b);
@@ -506,9 +581,10 @@ static void lock_drop(xm_region_h a, const lockset_t *ls)
 
 /* ---- replicate -------------------------------------------------------------------- */
 
+/* The lock home and the copy reads go to: the first part neither down nor being rebuilt. */
 static int repl_home(xm_region_h a)
 {
-    for (uint32_t p = 0; p < a->nparts; p++) if (!is_down(a, p)) return (int)p;
+    for (uint32_t p = 0; p < a->nparts; p++) if (!is_down(a, p) && !is_rebuilding(a, p)) return (int)p;
     return -1;
 }
 
@@ -535,8 +611,8 @@ static xm_status_t repl_repair(xm_region_h a, uint64_t unit, const uint64_t *ran
         size_t bad = batch_run(&b);
         batch_free(&b);
         if (bad) continue;
-        for (uint32_t p = (uint32_t)home + 1; p < a->nparts; p++) {
-            if (!is_down(a, p)) batch_rw(&b, p, XM_OP_WRITE, off, buf, len);
+        for (uint32_t p = 0; p < a->nparts; p++) {
+            if (p != (uint32_t)home && !is_down(a, p)) batch_rw(&b, p, XM_OP_WRITE, off, buf, len);
         }
         batch_run(&b);
         batch_free(&b);
@@ -578,7 +654,7 @@ static void repl_unlock(xm_region_h a, int home, uint64_t u0, uint64_t u1)
         sub_t *s = batch_add(&b, (uint32_t)home, XM_OP_COMPARE_SWAP, rec_off(a, u, XM_LAYOUT_META_LOCK), NULL, 0);
         if (s != NULL) {
             s->op.compare = a->resil->token;
-            s->op.operand = 0;
+            s->op.operand = __atomic_load_n(&a->resil->expect, __ATOMIC_RELAXED);
         }
     }
     batch_run(&b);
@@ -634,7 +710,7 @@ static xm_status_t repl_write_locked(xm_region_h a, uint64_t off, const void *bu
     }
     batch_run(&b);
     bool any = false;
-    for (uint32_t p = 0; p < a->nparts; p++) any |= !is_down(a, p);
+    for (uint32_t p = 0; p < a->nparts; p++) any |= !is_down(a, p) && !is_rebuilding(a, p);
     batch_free(&b);
     if (!is_down(a, (uint32_t)home)) repl_unlock(a, home, u0, u1);
     return any ? XM_OK : repl_lost(a);
@@ -1256,7 +1332,87 @@ bool xm__resil_is(xm_region_h r)
     return r->parts != NULL && r->resil != NULL;
 }
 
-void xm__resil_op(xm_op_t *op)
+/* A part unchanged and ok in a refreshed descriptor is trusted again only after this long
+ * down: a part that keeps failing (a stopped appliance the manager still counts up) is not
+ * retried at every refresh. */
+#define DOWN_RETRUST_NS (5ull * 1000000000ull)
+
+/*
+ * Re-attach through the manager and take its descriptor's parts: a part that moved (another
+ * appliance, region or key) or that the manager says is ok again comes back; a part it says
+ * is down is marked down; a rebuilding part is written, not read. A handle without a context
+ * (a mapping's copy) cannot ask.
+ */
+static xm_status_t resil_refresh(xm_region_h a)
+{
+    xm__resil_t *rs = a->resil;
+    xm_ctx_h ctx = a->ctx;
+    if (ctx == NULL || !ctx->manager) return XM_ERR_INVALID;
+    pthread_mutex_lock(&rs->refresh_lock);
+    Xmem__AllocRef ref = XMEM__ALLOC_REF__INIT;
+    ref.id = a->id;
+    ref.name = "";
+    ref.access = (Xmem__Access)a->access;
+    xm_msg_t req = XMEM__MSG__INIT, *rep;
+    req.body_case = XMEM__MSG__BODY_ALLOC_ATTACH;
+    req.alloc_attach = &ref;
+    xm_status_t st = xm__rpc(ctx, &req, &rep);
+    if (st != XM_OK) {
+        pthread_mutex_unlock(&rs->refresh_lock);
+        return st;
+    }
+    const Xmem__AllocDesc *d = rep->body_case == XMEM__MSG__BODY_ALLOC_DESC ? rep->alloc_desc : NULL;
+    xm__part_t *tab = NULL;
+    if (d == NULL || d->id != a->id || d->n_parts != rs->nparts ||
+        (tab = malloc(rs->nparts * sizeof(*tab))) == NULL) {
+        proto_msg_free(rep);
+        pthread_mutex_unlock(&rs->refresh_lock);
+        return d == NULL ? XM_ERR_PROTOCOL : tab == NULL ? XM_ERR_NO_MEMORY : XM_ERR_INVALID;
+    }
+    memcpy(tab, rs->tab, rs->nparts * sizeof(*tab));
+    uint64_t now = xm__now_ns();
+    for (uint32_t p = 0; p < rs->nparts && st == XM_OK; p++) {
+        const Xmem__AllocPart *dp = d->parts[p];
+        uint32_t peer;
+        st = xm__dp_peer_add(rs->dp, dp->fabric_addr.data, dp->fabric_addr.len, &peer);
+        if (st != XM_OK) break;
+        bool changed = peer != tab[p].peer || dp->key != tab[p].key || dp->size != tab[p].size;
+        if (changed) {
+            /* over the fabric from now on (the local transport's mapping was of the old region) */
+            tab[p] = (xm__part_t){.peer = peer, .key = dp->key, .size = dp->size};
+        }
+        tab[p].state = (uint8_t)dp->state;
+        bool rebuilding = dp->state == XMEM__PART_STATE__PART_REBUILDING && a->layout.kind != XM_LAYOUT_EC;
+        __atomic_store_n(&rs->rebuilding[p], rebuilding, __ATOMIC_RELAXED);
+        if (dp->key == 0 || dp->state == XMEM__PART_STATE__PART_DOWN ||
+            (dp->state == XMEM__PART_STATE__PART_REBUILDING && !rebuilding)) {
+            mark_down(a, p, XM_ERR_DISCONNECTED);
+        } else if (is_down(a, p) && (changed || now - rs->down_at[p] > DOWN_RETRUST_NS)) {
+            xm_log_info("%s: part %u is back (%s)", rs->what, p,
+                        rebuilding ? "being rebuilt: written, not read" : "ok");
+            __atomic_store_n(&rs->down[p], 0, __ATOMIC_RELAXED);
+        }
+    }
+    if (st == XM_OK) {
+        struct oldtab *o = malloc(sizeof(*o));
+        if (o == NULL) {
+            st = XM_ERR_NO_MEMORY;
+        } else {
+            o->tab = rs->tab;
+            o->next = rs->old;
+            rs->old = o;
+            __atomic_store_n(&rs->tab, tab, __ATOMIC_RELEASE);
+            tab = NULL;
+            __atomic_store_n(&rs->gen, d->generation, __ATOMIC_RELEASE);
+        }
+    }
+    free(tab);
+    proto_msg_free(rep);
+    pthread_mutex_unlock(&rs->refresh_lock);
+    return st;
+}
+
+static xm_status_t resil_run(xm_op_t *op)
 {
     xm_region_h a = op->region;
     xm_status_t st;
@@ -1279,6 +1435,30 @@ void xm__resil_op(xm_op_t *op)
             st = repl_atomic(a, op);
         }
         break;
+    }
+    return st;
+}
+
+void xm__resil_op(xm_op_t *op)
+{
+    xm_region_h a = op->region;
+    xm__resil_t *rs = a->resil;
+    uint32_t ev = __atomic_load_n(&rs->down_events, __ATOMIC_RELAXED);
+    xm_status_t st = resil_run(op);
+    /* a part failed, or a lock word showed that a newer descriptor exists (the manager
+     * fenced this one for a rebuild): re-attach, then run a failed operation once more. The
+     * path when all is well is unchanged: nothing here runs. */
+    bool fenced = __atomic_exchange_n(&rs->need_refresh, 0, __ATOMIC_RELAXED) != 0;
+    bool downs = __atomic_load_n(&rs->down_events, __ATOMIC_RELAXED) != ev;
+    if ((st != XM_OK || fenced || downs) && a->ctx != NULL && a->ctx->manager) {
+        xm_status_t rst = resil_refresh(a);
+        if (rst != XM_OK) {
+            xm_log_warn("%s: cannot refresh its descriptor: %s", rs->what, xm_status_str(rst));
+        } else if (st != XM_OK && (fenced || op->opcode == XM_OP_READ || op->opcode == XM_OP_WRITE)) {
+            /* reads and writes are safe to repeat; an atomic only when it was refused before
+             * it took its lock (fenced) */
+            st = resil_run(op);
+        }
     }
     op->pending_ = 0;
     __atomic_store_n(&op->status, st, __ATOMIC_RELEASE);

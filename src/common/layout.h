@@ -201,6 +201,23 @@ uint64_t xm__layout_part_size(const xm__layout_t *l, uint32_t part);
 #define XM_LAYOUT_REPL_UNIT (64ull << 10)
 enum { XM_LAYOUT_META_LOCK = 0, XM_LAYOUT_META_BEAT = 8, XM_LAYOUT_META_VER = 16,
        XM_LAYOUT_META_RANGE = 24 };
+/* A free lock word carries the lock epoch it was freed under (docs/resilience.md,
+ * "Rebuild"): 0 (epoch 0) or XM_LAYOUT_LOCK_TAG | epoch. A holder's token never has the tag.
+ * The manager fences writers of older descriptors by raising every free word's epoch. */
+#define XM_LAYOUT_LOCK_TAG 0xFE5C000000000000ull
+#define XM_LAYOUT_LOCK_TAG_MASK 0xFFFF000000000000ull
+static inline uint64_t xm__layout_lock_free(uint64_t epoch)
+{
+    return epoch == 0 ? 0 : XM_LAYOUT_LOCK_TAG | (epoch & ~XM_LAYOUT_LOCK_TAG_MASK);
+}
+/* Is w a free lock word? Its epoch in *epoch_p. */
+static inline bool xm__layout_lock_is_free(uint64_t w, uint64_t *epoch_p)
+{
+    if (w == 0) { *epoch_p = 0; return true; }
+    if ((w & XM_LAYOUT_LOCK_TAG_MASK) != XM_LAYOUT_LOCK_TAG) return false;
+    *epoch_p = w & ~XM_LAYOUT_LOCK_TAG_MASK;
+    return true;
+}
 /* Records per part: nrows (ec), lock units of XM_LAYOUT_REPL_UNIT (replicate), 0 others. */
 uint64_t xm__layout_meta_count(const xm__layout_t *l);
 /* Part offset of the column (8-aligned, after every data byte of the part). */

@@ -196,13 +196,15 @@ void mgr_alloc_unreserve(mgr_t *m, const mgr_alloc_t *a)
     }
 }
 
-/* Parts on down appliances or gone from theirs (*missing_p: gone). Lock held. */
+/* Parts on down appliances, gone from theirs (*missing_p: gone) or still being rebuilt.
+ * Lock held. */
 static uint32_t alloc_unavailable(const mgr_t *m, const mgr_alloc_t *a, uint32_t *missing_p)
 {
     uint32_t n = 0, missing = 0;
     for (uint32_t i = 0; i < a->policy.width; i++) {
         missing += a->parts[i].missing;
-        n += a->parts[i].missing || !m->apps[a->parts[i].appl]->up;
+        n += a->parts[i].missing || !m->apps[a->parts[i].appl]->up ||
+             a->parts[i].state == MGR_PART_REBUILDING;
     }
     *missing_p = missing;
     return n;
@@ -215,12 +217,21 @@ static uint32_t alloc_unavailable(const mgr_t *m, const mgr_alloc_t *a, uint32_t
  * appliances do with their regions). Single and stripe have no redundancy: degraded
  * while an appliance is down, lost once a region is gone. Lock held.
  */
-static const char *alloc_state(const mgr_t *m, const mgr_alloc_t *a)
+static const char *alloc_state(const mgr_t *m, const mgr_alloc_t *a, char *buf, size_t len)
 {
     uint32_t missing, n = alloc_unavailable(m, a, &missing);
     if (n == 0) return "ok";
     if (a->policy.redundancy == 0) return missing > 0 ? "lost" : "degraded";
-    return n <= a->policy.redundancy ? "degraded" : "lost";
+    if (n > a->policy.redundancy) return "lost";
+    /* a part being rebuilt: its progress (rebuild.c), "rebuilding:42%" on the wire (names
+     * have no spaces), "rebuilding 42%" in xm_alloc_info_t */
+    for (uint32_t i = 0; i < a->policy.width; i++) {
+        if (a->parts[i].state != MGR_PART_REBUILDING) continue;
+        uint64_t pct = a->move_total > 0 ? a->move_done * 100 / a->move_total : 0;
+        snprintf(buf, len, "rebuilding:%llu%%", (unsigned long long)XM_MIN(pct, 99));
+        return buf;
+    }
+    return "degraded";
 }
 
 /* Build an AllocDesc reply (manager lock held); keys[i] overrides the owner's key. */
@@ -276,6 +287,10 @@ static xm_status_t desc_build(mgr_t *m, const mgr_alloc_t *a, xm_access_t access
         parts[i].region_id = a->parts[i].region_id;
         parts[i].key = hide_down && !ap->up ? 0 : keys != NULL ? keys[i] : a->parts[i].key;
         parts[i].size = a->parts[i].size;
+        /* resilient: the client reads around down parts and writes rebuilding ones unread */
+        parts[i].state = a->parts[i].state == MGR_PART_REBUILDING ? XMEM__PART_STATE__PART_REBUILDING
+                         : a->policy.redundancy > 0 && (!ap->up || a->parts[i].missing)
+                             ? XMEM__PART_STATE__PART_DOWN : XMEM__PART_STATE__PART_OK;
         pp[i] = &parts[i];
     }
     rep->body_case = XMEM__MSG__BODY_ALLOC_DESC;
@@ -308,6 +323,9 @@ void mgr_reply_cleanup(xm_msg_t *rep)
         free(rep->allocs);
         break;
     }
+    case XMEM__MSG__BODY_DRAIN_STATE:
+        free(rep->drain_state);
+        break;
     case XMEM__MSG__BODY_APPLIANCES: {
         for (size_t i = 0; i < rep->appliances->n_appliances; i++) free(rep->appliances->appliances[i]);
         free(rep->appliances->appliances);
@@ -412,6 +430,21 @@ static void alloc_release(mgr_t *m, mgr_alloc_t *a)
     a->busy = false;
     pthread_cond_broadcast(&m->cond);
     pthread_mutex_unlock(&m->lock);
+}
+
+mgr_alloc_t *mgr_alloc_find(mgr_t *m, uint64_t id)
+{
+    return find(m, id, NULL);
+}
+
+xm_status_t mgr_alloc_record(mgr_t *m, mgr_alloc_t *a)
+{
+    return alloc_record(m, a);
+}
+
+void mgr_alloc_release(mgr_t *m, mgr_alloc_t *a)
+{
+    alloc_release(m, a);
 }
 
 xm_status_t mgr_alloc_create(mgr_t *m, const char *tenant, const Xmem__AllocRequest *req,
@@ -920,7 +953,9 @@ xm_status_t mgr_alloc_list(mgr_t *m, const char *tenant, xm_msg_t *rep)
         in->name = strcpy(s, a->name);
         in->owner = strcpy(s + XM_NAME_MAX + 1, a->owner);
         in->policy = strcpy(s + 2 * (XM_NAME_MAX + 1), a->policy_text);
-        in->state = strcpy(s + 3 * (XM_NAME_MAX + 1), alloc_state(m, a));
+        char sb[XM_NAME_MAX + 1];
+        snprintf(s + 3 * (XM_NAME_MAX + 1), XM_NAME_MAX + 1, "%s", alloc_state(m, a, sb, sizeof(sb)));
+        in->state = s + 3 * (XM_NAME_MAX + 1);
         uint32_t missing;
         in->redundancy = a->policy.redundancy;
         in->unavailable = alloc_unavailable(m, a, &missing);
@@ -954,6 +989,7 @@ xm_status_t mgr_appliance_list(mgr_t *m, xm_msg_t *rep)
     rep->appliances = t;
     for (uint32_t i = 0; i < m->napps; i++) {
         const mgr_appliance_t *a = m->apps[i];
+        if (a->addr[0] == '\0') continue; /* removed (xmem appliance rm) */
         /* one block: the entry, then copies of its strings (an appliance that moves rewrites its
          * address while the reply is encoded without the lock) */
         Xmem__ApplianceEntry *e = calloc(1, sizeof(*e) + 2 * (XM_NAME_MAX + 1) + sizeof(a->provider));
@@ -967,7 +1003,7 @@ xm_status_t mgr_appliance_list(mgr_t *m, xm_msg_t *rep)
         e->addr = strcpy(str, a->addr);
         e->domain = strcpy(str + XM_NAME_MAX + 1, a->domain);
         /* an appliance that registered is used once its regions were compared with the table */
-        e->state = !a->up ? "down" : a->validated ? "up" : "joining";
+        e->state = !a->up ? "down" : a->draining ? "draining" : a->validated ? "up" : "joining";
         e->capacity = a->capacity;
         e->used = a->reserved;
         e->other_used = a->foreign;

@@ -27,6 +27,7 @@ static xm_config_entry_t entries[] = {
     {"secret-file", NULL, "file holding the cluster secret (xmem secret new PATH)", 0, 0},
     {"tenants", "", "tenant registry (xmem tenant add); empty: SECRET-FILE.tenants", 0, 0},
     {"down-after-ms", "2000", "an appliance without a heartbeat this long is down", 0, 0},
+    {"rebuild-after-ms", "30000", "rebuild the replicate parts of an appliance down this long elsewhere (0: never)", 0, 0},
     {"stripe-chunk", "1M", "stripe unit when a policy names none (stripe:N)", 0, 0},
     {"quota", "0", "bytes each tenant may hold (0: no limit)", 0, 0},
     {"quotas", "", "per-tenant quotas: TENANT=SIZE[,TENANT=SIZE...]", 0, 0},
@@ -125,6 +126,7 @@ int main(int argc, char **argv)
     }
     if (parse_quotas(xm__config_get(&cfg, "quotas"), &quotas, &o.nquotas) != 0 ||
         xm__config_get_u32(&cfg, "xmem-manager", "down-after-ms", &o.down_after_ms) != 0 ||
+        xm__config_get_u32(&cfg, "xmem-manager", "rebuild-after-ms", &o.rebuild_after_ms) != 0 ||
         xm__config_get_u32(&cfg, "xmem-manager", "max-conns", &o.max_conns) != 0 ||
         xm__config_get_u32(&cfg, "xmem-manager", "timeout-ms", &o.timeout_ms) != 0 ||
         xm__config_get_u32(&cfg, "xmem-manager", "stock", &o.stock_per_kind) != 0 ||

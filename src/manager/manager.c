@@ -38,6 +38,11 @@ xm_status_t mgr_create(const mgr_opts_t *opts, mgr_t **m_p, char *why, size_t wh
         snprintf(why, whylen, "cannot start the background thread");
         goto err;
     }
+    status = mgr_rebuild_start(m);
+    if (status != XM_OK) {
+        snprintf(why, whylen, "cannot start the rebuild thread");
+        goto err;
+    }
     if (m->opts.keyring != NULL) {
         m->opts.keyring->on_change = mgr_tenants_changed;
         m->opts.keyring->on_change_arg = m;
@@ -52,6 +57,7 @@ err:
 void mgr_destroy(mgr_t *m)
 {
     if (m == NULL) return;
+    mgr_rebuild_stop(m);
     mgr_bg_stop(m);
     if (m->store != NULL) m->opts.store_ops->close(m->store);
     mgr_table_clear(m);

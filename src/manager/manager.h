@@ -42,6 +42,8 @@ typedef struct mgr_appliance {
     uint64_t last_seen_ns;
     bool up;
     bool validated;                  /* reconciled with the table since it (re)registered */
+    bool draining;                   /* xmem appliance drain: its parts are moved off, nothing new placed */
+    uint64_t down_since_ns;          /* when it was marked down (0: never since the manager started) */
     uint8_t identity[XM_IDENTITY_PK_LEN]; /* its pinned identity key: who it is, whatever its address */
     bool pinned;
     pthread_mutex_t conn_lock;
@@ -88,6 +90,12 @@ xm_status_t mgr_place_spread(mgr_appliance_t *const *apps, uint32_t napps,
                              const mgr_place_req_t *req, uint32_t *chosen, const char **why_p);
 /* Bytes a region of size bytes takes on an appliance (whole extents). */
 uint64_t mgr_extent_round(const mgr_appliance_t *a, uint64_t size);
+/* An appliance for a new copy of part `part` of an allocation whose parts sit on appls[0..n-1]
+ * (the part's own entry excluded): up, validated, not draining, not holding another part of it,
+ * room for size bytes; another failure domain than the other parts where possible, then the
+ * freest. -1 when none. Manager lock held. */
+int mgr_place_spare(mgr_appliance_t *const *apps, uint32_t napps, const uint32_t *appls,
+                    uint32_t n, uint32_t part, uint64_t size);
 
 /* ---- alloc.c: the allocation table --------------------------------------- */
 
@@ -100,7 +108,11 @@ typedef struct mgr_part {
     uint64_t key;                    /* the owner's read-write key */
     uint64_t size;
     bool missing;                    /* the appliance came back without it */
+    uint8_t state;                   /* MGR_PART_OK, MGR_PART_REBUILDING (in the table: survives a restart) */
 } mgr_part_t;
+
+/* A part's state in the table; the same numbers as the wire's PartState. */
+enum { MGR_PART_OK = 0, MGR_PART_REBUILDING = 1 };
 
 typedef struct mgr_grant {
     char tenant[XM_NAME_MAX + 1];
@@ -144,6 +156,8 @@ typedef struct mgr_alloc {
     bool busy;                       /* being created or freed */
     bool keys_stale;                 /* its owner was revoked: the stored owner keys may be dead
                                       * (appliances closed them); fetch fresh ones at attach */
+    bool moving;                     /* a part is being rebuilt or moved (rebuild.c) */
+    uint64_t move_done, move_total;  /* its progress, bytes (not kept in the table) */
     struct mgr_alloc *next;          /* the queue of freed allocations (manager.c) */
     /* in the table (mgr_table_link): a list, and indexes by id, request and name */
     struct mgr_alloc *tprev, *tnext;
@@ -226,6 +240,35 @@ void mgr_alloc_unreserve(mgr_t *m, const mgr_alloc_t *a);
 void mgr_reply_cleanup(xm_msg_t *rep);
 /* Compare an appliance's regions with the table: reclaim unknown ones, flag missing ones. */
 void mgr_reconcile(mgr_t *m, mgr_appliance_t *a);
+/* Find an allocation by id. Lock held. */
+mgr_alloc_t *mgr_alloc_find(mgr_t *m, uint64_t id);
+/* Write an allocation to the table (the caller holds it busy, not the lock). */
+xm_status_t mgr_alloc_record(mgr_t *m, mgr_alloc_t *a);
+/* Let go of a busy allocation. */
+void mgr_alloc_release(mgr_t *m, mgr_alloc_t *a);
+/* xmem appliance drain | rm: an ApplianceRef request of the administrator; the reply
+ * (DrainState, or Empty) freed by mgr_reply_cleanup. */
+xm_status_t mgr_appliance_request(mgr_t *m, const char *tenant, const xm_msg_t *msg, xm_msg_t *rep,
+                                  char *why, size_t whylen);
+/* xmem appliance rm / drain (ApplianceRef requests). */
+xm_status_t mgr_appliance_remove(mgr_t *m, const char *addr, char *why, size_t whylen);
+xm_status_t mgr_appliance_drain(mgr_t *m, const char *addr, bool stop, char *why, size_t whylen);
+/* Parts still on appliance addr: replicate ones (moved by a drain) and others (not moved). */
+xm_status_t mgr_appliance_drain_state(mgr_t *m, const char *addr, uint32_t *moving_p,
+                                      uint32_t *unmovable_p, uint64_t *first_p);
+
+/* ---- rebuild.c: restoring redundancy, draining ---------------------------------
+ *
+ * A thread that, for every replicate allocation with a part on an appliance down longer than
+ * rebuild_after_ms (or on a draining appliance), places a new copy elsewhere, publishes it as
+ * rebuilding (generation bumped), fences writers of older descriptors through the lock words,
+ * copies appliance to appliance (RegionCopy), recopies the units written meanwhile under their
+ * locks, and marks the part ok. Parts left rebuilding by a manager that stopped are resumed.
+ */
+xm_status_t mgr_rebuild_start(mgr_t *m);
+void mgr_rebuild_stop(mgr_t *m);
+/* Wake the thread (an appliance went down or a drain started). */
+void mgr_rebuild_kick(mgr_t *m);
 
 /* ---- manager.c: the background thread: stock of fresh regions, deferred destroys ----
  *
@@ -288,6 +331,8 @@ typedef struct mgr_store_ops {
     /* Insert or replace an allocation with its parts and grants; appl_addr names part i's appliance. */
     xm_status_t (*alloc_put)(mgr_store_t *st, const mgr_alloc_t *a, const char *const *appl_addr);
     xm_status_t (*alloc_delete)(mgr_store_t *st, uint64_t id);
+    /* forget an appliance (xmem appliance rm; it holds no parts); NULL: not supported */
+    xm_status_t (*appliance_delete)(mgr_store_t *st, const char *addr);
     /* Group commit: the calling thread's puts and deletes between batch_begin and
      * batch_end share one transaction (each one undone alone if it fails); other
      * threads' calls wait until batch_end. A change in a batch is durable only once
@@ -324,6 +369,7 @@ typedef struct mgr_opts {
     uint64_t stock_max_size;         /* parts larger than this are never stocked */
     uint32_t stock_idle_ms;          /* unasked-for stock is destroyed after this */
     uint32_t spin_us;                /* a connection polls this long for its next request */
+    uint32_t rebuild_after_ms;       /* rebuild parts of an appliance down this long; 0: never */
 } mgr_opts_t;
 
 /*
@@ -353,6 +399,10 @@ struct mgr {
     uint32_t bg_busy;                /* calls the thread is making without the lock */
     uint32_t making_appl;            /* appliance a stock region is being made on, or UINT32_MAX */
     uint64_t stock_seq, stock_nonce;
+    /* rebuild.c's thread; rb_cond (CLOCK_MONOTONIC) wakes it */
+    pthread_t rb;
+    bool rb_running, rb_stop;
+    pthread_cond_t rb_cond;
 };
 
 xm_status_t mgr_create(const mgr_opts_t *opts, mgr_t **m_p, char *why, size_t whylen);

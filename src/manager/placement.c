@@ -40,7 +40,7 @@ xm_status_t mgr_place_spread(mgr_appliance_t *const *apps, uint32_t napps,
         uint64_t best_free = 0;
         for (uint32_t i = 0; i < napps; i++) {
             const mgr_appliance_t *a = apps[i];
-            if (!a->up || !a->validated || used[i]) continue;
+            if (!a->up || !a->validated || a->draining || used[i]) continue;
             uint64_t need = mgr_extent_round(a, req->part_size[p]);
             uint64_t fr = free_bytes(a);
             if (need > fr) continue;
@@ -65,4 +65,32 @@ xm_status_t mgr_place_spread(mgr_appliance_t *const *apps, uint32_t napps,
     }
     free(used);
     return status;
+}
+
+int mgr_place_spare(mgr_appliance_t *const *apps, uint32_t napps, const uint32_t *appls,
+                    uint32_t n, uint32_t part, uint64_t size)
+{
+    int best = -1;
+    uint32_t best_dom = 0;
+    uint64_t best_free = 0;
+    for (uint32_t i = 0; i < napps; i++) {
+        const mgr_appliance_t *a = apps[i];
+        if (!a->up || !a->validated || a->draining) continue;
+        bool holds = false;
+        uint32_t dom = 0; /* the allocation's other parts in a's failure domain */
+        for (uint32_t j = 0; j < n; j++) {
+            if (j == part) continue;
+            holds |= appls[j] == i;
+            dom += strcmp(apps[appls[j]]->domain, a->domain) == 0;
+        }
+        if (holds || appls[part] == i) continue;
+        uint64_t fr = free_bytes(a);
+        if (mgr_extent_round(a, size) > fr) continue;
+        if (best < 0 || dom < best_dom || (dom == best_dom && fr > best_free)) {
+            best = (int)i;
+            best_dom = dom;
+            best_free = fr;
+        }
+    }
+    return best;
 }

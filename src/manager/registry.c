@@ -198,9 +198,11 @@ void mgr_registry_lost(mgr_t *m, const char *addr)
     mgr_appliance_t *a = mgr_registry_get(m, addr, false);
     if (a != NULL && a->up) {
         a->up = false;
+        a->down_since_ns = xm__now_ns();
         xm_log_warn("appliance %s: heartbeat connection lost, marked down", a->addr);
     }
     pthread_mutex_unlock(&m->lock);
+    mgr_rebuild_kick(m);
 }
 
 void mgr_registry_sweep(mgr_t *m)
@@ -211,6 +213,7 @@ void mgr_registry_sweep(mgr_t *m)
         mgr_appliance_t *a = m->apps[i];
         if (a->up && now - a->last_seen_ns > limit) {
             a->up = false;
+            a->down_since_ns = now;
             xm_log_warn("appliance %s: no heartbeat for %u ms, marked down", a->addr,
                         m->opts.down_after_ms);
         }

@@ -141,6 +141,10 @@ static xm_status_t dispatch(mgr_server_t *s, rpc_srv_conn_t *c, xm_msg_t *msg, m
         return mgr_alloc_list(m, tenant, rep);
     case XMEM__MSG__BODY_APPLIANCE_LIST:
         return mgr_appliance_list(m, rep);
+    case XMEM__MSG__BODY_APPLIANCE_DRAIN: /* xmem appliance drain | rm (rebuild.c) */
+    case XMEM__MSG__BODY_APPLIANCE_REMOVE:
+        if (b != NULL) return XM_ERR_AGAIN;
+        return mgr_appliance_request(m, tenant, msg, rep, why, whylen);
     default:
         xm_log_warn("connection from %s: unexpected request %d", c->peer, (int)msg->body_case);
         snprintf(why, whylen, "unexpected request");

@@ -67,7 +67,8 @@ static const char schema[] =
      * (tables created by earlier versions keep their rowid and work the same) */
     "CREATE TABLE IF NOT EXISTS parts(alloc_id INTEGER NOT NULL, idx INTEGER NOT NULL,"
     "  appliance TEXT NOT NULL, region_id INTEGER NOT NULL, key INTEGER NOT NULL,"
-    "  size INTEGER NOT NULL, PRIMARY KEY(alloc_id, idx)) WITHOUT ROWID;"
+    "  size INTEGER NOT NULL, state INTEGER NOT NULL DEFAULT 0,"
+    "  PRIMARY KEY(alloc_id, idx)) WITHOUT ROWID;"
     "CREATE TABLE IF NOT EXISTS grants(alloc_id INTEGER NOT NULL, tenant TEXT NOT NULL,"
     "  access INTEGER NOT NULL, PRIMARY KEY(alloc_id, tenant)) WITHOUT ROWID;"
     "PRAGMA wal_autocheckpoint=0;";
@@ -190,10 +191,15 @@ static xm_status_t sq_open(const char *path, mgr_store_t **st_p, char *why, size
         sqlite3_free(err);
         goto err;
     }
+    /* parts record their state (rebuild, src/manager/rebuild.c); tables from before get the
+     * column (an error: it is there) */
+    sqlite3_exec(st->db, "ALTER TABLE parts ADD COLUMN state INTEGER NOT NULL DEFAULT 0", NULL,
+                 NULL, NULL);
     struct { sqlite3_stmt **s; const char *sql; } stmts[] = {
         {&st->put_alloc, "INSERT OR REPLACE INTO allocs(id,request_id,owner,name,size,policy,"
                          "layout,width,chunk,generation,redundancy) VALUES(?,?,?,?,?,?,?,?,?,?,?)"},
-        {&st->put_part, "INSERT INTO parts VALUES(?,?,?,?,?,?)"},
+        {&st->put_part, "INSERT INTO parts(alloc_id,idx,appliance,region_id,key,size,state) "
+                        "VALUES(?,?,?,?,?,?,?)"},
         {&st->put_grant, "INSERT INTO grants VALUES(?,?,?)"},
         {&st->del_alloc, "DELETE FROM allocs WHERE id=?"},
         {&st->del_parts, "DELETE FROM parts WHERE alloc_id=?"},
@@ -354,6 +360,22 @@ static xm_status_t sq_appliance_rename(mgr_store_t *st, const char *old_addr, co
     return ok ? XM_OK : XM_ERR_IO;
 }
 
+static xm_status_t sq_appliance_delete(mgr_store_t *st, const char *addr)
+{
+    bool own = in_own_batch(st);
+    if (!own) pthread_mutex_lock(&st->lock);
+    sqlite3_stmt *s;
+    bool ok = sqlite3_prepare_v2(st->db, "DELETE FROM appliances WHERE addr=?1", -1, &s, NULL) == SQLITE_OK;
+    if (ok) {
+        sqlite3_bind_text(s, 1, addr, -1, SQLITE_TRANSIENT);
+        ok = sqlite3_step(s) == SQLITE_DONE;
+        sqlite3_finalize(s);
+    }
+    if (!own) pthread_mutex_unlock(&st->lock);
+    if (!ok) xm_log_error("allocation table: cannot forget appliance %s: %s", addr, sqlite3_errmsg(st->db));
+    return ok ? XM_OK : XM_ERR_IO;
+}
+
 static bool delete_rows(mgr_store_t *st, uint64_t id, bool alloc_too)
 {
     sqlite3_stmt *dels[] = {st->del_parts, st->del_grants, st->del_alloc};
@@ -390,6 +412,7 @@ static xm_status_t sq_alloc_put(mgr_store_t *st, const mgr_alloc_t *a, const cha
         sqlite3_bind_int64(s, 4, (sqlite3_int64)a->parts[i].region_id);
         sqlite3_bind_int64(s, 5, (sqlite3_int64)(a->parts[i].key ^ key_mask(st, a->id, i)));
         sqlite3_bind_int64(s, 6, (sqlite3_int64)a->parts[i].size);
+        sqlite3_bind_int(s, 7, (int)a->parts[i].state);
         ok = step_done(st, s);
     }
     for (uint32_t i = 0; ok && i < a->ngrants; i++) {
@@ -447,7 +470,7 @@ static xm_status_t sq_load(mgr_store_t *st, mgr_t *m)
     pthread_mutex_lock(&m->lock);
     if (sqlite3_prepare_v2(st->db, "SELECT addr,domain,provider,backing,fabric_addr,capacity,"
                            "extent_size,identity FROM appliances", -1, &s, NULL) != SQLITE_OK ||
-        sqlite3_prepare_v2(st->db, "SELECT idx,appliance,region_id,key,size FROM parts "
+        sqlite3_prepare_v2(st->db, "SELECT idx,appliance,region_id,key,size,state FROM parts "
                            "WHERE alloc_id=? ORDER BY idx", -1, &p, NULL) != SQLITE_OK ||
         sqlite3_prepare_v2(st->db, "SELECT tenant,access FROM grants WHERE alloc_id=?", -1, &g,
                            NULL) != SQLITE_OK) {
@@ -527,6 +550,8 @@ static xm_status_t sq_load(mgr_store_t *st, mgr_t *m)
             a->parts[idx].key = (uint64_t)sqlite3_column_int64(p, 3);
             if (!st->legacy_clear) a->parts[idx].key ^= key_mask(st, a->id, idx);
             a->parts[idx].size = (uint64_t)sqlite3_column_int64(p, 4);
+            a->parts[idx].state = sqlite3_column_int(p, 5) == MGR_PART_REBUILDING ? MGR_PART_REBUILDING
+                                                                                  : MGR_PART_OK;
             got++;
         }
         sqlite3_reset(p);
@@ -597,6 +622,7 @@ const mgr_store_ops_t mgr_store_sqlite = {
     .appliance_rename = sq_appliance_rename,
     .alloc_put = sq_alloc_put,
     .alloc_delete = sq_alloc_delete,
+    .appliance_delete = sq_appliance_delete,
     .batch_begin = sq_batch_begin,
     .batch_end = sq_batch_end,
 };

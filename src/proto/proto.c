@@ -333,6 +333,14 @@ xm_status_t proto_validate(const xm_msg_t *m, const char **why_p)
         if (m->copy_state->why != NULL && strlen(m->copy_state->why) > XM_ERROR_TEXT_MAX)
             FAIL("copy error text too long");
         return XM_OK;
+    case XMEM__MSG__BODY_APPLIANCE_DRAIN: /* rebuild and drain (src/manager/rebuild.c) */
+        if (!xm__name_valid(m->appliance_drain->addr)) FAIL("bad appliance address");
+        return XM_OK;
+    case XMEM__MSG__BODY_APPLIANCE_REMOVE:
+        if (!xm__name_valid(m->appliance_remove->addr)) FAIL("bad appliance address");
+        return XM_OK;
+    case XMEM__MSG__BODY_DRAIN_STATE:
+        return XM_OK;
     case XMEM__MSG__BODY_REGION_SYNC: /* file regions */
         if (m->region_sync->region == NULL) FAIL("sync without a region");
         if (ref_ok(m->region_sync->region, why_p) != XM_OK) return XM_ERR_PROTOCOL;
