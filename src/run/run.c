@@ -2,8 +2,18 @@
  *
  * It interposes the malloc family and lays the program's heap on an external
  * mapping (xm_map of a region or allocation that `xmem run` made), with
- * mimalloc managing that range as its only arena (mi_manage_os_memory_ex +
- * mi_option_limit_os_alloc). Allocations are routed:
+ * mimalloc managing that range as an arena (mi_manage_os_memory_ex +
+ * mi_option_limit_os_alloc). Tiers (docs/run.md): up to three arenas, given to
+ * mimalloc in this order, which is the order it fills them in (first fit):
+ *
+ *   local     anonymous memory of this host (XMEM_RUN_TIER_LOCAL bytes, trimmed
+ *             at start to half of MemAvailable and to the cgroup's headroom)
+ *   external  the xm_map mapping (XMEM_RUN_REGION; its local cache is bounded)
+ *   file      a file on local disk (XMEM_RUN_SPILL bytes in XMEM_RUN_SPILL_DIR,
+ *             unlinked, MAP_SHARED), used when the external heap is full or
+ *             could not be had (no appliance capacity)
+ *
+ * Allocations are routed:
  *
  *   - program threads, heap ready           -> mimalloc, inside the mapping
  *   - before the heap is ready              -> a static bootstrap arena
@@ -32,6 +42,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <mimalloc.h>
@@ -53,6 +64,11 @@ enum { ST_BOOT, ST_HEAP, ST_LOCAL, ST_CHILD };
  * child; g_lo/g_len are written before g_state is published (release) */
 static _Atomic int g_state = ST_BOOT;
 static uintptr_t g_lo, g_len;          /* the whole mapping */
+enum { TIER_LOCAL, TIER_EXT, TIER_FILE, NTIERS };
+static const char *const tier_name[NTIERS] = {"local", "external", "file"};
+/* each tier's range (len 0: none); written before g_state is published */
+static struct { uintptr_t lo, len; } g_tier[NTIERS];
+static int g_spill_fd = -1;            /* the file tier's file (unlinked) */
 static __thread int t_internal TLS_IE;         /* this thread runs library code: glibc only */
 static pid_t g_owner;                  /* the process that mapped the heap */
 static _Atomic uint64_t g_refused;     /* requests the full heap refused (ENOMEM) */
@@ -126,7 +142,12 @@ static bool resolve_libc(void)
     return lc_malloc != NULL;
 }
 
-static bool in_heap(const void *p) { return (uintptr_t)p - g_lo < g_len; }
+static bool in_heap(const void *p)
+{
+    uintptr_t a = (uintptr_t)p;
+    return a - g_tier[TIER_EXT].lo < g_tier[TIER_EXT].len || a - g_tier[TIER_LOCAL].lo < g_tier[TIER_LOCAL].len ||
+           a - g_tier[TIER_FILE].lo < g_tier[TIER_FILE].len;
+}
 
 static bool use_heap(void) { return LIKELY(atomic_load_explicit(&g_state, memory_order_acquire) == ST_HEAP) && !t_internal; }
 
@@ -314,19 +335,25 @@ RUN_API int pthread_create(pthread_t *th, const pthread_attr_t *attr, void *(*fn
 
 /* ---- set-up, fork, exit ------------------------------------------------- */
 
-/* The child of a fork() has no heap: xm_map's mapping is MADV_DONTFORK (a shared
- * heap would let parent and child overwrite each other's objects). New
- * allocations come from glibc; the parent's range is reserved inaccessible, so
- * a touch of an object allocated before the fork is SIGSEGV at once, never a
- * silent read of whatever a later mmap put there. fork()+exec() (and
+/* The child of a fork() has no external or file heap: xm_map's mapping and the
+ * file tier are MADV_DONTFORK (a shared heap would let parent and child overwrite
+ * each other's objects). New allocations come from glibc; those ranges are
+ * reserved inaccessible, so a touch of an object allocated there before the fork
+ * is SIGSEGV at once, never a silent read of whatever a later mmap put there.
+ * The local tier is ordinary private memory: the child has its own copy of it
+ * (the kernel's copy-on-write), readable and writable. fork()+exec() (and
  * posix_spawn, vfork) work. */
 static void atfork_child(void)
 {
     /* what it execs asks for the heap, finds it claimed by the parent's pid and
      * runs on plain memory (no getenv/setenv here: bash has its own, on its heap) */
     atomic_store(&g_state, ST_CHILD);
-    mmap((void *)g_lo, g_len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE,
-         -1, 0);
+    if (g_len != 0)
+        mmap((void *)g_lo, g_len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE,
+             -1, 0);
+    if (g_tier[TIER_FILE].len != 0)
+        mmap((void *)g_tier[TIER_FILE].lo, g_tier[TIER_FILE].len, PROT_NONE,
+             MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE, -1, 0);
 }
 
 static uint64_t env_u64(const char *name)
@@ -360,6 +387,9 @@ static void scrub_env(void)
     unsetenv("XMEM_RUN_HEAP");
     unsetenv("XMEM_RUN_LOCAL");
     unsetenv("XMEM_RUN_STATS");
+    unsetenv("XMEM_RUN_TIER_LOCAL");
+    unsetenv("XMEM_RUN_SPILL");
+    unsetenv("XMEM_RUN_SPILL_DIR");
 }
 
 static void fail(xm_ctx_h ctx, const char *what, xm_status_t st)
@@ -368,41 +398,148 @@ static void fail(xm_ctx_h ctx, const char *what, xm_status_t st)
             ctx != NULL ? ": " : "", ctx != NULL ? xm_last_error(ctx) : "");
 }
 
-__attribute__((constructor)) static void run_init(void)
+/* The kB figure of field in a /proc file of "Name: value kB" lines (0 if absent). */
+static uint64_t proc_kib(const char *path, const char *field)
 {
-    t_internal = 1;
-    if (!resolve_libc()) {
-        fprintf(stderr, "xmem run: glibc's malloc not found; the program runs on bootstrap memory\n");
-        atomic_store(&g_state, ST_LOCAL);
+    FILE *f = fopen(path, "r");
+    if (f == NULL) return 0;
+    char line[256];
+    uint64_t v = 0;
+    size_t fl = strlen(field);
+    while (fgets(line, sizeof(line), f) != NULL)
+        if (strncmp(line, field, fl) == 0 && line[fl] == ':') v = strtoull(line + fl + 1, NULL, 10);
+    fclose(f);
+    return v;
+}
+
+/* Bytes the process's cgroup (v2) may still take: memory.max - memory.current;
+ * UINT64_MAX when there is no limit or no cgroup v2. */
+static uint64_t cgroup_headroom(void)
+{
+    FILE *f = fopen("/proc/self/cgroup", "r");
+    if (f == NULL) return UINT64_MAX;
+    char line[512], path[768] = "";
+    while (fgets(line, sizeof(line), f) != NULL) {
+        if (strncmp(line, "0::", 3) == 0) {
+            line[strcspn(line, "\n")] = '\0';
+            snprintf(path, sizeof(path), "/sys/fs/cgroup%s", line + 3);
+        }
+    }
+    fclose(f);
+    if (path[0] == '\0') return UINT64_MAX;
+    char file[900], buf[64];
+    uint64_t max = UINT64_MAX, cur = 0;
+    snprintf(file, sizeof(file), "%s/memory.max", path);
+    FILE *m = fopen(file, "r");
+    if (m != NULL) {
+        if (fgets(buf, sizeof(buf), m) != NULL && strncmp(buf, "max", 3) != 0) max = strtoull(buf, NULL, 10);
+        fclose(m);
+    }
+    if (max == UINT64_MAX) return UINT64_MAX;
+    snprintf(file, sizeof(file), "%s/memory.current", path);
+    m = fopen(file, "r");
+    if (m != NULL) {
+        if (fgets(buf, sizeof(buf), m) != NULL) cur = strtoull(buf, NULL, 10);
+        fclose(m);
+    }
+    return max > cur ? max - cur : 0;
+}
+
+/* Address space of len bytes starting on a segment boundary, PROT_NONE; NULL on failure. */
+static void *reserve_aligned(uint64_t len)
+{
+    uint8_t *a = mmap(NULL, len + SEG_ALIGN, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (a == MAP_FAILED) return NULL;
+    uint8_t *lo = (uint8_t *)(((uintptr_t)a + SEG_ALIGN - 1) & ~(uintptr_t)(SEG_ALIGN - 1));
+    if (lo > a) munmap(a, (size_t)(lo - a));
+    munmap(lo + len, (size_t)(a + len + SEG_ALIGN - (lo + len)));
+    return lo;
+}
+
+/* Hand [lo, lo+len) to mimalloc as its next arena (arenas are filled in the order given). */
+static bool add_arena(int tier, void *lo, uint64_t len, bool zero)
+{
+    mi_arena_id_t arena;
+    /* committed and "large" (pinned): mimalloc neither commits nor decommits it */
+    if (!mi_manage_os_memory_ex(lo, len, true, true, zero, -1, false, &arena)) {
+        fprintf(stderr, "xmem run: mimalloc refused the %s tier's range\n", tier_name[tier]);
+        return false;
+    }
+    g_tier[tier].lo = (uintptr_t)lo;
+    g_tier[tier].len = len;
+    return true;
+}
+
+/* The local tier: at most `want` bytes of this host's memory, trimmed to half of
+ * MemAvailable and of the cgroup's headroom, in whole segments. */
+static void local_tier(uint64_t want)
+{
+    uint64_t avail = proc_kib("/proc/meminfo", "MemAvailable") << 10, room = cgroup_headroom();
+    uint64_t bytes = want;
+    if (avail != 0 && bytes > avail / 2) bytes = avail / 2;
+    if (room != UINT64_MAX && bytes > room / 2) bytes = room / 2;
+    bytes &= ~(SEG_ALIGN - 1);
+    if (bytes < want)
+        fprintf(stderr, "xmem run: local tier trimmed to %llu MiB of the %llu MiB asked (MemAvailable %llu MiB%s)\n",
+                (unsigned long long)(bytes >> 20), (unsigned long long)(want >> 20),
+                (unsigned long long)(avail >> 20), room != UINT64_MAX ? ", cgroup limit" : "");
+    if (bytes == 0) return;
+    void *lo = reserve_aligned(bytes);
+    if (lo == NULL || mprotect(lo, bytes, PROT_READ | PROT_WRITE) != 0) {
+        fprintf(stderr, "xmem run: cannot reserve the local tier (%llu MiB): %s\n",
+                (unsigned long long)(bytes >> 20), strerror(errno));
         return;
     }
-    g_region_id = env_u64("XMEM_RUN_REGION");
-    g_heap_bytes = env_u64("XMEM_RUN_HEAP");
-    g_local_bytes = env_u64("XMEM_RUN_LOCAL");
-    g_stats = env_u64("XMEM_RUN_STATS") != 0;
-    if (g_stats) g_err_fd = fcntl(2, F_DUPFD_CLOEXEC, 100);
-    bool manager = getenv("XMEM_MANAGER") != NULL && getenv("XMEM_MANAGER")[0] != '\0';
-    if (g_region_id == 0 || g_heap_bytes < SEG_ALIGN * 2) {
-        if (g_region_id == 0) fprintf(stderr, "xmem run: XMEM_RUN_REGION not set (start programs with `xmem run`); "
-                                              "the program runs on local memory\n");
-        else fprintf(stderr, "xmem run: heap too small (XMEM_RUN_HEAP)\n");
-        atomic_store(&g_state, ST_LOCAL);
-        t_internal = 0;
+    if (!add_arena(TIER_LOCAL, lo, bytes, true)) munmap(lo, bytes);
+}
+
+/* The file tier: an unlinked file of `bytes` in dir, mapped shared (its pages go to
+ * the disk, not to swap); not inherited by a fork's child (see atfork_child). */
+static void file_tier(const char *dir, uint64_t bytes)
+{
+    bytes &= ~(SEG_ALIGN - 1);
+    if (bytes == 0) return;
+    int fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        fprintf(stderr, "xmem run: cannot make the file tier in %s: %s\n", dir, strerror(errno));
         return;
     }
+    void *lo = NULL;
+    if (ftruncate(fd, (off_t)bytes) != 0 || (lo = reserve_aligned(bytes)) == NULL ||
+        mmap(lo, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED | MAP_NORESERVE, fd, 0) == MAP_FAILED ||
+        madvise(lo, bytes, MADV_DONTFORK) != 0) {
+        fprintf(stderr, "xmem run: cannot map the file tier (%llu MiB in %s): %s\n",
+                (unsigned long long)(bytes >> 20), dir, strerror(errno));
+        if (lo != NULL) munmap(lo, bytes);
+        close(fd);
+        return;
+    }
+    if (!add_arena(TIER_FILE, lo, bytes, true)) {
+        munmap(lo, bytes);
+        close(fd);
+        return;
+    }
+    g_spill_fd = fd;
+}
+
+/* The external tier: claim and map the region xmem run made (external_arena gives it
+ * to mimalloc). Returns false when this process must run on plain memory (the heap is
+ * another process's). */
+static bool external_tier(bool manager)
+{
     xm_ctx_h ctx = NULL;
     xm_region_h r = NULL;
     xm_status_t st = xm_connect(NULL, &ctx);
     if (st != XM_OK) {
-        fprintf(stderr, "xmem run: connect: %s: %s; the program runs on local memory\n", xm_status_str(st),
-                xm_last_error(NULL));
-        goto local;
+        fprintf(stderr, "xmem run: connect: %s: %s\n", xm_status_str(st), xm_last_error(NULL));
+        return true;
     }
     st = manager ? xm_attach(ctx, g_region_id, NULL, XM_ACCESS_READ_WRITE, &r)
                  : xm_region_open(ctx, g_region_id, NULL, XM_ACCESS_READ_WRITE, &r);
     if (st != XM_OK) {
         fail(ctx, "opening the heap's region", st);
-        goto local_ctx;
+        xm_disconnect(ctx);
+        return true;
     }
     /* One process owns the heap: the first to swap its pid into the region's
      * first word, or that same process after an exec (a wrapper script's
@@ -417,7 +554,8 @@ __attribute__((constructor)) static void run_init(void)
         if (manager) xm_alloc_close(r);
         else xm_region_close(r);
         scrub_env();
-        goto local_ctx;
+        xm_disconnect(ctx);
+        return false;
     }
     if (g_heap_bytes > xm_region_size(r)) g_heap_bytes = xm_region_size(r);
     g_heap_bytes -= CLAIM_BYTES;
@@ -428,12 +566,57 @@ __attribute__((constructor)) static void run_init(void)
     else xm_region_close(r);
     if (st != XM_OK) {
         fail(ctx, "mapping the heap", st);
-        goto local_ctx;
+        g_map = NULL;
+        xm_disconnect(ctx);
+        return true;
     }
     /* the mapping keeps its own data path: the context is not needed any more */
     xm_disconnect(ctx);
+    g_lo = (uintptr_t)g_map;
+    g_len = g_heap_bytes;
+    return true;
+}
+
+/* The mapped external heap goes to mimalloc (after the local tier, so it comes second). */
+static void external_arena(void)
+{
+    if (g_map == NULL) return;
     uintptr_t lo = ((uintptr_t)g_map + SEG_ALIGN - 1) & ~(uintptr_t)(SEG_ALIGN - 1);
     uintptr_t hi = ((uintptr_t)g_map + g_heap_bytes) & ~(uintptr_t)(SEG_ALIGN - 1);
+    /* not zero: a region's bytes are whatever the appliance holds */
+    if (hi <= lo || !add_arena(TIER_EXT, (void *)lo, hi - lo, false)) {
+        xm_unmap_discard(g_map);
+        g_map = NULL;
+        g_lo = g_len = 0;
+    }
+}
+
+__attribute__((constructor)) static void run_init(void)
+{
+    t_internal = 1;
+    if (!resolve_libc()) {
+        fprintf(stderr, "xmem run: glibc's malloc not found; the program runs on bootstrap memory\n");
+        atomic_store(&g_state, ST_LOCAL);
+        return;
+    }
+    g_region_id = env_u64("XMEM_RUN_REGION");
+    g_heap_bytes = env_u64("XMEM_RUN_HEAP");
+    g_local_bytes = env_u64("XMEM_RUN_LOCAL");
+    g_stats = env_u64("XMEM_RUN_STATS") != 0;
+    uint64_t tier_local = env_u64("XMEM_RUN_TIER_LOCAL"), spill = env_u64("XMEM_RUN_SPILL");
+    const char *spill_dir = getenv("XMEM_RUN_SPILL_DIR");
+    if (spill_dir == NULL || spill_dir[0] == '\0') spill = 0;
+    if (g_stats) g_err_fd = fcntl(2, F_DUPFD_CLOEXEC, 100);
+    bool manager = getenv("XMEM_MANAGER") != NULL && getenv("XMEM_MANAGER")[0] != '\0';
+    if (g_region_id != 0 && g_heap_bytes < SEG_ALIGN * 2) {
+        fprintf(stderr, "xmem run: heap too small (XMEM_RUN_HEAP)\n");
+        g_region_id = 0;
+    }
+    if (g_region_id == 0 && tier_local == 0 && spill == 0) {
+        fprintf(stderr, "xmem run: XMEM_RUN_REGION not set (start programs with `xmem run`); "
+                        "the program runs on local memory\n");
+        goto local;
+    }
     /* never return memory to the "OS": decommit/reset would be madvise or mmap
      * over a range the mapping engine owns (its cache evicts instead) */
     mi_option_set(mi_option_limit_os_alloc, 1);
@@ -443,27 +626,23 @@ __attribute__((constructor)) static void run_init(void)
     /* a thread's first segments are otherwise "delayed" and may not come from a
      * pinned arena: with the OS closed to it, every new thread's malloc failed */
     mi_option_set(mi_option_eager_commit_delay, 0);
-    mi_arena_id_t arena;
-    /* committed and "large" (pinned): mimalloc neither commits nor decommits it;
-     * not zero: a region's bytes are whatever the appliance holds */
-    if (hi <= lo || !mi_manage_os_memory_ex((void *)lo, hi - lo, true, true, false, -1, false, &arena)) {
-        fprintf(stderr, "xmem run: mimalloc refused the heap range; the program runs on local memory\n");
-        xm_unmap_discard(g_map);
-        g_map = NULL;
-        atomic_store(&g_state, ST_LOCAL);
-        t_internal = 0;
-        return;
+    /* the claim on the external heap comes first: a process that is not its owner
+     * runs on plain memory, with no tier at all */
+    if (g_region_id != 0 && !external_tier(manager)) goto local;
+    /* mimalloc fills its arenas in the order given: local, external, file */
+    if (tier_local != 0) local_tier(tier_local);
+    external_arena();
+    if (spill != 0) file_tier(spill_dir, spill);
+    if (g_tier[TIER_LOCAL].len == 0 && g_tier[TIER_EXT].len == 0 && g_tier[TIER_FILE].len == 0) {
+        fprintf(stderr, "xmem run: no tier could be set up; the program runs on local memory\n");
+        goto local;
     }
-    g_lo = (uintptr_t)g_map;
-    g_len = g_heap_bytes;
     g_owner = getpid();
     pthread_atfork(NULL, NULL, atfork_child);
     atomic_store_explicit(&g_state, ST_HEAP, memory_order_release);
     t_internal = 0;
     return;
 
-local_ctx:
-    xm_disconnect(ctx);
 local:
     atomic_store(&g_state, ST_LOCAL);
     t_internal = 0;
@@ -479,34 +658,48 @@ static const char *human(uint64_t b, char *buf, size_t len)
     return buf;
 }
 
-static uint64_t status_kib(const char *field)
+
+/* Bytes of [lo, lo+len) in this process's memory (mincore, in 64 MiB steps). */
+static uint64_t resident_bytes(uintptr_t lo, uint64_t len)
 {
-    FILE *f = fopen("/proc/self/status", "r");
-    if (f == NULL) return 0;
-    char line[256];
-    uint64_t v = 0;
-    size_t fl = strlen(field);
-    while (fgets(line, sizeof(line), f) != NULL)
-        if (strncmp(line, field, fl) == 0 && line[fl] == ':') v = strtoull(line + fl + 1, NULL, 10);
-    fclose(f);
-    return v;
+    static unsigned char vec[(64u << 20) / 4096];
+    uint64_t n = 0;
+    for (uint64_t off = 0; off < len; off += sizeof(vec) * 4096ull) {
+        uint64_t step = len - off < sizeof(vec) * 4096ull ? len - off : sizeof(vec) * 4096ull;
+        if (mincore((void *)(lo + off), step, vec) != 0) return 0;
+        for (uint64_t i = 0; i < step / 4096; i++) n += vec[i] & 1;
+    }
+    return n * 4096;
 }
 
 /* --stats: where the bytes went, on stderr. The mapping stays (see the top). */
 __attribute__((destructor)) static void run_fini(void)
 {
-    if (!g_stats || g_err_fd < 0 || g_map == NULL || getpid() != g_owner) return;
+    if (!g_stats || g_err_fd < 0 || getpid() != g_owner) return;
     t_internal = 1;
-    xm_map_stats_t s = XM_MAP_STATS_INIT;
     char a[32], b[32], c[32], d[32], e[32], f[32], g[32];
-    if (xm_map_stat(g_map, &s) != XM_OK) return;
+    if (g_tier[TIER_LOCAL].len != 0)
+        dprintf(g_err_fd, "xmem run: tier local: %s, in memory at exit %s\n", human(g_tier[TIER_LOCAL].len, a, sizeof(a)),
+                human(resident_bytes(g_tier[TIER_LOCAL].lo, g_tier[TIER_LOCAL].len), b, sizeof(b)));
+    if (g_tier[TIER_FILE].len != 0) {
+        struct stat st;
+        uint64_t used = fstat(g_spill_fd, &st) == 0 ? (uint64_t)st.st_blocks * 512 : 0;
+        dprintf(g_err_fd, "xmem run: tier file: %s, written to the file %s\n", human(g_tier[TIER_FILE].len, a, sizeof(a)),
+                human(used, b, sizeof(b)));
+    }
+    xm_map_stats_t s = XM_MAP_STATS_INIT;
+    if (g_map == NULL || xm_map_stat(g_map, &s) != XM_OK) {
+        dprintf(g_err_fd, "xmem run: tier external: none; requests refused with ENOMEM (heap full) %llu\n",
+                (unsigned long long)atomic_load(&g_refused));
+        return;
+    }
     dprintf(g_err_fd,
-            "xmem run: heap %s on region %llu, local cache %s (fetch unit %s)\n"
+            "xmem run: tier external: heap %s on region %llu, local cache %s (fetch unit %s)\n"
             "xmem run: peak RSS %s (the process, heap cache included), heap resident at exit %s\n"
             "xmem run: faults %llu, fetched %s, evictions %llu, written back %s (%llu failed), "
             "requests refused with ENOMEM (heap full) %llu\n",
             human(g_heap_bytes, a, sizeof(a)), (unsigned long long)g_region_id, human(s.budget_bytes, b, sizeof(b)),
-            human(s.fetch_size, c, sizeof(c)), human(status_kib("VmHWM") << 10, d, sizeof(d)),
+            human(s.fetch_size, c, sizeof(c)), human(proc_kib("/proc/self/status", "VmHWM") << 10, d, sizeof(d)),
             human(s.resident_bytes, e, sizeof(e)), (unsigned long long)s.faults, human(s.fetched_bytes, f, sizeof(f)),
             (unsigned long long)s.evictions, human(s.writeback_pages << 12, g, sizeof(g)),
             (unsigned long long)s.writeback_errors, (unsigned long long)atomic_load(&g_refused));

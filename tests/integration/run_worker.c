@@ -4,6 +4,9 @@
  *                                     blocks of many sizes, each keeping LIVE blocks,
  *                                     some freed by another thread; every byte checked
  *   run_worker fork                   what a fork's child can and cannot do
+ *   run_worker tiers MIB              MIB blocks of 1 MiB, each filled with its own
+ *                                     pattern, then all checked; prints where the first
+ *                                     and last block sit (/proc/self/maps: the tier)
  * Prints "ok ..." and exits 0, or names the first wrong byte and exits 1. */
 #include <malloc.h>
 #include <pthread.h>
@@ -187,12 +190,61 @@ static int run_fork(void)
     return 0;
 }
 
+/* The mapping that holds p, as "anon" (no path) or its path, from /proc/self/maps. */
+static void where(const void *p, char *out, size_t len)
+{
+    snprintf(out, len, "?");
+    FILE *f = fopen("/proc/self/maps", "r");
+    if (f == NULL) return;
+    char line[512];
+    while (fgets(line, sizeof(line), f) != NULL) {
+        unsigned long lo, hi;
+        char path[400] = "";
+        if (sscanf(line, "%lx-%lx %*s %*s %*s %*s %399[^\n]", &lo, &hi, path) < 2) continue;
+        if ((uintptr_t)p < lo || (uintptr_t)p >= hi) continue;
+        snprintf(out, len, "%s", path[0] != '\0' ? path : "anon");
+        break;
+    }
+    fclose(f);
+}
+
+static int run_tiers(long mib)
+{
+    uint64_t **blk = calloc((size_t)mib, sizeof(*blk));
+    const size_t words = (1u << 20) / 8;
+    for (long i = 0; i < mib; i++) {
+        blk[i] = malloc(1u << 20);
+        if (blk[i] == NULL) {
+            printf("malloc failed at block %ld\n", i);
+            return 1;
+        }
+        for (size_t w = 0; w < words; w++) blk[i][w] = ((uint64_t)i << 32) ^ w ^ 0x5bd1e995u;
+    }
+    for (long i = 0; i < mib; i++) {
+        for (size_t w = 0; w < words; w++) {
+            if (blk[i][w] != (((uint64_t)i << 32) ^ w ^ 0x5bd1e995u)) {
+                printf("block %ld word %zu wrong\n", i, w);
+                return 1;
+            }
+        }
+    }
+    char first[400], last[400];
+    where(blk[0], first, sizeof(first));
+    where(blk[mib - 1], last, sizeof(last));
+    printf("first %s\nlast %s\n", first, last);
+    for (long i = 0; i < mib; i++) free(blk[i]);
+    free(blk);
+    printf("ok tiers %ld\n", mib);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IONBF, 0);
     if (argc >= 5 && strcmp(argv[1], "threads") == 0)
         return run_threads(atoi(argv[2]), atol(argv[3]), atol(argv[4]));
     if (argc >= 2 && strcmp(argv[1], "fork") == 0) return run_fork();
-    fprintf(stderr, "usage: run_worker threads T ITERS LIVE | fork\n");
+    if (argc >= 3 && strcmp(argv[1], "tiers") == 0 && atol(argv[2]) > 0) return run_tiers(atol(argv[2]));
+    fprintf(stderr, "usage: run_worker threads T ITERS LIVE | fork | tiers MIB\n");
     return 2;
 }

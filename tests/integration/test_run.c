@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -257,6 +258,65 @@ Test(run, an_execd_program_keeps_the_heap_and_a_spawned_child_runs_plain, .fini 
     char unit[8] = "";
     cr_assert_eq(sscanf(f, "fetched %lf %7[A-Za-z]", &mib, unit), 2, "%s", err);
     cr_expect(strcmp(unit, "MiB") == 0 && mib >= 16, "the exec'd program did not get the heap:\n%s", err);
+    free(out);
+    free(err);
+    expect_no_regions();
+}
+
+/* a size from the --stats lines ("in memory at exit 63.2 MiB"), in MiB */
+static double mib_of(const char *err, const char *name)
+{
+    const char *p = strstr(err, name);
+    cr_assert_not_null(p, "no '%s' in xmem run's stats:\n%s", name, err);
+    double v = 0;
+    char unit[8] = "";
+    cr_assert_eq(sscanf(p + strlen(name), " %lf %7[A-Za-z]", &v, unit), 2, "%s", err);
+    return strcmp(unit, "GiB") == 0 ? v * 1024 : strcmp(unit, "MiB") == 0 ? v : strcmp(unit, "KiB") == 0 ? v / 1024 : v / 1048576;
+}
+
+/* Tiers: with --tier-local, the first 64 MiB of the program's heap are this host's
+ * memory, the rest goes to the external heap behind its 16 MiB cache; every byte
+ * comes back right */
+Test(run, the_local_tier_fills_first_then_the_external_heap, .fini = teardown, .timeout = 120)
+{
+    start();
+    char *out = NULL, *err = NULL;
+    int rc = xt_cli(&app, NULL, 0, &out, NULL, &err, "run", "--heap", "256M", "--local", "16M", "--tier-local", "64M",
+                    "--stats", "--", XMEM_BIN_DIR "/run_worker", "tiers", "120", NULL);
+    cr_assert_eq(rc, 0, "run_worker tiers: exit %d\n%s%s", rc, out, err);
+    cr_expect(strstr(out, "ok tiers 120\n") != NULL, "%s", out);
+    /* the local tier holds (nearly) all of its 64 MiB: it was used first */
+    double local = mib_of(err, "tier local: 64.0 MiB, in memory at exit");
+    cr_expect_geq(local, 48, "the local tier was not filled first (%.1f MiB in it):\n%s", local, err);
+    /* and the rest went to the external heap: more than its 16 MiB cache, so evictions */
+    cr_expect_geq(stat_of(err, "evictions"), 1, "nothing of the heap went external:\n%s", err);
+    free(out);
+    free(err);
+    expect_no_regions();
+}
+
+/* No appliance capacity for the heap: with --spill the program runs on a file in
+ * that directory (unlinked, on local disk), and says so */
+Test(run, no_appliance_capacity_spills_to_a_file_tier, .fini = teardown, .timeout = 120)
+{
+    start();
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof(dir), "%s/spill", app.dir);
+    cr_assert_eq(mkdir(dir, 0700), 0);
+    char *out = NULL, *err = NULL;
+    /* the appliance's pool is 2 GiB */
+    int rc = xt_cli(&app, NULL, 0, &out, NULL, &err, "run", "--heap", "8G", "--spill", dir, "--spill-size", "256M",
+                    "--stats", "--", XMEM_BIN_DIR "/run_worker", "tiers", "100", NULL);
+    cr_assert_eq(rc, 0, "run_worker tiers: exit %d\n%s%s", rc, out, err);
+    cr_expect(strstr(out, "ok tiers 100\n") != NULL, "%s", out);
+    cr_expect(strstr(err, "no external memory for the heap") != NULL, "%s", err);
+    /* the last block sits in the (deleted) file in that directory */
+    const char *last = strstr(out, "last ");
+    cr_assert_not_null(last, "%s", out);
+    cr_expect(strncmp(last + 5, dir, strlen(dir)) == 0, "the blocks are not in the spill file:\n%s", out);
+    double written = mib_of(err, "tier file: 256.0 MiB, written to the file");
+    cr_expect_geq(written, 90, "%.1f MiB in the file:\n%s", written, err);
+    cr_expect(strstr(err, "tier external: none") != NULL, "%s", err);
     free(out);
     free(err);
     expect_no_regions();

@@ -1,4 +1,5 @@
-/* xmem run [--heap SIZE] [--local SIZE] [--policy P] [--stats] -- CMD ARGS...
+/* xmem run [--heap SIZE] [--local SIZE] [--policy P] [--tier-local SIZE] [--spill DIR [--spill-size SIZE]]
+ *          [--stats] -- CMD ARGS...
  *
  * Makes a region (or, with a manager, an allocation) for the program's heap,
  * runs CMD with libxmem-run.so preloaded (src/run/run.c), waits for it and
@@ -10,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -64,7 +66,8 @@ int cmd_run(cli_t *cli)
     for (int i = 0; i < cli->argc && dash < 0; i++)
         if (strcmp(cli->argv[i], "--") == 0) dash = i;
     if (dash < 0 || dash + 1 >= cli->argc) {
-        fprintf(stderr, "xmem run: usage: xmem run [--heap SIZE] [--local SIZE] [--policy P] [--stats] -- CMD ARGS...\n");
+        fprintf(stderr, "xmem run: usage: xmem run [--heap SIZE] [--local SIZE] [--policy P] [--tier-local SIZE]\n"
+                        "                         [--spill DIR [--spill-size SIZE]] [--stats] -- CMD ARGS...\n");
         return 2;
     }
     char **prog = &cli->argv[dash + 1];
@@ -72,6 +75,8 @@ int cmd_run(cli_t *cli)
     cli->argc = dash;
     const char *heap_s = cli_take(cli, "--heap"), *local_s = cli_take(cli, "--local");
     const char *policy = cli_take(cli, "--policy");
+    const char *tier_s = cli_take(cli, "--tier-local"), *spill_dir = cli_take(cli, "--spill");
+    const char *spill_s = cli_take(cli, "--spill-size");
     bool stats = cli_take_flag(cli, "--stats");
     if (cli->argc != 0) {
         fprintf(stderr, "xmem run: unexpected argument '%s' before --\n", cli->argv[0]);
@@ -83,6 +88,18 @@ int cmd_run(cli_t *cli)
         return cli_fail("run", "--heap %s: a size of at least 64M", heap_s);
     if (local_s != NULL && (xm_parse_size(local_s, &local) != XM_OK || local == 0))
         return cli_fail("run", "--local %s: a size", local_s);
+    uint64_t tier_local = 0, spill = 0;
+    if (tier_s != NULL && (xm_parse_size(tier_s, &tier_local) != XM_OK || tier_local < (32ull << 20)))
+        return cli_fail("run", "--tier-local %s: a size of at least 32M (the allocator's segment)", tier_s);
+    if (spill_s != NULL && spill_dir == NULL) return cli_fail("run", "--spill-size needs --spill DIR");
+    if (spill_dir != NULL) {
+        spill = heap;
+        if (spill_s != NULL && (xm_parse_size(spill_s, &spill) != XM_OK || spill < (32ull << 20)))
+            return cli_fail("run", "--spill-size %s: a size of at least 32M", spill_s);
+        struct stat sd;
+        if (stat(spill_dir, &sd) != 0 || !S_ISDIR(sd.st_mode) || access(spill_dir, W_OK) != 0)
+            return cli_fail("run", "--spill %s: not a directory this user can write (create it first)", spill_dir);
+    }
     bool manager = cli->conn.manager != NULL || (cli->conn.appliance == NULL && getenv("XMEM_MANAGER") != NULL &&
                                                  getenv("XMEM_MANAGER")[0] != '\0');
     if (policy != NULL && !manager)
@@ -96,15 +113,22 @@ int cmd_run(cli_t *cli)
     xm_region_h r;
     uint64_t bytes = heap + RUN_SLACK;
     xm_status_t st = manager ? xm_alloc(ctx, bytes, policy, NULL, &r) : xm_region_create(ctx, bytes, NULL, &r);
-    if (st != XM_OK) {
+    uint64_t id = 0;
+    if (st == XM_ERR_NO_SPACE && (spill_dir != NULL || tier_local != 0)) {
+        /* no appliance capacity left: the program runs on the other tiers */
+        fprintf(stderr, "xmem run: no external memory for the heap (%s); running on the %s%s%s tier%s\n",
+                xm_last_error(ctx), tier_local != 0 ? "local" : "", tier_local != 0 && spill_dir != NULL ? " and " : "",
+                spill_dir != NULL ? "file" : "", tier_local != 0 && spill_dir != NULL ? "s" : "");
+    } else if (st != XM_OK) {
         int rc = cli_fail("run", "allocating the %llu-byte heap: %s: %s", (unsigned long long)bytes,
                           xm_status_str(st), xm_last_error(ctx));
         xm_disconnect(ctx);
         return rc;
+    } else {
+        id = xm_region_id(r);
+        if (manager) xm_alloc_close(r);
+        else xm_region_close(r);
     }
-    uint64_t id = xm_region_id(r);
-    if (manager) xm_alloc_close(r);
-    else xm_region_close(r);
     /* the program's connection is its own; ours would sit idle until it exits */
     xm_disconnect(ctx);
 
@@ -121,6 +145,12 @@ int cmd_run(cli_t *cli)
     snprintf(v, sizeof(v), "%llu", (unsigned long long)local);
     setenv("XMEM_RUN_LOCAL", v, 1);
     if (stats) setenv("XMEM_RUN_STATS", "1", 1);
+    snprintf(v, sizeof(v), "%llu", (unsigned long long)tier_local);
+    setenv("XMEM_RUN_TIER_LOCAL", v, 1);
+    snprintf(v, sizeof(v), "%llu", (unsigned long long)spill);
+    setenv("XMEM_RUN_SPILL", v, 1);
+    if (spill_dir != NULL) setenv("XMEM_RUN_SPILL_DIR", spill_dir, 1);
+    else unsetenv("XMEM_RUN_SPILL_DIR");
     /* libfabric pulls in libinfinipath, whose constructor installs a SIGSEGV/SIGBUS
      * handler in the program (it prints a backtrace and exits 1): the program's
      * signals are its own */
@@ -158,7 +188,9 @@ int cmd_run(cli_t *cli)
         rc = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
     }
     /* the heap goes with the program, however it ended */
-    if (xm_connect(&cli->conn, &ctx) == XM_OK) {
+    if (id == 0) {
+        /* there was no external heap */
+    } else if (xm_connect(&cli->conn, &ctx) == XM_OK) {
         st = manager ? xm_free(ctx, id, NULL) : xm_region_destroy(ctx, id, NULL);
         if (st != XM_OK)
             fprintf(stderr, "xmem run: freeing the heap (%s %llu): %s: %s\n", manager ? "allocation" : "region",
