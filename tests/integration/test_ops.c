@@ -432,3 +432,112 @@ Test(ops, install_puts_units_man_pages_and_completion_in_place, .timeout = 120)
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dest);
     cr_expect_eq(system(cmd), 0);
 }
+
+/* ---- xmem stat --pid: a mapped process's counters ------------------------------------- */
+
+#include <xmem/procstat.h>
+
+Test(ops, stat_pid_shows_a_mapped_process_counters_to_its_user_only, .timeout = 120)
+{
+    xt_appliance_t a;
+    xt_start(&a, NULL);
+    xm_ctx_h ctx = xt_connect(&a, NULL);
+    xm_region_h r;
+    cr_assert_eq(xm_region_create(ctx, 8 << 20, NULL, &r), XM_OK);
+    xm_map_opts_t mo = XM_MAP_OPTS_INIT;
+    mo.cache_bytes = 1 << 20; /* 1 MiB of 8: touching all of it evicts and writes back */
+    mo.fetch_size = 64 << 10;
+    uint8_t *p;
+    cr_assert_eq(xm_map(ctx, r, 0, 8 << 20, &mo, (void **)&p), XM_OK);
+    char path[96];
+    snprintf(path, sizeof(path), XM_PROCSTAT_PATH_FMT, (unsigned)getuid(), (int)getpid());
+    struct stat st;
+    cr_assert_eq(stat(path, &st), 0, "%s: %s", path, strerror(errno));
+    cr_expect_eq(st.st_mode & 0777, 0600, "mode %o", st.st_mode & 0777);
+
+    char out[16384], pidtext[16];
+    snprintf(pidtext, sizeof(pidtext), "%d", (int)getpid());
+    const char *argv[] = {XMEM_BIN_DIR "/xmem", "stat", "--pid", pidtext, "--json", NULL};
+    cr_assert_eq(run_capture(argv, NULL, out, sizeof(out)), 0, "%s", out);
+    cr_expect_not_null(strstr(out, "\"faults\": 0"), "before any access: %s", out);
+    for (size_t off = 0; off < (8u << 20); off += 4096) p[off] = (uint8_t)(off >> 12);
+    cr_assert_eq(xm_sync(p, 8 << 20), XM_OK);
+    /* the same counters as xm_map_stat, read by another process */
+    xm_map_stats_t ms = XM_MAP_STATS_INIT;
+    cr_assert_eq(xm_map_stat(p, &ms), XM_OK);
+    cr_assert_eq(run_capture(argv, NULL, out, sizeof(out)), 0, "%s", out);
+    char want[96];
+    snprintf(want, sizeof(want), "\"faults\": %llu", (unsigned long long)ms.faults);
+    cr_expect_gt(ms.faults, 0);
+    cr_expect_not_null(strstr(out, want), "want %s in %s", want, out);
+    snprintf(want, sizeof(want), "\"evictions\": %llu", (unsigned long long)ms.evictions);
+    cr_expect_gt(ms.evictions, 0);
+    cr_expect_not_null(strstr(out, want), "want %s in %s", want, out);
+    snprintf(want, sizeof(want), "\"writeback_pages\": %llu", (unsigned long long)ms.writeback_pages);
+    cr_expect_gt(ms.writeback_pages, 0);
+    cr_expect_not_null(strstr(out, want), "want %s in %s", want, out);
+    snprintf(want, sizeof(want), "\"resident_bytes\": %llu", (unsigned long long)ms.resident_bytes);
+    cr_expect_not_null(strstr(out, want), "want %s in %s", want, out);
+    cr_expect_not_null(strstr(out, "\"mappings\": 1"), "%s", out);
+    cr_expect_null(strstr(out, "\"fetches\": 0,"), "the histogram counted no fetch: %s", out);
+    /* the human form too */
+    const char *plain[] = {XMEM_BIN_DIR "/xmem", "stat", "--pid=", NULL};
+    char arg[32];
+    snprintf(arg, sizeof(arg), "--pid=%d", (int)getpid());
+    plain[2] = arg;
+    cr_assert_eq(run_capture(plain, NULL, out, sizeof(out)), 0, "%s", out);
+    cr_expect_not_null(strstr(out, "fetch latency:"), "%s", out);
+
+    /* another user: neither the file nor xmem stat --pid gives the counters */
+    pid_t child = fork();
+    cr_assert_geq(child, 0);
+    if (child == 0) {
+        if (setgid(65534) != 0 || setuid(65534) != 0) _exit(3);
+        int fd = open(path, O_RDONLY);
+        if (fd >= 0) _exit(4); /* readable by another user */
+        int null = open("/dev/null", O_WRONLY);
+        dup2(null, 1);
+        dup2(null, 2);
+        execv(argv[0], (char *const *)argv);
+        _exit(5);
+    }
+    int status;
+    waitpid(child, &status, 0);
+    cr_expect(WIFEXITED(status) && WEXITSTATUS(status) != 3, "cannot test as another user");
+    cr_expect(WIFEXITED(status) && WEXITSTATUS(status) != 4, "another user opened %s", path);
+    cr_expect(WIFEXITED(status) && WEXITSTATUS(status) == 1,
+              "xmem stat --pid as another user: exit %d, expected a refusal (1)", WEXITSTATUS(status));
+
+    /* a forked child that maps gets a file of its own (not its parent's); once it is gone,
+     * its pid is "no process" */
+    pid_t mapper = fork();
+    cr_assert_geq(mapper, 0);
+    if (mapper == 0) {
+        xm_ctx_h c2 = xt_connect(&a, NULL);
+        xm_region_h r2;
+        uint8_t *q;
+        if (xm_region_create(c2, 1 << 20, NULL, &r2) != XM_OK || xm_map(c2, r2, 0, 1 << 20, NULL, (void **)&q) != XM_OK)
+            _exit(2);
+        q[0] = 1;
+        char mine[96];
+        snprintf(mine, sizeof(mine), XM_PROCSTAT_PATH_FMT, (unsigned)getuid(), (int)getpid());
+        /* _exit: no exit handlers of the test framework in this child (so the file stays) */
+        _exit(access(mine, F_OK) == 0 ? 0 : 6);
+    }
+    waitpid(mapper, &status, 0);
+    cr_expect(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the child's file: exit %d", WEXITSTATUS(status));
+    snprintf(pidtext, sizeof(pidtext), "%d", (int)mapper);
+    const char *gone[] = {XMEM_BIN_DIR "/xmem", "stat", "--pid", pidtext, NULL};
+    cr_expect_eq(run_capture(gone, NULL, out, sizeof(out)), 1, "%s", out);
+    cr_expect_not_null(strstr(out, "no process"), "%s", out);
+    char stale[96];
+    snprintf(stale, sizeof(stale), XM_PROCSTAT_PATH_FMT, (unsigned)getuid(), (int)mapper);
+    unlink(stale);
+    const char *bad[] = {XMEM_BIN_DIR "/xmem", "stat", "--pid", "banana", NULL};
+    cr_expect_eq(run_capture(bad, NULL, out, sizeof(out)), 2, "%s", out);
+    cr_expect_eq(xm_unmap(p), XM_OK);
+    xm_region_close(r);
+    xm_disconnect(ctx);
+    cr_expect_eq(xt_stop(&a), 0);
+    xt_cleanup(&a);
+}

@@ -67,10 +67,11 @@ static const help_t helps[] = {
             "  Copy the region (with a manager: the allocation) to stdout; by default from\n"
             "  --offset to the end. Progress on stderr when it is a terminal.\n"
             "example:\n  xmem get cache --length 1M > out.bin\n"},
-    {"stat", "usage: xmem stat [--json]\n"
+    {"stat", "usage: xmem stat [--json] | xmem stat --pid PID [--json]\n"
              "  The appliance's pool: size, use, backing, provider. With a manager, every\n"
-             "  appliance's pool.\n"
-             "example:\n  xmem stat --json\n"},
+             "  appliance's pool. --pid: the mapped-memory counters of a process of yours\n"
+             "  (faults, evictions, write-backs, resident bytes, fetch latency histogram).\n"
+             "example:\n  xmem stat --json\n  xmem stat --pid 4242\n"},
     {"bench", "usage: xmem bench [--sizes LIST] [--iters N] [--depth Q] [--json]\n"
               "  p50/p99 latency and pipelined bandwidth of reads, writes and atomics against\n"
               "  a raw TCP round trip and stream measured in the same run. Sizes 8..64M;\n"

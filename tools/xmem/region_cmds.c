@@ -511,6 +511,8 @@ static int stat_manager(cli_t *cli)
 
 int cmd_stat(cli_t *cli)
 {
+    bool cli_stat_pid_wanted(const cli_t *cli); int cmd_stat_pid(cli_t *cli); /* stat_pid.c */
+    if (cli_stat_pid_wanted(cli)) return cmd_stat_pid(cli);
     if (cli_parse(cli, NULL) != 0 || positional(cli, 0, 0, "") != 0) return 2;
     if (cli_has_manager(cli)) return stat_manager(cli);
     xm_ctx_h ctx;

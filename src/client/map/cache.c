@@ -10,6 +10,7 @@
 
 #include "../../common/common.h"
 #include "map.h"
+#include "procstat.h"
 #include "uffd_compat.h"
 
 uint64_t xm__block_bytes(const xm__map_t *m, uint32_t b)
@@ -130,6 +131,7 @@ void xm__unreserve(xm__engine_t *eng, xm__map_t *m, uint64_t bytes)
 {
     m->resident -= bytes;
     eng->resident -= bytes;
+    XM__PS_SUB(resident_bytes, bytes);
 }
 
 bool xm__reserve(xm__engine_t *eng, xm__map_t *m, uint64_t bytes, uint32_t k, bool wait)
@@ -141,6 +143,7 @@ bool xm__reserve(xm__engine_t *eng, xm__map_t *m, uint64_t bytes, uint32_t k, bo
         if (!over_map && !over_eng) {
             m->resident += bytes;
             eng->resident += bytes;
+            XM__PS_ADD(resident_bytes, bytes);
             return true;
         }
         xm__map_t *vm = NULL;
@@ -441,6 +444,7 @@ bool xm__evict(xm__map_t *m, uint32_t k, uint32_t b, uint32_t n, bool frame)
             xm__unreserve(eng, m, (uint64_t)blk->filled * XM__PAGE);
             blk->filled = 0;
             m->stats.evictions++;
+            XM__PS_ADD(evictions, 1);
         } else {
             blk->state = XM__BLK_RESIDENT;
             blk->ref = 1;
@@ -453,8 +457,10 @@ bool xm__evict(xm__map_t *m, uint32_t k, uint32_t b, uint32_t n, bool frame)
         }
     } else {
         m->stats.writeback_errors++;
+        XM__PS_ADD(writeback_errors, 1);
     }
     m->stats.writeback_pages += dirty;
+    XM__PS_ADD(writeback_pages, dirty);
     pthread_cond_broadcast(&eng->cond);
     pthread_mutex_unlock(&eng->lock);
     return status == XM_OK;

@@ -12,6 +12,7 @@
 
 #include "../../common/common.h"
 #include "map.h"
+#include "procstat.h"
 #include "uffd_compat.h"
 
 #define SCAN_VEC 256
@@ -336,7 +337,11 @@ static xm_status_t sync_pass(xm__map_t *m, uint32_t b0, uint32_t b1, bool only_f
         }
     }
     m->stats.writeback_pages += written;
-    if (status != XM_OK) m->stats.writeback_errors++;
+    XM__PS_ADD(writeback_pages, written);
+    if (status != XM_OK) {
+        m->stats.writeback_errors++;
+        XM__PS_ADD(writeback_errors, 1);
+    }
     pthread_cond_broadcast(&eng->cond);
     pthread_mutex_unlock(&eng->lock);
     free(pinned);
@@ -430,7 +435,11 @@ static uint64_t clean_range(cleaner_t *c, xm__map_t *m, uint32_t b0, uint32_t b1
         }
     }
     m->stats.writeback_pages += written;
-    if (status != XM_OK) m->stats.writeback_errors++;
+    XM__PS_ADD(writeback_pages, written);
+    if (status != XM_OK) {
+        m->stats.writeback_errors++;
+        XM__PS_ADD(writeback_errors, 1);
+    }
     m->users--;
     pthread_cond_broadcast(&eng->cond);
     return written;

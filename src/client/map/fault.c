@@ -19,6 +19,7 @@
 
 #include "../../common/common.h"
 #include "map.h"
+#include "procstat.h"
 #include "uffd_compat.h"
 
 #define FETCH_ATTEMPTS 3
@@ -154,6 +155,9 @@ static void count(xm__engine_t *eng, xm__map_t *m, uint64_t bytes, bool readahea
     if (readahead) m->stats.readahead_blocks++;
     else m->stats.faults++;
     pthread_mutex_unlock(&eng->lock);
+    XM__PS_ADD(fetched_bytes, bytes);
+    if (readahead) XM__PS_ADD(readahead_blocks, 1);
+    else XM__PS_ADD(faults, 1);
 }
 
 static void drop_claim(xm__engine_t *eng, xm__map_t *m, uint32_t b, uint64_t bytes)
@@ -242,6 +246,7 @@ static void extend(xm__engine_t *eng, xm__map_t *m, uint32_t k, uint32_t b, uint
 {
     uint8_t *buf = eng->bufs[k];
     uint64_t off = q0 * XM__PAGE, len = (q1 - q0) * XM__PAGE;
+    uint64_t t0 = XM__PS_T0();
     retry_t rt = retry_start(m);
     xm_status_t status = xm__fetch_range(m, off, buf, len, rt.deadline);
     while (status != XM_OK && retry_again(&rt, status)) status = xm__fetch_range(m, off, buf, len, rt.deadline);
@@ -271,6 +276,7 @@ static void extend(xm__engine_t *eng, xm__map_t *m, uint32_t k, uint32_t b, uint
             if (!xm__bit_get(m->present, p)) xm__hash_set(m, p, xm__page_hash(buf + (p - q0) * XM__PAGE));
         }
         count(eng, m, len, false);
+        XM__PS_FETCHED(t0);
         install(eng, m, m->addr + off, buf, len);
         pthread_mutex_lock(&eng->lock);
         mark_present(m, b, q0, q1 - q0);
@@ -333,6 +339,7 @@ static void frame_fetch(xm__engine_t *eng, xm__map_t *m, uint32_t k, uint32_t f0
     if (n < XM__HUGE) memset(buf + n, 0, XM__HUGE - n);
     xm_op_t op = {.opcode = XM_OP_READ, .region = m->region, .offset = m->off + off, .buf = buf,
                   .length = (size_t)n};
+    uint64_t t0 = XM__PS_T0();
     retry_t rt = retry_start(m);
     xm_status_t status = xm__dp_post(eng->dp, &op, rt.deadline);
     pthread_mutex_lock(&eng->lock);
@@ -369,6 +376,10 @@ static void frame_fetch(xm__engine_t *eng, xm__map_t *m, uint32_t k, uint32_t f0
     if (demand) m->stats.faults++;
     m->stats.readahead_blocks += m->fpb - (demand ? 1 : 0);
     pthread_mutex_unlock(&eng->lock);
+    XM__PS_ADD(fetched_bytes, XM__HUGE);
+    if (demand) XM__PS_ADD(faults, 1);
+    if (demand) XM__PS_FETCHED(t0);
+    XM__PS_ADD(readahead_blocks, m->fpb - (demand ? 1 : 0));
     bool moved[XM__HUGE / XM__PAGE];
     memset(moved, 0, sizeof(moved));
     uint8_t *dst = m->addr + off;
@@ -514,6 +525,7 @@ static void handle_fault(xm__engine_t *eng, uint32_t k, uintptr_t addr)
     if (n < bytes) memset(buf + n, 0, bytes - n);
     ops[0] = (xm_op_t){.opcode = XM_OP_READ, .region = m->region, .offset = m->off + off,
                        .buf = buf, .length = (size_t)n};
+    uint64_t t0 = XM__PS_T0();
     retry_t rt = retry_start(m);
     xm_status_t status = xm__dp_post(dp, &ops[0], rt.deadline);
     pthread_mutex_lock(&eng->lock);
@@ -546,6 +558,7 @@ static void handle_fault(xm__engine_t *eng, uint32_t k, uintptr_t addr)
         }
         xm__hash_set(m, pg, xm__page_hash(buf));
         count(eng, m, XM__PAGE, false);
+        XM__PS_FETCHED(t0);
         install(eng, m, (uint8_t *)page, buf, XM__PAGE);
         pthread_mutex_lock(&eng->lock);
         mark_present(m, b, pg, 1);
@@ -595,6 +608,7 @@ static void handle_fault(xm__engine_t *eng, uint32_t k, uintptr_t addr)
     } else {
         hash_block(m, b, buf, bytes);
         count(eng, m, bytes, false);
+        XM__PS_FETCHED(t0);
         install(eng, m, m->addr + off, buf, bytes); /* wakes the faulting threads */
         settle(eng, m, b, nra > 0);
     }

@@ -13,6 +13,7 @@
 #include "../../common/common.h"
 #include "../abi.h"
 #include "map.h"
+#include "procstat.h"
 #include "uffd_compat.h"
 
 #define MAX_HANDLERS 8
@@ -286,6 +287,7 @@ XM_EXPORT xm_status_t xm_map(xm_ctx_h ctx, xm_region_h region, uint64_t offset, 
     if (region == NULL || region->ctx != ctx) {
         return xm__ctx_error(ctx, XM_ERR_INVALID, "xm_map: no region or allocation of this context");
     }
+    xm__procstat_open(); /* the counters of xmem stat --pid (once per process) */
     uint32_t fetch = opts->fetch_size != 0 ? opts->fetch_size : default_fetch(opts);
     if (fetch < XM__PAGE || fetch > XM__FETCH_MAX || (fetch & (fetch - 1)) != 0) {
         return xm__ctx_error(ctx, XM_ERR_INVALID, "fetch size %u is not a power of two from 4K to 2M",
@@ -403,6 +405,7 @@ XM_EXPORT xm_status_t xm_map(xm_ctx_h ctx, xm_region_h region, uint64_t offset, 
     g->next = g_maps;
     g_maps = g;
     pthread_mutex_unlock(&g_lock);
+    XM__PS_ADD(mappings, 1);
     *addr_p = a;
     return XM_OK;
 
@@ -506,6 +509,8 @@ static xm_status_t unmap(void *addr, bool discard)
     m->users--;
     while (m->users > 0) pthread_cond_wait(&eng->cond, &eng->lock);
     eng->resident -= m->resident;
+    XM__PS_SUB(resident_bytes, m->resident);
+    XM__PS_SUB(mappings, 1);
     pthread_mutex_unlock(&eng->lock);
     /* an access racing the unmap (outside the contract) faults with SIGSEGV, never reads
      * the kernel's zero page, which it would between the unregister and the munmap */
