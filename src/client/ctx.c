@@ -85,8 +85,14 @@ static xm_status_t ctl_connect(xm_ctx_h ctx)
                                       : rpc_connect(ctx->host, ctx->port, left_ms, &fd);
     if (status != XM_OK) {
         rpc_conn_init(&ctx->conn, -1);
-        return xm__ctx_error(ctx, status, "cannot connect to %s %s:%s: %s", KIND(ctx),
-                             ctx->host, ctx->port, xm_status_str(status));
+        /* say what to check, not "cannot connect: cannot connect" */
+        return xm__ctx_error(ctx, status, status == XM_ERR_TIMEOUT
+                                 ? "%s %s:%s did not answer in time: is it running, and is the "
+                                   "address reachable from here?"
+                                 : status == XM_ERR_CONNECT
+                                 ? "nothing answers at %s %s:%s: is it running, and is the "
+                                   "address right?"
+                                 : "cannot connect to %s %s:%s", KIND(ctx), ctx->host, ctx->port);
     }
     rpc_conn_init(&ctx->conn, fd);
     socklen_t sl = sizeof(ctx->ctrl_peer);

@@ -418,9 +418,9 @@ int cmd_up(cli_t *cli)
         fclose(pf);
     }
     fputs(lines, stdout);
-    fprintf(stderr, "xmem: manager on %s and %d appliances of %s each; state in %s\n"
+    fprintf(stderr, "xmem: manager on %s and %d appliance%s of %s each; state in %s\n"
                     "xmem: use it from this shell with: eval \"$(xmem up)\" (or: . %s/env)\n",
-            maddr, (int)n, pool, dir, dir);
+            maddr, (int)n, n == 1 ? "" : "s", pool, dir, dir);
     return 0;
 }
 

@@ -370,20 +370,28 @@ void cli_progress(cli_progress_t *p, const char *what, uint64_t done, uint64_t t
     uint64_t now = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
     if (p->start_ms == 0) p->start_ms = now;
     bool last = total != 0 && done >= total;
-    /* a short operation says nothing; then at most 5 updates a second */
-    if (!last && (now - p->start_ms < 500 || now - p->last_ms < 200)) return;
-    if (last && !p->shown) return;
+    /* the first update at once, then at most 5 a second */
+    if (!last && p->shown && now - p->last_ms < 200) return;
     p->last_ms = now;
     p->shown = true;
     double secs = (double)(now - p->start_ms) / 1000.0;
     double mib = (double)done / 1048576.0;
+    if (last) {
+        /* a long operation leaves a summary line; a short one leaves nothing */
+        if (secs >= 1.0)
+            fprintf(stderr, "\r\033[Kxmem %s: %.0f MiB in %.1f s, %.0f MiB/s\n", p->what, mib,
+                    secs, mib / secs);
+        else
+            fputs("\r\033[K", stderr);
+        p->shown = false;
+        return;
+    }
     if (total != 0)
-        fprintf(stderr, "\rxmem %s: %.0f / %.0f MiB (%3.0f %%), %.0f MiB/s   ", p->what, mib,
+        fprintf(stderr, "\r\033[Kxmem %s: %.0f / %.0f MiB (%.0f %%), %.0f MiB/s", p->what, mib,
                 (double)total / 1048576.0, 100.0 * (double)done / (double)total,
                 secs > 0 ? mib / secs : 0.0);
     else
-        fprintf(stderr, "\rxmem %s: %.0f MiB, %.0f MiB/s   ", p->what, mib, secs > 0 ? mib / secs : 0.0);
-    if (last) fputc('\n', stderr);
+        fprintf(stderr, "\r\033[Kxmem %s: %.0f MiB, %.0f MiB/s", p->what, mib, secs > 0 ? mib / secs : 0.0);
 }
 
 void cli_progress_step(cli_progress_t *p, const char *what, const char *step, unsigned i, unsigned n)

@@ -494,10 +494,11 @@ static int stat_manager(cli_t *cli)
                                       "pool_used", (json_int_t)(used + other), "regions", (int)regions,
                                       "appliances", (int)n, "up", (int)up, "pools", apps));
     } else {
-        char a[32], b[32];
-        printf("pools     %s on %zu appliances (%u up)\nused      %s, %s in %u allocation parts\n",
-               cli_size(cap, a, sizeof(a)), n, up, cli_size(used + other, b, sizeof(b)),
-               cli_size(used, a, sizeof(a)), regions);
+        char a[32], b[32], c[32];
+        printf("pools     %s on %zu appliance%s (%u up)\nused      %s, of which %s in %u allocation "
+               "part%s\n", cli_size(cap, a, sizeof(a)), n, n == 1 ? "" : "s", up,
+               cli_size(used + other, b, sizeof(b)), cli_size(used, c, sizeof(c)), regions,
+               regions == 1 ? "" : "s");
         printf("%-22s %-6s %-10s %-10s %-10s %s\n", "APPLIANCE", "STATE", "DOMAIN", "POOL", "USED", "PROVIDER");
         for (size_t i = 0; i < n; i++)
             printf("%-22s %-6s %-10s %-10s %-10s %s\n", es[i].addr, es[i].state, es[i].domain,
