@@ -318,9 +318,19 @@ XM_EXPORT xm_status_t xm_connect(const xm_connect_opts_t *opts, xm_ctx_h *ctx_p)
     pthread_mutex_init(&ctx->ctl_lock, NULL);
     xm__tls_error()[0] = '\0'; /* what this call runs into, nothing older */
     const char *spin = getenv("XMEM_RPC_SPIN_US");
-    ctx->rpc_spin_ns = (spin != NULL ? strtoull(spin, NULL, 10) : 0) * 1000ull;
     xm_status_t status = XM_ERR_INVALID;
     const char *addr;
+    if (spin != NULL && spin[0] != '\0') {
+        char *end;
+        errno = 0;
+        unsigned long long us = strtoull(spin, &end, 10);
+        if (spin[0] < '0' || spin[0] > '9' || *end != '\0' || errno != 0 || us > 1000000ull) {
+            status = xm__ctx_error(ctx, XM_ERR_INVALID, "XMEM_RPC_SPIN_US='%s' is not a number of "
+                                   "microseconds from 0 to 1000000: fix or unset it", spin);
+            goto err;
+        }
+        ctx->rpc_spin_ns = us * 1000ull;
+    }
     ctx->timeout_ms = opts->timeout_ms;
     if (ctx->timeout_ms == 0) {
         const char *t = getenv("XMEM_TIMEOUT_MS");

@@ -151,7 +151,20 @@ static xm_status_t sq_open(const char *path, mgr_store_t **st_p, char *why, size
     /* the table holds every allocation's keys: it is the manager's alone (SQLite gives its
      * -wal and -shm files the table's mode) */
     int tfd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-    if (tfd >= 0) close(tfd);
+    if (tfd >= 0) {
+        close(tfd);
+    } else if (errno == ENOENT || errno == ENOTDIR) {
+        /* name the directory that is missing, not only the file */
+        char dir[PATH_MAX];
+        snprintf(dir, sizeof(dir), "%s", path);
+        char *slash = strrchr(dir, '/');
+        if (slash == dir) slash[1] = '\0';
+        else if (slash != NULL) *slash = '\0';
+        else snprintf(dir, sizeof(dir), ".");
+        snprintf(why, whylen, "cannot create the allocation table %s: directory %s does not exist "
+                 "(create it, mode 0700, or give another --db)", path, dir);
+        goto err;
+    }
     if (rpc_file_private(path, "allocation table", why, whylen) != XM_OK) goto err;
     for (const char *suffix = "-wal"; suffix != NULL; suffix = strcmp(suffix, "-wal") == 0 ? "-shm" : NULL) {
         char side[PATH_MAX + 8];

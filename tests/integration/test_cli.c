@@ -692,6 +692,8 @@ Test(cli, help_and_usage_errors, .fini = teardown, .timeout = 60)
             ARGS("stat"));
     EXPECT_FAIL("stat with XMEM_TIMEOUT_MS=banana", "XMEM_TIMEOUT_MS");
     expect_contains(R.err, "banana", "the bad value is shown");
+    cli_env(ENV("XMEM_APPLIANCE=127.0.0.1:1", "XMEM_RPC_SPIN_US=lots"), ARGS("stat"));
+    EXPECT_FAIL("stat with XMEM_RPC_SPIN_US=lots", "XMEM_RPC_SPIN_US");
     cli_env(ENV("XMEM_TIMEOUT_MS=banana"), ARGS("config"));
     EXPECT_FAIL("config with XMEM_TIMEOUT_MS=banana", "XMEM_TIMEOUT_MS");
 
@@ -710,6 +712,19 @@ Test(cli, help_and_usage_errors, .fini = teardown, .timeout = 60)
     char dir[PATH_MAX];
     snprintf(dir, sizeof(dir), "%s/no-such-dir ", app.dir);
     EXPECT_FAIL("secret new in a missing directory", dir);
+    /* and the manager's --db */
+    char secret[PATH_MAX], cmd[4 * PATH_MAX], line[1024] = "";
+    snprintf(secret, sizeof(secret), "%s/secret", app.dir);
+    xt_make_secret(secret);
+    snprintf(cmd, sizeof(cmd), "timeout 30 %s/xmem-manager --listen 127.0.0.1:0 --secret-file %s "
+             "--db %s/no-such-dir/m.db 2>&1", XMEM_BIN_DIR, secret, app.dir);
+    FILE *p = popen(cmd, "r");
+    cr_assert(p != NULL);
+    size_t got = fread(line, 1, sizeof(line) - 1, p);
+    line[got] = '\0';
+    cr_assert_neq(pclose(p), 0, "xmem-manager started with --db in a missing directory");
+    snprintf(dir, sizeof(dir), "directory %s/no-such-dir does not exist", app.dir);
+    expect_contains(line, dir, "xmem-manager --db in a missing directory names it");
 }
 
 /* ---- with a manager: xmem up, stat, region ls, bench, JSON of allocations ---------- */
