@@ -530,8 +530,24 @@ Test(ops, stat_pid_shows_a_mapped_process_counters_to_its_user_only, .timeout = 
     const char *gone[] = {XMEM_BIN_DIR "/xmem", "stat", "--pid", pidtext, NULL};
     cr_expect_eq(run_capture(gone, NULL, out, sizeof(out)), 1, "%s", out);
     cr_expect_not_null(strstr(out, "no process"), "%s", out);
+    /* the dead child's file (it ended by _exit) is swept by the next process that maps */
     char stale[96];
     snprintf(stale, sizeof(stale), XM_PROCSTAT_PATH_FMT, (unsigned)getuid(), (int)mapper);
+    cr_expect_eq(access(stale, F_OK), 0, "the dead child's file should still be there");
+    pid_t sweeper = fork();
+    cr_assert_geq(sweeper, 0);
+    if (sweeper == 0) {
+        xm_ctx_h c3 = xt_connect(&a, NULL);
+        xm_region_h r3;
+        uint8_t *q;
+        if (xm_region_create(c3, 1 << 20, NULL, &r3) != XM_OK || xm_map(c3, r3, 0, 1 << 20, NULL, (void **)&q) != XM_OK)
+            _exit(2);
+        _exit(access(stale, F_OK) != 0 ? 0 : 7);
+    }
+    waitpid(sweeper, &status, 0);
+    cr_expect(WIFEXITED(status) && WEXITSTATUS(status) == 0, "stale file not swept: exit %d", WEXITSTATUS(status));
+    unlink(stale);
+    snprintf(stale, sizeof(stale), XM_PROCSTAT_PATH_FMT, (unsigned)getuid(), (int)sweeper);
     unlink(stale);
     const char *bad[] = {XMEM_BIN_DIR "/xmem", "stat", "--pid", "banana", NULL};
     cr_expect_eq(run_capture(bad, NULL, out, sizeof(out)), 2, "%s", out);

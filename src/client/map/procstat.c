@@ -1,7 +1,9 @@
 /* The process's mapping counters in shared memory for `xmem stat --pid` (procstat.h). */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,6 +38,30 @@ static void forget_in_child(void)
     path[0] = '\0';
 }
 
+/* Remove files of this user left by processes that no longer exist (killed, or ended by
+ * _exit: no exit handler ran). */
+static void sweep_stale(void)
+{
+    DIR *d = opendir("/dev/shm");
+    if (d == NULL) return;
+    char prefix[48];
+    int plen = snprintf(prefix, sizeof(prefix), "xmem-stat-%u-", (unsigned)getuid());
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (strncmp(e->d_name, prefix, (size_t)plen) != 0) continue;
+        char *end;
+        long pid = strtol(e->d_name + plen, &end, 10);
+        if (*end != '\0' || pid <= 0) continue;
+        if (kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue;
+        struct stat st;
+        /* only our own user's files (the name says so; the owner must agree) */
+        if (fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode) &&
+            st.st_uid == getuid())
+            unlinkat(dirfd(d), e->d_name, 0);
+    }
+    closedir(d);
+}
+
 void xm__procstat_open(void)
 {
     if (xm__procstat != NULL) return;
@@ -47,6 +73,7 @@ void xm__procstat_open(void)
     snprintf(path, sizeof(path), XM_PROCSTAT_PATH_FMT, (unsigned)getuid(), (int)owner);
     /* a file left by a dead process of ours with this pid is stale; another user's file
      * cannot be removed (sticky /dev/shm) and then O_EXCL refuses to use it */
+    sweep_stale();
     unlink(path);
     int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (fd < 0) {
