@@ -322,6 +322,35 @@ Test(run, no_appliance_capacity_spills_to_a_file_tier, .fini = teardown, .timeou
     expect_no_regions();
 }
 
+/* --keep NAME: the heap stays on the appliance under that name after the program
+ * (for inspection with xmem get); a second run with the same name is refused */
+Test(run, keep_leaves_the_heap_under_its_name, .fini = teardown, .timeout = 60)
+{
+    start();
+    char *out = NULL, *err = NULL;
+    int rc = xt_cli(&app, NULL, 0, &out, NULL, &err, "run", "--heap", "128M", "--keep", "kept-heap", "--",
+                    XMEM_BIN_DIR "/run_worker", "tiers", "8", NULL);
+    cr_assert_eq(rc, 0, "exit %d\n%s%s", rc, out, err);
+    cr_expect(strstr(err, "the heap is kept: region") != NULL, "%s", err);
+    free(out);
+    free(err);
+    xm_ctx_h ctx = xt_connect(&app, NULL);
+    xm_region_h r;
+    cr_assert_eq(xm_region_open(ctx, 0, "kept-heap", XM_ACCESS_READ, &r), XM_OK, "%s", xm_last_error(ctx));
+    cr_expect_geq(xm_region_size(r), 128ull << 20);
+    /* the owner's pid is still in the claim word: the heap is what the program left */
+    uint64_t claim = 0;
+    cr_expect_eq(xm_read(r, 0, &claim, sizeof(claim)), XM_OK);
+    cr_expect_neq(claim, 0, "the kept heap was never claimed by the program");
+    xm_region_close(r);
+    rc = xt_cli(&app, NULL, 0, NULL, NULL, &err, "run", "--heap", "128M", "--keep", "kept-heap", "--", "true", NULL);
+    cr_expect_neq(rc, 0, "a second heap under the same name was accepted");
+    free(err);
+    cr_assert_eq(xm_region_destroy(ctx, 0, "kept-heap"), XM_OK, "%s", xm_last_error(ctx));
+    xm_disconnect(ctx);
+    expect_no_regions();
+}
+
 /* usage errors are refused before anything is allocated */
 Test(run, usage_errors_are_refused_before_any_allocation, .fini = teardown, .timeout = 30)
 {

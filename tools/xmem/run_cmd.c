@@ -1,10 +1,11 @@
 /* xmem run [--heap SIZE] [--local SIZE] [--policy P] [--tier-local SIZE] [--spill DIR [--spill-size SIZE]]
- *          [--stats] -- CMD ARGS...
+ *          [--keep NAME] [--stats] -- CMD ARGS...
  *
  * Makes a region (or, with a manager, an allocation) for the program's heap,
  * runs CMD with libxmem-run.so preloaded (src/run/run.c), waits for it and
- * frees the region - also when CMD was killed. Exit status: CMD's, or 128+N
- * when signal N ended it. */
+ * frees the region - also when CMD was killed - unless --keep NAME named it
+ * (then it stays, under that name, for inspection with `xmem get`). Exit
+ * status: CMD's, or 128+N when signal N ended it. */
 #include <errno.h>
 #include <limits.h>
 #include <signal.h>
@@ -67,7 +68,7 @@ int cmd_run(cli_t *cli)
         if (strcmp(cli->argv[i], "--") == 0) dash = i;
     if (dash < 0 || dash + 1 >= cli->argc) {
         fprintf(stderr, "xmem run: usage: xmem run [--heap SIZE] [--local SIZE] [--policy P] [--tier-local SIZE]\n"
-                        "                         [--spill DIR [--spill-size SIZE]] [--stats] -- CMD ARGS...\n");
+                        "                         [--spill DIR [--spill-size SIZE]] [--keep NAME] [--stats] -- CMD ARGS...\n");
         return 2;
     }
     char **prog = &cli->argv[dash + 1];
@@ -76,7 +77,7 @@ int cmd_run(cli_t *cli)
     const char *heap_s = cli_take(cli, "--heap"), *local_s = cli_take(cli, "--local");
     const char *policy = cli_take(cli, "--policy");
     const char *tier_s = cli_take(cli, "--tier-local"), *spill_dir = cli_take(cli, "--spill");
-    const char *spill_s = cli_take(cli, "--spill-size");
+    const char *spill_s = cli_take(cli, "--spill-size"), *keep = cli_take(cli, "--keep");
     bool stats = cli_take_flag(cli, "--stats");
     if (cli->argc != 0) {
         fprintf(stderr, "xmem run: unexpected argument '%s' before --\n", cli->argv[0]);
@@ -112,7 +113,7 @@ int cmd_run(cli_t *cli)
     if (cli_connect(cli, &ctx) != 0) return 1;
     xm_region_h r;
     uint64_t bytes = heap + RUN_SLACK;
-    xm_status_t st = manager ? xm_alloc(ctx, bytes, policy, NULL, &r) : xm_region_create(ctx, bytes, NULL, &r);
+    xm_status_t st = manager ? xm_alloc(ctx, bytes, policy, keep, &r) : xm_region_create(ctx, bytes, keep, &r);
     uint64_t id = 0;
     if (st == XM_ERR_NO_SPACE && (spill_dir != NULL || tier_local != 0)) {
         /* no appliance capacity left: the program runs on the other tiers */
@@ -187,9 +188,12 @@ int cmd_run(cli_t *cli)
         while (waitpid(child_pid, &status, 0) < 0 && errno == EINTR) {}
         rc = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
     }
-    /* the heap goes with the program, however it ended */
+    /* the heap goes with the program, however it ended, unless it is to be kept */
     if (id == 0) {
         /* there was no external heap */
+    } else if (keep != NULL) {
+        fprintf(stderr, "xmem run: the heap is kept: %s %llu (%s); remove it with `xmem %s %s`\n",
+                manager ? "allocation" : "region", (unsigned long long)id, keep, manager ? "free" : "region rm", keep);
     } else if (xm_connect(&cli->conn, &ctx) == XM_OK) {
         st = manager ? xm_free(ctx, id, NULL) : xm_region_destroy(ctx, id, NULL);
         if (st != XM_OK)
