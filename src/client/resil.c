@@ -1393,6 +1393,10 @@ static xm_status_t resil_refresh(xm_region_h a)
             __atomic_store_n(&rs->down[p], 0, __ATOMIC_RELAXED);
         }
     }
+    for (uint32_t p = 0; p < rs->nparts; p++)
+        xm_log_debug("%s: refreshed: part %u key %s state %d down %d rebuilding %d", rs->what, p,
+                     d->parts[p]->key ? "set" : "0", (int)d->parts[p]->state, is_down(a, p),
+                     is_rebuilding(a, p));
     if (st == XM_OK) {
         struct oldtab *o = malloc(sizeof(*o));
         if (o == NULL) {
@@ -1458,6 +1462,7 @@ void xm__resil_op(xm_op_t *op)
             /* reads and writes are safe to repeat; an atomic only when it was refused before
              * it took its lock (fenced) */
             st = resil_run(op);
+            xm_log_debug("%s: operation run again after a refresh: %s", rs->what, xm_status_str(st));
         }
     }
     op->pending_ = 0;

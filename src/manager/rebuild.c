@@ -637,7 +637,12 @@ typedef struct rb_pick {
 static rb_pick_t pick(mgr_t *m, uint64_t started_ns, uint64_t *skip_until)
 {
     uint64_t now = xm__now_ns(), grace = (uint64_t)m->opts.rebuild_after_ms * 1000000ull;
-    for (mgr_alloc_t *a = m->allocs; a != NULL; a = a->tnext) {
+    /* a part left rebuilding by a manager that stopped is resumed once every up appliance was
+     * reconciled: the region it was moved off (a drain; not in the table any more) is then
+     * destroyed, so no writer of an older descriptor still locks there */
+    bool settled = true;
+    for (uint32_t i = 0; i < m->napps; i++) settled &= !m->apps[i]->up || m->apps[i]->validated;
+    for (mgr_alloc_t *a = settled ? m->allocs : NULL; a != NULL; a = a->tnext) {
         if (a->busy || a->moving || a->policy.layout != MGR_LAYOUT_REPLICATE) continue;
         for (uint32_t i = 0; i < a->policy.width; i++) {
             if (a->parts[i].state == MGR_PART_REBUILDING && m->apps[a->parts[i].appl]->up)
