@@ -22,7 +22,7 @@ typedef struct mgr_ha_opts {
 int mgr_ha_run(const mgr_opts_t *o, const mgr_ha_opts_t *ha, int listen_fd, int sig_fd, int hup_fd);
 
 /* A leader elected moments ago waits for the appliances of its table to register (at most
- * down_after_ms) before it places allocations: true while so and nowait (the caller
+ * 3 x down_after_ms, 3 s at least) before it places allocations: true while so and nowait (the caller
  * retries on a worker); otherwise waits, then false. Always false outside a group. */
 bool mgr_ha_settling(mgr_t *m, bool nowait);
 

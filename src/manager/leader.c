@@ -410,7 +410,9 @@ int mgr_ha_run(const mgr_opts_t *o, const mgr_ha_opts_t *hao, int listen_fd, int
             mgr_ha_deposed("cannot serve");
         } else {
             pthread_mutex_lock(&ha.lock);
-            ha.settle_until_ns = xm__now_ns() + (uint64_t)o->down_after_ms * 1000000ull;
+            /* registrations (each a reconciliation) can take a while on a loaded host */
+            uint64_t settle_ms = 3ull * o->down_after_ms > 3000 ? 3ull * o->down_after_ms : 3000;
+            ha.settle_until_ns = xm__now_ns() + settle_ms * 1000000ull;
             pthread_mutex_unlock(&ha.lock);
             xm_log_info("leading: serving allocations as %s", hao->advertise);
             mgr_server_run(server, lead_stop, hup_fd);
