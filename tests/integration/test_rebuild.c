@@ -291,13 +291,15 @@ Test(rebuild, drain_then_stop_the_drained_appliance, .fini = teardown, .timeout 
     cr_assert_eq(xm_appliance_drain(ctx, cl.app[h[0]].addr, false, &moving, &unmovable), XM_ERR_PERM);
     writer_t w = {.ctx = ctx, .a = a, .model = model, .size = size};
     writer_start(&w);
-    cr_assert_eq(xm_appliance_drain(adm, cl.app[h[0]].addr, false, &moving, &unmovable), XM_OK, "%s",
-                 xm_last_error(adm));
-    uint64_t deadline = xt_now_ms() + 60000;
-    while (moving > 0 && xt_now_ms() < deadline) {
-        usleep(50000);
-        cr_assert_eq(xm_appliance_drain(adm, cl.app[h[0]].addr, false, &moving, &unmovable), XM_OK);
-    }
+    /* xmem appliance drain waits until the replicate parts are moved */
+    char *out = NULL, *err = NULL;
+    int rc = xt_cli(&cl.app[3 - h[0] - h[1]], NULL, 0, &out, NULL, &err, "--manager", cl.mgr.addr,
+                    "--secret-file", cl.secret, "appliance", "drain", cl.app[h[0]].addr, NULL);
+    cr_assert_eq(rc, 0, "xmem appliance drain: %s", err);
+    cr_assert(strstr(out, "drained") != NULL, "%s", out);
+    free(out);
+    free(err);
+    cr_assert_eq(xm_appliance_drain(adm, cl.app[h[0]].addr, false, &moving, &unmovable), XM_OK);
     uint64_t at = w.writes;
     while (w.writes < at + 30) usleep(10000);
     writer_stop(&w);
@@ -311,7 +313,11 @@ Test(rebuild, drain_then_stop_the_drained_appliance, .fini = teardown, .timeout 
     xm_alloc_h b;
     cr_assert_eq(xm_attach(ctx2, 0, "drained", XM_ACCESS_READ, &b), XM_OK, "%s", xm_last_error(ctx2));
     check_all(ctx2, b, model, size, "the drained-to copy alone");
-    cr_assert_eq(xm_appliance_remove(adm, cl.app[h[0]].addr), XM_OK, "%s", xm_last_error(adm));
+    rc = xt_cli(&cl.app[h[1]], NULL, 0, &out, NULL, &err, "--manager", cl.mgr.addr, "--secret-file",
+                cl.secret, "appliance", "rm", cl.app[h[0]].addr, NULL);
+    cr_assert_eq(rc, 0, "xmem appliance rm: %s", err);
+    free(out);
+    free(err);
     xm_alloc_close(b);
     xm_disconnect(ctx2);
     xm_disconnect(adm);

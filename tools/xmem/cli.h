@@ -74,6 +74,7 @@ const char *cli_size(uint64_t size, char *buf, size_t len);
 int cli_no_more(cli_t *cli, int keep);
 
 int cmd_region(cli_t *cli);
+int cmd_appliance(cli_t *cli); /* appliance_cmds.c: xmem appliance drain | rm */
 int cmd_put(cli_t *cli);
 int cmd_get(cli_t *cli);
 int cmd_stat(cli_t *cli);

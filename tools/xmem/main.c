@@ -339,7 +339,7 @@ int main(int argc, char **argv)
         {"secret", cmd_secret}, {"tenant", cmd_tenant}, {"region", cmd_region}, {"put", cmd_put},   {"get", cmd_get},
         {"stat", cmd_stat},     {"bench", cmd_bench},   {"config", cmd_config},
         {"appliances", cmd_appliances}, {"alloc", cmd_alloc}, {"ls", cmd_ls}, {"free", cmd_free},
-        {"scrub", cmd_scrub},
+        {"scrub", cmd_scrub},   {"appliance", cmd_appliance},
         {"up", cmd_up},         {"down", cmd_down},
         {"bench map", cmd_bench_map},
         {"run", cmd_run},
