@@ -34,6 +34,7 @@ static void collect(void *arg, FILE *out)
     uint64_t apps[3] = {0}; /* up, joining, down */
     uint64_t allocs[4] = {0}; /* ok, degraded, lost, busy */
     uint64_t capacity = 0, reserved = 0, bytes = 0;
+    uint64_t moving = 0, move_done = 0, move_total = 0; /* rebuilds and drains (rebuild.c) */
     pthread_mutex_lock(&m->lock);
     for (uint32_t i = 0; i < m->napps; i++) {
         const mgr_appliance_t *a = m->apps[i];
@@ -45,6 +46,11 @@ static void collect(void *arg, FILE *out)
     }
     for (const mgr_alloc_t *a = m->allocs; a != NULL; a = a->tnext) {
         bytes += a->size;
+        if (a->moving) {
+            moving++;
+            move_done += a->move_done;
+            move_total += a->move_total;
+        }
         if (a->busy) {
             allocs[3]++;
             continue;
@@ -76,6 +82,14 @@ static void collect(void *arg, FILE *out)
                       "bytes in use on the appliances that are up (placed by the manager, stock and "
                       "regions tenants created directly)");
     xm__metric_sample(out, "xmem_manager_reserved_bytes", NULL, reserved);
+    xm__metric_family(out, "xmem_manager_rebuilds", "gauge",
+                      "allocations with a part being rebuilt or moved off a draining appliance");
+    xm__metric_sample(out, "xmem_manager_rebuilds", NULL, moving);
+    xm__metric_family(out, "xmem_manager_rebuild_done_bytes", "gauge", "bytes those rebuilds have copied");
+    xm__metric_sample(out, "xmem_manager_rebuild_done_bytes", NULL, move_done);
+    xm__metric_family(out, "xmem_manager_rebuild_total_bytes", "gauge",
+                      "bytes those rebuilds copy in all (progress: done / total)");
+    xm__metric_sample(out, "xmem_manager_rebuild_total_bytes", NULL, move_total);
     xm__metric_family(out, "xmem_manager_allocations_total", "counter", "allocate requests that succeeded");
     xm__metric_sample(out, "xmem_manager_allocations_total", NULL, served_ok(XMEM__MSG__BODY_ALLOC_CREATE));
     xm__metric_family(out, "xmem_manager_frees_total", "counter", "free requests that succeeded");
