@@ -56,6 +56,8 @@ static const char usage_text[] =
     "                                        background (state in $XMEM_RUN_DIR or /tmp/xmem-run-UID)\n"
     "                                        (use as: eval \"$(xmem up)\"; it prints the export lines)\n"
     "  down                                  stop them\n"
+    "  appliance drain|rm HOST:PORT          move parts off an appliance / forget a gone one\n"
+    "                                        (the cluster's administrator)\n"
     "\n"
     "Global options:\n"
     "  --appliance HOST:PORT   or XMEM_APPLIANCE (default 127.0.0.1:7400)\n"
@@ -110,9 +112,28 @@ bool cli_has_manager(const cli_t *cli)
     return cli->conn.appliance == NULL && env != NULL && env[0] != '\0';
 }
 
+/* "--name" for "name" or "--name" */
+static const char *flag_name(const char *name, char *buf, size_t len)
+{
+    if (name[0] == '-') return name;
+    snprintf(buf, len, "--%s", name);
+    return buf;
+}
+
 const char *cli_take(cli_t *cli, const char *name)
 {
+    char fb[64];
+    name = flag_name(name, fb, sizeof(fb));
+    size_t nl = strlen(name);
     for (int i = 0; i < cli->argc; i++) {
+        if (strcmp(cli->argv[i], "--") == 0) break; /* what follows is not ours (xmem run) */
+        if (strncmp(cli->argv[i], name, nl) == 0 && cli->argv[i][nl] == '=') {
+            /* --name=value */
+            const char *v = cli->argv[i] + nl + 1;
+            memmove(&cli->argv[i], &cli->argv[i + 1], (size_t)(cli->argc - i - 1) * sizeof(char *));
+            cli->argc--;
+            return v;
+        }
         if (strcmp(cli->argv[i], name) == 0) {
             if (i + 1 >= cli->argc) {
                 fprintf(stderr, "xmem: %s needs a value\n", name);
@@ -129,7 +150,10 @@ const char *cli_take(cli_t *cli, const char *name)
 
 bool cli_take_flag(cli_t *cli, const char *name)
 {
+    char fb[64];
+    name = flag_name(name, fb, sizeof(fb));
     for (int i = 0; i < cli->argc; i++) {
+        if (strcmp(cli->argv[i], "--") == 0) break;
         if (strcmp(cli->argv[i], name) == 0) {
             memmove(&cli->argv[i], &cli->argv[i + 1], (size_t)(cli->argc - i - 1) * sizeof(char *));
             cli->argc--;
@@ -143,7 +167,10 @@ int cli_no_more(cli_t *cli, int keep)
 {
     for (int i = 0; i < cli->argc; i++) {
         if (cli->argv[i][0] == '-' || i >= keep) {
-            fprintf(stderr, "xmem: unexpected argument '%s' (see --help)\n", cli->argv[i]);
+            const char *c = cli->cmd != NULL ? cli->cmd : "";
+            fprintf(stderr, "xmem: %s '%s'; see xmem %s%s--help\n",
+                    cli->argv[i][0] == '-' ? "unknown option" : "unexpected argument",
+                    cli->argv[i], c, c[0] ? " " : "");
             return 2;
         }
     }
@@ -362,7 +389,10 @@ int main(int argc, char **argv)
             if (cli_has_help(two)) snprintf(words, sizeof(words), "%s", two);
         }
         cli.cmd = words;
-        if (help) {
+        if (help && !cli_has_help(words) && !cli_has_help(cmd)) {
+            /* a command with its own help text prints it */
+            rc = cmds[i].run(&cli);
+        } else if (help) {
             cli_help(words, usage_text);
             rc = 0;
         } else {
