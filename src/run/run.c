@@ -32,6 +32,7 @@
  * destructor ran.
  */
 #include <dlfcn.h>
+#include <link.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -41,7 +42,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdarg.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -85,6 +88,11 @@ static void *(*lc_calloc)(size_t, size_t);
 static void *(*lc_realloc)(void *, size_t);
 static void *(*lc_memalign)(size_t, size_t);
 static size_t (*lc_usable)(void *);
+static void *(*lc_mmap)(void *, size_t, int, int, int, off_t);
+static int (*lc_munmap)(void *, size_t);
+static void *(*lc_mremap)(void *, size_t, size_t, int, ...);
+static int (*lc_madvise)(void *, size_t, int);
+static int (*lc_mprotect)(void *, size_t, int);
 static int (*real_pthread_create)(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *);
 
 /* ---- bootstrap arena: serves until glibc's functions are known ---------- */
@@ -131,11 +139,17 @@ static bool resolve_libc(void)
         lc_calloc = (void *(*)(size_t, size_t))dlsym(h, "calloc");
         lc_realloc = (void *(*)(void *, size_t))dlsym(h, "realloc");
         lc_memalign = (void *(*)(size_t, size_t))dlsym(h, "memalign");
+        lc_mmap = (void *(*)(void *, size_t, int, int, int, off_t))dlsym(h, "mmap");
+        lc_munmap = (int (*)(void *, size_t))dlsym(h, "munmap");
+        lc_mremap = (void *(*)(void *, size_t, size_t, int, ...))dlsym(h, "mremap");
+        lc_madvise = (int (*)(void *, size_t, int))dlsym(h, "madvise");
+        lc_mprotect = (int (*)(void *, size_t, int))dlsym(h, "mprotect");
         lc_usable = (size_t(*)(void *))dlsym(h, "malloc_usable_size");
         real_pthread_create = (int (*)(pthread_t *, const pthread_attr_t *, void *(*)(void *),
                                        void *))dlsym(h, "pthread_create");
         void *m = dlsym(h, "malloc");
-        if (m && lc_free && lc_calloc && lc_realloc && lc_memalign && lc_usable && real_pthread_create)
+        if (m && lc_free && lc_calloc && lc_realloc && lc_memalign && lc_usable && real_pthread_create && lc_mmap &&
+            lc_munmap && lc_mremap && lc_madvise && lc_mprotect)
             __atomic_store_n(&lc_malloc, (void *(*)(size_t))m, __ATOMIC_RELEASE);
     }
     resolving = false;
@@ -305,6 +319,220 @@ RUN_API void *pvalloc(size_t n)
     return aligned(pg, (n + pg - 1) & ~(pg - 1));
 }
 
+/* ---- large private anonymous mmap --------------------------------------
+ *
+ * mmap(NULL, len >= XMEM_RUN_MMAP_MIN, PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_ANONYMOUS)
+ * from a program thread is served from the heap: a page-aligned, zeroed block
+ * (Python's pymalloc arenas, numpy buffers, glibc-less allocators). Each such block is
+ * in a table (start -> length, unmapped bytes) so that munmap, mremap, madvise and
+ * mprotect on it act on the block, never on the mapping engine's pages:
+ *   munmap    of the whole block frees it; of a part, the part reads as it was until
+ *             the rest is unmapped too (the block is freed then), no SIGSEGV
+ *   mremap    shrinks in place; grows by moving (MREMAP_MAYMOVE) or fails ENOMEM
+ *   madvise   MADV_DONTNEED zeroes the range (what it reads afterwards); others: 0
+ *   mprotect  PROT_READ|PROT_WRITE: 0; anything else: EACCES
+ * Every other mmap (files, shared, fixed, executable, stacks, smaller ones, the
+ * library's own threads) goes to the kernel as before. */
+
+#define MM_SLOTS 4096u /* open addressing, power of two */
+typedef struct { uintptr_t start; size_t len, unmapped; } mm_block_t;
+static mm_block_t *g_mm;          /* MM_SLOTS entries, from glibc, made at set-up */
+static pthread_mutex_t g_mm_lock = PTHREAD_MUTEX_INITIALIZER;
+static size_t g_mm_min = 128u << 10;
+static _Atomic uint64_t g_mm_count, g_mm_bytes; /* blocks served, and bytes now */
+
+static size_t page_up(size_t n) { return (n + 4095) & ~(size_t)4095; }
+
+/* mimalloc's own code (its OS layer calls mmap): its requests go to the kernel */
+static uintptr_t g_mi_lo, g_mi_hi;
+
+static int find_mimalloc(struct dl_phdr_info *info, size_t size, void *arg)
+{
+    (void)size;
+    uintptr_t fn = (uintptr_t)arg;
+    for (int i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        if (ph->p_type != PT_LOAD || (ph->p_flags & PF_X) == 0) continue;
+        uintptr_t lo = info->dlpi_addr + ph->p_vaddr, hi = lo + ph->p_memsz;
+        if (fn - lo < hi - lo) {
+            g_mi_lo = lo;
+            g_mi_hi = hi;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* The block that contains a, or NULL: the slot of its start first, then a scan
+ * (an address inside a block: rare, munmap/madvise of a part). */
+static mm_block_t *mm_find_locked(uintptr_t a)
+{
+    for (uint32_t i = 0, h = (uint32_t)(a >> 12) & (MM_SLOTS - 1); i < MM_SLOTS && g_mm[h].start != 0;
+         i++, h = (h + 1) & (MM_SLOTS - 1)) {
+        if (g_mm[h].start == a) return &g_mm[h];
+    }
+    for (uint32_t i = 0; i < MM_SLOTS; i++) {
+        mm_block_t *b = &g_mm[i];
+        if (b->start != 0 && a - b->start < b->len) return b;
+    }
+    return NULL;
+}
+
+static bool mm_add_locked(uintptr_t start, size_t len)
+{
+    for (uint32_t i = 0, h = (uint32_t)(start >> 12) & (MM_SLOTS - 1); i < MM_SLOTS; i++, h = (h + 1) & (MM_SLOTS - 1)) {
+        if (g_mm[h].start == 0) {
+            g_mm[h] = (mm_block_t){start, len, 0};
+            return true;
+        }
+    }
+    return false;
+}
+
+static bool mm_wanted(void *addr, size_t len, int prot, int flags, int fd, uintptr_t caller)
+{
+    return g_mm != NULL && use_heap() && addr == NULL && fd == -1 && len >= g_mm_min &&
+           prot == (PROT_READ | PROT_WRITE) && (flags & ~MAP_NORESERVE) == (MAP_PRIVATE | MAP_ANONYMOUS) &&
+           caller - g_mi_lo >= g_mi_hi - g_mi_lo;
+}
+
+RUN_API void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
+{
+    if (mm_wanted(addr, len, prot, flags, fd, (uintptr_t)__builtin_return_address(0))) {
+        size_t n = page_up(len);
+        void *p = mi_zalloc_aligned(n, 4096);
+        if (p != NULL && ((uintptr_t)p & 4095) != 0) { /* see mi_aligned_checked */
+            mi_free(p);
+            p = NULL;
+        }
+        if (p != NULL) {
+            pthread_mutex_lock(&g_mm_lock);
+            bool ok = mm_add_locked((uintptr_t)p, n);
+            pthread_mutex_unlock(&g_mm_lock);
+            if (ok) {
+                atomic_fetch_add_explicit(&g_mm_count, 1, memory_order_relaxed);
+                atomic_fetch_add_explicit(&g_mm_bytes, n, memory_order_relaxed);
+                return p;
+            }
+            mi_free(p); /* the table is full: the kernel serves this one */
+        }
+    }
+    if (!resolve_libc()) return (void *)syscall(SYS_mmap, addr, len, prot, flags, fd, off);
+    return lc_mmap(addr, len, prot, flags, fd, off);
+}
+
+RUN_API void *mmap64(void *addr, size_t len, int prot, int flags, int fd, off_t off)
+{
+    return mmap(addr, len, prot, flags, fd, off);
+}
+
+RUN_API int munmap(void *addr, size_t len)
+{
+    if (g_mm != NULL && in_heap(addr)) {
+        uintptr_t a = (uintptr_t)addr;
+        pthread_mutex_lock(&g_mm_lock);
+        mm_block_t *b = mm_find_locked(a);
+        if (b == NULL || (a & 4095) != 0) {
+            pthread_mutex_unlock(&g_mm_lock);
+            errno = EINVAL; /* never the kernel's munmap inside the heap */
+            return -1;
+        }
+        size_t n = page_up(len);
+        if (a + n > b->start + b->len) n = b->start + b->len - a;
+        b->unmapped += n;
+        void *free_me = NULL;
+        if ((a == b->start && n == b->len) || b->unmapped >= b->len) {
+            free_me = (void *)b->start;
+            atomic_fetch_sub_explicit(&g_mm_bytes, b->len, memory_order_relaxed);
+            *b = (mm_block_t){0, 0, 0};
+            /* keep the probe chains whole: re-insert what follows in the cluster */
+            for (uint32_t i = (uint32_t)(b - g_mm + 1) & (MM_SLOTS - 1); g_mm[i].start != 0; i = (i + 1) & (MM_SLOTS - 1)) {
+                mm_block_t moved = g_mm[i];
+                g_mm[i] = (mm_block_t){0, 0, 0};
+                mm_add_locked(moved.start, moved.len);
+                mm_find_locked(moved.start)->unmapped = moved.unmapped;
+            }
+        }
+        pthread_mutex_unlock(&g_mm_lock);
+        if (free_me != NULL && atomic_load_explicit(&g_state, memory_order_relaxed) != ST_CHILD) mi_free(free_me);
+        return 0;
+    }
+    if (!resolve_libc()) return (int)syscall(SYS_munmap, addr, len);
+    return lc_munmap(addr, len);
+}
+
+RUN_API void *mremap(void *old, size_t old_len, size_t new_len, int flags, ...)
+{
+    if (g_mm != NULL && in_heap(old)) {
+        pthread_mutex_lock(&g_mm_lock);
+        mm_block_t *b = mm_find_locked((uintptr_t)old);
+        bool whole = b != NULL && b->start == (uintptr_t)old;
+        size_t cur = whole ? b->len : 0;
+        pthread_mutex_unlock(&g_mm_lock);
+        if (!whole || (flags & MREMAP_FIXED) != 0) {
+            errno = EINVAL;
+            return MAP_FAILED;
+        }
+        if (page_up(new_len) <= cur) { /* shrink in place: what is left is what munmap must see */
+            pthread_mutex_lock(&g_mm_lock);
+            b = mm_find_locked((uintptr_t)old);
+            if (b != NULL && b->start == (uintptr_t)old && page_up(new_len) > 0) {
+                atomic_fetch_sub_explicit(&g_mm_bytes, b->len - page_up(new_len), memory_order_relaxed);
+                b->len = page_up(new_len);
+            }
+            pthread_mutex_unlock(&g_mm_lock);
+            return old;
+        }
+        if ((flags & MREMAP_MAYMOVE) == 0 || !use_heap()) {
+            errno = ENOMEM;
+            return MAP_FAILED;
+        }
+        void *p = mmap(NULL, new_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED) return MAP_FAILED;
+        memcpy(p, old, old_len < cur ? old_len : cur);
+        munmap(old, cur);
+        return p;
+    }
+    if (!resolve_libc()) {
+        errno = ENOMEM;
+        return MAP_FAILED;
+    }
+    if (flags & MREMAP_FIXED) {
+        va_list ap;
+        va_start(ap, flags);
+        void *to = va_arg(ap, void *);
+        va_end(ap);
+        return lc_mremap(old, old_len, new_len, flags, to);
+    }
+    return lc_mremap(old, old_len, new_len, flags);
+}
+
+RUN_API int madvise(void *addr, size_t len, int advice)
+{
+    if (g_mm != NULL && in_heap(addr)) {
+        pthread_mutex_lock(&g_mm_lock);
+        mm_block_t *b = mm_find_locked((uintptr_t)addr);
+        size_t room = b != NULL ? b->start + b->len - (uintptr_t)addr : 0;
+        pthread_mutex_unlock(&g_mm_lock);
+        if (b == NULL) return 0; /* advice on malloc'd memory: the mapping engine decides */
+        if (advice == MADV_DONTNEED) memset(addr, 0, len < room ? len : room);
+        return 0;
+    }
+    if (!resolve_libc()) return (int)syscall(SYS_madvise, addr, len, advice);
+    return lc_madvise(addr, len, advice);
+}
+
+RUN_API int mprotect(void *addr, size_t len, int prot)
+{
+    if (g_mm != NULL && in_heap(addr)) {
+        if (prot == (PROT_READ | PROT_WRITE)) return 0;
+        errno = EACCES; /* the heap's pages stay readable and writable */
+        return -1;
+    }
+    if (!resolve_libc()) return (int)syscall(SYS_mprotect, addr, len, prot);
+    return lc_mprotect(addr, len, prot);
+}
+
 /* ---- threads: those created while library code runs are the library's -- */
 
 struct tramp {
@@ -390,6 +618,7 @@ static void scrub_env(void)
     unsetenv("XMEM_RUN_TIER_LOCAL");
     unsetenv("XMEM_RUN_SPILL");
     unsetenv("XMEM_RUN_SPILL_DIR");
+    unsetenv("XMEM_RUN_MMAP_MIN");
 }
 
 static void fail(xm_ctx_h ctx, const char *what, xm_status_t st)
@@ -637,6 +866,13 @@ __attribute__((constructor)) static void run_init(void)
         fprintf(stderr, "xmem run: no tier could be set up; the program runs on local memory\n");
         goto local;
     }
+    /* large private anonymous mmaps come from the heap too, unless XMEM_RUN_MMAP_MIN=0 */
+    const char *mm_min = getenv("XMEM_RUN_MMAP_MIN");
+    if (mm_min != NULL && *mm_min != '\0') g_mm_min = (size_t)strtoull(mm_min, NULL, 10);
+    if (g_mm_min != 0) {
+        dl_iterate_phdr(find_mimalloc, (void *)(uintptr_t)&mi_malloc);
+        if (g_mi_hi != 0) g_mm = lc_calloc(MM_SLOTS, sizeof(mm_block_t));
+    }
     g_owner = getpid();
     pthread_atfork(NULL, NULL, atfork_child);
     atomic_store_explicit(&g_state, ST_HEAP, memory_order_release);
@@ -677,7 +913,7 @@ __attribute__((destructor)) static void run_fini(void)
 {
     if (!g_stats || g_err_fd < 0 || getpid() != g_owner) return;
     t_internal = 1;
-    char a[32], b[32], c[32], d[32], e[32], f[32], g[32];
+    char a[32], b[32], c[32], d[32], e[32], f[32], g[32], h[32];
     if (g_tier[TIER_LOCAL].len != 0)
         dprintf(g_err_fd, "xmem run: tier local: %s, in memory at exit %s\n", human(g_tier[TIER_LOCAL].len, a, sizeof(a)),
                 human(resident_bytes(g_tier[TIER_LOCAL].lo, g_tier[TIER_LOCAL].len), b, sizeof(b)));
@@ -687,6 +923,9 @@ __attribute__((destructor)) static void run_fini(void)
         dprintf(g_err_fd, "xmem run: tier file: %s, written to the file %s\n", human(g_tier[TIER_FILE].len, a, sizeof(a)),
                 human(used, b, sizeof(b)));
     }
+    if (g_mm != NULL)
+        dprintf(g_err_fd, "xmem run: private anonymous mmaps served from the heap %llu, %s of them mapped at exit\n",
+                (unsigned long long)atomic_load(&g_mm_count), human(atomic_load(&g_mm_bytes), a, sizeof(a)));
     xm_map_stats_t s = XM_MAP_STATS_INIT;
     if (g_map == NULL || xm_map_stat(g_map, &s) != XM_OK) {
         dprintf(g_err_fd, "xmem run: tier external: none; requests refused with ENOMEM (heap full) %llu\n",
@@ -695,12 +934,13 @@ __attribute__((destructor)) static void run_fini(void)
     }
     dprintf(g_err_fd,
             "xmem run: tier external: heap %s on region %llu, local cache %s (fetch unit %s)\n"
-            "xmem run: peak RSS %s (the process, heap cache included), heap resident at exit %s\n"
+            "xmem run: peak RSS %s (the process, heap cache included; with the local transport also the "
+            "region's pages it shares with the appliance), private memory at exit %s, heap resident at exit %s\n"
             "xmem run: faults %llu, fetched %s, evictions %llu, written back %s (%llu failed), "
             "requests refused with ENOMEM (heap full) %llu\n",
             human(g_heap_bytes, a, sizeof(a)), (unsigned long long)g_region_id, human(s.budget_bytes, b, sizeof(b)),
             human(s.fetch_size, c, sizeof(c)), human(proc_kib("/proc/self/status", "VmHWM") << 10, d, sizeof(d)),
-            human(s.resident_bytes, e, sizeof(e)), (unsigned long long)s.faults, human(s.fetched_bytes, f, sizeof(f)),
+            human(proc_kib("/proc/self/status", "RssAnon") << 10, h, sizeof(h)), human(s.resident_bytes, e, sizeof(e)), (unsigned long long)s.faults, human(s.fetched_bytes, f, sizeof(f)),
             (unsigned long long)s.evictions, human(s.writeback_pages << 12, g, sizeof(g)),
             (unsigned long long)s.writeback_errors, (unsigned long long)atomic_load(&g_refused));
 }

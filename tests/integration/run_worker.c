@@ -4,6 +4,9 @@
  *                                     blocks of many sizes, each keeping LIVE blocks,
  *                                     some freed by another thread; every byte checked
  *   run_worker fork                   what a fork's child can and cannot do
+ *   run_worker mmap                   large private anonymous mmap, mremap, madvise,
+ *                                     munmap (whole and in parts), mprotect: what a
+ *                                     program sees of the blocks xmem run serves
  *   run_worker tiers MIB              MIB blocks of 1 MiB, each filled with its own
  *                                     pattern, then all checked; prints where the first
  *                                     and last block sit (/proc/self/maps: the tier)
@@ -15,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -208,6 +212,71 @@ static void where(const void *p, char *out, size_t len)
     fclose(f);
 }
 
+#define FAILIF(c, ...)                  \
+    do {                                \
+        if (c) {                        \
+            printf(__VA_ARGS__);        \
+            printf("\n");               \
+            return 1;                   \
+        }                               \
+    } while (0)
+
+static int run_mmap(void)
+{
+    const size_t mib = 1u << 20;
+    uint8_t *p = mmap(NULL, 4 * mib, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    FAILIF(p == MAP_FAILED, "mmap 4M: %m");
+    for (size_t i = 0; i < 4 * mib; i++) FAILIF(p[i] != 0, "fresh mmap not zero at %zu", i);
+    for (size_t i = 0; i < 4 * mib; i++) p[i] = (uint8_t)(i * 7 + 1);
+    /* grow: moved, contents kept, the new part zero */
+    uint8_t *q = mremap(p, 4 * mib, 8 * mib, MREMAP_MAYMOVE);
+    FAILIF(q == MAP_FAILED, "mremap grow: %m");
+    for (size_t i = 0; i < 4 * mib; i++) FAILIF(q[i] != (uint8_t)(i * 7 + 1), "mremap lost byte %zu", i);
+    for (size_t i = 4 * mib; i < 8 * mib; i++) FAILIF(q[i] != 0, "mremap's new part not zero at %zu", i);
+    /* without MAYMOVE a block that cannot grow in place says ENOMEM */
+    FAILIF(mremap(q, 8 * mib, 16 * mib, 0) != MAP_FAILED, "mremap grew without MREMAP_MAYMOVE");
+    /* shrink in place */
+    FAILIF(mremap(q, 8 * mib, 6 * mib, 0) != q, "mremap shrink moved");
+    /* MADV_DONTNEED: the range reads zero afterwards, the rest keeps its bytes */
+    FAILIF(madvise(q + mib, mib, MADV_DONTNEED) != 0, "madvise: %m");
+    for (size_t i = mib; i < 2 * mib; i++) FAILIF(q[i] != 0, "after MADV_DONTNEED byte %zu not zero", i);
+    for (size_t i = 2 * mib; i < 4 * mib; i++) FAILIF(q[i] != (uint8_t)(i * 7 + 1), "madvise changed byte %zu", i);
+    /* mprotect: read-write is fine, anything else is refused (the heap stays read-write) */
+    FAILIF(mprotect(q, mib, PROT_READ | PROT_WRITE) != 0, "mprotect rw: %m");
+    int rc = mprotect(q, mib, PROT_READ);
+    printf("mprotect read-only %s\n", rc == 0 ? "accepted" : "refused");
+    /* munmap in two parts frees it */
+    FAILIF(munmap(q, 2 * mib) != 0, "munmap first part: %m");
+    FAILIF(munmap(q + 2 * mib, 4 * mib) != 0, "munmap rest: %m");
+    /* many blocks, freed and made again: nothing leaks (a 256 MiB heap holds them) */
+    for (int round = 0; round < 64; round++) {
+        uint8_t *b[16];
+        for (int i = 0; i < 16; i++) {
+            b[i] = mmap(NULL, mib, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            FAILIF(b[i] == MAP_FAILED, "round %d block %d: %m", round, i);
+            FAILIF(b[i][mib - 1] != 0, "a reused block is not zero");
+            b[i][0] = b[i][mib - 1] = (uint8_t)i;
+        }
+        for (int i = 0; i < 16; i++) FAILIF(munmap(b[i], mib) != 0, "munmap: %m");
+    }
+    /* a small mmap and a file mapping are the kernel's as before */
+    uint8_t *small = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    FAILIF(small == MAP_FAILED || munmap(small, 4096) != 0, "small mmap: %m");
+    /* munmap inside a malloc'd block is refused, never done */
+    char *m = malloc(4 * mib);
+    FAILIF(m == NULL, "malloc");
+    memset(m, 1, 4 * mib);
+    uintptr_t inner = ((uintptr_t)m + 2 * 4096) & ~(uintptr_t)4095;
+    rc = munmap((void *)inner, 4096);
+    printf("munmap inside malloc %s\n", rc == 0 ? "accepted" : "refused");
+    if (rc != 0) {
+        FAILIF(((char *)inner)[0] != 1, "munmap inside a malloc block took its page");
+        free(m);
+    }
+    printf("ok mmap\n");
+    return 0;
+}
+
 static int run_tiers(long mib)
 {
     uint64_t **blk = calloc((size_t)mib, sizeof(*blk));
@@ -244,7 +313,8 @@ int main(int argc, char **argv)
     if (argc >= 5 && strcmp(argv[1], "threads") == 0)
         return run_threads(atoi(argv[2]), atol(argv[3]), atol(argv[4]));
     if (argc >= 2 && strcmp(argv[1], "fork") == 0) return run_fork();
+    if (argc >= 2 && strcmp(argv[1], "mmap") == 0) return run_mmap();
     if (argc >= 3 && strcmp(argv[1], "tiers") == 0 && atol(argv[2]) > 0) return run_tiers(atol(argv[2]));
-    fprintf(stderr, "usage: run_worker threads T ITERS LIVE | fork | tiers MIB\n");
+    fprintf(stderr, "usage: run_worker threads T ITERS LIVE | fork | mmap | tiers MIB\n");
     return 2;
 }

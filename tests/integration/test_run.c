@@ -102,12 +102,12 @@ static void expect_no_regions(void)
     "l = [(k, v[::-1]) for k, v in d.items()]\n"                                                    \
     "print(len(d), hashlib.sha256(repr(l).encode()).hexdigest())\n"
 
-/* python3 building a ~100 MB dict and list (PYTHONMALLOC=malloc: every object
- * through malloc, not pymalloc's mmap'd arenas) with 16 MiB local */
+/* python3 building a ~100 MB dict and list with 16 MiB local, with its own
+ * allocator: pymalloc's 1 MiB arenas come by mmap, and xmem run serves them
+ * from the heap */
 Test(run, python_builds_and_hashes_a_large_dict_as_plain_python, .fini = teardown, .timeout = 120)
 {
     start();
-    setenv("PYTHONMALLOC", "malloc", 1);
     if (access("/usr/bin/python3", X_OK) != 0) cr_skip_test("/usr/bin/python3 is not installed");
     char *const plain_argv[] = {"/usr/bin/python3", "-c", PY_PROG, NULL};
     size_t plen = 0;
@@ -120,7 +120,7 @@ Test(run, python_builds_and_hashes_a_large_dict_as_plain_python, .fini = teardow
     cr_expect_str_eq(out, plain, "python3 under xmem run printed something else");
     cr_expect_gt(stat_of(err, "evictions"), 0, "the heap never left the 16 MiB cache:\n%s", err);
     cr_expect_gt(stat_of(err, "faults"), 1000, "%s", err);
-    unsetenv("PYTHONMALLOC");
+    cr_expect_geq(stat_of(err, "served from the heap"), 50, "pymalloc's arenas stayed local:\n%s", err);
     free(plain);
     free(out);
     free(err);
@@ -317,6 +317,27 @@ Test(run, no_appliance_capacity_spills_to_a_file_tier, .fini = teardown, .timeou
     double written = mib_of(err, "tier file: 256.0 MiB, written to the file");
     cr_expect_geq(written, 90, "%.1f MiB in the file:\n%s", written, err);
     cr_expect(strstr(err, "tier external: none") != NULL, "%s", err);
+    free(out);
+    free(err);
+    expect_no_regions();
+}
+
+/* Large private anonymous mmaps are served from the heap: zeroed, mremap grows by
+ * moving and keeps the bytes, MADV_DONTNEED zeroes, munmap in parts frees the block
+ * (1,026 blocks made and unmapped leave nothing mapped), mprotect other than
+ * read-write and munmap inside a malloc'd block are refused, never done */
+Test(run, large_anonymous_mmaps_come_from_the_heap, .fini = teardown, .timeout = 60)
+{
+    start();
+    char *out = NULL, *err = NULL;
+    int rc = xt_cli(&app, NULL, 0, &out, NULL, &err, "run", "--heap", "256M", "--local", "16M", "--stats", "--",
+                    XMEM_BIN_DIR "/run_worker", "mmap", NULL);
+    cr_assert_eq(rc, 0, "run_worker mmap: exit %d\n%s%s", rc, out, err);
+    cr_expect(strstr(out, "ok mmap\n") != NULL, "%s", out);
+    cr_expect(strstr(out, "mprotect read-only refused\n") != NULL, "%s", out);
+    cr_expect(strstr(out, "munmap inside malloc refused\n") != NULL, "%s", out);
+    cr_expect_geq(stat_of(err, "served from the heap"), 1026, "%s", err);
+    cr_expect(strstr(err, "0 B of them mapped at exit") != NULL, "a block leaked:\n%s", err);
     free(out);
     free(err);
     expect_no_regions();
