@@ -26,6 +26,7 @@
 #include "../common/common.h"
 #include "etcd.h"
 #include "ha.h"
+#include "metrics.h"
 
 /*
  * The group state of this process. lock guards every field; cond wakes the campaign
@@ -403,6 +404,7 @@ int mgr_ha_run(const mgr_opts_t *o, const mgr_ha_opts_t *hao, int listen_fd, int
         /* lead: the table comes from etcd, under this leadership's fence */
         mgr_t *m = NULL;
         mgr_server_t *server = NULL;
+        bool metrics = false;
         if (mgr_create(o, &m, why, sizeof(why)) != XM_OK) {
             xm_log_error("cannot lead: %s", why);
             mgr_ha_deposed("the table could not be loaded");
@@ -415,8 +417,10 @@ int mgr_ha_run(const mgr_opts_t *o, const mgr_ha_opts_t *hao, int listen_fd, int
             ha.settle_until_ns = xm__now_ns() + settle_ms * 1000000ull;
             pthread_mutex_unlock(&ha.lock);
             xm_log_info("leading: serving allocations as %s", hao->advertise);
+            metrics = mgr_metrics_register(m) == XM_OK; /* --metrics: the leader's table */
             mgr_server_run(server, lead_stop, hup_fd);
         }
+        if (metrics) mgr_metrics_unregister(m);
         mgr_server_destroy(server);
         mgr_destroy(m);
         pthread_mutex_lock(&ha.lock);

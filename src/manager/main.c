@@ -180,7 +180,9 @@ int main(int argc, char **argv)
                              .advertise = adv, .lease_ttl_s = ttl};
         printf("xmem-manager listening on %s:%u\n", host, bound);
         fflush(stdout);
+        xm__ops_notify("READY=1"); /* systemd (Type=notify): standing by, listening */
         rc = mgr_ha_run(&o, &hao, listen_fd, sig_fd, hup_fd);
+        xm__ops_notify("STOPPING=1");
         xm_log_info("shutting down");
         close(listen_fd);
         goto err_sig;
