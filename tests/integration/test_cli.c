@@ -534,6 +534,15 @@ XT_TEST_PROVIDERS(cli, grants_decide_who_reads_and_writes, .fini = teardown, .ti
     cr_assert_str_eq(json_string_value(json_object_get(json_array_get(gl, 0), "access")), "read");
     json_decref(st);
 
+    /* a grantee neither sees the grants nor revokes one */
+    setenv("XMEM_TENANT", "bob", 1);
+    CLI(NULL, 0, "region", "revoke", "alice/x", "--tenant", "dave");
+    EXPECT_FAIL("revoke by a grantee", "only the owner");
+    CLI(NULL, 0, "region", "stat", "alice/x");
+    EXPECT_OK("region stat as a grantee");
+    cr_assert(strstr(R.out, "dave") == NULL, "a grantee sees the other grants: '%s'", R.out);
+    unsetenv("XMEM_TENANT");
+
     /* revoke: a handle bob holds stops working, bob cannot open it again, the owner and
      * dave still can */
     xm_ctx_h bob = xt_connect(&app, "bob");
