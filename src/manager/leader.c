@@ -70,8 +70,12 @@ static bool all_up(mgr_t *m)
     return up;
 }
 
+/* set once by mgr_ha_run: a process outside a group never takes ha.lock per request */
+static bool ha_active;
+
 bool mgr_ha_settling(mgr_t *m, bool nowait)
 {
+    if (!__atomic_load_n(&ha_active, __ATOMIC_RELAXED)) return false;
     pthread_mutex_lock(&ha.lock);
     uint64_t until = ha.rev != 0 ? ha.settle_until_ns : 0;
     pthread_mutex_unlock(&ha.lock);
@@ -347,6 +351,7 @@ static int either(int a, int b)
 int mgr_ha_run(const mgr_opts_t *o, const mgr_ha_opts_t *hao, int listen_fd, int sig_fd, int hup_fd)
 {
     char why[512];
+    __atomic_store_n(&ha_active, true, __ATOMIC_RELAXED);
     ha.o = *hao;
     if (ha.o.lease_ttl_s == 0) ha.o.lease_ttl_s = 2;
     if (ha.o.poll_ms == 0) ha.o.poll_ms = 200;
