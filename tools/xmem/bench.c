@@ -200,6 +200,13 @@ int cmd_bench(cli_t *cli)
     int tfd;
     if (tcp_ref_start(&ref, &tfd) != 0) {
         cli_fail("bench", "cannot start the raw TCP reference: %s", strerror(errno));
+        /* what bench made is not left behind */
+        free(bufs);
+        uint64_t rid = xm_region_id(r);
+        xm_region_close(r);
+        if (mgr) xm_free(ctx, alloc_id, NULL);
+        else xm_region_destroy(ctx, rid, NULL);
+        xm_disconnect(ctx);
         return 1;
     }
     int err = 0;
