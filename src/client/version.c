@@ -20,6 +20,7 @@ _Static_assert(sizeof(xm_alloc_info_t) == 296, "xm_alloc_info_t is fixed-size: u
 _Static_assert(sizeof(xm_appliance_entry_t) == 248, "xm_appliance_entry_t is fixed-size: use reserved_");
 _Static_assert(sizeof(xm_group_info_t) == 112, "xm_group_info_t is fixed-size: use reserved_");
 _Static_assert(sizeof(xm_piece_t) == 16, "xm_piece_t never changes");
+_Static_assert(sizeof(xm_grant_info_t) == 88, "xm_grant_info_t is fixed-size: use reserved_");
 _Static_assert(offsetof(xm_connect_opts_t, manager) == 48, "xm_connect_opts_t only grows at the end");
 _Static_assert(offsetof(xm_map_opts_t, flags) == 28, "xm_map_opts_t only grows at the end");
 _Static_assert(offsetof(xm_map_stats_t, huge_frames) == 80, "xm_map_stats_t only grows at the end");

@@ -248,6 +248,50 @@ Test(proto, region_grant)
     proto_msg_free(o);
 }
 
+/* xmem region revoke: a region and a grantee; a bad grantee name or no region is refused;
+ * a region's grant list (its owner's stat) holds valid names and access values only */
+Test(proto, region_revoke_and_grant_list)
+{
+    Xmem__RegionRef r = XMEM__REGION_REF__INIT;
+    r.name = "data";
+    Xmem__RegionGrant g = XMEM__REGION_GRANT__INIT;
+    g.region = &r;
+    g.tenant = "bob";
+    xm_msg_t m = XMEM__MSG__INIT;
+    m.body_case = XMEM__MSG__BODY_REGION_REVOKE;
+    m.region_revoke = &g;
+    xm_msg_t *o = round_trip(&m);
+    cr_expect_str_eq(o->region_revoke->tenant, "bob");
+    cr_expect_str_eq(o->region_revoke->region->name, "data");
+    proto_msg_free(o);
+    g.tenant = "";
+    expect_refused(&m, "bad grantee tenant");
+    g.tenant = "bob";
+    g.region = NULL;
+    expect_refused(&m, "missing");
+
+    Xmem__PoolGrant pg = XMEM__POOL_GRANT__INIT, *pgp = &pg;
+    pg.tenant = "bob";
+    pg.access = XMEM__ACCESS__ACCESS_READ;
+    Xmem__RegionInfo in = XMEM__REGION_INFO__INIT;
+    in.id = 1;
+    in.size = 4096;
+    in.grant_list = &pgp;
+    in.n_grant_list = 1;
+    xm_msg_t m2 = XMEM__MSG__INIT;
+    m2.body_case = XMEM__MSG__BODY_REGION_INFO;
+    m2.region_info = &in;
+    o = round_trip(&m2);
+    cr_assert_eq(o->region_info->n_grant_list, 1);
+    cr_expect_str_eq(o->region_info->grant_list[0]->tenant, "bob");
+    proto_msg_free(o);
+    pg.access = (Xmem__Access)9;
+    expect_refused(&m2, "bad grant in region info");
+    pg.access = XMEM__ACCESS__ACCESS_READ;
+    pg.tenant = "";
+    expect_refused(&m2, "bad grant in region info");
+}
+
 Test(proto, empty_bodies)
 {
     Xmem__Empty e = XMEM__EMPTY__INIT;
