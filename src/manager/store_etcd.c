@@ -184,10 +184,12 @@ static json_t *alloc_json(const mgr_store_t *st, const mgr_alloc_t *a, const cha
 {
     json_t *parts = json_array(), *grants = json_array();
     for (uint32_t i = 0; i < a->policy.width; i++) {
-        json_array_append_new(parts, json_pack("{s:s,s:o,s:o,s:o}", "appliance", appl_addr[i],
+        /* state: rebuilding parts (src/manager/rebuild.c) must stay so across a failover */
+        json_array_append_new(parts, json_pack("{s:s,s:o,s:o,s:o,s:i}", "appliance", appl_addr[i],
                                                "region_id", u64(a->parts[i].region_id), "key",
                                                u64(a->parts[i].key ^ key_mask(st, a->id, i)),
-                                               "size", u64(a->parts[i].size)));
+                                               "size", u64(a->parts[i].size), "state",
+                                               (int)a->parts[i].state));
     }
     for (uint32_t i = 0; i < a->ngrants; i++) {
         json_array_append_new(grants, json_pack("{s:s,s:i}", "tenant", a->grants[i].tenant,
@@ -353,6 +355,8 @@ static mgr_alloc_t *alloc_from_json(mgr_store_t *st, mgr_t *m, const json_t *v)
         if (!ok) break;
         a->parts[i].appl = ap->idx;
         a->parts[i].key = key ^ key_mask(st, id, i);
+        a->parts[i].state = json_integer_value(json_object_get(p, "state")) == MGR_PART_REBUILDING
+                                ? MGR_PART_REBUILDING : MGR_PART_OK;
     }
     for (size_t i = 0; ok && i < json_array_size(grants); i++) {
         json_t *g = json_array_get(grants, i);
