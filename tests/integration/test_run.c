@@ -211,6 +211,37 @@ Test(run, a_killed_programs_heap_is_freed, .fini = teardown, .timeout = 60)
     expect_no_regions();
 }
 
+/* xmem run itself killed with SIGKILL (here by the program): its reaper frees the
+ * heap, and the program does not outlive it (its heap would be gone) */
+Test(run, a_killed_xmem_run_still_frees_the_heap_and_ends_the_program, .fini = teardown, .timeout = 60)
+{
+    start();
+    char pidfile[PATH_MAX], script[PATH_MAX + 128];
+    snprintf(pidfile, sizeof(pidfile), "%s/prog.pid", app.dir);
+    snprintf(script, sizeof(script), "echo $$ > %s; kill -KILL $PPID; sleep 30", pidfile);
+    char *err = NULL;
+    int rc = xt_cli(&app, NULL, 0, NULL, NULL, &err, "run", "--heap", "128M", "--", "sh", "-c", script, NULL);
+    cr_expect_eq(rc, 128 + SIGKILL, "exit %d\n%s", rc, err);
+    free(err);
+    FILE *f = fopen(pidfile, "r");
+    cr_assert_not_null(f, "the program never ran");
+    int pid = 0;
+    cr_assert_eq(fscanf(f, "%d", &pid), 1);
+    fclose(f);
+    /* the reaper: the program gone, then the heap, within seconds */
+    xm_ctx_h ctx = xt_connect(&app, NULL);
+    size_t n = 1;
+    for (int i = 0; i < 100 && (n != 0 || kill(pid, 0) == 0); i++) {
+        usleep(100000);
+        xm_region_info_t *infos = NULL;
+        cr_assert_eq(xm_region_list(ctx, &infos, &n), XM_OK);
+        free(infos);
+    }
+    xm_disconnect(ctx);
+    cr_expect_neq(kill(pid, 0), 0, "the program (pid %d) outlived xmem run", pid);
+    cr_expect_eq(n, 0, "the heap of a killed xmem run was left behind");
+}
+
 /* a request larger than the heap fails as malloc fails when memory runs out
  * (ENOMEM: Python's MemoryError), and --stats counts it */
 Test(run, a_full_heap_refuses_with_enomem, .fini = teardown, .timeout = 60)

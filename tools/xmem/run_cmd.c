@@ -12,6 +12,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -58,6 +60,60 @@ static int find_lib(char *out, size_t len)
         if (access(out, R_OK) == 0) return 0;
     }
     return -1;
+}
+
+/* The reaper: a process of its own (a new session, stdio on /dev/null) that
+ * outlives a killed `xmem run` and frees the heap then. xmem run tells it, over a
+ * pipe, the heap's id once it has one, the program's pid once it runs, and 'D'
+ * when it has freed (or kept) the heap itself. End of file before 'D' means xmem
+ * run died: the program dies with it (PR_SET_PDEATHSIG), the reaper waits for it
+ * to be gone and frees the heap. Forked before any connection is made. */
+static int reaper_start(cli_t *cli, bool manager)
+{
+    int p[2];
+    if (pipe2(p, O_CLOEXEC) != 0) return -1;
+    pid_t r = fork();
+    if (r < 0) {
+        close(p[0]);
+        close(p[1]);
+        return -1;
+    }
+    if (r > 0) {
+        close(p[0]);
+        return p[1];
+    }
+    close(p[1]);
+    setsid();
+    int null = open("/dev/null", O_RDWR);
+    if (null >= 0) {
+        dup2(null, 0);
+        dup2(null, 1);
+        dup2(null, 2);
+    }
+    signal(SIGHUP, SIG_IGN);
+    uint64_t id = 0;
+    int32_t pid = 0;
+    char done = 0;
+    if (read(p[0], &id, sizeof(id)) != (ssize_t)sizeof(id) || id == 0) _exit(0); /* nothing allocated */
+    ssize_t got = read(p[0], &pid, sizeof(pid));
+    if (got == (ssize_t)sizeof(pid) && read(p[0], &done, 1) == 1 && done == 'D') _exit(0);
+    /* xmem run is gone and never freed the heap: the program goes first (it has
+     * PR_SET_PDEATHSIG; a few seconds' grace, then SIGKILL), then the heap */
+    if (got == (ssize_t)sizeof(pid) && pid > 0) {
+        for (int i = 0; i < 100 && kill(pid, 0) == 0; i++) usleep(50000);
+        if (kill(pid, 0) == 0) kill(pid, SIGKILL);
+        for (int i = 0; i < 100 && kill(pid, 0) == 0; i++) usleep(50000);
+    }
+    xm_ctx_h ctx;
+    for (int attempt = 0; attempt < 5; attempt++) {
+        if (xm_connect(&cli->conn, &ctx) == XM_OK) {
+            xm_status_t st = manager ? xm_free(ctx, id, NULL) : xm_region_destroy(ctx, id, NULL);
+            xm_disconnect(ctx);
+            if (st == XM_OK || st == XM_ERR_NOT_FOUND) _exit(0);
+        }
+        sleep(1);
+    }
+    _exit(1);
 }
 
 int cmd_run(cli_t *cli)
@@ -109,6 +165,8 @@ int cmd_run(cli_t *cli)
     if (find_lib(lib, sizeof(lib)) != 0)
         return cli_fail("run", "libxmem-run.so not found beside xmem (set XMEM_RUN_LIB)");
 
+    /* before any connection: the reaper must not share libfabric state with us */
+    int reaper = keep == NULL ? reaper_start(cli, manager) : -1;
     xm_ctx_h ctx;
     if (cli_connect(cli, &ctx) != 0) return 1;
     xm_region_h r;
@@ -129,6 +187,9 @@ int cmd_run(cli_t *cli)
         id = xm_region_id(r);
         if (manager) xm_alloc_close(r);
         else xm_region_close(r);
+    }
+    if (reaper >= 0 && write(reaper, &id, sizeof(id)) != (ssize_t)sizeof(id)) {
+        /* no reaper: a SIGKILL of xmem run would leave the heap behind, as before */
     }
     /* the program's connection is its own; ours would sit idle until it exits */
     xm_disconnect(ctx);
@@ -169,11 +230,19 @@ int cmd_run(cli_t *cli)
     }
 
     int status = 0, rc;
+    pid_t me = getpid();
     child_pid = fork();
     if (child_pid == 0) {
+        /* the program does not outlive xmem run: its heap would be freed under it */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != me) _exit(128 + SIGKILL);
         execvp(prog[0], prog);
         fprintf(stderr, "xmem run: %s: %s\n", prog[0], strerror(errno));
         _exit(127);
+    }
+    if (child_pid > 0 && reaper >= 0) {
+        int32_t cp = (int32_t)child_pid;
+        if (write(reaper, &cp, sizeof(cp)) != (ssize_t)sizeof(cp)) { /* see above */ }
     }
     if (child_pid < 0) {
         rc = cli_fail("run", "fork: %s", strerror(errno));
@@ -203,6 +272,10 @@ int cmd_run(cli_t *cli)
     } else {
         fprintf(stderr, "xmem run: freeing the heap (%s %llu): connect: %s\n", manager ? "allocation" : "region",
                 (unsigned long long)id, xm_last_error(NULL));
+    }
+    if (reaper >= 0) {
+        if (write(reaper, "D", 1) != 1) { /* the reaper is gone: nothing to tell */ }
+        close(reaper);
     }
     return rc;
 }
