@@ -61,6 +61,7 @@ typedef struct rb_peer {
     uint64_t region, key;
     char addr[XM_NAME_MAX + 1];
     uint32_t appl;
+    bool missing;                /* the old part's region was gone from its appliance */
 } rb_peer_t;
 
 /* One job: a part being rebuilt, with what it needs copied out of the table. */
@@ -419,7 +420,7 @@ static xm_status_t rebuild_part(mgr_t *m, uint64_t id, uint32_t part, const rb_p
         j->part_size = a->parts[part].size;
         peer_of(m, a->parts[home].appl, a->parts[home].region_id, a->parts[home].key, &j->home);
         peer_of(m, a->parts[part].appl, a->parts[part].region_id, a->parts[part].key, &j->target);
-        if (old != NULL && old->region != 0 && m->apps[old->appl]->up) {
+        if (old != NULL && old->region != 0 && m->apps[old->appl]->up && !old->missing) {
             j->old = *old;
             j->old_live = true;
         }
@@ -603,6 +604,7 @@ static xm_status_t move_part(mgr_t *m, uint64_t id, uint32_t part, rb_peer_t *ol
     mgr_part_t *p = &a->parts[part];
     mgr_appliance_t *xa = m->apps[p->appl];
     peer_of(m, p->appl, p->region_id, p->key, old);
+    old->missing = p->missing;
     uint64_t r = mgr_extent_round(xa, p->size);
     xa->reserved = xa->reserved > r ? xa->reserved - r : 0;
     /* a down appliance that heartbeats again (it was stopped or cut off, not restarted) has
@@ -644,9 +646,16 @@ static rb_pick_t pick(mgr_t *m, uint64_t started_ns, uint64_t *skip_until)
     for (uint32_t i = 0; i < m->napps; i++) settled &= !m->apps[i]->up || m->apps[i]->validated;
     for (mgr_alloc_t *a = settled ? m->allocs : NULL; a != NULL; a = a->tnext) {
         if (a->busy || a->moving || a->policy.layout != MGR_LAYOUT_REPLICATE) continue;
+        bool home = false;
         for (uint32_t i = 0; i < a->policy.width; i++) {
-            if (a->parts[i].state == MGR_PART_REBUILDING && m->apps[a->parts[i].appl]->up)
-                return (rb_pick_t){PICK_RESUME, a->id, i};
+            const mgr_appliance_t *ap = m->apps[a->parts[i].appl];
+            home |= a->parts[i].state == MGR_PART_OK && !a->parts[i].missing && ap->up && ap->validated;
+        }
+        for (uint32_t i = 0; i < a->policy.width && home; i++) {
+            if (a->parts[i].state != MGR_PART_REBUILDING) continue;
+            /* its new region went with its appliance (a restart): placed again elsewhere */
+            if (a->parts[i].missing) return (rb_pick_t){PICK_MOVE, a->id, i};
+            if (m->apps[a->parts[i].appl]->up) return (rb_pick_t){PICK_RESUME, a->id, i};
         }
     }
     if (now < *skip_until) return (rb_pick_t){PICK_NONE, 0, 0};
