@@ -254,7 +254,10 @@ int cmd_bench(cli_t *cli)
     }
     if (!err) {
         cli_progress_step(&prog, "bench", "raw TCP stream", steps, steps + 1);
-        tcp_gbs = tcp_ref_stream(tfd, bufs, max < 65536 ? 65536 : max, 2ull << 30);
+        /* 2 GiB at the default 2000 iterations; a short run (--iters 20) streams less */
+        uint64_t stream = iters << 20;
+        stream = stream < (64ull << 20) ? 64ull << 20 : stream > (2ull << 30) ? 2ull << 30 : stream;
+        tcp_gbs = tcp_ref_stream(tfd, bufs, max < 65536 ? 65536 : max, stream);
     }
     tcp_ref_stop(&ref, tfd);
     cli_progress_end(&prog);
