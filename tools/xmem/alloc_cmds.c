@@ -419,7 +419,8 @@ int cmd_up(cli_t *cli)
     }
     fputs(lines, stdout);
     fprintf(stderr, "xmem: manager on %s and %d appliance%s of %s each; state in %s\n"
-                    "xmem: use it from this shell with: eval \"$(xmem up)\" (or: . %s/env)\n",
+                    "xmem: run as eval \"$(xmem up ...)\" the export lines above set XMEM_MANAGER and "
+                    "XMEM_SECRET_FILE in this shell; otherwise: . %s/env\n",
             maddr, (int)n, n == 1 ? "" : "s", pool, dir, dir);
     return 0;
 }
