@@ -28,6 +28,16 @@
 #include "bench_util.h"
 
 static size_t reply_len = 4096; /* set to the scrape's size before the reference runs */
+static pid_t xmemd_pid;          /* stopped however the bench ends */
+
+static void stop_xmemd(void)
+{
+    if (xmemd_pid > 0) {
+        kill(xmemd_pid, SIGTERM);
+        waitpid(xmemd_pid, NULL, 0);
+        xmemd_pid = 0;
+    }
+}
 
 static int connect_to(uint16_t port)
 {
@@ -205,6 +215,8 @@ int main(int argc, char **argv)
               "--log-level", "info", "--metrics", "127.0.0.1:0", (char *)NULL);
         _exit(127);
     }
+    xmemd_pid = pid;
+    atexit(stop_xmemd);
     uint16_t mport = 0;
     for (int tries = 0; tries < 200 && mport == 0; tries++) {
         usleep(50000);
@@ -218,7 +230,6 @@ int main(int argc, char **argv)
     }
     if (mport == 0) {
         fprintf(stderr, "metrics_scrape: %s did not serve metrics (log %s)\n", xmemd, log);
-        kill(pid, SIGKILL);
         return 1;
     }
     size_t cap = 1 << 20;
@@ -251,8 +262,7 @@ int main(int argc, char **argv)
         printf("%-36s %10.1f %10.1f %10.1f %8.2f\n", rows[i].what, p50 / 1e3, p99 / 1e3, mx / 1e3,
                (double)p50 / ref50[i / 2]);
     }
-    kill(pid, SIGTERM);
-    waitpid(pid, NULL, 0);
+    stop_xmemd();
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
     if (system(cmd) != 0) return 1;
     return 0;
