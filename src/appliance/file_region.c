@@ -550,23 +550,24 @@ static xm_status_t files_load(appl_regions_t *t)
         return XM_ERR_IO;
     }
     close(fd);
-    Xmem__FileRegionTable *tab = xmem__file_region_table__unpack(NULL, len, buf);
+    Xmem__FileRegionTable *tab = NULL;
+    const char *bad = NULL;
+    xm_status_t ds = proto_files_decode(buf, len, &tab, &bad);
     free(buf);
-    if (tab == NULL || tab->version != 1) {
-        xm_log_error("file region table %s is invalid", f->table_path);
-        if (tab != NULL) xmem__file_region_table__free_unpacked(tab, NULL);
+    if (ds != XM_OK) {
+        xm_log_error("file region table %s is invalid: %s", f->table_path, bad);
         return XM_ERR_INVALID;
     }
     uint32_t restored = 0, dropped = 0;
     for (size_t i = 0; i < tab->n_regions; i++) {
         const Xmem__FileRegionRecord *rec = tab->regions[i];
         const char *why = "bad record";
-        bool ok = rec->id != 0 && xm__name_valid(rec->owner) &&
-                  (rec->name[0] == '\0' || xm__name_valid(rec->name)) &&
-                  appl__region_find(t, rec->id, NULL) == NULL &&
-                  (rec->name[0] == '\0' || appl__region_find(t, 0, rec->name) == NULL);
-        for (size_t g = 0; ok && g < rec->n_grants; g++)
-            ok = xm__name_valid(rec->grants[g]->tenant);
+        bool ok = proto_file_record_ok(rec, &why);
+        if (ok && (appl__region_find(t, rec->id, NULL) != NULL ||
+                   (rec->name[0] != '\0' && appl__region_find(t, 0, rec->name) != NULL))) {
+            ok = false;
+            why = "its id or name is taken";
+        }
         int ffd = -1;
         uint64_t size = 0;
         char resolved[PATH_MAX];

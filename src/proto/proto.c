@@ -454,3 +454,33 @@ void proto_pool_free(Xmem__PoolMeta *meta)
         xmem__pool_meta__free_unpacked(meta, NULL);
     }
 }
+
+xm_status_t proto_files_decode(const uint8_t *buf, size_t len, Xmem__FileRegionTable **tab_p, const char **why_p)
+{
+    Xmem__FileRegionTable *tab = xmem__file_region_table__unpack(NULL, len, buf);
+    if (tab == NULL) FAIL("undecodable file region table");
+    const char *why = NULL;
+    if (has_field_zero(&tab->base)) why = "undecodable file region table: field number 0";
+    else if (tab->version != 1) why = "unknown file region table version";
+    if (why != NULL) {
+        xmem__file_region_table__free_unpacked(tab, NULL);
+        FAIL(why);
+    }
+    *tab_p = tab;
+    return XM_OK;
+}
+
+bool proto_file_record_ok(const Xmem__FileRegionRecord *rec, const char **why_p)
+{
+    const char *why = NULL;
+    if (rec->id == 0) why = "record without an id";
+    else if (!xm__name_valid(rec->owner)) why = "bad owner";
+    else if (!opt_name_ok(rec->name)) why = "bad name";
+    else if (rec->path == NULL || rec->path[0] != '/' || strlen(rec->path) >= 4096) why = "bad path";
+    for (size_t g = 0; why == NULL && g < rec->n_grants; g++) {
+        if (!xm__name_valid(rec->grants[g]->tenant) || !access_ok(rec->grants[g]->access, false))
+            why = "bad grant";
+    }
+    if (why != NULL) *why_p = why;
+    return why == NULL;
+}

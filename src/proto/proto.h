@@ -55,6 +55,11 @@ uint64_t proto_stripe_part_size(uint64_t size, uint32_t width, uint64_t chunk, u
 /* Decode/encode the pool metadata of a file-backed pool. */
 xm_status_t proto_pool_decode(const uint8_t *buf, size_t len, Xmem__PoolMeta **meta_p,
                               const char **why_p);
+/* The file-region table (IDENTITY-STEM.files, docs/file-regions.md): the table's
+ * shape (version 1); each record is then checked by proto_file_record_ok, and a
+ * bad one is dropped alone. */
+xm_status_t proto_files_decode(const uint8_t *buf, size_t len, Xmem__FileRegionTable **tab_p, const char **why_p);
+bool proto_file_record_ok(const Xmem__FileRegionRecord *rec, const char **why_p);
 void proto_pool_free(Xmem__PoolMeta *meta);
 
 #endif

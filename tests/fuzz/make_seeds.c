@@ -384,6 +384,51 @@ static void pool_seeds(void)
     }
 }
 
+static void files_seeds(void)
+{
+    Xmem__PoolGrant g = XMEM__POOL_GRANT__INIT;
+    g.tenant = "bob";
+    g.access = XMEM__ACCESS__ACCESS_READ_WRITE;
+    Xmem__PoolGrant *grants[] = {&g};
+    Xmem__FileRegionRecord r1 = XMEM__FILE_REGION_RECORD__INIT, r2 = XMEM__FILE_REGION_RECORD__INIT;
+    r1.id = 7;
+    r1.name = "dataset";
+    r1.owner = "alice";
+    r1.path = "/srv/data/set.bin";
+    r1.read_only = 1;
+    r1.n_grants = 1;
+    r1.grants = grants;
+    r2.id = 9;
+    r2.owner = "bob";
+    r2.path = "/var/lib/xmem/files/b";
+    Xmem__FileRegionRecord *regions[] = {&r1, &r2};
+    Xmem__FileRegionTable tab = XMEM__FILE_REGION_TABLE__INIT;
+    tab.version = 1;
+    tab.regions = regions;
+    for (int n = 0; n < 3; n++) {
+        tab.n_regions = (size_t)(2 - n); /* two records, one, none */
+        size_t len = xmem__file_region_table__get_packed_size(&tab);
+        uint8_t *buf = malloc(len ? len : 1);
+        xmem__file_region_table__pack(&tab, buf);
+        const char *why = NULL;
+        Xmem__FileRegionTable *check = NULL;
+        if (proto_files_decode(buf, len, &check, &why) != XM_OK) {
+            fprintf(stderr, "make_seeds: file table seed %d invalid: %s\n", n, why);
+            failures++;
+        } else {
+            for (size_t i = 0; i < check->n_regions; i++) {
+                if (!proto_file_record_ok(check->regions[i], &why)) {
+                    fprintf(stderr, "make_seeds: file table seed %d record %zu invalid: %s\n", n, i, why);
+                    failures++;
+                }
+            }
+            xmem__file_region_table__free_unpacked(check, NULL);
+        }
+        put("fuzz_files", n, buf, len);
+        free(buf);
+    }
+}
+
 static void size_seeds(void)
 {
     static const char *const seeds[] = {
@@ -409,6 +454,7 @@ int main(int argc, char **argv)
     msg_seeds();
     manager_seeds();
     pool_seeds();
+    files_seeds();
     size_seeds();
     return failures == 0 ? 0 : 1;
 }
