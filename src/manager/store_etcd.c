@@ -180,6 +180,16 @@ static xm_status_t et_appliance_put(mgr_store_t *st, const mgr_appliance_t *a)
     return apply(st, op_put(k, v));
 }
 
+/* xmem appliance rm: the appliance holds no parts any more */
+static xm_status_t et_appliance_delete(mgr_store_t *st, const char *addr)
+{
+    char k[XM_NAME_MAX + 256];
+    snprintf(k, sizeof(k), "%s/appl/%s", st->prefix, addr);
+    xm_status_t s = apply(st, op_delete(k));
+    if (s != XM_OK) xm_log_error("allocation table: cannot forget appliance %s", addr);
+    return s;
+}
+
 static json_t *alloc_json(const mgr_store_t *st, const mgr_alloc_t *a, const char *const *appl_addr)
 {
     json_t *parts = json_array(), *grants = json_array();
@@ -449,6 +459,7 @@ const mgr_store_ops_t mgr_store_etcd = {
     .appliance_rename = et_appliance_rename,
     .alloc_put = et_alloc_put,
     .alloc_delete = et_alloc_delete,
+    .appliance_delete = et_appliance_delete,
     .batch_begin = et_batch_begin,
     .batch_end = et_batch_end,
 };
