@@ -109,6 +109,25 @@ static void stop(pid_t *pid, int sig)
     *pid = 0;
 }
 
+/* CPU time (user + system) of a process so far, ns; 0 when unknown. */
+static uint64_t proc_cpu_ns(pid_t pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (f == NULL) return 0;
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    char *p = strrchr(buf, ')');
+    unsigned long long ut = 0, st = 0;
+    /* fields after the command: state ppid pgrp session tty tpgid flags minflt cminflt majflt
+     * cmajflt utime stime */
+    if (p == NULL || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
+        return 0;
+    return (ut + st) * (1000000000ull / (uint64_t)sysconf(_SC_CLK_TCK));
+}
+
 /* ---- allocate+free pairs ---- */
 
 typedef struct churn {
@@ -295,7 +314,7 @@ int main(int argc, char **argv)
     if (mkdtemp(dir) == NULL) die("mkdtemp");
     snprintf(secret, sizeof(secret), "%s/secret", dir);
     snprintf(cred, sizeof(cred), "%s/bench.cred", dir);
-    char cmd[3 * PATH_MAX];
+    char cmd[6 * PATH_MAX];
     snprintf(cmd, sizeof(cmd), "'%s/xmem' secret new '%s' >/dev/null && '%s/xmem' --secret-file '%s' "
              "tenant add bench --out '%s' >/dev/null", bindir, secret, bindir, secret, cred);
     if (system(cmd) != 0) die("cannot make the secret and the tenant credential");
@@ -354,7 +373,13 @@ int main(int argc, char **argv)
                            "--log-level", "warn", NULL};
     pid_t g_appl = spawn(gargv, log, appl_addr, sizeof(appl_addr));
     usleep(1000000);
+    int lead0 = -1;
+    for (int k = 0; k < 100 && (lead0 = leader_of(maddr, 2)) < 0; k++) usleep(50000);
+    uint64_t etcd_cpu0 = proc_cpu_ns(etcd), mgr_cpu0 = lead0 >= 0 ? proc_cpu_ns(mpid[lead0]) : 0;
     double etcd_rate = pairs_per_s(managers);
+    double npairs = (double)threads * pairs + 200; /* the warm-up's 200 pairs too */
+    double etcd_us = (double)(proc_cpu_ns(etcd) - etcd_cpu0) / 1e3 / npairs;
+    double mgr_us = lead0 >= 0 ? (double)(proc_cpu_ns(mpid[lead0]) - mgr_cpu0) / 1e3 / npairs : 0;
     double raw1 = raw_txn_rate(1), rawt = raw_txn_rate(threads);
 
     printf("manager_ha: %d threads x %d allocate+free pairs of 1 MiB, etcd data in %s\n", threads,
@@ -363,6 +388,7 @@ int main(int argc, char **argv)
     printf("%-46s %12.0f\n", "pairs, SQLite store (one manager)", sqlite_rate);
     printf("%-46s %12.0f  (%.2fx SQLite)\n", "pairs, etcd store (leader of two)", etcd_rate,
            etcd_rate / sqlite_rate);
+    printf("%-46s %12.0f us etcd, %.0f us the leader\n", "CPU per etcd-store pair", etcd_us, mgr_us);
     printf("%-46s %12.0f\n", "raw etcd txns, 1 client (same HTTP client)", raw1);
     printf("%-46s %12.0f  (pairs on etcd = %.2f of these / 2)\n", "raw etcd txns, T clients", rawt,
            2 * etcd_rate / rawt);
