@@ -14,6 +14,7 @@
 #include <string.h>
 #include <fcntl.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -64,14 +65,14 @@ static int find_lib(char *out, size_t len)
 
 /* The reaper: a process of its own (a new session, stdio on /dev/null) that
  * outlives a killed `xmem run` and frees the heap then. xmem run tells it, over a
- * pipe, the heap's id once it has one, the program's pid once it runs, and 'D'
+ * socket pair, the heap's id once it has one, the program's pid once it runs, and 'D'
  * when it has freed (or kept) the heap itself. End of file before 'D' means xmem
  * run died: the program dies with it (PR_SET_PDEATHSIG), the reaper waits for it
  * to be gone and frees the heap. Forked before any connection is made. */
 static int reaper_start(cli_t *cli, bool manager)
 {
-    int p[2];
-    if (pipe2(p, O_CLOEXEC) != 0) return -1;
+    int p[2]; /* a socket pair, not a pipe: a write to a reaper that has gone must not SIGPIPE us */
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, p) != 0) return -1;
     pid_t r = fork();
     if (r < 0) {
         close(p[0]);
@@ -188,7 +189,7 @@ int cmd_run(cli_t *cli)
         if (manager) xm_alloc_close(r);
         else xm_region_close(r);
     }
-    if (reaper >= 0 && write(reaper, &id, sizeof(id)) != (ssize_t)sizeof(id)) {
+    if (reaper >= 0 && send(reaper, &id, sizeof(id), MSG_NOSIGNAL) != (ssize_t)sizeof(id)) {
         /* no reaper: a SIGKILL of xmem run would leave the heap behind, as before */
     }
     /* the program's connection is its own; ours would sit idle until it exits */
@@ -242,7 +243,7 @@ int cmd_run(cli_t *cli)
     }
     if (child_pid > 0 && reaper >= 0) {
         int32_t cp = (int32_t)child_pid;
-        if (write(reaper, &cp, sizeof(cp)) != (ssize_t)sizeof(cp)) { /* see above */ }
+        if (send(reaper, &cp, sizeof(cp), MSG_NOSIGNAL) != (ssize_t)sizeof(cp)) { /* see above */ }
     }
     if (child_pid < 0) {
         rc = cli_fail("run", "fork: %s", strerror(errno));
@@ -274,7 +275,7 @@ int cmd_run(cli_t *cli)
                 (unsigned long long)id, xm_last_error(NULL));
     }
     if (reaper >= 0) {
-        if (write(reaper, "D", 1) != 1) { /* the reaper is gone: nothing to tell */ }
+        if (send(reaper, "D", 1, MSG_NOSIGNAL) != 1) { /* the reaper is gone: nothing to tell */ }
         close(reaper);
     }
     return rc;
