@@ -1,6 +1,9 @@
 # Thin wrapper over CMake presets; see README.md.
 PREFIX ?= /usr/local
 JOBS ?= $(shell nproc)
+# test programs run two at a time: most of their time is spent waiting on daemons,
+# timeouts and kills; the stress tests and the netns test run alone (RUN_SERIAL)
+TEST_JOBS ?= 2
 FUZZ_SECONDS ?= 20
 
 .PHONY: all deps build demo test asan tsan fuzz bench install clean
@@ -25,7 +28,7 @@ test: deps
 	@cd build/asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 	  LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp:print_suppressions=0 \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-	  ctest --output-on-failure --timeout 300
+	  ctest --output-on-failure --timeout 300 -j$(TEST_JOBS)
 	@$(MAKE) --no-print-directory tsan
 	@$(MAKE) --no-print-directory fuzz
 

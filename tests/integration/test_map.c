@@ -724,7 +724,7 @@ Test(map, dead_appliance_fault_is_sigbus, .fini = teardown, .timeout = 120)
         dup2(fd, 2);
         xm_ctx_h c;
         xm_connect_opts_t co = {.size = sizeof(xm_connect_opts_t), .appliance = app.addr, .secret_file = alice_cred, .tenant = "alice",
-                                .timeout_ms = 300};
+                                .timeout_ms = 1000}; /* a connect under load (tests run two at a time) */
         if (xm_connect(&co, &c) != XM_OK) _exit(10);
         xm_region_h rr;
         if (xm_region_open(c, id, NULL, XM_ACCESS_READ_WRITE, &rr) != XM_OK) _exit(11);
@@ -794,7 +794,7 @@ Test(map, failed_eviction_keeps_written_pages, .fini = teardown, .timeout = 120)
         dup2(devnull, 2); /* the failures are logged: expected */
         xm_ctx_h c;
         xm_connect_opts_t co = {.size = sizeof(xm_connect_opts_t), .appliance = app.addr, .secret_file = alice_cred, .tenant = "alice",
-                                .timeout_ms = 300};
+                                .timeout_ms = 1000}; /* a connect under load (tests run two at a time) */
         if (xm_connect(&co, &c) != XM_OK) _exit(10);
         xm_region_h rr;
         if (xm_region_open(c, id, NULL, XM_ACCESS_READ_WRITE, &rr) != XM_OK) _exit(11);
