@@ -452,7 +452,8 @@ xm_status_t mgr_alloc_create(mgr_t *m, const char *tenant, const Xmem__AllocRequ
 {
     if (tenant_revoked(m, tenant, why, whylen)) return XM_ERR_AUTH;
     if (reserved_tenant(tenant)) {
-        WHY("tenant names starting with @ are reserved");
+        WHY("allocations belong to tenants: connect with a tenant's credential (xmem tenant add NAME), "
+            "not the cluster secret (%s)", tenant);
         return XM_ERR_PERM;
     }
     mgr_policy_t pol;
