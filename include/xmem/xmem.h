@@ -605,6 +605,15 @@ XM_API xm_status_t xm_alloc_scrub(xm_alloc_h alloc,
 XM_API xm_status_t xm_alloc_grant(xm_ctx_h ctx, uint64_t id, const char *name,
                                   const char *tenant, xm_access_t access);
 
+/**
+ * Take @p tenant's grant on an allocation the caller owns away: the keys of that
+ * tenant's handles to every part stop working at once (their next access fails), and it
+ * can no longer attach. XM_ERR_NOT_FOUND: @p tenant has no grant on it. When a part's
+ * appliance cannot be reached nothing changes in the manager's table and the call can
+ * be repeated.
+ */
+XM_API xm_status_t xm_alloc_revoke(xm_ctx_h ctx, uint64_t id, const char *name, const char *tenant);
+
 /** Allocations the caller owns or was granted; *infos_p is released with free(). */
 XM_API xm_status_t xm_alloc_list(xm_ctx_h ctx, xm_alloc_info_t **infos_p, size_t *count_p);
 

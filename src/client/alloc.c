@@ -269,6 +269,23 @@ XM_EXPORT xm_status_t xm_alloc_grant(xm_ctx_h ctx, uint64_t id, const char *name
     return status;
 }
 
+XM_EXPORT xm_status_t xm_alloc_revoke(xm_ctx_h ctx, uint64_t id, const char *name, const char *tenant)
+{
+    if (!ref_args_ok(ctx, id, name) || !xm__name_valid(tenant)) return XM_ERR_INVALID;
+    Xmem__AllocRef ref;
+    aref_fill(&ref, id, name, 0);
+    Xmem__AllocGrant g = XMEM__ALLOC_GRANT__INIT;
+    g.alloc = &ref;
+    g.tenant = (char *)tenant;
+    g.access = XMEM__ACCESS__ACCESS_READ;
+    xm_msg_t req = XMEM__MSG__INIT, *rep;
+    req.body_case = XMEM__MSG__BODY_ALLOC_REVOKE;
+    req.alloc_revoke = &g;
+    xm_status_t status = xm__rpc(ctx, &req, &rep);
+    if (status == XM_OK) proto_msg_free(rep);
+    return status;
+}
+
 XM_EXPORT xm_status_t xm_alloc_list(xm_ctx_h ctx, xm_alloc_info_t **infos_p, size_t *count_p)
 {
     if (ctx == NULL || infos_p == NULL || count_p == NULL) return XM_ERR_INVALID;

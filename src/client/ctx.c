@@ -166,6 +166,7 @@ static bool manager_request(const xm_msg_t *req)
     case XMEM__MSG__BODY_ALLOC_FREE:
     case XMEM__MSG__BODY_ALLOC_ATTACH:
     case XMEM__MSG__BODY_ALLOC_GRANT:
+    case XMEM__MSG__BODY_ALLOC_REVOKE:
     case XMEM__MSG__BODY_ALLOC_LIST:
     case XMEM__MSG__BODY_APPLIANCE_LIST:
     case XMEM__MSG__BODY_APPLIANCE_DRAIN:

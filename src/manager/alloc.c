@@ -914,6 +914,61 @@ xm_status_t mgr_alloc_grant(mgr_t *m, const char *tenant, const Xmem__AllocGrant
     return status;
 }
 
+xm_status_t mgr_alloc_revoke(mgr_t *m, const char *tenant, const Xmem__AllocGrant *g, char *why,
+                             size_t whylen)
+{
+    if (tenant_revoked(m, tenant, why, whylen)) return XM_ERR_AUTH;
+    pthread_mutex_lock(&m->lock);
+    mgr_alloc_t *a;
+    xm_status_t status = lookup(m, tenant, g->alloc->id, g->alloc->name, XM_ACCESS_READ_WRITE, true, false,
+                                &a, why, whylen);
+    bool has = false;
+    for (uint32_t i = 0; status == XM_OK && i < a->ngrants; i++) has |= strcmp(a->grants[i].tenant, g->tenant) == 0;
+    if (status == XM_OK && !has) {
+        WHY("%s has no grant on this allocation", g->tenant);
+        status = XM_ERR_NOT_FOUND;
+    }
+    if (status != XM_OK) {
+        pthread_mutex_unlock(&m->lock);
+        return status;
+    }
+    a->busy = true;
+    pthread_mutex_unlock(&m->lock);
+    /* every appliance drops the grant first: closing its registrations ends the keys */
+    for (uint32_t i = 0; i < a->policy.width && status == XM_OK; i++) {
+        Xmem__RegionRef rr = XMEM__REGION_REF__INIT;
+        rr.id = a->parts[i].region_id;
+        rr.name = "";
+        rr.tenant = "";
+        Xmem__RegionGrant rg = XMEM__REGION_GRANT__INIT;
+        rg.region = &rr;
+        rg.tenant = g->tenant;
+        rg.access = XMEM__ACCESS__ACCESS_READ;
+        xm_msg_t req = XMEM__MSG__INIT, *r;
+        req.body_case = XMEM__MSG__BODY_REGION_REVOKE;
+        req.region_revoke = &rg;
+        char pwhy[256] = "";
+        status = mgr_appl_call(m, m->apps[a->parts[i].appl], &req, &r, pwhy, sizeof(pwhy));
+        if (status == XM_OK) proto_msg_free(r);
+        else if (status == XM_ERR_NOT_FOUND) status = XM_OK; /* revoked there by an earlier try */
+        else WHY("part %u on %s: %s; nothing changed in the table: try again", i,
+                 m->apps[a->parts[i].appl]->addr, pwhy[0] ? pwhy : xm_status_str(status));
+    }
+    pthread_mutex_lock(&m->lock);
+    if (status == XM_OK) {
+        for (uint32_t i = 0; i < a->ngrants; i++) {
+            if (strcmp(a->grants[i].tenant, g->tenant) != 0) continue;
+            memmove(&a->grants[i], &a->grants[i + 1], (a->ngrants - i - 1) * sizeof(*a->grants));
+            a->ngrants--;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&m->lock);
+    if (status == XM_OK) status = alloc_record(m, a);
+    alloc_release(m, a);
+    return status;
+}
+
 xm_status_t mgr_alloc_list(mgr_t *m, const char *tenant, xm_msg_t *rep)
 {
     pthread_mutex_lock(&m->lock);

@@ -225,6 +225,11 @@ xm_status_t mgr_alloc_attach(mgr_t *m, const char *tenant, const Xmem__AllocRef 
                              mgr_batch_t *b, xm_msg_t *rep, char *why, size_t whylen);
 xm_status_t mgr_alloc_grant(mgr_t *m, const char *tenant, const Xmem__AllocGrant *g, char *why,
                             size_t whylen);
+/* Take tenant g->tenant's grant away (owner only): every part's appliance first (their
+ * registrations for that grantee close), then the table. A part whose appliance no longer
+ * has the grant counts as done, so a failed revoke can simply be tried again. */
+xm_status_t mgr_alloc_revoke(mgr_t *m, const char *tenant, const Xmem__AllocGrant *g, char *why,
+                             size_t whylen);
 xm_status_t mgr_alloc_list(mgr_t *m, const char *tenant, xm_msg_t *rep);
 xm_status_t mgr_appliance_list(mgr_t *m, xm_msg_t *rep);
 /* Region calls on an appliance as the manager (alloc.c); destroy treats not-found as done. */

@@ -137,6 +137,16 @@ static xm_status_t dispatch(mgr_server_t *s, rpc_srv_conn_t *c, xm_msg_t *msg, m
             rep->ok = &empty;
         }
         return status;
+    case XMEM__MSG__BODY_ALLOC_REVOKE:
+        if (b != NULL) return XM_ERR_AGAIN; /* every appliance drops the grant first */
+        if ((status = scope_name(tenant, &msg->alloc_revoke->alloc->name, false, why, whylen)) != XM_OK)
+            return status;
+        status = mgr_alloc_revoke(m, tenant, msg->alloc_revoke, why, whylen);
+        if (status == XM_OK) {
+            rep->body_case = XMEM__MSG__BODY_OK;
+            rep->ok = &empty;
+        }
+        return status;
     case XMEM__MSG__BODY_ALLOC_LIST:
         return mgr_alloc_list(m, tenant, rep);
     case XMEM__MSG__BODY_APPLIANCE_LIST:

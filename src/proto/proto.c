@@ -282,6 +282,10 @@ xm_status_t proto_validate(const xm_msg_t *m, const char **why_p)
         return alloc_ref_ok(m->alloc_free, why_p);
     case XMEM__MSG__BODY_ALLOC_ATTACH:
         return alloc_ref_ok(m->alloc_attach, why_p);
+    case XMEM__MSG__BODY_ALLOC_REVOKE:
+        if (alloc_ref_ok(m->alloc_revoke->alloc, why_p) != XM_OK) return XM_ERR_PROTOCOL;
+        if (!xm__name_valid(m->alloc_revoke->tenant)) FAIL("bad grantee tenant");
+        return XM_OK;
     case XMEM__MSG__BODY_ALLOC_GRANT:
         if (alloc_ref_ok(m->alloc_grant->alloc, why_p) != XM_OK) return XM_ERR_PROTOCOL;
         if (!xm__name_valid(m->alloc_grant->tenant)) FAIL("bad grantee tenant");

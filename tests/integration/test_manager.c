@@ -364,6 +364,21 @@ Test(manager, quotas_and_grants, .fini = teardown, .timeout = 120)
     cr_assert_eq(xm_alloc_list(bob, &infos, &n), XM_OK);
     cr_assert_eq(n, 1, "bob lists the allocation granted to him");
     free(infos);
+    /* revoked: only the owner may, only an existing grant; bob's open handle stops at once,
+     * he can no longer attach or list it, and alice keeps every byte */
+    cr_assert_eq(xm_alloc_revoke(bob, 0, "alice/shared", "bob"), XM_ERR_PERM);
+    cr_assert_eq(xm_alloc_revoke(alice, 0, "shared", "carol"), XM_ERR_NOT_FOUND);
+    cr_assert_eq(xm_alloc_revoke(alice, 0, "shared", "bob"), XM_OK, "%s", xm_last_error(alice));
+    cr_assert_neq(xm_read(x, 100, got, 4), XM_OK, "bob's open handle still reads after the revoke");
+    cr_assert_neq(xm_write(x, 100, "BOB", 4), XM_OK, "bob's open handle still writes after the revoke");
+    xm_alloc_h y;
+    cr_assert_eq(xm_attach(bob, 0, "alice/shared", XM_ACCESS_READ, &y), XM_ERR_PERM);
+    cr_assert_eq(xm_alloc_list(bob, &infos, &n), XM_OK);
+    cr_assert_eq(n, 0, "bob still lists the allocation after the revoke");
+    free(infos);
+    cr_assert_eq(xm_read(a, 100, got, 4), XM_OK, "%s", xm_last_error(alice));
+    cr_assert_str_eq(got, "bob");
+    cr_assert_eq(xm_alloc_revoke(alice, 0, "shared", "bob"), XM_ERR_NOT_FOUND, "a second revoke");
     xm_alloc_close(x);
     /* freeing gives the quota back */
     cr_assert_eq(xm_free(alice, 0, "shared"), XM_OK);

@@ -41,10 +41,12 @@ static const help_t helps[] = {
                   "example:\n  xmem region rm cache\n"},
     {"region grant", "usage: xmem region grant ID|NAME --tenant T [--read-only]\n"
                      "  Let tenant T open the region (as OWNER/NAME). Here --tenant names the\n"
-                     "  grantee; a global --tenant (who you are) goes before `region`.\n"
+                     "  grantee; a global --tenant (who you are) goes before `region`. With a\n"
+                     "  manager, ID|NAME is an allocation: T attaches it as OWNER/NAME.\n"
                      "example:\n  xmem region grant cache --tenant bob --read-only\n"},
     {"region revoke", "usage: xmem region revoke ID|NAME --tenant T\n"
-                      "  Remove tenant T's grant: T's open handles lose access at once.\n"
+                      "  Remove tenant T's grant: T's open handles lose access at once. With a\n"
+                      "  manager, ID|NAME is an allocation (every part's keys for T end).\n"
                       "example:\n  xmem region revoke cache --tenant bob\n"},
     {"region sync", "usage: xmem region sync ID|NAME [--offset N] [--length N]\n"
                     "  Make what was written to a file region (or a file pool's region) durable.\n"

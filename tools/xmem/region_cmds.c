@@ -317,15 +317,16 @@ int cmd_region(cli_t *cli)
     if (strcmp(sub, "revoke") == 0) {
         const char *tenant = NULL;
         const cli_opt_t opts[] = {{"tenant", &tenant, NULL}, {NULL}};
-        if (cli_parse(cli, opts) != 0 || positional(cli, 1, 1, "the region's ID|NAME") != 0) return 2;
+        if (cli_parse(cli, opts) != 0 ||
+            positional(cli, 1, 1, "the region's (with a manager: the allocation's) ID|NAME") != 0) return 2;
         if (tenant == NULL) {
             fprintf(stderr, "xmem: region revoke: give --tenant T (the grantee); see xmem region revoke --help\n");
             return 2;
         }
-        if (need_appliance(cli) != 0) return 1;
         cli_ref(cli->argv[0], &id, &name);
         if (cli_connect(cli, &ctx) != 0) return 1;
-        s = xm_region_revoke(ctx, id, name, tenant);
+        /* through a manager, ID|NAME names an allocation */
+        s = cli_has_manager(cli) ? xm_alloc_revoke(ctx, id, name, tenant) : xm_region_revoke(ctx, id, name, tenant);
         if (s != XM_OK) return cli_fail_ctx(ctx, "region revoke", s);
         xm_disconnect(ctx);
         return 0;
@@ -334,15 +335,16 @@ int cmd_region(cli_t *cli)
         const char *tenant = NULL;
         bool ro = false;
         const cli_opt_t opts[] = {{"tenant", &tenant, NULL}, {"read-only", NULL, &ro}, {NULL}};
-        if (cli_parse(cli, opts) != 0 || positional(cli, 1, 1, "the region's ID|NAME") != 0) return 2;
+        if (cli_parse(cli, opts) != 0 ||
+            positional(cli, 1, 1, "the region's (with a manager: the allocation's) ID|NAME") != 0) return 2;
         if (tenant == NULL) {
             fprintf(stderr, "xmem: region grant: give --tenant T (the grantee); see xmem region grant --help\n");
             return 2;
         }
-        if (need_appliance(cli) != 0) return 1;
         cli_ref(cli->argv[0], &id, &name);
         if (cli_connect(cli, &ctx) != 0) return 1;
-        s = xm_region_grant(ctx, id, name, tenant, ro ? XM_ACCESS_READ : XM_ACCESS_READ_WRITE);
+        xm_access_t acc = ro ? XM_ACCESS_READ : XM_ACCESS_READ_WRITE;
+        s = cli_has_manager(cli) ? xm_alloc_grant(ctx, id, name, tenant, acc) : xm_region_grant(ctx, id, name, tenant, acc);
         if (s != XM_OK) return cli_fail_ctx(ctx, "region grant", s);
         xm_disconnect(ctx);
         return 0;
