@@ -836,6 +836,18 @@ Test(cli, up_prints_exports_and_commands_work_through_a_manager, .fini = up_tear
     cli_env(ENV(env_mgr, env_cred), ARGS("region", "create", "--size", "1M"));
     EXPECT_FAIL("region create with a manager", "xmem alloc");
 
+    /* region grant and revoke act on allocations through a manager */
+    cli_env(ENV(env_mgr, env_cred), ARGS("alloc", "--size", "1M", "--name", "shared"));
+    EXPECT_OK("alloc --name shared");
+    cli_env(ENV(env_mgr, env_cred), ARGS("region", "grant", "shared", "--tenant", "bob", "--read-only"));
+    EXPECT_OK("region grant of an allocation");
+    cli_env(ENV(env_mgr, env_cred), ARGS("region", "revoke", "shared", "--tenant", "bob"));
+    EXPECT_OK("region revoke of an allocation");
+    cli_env(ENV(env_mgr, env_cred), ARGS("region", "revoke", "shared", "--tenant", "bob"));
+    EXPECT_FAIL("a second revoke", "bob has no grant");
+    cli_env(ENV(env_mgr, env_cred), ARGS("free", "shared"));
+    EXPECT_OK("free shared");
+
     /* bench on an allocation it makes and frees; its progress shows on a terminal (stderr),
      * the table on stdout */
     cli_tty(ENV(env_mgr, env_cred), ARGS("bench", "--sizes", "8", "--iters", "20", "--depth", "2"));
