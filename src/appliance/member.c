@@ -73,16 +73,7 @@ static void serve_connection(appl_member_t *mb, rpc_conn_t *rc)
 /* Entry i of the manager list into mb->host/port; false: not HOST:PORT. */
 static bool manager_pick(appl_member_t *mb, size_t i)
 {
-    const char *p = mb->managers;
-    for (size_t k = 0; k < i && p != NULL; k++) {
-        p = strchr(p, ',');
-        if (p != NULL) p++;
-    }
-    if (p == NULL) return false;
-    char one[300];
-    size_t n = strcspn(p, ",");
-    snprintf(one, sizeof(one), "%.*s", (int)(n < sizeof(one) ? n : sizeof(one) - 1), p);
-    return xm__parse_hostport(one, mb->host, sizeof(mb->host), mb->port, sizeof(mb->port)) == XM_OK;
+    return xm__hostport_list_pick(mb->managers, i, mb->host, sizeof(mb->host), mb->port, sizeof(mb->port));
 }
 
 /* Move on to the next manager of the group, or to the leader a standby named when it is

@@ -193,16 +193,7 @@ static xm_status_t rpc_once(xm_ctx_h ctx, xm_msg_t *req, xm_msg_t **rep_p);
 /* Entry i of the manager group into host/port; false: not HOST:PORT. */
 static bool mgr_pick(xm_ctx_h ctx, uint32_t i)
 {
-    const char *p = ctx->managers;
-    for (uint32_t k = 0; k < i && p != NULL; k++) {
-        p = strchr(p, ',');
-        if (p != NULL) p++;
-    }
-    if (p == NULL) return false;
-    char one[300];
-    size_t n = strcspn(p, ",");
-    snprintf(one, sizeof(one), "%.*s", (int)(n < sizeof(one) ? n : sizeof(one) - 1), p);
-    return xm__parse_hostport(one, ctx->host, sizeof(ctx->host), ctx->port, sizeof(ctx->port)) == XM_OK;
+    return xm__hostport_list_pick(ctx->managers, i, ctx->host, sizeof(ctx->host), ctx->port, sizeof(ctx->port));
 }
 
 /* On to the leader a standby named when it is in the group, else the next manager. */

@@ -76,6 +76,10 @@ const char *xm__format_size(uint64_t size, char *buf, size_t len);
 /* Split "HOST:PORT" ("[v6]:PORT" too); XM_ERR_INVALID when malformed. */
 xm_status_t xm__parse_hostport(const char *text, char *host, size_t hostlen, char *port,
                                size_t portlen);
+/* Entry i (from 0) of a comma-separated HOST:PORT list (a manager group) into host/port;
+ * false: no such entry, or not HOST:PORT. */
+bool xm__hostport_list_pick(const char *list, size_t i, char *host, size_t hostlen, char *port,
+                            size_t portlen);
 /* A name is 1..XM_NAME_MAX printable, non-space ASCII bytes. */
 bool xm__name_valid(const char *name);
 /* Read the cluster secret (at least 16 bytes) from a file; XM_ERR_AUTH with the reason

@@ -99,6 +99,21 @@ const char *xm__format_size(uint64_t size, char *buf, size_t len)
     return buf;
 }
 
+bool xm__hostport_list_pick(const char *list, size_t i, char *host, size_t hostlen, char *port,
+                            size_t portlen)
+{
+    const char *p = list;
+    for (size_t k = 0; k < i && p != NULL; k++) {
+        p = strchr(p, ',');
+        if (p != NULL) p++;
+    }
+    if (p == NULL) return false;
+    char one[300];
+    size_t n = strcspn(p, ",");
+    snprintf(one, sizeof(one), "%.*s", (int)(n < sizeof(one) ? n : sizeof(one) - 1), p);
+    return xm__parse_hostport(one, host, hostlen, port, portlen) == XM_OK;
+}
+
 xm_status_t xm__parse_hostport(const char *text, char *host, size_t hostlen, char *port,
                                size_t portlen)
 {

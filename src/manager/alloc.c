@@ -854,6 +854,28 @@ xm_status_t mgr_alloc_attach(mgr_t *m, const char *tenant, const Xmem__AllocRef 
     return status;
 }
 
+/* Tell part i's appliance to grant (REGION_GRANT) or revoke (REGION_REVOKE) grantee's
+ * access to the part's region; the manager acts as its owner. No lock held. */
+static xm_status_t part_grant_call(mgr_t *m, const mgr_alloc_t *a, uint32_t i, Xmem__Msg__BodyCase body,
+                                   const char *grantee, xm_access_t access, char *why, size_t whylen)
+{
+    Xmem__RegionRef rr = XMEM__REGION_REF__INIT;
+    rr.id = a->parts[i].region_id;
+    rr.name = "";
+    rr.tenant = "";
+    Xmem__RegionGrant rg = XMEM__REGION_GRANT__INIT;
+    rg.region = &rr;
+    rg.tenant = (char *)grantee;
+    rg.access = (Xmem__Access)access;
+    xm_msg_t req = XMEM__MSG__INIT, *r;
+    req.body_case = body;
+    if (body == XMEM__MSG__BODY_REGION_REVOKE) req.region_revoke = &rg;
+    else req.region_grant = &rg;
+    xm_status_t status = mgr_appl_call(m, m->apps[a->parts[i].appl], &req, &r, why, whylen);
+    if (status == XM_OK) proto_msg_free(r);
+    return status;
+}
+
 xm_status_t mgr_alloc_grant(mgr_t *m, const char *tenant, const Xmem__AllocGrant *g, char *why,
                             size_t whylen)
 {
@@ -875,21 +897,8 @@ xm_status_t mgr_alloc_grant(mgr_t *m, const char *tenant, const Xmem__AllocGrant
     a->busy = true;
     pthread_mutex_unlock(&m->lock);
     /* every appliance learns the grant first: its registrations enforce it */
-    for (uint32_t i = 0; i < a->policy.width && status == XM_OK; i++) {
-        Xmem__RegionRef rr = XMEM__REGION_REF__INIT;
-        rr.id = a->parts[i].region_id;
-        rr.name = "";
-        rr.tenant = "";
-        Xmem__RegionGrant rg = XMEM__REGION_GRANT__INIT;
-        rg.region = &rr;
-        rg.tenant = g->tenant;
-        rg.access = (Xmem__Access)access;
-        xm_msg_t req = XMEM__MSG__INIT, *r;
-        req.body_case = XMEM__MSG__BODY_REGION_GRANT;
-        req.region_grant = &rg;
-        status = mgr_appl_call(m, m->apps[a->parts[i].appl], &req, &r, why, whylen);
-        if (status == XM_OK) proto_msg_free(r);
-    }
+    for (uint32_t i = 0; i < a->policy.width && status == XM_OK; i++)
+        status = part_grant_call(m, a, i, XMEM__MSG__BODY_REGION_GRANT, g->tenant, access, why, whylen);
     pthread_mutex_lock(&m->lock);
     if (status == XM_OK) {
         mgr_grant_t *gr = NULL;
@@ -936,23 +945,13 @@ xm_status_t mgr_alloc_revoke(mgr_t *m, const char *tenant, const Xmem__AllocGran
     pthread_mutex_unlock(&m->lock);
     /* every appliance drops the grant first: closing its registrations ends the keys */
     for (uint32_t i = 0; i < a->policy.width && status == XM_OK; i++) {
-        Xmem__RegionRef rr = XMEM__REGION_REF__INIT;
-        rr.id = a->parts[i].region_id;
-        rr.name = "";
-        rr.tenant = "";
-        Xmem__RegionGrant rg = XMEM__REGION_GRANT__INIT;
-        rg.region = &rr;
-        rg.tenant = g->tenant;
-        rg.access = XMEM__ACCESS__ACCESS_READ;
-        xm_msg_t req = XMEM__MSG__INIT, *r;
-        req.body_case = XMEM__MSG__BODY_REGION_REVOKE;
-        req.region_revoke = &rg;
         char pwhy[256] = "";
-        status = mgr_appl_call(m, m->apps[a->parts[i].appl], &req, &r, pwhy, sizeof(pwhy));
-        if (status == XM_OK) proto_msg_free(r);
-        else if (status == XM_ERR_NOT_FOUND) status = XM_OK; /* revoked there by an earlier try */
-        else WHY("part %u on %s: %s; nothing changed in the table: try again", i,
-                 m->apps[a->parts[i].appl]->addr, pwhy[0] ? pwhy : xm_status_str(status));
+        status = part_grant_call(m, a, i, XMEM__MSG__BODY_REGION_REVOKE, g->tenant, XM_ACCESS_READ, pwhy,
+                                 sizeof(pwhy));
+        if (status == XM_ERR_NOT_FOUND) status = XM_OK; /* revoked there by an earlier try */
+        else if (status != XM_OK)
+            WHY("part %u on %s: %s; nothing changed in the table: try again", i,
+                m->apps[a->parts[i].appl]->addr, pwhy[0] ? pwhy : xm_status_str(status));
     }
     pthread_mutex_lock(&m->lock);
     if (status == XM_OK) {
